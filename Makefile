@@ -1,0 +1,52 @@
+# Viridian — the two README commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard proto/viridian/v1/*.proto)
+
+.PHONY: all venv demo test lint proto proto-check unit integration bench clean
+
+all: test
+
+$(STAMP): pyproject.toml tools/build_unicorn.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) tools/build_unicorn.py
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Regenerate the committed protobuf/gRPC code from proto/.
+proto: $(STAMP)
+	$(PY) tools/gen_proto.py
+
+## Fail if the committed generated code differs from what proto/ produces.
+proto-check: $(STAMP)
+	$(PY) tools/gen_proto.py --check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check controller node_agent tests bench tools
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+test: $(STAMP) proto-check lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+demo: $(STAMP)
+	$(PY) -m controller.demo
+
+bench: $(STAMP)
+	$(PY) bench/runtime.py
+	$(PY) bench/lifecycle.py
+	$(PY) bench/placement.py
+
+clean:
+	rm -rf $(VENV) build .cache *.egg-info
