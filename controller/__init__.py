@@ -1,0 +1,1 @@
+"""Viridian controller: API server, etcd store, scheduler, node lifecycle and the CLI."""

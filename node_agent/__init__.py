@@ -1,0 +1,1 @@
+"""Viridian node agent: registers a node, keeps its session, runs partitions."""
