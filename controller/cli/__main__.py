@@ -1,0 +1,5 @@
+"""`python -m controller.cli` runs the viridian CLI."""
+
+from controller.cli.app import main
+
+main()

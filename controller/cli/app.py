@@ -1,0 +1,87 @@
+"""The `viridian` click group: global options, the client in the context, error mapping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import grpc
+
+from controller.cli.client import DEFAULT_CONTROLLER, ControllerClient, parse_addresses
+from controller.cli.errors import CliError, describe_rpc_error
+
+__all__ = ["cli", "get_client", "main"]
+
+
+class ViridianGroup(click.Group):
+    """Root group: turns CliError and gRPC errors into `error: <message>` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CliError as err:
+            click.echo(f"error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except grpc.RpcError as err:
+            client = ctx.obj if isinstance(ctx.obj, ControllerClient) else None
+            address = client.address if client and client.address else None
+            if address is None and client is not None:
+                address = ", ".join(client.addresses)
+            click.echo(f"error: {describe_rpc_error(err, address)}", err=True)
+            ctx.exit(1)
+        finally:
+            if isinstance(ctx.obj, ControllerClient):
+                ctx.obj.close()
+
+
+@click.group(cls=ViridianGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--controller",
+    "controller",
+    envvar="VIRIDIAN_CONTROLLER",
+    default=DEFAULT_CONTROLLER,
+    show_default=True,
+    metavar="ADDR[,ADDR…]",
+    help="Controller address; a comma-separated list is tried in order (failover). "
+    "Env: VIRIDIAN_CONTROLLER.",
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for each controller address to answer.",
+)
+@click.version_option(package_name="viridian", prog_name="viridian")
+@click.pass_context
+def cli(ctx: click.Context, controller: str, connect_timeout: float) -> None:
+    """Viridian: run emulated partitions on a cluster of nodes."""
+    from controller.cli.client import ChannelOptions
+
+    addresses = parse_addresses(controller)
+    if not addresses:
+        raise click.BadParameter("no address given", param_hint="'--controller'")
+    ctx.obj = ControllerClient(addresses, ChannelOptions(connect_timeout=connect_timeout))
+
+
+def get_client(ctx: click.Context) -> ControllerClient:
+    client = ctx.find_object(ControllerClient)
+    if client is None:  # pragma: no cover - the group always sets it
+        raise CliError("internal: no controller client in context")
+    return client
+
+
+def _register() -> None:
+    from controller.cli import events, explain, images, nodes, partitions, run, servers
+
+    for module in (partitions, run, nodes, images, events, explain, servers):
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="viridian")

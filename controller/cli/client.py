@@ -1,0 +1,118 @@
+"""The channel to the controller: address list with failover, and the typed stub.
+
+Addresses are tried in order; the first whose channel becomes READY is used. A refused
+connection (TRANSIENT_FAILURE) moves on at once instead of waiting for the timeout.
+Only plain channels exist today; `ChannelOptions.credentials` is where TLS plugs in.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import grpc
+from viridian.v1 import controller_pb2_grpc
+
+from controller.cli.errors import ConnectError
+
+__all__ = [
+    "DEFAULT_CONTROLLER",
+    "ChannelOptions",
+    "ControllerClient",
+    "parse_addresses",
+    "probe",
+]
+
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+
+
+def parse_addresses(text: str) -> list[str]:
+    """"a:1, b:2" -> ["a:1", "b:2"]; empty entries are dropped."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    """How to open a channel; `credentials` None means plaintext (loopback / development)."""
+
+    connect_timeout: float = 5.0
+    credentials: grpc.ChannelCredentials | None = None
+    options: tuple[tuple[str, int | str], ...] = (
+        ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    )
+
+    def open(self, address: str) -> grpc.Channel:
+        if self.credentials is not None:
+            return grpc.secure_channel(address, self.credentials, options=list(self.options))
+        return grpc.insecure_channel(address, options=list(self.options))
+
+
+def probe(channel: grpc.Channel, timeout: float) -> str | None:
+    """Wait until `channel` is READY; return None, or why it is not ("connection failed")."""
+    ready = threading.Event()
+    outcome: list[str | None] = []
+
+    def on_change(state: grpc.ChannelConnectivity) -> None:
+        if ready.is_set():
+            return
+        if state == grpc.ChannelConnectivity.READY:
+            outcome.append(None)
+            ready.set()
+        elif state in (
+            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+            grpc.ChannelConnectivity.SHUTDOWN,
+        ):
+            outcome.append("connection failed")
+            ready.set()
+
+    channel.subscribe(on_change, try_to_connect=True)
+    try:
+        if not ready.wait(timeout):
+            return f"no answer within {timeout:g}s"
+        return outcome[0]
+    finally:
+        channel.unsubscribe(on_change)
+
+
+@dataclass
+class ControllerClient:
+    """Lazily connected client: `client.stub` picks the first address that answers."""
+
+    addresses: list[str]
+    channel_options: ChannelOptions = field(default_factory=ChannelOptions)
+    _channel: grpc.Channel | None = None
+    _stub: controller_pb2_grpc.ControllerStub | None = None
+    address: str | None = None
+
+    @property
+    def stub(self) -> controller_pb2_grpc.ControllerStub:
+        if self._stub is None:
+            self._connect()
+        assert self._stub is not None
+        return self._stub
+
+    def _connect(self) -> None:
+        problems: list[str] = []
+        for address in self.addresses:
+            channel = self.channel_options.open(address)
+            why = probe(channel, self.channel_options.connect_timeout)
+            if why is None:
+                self._channel, self.address = channel, address
+                self._stub = controller_pb2_grpc.ControllerStub(channel)
+                return
+            channel.close()
+            problems.append(f"{address}: {why}" if len(self.addresses) > 1 else why)
+        where = ", ".join(self.addresses) or "(no address)"
+        raise ConnectError(f"cannot reach the controller at {where}: {'; '.join(problems)}")
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel, self._stub = None, None
+
+
+def cancel(call: object) -> None:
+    """Cancel a streaming call (grpc-stubs leaves `cancel` untyped)."""
+    method = getattr(call, "cancel", None)
+    if callable(method):
+        method()

@@ -1,0 +1,148 @@
+"""Node commands: nodes, node get|cordon|uncordon|drain."""
+
+from __future__ import annotations
+
+import click
+from viridian.v1 import controller_pb2, types_pb2
+
+from controller.cli.app import get_client
+from controller.cli.client import cancel
+from controller.cli.errors import CliError
+from controller.cli.output import (
+    Column,
+    age,
+    arch_name,
+    labels_text,
+    node_state_name,
+    render_item,
+    render_list,
+    time_text,
+)
+from controller.cli.params import DURATION, output_option
+from controller.cli.sizes import format_size
+
+__all__ = ["COMMANDS", "NODE_COLUMNS", "NODE_FIELDS"]
+
+N = types_pb2.Node
+
+
+def _vcpus(n: N) -> str:
+    return f"{n.status.allocated_vcpus}/{n.status.allocatable_vcpus or n.spec.vcpus}"
+
+
+def _memory(n: N) -> str:
+    total = n.status.allocatable_memory_bytes or n.spec.memory_bytes
+    return f"{format_size(n.status.allocated_memory_bytes)}/{format_size(total)}"
+
+
+def _arches(n: N) -> str:
+    return ",".join(arch_name(a) for a in n.spec.arches) or "-"
+
+
+NODE_COLUMNS: list[Column[N]] = [
+    Column("NAME", lambda n: n.name),
+    Column("STATE", node_state_name),
+    Column("VCPUS", _vcpus),
+    Column("MEMORY", _memory),
+    Column("PARTITIONS", lambda n: str(n.status.partitions)),
+    Column("CORDONED", lambda n: "yes" if n.spec.cordoned else "no"),
+    Column("AGE", lambda n: age(n.status.registered_at)),
+    Column("ADDRESS", lambda n: n.spec.address or "-", wide=True),
+    Column("ARCHES", _arches, wide=True),
+    Column("LABELS", lambda n: labels_text(n.spec.labels), wide=True),
+]
+
+NODE_FIELDS: list[Column[N]] = [
+    Column("Name", lambda n: n.name),
+    Column("State", node_state_name),
+    Column("Reason", lambda n: n.status.reason or "-"),
+    Column("Cordoned", lambda n: "yes" if n.spec.cordoned else "no"),
+    Column("Address", lambda n: n.spec.address or "-"),
+    Column("vCPUs", lambda n: f"{_vcpus(n)} allocated (host {n.spec.vcpus}, ratio "
+           f"{n.spec.cpu_allocation_ratio or 4.0:g})"),
+    Column("Memory", lambda n: f"{_memory(n)} allocated (ratio "
+           f"{n.spec.memory_allocation_ratio or 1.0:g})"),
+    Column("Partitions", lambda n: str(n.status.partitions)),
+    Column("Arches", _arches),
+    Column("Host arch", lambda n: n.spec.host_arch or "-"),
+    Column("Labels", lambda n: labels_text(n.spec.labels, "\n")),
+    Column("Agent", lambda n: n.spec.agent_version or "-"),
+    Column("Registered", lambda n: time_text(n.status.registered_at)),
+    Column("Last heartbeat", lambda n: time_text(n.status.last_heartbeat)),
+    Column("Revision", lambda n: str(n.revision), wide=True),
+]
+
+
+@click.command("nodes")
+@output_option
+@click.pass_context
+def nodes_cmd(ctx: click.Context, output: str) -> None:
+    """List nodes."""
+    reply = get_client(ctx).stub.ListNodes(controller_pb2.ListNodesRequest())
+    click.echo(render_list(list(reply.nodes), NODE_COLUMNS, output))
+
+
+@click.group("node")
+def node_group() -> None:
+    """Inspect, cordon and drain one node."""
+
+
+@node_group.command("get")
+@click.argument("name")
+@output_option
+@click.pass_context
+def get_cmd(ctx: click.Context, name: str, output: str) -> None:
+    """Show one node."""
+    node = get_client(ctx).stub.GetNode(controller_pb2.GetNodeRequest(name=name))
+    click.echo(render_item(node, NODE_FIELDS, output))
+
+
+@node_group.command("cordon")
+@click.argument("name")
+@click.pass_context
+def cordon_cmd(ctx: click.Context, name: str) -> None:
+    """Stop placing new partitions on NAME."""
+    get_client(ctx).stub.CordonNode(controller_pb2.CordonNodeRequest(name=name))
+    click.echo(f"node {name} cordoned")
+
+
+@node_group.command("uncordon")
+@click.argument("name")
+@click.pass_context
+def uncordon_cmd(ctx: click.Context, name: str) -> None:
+    """Allow placements on NAME again."""
+    get_client(ctx).stub.UncordonNode(controller_pb2.CordonNodeRequest(name=name))
+    click.echo(f"node {name} uncordoned")
+
+
+@node_group.command("drain")
+@click.argument("name")
+@click.option("--deadline", type=DURATION, default="1h", show_default=True,
+              help="Give up after this long, e.g. 30m, 1h30m.")
+@click.pass_context
+def drain_cmd(ctx: click.Context, name: str, deadline: float) -> None:
+    """Cordon NAME and move its partitions away, printing progress."""
+    if deadline <= 0:
+        raise click.UsageError("--deadline must be positive")
+    call = get_client(ctx).stub.DrainNode(
+        controller_pb2.DrainNodeRequest(name=name, deadline_seconds=max(1, round(deadline))))
+    last: controller_pb2.DrainProgress | None = None
+    try:
+        for progress in call:
+            last = progress
+            click.echo(f"[{progress.remaining} left] {progress.message}")
+            if progress.done or progress.failed:
+                break
+    except KeyboardInterrupt:
+        cancel(call)
+        click.echo("stopped following; the drain goes on in the controller", err=True)
+        ctx.exit(130)
+    if last is None or last.failed:
+        raise CliError(f"drain of {name} failed: "
+                       f"{last.message if last else 'the stream ended without progress'}")
+    if not last.done:
+        raise CliError(f"drain of {name} ended before the node was empty")
+    click.echo(f"node {name} drained")
+
+
+COMMANDS = [nodes_cmd, node_group]

@@ -1,0 +1,209 @@
+"""The one shared formatter: tables (rich), key/value views, JSON and YAML.
+
+Commands describe what to show with `Column`s; `render_list`/`render_item` turn objects into
+text for the chosen `-o` format. JSON/YAML print the API objects themselves, with proto field
+names and enum names, so scripts see exactly what the API returns.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+from viridian.v1 import types_pb2
+
+__all__ = [
+    "FORMATS",
+    "Column",
+    "age",
+    "arch_name",
+    "dump",
+    "enum_name",
+    "labels_text",
+    "message_data",
+    "node_state_name",
+    "phase_name",
+    "render_item",
+    "render_list",
+    "render_table",
+    "time_text",
+    "timestamp",
+]
+
+FORMATS: tuple[str, ...] = ("table", "wide", "json", "yaml")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Column(Generic[T]):
+    """One column of a table (or one line of a key/value view); `wide` ones only with -o wide."""
+
+    header: str
+    value: Callable[[T], str]
+    wide: bool = False
+
+
+# ---- data formats ------------------------------------------------------------------------
+
+
+def message_data(message: Message) -> dict[str, Any]:
+    """The API object as plain data: proto field names, enum names, defaults included."""
+    return json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+    )
+
+
+def dump(data: Any, fmt: str) -> str:
+    """Plain data as "json" (indented) or "yaml"."""
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    if fmt == "yaml":
+        return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+    raise ValueError(f"unknown data format {fmt!r}")
+
+
+# ---- tables ------------------------------------------------------------------------------
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A borderless, left-aligned table in the style of kubectl/nomad."""
+    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0))
+    for header in headers:
+        table.add_column(header, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*row)
+    buffer = io.StringIO()
+    console = Console(
+        file=buffer,
+        width=10_000,
+        markup=False,
+        highlight=False,
+        emoji=False,
+        color_system=None,
+        force_terminal=False,
+    )
+    console.print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    return "\n".join(lines)
+
+
+def _visible(columns: Sequence[Column[T]], fmt: str) -> list[Column[T]]:
+    return [c for c in columns if fmt == "wide" or not c.wide]
+
+
+def render_list(
+    items: Sequence[T],
+    columns: Sequence[Column[T]],
+    fmt: str,
+    *,
+    data: Callable[[T], Any] | None = None,
+) -> str:
+    """Items as a table (table/wide) or as a JSON/YAML list of API objects."""
+    if fmt in ("json", "yaml"):
+        to_data = data or _default_data
+        return dump([to_data(item) for item in items], fmt)
+    shown = _visible(columns, fmt)
+    return render_table([c.header for c in shown], ([c.value(i) for c in shown] for i in items))
+
+
+def render_item(
+    item: T,
+    fields: Sequence[Column[T]],
+    fmt: str,
+    *,
+    data: Callable[[T], Any] | None = None,
+) -> str:
+    """One object as a key/value view (table/wide) or as a JSON/YAML API object."""
+    if fmt in ("json", "yaml"):
+        return dump((data or _default_data)(item), fmt)
+    lines = []
+    shown = _visible(fields, fmt)
+    width = max((len(f.header) for f in shown), default=0) + 2
+    for f in shown:
+        value = f.value(item)
+        pad = " " * width
+        value = value.replace("\n", "\n" + pad)
+        lines.append(f"{(f.header + ':').ljust(width)}{value}".rstrip())
+    return "\n".join(lines)
+
+
+def _default_data(item: Any) -> Any:
+    if isinstance(item, Message):
+        return message_data(item)
+    return item
+
+
+# ---- pretty values -----------------------------------------------------------------------
+
+
+def enum_name(full_name: str, prefix: str) -> str:
+    """"PARTITION_PHASE_NOT_READY" with prefix "PARTITION_PHASE_" -> "NotReady"."""
+    short = full_name.removeprefix(prefix)
+    return "".join(part.capitalize() for part in short.split("_"))
+
+
+def phase_name(status: types_pb2.PartitionStatus) -> str:
+    """Running, Pending, Off(0), …: the phase as people read it."""
+    name = types_pb2.PartitionPhase.Name(status.phase)
+    if status.phase == types_pb2.PARTITION_PHASE_UNSPECIFIED:
+        return "Unknown"
+    text = enum_name(name, "PARTITION_PHASE_")
+    if status.phase == types_pb2.PARTITION_PHASE_OFF and status.has_exit_code:
+        text += f"({status.exit_code})"
+    return text
+
+
+def node_state_name(node: types_pb2.Node) -> str:
+    if node.status.state == types_pb2.NODE_STATE_UNSPECIFIED:
+        return "Unknown"
+    return enum_name(types_pb2.NodeState.Name(node.status.state), "NODE_STATE_")
+
+
+def arch_name(arch: int) -> str:
+    if arch == types_pb2.ARCH_UNSPECIFIED:
+        return "-"
+    return types_pb2.Arch.Name(arch).removeprefix("ARCH_").lower()  # type: ignore[arg-type]
+
+
+def labels_text(labels: Mapping[str, str], sep: str = ",") -> str:
+    return sep.join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def timestamp(ts: Timestamp) -> datetime | None:
+    if ts.seconds == 0 and ts.nanos == 0:
+        return None
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def age(ts: Timestamp, now: datetime | None = None) -> str:
+    """Time since `ts` like kubectl: 45s, 12m, 3h, 5d ("-" if unset)."""
+    when = timestamp(ts)
+    if when is None:
+        return "-"
+    seconds = int(((now or datetime.now(UTC)) - when).total_seconds())
+    if seconds < 0:
+        seconds = 0
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 120 * 60:
+        return f"{seconds // 60}m"
+    if seconds < 48 * 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 86400}d"
+
+
+def time_text(ts: Timestamp) -> str:
+    when = timestamp(ts)
+    return "-" if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,284 @@
+"""Partition commands: create, ls, get, start, stop, delete, logs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
+
+import click
+from viridian.v1 import controller_pb2, types_pb2
+
+from controller.cli._spec import build_spec, spec_options
+from controller.cli._wait import WaitTimeout, wait_for
+from controller.cli.app import get_client
+from controller.cli.client import cancel
+from controller.cli.errors import CliError
+from controller.cli.output import (
+    Column,
+    age,
+    arch_name,
+    enum_name,
+    labels_text,
+    phase_name,
+    render_item,
+    render_list,
+    time_text,
+)
+from controller.cli.params import DURATION, KEY_VALUE, output_option
+from controller.cli.sizes import format_size
+
+__all__ = ["COMMANDS", "PARTITION_COLUMNS", "PARTITION_FIELDS", "follow_logs"]
+
+P = types_pb2.Partition
+Phase = types_pb2.PartitionPhase
+
+PARTITION_COLUMNS: list[Column[P]] = [
+    Column("NAME", lambda p: p.name),
+    Column("PHASE", lambda p: phase_name(p.status)),
+    Column("NODE", lambda p: p.status.node or "-"),
+    Column("VCPUS", lambda p: str(p.spec.vcpus)),
+    Column("MEMORY", lambda p: format_size(p.spec.memory_bytes)),
+    Column("IMAGE", lambda p: p.spec.image),
+    Column("AGE", lambda p: age(p.status.created_at)),
+    Column("RESTARTS", lambda p: str(p.status.restarts), wide=True),
+    Column("EPOCH", lambda p: str(p.status.epoch) if p.status.epoch else "-", wide=True),
+    Column("REASON", lambda p: p.status.reason or "-", wide=True),
+    Column("LABELS", lambda p: labels_text(p.spec.labels), wide=True),
+]
+
+
+def _exit_code(p: P) -> str:
+    return str(p.status.exit_code) if p.status.has_exit_code else "-"
+
+
+def _restart(p: P) -> str:
+    if p.spec.restart_policy == types_pb2.RESTART_POLICY_UNSPECIFIED:
+        return "never"
+    name = types_pb2.RestartPolicy.Name(p.spec.restart_policy)
+    return name.removeprefix("RESTART_POLICY_").lower().replace("_", "-")
+
+
+def _desired(p: P) -> str:
+    if p.spec.desired_state == types_pb2.DESIRED_STATE_UNSPECIFIED:
+        return "-"
+    return enum_name(types_pb2.DesiredState.Name(p.spec.desired_state), "DESIRED_STATE_")
+
+
+def _placement(p: P) -> str:
+    parts = []
+    if p.spec.node_selector:
+        parts.append(f"node-selector {labels_text(p.spec.node_selector)}")
+    if p.spec.anti_affinity_group:
+        parts.append(f"anti-affinity {p.spec.anti_affinity_group} "
+                     f"(max {p.spec.max_per_node or 1} per node)")
+    if p.spec.placement_strategy:
+        parts.append(f"strategy {p.spec.placement_strategy}")
+    return "; ".join(parts) or "-"
+
+
+PARTITION_FIELDS: list[Column[P]] = [
+    Column("Name", lambda p: p.name),
+    Column("Phase", lambda p: phase_name(p.status)),
+    Column("Desired", _desired),
+    Column("Reason", lambda p: p.status.reason or "-"),
+    Column("Exit code", _exit_code),
+    Column("Node", lambda p: p.status.node or "-"),
+    Column("Epoch", lambda p: str(p.status.epoch) if p.status.epoch else "-"),
+    Column("Image", lambda p: p.spec.image),
+    Column("Arch", lambda p: arch_name(p.status.arch)),
+    Column("Args", lambda p: " ".join(p.spec.args) or "-"),
+    Column("vCPUs", lambda p: str(p.spec.vcpus)),
+    Column("Memory", lambda p: format_size(p.spec.memory_bytes)),
+    Column("Restart", _restart),
+    Column("Restarts", lambda p: str(p.status.restarts)),
+    Column("HA", lambda p: "yes" if p.spec.ha else "no"),
+    Column("Labels", lambda p: labels_text(p.spec.labels, "\n")),
+    Column("Env", lambda p: labels_text(p.spec.env, "\n")),
+    Column("Placement", _placement),
+    Column("Created", lambda p: time_text(p.status.created_at)),
+    Column("Started", lambda p: time_text(p.status.started_at)),
+    Column("Finished", lambda p: time_text(p.status.finished_at)),
+    Column("Revision", lambda p: str(p.revision), wide=True),
+]
+
+
+@click.command("create")
+@click.argument("name")
+@spec_options(image_required=True)
+@click.option("--start/--no-start", default=True, show_default=True,
+              help="Start it at once (desired state Running) or only define it.")
+@click.argument("args", nargs=-1)
+@click.pass_context
+def create_cmd(ctx: click.Context, /, name: str, args: tuple[str, ...], start: bool,
+               **flags: object) -> None:
+    """Create partition NAME running IMAGE with ARGS (after --)."""
+    spec = build_spec(args=args, start=start, **flags)  # type: ignore[arg-type]
+    part = get_client(ctx).stub.CreatePartition(
+        controller_pb2.CreatePartitionRequest(name=name, spec=spec)
+    )
+    click.echo(f"partition {part.name} created ({phase_name(part.status)})")
+
+
+@click.command("ls")
+@click.option("-l", "--selector", "selector", type=KEY_VALUE, multiple=True, metavar="K=V",
+              help="Only partitions with this label (repeatable: all must match).")
+@click.option("--node", default="", help="Only partitions bound to this node.")
+@output_option
+@click.pass_context
+def ls_cmd(ctx: click.Context, selector: Sequence[tuple[str, str]], node: str,
+           output: str) -> None:
+    """List partitions."""
+    reply = get_client(ctx).stub.ListPartitions(
+        controller_pb2.ListPartitionsRequest(label_selector=dict(selector), node=node)
+    )
+    click.echo(render_list(list(reply.partitions), PARTITION_COLUMNS, output))
+
+
+@click.command("get")
+@click.argument("name")
+@output_option
+@click.pass_context
+def get_cmd(ctx: click.Context, name: str, output: str) -> None:
+    """Show one partition."""
+    part = get_client(ctx).stub.GetPartition(controller_pb2.GetPartitionRequest(name=name))
+    click.echo(render_item(part, PARTITION_FIELDS, output))
+
+
+def _check_wait(wait: bool, timeout: float | None) -> None:
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout only makes sense with --wait")
+
+
+def _await(ctx: click.Context, name: str, done: Callable[[P | None], bool],
+           timeout: float | None, goal: str) -> P | None:
+    try:
+        found = wait_for(get_client(ctx).stub, name, done, timeout=timeout or 60.0)
+    except WaitTimeout as err:
+        where = phase_name(err.last.status) if err.last else "unknown"
+        why = f" ({err.last.status.reason})" if err.last and err.last.status.reason else ""
+        raise CliError(f"timed out waiting for {name} to be {goal}: "
+                       f"still {where}{why}") from None
+    if found is not None and found.status.phase == Phase.PARTITION_PHASE_FAILED:
+        raise CliError(f"{name} failed: {found.status.reason or 'no reason given'}")
+    return found
+
+
+def started(initial: P) -> Callable[[P | None], bool]:
+    """Done when Running, or Off with an exit code from a run that began after `initial`."""
+    seen_other = False
+
+    def done(p: P | None) -> bool:
+        nonlocal seen_other
+        if p is None:
+            raise CliError(f"partition {initial.name} was deleted")
+        phase = p.status.phase
+        if phase in (Phase.PARTITION_PHASE_RUNNING, Phase.PARTITION_PHASE_FAILED,
+                     Phase.PARTITION_PHASE_LOST):
+            return True
+        if phase == Phase.PARTITION_PHASE_OFF and p.status.has_exit_code:
+            return seen_other or p.status.started_at != initial.status.started_at
+        seen_other = seen_other or phase != Phase.PARTITION_PHASE_OFF
+        return False
+
+    return done
+
+
+@click.command("start")
+@click.argument("name")
+@click.option("--node", default="", help="Start on this node (default: placement chooses).")
+@click.option("--wait", is_flag=True, help="Wait until it runs (or already finished).")
+@click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
+@click.pass_context
+def start_cmd(ctx: click.Context, name: str, node: str, wait: bool,
+              timeout: float | None) -> None:
+    """Start a partition (records desired state Running)."""
+    _check_wait(wait, timeout)
+    part = get_client(ctx).stub.StartPartition(
+        controller_pb2.StartPartitionRequest(name=name, node=node))
+    if not wait:
+        click.echo(f"partition {name} start requested ({phase_name(part.status)})")
+        return
+    final = _await(ctx, name, started(part), timeout, "running")
+    assert final is not None
+    if final.status.phase == Phase.PARTITION_PHASE_LOST:
+        raise CliError(f"{name} is Lost: {final.status.reason or 'its node is gone'}")
+    click.echo(f"partition {name} {phase_name(final.status)}")
+
+
+@click.command("stop")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait until it is Off.")
+@click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
+@click.pass_context
+def stop_cmd(ctx: click.Context, name: str, wait: bool, timeout: float | None) -> None:
+    """Stop a partition (records desired state Off)."""
+    _check_wait(wait, timeout)
+    part = get_client(ctx).stub.StopPartition(controller_pb2.StopPartitionRequest(name=name))
+    if not wait:
+        click.echo(f"partition {name} stop requested ({phase_name(part.status)})")
+        return
+
+    def done(p: P | None) -> bool:
+        if p is None:
+            raise CliError(f"partition {name} was deleted")
+        return p.status.phase in (Phase.PARTITION_PHASE_OFF, Phase.PARTITION_PHASE_FAILED)
+
+    final = _await(ctx, name, done, timeout, "Off")
+    assert final is not None
+    click.echo(f"partition {name} {phase_name(final.status)}")
+
+
+@click.command("delete")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Delete even while it runs (stops it first).")
+@click.option("--wait", is_flag=True, help="Wait until it is gone.")
+@click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
+@click.pass_context
+def delete_cmd(ctx: click.Context, name: str, force: bool, wait: bool,
+               timeout: float | None) -> None:
+    """Delete a partition."""
+    _check_wait(wait, timeout)
+    get_client(ctx).stub.DeletePartition(
+        controller_pb2.DeletePartitionRequest(name=name, force=force))
+    if wait:
+        _await(ctx, name, lambda p: p is None, timeout, "deleted")
+        click.echo(f"partition {name} deleted")
+    else:
+        click.echo(f"partition {name} deletion requested")
+
+
+def binary_stdout() -> BinaryIO:
+    """stdout for raw bytes (guest output is not necessarily UTF-8)."""
+    return sys.stdout.buffer
+
+
+def follow_logs(ctx: click.Context, name: str, follow: bool) -> None:
+    """Write the console to stdout as raw bytes until EOF (or the stream ends)."""
+    out = binary_stdout()
+    call = get_client(ctx).stub.PartitionLogs(
+        controller_pb2.PartitionLogsRequest(name=name, follow=follow))
+    try:
+        for chunk in call:
+            if chunk.data:
+                out.write(chunk.data)
+                out.flush()
+            if chunk.eof:
+                break
+    finally:
+        cancel(call)
+
+
+@click.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the guest ends.")
+@click.pass_context
+def logs_cmd(ctx: click.Context, name: str, follow: bool) -> None:
+    """Print a partition's console output."""
+    try:
+        follow_logs(ctx, name, follow)
+    except KeyboardInterrupt:
+        ctx.exit(130)
+
+
+COMMANDS = [create_cmd, ls_cmd, get_cmd, start_cmd, stop_cmd, delete_cmd, logs_cmd]
