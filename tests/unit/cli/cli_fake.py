@@ -1,0 +1,271 @@
+"""An in-process fake Controller: real gRPC on 127.0.0.1:0, state in dicts.
+
+It implements just the RPCs the CLI calls, with the behaviour the CLI assumes of the real
+controller (see the CLI's report): start -> Running at once, logs end with eof and turn the
+partition Off with `exit_code`, watches push every change.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from viridian.v1 import controller_pb2 as c
+from viridian.v1 import controller_pb2_grpc, types_pb2
+
+Phase = types_pb2.PartitionPhase
+
+
+def now_ts(ago: float = 0.0) -> Timestamp:
+    ts = Timestamp()
+    ts.FromSeconds(int(time.time() - ago))
+    return ts
+
+
+def make_node(name: str = "node-1", vcpus: int = 4, memory: int = 8 << 30,
+              **labels: str) -> types_pb2.Node:
+    return types_pb2.Node(
+        name=name,
+        spec=types_pb2.NodeSpec(address=f"10.0.0.1:7000", vcpus=vcpus, memory_bytes=memory,
+                                arches=[types_pb2.ARCH_X86_64], labels=labels,
+                                host_arch="x86_64"),
+        status=types_pb2.NodeStatus(state=types_pb2.NODE_STATE_READY, allocated_vcpus=1,
+                                    allocated_memory_bytes=64 << 20, partitions=1,
+                                    allocatable_vcpus=vcpus * 4,
+                                    allocatable_memory_bytes=memory,
+                                    registered_at=now_ts(3600)),
+        revision=5,
+    )
+
+
+def make_partition(name: str = "web", phase: int = Phase.PARTITION_PHASE_RUNNING,
+                   **kw: Any) -> types_pb2.Partition:
+    status = types_pb2.PartitionStatus(phase=phase, node="node-1", epoch=42,
+                                       created_at=now_ts(90), arch=types_pb2.ARCH_X86_64)
+    for key in ("reason", "exit_code", "has_exit_code", "restarts"):
+        if key in kw:
+            setattr(status, key, kw.pop(key))
+    spec = types_pb2.PartitionSpec(image="hello", vcpus=1, memory_bytes=64 << 20, **kw)
+    return types_pb2.Partition(name=name, spec=spec, status=status, revision=7)
+
+
+def make_explanation() -> types_pb2.PlacementExplanation:
+    ok = types_pb2.FilterResult
+    return types_pb2.PlacementExplanation(
+        partition="web",
+        chosen_node="node-2",
+        summary="1/2 nodes available: 1 insufficient memory",
+        verdicts=[
+            types_pb2.NodeVerdict(node="node-1", passed=False, filters=[
+                ok(name="cpu", passed=True, detail="need 1, free 15 of 16"),
+                ok(name="memory", passed=False, reason_code="InsufficientMemory",
+                   detail="need 8Gi, free 6Gi of 16Gi"),
+            ]),
+            types_pb2.NodeVerdict(node="node-2", passed=True, chosen=True, total=0.8, filters=[
+                ok(name="cpu", passed=True), ok(name="memory", passed=True),
+            ], scores=[types_pb2.ScoreResult(name="binpack", raw=0.8, weight=1.0,
+                                             weighted=0.8)]),
+        ],
+    )
+
+
+class FakeController(controller_pb2_grpc.ControllerServicer):
+    def __init__(self) -> None:
+        self.lock = threading.Condition()
+        self.partitions: dict[str, types_pb2.Partition] = {}
+        self.images: dict[str, types_pb2.Image] = {"hello": types_pb2.Image(
+            name="hello", digest="sha256:" + "ab" * 32, size_bytes=12345,
+            arch=types_pb2.ARCH_X86_64, format="elf", created_at=now_ts(60))}
+        self.nodes = {n.name: n for n in (make_node("node-1", zone="a"), make_node("node-2"))}
+        self.events = [types_pb2.Event(id="1", time=now_ts(5), kind="Partition", object="web",
+                                       type="Normal", reason="Scheduled",
+                                       message="bound to node-1", source="controller")]
+        self.pushed: list[c.PushImageRequest] = []
+        self.stdin = bytearray()
+        self.logs: list[bytes] = [b"hello\n", b"world\n"]
+        self.exit_code = 0
+        self.start_phase: int = Phase.PARTITION_PHASE_RUNNING
+        self.start_reason = ""
+        self.drain_fails = False
+        self.explain_requests: list[c.ExplainPlacementRequest] = []
+        self.deleted: list[str] = []
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _put(self, part: types_pb2.Partition) -> types_pb2.Partition:
+        with self.lock:
+            part.revision += 1
+            self.partitions[part.name] = part
+            self.lock.notify_all()
+        return part
+
+    def _find(self, name: str, context: grpc.ServicerContext) -> types_pb2.Partition:
+        if name not in self.partitions:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"partition '{name}' not found")
+        return self.partitions[name]
+
+    # -- partitions ---------------------------------------------------------------------------
+
+    def CreatePartition(self, request: c.CreatePartitionRequest, context: Any) -> Any:
+        if request.name in self.partitions:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                          f"partition '{request.name}' already exists")
+        if request.spec.image not in self.images:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"image '{request.spec.image}' not found")
+        running = request.spec.desired_state == types_pb2.DESIRED_STATE_RUNNING
+        phase = self.start_phase if running else Phase.PARTITION_PHASE_OFF
+        part = types_pb2.Partition(name=request.name, spec=request.spec, status=(
+            types_pb2.PartitionStatus(phase=phase, created_at=now_ts(),
+                                      reason=self.start_reason if running else "",
+                                      node="node-1" if phase != Phase.PARTITION_PHASE_PENDING
+                                      else "")))
+        return self._put(part)
+
+    def GetPartition(self, request: c.GetPartitionRequest, context: Any) -> Any:
+        return self._find(request.name, context)
+
+    def ListPartitions(self, request: c.ListPartitionsRequest, context: Any) -> Any:
+        parts = [p for _, p in sorted(self.partitions.items())
+                 if all(p.spec.labels.get(k) == v for k, v in request.label_selector.items())
+                 and (not request.node or p.status.node == request.node)]
+        return c.ListPartitionsResponse(partitions=parts)
+
+    def WatchPartitions(self, request: c.WatchPartitionsRequest, context: Any) -> Iterator[Any]:
+        seen: dict[str, int] = {}
+        while context.is_active():
+            with self.lock:
+                changed = [p for p in self.partitions.values()
+                           if (not request.name or p.name == request.name)
+                           and seen.get(p.name) != p.revision]
+                gone = [n for n in seen if n not in self.partitions]
+                if not changed and not gone:
+                    self.lock.wait(0.05)
+                    continue
+            for name in gone:
+                del seen[name]
+                yield c.PartitionWatchEvent(type=c.PartitionWatchEvent.TYPE_DELETED,
+                                            partition=types_pb2.Partition(name=name))
+            for p in changed:
+                seen[p.name] = p.revision
+                yield c.PartitionWatchEvent(type=c.PartitionWatchEvent.TYPE_PUT, partition=p)
+
+    def StartPartition(self, request: c.StartPartitionRequest, context: Any) -> Any:
+        part = self._find(request.name, context)
+        part.spec.desired_state = types_pb2.DESIRED_STATE_RUNNING
+        part.status.phase = self.start_phase
+        part.status.reason = self.start_reason
+        return self._put(part)
+
+    def StopPartition(self, request: c.StopPartitionRequest, context: Any) -> Any:
+        part = self._find(request.name, context)
+        part.spec.desired_state = types_pb2.DESIRED_STATE_OFF
+        part.status.phase = Phase.PARTITION_PHASE_OFF
+        return self._put(part)
+
+    def DeletePartition(self, request: c.DeletePartitionRequest, context: Any) -> Any:
+        self._find(request.name, context)
+        with self.lock:
+            del self.partitions[request.name]
+            self.deleted.append(request.name)
+            self.lock.notify_all()
+        return c.DeletePartitionResponse()
+
+    def PartitionLogs(self, request: c.PartitionLogsRequest, context: Any) -> Iterator[Any]:
+        part = self._find(request.name, context)
+        offset = 0
+        for data in self.logs:
+            yield c.LogChunk(data=data, offset=offset)
+            offset += len(data)
+        if request.follow:
+            part.status.phase = Phase.PARTITION_PHASE_OFF
+            part.status.has_exit_code = True
+            part.status.exit_code = self.exit_code
+            self._put(part)
+            yield c.LogChunk(offset=offset, eof=True)
+
+    def SendStdin(self, request_iterator: Iterator[Any], context: Any) -> Any:
+        for chunk in request_iterator:
+            self.stdin.extend(chunk.data)
+        return c.SendStdinResponse()
+
+    # -- nodes --------------------------------------------------------------------------------
+
+    def ListNodes(self, request: Any, context: Any) -> Any:
+        return c.ListNodesResponse(nodes=[n for _, n in sorted(self.nodes.items())])
+
+    def GetNode(self, request: c.GetNodeRequest, context: Any) -> Any:
+        if request.name not in self.nodes:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node '{request.name}' not found")
+        return self.nodes[request.name]
+
+    def CordonNode(self, request: c.CordonNodeRequest, context: Any) -> Any:
+        node = self.GetNode(c.GetNodeRequest(name=request.name), context)
+        node.spec.cordoned = True
+        return node
+
+    def UncordonNode(self, request: c.CordonNodeRequest, context: Any) -> Any:
+        node = self.GetNode(c.GetNodeRequest(name=request.name), context)
+        node.spec.cordoned = False
+        return node
+
+    def DrainNode(self, request: c.DrainNodeRequest, context: Any) -> Iterator[Any]:
+        yield c.DrainProgress(message="cordoned; moving 2 partitions", remaining=2)
+        yield c.DrainProgress(message="web stopped", remaining=1)
+        if self.drain_fails:
+            yield c.DrainProgress(message="deadline passed: db still bound", remaining=1,
+                                  failed=True)
+        else:
+            yield c.DrainProgress(message="node is empty", remaining=0, done=True)
+
+    # -- images -------------------------------------------------------------------------------
+
+    def PushImage(self, request_iterator: Iterator[Any], context: Any) -> Any:
+        requests = list(request_iterator)
+        self.pushed = requests
+        header = requests[0].header
+        size = sum(len(r.chunk) for r in requests[1:])
+        image = types_pb2.Image(name=header.name, digest=header.digest, size_bytes=size,
+                                arch=types_pb2.ARCH_X86_64, entrypoint=header.entrypoint,
+                                format=header.format, created_at=now_ts())
+        self.images[header.name] = image
+        return image
+
+    def ListImages(self, request: Any, context: Any) -> Any:
+        return c.ListImagesResponse(images=[i for _, i in sorted(self.images.items())])
+
+    def DeleteImage(self, request: c.DeleteImageRequest, context: Any) -> Any:
+        if any(p.spec.image == request.name for p in self.partitions.values()):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"image '{request.name}' is used by a partition")
+        self.images.pop(request.name, None)
+        return c.DeleteImageResponse()
+
+    # -- events and placement -----------------------------------------------------------------
+
+    def ListEvents(self, request: c.ListEventsRequest, context: Any) -> Any:
+        return c.ListEventsResponse(events=[e for e in self.events
+                                            if not request.object or e.object == request.object])
+
+    def WatchEvents(self, request: c.ListEventsRequest, context: Any) -> Iterator[Any]:
+        yield from self.events  # a replay the CLI must skip
+        yield types_pb2.Event(id="2", time=now_ts(), kind="Node", object="node-2",
+                              type="Warning", reason="NodeLost", message="lease expired")
+
+    def ExplainPlacement(self, request: c.ExplainPlacementRequest, context: Any) -> Any:
+        self.explain_requests.append(request)
+        if request.name and request.name not in self.partitions:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"partition '{request.name}' not found")
+        return make_explanation()
+
+
+def serve(fake: FakeController) -> tuple[grpc.Server, str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+    controller_pb2_grpc.add_ControllerServicer_to_server(fake, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    return server, f"127.0.0.1:{port}"
