@@ -1,0 +1,228 @@
+"""Inside a worker process: one partition's Machine, its files and its control socket.
+
+The fork server forks, and the child calls `worker_entry()`; it never returns. Files in the
+partition directory (see workers.py for the whole list):
+
+  ctl.sock      control socket: requests are 1 op byte + u32 length + payload, reply b"k"
+                (ops: P ping, S stop, I stdin data, E stdin end-of-file)
+  console.log   output ring (worker_console.py)
+  events.jsonl  one {"t", "reason", "message"} object a line, what the Machine reported
+  status.json   written atomically when the Machine returns: exit_code, failed_reason,
+                unknown_syscalls, finished_at
+  ready         written just before Machine.run(): {"t": wall time, "mono": monotonic}
+  worker.log    the worker's own stderr: Python tracebacks, faulthandler dumps on SIGSEGV
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import importlib
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .spec import ExitStatus, PartitionSpec
+from .worker_console import ConsoleRing, WorkerConsole
+
+__all__ = ["worker_entry", "write_json_atomic", "load_machine_class", "WorkerLimits",
+           "OP_PING", "OP_STOP", "OP_STDIN", "OP_EOF", "FRAME"]
+
+OP_PING, OP_STOP, OP_STDIN, OP_EOF = b"P", b"S", b"I", b"E"
+FRAME = struct.Struct("<cI")
+MAX_EVENTS = 10_000
+MAX_FRAME = 1 << 20
+
+
+class WorkerLimits:
+    """Hard limits applied in the worker before the guest starts. No RLIMIT_AS: guest
+    memory is one MAP_NORESERVE mapping that may be 64 GiB; the runtime bounds its use."""
+
+    nofile = 1024
+    console_rate = 256 << 10  # bytes per second, with a burst of console_burst
+    console_burst = 1 << 20
+
+
+class _MachineLike(Protocol):
+    def run(self) -> ExitStatus: ...
+
+    def stop(self) -> None: ...
+
+
+MachineFactory = Callable[..., _MachineLike]
+
+
+def load_machine_class(path: str) -> MachineFactory:
+    """'package.module:Name' → the class (imported in the fork server, before forking)."""
+    module, _, attr = path.partition(":")
+    factory: MachineFactory = getattr(importlib.import_module(module), attr or "Machine")
+    return factory
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Events:
+    """Appends what the Machine reports to events.jsonl (bounded)."""
+
+    def __init__(self, path: Path) -> None:
+        self._f = open(path, "a", buffering=1)
+        self._n = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, reason: str, message: str) -> None:
+        with self._lock:
+            self._n += 1
+            if self._n > MAX_EVENTS:
+                return
+            if self._n == MAX_EVENTS:
+                reason, message = "EventsDropped", f"more than {MAX_EVENTS} events; rest dropped"
+            self._f.write(json.dumps({"t": time.time(), "reason": reason,
+                                      "message": message}) + "\n")
+
+
+class _Control:
+    """Serves ctl.sock on a daemon thread: stop requests and stdin for the guest."""
+
+    def __init__(self, path: Path, console: WorkerConsole, stop: Callable[[], None]) -> None:
+        self._console, self._stop = console, stop
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bound relative to the cwd (the partition dir): sun_path holds only 108 bytes.
+        tmp = Path(".ctl.sock.tmp")
+        tmp.unlink(missing_ok=True)
+        self._sock.bind(tmp.name)
+        self._sock.listen(8)
+        os.replace(tmp, path.name)  # appears only once it accepts connections
+        threading.Thread(target=self._serve, name="worker-ctl", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            conn, _ = self._sock.accept()
+            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+
+    def _client(self, conn: socket.socket) -> None:
+        with conn:
+            while True:
+                head = _recv_exact(conn, FRAME.size)
+                if head is None:
+                    return
+                op, size = FRAME.unpack(head)
+                payload = _recv_exact(conn, size) if 0 < size <= MAX_FRAME else b""
+                if payload is None:
+                    return
+                if op == OP_STOP:
+                    self._stop()
+                elif op == OP_STDIN:
+                    self._console.feed_stdin(payload)
+                elif op == OP_EOF:
+                    self._console.close_stdin()
+                conn.sendall(b"k")
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = conn.recv(n - len(buf))
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
+def _start_watchdog(machine: _MachineLike, pdir: Path) -> None:
+    """Issue 6 hook: a watchdog for a runaway or wedged guest (CPU time, no progress,
+    memory growth) starts here, with the machine and its directory. Not built yet."""
+
+
+def _apply_limits(limits: type[WorkerLimits]) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits.nofile, limits.nofile))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no 64 GiB core files
+
+
+def _detach(pdir: Path) -> None:
+    """New session (outlives agent and fork server), default signals, stdio to files."""
+    os.setsid()
+    os.chdir(pdir)
+    for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    log = os.open(pdir / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(devnull)
+    os.close(log)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+
+
+def _status_dict(status: ExitStatus) -> dict[str, Any]:
+    return {"exit_code": status.exit_code, "failed_reason": status.failed_reason,
+            "unknown_syscalls": {str(k): v for k, v in status.unknown_syscalls.items()},
+            "finished_at": time.time()}
+
+
+def worker_entry(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
+                 limits: type[WorkerLimits] = WorkerLimits) -> None:
+    """Run the partition in this (freshly forked) process, write status.json, exit."""
+    code = 0
+    try:
+        _detach(pdir)
+        _apply_limits(limits)
+        status = _run(pdir, spec, stdin, factory, limits)
+        write_json_atomic(pdir / "status.json", _status_dict(status))
+    except BaseException:  # noqa: B036 - nothing may escape into the fork server's code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
+         limits: type[WorkerLimits]) -> ExitStatus:
+    ring = ConsoleRing(pdir / "console.log")
+    console = WorkerConsole(ring, stdin, limits.console_rate, limits.console_burst)
+    events = _Events(pdir / "events.jsonl")
+    stop_requested = threading.Event()
+    machine: _MachineLike | None = None
+
+    def stop() -> None:
+        stop_requested.set()
+        console.close_stdin()  # a guest blocked reading stdin must wake up
+        if machine is not None:
+            machine.stop()
+
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop())
+    _Control(pdir / "ctl.sock", console, stop)
+    try:
+        machine = factory(spec, console, events)
+    except Exception as exc:  # a bad image etc.: the partition fails, with the reason
+        return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
+    if stop_requested.is_set():
+        machine.stop()
+    _start_watchdog(machine, pdir)
+    write_json_atomic(pdir / "ready", {"t": time.time(), "mono": time.monotonic()})
+    try:
+        return machine.run()
+    except Exception as exc:
+        return ExitStatus(None, f"runtime error: {type(exc).__name__}: {exc}", {})
+    finally:
+        ring.close()
