@@ -1,0 +1,199 @@
+"""A partition: guest memory, the loaded image, the sandbox, vCPUs and their scheduler."""
+
+from __future__ import annotations
+
+import shutil
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from unicorn import x86_const as X
+
+from .abi import ABI_I386, ABI_X86_64
+from .files import ConsoleFile, FdTable
+from .fs import Sandbox
+from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, flat_gdt, user_desc_to_descriptor
+from .loader import build_stack, load_image, read_image, validate_image
+from .memory import RESERVED, GuestMemory
+from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
+from .syscall_common import E
+from .syscalls_i386 import TABLE as TABLE_I386
+from .syscalls_x86_64 import TABLE as TABLE_X86_64
+from .threads import GuestThread, Scheduler
+from .vcpu import Vcpu
+
+__all__ = ["Machine", "validate_image"]
+
+QUANTUM = 0.02
+
+
+class Machine:
+    """Runs one partition's guest to completion on ``spec.vcpus`` Unicorn instances."""
+
+    def __init__(self, spec: PartitionSpec, console: Console,
+                 on_event: Callable[[str, str], None] | None = None) -> None:
+        self.spec = spec
+        self.console = console
+        self.on_event = on_event
+        self.unknown: dict[int, int] = {}
+        self._unknown_lock = threading.Lock()
+        self.cwd = spec.cwd if spec.cwd.startswith("/") else "/"
+        self.umask = 0o022
+        self.started = time.monotonic()
+        self._stop_requested = False
+        self.vcpus: list[Vcpu] = []
+        self._gdt_free = list(range(RESERVED // GDT_SIZE))
+        self.sched = Scheduler(0)
+        self.sched.on_done = self._halt_all
+        self.mem: GuestMemory | None = None  # type: ignore[assignment]
+        self._tmp_upper: str | None = None
+
+    # -- public API ---------------------------------------------------------------
+    def run(self) -> ExitStatus:
+        """Run the guest until it exits, faults or is stopped; never raises for the guest."""
+        try:
+            failure = self._boot()
+        except ImageError as exc:
+            failure = str(exc)
+        except MemoryError as exc:
+            failure = f"cannot start: {exc}"
+        if failure is not None:
+            self._cleanup()
+            return ExitStatus(None, failure, dict(self.unknown))
+        threads = [threading.Thread(target=v.run, name=f"{self.spec.name}-vcpu{v.index}",
+                                    daemon=True) for v in self.vcpus]
+        for t in threads:
+            t.start()
+        self._tick()
+        for t in threads:
+            t.join()
+        self._cleanup()
+        if self._stop_requested and self.sched.exit_code == STOP_EXIT_CODE:
+            return ExitStatus(STOP_EXIT_CODE, None, dict(self.unknown))
+        return ExitStatus(self.sched.exit_code, self.sched.failed_reason, dict(self.unknown))
+
+    def stop(self) -> None:
+        """Ask every vCPU to halt; ``run`` then returns exit code 143 (thread-safe)."""
+        self._stop_requested = True
+        self.sched.finish(STOP_EXIT_CODE)
+
+    # -- boot ------------------------------------------------------------------------
+    def _boot(self) -> str | None:
+        spec = self.spec
+        upper = spec.upper
+        if upper is None:
+            self._tmp_upper = tempfile.mkdtemp(prefix=f"viridian-{spec.name}-")
+            upper = Path(self._tmp_upper)
+        self.fs = Sandbox(spec.root, upper, spec.entrypoint)
+        gpath = self.fs.resolve(spec.entrypoint, "/")
+        found = self.fs.host_path(gpath)
+        if found is None:
+            return f"bad image: entrypoint {spec.entrypoint} not found in the root"
+        image = read_image(Path(found[0]))
+        self.arch = image.arch
+        self.abi = ABI_X86_64 if image.arch == "x86_64" else ABI_I386
+        self.syscalls = TABLE_X86_64 if image.arch == "x86_64" else TABLE_I386
+        self.mem = GuestMemory(image.low, image.high, spec.memory_bytes,
+                               64 if image.arch == "x86_64" else 32)
+        phdr = load_image(image, Path(found[0]), self.mem)
+        argv = [spec.entrypoint, *spec.args]
+        env = [f"{k}={v}" for k, v in spec.env]
+        sp = build_stack(self.mem, image, phdr, argv, env)
+        self.fds = FdTable()
+        for fd, flags in ((0, 0), (1, 1), (2, 1)):
+            self.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
+        self.sched = Scheduler(X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX)
+        self.sched.on_done = self._halt_all
+        main = self.sched.new_thread(first=True)
+        assert main is not None
+        if self.arch == "x86_64":
+            main.pending = {X.UC_X86_REG_RIP: image.entry, X.UC_X86_REG_RSP: sp}
+        else:
+            main.gdt = self.alloc_gdt()
+            main.pending = {X.UC_X86_REG_EIP: image.entry, X.UC_X86_REG_ESP: sp}
+        self.vcpus = [Vcpu(self, i) for i in range(spec.vcpus)]
+        self.sched.start(main)
+        return None
+
+    def _tick(self) -> None:
+        """The caller's thread: preempt vCPUs when threads wait for one, fire timers."""
+        sched = self.sched
+        while True:
+            with sched.cond:
+                if sched.done:
+                    return
+                waiting = bool(sched.runq)
+                deadline = sched.timers[0][0] if sched.timers else None
+                timeout = QUANTUM if waiting else 0.5
+                if deadline is not None:
+                    timeout = min(timeout, max(deadline - time.monotonic(), 0.0005))
+                sched.cond.wait(timeout)
+                sched._fire_timers()
+                waiting = bool(sched.runq)
+            if waiting:
+                for vcpu in self.vcpus:
+                    vcpu.preempt(QUANTUM)
+
+    def _halt_all(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.halt()
+
+    def _cleanup(self) -> None:
+        if hasattr(self, "fds"):
+            self.fds.close_all()
+        for vcpu in self.vcpus:
+            vcpu.close()
+        self.vcpus = []
+        if self.mem is not None:
+            self.mem.close()
+            self.mem = None
+        if self._tmp_upper is not None:
+            shutil.rmtree(self._tmp_upper, ignore_errors=True)
+
+    # -- services for syscalls ----------------------------------------------------------
+    def unknown_syscall(self, nr: int) -> None:
+        with self._unknown_lock:
+            first = nr not in self.unknown
+            self.unknown[nr] = self.unknown.get(nr, 0) + 1
+        if first:
+            self.event("UnknownSyscall", f"syscall {nr} ({self.arch}) returned ENOSYS")
+
+    def event(self, reason: str, message: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(reason, message)
+            except Exception:  # noqa: BLE001 - a listener bug must not kill the guest
+                pass
+
+    def log_error(self, text: str) -> None:
+        sys.stderr.write(f"viridian runtime error in partition {self.spec.name}:\n{text}")
+
+    def alloc_gdt(self) -> int:
+        assert self.mem is not None
+        with self.sched.cond:
+            slot = self._gdt_free.pop(0)
+        addr = self.mem.reserved + slot * GDT_SIZE
+        self.mem.write(addr, flat_gdt())
+        return addr
+
+    def set_thread_area(self, thread: GuestThread, ptr: int) -> int:
+        """i386 set_thread_area: write a TLS descriptor into ``thread``'s own GDT."""
+        assert self.mem is not None
+        entry, base, limit, flags = struct.unpack("<iIII", self.mem.read(ptr, 16))
+        if entry == -1:
+            for candidate in range(TLS_MIN, TLS_MAX + 1):
+                if self.mem.u64(thread.gdt + 8 * candidate) == 0:
+                    entry = candidate
+                    break
+            else:
+                return -16                                    # ESRCH-like: EBUSY
+            self.mem.put_u32(ptr, entry)
+        if not TLS_MIN <= entry <= TLS_MAX:
+            return E.INVAL
+        desc = user_desc_to_descriptor(base, limit, flags)
+        self.mem.put_u64(thread.gdt + 8 * entry, desc)
+        return 0

@@ -1,0 +1,56 @@
+"""Value types shared by the partition runtime and its callers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+__all__ = ["PartitionSpec", "ExitStatus", "Console", "ImageError", "STOP_EXIT_CODE"]
+
+#: Exit code reported when the partition was halted through ``Machine.stop()`` (128 + SIGTERM).
+STOP_EXIT_CODE = 143
+
+
+class ImageError(ValueError):
+    """The image is not something the runtime can run (not a static x86_64/i386 ELF)."""
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """What a partition runs and with which resources."""
+
+    name: str
+    root: Path
+    entrypoint: str
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    vcpus: int = 1
+    memory_bytes: int = 256 << 20
+    upper: Path | None = None
+    cwd: str = "/"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vcpus <= 4:
+            raise ValueError(f"vcpus must be 1..4, got {self.vcpus}")
+        if not (1 << 20) <= self.memory_bytes <= (64 << 30):
+            raise ValueError(f"memory_bytes must be 1 MiB..64 GiB, got {self.memory_bytes}")
+        if not self.entrypoint.startswith("/"):
+            raise ValueError(f"entrypoint must be an absolute guest path: {self.entrypoint!r}")
+
+
+@dataclass
+class ExitStatus:
+    """How a partition ended: an exit code, or a reason it failed."""
+
+    exit_code: int | None
+    failed_reason: str | None
+    unknown_syscalls: dict[int, int] = field(default_factory=dict)
+
+
+class Console(Protocol):
+    """The partition's console: guest stdout/stderr go out, stdin comes in."""
+
+    def write(self, fd: int, data: bytes) -> None: ...
+
+    def read_stdin(self, n: int) -> bytes: ...

@@ -1,0 +1,214 @@
+"""Guest threads and the scheduler that hands them to vCPUs.
+
+A guest thread is either on a vCPU (``on_cpu``), queued to run, blocked (futex, sleep), or dead.
+Blocking syscalls never block a vCPU's host thread: the syscall hook records the wait here and
+stops emulation; the vCPU saves the thread's registers and takes another runnable thread.
+Wake-ups may arrive before that save completes, so a woken thread is queued by whichever of
+``wake`` and ``release`` comes second.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["GuestThread", "Scheduler", "RUNNING", "RUNNABLE", "BLOCKED", "DEAD"]
+
+RUNNING, RUNNABLE, BLOCKED, DEAD = "running", "runnable", "blocked", "dead"
+ETIMEDOUT = 110
+EAGAIN = 11
+MAX_THREADS = 256
+
+
+@dataclass(eq=False)
+class GuestThread:
+    """One guest thread: its saved CPU context and what it waits for."""
+
+    tid: int
+    context: Any = None                      # UcContext once it has run
+    pending: dict[int, int] = field(default_factory=dict)   # registers to write on resume
+    state: str = RUNNABLE
+    on_cpu: bool = False
+    clear_tid: int = 0
+    gdt: int = 0                             # i386: guest address of its own GDT
+    tls_selector: int = 0
+    token: int = 0                           # bumps on each block; stale timers compare it
+    futex_addr: int | None = None
+    futex_bitset: int = 0xFFFFFFFF
+
+
+class Scheduler:
+    """Run queue, futex wait queues and timers, all under one condition variable."""
+
+    def __init__(self, result_reg: int) -> None:
+        self.cond = threading.Condition()
+        self.result_reg = result_reg
+        self.runq: deque[GuestThread] = deque()
+        self.threads: dict[int, GuestThread] = {}
+        self.futexes: dict[int, list[GuestThread]] = {}
+        self.timers: list[tuple[float, int, GuestThread, int, int]] = []
+        self._seq = itertools.count()
+        self._tids = itertools.count(1000)
+        self.done = False
+        self.exit_code: int | None = None
+        self.failed_reason: str | None = None
+        self.on_done: Callable[[], None] = lambda: None
+
+    # -- lifecycle ------------------------------------------------------------
+    def new_thread(self, first: bool = False) -> GuestThread | None:
+        with self.cond:
+            if len(self.threads) >= MAX_THREADS:
+                return None
+            tid = 1 if first else next(self._tids)
+            thread = GuestThread(tid=tid)
+            self.threads[tid] = thread
+            return thread
+
+    def start(self, thread: GuestThread) -> None:
+        with self.cond:
+            thread.state = RUNNABLE
+            self.runq.append(thread)
+            self.cond.notify()
+
+    def finish(self, exit_code: int | None, failed_reason: str | None = None) -> None:
+        """End the partition (first call wins)."""
+        with self.cond:
+            if self.done:
+                return
+            self.done = True
+            self.exit_code = exit_code
+            self.failed_reason = failed_reason
+            self.cond.notify_all()
+        self.on_done()
+
+    def thread_exit(self, thread: GuestThread, code: int) -> None:
+        """A thread ended; the partition ends with ``code`` when it was the last one."""
+        with self.cond:
+            thread.state = DEAD
+            self.threads.pop(thread.tid, None)
+            last = not self.threads
+        if last:
+            self.finish(code & 0xFF)
+
+    # -- vCPU side ------------------------------------------------------------
+    def take(self) -> GuestThread | None:
+        """Block until a thread is runnable (None once the partition is done)."""
+        with self.cond:
+            while True:
+                if self.done:
+                    return None
+                self._fire_timers()
+                if self.runq:
+                    thread = self.runq.popleft()
+                    thread.state = RUNNING
+                    thread.on_cpu = True
+                    return thread
+                wait = self.timers[0][0] - time.monotonic() if self.timers else None
+                self.cond.wait(timeout=None if wait is None else max(wait, 0.0005))
+
+    def release(self, thread: GuestThread) -> None:
+        """The vCPU saved ``thread``'s context; queue it again if it can run."""
+        with self.cond:
+            thread.on_cpu = False
+            if thread.state == RUNNING:
+                thread.state = RUNNABLE
+            if thread.state == RUNNABLE:
+                self.runq.append(thread)
+                self.cond.notify()
+
+    def has_waiting(self) -> bool:
+        return bool(self.runq)
+
+    # -- blocking -----------------------------------------------------------------
+    def block(self, thread: GuestThread, deadline: float | None, timeout_result: int) -> None:
+        """Caller holds ``cond``. Mark ``thread`` blocked, optionally until ``deadline``."""
+        thread.state = BLOCKED
+        thread.token += 1
+        if deadline is not None:
+            entry = (deadline, next(self._seq), thread, thread.token, timeout_result)
+            heapq.heappush(self.timers, entry)
+            self.cond.notify()
+
+    def wake(self, thread: GuestThread, result: int) -> None:
+        """Caller holds ``cond``."""
+        if thread.state != BLOCKED:
+            return
+        self._unwait(thread)
+        thread.pending[self.result_reg] = result
+        thread.state = RUNNABLE
+        if not thread.on_cpu:
+            self.runq.append(thread)
+            self.cond.notify()
+
+    def sleep(self, thread: GuestThread, seconds: float) -> None:
+        with self.cond:
+            self.block(thread, time.monotonic() + seconds, 0)
+
+    def _fire_timers(self) -> None:
+        now = time.monotonic()
+        while self.timers and self.timers[0][0] <= now:
+            _, _, thread, token, result = heapq.heappop(self.timers)
+            if thread.token == token and thread.state == BLOCKED:
+                self.wake(thread, result)
+
+    def next_deadline(self) -> float | None:
+        with self.cond:
+            return self.timers[0][0] if self.timers else None
+
+    def poke(self) -> None:
+        with self.cond:
+            self._fire_timers()
+
+    # -- futex ------------------------------------------------------------------
+    def futex_wait(self, thread: GuestThread, addr: int, expected: int,
+                   read: Callable[[int], int], deadline: float | None, bitset: int) -> int:
+        """0 if now blocked, else -EAGAIN (value changed)."""
+        with self.cond:
+            if read(addr) != expected:
+                return -EAGAIN
+            thread.futex_addr = addr
+            thread.futex_bitset = bitset
+            self.futexes.setdefault(addr, []).append(thread)
+            self.block(thread, deadline, -ETIMEDOUT)
+            return 0
+
+    def futex_wake(self, addr: int, count: int, bitset: int = 0xFFFFFFFF) -> int:
+        with self.cond:
+            woken = 0
+            for waiter in list(self.futexes.get(addr, ())):
+                if woken >= count:
+                    break
+                if waiter.futex_bitset & bitset:
+                    self.wake(waiter, 0)
+                    woken += 1
+            return woken
+
+    def futex_requeue(self, addr: int, wake: int, requeue: int, addr2: int) -> int:
+        with self.cond:
+            woken = self.futex_wake(addr, wake)
+            moved = 0
+            for waiter in list(self.futexes.get(addr, ())):
+                if moved >= requeue:
+                    break
+                self._unwait(waiter)
+                waiter.futex_addr = addr2
+                self.futexes.setdefault(addr2, []).append(waiter)
+                moved += 1
+            return woken + moved
+
+    def _unwait(self, thread: GuestThread) -> None:
+        addr = thread.futex_addr
+        if addr is None:
+            return
+        waiters = self.futexes.get(addr)
+        if waiters and thread in waiters:
+            waiters.remove(thread)
+            if not waiters:
+                del self.futexes[addr]
+        thread.futex_addr = None

@@ -1,0 +1,247 @@
+"""One vCPU: a Unicorn instance on its own host thread, running guest threads in turn."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from unicorn import (
+    UC_ARCH_X86,
+    UC_ERR_FETCH_PROT,
+    UC_ERR_FETCH_UNMAPPED,
+    UC_ERR_INSN_INVALID,
+    UC_ERR_READ_PROT,
+    UC_ERR_READ_UNMAPPED,
+    UC_ERR_WRITE_PROT,
+    UC_ERR_WRITE_UNMAPPED,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_INVALID,
+    UC_MEM_FETCH_PROT,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_READ_PROT,
+    UC_MEM_READ_UNMAPPED,
+    UC_MEM_WRITE_PROT,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_32,
+    UC_MODE_64,
+    UC_PROT_ALL,
+    Uc,
+    UcError,
+)
+from unicorn import x86_const as X
+
+from .gdt import FLAT_DATA_SELECTOR, GDT_SIZE
+from .memory import GuestFault
+from .syscall_common import BLOCK, EXIT, E, errno_of
+from .threads import RUNNING, GuestThread
+
+try:  # the binding's loaded libunicorn, for batch register access without per-call wrappers
+    from unicorn.unicorn_py3.unicorn import uclib as _uclib
+except ImportError:  # pragma: no cover - older binding layout
+    from unicorn.unicorn import _uc as _uclib
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+__all__ = ["Vcpu", "TCG_BUFFER"]
+
+TCG_BUFFER = 48 << 20
+_ARGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
+           X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)
+_ARGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+           X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP)
+_ACCESS = {
+    UC_MEM_READ_UNMAPPED: "read from unmapped address", UC_MEM_WRITE_UNMAPPED:
+    "write to unmapped address", UC_MEM_FETCH_UNMAPPED: "execute at unmapped address",
+    UC_MEM_READ_PROT: "read from protected address", UC_MEM_WRITE_PROT:
+    "write to read-only address", UC_MEM_FETCH_PROT: "execute non-executable address",
+}
+_MEM_ERRORS = {UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
+               UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT}
+_EXCEPTIONS = {0: "division error", 1: "debug trap", 3: "breakpoint (int3)", 4: "overflow",
+               5: "bound range exceeded", 6: "illegal instruction", 7: "FPU not available",
+               8: "double fault", 12: "stack fault", 13: "general protection fault",
+               14: "page fault", 16: "x87 floating-point error", 17: "alignment check",
+               19: "SIMD floating-point error"}
+
+
+class Vcpu:
+    """Runs guest threads from the machine's scheduler until the partition is done."""
+
+    def __init__(self, machine: Machine, index: int) -> None:
+        self.machine = machine
+        self.index = index
+        self.is64 = machine.arch == "x86_64"
+        self.pc_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP
+        self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
+        self.ret_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
+        self.table = machine.syscalls
+        self.mem = machine.mem
+        uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
+        uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
+        for addr, size, perms, host in self.mem.unicorn_regions():
+            uc.mem_map_ptr(addr, size, perms, host)
+        self.uc = uc
+        self._uch = uc._uch
+        if self.is64:
+            uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
+        ids = _ARGS64 if self.is64 else _ARGS32
+        self._ids = (ctypes.c_int * 7)(*ids)
+        self._vals = (ctypes.c_uint64 * 7)()
+        base = ctypes.addressof(self._vals)
+        self._ptrs = (ctypes.c_void_p * 7)(*[base + 8 * i for i in range(7)])
+        self._result = ctypes.c_uint64()
+        self._result_ptr = ctypes.addressof(self._result)
+        self._mask = (1 << 64) - 1 if self.is64 else 0xFFFFFFFF
+        self.exec_generation = 0
+        self.thread: GuestThread | None = None
+        self.run_started = 0.0
+        self.stop_why: str | None = None
+        self.fault: str | None = None
+        self.syscalls = 0
+
+    # -- registers ------------------------------------------------------------------
+    def reg(self, reg_id: int) -> int:
+        return int(self.uc.reg_read(reg_id))
+
+    def set_reg(self, reg_id: int, value: int) -> None:
+        self.uc.reg_write(reg_id, value)
+
+    @property
+    def pc(self) -> int:
+        return self.reg(self.pc_reg)
+
+    # -- the run loop -------------------------------------------------------------
+    def run(self) -> None:
+        sched = self.machine.sched
+        while True:
+            thread = sched.take()
+            if thread is None:
+                return
+            try:
+                self._run_thread(thread)
+            except UcError as exc:
+                sched.finish(None, self._describe(exc))
+            except Exception as exc:  # a runtime bug must end the partition, not the agent
+                self.machine.log_error(traceback.format_exc())
+                sched.finish(None, f"runtime error: {exc!r}")
+            finally:
+                self.thread = None
+            sched.release(thread)
+
+    def _run_thread(self, thread: GuestThread) -> None:
+        uc = self.uc
+        self.thread = thread
+        if thread.context is not None:
+            uc.context_restore(thread.context)
+        if not self.is64:
+            self._load_segments(thread)
+            gs = self.reg(X.UC_X86_REG_GS)
+            if gs:
+                uc.reg_write(X.UC_X86_REG_GS, gs)
+        for reg_id, value in thread.pending.items():
+            uc.reg_write(reg_id, value)
+        thread.pending.clear()
+        if self.mem.exec_generation != self.exec_generation:
+            self._apply_exec()
+        self.stop_why = None
+        self.fault = None
+        self.run_started = time.monotonic()
+        uc.emu_start(self.pc, 0)
+        if thread.context is None:
+            thread.context = uc.context_save()
+        else:
+            uc.context_update(thread.context)
+        if self.stop_why is None and thread.state == RUNNING and not self.machine.sched.done:
+            self.machine.sched.finish(None, f"guest halted (hlt) at pc 0x{self.pc:x}")
+
+    def _load_segments(self, thread: GuestThread) -> None:
+        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, thread.gdt, GDT_SIZE - 1, 0))
+        if thread.context is None:
+            for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+                self.uc.reg_write(seg, FLAT_DATA_SELECTOR)
+
+    def _apply_exec(self) -> None:
+        with self.mem.lock:
+            ranges = list(self.mem.exec_ranges)
+            self.exec_generation = self.mem.exec_generation
+        for lo, hi in ranges:
+            self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL)
+
+    def preempt(self, quantum: float) -> None:
+        """From the ticker thread: stop the current thread if it used up its quantum."""
+        if self.thread is not None and time.monotonic() - self.run_started >= quantum:
+            self.stop_why = "preempt"
+            self.uc.emu_stop()
+
+    def halt(self) -> None:
+        self.stop_why = "halt"
+        self.uc.emu_stop()
+
+    def refresh_exec(self) -> None:
+        """Apply new executable ranges now (called from this vCPU's own syscall hook)."""
+        if self.mem.exec_generation != self.exec_generation:
+            self._apply_exec()
+
+    def close(self) -> None:
+        """Release the Unicorn instance now (before guest memory is unmapped)."""
+        finalizer = getattr(self.uc, "_Uc__finalizer", None)
+        if finalizer is not None:
+            finalizer()
+
+    # -- hooks ------------------------------------------------------------------------
+    def _on_syscall64(self, uc: Any, _user: Any) -> None:
+        self._syscall()
+
+    def _syscall(self) -> None:
+        _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
+        vals = self._vals
+        nr = vals[0]
+        self.syscalls += 1
+        handler = self.table.get(nr)
+        if handler is None:
+            self.machine.unknown_syscall(nr)
+            result = E.NOSYS
+        else:
+            try:
+                result = handler(self, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
+            except OSError as exc:
+                result = errno_of(exc)
+            except GuestFault:
+                result = E.FAULT
+        if result == BLOCK or result == EXIT:
+            self.stop_why = "block" if result == BLOCK else "exit"
+            self.uc.emu_stop()
+            return
+        self._result.value = result & self._mask
+        _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
+
+    def _on_interrupt(self, uc: Any, intno: int, _user: Any) -> None:
+        if intno == 0x80 and not self.is64:
+            self._syscall()
+            return
+        what = _EXCEPTIONS.get(intno, f"cpu exception {intno}")
+        if intno == 0x80:
+            what = "int 0x80 from 64-bit code (unsupported)"
+        self.stop_why = "fault"
+        self.machine.sched.finish(None, f"guest fault: {what} at pc 0x{self.pc:x}")
+        uc.emu_stop()
+
+    def _on_bad_memory(self, uc: Any, access: int, address: int, size: int, value: int,
+                       _user: Any) -> bool:
+        what = _ACCESS.get(access, "bad memory access at")
+        self.fault = f"guest fault: {what} 0x{address:x} at pc 0x{self.pc:x}"
+        return False
+
+    def _describe(self, exc: UcError) -> str:
+        if exc.errno in _MEM_ERRORS and self.fault:
+            return self.fault
+        if exc.errno == UC_ERR_INSN_INVALID:
+            return f"illegal instruction at pc 0x{self.pc:x}"
+        return f"guest fault: {exc} at pc 0x{self.pc:x}"
+
