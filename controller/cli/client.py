@@ -1,13 +1,11 @@
 """The channel to the controller: address list with failover, and the typed stub.
 
-Addresses are tried in order; the first whose channel becomes READY is used. A refused
-connection (TRANSIENT_FAILURE) moves on at once instead of waiting for the timeout.
+Addresses are tried in order with a health check; the first server that answers is used.
 Only plain channels exist today; `ChannelOptions.credentials` is where TLS plugs in.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 
 import grpc
@@ -47,31 +45,32 @@ class ChannelOptions:
         return grpc.insecure_channel(address, options=list(self.options))
 
 
+# The standard health service every Viridian server registers (design.md). Any answer proves
+# the server is there -- even UNIMPLEMENTED from a server without it -- and a refused connection
+# fails at once with the reason, which a connectivity subscription would not tell us.
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_NOT_SERVING = b"\x08\x02"  # HealthCheckResponse{status: NOT_SERVING}
+
+
 def probe(channel: grpc.Channel, timeout: float) -> str | None:
-    """Wait until `channel` is READY; return None, or why it is not ("connection failed")."""
-    ready = threading.Event()
-    outcome: list[str | None] = []
-
-    def on_change(state: grpc.ChannelConnectivity) -> None:
-        if ready.is_set():
-            return
-        if state == grpc.ChannelConnectivity.READY:
-            outcome.append(None)
-            ready.set()
-        elif state in (
-            grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-            grpc.ChannelConnectivity.SHUTDOWN,
-        ):
-            outcome.append("connection failed")
-            ready.set()
-
-    channel.subscribe(on_change, try_to_connect=True)
+    """Return None if a server answers on `channel`, or why not ("connection refused")."""
+    check = channel.unary_unary(_HEALTH_CHECK, request_serializer=None,
+                                response_deserializer=None)
     try:
-        if not ready.wait(timeout):
+        reply = check(b"", timeout=timeout)
+    except grpc.RpcError as err:
+        code = err.code() if isinstance(err, grpc.Call) else None
+        if code == grpc.StatusCode.UNAVAILABLE:
+            details = (err.details() if isinstance(err, grpc.Call) else "") or "unavailable"
+            if "last error:" in details:  # "failed to connect …: Connection refused"
+                details = details.rsplit(": ", 1)[-1]
+            return details
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return f"no answer within {timeout:g}s"
-        return outcome[0]
-    finally:
-        channel.unsubscribe(on_change)
+        return None  # it answered, if only to say it has no health service
+    if reply == _NOT_SERVING:
+        return "not serving"
+    return None
 
 
 @dataclass

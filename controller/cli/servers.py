@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -54,18 +55,24 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str) -> None:
 @click.option("--listen", required=True, help="Address to serve the API on, e.g. 0.0.0.0:50051.")
 @click.option("--etcd", "etcd", required=True, metavar="ENDPOINTS",
               help="Comma-separated etcd endpoints, e.g. 127.0.0.1:2379.")
-@click.option("--lease-ttl", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Seconds a node (and the leader) lease lives without renewal.")
-@click.option("--prefix", default="/viridian/", show_default=True, help="etcd key prefix.")
-def controller_cmd(listen: str, etcd: str, lease_ttl: int, prefix: str) -> None:
+@click.option("--lease-ttl", type=click.IntRange(min=1),
+              help="Seconds a node (and the leader) lease lives without renewal "
+              "(default: the controller's).")
+@click.option("--prefix", help="etcd key prefix (default: the controller's, /viridian).")
+def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | None) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--etcd'")
     from controller.server import run_controller  # type: ignore[import-not-found, unused-ignore]
 
-    sys.exit(run_controller(listen=listen, etcd_endpoints=endpoints, lease_ttl=lease_ttl,
-                            prefix=prefix))
+    # Unset options are left out so that the server's own defaults apply.
+    extra: dict[str, Any] = {}
+    if lease_ttl is not None:
+        extra["lease_ttl"] = lease_ttl
+    if prefix is not None:
+        extra["prefix"] = prefix
+    sys.exit(run_controller(listen=listen, etcd_endpoints=endpoints, **extra))
 
 
 @click.command("agent")

@@ -31,7 +31,7 @@ def make_node(name: str = "node-1", vcpus: int = 4, memory: int = 8 << 30,
               **labels: str) -> types_pb2.Node:
     return types_pb2.Node(
         name=name,
-        spec=types_pb2.NodeSpec(address=f"10.0.0.1:7000", vcpus=vcpus, memory_bytes=memory,
+        spec=types_pb2.NodeSpec(address="10.0.0.1:7000", vcpus=vcpus, memory_bytes=memory,
                                 arches=[types_pb2.ARCH_X86_64], labels=labels,
                                 host_arch="x86_64"),
         status=types_pb2.NodeStatus(state=types_pb2.NODE_STATE_READY, allocated_vcpus=1,

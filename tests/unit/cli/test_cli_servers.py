@@ -1,0 +1,81 @@
+"""Server commands only parse options and hand over to the server code (faked here)."""
+
+from __future__ import annotations
+
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from controller.cli import cli
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    seen: list[tuple[str, Any]] = []
+
+    @dataclass
+    class AgentConfig:
+        controllers: list[str]
+        name: str
+        vcpus: int | None
+        memory_bytes: int | None
+        labels: dict[str, str] = field(default_factory=dict)
+        run_dir: Path = Path(".")
+        address: str = ""
+
+    def module(name: str, **attrs: Any) -> None:
+        mod = types.ModuleType(name)
+        for key, value in attrs.items():
+            setattr(mod, key, value)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+    module("controller.embedded",
+           run_embedded_cluster=lambda **kw: seen.append(("up", kw)) or 0)
+    module("controller.server", run_controller=lambda **kw: seen.append(("controller", kw)) or 3)
+    module("node_agent.agent", AgentConfig=AgentConfig,
+           run_agent=lambda cfg: seen.append(("agent", cfg)) or 0)
+    return seen
+
+
+def test_up(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["up", "--nodes", "3", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051"})]
+
+
+def test_up_default_data_dir(calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch,
+                             tmp_path: Path) -> None:
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert CliRunner().invoke(cli, ["up"]).exit_code == 0
+    assert calls[0][1]["data_dir"] == tmp_path / ".local" / "share" / "viridian"
+    assert calls[0][1]["nodes"] == 2
+
+
+def test_controller_passes_only_given_options(calls: list[tuple[str, Any]]) -> None:
+    result = CliRunner().invoke(cli, ["controller", "--listen", "0.0.0.0:50051",
+                                      "--etcd", "a:2379,b:2379"])
+    assert result.exit_code == 3  # the server's return code is the exit code
+    assert calls == [("controller", {"listen": "0.0.0.0:50051",
+                                     "etcd_endpoints": ["a:2379", "b:2379"]})]
+    CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+                             "--lease-ttl", "5", "--prefix", "/v2"])
+    assert calls[1][1]["lease_ttl"] == 5 and calls[1][1]["prefix"] == "/v2"
+
+
+def test_agent(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, [
+        "--controller", "c1:1,c2:1", "agent", "--name", "n1", "--memory", "2Gi",
+        "--label", "zone=a", "--run-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cfg = calls[0][1]
+    assert cfg.controllers == ["c1:1", "c2:1"]  # the global --controller by default
+    assert (cfg.name, cfg.vcpus, cfg.memory_bytes) == ("n1", None, 2 << 30)
+    assert cfg.labels == {"zone": "a"} and cfg.run_dir == tmp_path
+    CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n2", "--vcpus", "2"])
+    assert calls[1][1].controllers == ["x:1"] and calls[1][1].vcpus == 2
