@@ -86,6 +86,17 @@ def describe_wait(record: dict[str, Any]) -> str:
     return f"worker died: exit code {record.get('code')} without a status"
 
 
+def _write_at(dirfd: int, name: str, data: bytes) -> None:
+    tmp = f".{name}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640,
+                 dir_fd=dirfd)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+
+
 def _preload(machine: str) -> Any:
     """Import everything a worker needs and touch libunicorn once, so forks start warm."""
     import unicorn
@@ -104,7 +115,7 @@ def _preload(machine: str) -> Any:
 class _Server:
     def __init__(self, sock: socket.socket, factory: Any) -> None:
         self.sock, self.factory = sock, factory
-        self.children: dict[int, Path] = {}
+        self.children: dict[int, int] = {}  # pid -> fd of its partition directory
         self.sel: selectors.BaseSelector | None = None
         rfd, self.wakeup = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.rfd = rfd
@@ -147,6 +158,8 @@ class _Server:
                 signal.set_wakeup_fd(-1)
                 if self.sel is not None:
                     self.sel.close()
+                for dirfd in self.children.values():
+                    os.close(dirfd)
                 self.sock.close()
                 os.close(self.rfd)
                 os.close(self.wakeup)
@@ -155,7 +168,9 @@ class _Server:
                 worker_entry(pdir, req["spec"], bool(req["stdin"]), self.factory)
             finally:
                 os._exit(1)
-        self.children[pid] = pdir
+        # Held by fd: if the manager renames the directory away to relaunch the name,
+        # this worker's exit record must not land in its successor's directory.
+        self.children[pid] = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         start = proc_starttime(pid)
         tmp = pdir / ".pid.tmp"
         tmp.write_text(f"{pid} {start if start is not None else 0}\n")
@@ -171,17 +186,16 @@ class _Server:
             if info is None or info.si_pid == 0:
                 return
             pid = info.si_pid
-            pdir = self.children.pop(pid, None)
-            if pdir is not None and pdir.is_dir():
+            dirfd = self.children.pop(pid, None)
+            if dirfd is not None:
                 killed = info.si_code in (os.CLD_KILLED, os.CLD_DUMPED)
                 record = {"pid": pid, "signal": info.si_status if killed else None,
                           "code": None if killed else info.si_status}
                 try:
-                    tmp = pdir / ".exit.json.tmp"
-                    tmp.write_text(json.dumps(record))
-                    os.replace(tmp, pdir / "exit.json")
+                    _write_at(dirfd, "exit.json", json.dumps(record).encode())
                 except OSError:
                     pass  # the directory was forgotten meanwhile
+                os.close(dirfd)
             os.waitpid(pid, 0)
 
 

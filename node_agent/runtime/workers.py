@@ -322,7 +322,7 @@ class WorkerManager:
                 spec, root=Path(spec.root).resolve(),
                 upper=None if spec.upper is None else Path(spec.upper).resolve())
             pdir = self.parts / spec.name
-            shutil.rmtree(pdir, ignore_errors=True)
+            self._remove_dir(spec.name)
             pdir.mkdir(mode=0o750)
             write_json_atomic(pdir / "meta.json", {
                 "name": spec.name, "epoch": epoch, "stdin": stdin,
@@ -355,7 +355,9 @@ class WorkerManager:
         (the dir is removed by forget() once the final status has been reported)."""
         with self._lock:
             found: list[WorkerHandle] = []
-            for pdir in sorted(p for p in self.parts.iterdir() if p.is_dir()):
+            for pdir in sorted(self.parts.iterdir()):
+                if pdir.name.startswith(".") or not pdir.is_dir():
+                    continue
                 handle = self._handles.get(pdir.name) or self._load(pdir)
                 if handle is not None:
                     self._handles[handle.name] = handle
@@ -375,4 +377,13 @@ class WorkerManager:
             if handle is not None:
                 handle._close()
             self._handles.pop(name, None)
-            shutil.rmtree(self.parts / name, ignore_errors=True)
+            self._remove_dir(name)
+
+    def _remove_dir(self, name: str) -> None:
+        """Rename first (atomic: the name is free at once), then delete at leisure."""
+        trash = self.parts / f".gone-{name}-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.rename(self.parts / name, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
