@@ -75,6 +75,8 @@ def do_clone(cpu: Vcpu, flags: int, stack: int, ptid: int, ctid: int, tls: int) 
     if child is None:
         return E.AGAIN
     child.context = cpu.uc.context_save()
+    # Inside the hook the saved context still points at the syscall instruction itself.
+    child.pending[cpu.pc_reg] = cpu.return_pc()
     child.pending[cpu.ret_reg] = 0
     if stack:
         child.pending[cpu.sp_reg] = stack

@@ -116,6 +116,10 @@ class Vcpu:
     def pc(self) -> int:
         return self.reg(self.pc_reg)
 
+    def return_pc(self) -> int:
+        """Inside a syscall hook: where the guest resumes (x86_64 RIP is still at ``syscall``)."""
+        return self.pc + 2 if self.is64 else self.pc
+
     # -- the run loop -------------------------------------------------------------
     def run(self) -> None:
         sched = self.machine.sched

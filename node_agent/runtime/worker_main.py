@@ -170,6 +170,14 @@ def _detach(pdir: Path) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
+def _set_comm(name: str) -> None:
+    """Name the process (ps/top show 'vw-<partition>', 15 bytes at most)."""
+    import ctypes
+
+    pr_set_name = 15
+    ctypes.CDLL(None).prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
+
+
 def _status_dict(status: ExitStatus) -> dict[str, Any]:
     return {"exit_code": status.exit_code, "failed_reason": status.failed_reason,
             "unknown_syscalls": {str(k): v for k, v in status.unknown_syscalls.items()},
@@ -182,6 +190,7 @@ def worker_entry(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineF
     code = 0
     try:
         _detach(pdir)
+        _set_comm(f"vw-{spec.name}")
         _apply_limits(limits)
         status = _run(pdir, spec, stdin, factory, limits)
         write_json_atomic(pdir / "status.json", _status_dict(status))
