@@ -1,0 +1,20 @@
+"""The public Controller service, assembled from one part per object kind."""
+
+from __future__ import annotations
+
+from viridian.v1 import controller_pb2_grpc
+
+from controller.api.context import ApiContext
+from controller.api.events_explain import EventsExplainApi
+from controller.api.images import ImagesApi
+from controller.api.nodes import NodesApi
+from controller.api.partitions import PartitionsApi
+
+__all__ = ["ApiContext", "ControllerService"]
+
+
+class ControllerService(  # type: ignore[misc]
+    PartitionsApi, NodesApi, ImagesApi, EventsExplainApi, controller_pb2_grpc.ControllerServicer
+):
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx

@@ -1,0 +1,40 @@
+"""What the API handlers share: the store, the cache, events, sessions, placement settings."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import controller_pb2_grpc
+
+from controller.cache import ClusterCache
+from controller.errors import FailedPrecondition
+from controller.events import EventRecorder
+from controller.scheduler import SchedulerConfig
+from controller.sessions import SessionRegistry
+from controller.store.objects import ObjectStore
+
+
+@dataclass
+class ApiContext:
+    store: ObjectStore
+    cache: ClusterCache
+    events: EventRecorder
+    sessions: SessionRegistry
+    scheduler: SchedulerConfig
+    advertise: str
+
+    async def proxy_logs(
+        self, node: str, request: cpb.PartitionLogsRequest
+    ) -> AsyncIterator[cpb.LogChunk]:
+        """Relay logs from the replica that holds the node's session (named in its lease key)."""
+        holder = self.cache.node_leases.get(node)
+        address = holder.value.decode() if holder else ""
+        if not address or address == self.advertise:
+            raise FailedPrecondition(f"node {node!r} is not connected; its logs are unreachable")
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = controller_pb2_grpc.ControllerStub(channel)
+            async for chunk in stub.PartitionLogs(request):
+                yield chunk

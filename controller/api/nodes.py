@@ -1,0 +1,133 @@
+"""Public API: nodes (list, get, cordon, uncordon, drain)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import types_pb2 as pb
+
+from controller.api.context import ApiContext
+from controller.errors import Conflict
+from controller.grpc_errors import map_errors, map_stream_errors
+from controller.lifecycle import HOLDING
+from controller.placement import DEFAULT_CPU_RATIO, DEFAULT_MEMORY_RATIO
+from controller.store.objects import Allocation
+
+P = pb
+DRAIN_POLL_S = 0.25
+
+
+def with_usage(node: pb.Node, alloc: Allocation | None, alive: bool) -> pb.Node:
+    st = node.status
+    if not alive:
+        st.state = P.NODE_STATE_NOT_READY
+    st.allocated_vcpus = alloc.vcpus if alloc else 0
+    st.allocated_memory_bytes = alloc.memory_bytes if alloc else 0
+    st.partitions = len(alloc.entries) if alloc else 0
+    cpu = node.spec.cpu_allocation_ratio or DEFAULT_CPU_RATIO
+    mem = node.spec.memory_allocation_ratio or DEFAULT_MEMORY_RATIO
+    st.allocatable_vcpus = int(node.spec.vcpus * cpu)
+    st.allocatable_memory_bytes = int(node.spec.memory_bytes * mem)
+    return node
+
+
+class NodesApi:
+    ctx: ApiContext
+
+    async def _node(self, name: str) -> pb.Node:
+        node, _ = await self.ctx.store.get_node(name)
+        alloc = await self.ctx.store.get_allocation(name)
+        alive = await self.ctx.store.etcd.get(self.ctx.store.keys.node_lease(name)) is not None
+        return with_usage(node, alloc, alive)
+
+    @map_errors
+    async def ListNodes(
+        self, request: cpb.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListNodesResponse:
+        store = self.ctx.store
+        nodes = await store.list_nodes()
+        allocs = await store.list_allocations()
+        leases, _ = await store.etcd.get_prefix(store.keys.node_leases)
+        alive = {store.keys.name_of(kv.key) for kv in leases}
+        return cpb.ListNodesResponse(
+            nodes=[with_usage(n, allocs.get(n.name), n.name in alive) for n in nodes]
+        )
+
+    @map_errors
+    async def GetNode(
+        self, request: cpb.GetNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Node:
+        return await self._node(request.name)
+
+    async def _set_cordon(self, name: str, cordoned: bool) -> pb.Node:
+        for _ in range(8):
+            node, rev = await self.ctx.store.get_node(name)
+            if node.spec.cordoned == cordoned:
+                break
+            node.spec.cordoned = cordoned
+            try:
+                await self.ctx.store.put_node(node, rev)
+            except Conflict:
+                continue
+            await self.ctx.events.record(
+                "Node", name, "Cordoned" if cordoned else "Uncordoned",
+                "no new placements" if cordoned else "accepting placements again",
+            )
+            break
+        return await self._node(name)
+
+    @map_errors
+    async def CordonNode(
+        self, request: cpb.CordonNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Node:
+        return await self._set_cordon(request.name, True)
+
+    @map_errors
+    async def UncordonNode(
+        self, request: cpb.CordonNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Node:
+        return await self._set_cordon(request.name, False)
+
+    @map_stream_errors
+    async def DrainNode(
+        self, request: cpb.DrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.DrainProgress]:
+        """Cordon, stop what runs there (running ones are placed elsewhere), report progress."""
+        name = request.name
+        await self._set_cordon(name, True)
+        deadline_s = request.deadline_seconds or 3600
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s
+        yield cpb.DrainProgress(message=f"node {name} cordoned; moving its partitions away")
+        last = ""
+        while True:
+            bound = [
+                sp for sp in await self.ctx.store.list_partitions() if sp.binding_node == name
+            ]
+            for sp in bound:
+                p = sp.partition
+                if p.status.phase in HOLDING and p.status.phase != P.PARTITION_PHASE_STOPPING:
+                    p.status.phase = P.PARTITION_PHASE_STOPPING
+                    p.status.reason = f"draining node {name}"
+                    try:
+                        await self.ctx.store.update_partition(sp)
+                    except Conflict:
+                        pass
+            if not bound:
+                yield cpb.DrainProgress(message=f"node {name} drained", done=True)
+                return
+            names = ", ".join(sorted(sp.partition.name for sp in bound)[:10])
+            msg = f"waiting for {len(bound)} partition(s) to stop: {names}"
+            if loop.time() >= deadline:
+                yield cpb.DrainProgress(
+                    message=f"drain deadline of {deadline_s}s passed; still {msg}",
+                    remaining=len(bound), failed=True,
+                )
+                return
+            if msg != last:
+                yield cpb.DrainProgress(message=msg, remaining=len(bound))
+                last = msg
+            await asyncio.sleep(DRAIN_POLL_S)

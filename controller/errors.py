@@ -1,0 +1,55 @@
+"""Domain errors of the controller, mapped to gRPC status codes only at the edge (api.py).
+
+    ViridianError
+    ├── InvalidArgument       bad input: INVALID_ARGUMENT
+    ├── NotFound              unknown object: NOT_FOUND
+    ├── AlreadyExists         duplicate name: ALREADY_EXISTS
+    ├── FailedPrecondition    wrong phase / in use: FAILED_PRECONDITION
+    ├── ResourceExhausted     too large: RESOURCE_EXHAUSTED
+    ├── Unimplemented         not offered: UNIMPLEMENTED
+    └── StoreError            etcd trouble (raised by the store layer only)
+        ├── Conflict          a compare in a transaction failed: retry with a fresh read (ABORTED)
+        └── StoreUnavailable  etcd cannot be reached: UNAVAILABLE
+"""
+
+from __future__ import annotations
+
+
+class ViridianError(Exception):
+    """Base of every error the controller reports to a caller."""
+
+
+class InvalidArgument(ViridianError):
+    pass
+
+
+class NotFound(ViridianError):
+    pass
+
+
+class AlreadyExists(ViridianError):
+    pass
+
+
+class FailedPrecondition(ViridianError):
+    pass
+
+
+class ResourceExhausted(ViridianError):
+    pass
+
+
+class Unimplemented(ViridianError):
+    pass
+
+
+class StoreError(ViridianError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    pass

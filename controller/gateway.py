@@ -1,0 +1,202 @@
+"""The AgentGateway service: registration, the per-agent session stream, image pulls.
+
+A node's liveness is an etcd lease this replica keeps alive while the agent's session is
+healthy; when the session lapses the lease expires after its TTL and the leader marks the
+node NotReady. Agents never see etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import agent_pb2_grpc
+from viridian.v1 import types_pb2 as pb
+
+from controller.errors import InvalidArgument, NotFound, StoreError
+from controller.events import EventRecorder, now_ts
+from controller.grpc_errors import map_errors
+from controller.reports import ReportApplier
+from controller.sessions import NodeSession, SessionRegistry
+from controller.store.objects import ObjectStore
+from controller.validation import check_labels, check_name
+
+log = logging.getLogger(__name__)
+P = pb
+
+
+class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(
+        self,
+        store: ObjectStore,
+        events: EventRecorder,
+        sessions: SessionRegistry,
+        lease_ttl: int,
+        advertise: str,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.sessions = sessions
+        self.lease_ttl = lease_ttl
+        self.advertise = advertise
+        self.reports = ReportApplier(store, events)
+        self._granted: dict[str, tuple[str, int]] = {}  # node -> (session id, lease id)
+        self._adopted: dict[str, list[apb.PartitionReport]] = {}  # reported at registration
+
+    @map_errors
+    async def Register(
+        self, request: apb.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> apb.RegisterResponse:
+        name = request.node
+        check_name("node", name)
+        check_labels("node label", request.spec.labels)
+        if request.spec.vcpus < 1 or request.spec.memory_bytes < (1 << 20):
+            raise InvalidArgument("a node must offer at least 1 vCPU and 1Mi of memory")
+        if not request.spec.arches:
+            raise InvalidArgument("a node must declare the architectures it can emulate")
+        try:
+            node, rev = await self.store.get_node(name)
+            fresh = False
+        except NotFound:
+            node, rev, fresh = pb.Node(name=name), 0, True
+        cordoned = node.spec.cordoned
+        node.spec.CopyFrom(request.spec)
+        node.spec.cordoned = cordoned
+        node.status.state = P.NODE_STATE_READY
+        node.status.reason = ""
+        node.status.last_heartbeat.CopyFrom(now_ts())
+        if fresh:
+            node.status.registered_at.CopyFrom(now_ts())
+        await self.store.put_node(node, rev)
+        lease = await self.store.etcd.grant_lease(self.lease_ttl)
+        lease_key = self.store.keys.node_lease(name)
+        old = await self.store.etcd.get(lease_key)
+        await self.store.etcd.put(lease_key, self.advertise.encode(), lease=lease)
+        if old is not None and old.lease and old.lease != lease:
+            await self.store.etcd.revoke_lease(old.lease)
+        session_id = uuid.uuid4().hex
+        self._granted[name] = (session_id, lease)
+        self._adopted[name] = list(request.running)
+        await self.events.record(
+            "Node", name, "Registered" if fresh else "NodeReady",
+            f"{request.spec.vcpus} vCPUs, {request.spec.memory_bytes >> 20}Mi, "
+            f"{len(request.running)} partitions re-adopted",
+        )
+        return apb.RegisterResponse(
+            session_id=session_id,
+            lease_ttl_seconds=self.lease_ttl,
+            heartbeat_interval_ms=max(200, self.lease_ttl * 1000 // 3),
+        )
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[apb.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[apb.ControllerMessage]:
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+            return
+        hello = first.hello
+        granted = self._granted.get(hello.node)
+        if granted is None or granted[0] != hello.session_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no registration for node {hello.node!r} with this session id: register first",
+            )
+            return
+        session = NodeSession(hello.node, hello.session_id, granted[1])
+        adopted = self._adopted.pop(hello.node, [])
+        session.assigned.update((r.name, r.epoch) for r in adopted)
+        self.sessions.attach(session)
+        try:
+            await self._reconcile_adopted(session, adopted)
+        except StoreError as err:
+            log.warning("reconciling %s's partitions failed: %s", hello.node, err)
+        log.info("session opened for node %s", hello.node)
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        keeper = asyncio.create_task(self._keepalive(session))
+        try:
+            while True:
+                msg = await session.outgoing.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            reader.cancel()
+            keeper.cancel()
+            self.sessions.detach(session)
+            log.info("session closed for node %s", hello.node)
+
+    async def _reconcile_adopted(
+        self, session: NodeSession, adopted: list[apb.PartitionReport]
+    ) -> None:
+        """Apply what the agent still runs; fail what it should run but no longer has."""
+        for report in adopted:
+            await self.reports.apply(session.node, report, session)
+        reported = {r.name for r in adopted}
+        for sp in await self.store.list_partitions():
+            p = sp.partition
+            if sp.binding_node != session.node or p.name in reported:
+                continue
+            if p.status.phase in (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING,
+                                  P.PARTITION_PHASE_PAUSED, P.PARTITION_PHASE_STOPPING):
+                gone = apb.PartitionReport(
+                    name=p.name, epoch=sp.binding_revision, phase=P.PARTITION_PHASE_FAILED,
+                    reason="the node no longer runs it (its agent restarted without it)",
+                )
+                await self.reports.apply(session.node, gone, session)
+
+    async def _read(self, session: NodeSession, it: AsyncIterator[apb.AgentMessage]) -> None:
+        try:
+            async for msg in it:
+                kind = msg.WhichOneof("msg")
+                if kind == "report":
+                    await self.reports.apply(session.node, msg.report, session)
+                elif kind == "console":
+                    session.deliver_console(msg.console)
+                elif kind == "event":
+                    ev = msg.event
+                    await self.events.record(
+                        "Partition" if ev.partition else "Node",
+                        ev.partition or session.node, ev.reason, ev.message,
+                        warning=ev.type == "Warning",
+                    )
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except StoreError as err:
+            log.warning("session of %s: store error %s", session.node, err)
+        finally:
+            session.close()
+
+    async def _keepalive(self, session: NodeSession) -> None:
+        interval = max(self.lease_ttl / 3.0, 0.2)
+        while not session.closed:
+            await asyncio.sleep(interval)
+            try:
+                ttl = await self.store.etcd.keepalive(session.lease_id)
+            except StoreError as err:
+                log.warning("lease keepalive for %s failed: %s", session.node, err)
+                continue
+            if ttl <= 0:
+                log.warning("lease of node %s expired; ending its session", session.node)
+                session.close()
+                return
+
+    async def PullImage(
+        self, request: apb.PullImageRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[apb.ImageChunk]:
+        try:
+            chunks = await self.store.read_blob(request.digest)
+        except StoreError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            return
+        if not chunks:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no image content {request.digest}")
+            return
+        for chunk in chunks:
+            yield apb.ImageChunk(data=chunk)

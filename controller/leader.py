@@ -1,0 +1,96 @@
+"""Leader election through an etcd lease: the replica that creates the leader key leads
+until its lease lapses. Leadership stops every leader-only loop the moment it is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from controller.errors import StoreError
+from controller.store.etcd import Compare, EtcdStore, Op
+from controller.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class LeaderElector:
+    def __init__(
+        self,
+        etcd: EtcdStore,
+        keys: Keys,
+        identity: str,
+        ttl: int,
+        on_elected: Callable[[], Awaitable[None]],
+        on_lost: Callable[[], Awaitable[None]],
+    ) -> None:
+        if ttl < 1:
+            raise ValueError("leader lease TTL must be at least 1 second")
+        self.renew_every = ttl / 3.0
+        self.retry_every = ttl / 2.0
+        if not ttl > self.renew_every * 2 > 0:
+            raise ValueError("lease TTL must exceed twice the renew interval")
+        self._etcd = etcd
+        self._keys = keys
+        self.identity = identity
+        self.ttl = ttl
+        self._on_elected = on_elected
+        self._on_lost = on_lost
+        self.leading = False
+        self._task: asyncio.Task[None] | None = None
+        self._lease = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="leader-election")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.leading:
+            await self._step_down()
+            if self._lease:
+                try:
+                    await self._etcd.revoke_lease(self._lease)  # let another replica lead now
+                except StoreError:
+                    pass
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if not self.leading:
+                    await self._campaign()
+                    await asyncio.sleep(0 if self.leading else self.retry_every)
+                else:
+                    await asyncio.sleep(self.renew_every)
+                    ttl = await self._etcd.keepalive(self._lease)
+                    if ttl <= 0:
+                        log.warning("leader lease expired: stepping down")
+                        await self._step_down()
+            except StoreError as err:
+                log.warning("leader election: %s", err)
+                if self.leading:
+                    await self._step_down()
+                await asyncio.sleep(self.retry_every)
+
+    async def _campaign(self) -> None:
+        lease = await self._etcd.grant_lease(self.ttl)
+        res = await self._etcd.txn(
+            [Compare(self._keys.leader, 0)],
+            [Op.put(self._keys.leader, self.identity.encode(), lease)],
+        )
+        if not res.succeeded:
+            await self._etcd.revoke_lease(lease)
+            return
+        self._lease = lease
+        self.leading = True
+        log.info("%s is now the leader", self.identity)
+        await self._on_elected()
+
+    async def _step_down(self) -> None:
+        if self.leading:
+            self.leading = False
+            await self._on_lost()

@@ -1,0 +1,141 @@
+"""The scheduling loop (leader only): place Pending partitions and commit the bindings.
+
+Decisions come from the pure scheduler over a snapshot of the cache; each node's new
+bindings are committed in one transaction that compares the partitions' and the node's
+allocation revisions, so a stale snapshot can never over-commit a node: the transaction
+fails and the next pass sees fresh state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from viridian.v1 import types_pb2 as pb
+
+from controller.cache import ClusterCache
+from controller.events import EventRecorder, now_ts
+from controller.lifecycle import needs_placement
+from controller.loops.base import Loop
+from controller.placement import request_for, snapshot_of
+from controller.scheduler import BatchPlacer, SchedulerConfig
+from controller.store.etcd import Compare, Op
+from controller.store.objects import AllocEntry, Allocation, ObjectStore, StoredPartition
+
+log = logging.getLogger(__name__)
+PER_TXN = 40  # partitions per transaction: 3 ops each, under etcd's 128
+
+
+class SchedulingLoop(Loop):
+    name = "scheduler"
+
+    def __init__(
+        self, cache: ClusterCache, store: ObjectStore, events: EventRecorder,
+        config: SchedulerConfig,
+    ) -> None:
+        super().__init__()
+        self.cache = cache
+        self.store = store
+        self.events = events
+        self.config = config
+        cache.subscribe(self._on_change)
+
+    def _on_change(self, kind: str, name: str) -> None:
+        # Pending partitions, capacity changes (nodes, leases, allocations) all matter.
+        self.kick()
+
+    async def reconcile(self) -> bool:
+        cache = self.cache
+        pending = [
+            c for name, c in cache.partitions.items()
+            if needs_placement(c.partition, name in cache.bindings)
+        ]
+        if not pending:
+            return False
+        pending.sort(key=lambda c: (c.partition.status.created_at.ToNanoseconds(),
+                                    c.partition.name))
+        placer = BatchPlacer(snapshot_of(cache), self.config)
+        by_node: dict[str, list[StoredPartition]] = defaultdict(list)
+        unplaced: list[tuple[StoredPartition, str]] = []
+        for c in pending:
+            p = c.partition
+            decision = placer.place(request_for(p.name, p.spec, p.status.arch))
+            sp = StoredPartition(_copy(p), c.mod_revision)
+            if decision.node is None:
+                if p.status.reason != decision.reason:
+                    unplaced.append((sp, decision.reason))
+                continue
+            by_node[decision.node].append(sp)
+        last_rev = 0
+        conflicts = 0
+        lease = await self.events.lease_id() if (by_node or unplaced) else 0
+        for node, sps in by_node.items():
+            alloc = cache.allocations.get(node) or Allocation(node)
+            alloc = Allocation(node, dict(alloc.entries), alloc.mod_revision)
+            for i in range(0, len(sps), PER_TXN):
+                rev = await self._commit(node, alloc, sps[i : i + PER_TXN], lease)
+                if rev is None:
+                    conflicts += 1
+                    break
+                last_rev = max(last_rev, rev)
+                alloc.mod_revision = rev
+        for sp, reason in unplaced:
+            rev = await self._mark_unschedulable(sp, reason, lease)
+            last_rev = max(last_rev, rev)
+        if last_rev:
+            await cache.wait_for_revision(last_rev)
+        return conflicts > 0
+
+    async def _commit(
+        self, node: str, alloc: Allocation, sps: list[StoredPartition], lease: int
+    ) -> int | None:
+        keys = self.store.keys
+        now = now_ts()
+        compares = [Compare(keys.allocation(node), alloc.mod_revision)]
+        ops: list[Op] = []
+        for sp in sps:
+            p = sp.partition
+            st = p.status
+            st.phase = pb.PARTITION_PHASE_SCHEDULED
+            st.node = node
+            st.reason = f"scheduled on {node}"
+            st.updated_at.CopyFrom(now)
+            alloc.entries[p.name] = AllocEntry(
+                p.spec.vcpus, p.spec.memory_bytes, p.spec.anti_affinity_group
+            )
+            compares.append(Compare(keys.partition(p.name), sp.mod_revision))
+            ops.append(Op.put(keys.partition(p.name), p.SerializeToString()))
+            ops.append(Op.put(keys.binding(p.name), node.encode()))
+            ekey, evalue = self.events.build(
+                "Partition", p.name, "Scheduled", f"placed on node {node}"
+            )
+            ops.append(Op.put(ekey, evalue, lease))
+        ops.append(Op.put(keys.allocation(node), alloc.encode()))
+        res = await self.store.etcd.txn(compares, ops)
+        if not res.succeeded:
+            log.info("binding %d partitions to %s conflicted; retrying", len(sps), node)
+            for sp in sps:
+                alloc.entries.pop(sp.partition.name, None)
+            return None
+        return res.revision
+
+    async def _mark_unschedulable(self, sp: StoredPartition, reason: str, lease: int) -> int:
+        keys = self.store.keys
+        p = sp.partition
+        p.status.reason = reason
+        p.status.updated_at.CopyFrom(now_ts())
+        ekey, evalue = self.events.build(
+            "Partition", p.name, "FailedScheduling", reason, warning=True
+        )
+        res = await self.store.etcd.txn(
+            [Compare(keys.partition(p.name), sp.mod_revision)],
+            [Op.put(keys.partition(p.name), p.SerializeToString()), Op.put(ekey, evalue, lease)],
+        )
+        return res.revision if res.succeeded else 0
+
+
+def _copy(p: pb.Partition) -> pb.Partition:
+    out = pb.Partition()
+    out.CopyFrom(p)
+    out.ClearField("revision")
+    return out

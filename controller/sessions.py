@@ -1,0 +1,99 @@
+"""Agent sessions held by this replica: one outgoing queue per node, console request routing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from viridian.v1 import agent_pb2 as apb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeSession:
+    node: str
+    session_id: str
+    lease_id: int
+    outgoing: asyncio.Queue[apb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
+    assigned: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) sent
+    stopping: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) STOP sent
+    consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)
+    closed: bool = False
+
+    def send(self, msg: apb.ControllerMessage) -> None:
+        if not self.closed:
+            self.outgoing.put_nowait(msg)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outgoing.put_nowait(None)
+            for q in self.consoles.values():
+                q.put_nowait(apb.ConsoleData(eof=True, error="the node's session ended"))
+
+    def deliver_console(self, data: apb.ConsoleData) -> None:
+        q = self.consoles.get(data.request_id)
+        if q is not None:
+            q.put_nowait(data)
+
+    async def console(self, name: str, offset: int, follow: bool) -> AsyncIterator[apb.ConsoleData]:
+        """Ask the agent for a partition's console; yields chunks until eof or cancel."""
+        request_id = uuid.uuid4().hex
+        q: asyncio.Queue[apb.ConsoleData] = asyncio.Queue()
+        self.consoles[request_id] = q
+        self.send(
+            apb.ControllerMessage(
+                console=apb.ConsoleRequest(
+                    request_id=request_id, name=name, offset=offset, follow=follow
+                )
+            )
+        )
+        try:
+            while True:
+                data = await q.get()
+                yield data
+                if data.eof or data.error:
+                    return
+        finally:
+            self.consoles.pop(request_id, None)
+            if follow and not self.closed:
+                self.send(
+                    apb.ControllerMessage(console_cancel=apb.ConsoleCancel(request_id=request_id))
+                )
+
+
+class SessionRegistry:
+    """The sessions this replica holds, by node name."""
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, NodeSession] = {}
+        self.changed = asyncio.Event()
+
+    def get(self, node: str) -> NodeSession | None:
+        s = self._sessions.get(node)
+        return s if s is not None and not s.closed else None
+
+    def attach(self, session: NodeSession) -> None:
+        old = self._sessions.get(session.node)
+        if old is not None and old is not session:
+            old.close()
+        self._sessions[session.node] = session
+        self.changed.set()
+
+    def detach(self, session: NodeSession) -> None:
+        if self._sessions.get(session.node) is session:
+            del self._sessions[session.node]
+        session.close()
+        self.changed.set()
+
+    def nodes(self) -> list[str]:
+        return [n for n, s in self._sessions.items() if not s.closed]
+
+    def close_all(self) -> None:
+        for s in list(self._sessions.values()):
+            s.close()
+        self._sessions.clear()

@@ -1,0 +1,76 @@
+"""The etcd key layout: one prefix, one key per object (documented in docs/etcd-layout.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "/viridian"
+
+    def _p(self, kind: str) -> str:
+        return f"{self.prefix}/{kind}/"
+
+    @property
+    def nodes(self) -> str:
+        return self._p("nodes")
+
+    def node(self, name: str) -> str:
+        return self.nodes + name
+
+    @property
+    def node_leases(self) -> str:
+        return self._p("node-leases")
+
+    def node_lease(self, name: str) -> str:
+        return self.node_leases + name
+
+    @property
+    def partitions(self) -> str:
+        return self._p("partitions")
+
+    def partition(self, name: str) -> str:
+        return self.partitions + name
+
+    @property
+    def bindings(self) -> str:
+        return self._p("bindings")
+
+    def binding(self, name: str) -> str:
+        return self.bindings + name
+
+    @property
+    def allocations(self) -> str:
+        return self._p("allocations")
+
+    def allocation(self, node: str) -> str:
+        return self.allocations + node
+
+    @property
+    def images(self) -> str:
+        return self._p("images")
+
+    def image(self, name: str) -> str:
+        return self.images + name
+
+    def blob_prefix(self, digest: str) -> str:
+        return self._p("blobs") + digest + "/"
+
+    def blob_chunk(self, digest: str, index: int) -> str:
+        return f"{self.blob_prefix(digest)}{index:08d}"
+
+    @property
+    def events(self) -> str:
+        return self._p("events")
+
+    def event(self, event_id: str) -> str:
+        return self.events + event_id
+
+    @property
+    def leader(self) -> str:
+        return f"{self.prefix}/leader"
+
+    @staticmethod
+    def name_of(key: str) -> str:
+        return key.rsplit("/", 1)[-1]
