@@ -359,6 +359,15 @@ def sys_tgkill(cpu: Vcpu, tgid: int, tid: int, sig: int, *_: int) -> int:
     return sys_tkill(cpu, tid, sig)
 
 
+def sys_prctl(cpu: Vcpu, option: int, arg: int, *_: int) -> int:
+    if option == 15:                            # PR_SET_NAME
+        return 0
+    if option == 16:                            # PR_GET_NAME
+        cpu.mem.write(arg, cpu.machine.spec.name.encode()[:15].ljust(16, b"\0"))
+        return 0
+    return E.INVAL
+
+
 def sys_umask(cpu: Vcpu, mask: int, *_: int) -> int:
     old = cpu.machine.umask
     cpu.machine.umask = mask & 0o777

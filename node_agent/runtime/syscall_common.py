@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .vcpu import Vcpu
+    pass
 
 __all__ = ["Handler", "BLOCK", "EXIT", "E", "s32", "s64", "errno_of"]
 

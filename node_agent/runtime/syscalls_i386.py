@@ -95,7 +95,7 @@ TABLE: dict[int, Handler] = {
     90: _old_mmap, 91: P.sys_munmap, 92: F.sys_truncate, 93: F.sys_ftruncate, 94: F.sys_fsync,
     116: P.sys_sysinfo, 118: F.sys_fsync, 120: _clone, 122: P.sys_uname, 125: P.sys_mprotect,
     133: F.sys_fchdir, 140: _llseek, 145: F.sys_readv, 146: F.sys_writev, 148: F.sys_fsync,
-    158: P.sys_sched_yield, 162: _nanosleep, 163: P.sys_mremap, 168: F.sys_poll,
+    158: P.sys_sched_yield, 162: _nanosleep, 163: P.sys_mremap, 168: F.sys_poll, 172: P.sys_prctl,
     174: P.sys_rt_sigaction, 175: P.sys_rt_sigprocmask, 180: _pread64, 181: _pwrite64,
     182: F.sys_exists_ok, 183: F.sys_getcwd, 186: P.zero, 187: F.sys_sendfile, 190: P.enosys,
     191: P.sys_getrlimit, 192: _mmap2, 193: _truncate64, 194: _ftruncate64, 195: F.sys_stat,

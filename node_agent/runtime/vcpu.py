@@ -140,6 +140,7 @@ class Vcpu:
 
     def _run_thread(self, thread: GuestThread) -> None:
         uc = self.uc
+        self.run_started = time.monotonic()
         self.thread = thread
         if thread.context is not None:
             uc.context_restore(thread.context)
@@ -161,8 +162,15 @@ class Vcpu:
             thread.context = uc.context_save()
         else:
             uc.context_update(thread.context)
-        if self.stop_why is None and thread.state == RUNNING and not self.machine.sched.done:
-            self.machine.sched.finish(None, f"guest halted (hlt) at pc 0x{self.pc:x}")
+        if self.stop_why is None and thread.state == RUNNING and self._after_hlt():
+            self.machine.sched.finish(None, f"guest fault: hlt executed at pc 0x{self.pc - 1:x}")
+        # any other unexplained stop is a late preemption request: the thread is requeued
+
+    def _after_hlt(self) -> bool:
+        try:
+            return self.mem.read(self.pc - 1, 1) == b"\xf4"
+        except GuestFault:
+            return False
 
     def _load_segments(self, thread: GuestThread) -> None:
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, thread.gdt, GDT_SIZE - 1, 0))

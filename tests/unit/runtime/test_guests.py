@@ -1,0 +1,133 @@
+"""Real static guests run to completion (or fail cleanly) in a Machine."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from runtime_helpers import GuestBuilder, Run, make_root, run_machine
+
+from node_agent.runtime.machine import Machine
+from node_agent.runtime.spec import STOP_EXIT_CODE
+
+ARCHES = ["x86_64", "i386"]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_hello_args_env_and_exit_code(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("hello", "7", "two words", arch=arch, env=(("GREETING", "hi"),))
+    assert run.status.exit_code == 7
+    assert run.status.failed_reason is None
+    assert run.stdout.decode().splitlines() == [
+        "argc=3 exe=/bin/hello", "arg1=7", "arg2=two words", "GREETING=hi"]
+    assert run.stderr == b"to-stderr\n"
+    assert run.status.unknown_syscalls == {}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_sandbox_file_io_and_escapes(guest: GuestBuilder, tmp_path: Path, arch: str) -> None:
+    files = {"data/input.txt": b"lower\n", "data/remove-me.txt": b"x"}
+    root = make_root(tmp_path, guest("fileio", arch), "/bin/fileio", files)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    run = run_machine(root, "/bin/fileio", upper=upper)
+    assert run.stdout.decode().splitlines()[-1] == "failures=0", run.stdout.decode()
+    assert run.status.exit_code == 0
+    # the lower layer is untouched; changes live in the upper layer
+    assert (root / "data/input.txt").read_bytes() == b"lower\n"
+    assert (root / "data/remove-me.txt").exists()
+    assert (upper / "data/input.txt").read_bytes() == b"lower\nmore\n"
+    assert (upper / "data/.wh.remove-me.txt").exists()
+    assert not (upper / "work/b.txt").exists()
+    assert (upper / "work/link").is_symlink()
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+@pytest.mark.parametrize("vcpus", [1, 4])
+def test_four_threads(run_guest: Callable[..., Run], arch: str, vcpus: int) -> None:
+    run = run_guest("threads", "200000", arch=arch, vcpus=vcpus)
+    assert run.status.exit_code == 0, run.status
+    assert run.stdout == b"checksum=399776612 rets=612\n"
+
+
+def test_more_vcpus_run_threads_faster(guest: GuestBuilder, tmp_path: Path) -> None:
+    root = make_root(tmp_path, guest("threads"), "/bin/threads")
+    elapsed = {}
+    for vcpus in (1, 4):
+        start = time.perf_counter()
+        run = run_machine(root, "/bin/threads", ("6000000",), vcpus=vcpus)
+        elapsed[vcpus] = time.perf_counter() - start
+        assert run.status.exit_code == 0
+    assert elapsed[4] < elapsed[1] * 0.85, elapsed
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_malloc_heavy(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("mallocs", arch=arch)
+    assert run.status.exit_code == 0, run.status
+    assert run.stdout.startswith(b"malloc sum=")
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_malloc_until_enomem(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("enomem", arch=arch, memory=16 << 20)
+    assert run.status.exit_code == 0, run.status
+    assert run.stdout == b"allocated some\n"
+    count = int(run.stderr.decode().strip().split("=")[1])
+    assert 0 < count < 16
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_null_write_fails_the_partition(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("fault", arch=arch)
+    assert run.status.exit_code is None
+    assert run.status.failed_reason is not None
+    assert run.status.failed_reason.startswith("guest fault: write to unmapped address 0x10 at pc")
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_division_by_zero_fails_the_partition(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("divzero", arch=arch)
+    assert run.status.exit_code is None
+    assert "division error" in (run.status.failed_reason or "")
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_unknown_syscall_is_enosys_counted_and_reported_once(
+        run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("unknown", arch=arch)
+    assert run.status.exit_code == 0
+    assert run.stdout == b"r=-1 errno_is_enosys=1 r2=-1\n"
+    assert run.status.unknown_syscalls == {999: 2}
+    assert run.events == [("UnknownSyscall", f"syscall 999 ({arch}) returned ENOSYS")]
+
+
+def test_stop_halts_a_busy_guest(guest: GuestBuilder, tmp_path: Path) -> None:
+    root = make_root(tmp_path, guest("threads"), "/bin/threads")
+
+    def stop_soon(machine: Machine) -> None:
+        threading.Timer(0.3, machine.stop).start()
+
+    start = time.perf_counter()
+    run = run_machine(root, "/bin/threads", ("4000000000",), vcpus=2, control=stop_soon)
+    assert run.status.exit_code == STOP_EXIT_CODE
+    assert run.status.failed_reason is None
+    assert time.perf_counter() - start < 5
+
+
+def test_missing_entrypoint_and_non_elf_fail_cleanly(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    assert "not found" in (run_machine(root, "/nope").status.failed_reason or "")
+    bad = run_machine(root, "/script.sh").status
+    assert bad.exit_code is None
+    assert (bad.failed_reason or "").startswith("bad image: not an ELF")
+
+
+def test_huge_memory_costs_only_touched_pages(run_guest: Callable[..., Run]) -> None:
+    run = run_guest("hello", memory=64 << 30)
+    assert run.status.exit_code == 0
