@@ -70,8 +70,9 @@ class Cluster:
 
     def describe(self) -> str:
         assert self.etcd is not None and self.controller is not None
+        etcd_pid = self.etcd.proc.pid if self.etcd.proc else "-"
         lines = [
-            f"etcd        {self.etcd.endpoint:<22} pid {self.etcd.proc.pid if self.etcd.proc else '-'}"
+            f"etcd        {self.etcd.endpoint:<22} pid {etcd_pid}"
             f"  data {self.etcd.data_dir}",
             f"controller  {self.listen:<22} pid {self.controller.pid}",
         ]

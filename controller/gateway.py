@@ -17,11 +17,12 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import InvalidArgument, NotFound, StoreError
+from controller.errors import Conflict, InvalidArgument, NotFound, StoreError
 from controller.events import EventRecorder, now_ts
-from controller.grpc_errors import map_errors
+from controller.grpc_errors import Context, map_errors
 from controller.reports import ReportApplier
 from controller.sessions import NodeSession, SessionRegistry
+from controller.store.etcd import Compare, Op
 from controller.store.objects import ObjectStore
 from controller.validation import check_labels, check_name
 
@@ -49,7 +50,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
 
     @map_errors
     async def Register(
-        self, request: apb.RegisterRequest, context: grpc.aio.ServicerContext
+        self, request: apb.RegisterRequest, context: Context
     ) -> apb.RegisterResponse:
         name = request.node
         check_name("node", name)
@@ -71,11 +72,21 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         node.status.last_heartbeat.CopyFrom(now_ts())
         if fresh:
             node.status.registered_at.CopyFrom(now_ts())
-        await self.store.put_node(node, rev)
         lease = await self.store.etcd.grant_lease(self.lease_ttl)
         lease_key = self.store.keys.node_lease(name)
         old = await self.store.etcd.get(lease_key)
-        await self.store.etcd.put(lease_key, self.advertise.encode(), lease=lease)
+        node.ClearField("revision")
+        # The node and its liveness key in one transaction: never Ready without a lease.
+        res = await self.store.etcd.txn(
+            [Compare(self.store.keys.node(name), rev)],
+            [
+                Op.put(self.store.keys.node(name), node.SerializeToString()),
+                Op.put(lease_key, self.advertise.encode(), lease),
+            ],
+        )
+        if not res.succeeded:
+            await self.store.etcd.revoke_lease(lease)
+            raise Conflict(f"node {name!r} changed during registration; retry")
         if old is not None and old.lease and old.lease != lease:
             await self.store.etcd.revoke_lease(old.lease)
         session_id = uuid.uuid4().hex
@@ -95,7 +106,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     async def Session(
         self,
         request_iterator: AsyncIterator[apb.AgentMessage],
-        context: grpc.aio.ServicerContext,
+        context: Context,
     ) -> AsyncIterator[apb.ControllerMessage]:
         first = await anext(request_iterator, None)
         if first is None or not first.HasField("hello"):
@@ -188,7 +199,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 return
 
     async def PullImage(
-        self, request: apb.PullImageRequest, context: grpc.aio.ServicerContext
+        self, request: apb.PullImageRequest, context: Context
     ) -> AsyncIterator[apb.ImageChunk]:
         try:
             chunks = await self.store.read_blob(request.digest)

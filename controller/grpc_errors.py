@@ -13,6 +13,7 @@ from controller import errors as e
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
+Context = grpc.aio.ServicerContext[Any, Any]
 
 CODES: tuple[tuple[type[e.ViridianError], grpc.StatusCode], ...] = (
     (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -39,7 +40,7 @@ def map_errors(
     """Wrap a unary handler: a ViridianError becomes a status with its message."""
 
     @functools.wraps(fn)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+    async def handler(self: Any, request: Any, context: Context) -> R:
         try:
             return await fn(self, request, context)
         except e.ViridianError as err:
@@ -55,7 +56,7 @@ def map_stream_errors(
     """Wrap a server-streaming handler the same way."""
 
     @functools.wraps(fn)
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[R]:
+    async def handler(self: Any, request: Any, context: Context) -> AsyncIterator[R]:
         try:
             async for item in fn(self, request, context):
                 yield item

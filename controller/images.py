@@ -16,17 +16,17 @@ from controller.errors import InvalidArgument
 
 MAX_IMAGE_BYTES = 256 << 20
 CHUNK_BYTES = 1 << 20  # below etcd's 1.5 MiB request limit
-ARCHES = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
+ARCHES: dict[str, pb.Arch.ValueType] = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 
 
 @dataclass(frozen=True)
 class CheckedImage:
     digest: str
-    arch: int
+    arch: pb.Arch.ValueType
     entrypoint: str
 
 
-def _elf_arch(content: bytes, what: str) -> int:
+def _elf_arch(content: bytes, what: str) -> pb.Arch.ValueType:
     from node_agent.runtime.loader import validate_image
     from node_agent.runtime.spec import ImageError
 

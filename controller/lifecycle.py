@@ -29,7 +29,8 @@ STARTABLE = frozenset(
 
 
 def phase_name(phase: int) -> str:
-    return P.PartitionPhase.Name(phase).removeprefix("PARTITION_PHASE_").capitalize()
+    name = P.PartitionPhase.Name(phase)  # type: ignore[arg-type]
+    return name.removeprefix("PARTITION_PHASE_").capitalize()
 
 
 def needs_placement(p: pb.Partition, bound: bool) -> bool:

@@ -13,7 +13,7 @@ from controller.scheduler import (
     Snapshot,
 )
 
-ARCH_NAMES = {pb.ARCH_X86_64: "x86_64", pb.ARCH_I386: "i386"}
+ARCH_NAMES: dict[int, str] = {pb.ARCH_X86_64: "x86_64", pb.ARCH_I386: "i386"}
 DEFAULT_CPU_RATIO = 4.0
 DEFAULT_MEMORY_RATIO = 1.0
 
@@ -38,7 +38,7 @@ def request_for(name: str, spec: pb.PartitionSpec, arch: int) -> PartitionReques
         name=name,
         vcpus=max(spec.vcpus, 1),
         memory_bytes=max(spec.memory_bytes, 1),
-        arch=ARCH_NAMES.get(arch, "x86_64"),
+        arch=ARCH_NAMES.get(int(arch), "x86_64"),
         node_selector=dict(spec.node_selector),
         anti_affinity_group=spec.anti_affinity_group,
         max_per_node=spec.max_per_node or 1,

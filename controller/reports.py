@@ -21,7 +21,9 @@ ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHA
 def _forget(session: NodeSession, name: str, epoch: int) -> None:
     session.send(
         apb.ControllerMessage(
-            command=apb.PartitionCommand(name=name, epoch=epoch, kind=apb.PartitionCommand.KIND_FORGET)
+            command=apb.PartitionCommand(
+                name=name, epoch=epoch, kind=apb.PartitionCommand.KIND_FORGET
+            )
         )
     )
 

@@ -66,12 +66,14 @@ class ControllerReplica:
         self.ctx = ApiContext(
             self.store, self.cache, self.events, self.sessions, config.scheduler, self.advertise
         )
-        controller_pb2_grpc.add_ControllerServicer_to_server(ControllerService(self.ctx), self.server)
+        controller_pb2_grpc.add_ControllerServicer_to_server(
+            ControllerService(self.ctx), self.server
+        )
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGateway(self.store, self.events, self.sessions, config.lease_ttl, self.advertise),
             self.server,
         )
-        self.health = health.aio.HealthServicer()
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = (
             controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 from viridian.v1 import types_pb2 as pb
 
@@ -27,8 +28,8 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
-def check_labels(what: str, labels: dict[str, str] | object) -> None:
-    for key, value in dict(labels).items():  # type: ignore[call-overload]
+def check_labels(what: str, labels: Mapping[str, str]) -> None:
+    for key, value in labels.items():
         if not LABEL_KEY.match(key):
             raise InvalidArgument(f"invalid {what} key {key!r}")
         if len(value) > 63:

@@ -8,9 +8,10 @@ import logging
 import os
 import random
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from viridian.v1 import agent_pb2 as apb
@@ -167,13 +168,19 @@ class Agent:
             rid = msg.console.request_id
             task = asyncio.create_task(self.supervisor.console(msg.console))
             self._consoles[rid] = task
-            task.add_done_callback(lambda _t, r=rid: self._consoles.pop(r, None))
+            task.add_done_callback(self._console_done(rid))
         elif kind == "console_cancel":
-            task = self._consoles.pop(msg.console_cancel.request_id, None)
-            if task is not None:
-                task.cancel()
+            cancelled = self._consoles.pop(msg.console_cancel.request_id, None)
+            if cancelled is not None:
+                cancelled.cancel()
         elif kind == "stdin":
             self.supervisor.stdin(msg.stdin)
+
+    def _console_done(self, rid: str) -> Callable[[asyncio.Task[None]], None]:
+        def done(_task: asyncio.Task[None]) -> None:
+            self._consoles.pop(rid, None)
+
+        return done
 
     async def _pull(self, image: pb.Image) -> bytes:
         gw = self._gateway
@@ -181,7 +188,8 @@ class Agent:
             raise ImagePullError("not connected to a controller")
         parts = []
         try:
-            async for chunk in gw.PullImage(apb.PullImageRequest(digest=image.digest)):
+            stream: Any = gw.PullImage(apb.PullImageRequest(digest=image.digest))
+            async for chunk in stream:
                 parts.append(chunk.data)
         except grpc.aio.AioRpcError as err:
             raise ImagePullError(f"pull of {image.name} failed: {err.details()}") from err

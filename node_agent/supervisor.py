@@ -90,7 +90,10 @@ class Supervisor:
 
     # -- reports -------------------------------------------------------------------------
 
-    def _set(self, lp: Local, phase: int, reason: str = "", exit_code: int | None = None) -> None:
+    def _set(
+        self, lp: Local, phase: pb.PartitionPhase.ValueType, reason: str = "",
+        exit_code: int | None = None,
+    ) -> None:
         lp.report = apb.PartitionReport(
             name=lp.name, epoch=lp.epoch, phase=phase, reason=reason,
             has_exit_code=exit_code is not None, exit_code=exit_code or 0, time=_now(),

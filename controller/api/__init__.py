@@ -13,7 +13,7 @@ from controller.api.partitions import PartitionsApi
 __all__ = ["ApiContext", "ControllerService"]
 
 
-class ControllerService(  # type: ignore[misc]
+class ControllerService(
     PartitionsApi, NodesApi, ImagesApi, EventsExplainApi, controller_pb2_grpc.ControllerServicer
 ):
     def __init__(self, ctx: ApiContext) -> None:

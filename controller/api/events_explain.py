@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.events import list_events
-from controller.grpc_errors import map_errors, map_stream_errors
+from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.placement import explanation, request_for, snapshot_of
 from controller.scheduler import explain
 from controller.store.etcd import WatchEvent
@@ -24,7 +23,7 @@ class EventsExplainApi:
 
     @map_errors
     async def ListEvents(
-        self, request: cpb.ListEventsRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ListEventsRequest, context: Context
     ) -> cpb.ListEventsResponse:
         events = await list_events(self.ctx.store.etcd, self.ctx.store.keys, request.object,
                                    request.limit)
@@ -32,7 +31,7 @@ class EventsExplainApi:
 
     @map_stream_errors
     async def WatchEvents(
-        self, request: cpb.ListEventsRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ListEventsRequest, context: Context
     ) -> AsyncIterator[pb.Event]:
         etcd, keys = self.ctx.store.etcd, self.ctx.store.keys
         kvs, revision = await etcd.get_prefix(keys.events)
@@ -48,20 +47,22 @@ class EventsExplainApi:
                 if not we.deleted:
                     q.put_nowait(decode(pb.Event, we.kv.value))
 
-        cancel = etcd.watch_prefix(keys.events, revision + 1, on_events, lambda _: q.put_nowait(None))
+        cancel = etcd.watch_prefix(
+            keys.events, revision + 1, on_events, lambda _: q.put_nowait(None)
+        )
         try:
             while True:
-                ev = await q.get()
-                if ev is None:
+                got = await q.get()
+                if got is None:
                     return
-                if not request.object or ev.object == request.object:
-                    yield ev
+                if not request.object or got.object == request.object:
+                    yield got
         finally:
             cancel()
 
     @map_errors
     async def ExplainPlacement(
-        self, request: cpb.ExplainPlacementRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ExplainPlacementRequest, context: Context
     ) -> pb.PlacementExplanation:
         if request.name:
             sp = await self.ctx.store.get_partition(request.name)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from controller.events import now_ts
-from controller.grpc_errors import map_errors
+from controller.grpc_errors import Context, map_errors
 from controller.images import CHUNK_BYTES, MAX_IMAGE_BYTES, check_image
 from controller.scheduler.units import format_size
 from controller.validation import check_name
@@ -22,7 +21,7 @@ class ImagesApi:
 
     @map_errors
     async def PushImage(
-        self, request_iterator: AsyncIterator[cpb.PushImageRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[cpb.PushImageRequest], context: Context
     ) -> pb.Image:
         header: cpb.ImageHeader | None = None
         parts: list[bytes] = []
@@ -77,13 +76,13 @@ class ImagesApi:
 
     @map_errors
     async def ListImages(
-        self, request: cpb.ListImagesRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ListImagesRequest, context: Context
     ) -> cpb.ListImagesResponse:
         return cpb.ListImagesResponse(images=await self.ctx.store.list_images())
 
     @map_errors
     async def DeleteImage(
-        self, request: cpb.DeleteImageRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.DeleteImageRequest, context: Context
     ) -> cpb.DeleteImageResponse:
         await self.ctx.store.get_image(request.name)  # NOT_FOUND first
         users = [

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.errors import Conflict
-from controller.grpc_errors import map_errors, map_stream_errors
+from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.lifecycle import HOLDING
 from controller.placement import DEFAULT_CPU_RATIO, DEFAULT_MEMORY_RATIO
 from controller.store.objects import Allocation
@@ -45,7 +44,7 @@ class NodesApi:
 
     @map_errors
     async def ListNodes(
-        self, request: cpb.ListNodesRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ListNodesRequest, context: Context
     ) -> cpb.ListNodesResponse:
         store = self.ctx.store
         nodes = await store.list_nodes()
@@ -58,7 +57,7 @@ class NodesApi:
 
     @map_errors
     async def GetNode(
-        self, request: cpb.GetNodeRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.GetNodeRequest, context: Context
     ) -> pb.Node:
         return await self._node(request.name)
 
@@ -81,19 +80,19 @@ class NodesApi:
 
     @map_errors
     async def CordonNode(
-        self, request: cpb.CordonNodeRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.CordonNodeRequest, context: Context
     ) -> pb.Node:
         return await self._set_cordon(request.name, True)
 
     @map_errors
     async def UncordonNode(
-        self, request: cpb.CordonNodeRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.CordonNodeRequest, context: Context
     ) -> pb.Node:
         return await self._set_cordon(request.name, False)
 
     @map_stream_errors
     async def DrainNode(
-        self, request: cpb.DrainNodeRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.DrainNodeRequest, context: Context
     ) -> AsyncIterator[cpb.DrainProgress]:
         """Cordon, stop what runs there (running ones are placed elsewhere), report progress."""
         name = request.name

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
@@ -13,7 +12,7 @@ from viridian.v1 import types_pb2 as pb
 from controller.api.context import ApiContext
 from controller.errors import Conflict, FailedPrecondition, InvalidArgument
 from controller.events import now_ts
-from controller.grpc_errors import map_errors, map_stream_errors
+from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.lifecycle import HOLDING, STARTABLE, phase_name
 from controller.store.objects import StoredPartition
 from controller.validation import check_name, normalize_spec
@@ -27,7 +26,7 @@ class PartitionsApi:
 
     @map_errors
     async def CreatePartition(
-        self, request: cpb.CreatePartitionRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.CreatePartitionRequest, context: Context
     ) -> pb.Partition:
         check_name("partition", request.name)
         spec = pb.PartitionSpec()
@@ -54,13 +53,13 @@ class PartitionsApi:
 
     @map_errors
     async def GetPartition(
-        self, request: cpb.GetPartitionRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.GetPartitionRequest, context: Context
     ) -> pb.Partition:
         return (await self.ctx.store.get_partition(request.name)).partition
 
     @map_errors
     async def ListPartitions(
-        self, request: cpb.ListPartitionsRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.ListPartitionsRequest, context: Context
     ) -> cpb.ListPartitionsResponse:
         out = []
         for sp in await self.ctx.store.list_partitions():
@@ -73,7 +72,7 @@ class PartitionsApi:
         return cpb.ListPartitionsResponse(partitions=out)
 
     async def WatchPartitions(
-        self, request: cpb.WatchPartitionsRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.WatchPartitionsRequest, context: Context
     ) -> AsyncIterator[cpb.PartitionWatchEvent]:
         cache = self.ctx.cache
         changed: asyncio.Queue[str] = asyncio.Queue()
@@ -107,7 +106,9 @@ class PartitionsApi:
                     p = pb.Partition()
                     p.CopyFrom(c.partition)
                     p.status.epoch = cache.epoch(n)
-                    yield cpb.PartitionWatchEvent(type=cpb.PartitionWatchEvent.TYPE_PUT, partition=p)
+                    yield cpb.PartitionWatchEvent(
+                        type=cpb.PartitionWatchEvent.TYPE_PUT, partition=p
+                    )
         finally:
             cache.unsubscribe(listener)
 
@@ -130,10 +131,12 @@ class PartitionsApi:
 
     @map_errors
     async def StartPartition(
-        self, request: cpb.StartPartitionRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.StartPartitionRequest, context: Context
     ) -> pb.Partition:
         if request.node:
-            raise InvalidArgument("starting on a chosen node is not supported yet; use a node selector")
+            raise InvalidArgument(
+                "starting on a chosen node is not supported yet; use a node selector"
+            )
 
         def change(sp: StoredPartition) -> str:
             p = sp.partition
@@ -162,7 +165,7 @@ class PartitionsApi:
 
     @map_errors
     async def StopPartition(
-        self, request: cpb.StopPartitionRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.StopPartitionRequest, context: Context
     ) -> pb.Partition:
         def change(sp: StoredPartition) -> str:
             p = sp.partition
@@ -186,7 +189,7 @@ class PartitionsApi:
 
     @map_errors
     async def DeletePartition(
-        self, request: cpb.DeletePartitionRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.DeletePartitionRequest, context: Context
     ) -> cpb.DeletePartitionResponse:
         for _ in range(RETRIES):
             sp = await self.ctx.store.get_partition(request.name)
@@ -208,7 +211,7 @@ class PartitionsApi:
 
     @map_stream_errors
     async def PartitionLogs(
-        self, request: cpb.PartitionLogsRequest, context: grpc.aio.ServicerContext
+        self, request: cpb.PartitionLogsRequest, context: Context
     ) -> AsyncIterator[cpb.LogChunk]:
         sp = await self.ctx.store.get_partition(request.name)
         node = sp.partition.status.node
@@ -227,7 +230,7 @@ class PartitionsApi:
 
     @map_errors
     async def SendStdin(
-        self, request_iterator: AsyncIterator[cpb.StdinChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[cpb.StdinChunk], context: Context
     ) -> cpb.SendStdinResponse:
         session = None
         name = ""

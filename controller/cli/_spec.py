@@ -10,7 +10,7 @@ from viridian.v1 import types_pb2
 
 from controller.cli.params import KEY_VALUE, SIZE
 
-__all__ = ["DEFAULT_MEMORY", "RESTART_POLICIES", "build_spec", "spec_options"]
+__all__ = ["DEFAULT_MEMORY", "RESTART_POLICIES", "GuestArgsCommand", "build_spec", "spec_options"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_MEMORY = 64 * 1024 * 1024
@@ -19,6 +19,23 @@ RESTART_POLICIES = {
     "on-failure": types_pb2.RESTART_POLICY_ON_FAILURE,
     "always": types_pb2.RESTART_POLICY_ALWAYS,
 }
+
+
+class GuestArgsCommand(click.Command):
+    """Everything after `--` is the guest's argv, never NAME or an option of ours.
+
+    click would otherwise hand the first word after `--` to the optional NAME argument.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            head, tail = args[:cut], args[cut + 1 :]
+        else:
+            head, tail = list(args), []
+        rest = super().parse_args(ctx, head)
+        ctx.params["args"] = tuple(ctx.params.get("args") or ()) + tuple(tail)
+        return rest
 
 
 def spec_options(*, image_required: bool, placement_only: bool = False) -> Callable[[F], F]:

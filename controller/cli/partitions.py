@@ -9,7 +9,7 @@ from typing import BinaryIO
 import click
 from viridian.v1 import controller_pb2, types_pb2
 
-from controller.cli._spec import build_spec, spec_options
+from controller.cli._spec import GuestArgsCommand, build_spec, spec_options
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
 from controller.cli.client import cancel
@@ -103,7 +103,7 @@ PARTITION_FIELDS: list[Column[P]] = [
 ]
 
 
-@click.command("create")
+@click.command("create", cls=GuestArgsCommand)
 @click.argument("name")
 @spec_options(image_required=True)
 @click.option("--start/--no-start", default=True, show_default=True,

@@ -13,7 +13,7 @@ import click
 import grpc
 from viridian.v1 import controller_pb2, controller_pb2_grpc, types_pb2
 
-from controller.cli._spec import build_spec, spec_options
+from controller.cli._spec import GuestArgsCommand, build_spec, spec_options
 from controller.cli._wait import wait_for
 from controller.cli.app import get_client
 from controller.cli.errors import CliError
@@ -113,7 +113,7 @@ def _outcome(p: P) -> int:
     return s.exit_code
 
 
-@click.command("run")
+@click.command("run", cls=GuestArgsCommand)
 @click.argument("name", required=False)
 @spec_options(image_required=True)
 @click.option("--rm", "remove", is_flag=True, help="Delete the partition when it ends.")

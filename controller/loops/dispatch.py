@@ -74,7 +74,9 @@ class DispatchLoop(Loop):
                     session.stopping.add(key)
                     session.send(
                         apb.ControllerMessage(
-                            command=apb.PartitionCommand(name=name, epoch=epoch, kind=KIND.KIND_STOP)
+                            command=apb.PartitionCommand(
+                                name=name, epoch=epoch, kind=KIND.KIND_STOP
+                            )
                         )
                     )
         for name, old in list(cache.deleted_partitions.items()):

@@ -11,6 +11,7 @@ from controller.cache import ClusterCache
 from controller.errors import Conflict
 from controller.events import EventRecorder, now_ts
 from controller.loops.base import Loop
+from controller.store.etcd import Compare, Op
 from controller.store.objects import ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,10 @@ class NodeLifecycleLoop(Loop):
                 again = True
         for pname, binding in list(cache.bindings.items()):
             node_name = binding.value.decode()
-            node = cache.nodes.get(node_name)
+            bound_to = cache.nodes.get(node_name)
             if cache.node_alive(node_name):
                 continue
-            if node is not None and node.status.state != pb.NODE_STATE_NOT_READY:
+            if bound_to is not None and bound_to.status.state != pb.NODE_STATE_NOT_READY:
                 continue  # marked above; the watch brings the new state on the next pass
             try:
                 await self._evict(pname, node_name)
@@ -55,11 +56,17 @@ class NodeLifecycleLoop(Loop):
 
     async def _mark_not_ready(self, name: str) -> None:
         node, rev = await self.store.get_node(name)
-        if self.cache.node_alive(name):
-            return
         node.status.state = pb.NODE_STATE_NOT_READY
         node.status.reason = "node lease expired: the agent's session lapsed"
-        await self.store.put_node(node, rev)
+        node.ClearField("revision")
+        keys = self.store.keys
+        # Only while the lease key is still absent: a re-registration wins.
+        res = await self.store.etcd.txn(
+            [Compare(keys.node(name), rev), Compare(keys.node_lease(name), 0)],
+            [Op.put(keys.node(name), node.SerializeToString())],
+        )
+        if not res.succeeded:
+            return
         await self.events.record("Node", name, "NodeNotReady", node.status.reason, warning=True)
 
     async def _evict(self, pname: str, node: str) -> None:

@@ -20,7 +20,7 @@ from controller.loops.base import Loop
 from controller.placement import request_for, snapshot_of
 from controller.scheduler import BatchPlacer, SchedulerConfig
 from controller.store.etcd import Compare, Op
-from controller.store.objects import AllocEntry, Allocation, ObjectStore, StoredPartition
+from controller.store.objects import Allocation, AllocEntry, ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
 PER_TXN = 40  # partitions per transaction: 3 ops each, under etcd's 128

@@ -255,7 +255,9 @@ def build_txn(compares: Sequence[Compare], ops: Sequence[Op]) -> Any:
         else:
             success.append(
                 etcdrpc.RequestOp(
-                    request_put=etcdrpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease)
+                    request_put=etcdrpc.PutRequest(
+                        key=op.key.encode(), value=op.value, lease=op.lease
+                    )
                 )
             )
     return etcdrpc.TxnRequest(compare=cmp, success=success, failure=[])

@@ -211,7 +211,9 @@ class ObjectStore:
 
     async def put_node(self, node: pb.Node, mod_revision: int) -> int:
         key = self.keys.node(node.name)
-        res = await self.etcd.txn([Compare(key, mod_revision)], [Op.put(key, _without_revision(node))])
+        res = await self.etcd.txn(
+            [Compare(key, mod_revision)], [Op.put(key, _without_revision(node))]
+        )
         if not res.succeeded:
             raise Conflict(f"node {node.name!r} changed concurrently")
         node.revision = res.revision
@@ -264,7 +266,7 @@ def _without_revision(msg: Message) -> bytes:
     copy = type(msg)()
     copy.CopyFrom(msg)
     if copy.DESCRIPTOR.fields_by_name.get("revision") is not None:
-        copy.ClearField("revision")  # type: ignore[arg-type]
+        copy.ClearField("revision")
     if isinstance(copy, pb.Partition):
         copy.status.epoch = 0
     return copy.SerializeToString()
