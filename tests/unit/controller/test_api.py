@@ -1,0 +1,249 @@
+"""The public API of one in-process controller replica on a real etcd, over real gRPC.
+
+Agents are played by the test itself through the AgentGateway service (register + a session
+stream), so placement can be observed without running guests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import agent_pb2_grpc
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import controller_pb2_grpc
+from viridian.v1 import types_pb2 as pb
+
+from controller.server import ControllerConfig, ControllerReplica
+
+GUEST = Path(__file__).parents[2] / "guests" / "hello.c"
+
+
+@dataclass
+class Api:
+    address: str
+    stub: controller_pb2_grpc.ControllerStub
+    gateway: agent_pb2_grpc.AgentGatewayStub
+
+
+@pytest.fixture(scope="module")
+def api(etcd_endpoint: str) -> Iterator[Api]:
+    loop = asyncio.new_event_loop()
+    started: queue.Queue[ControllerReplica | BaseException] = queue.Queue()
+    config = ControllerConfig(listen="127.0.0.1:0", etcd_endpoints=[etcd_endpoint],
+                              prefix=f"/api-{time.time_ns()}", lease_ttl=2)
+
+    async def main() -> None:
+        try:
+            replica = ControllerReplica(config)
+            await replica.start()
+        except BaseException as err:  # reported to the test thread
+            started.put(err)
+            return
+        started.put(replica)
+
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(main(), loop)
+    replica = started.get(timeout=30)
+    assert isinstance(replica, ControllerReplica), replica
+    channel = grpc.insecure_channel(replica.address)
+    yield Api(replica.address, controller_pb2_grpc.ControllerStub(channel),
+              agent_pb2_grpc.AgentGatewayStub(channel))
+    channel.close()
+    asyncio.run_coroutine_threadsafe(replica.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+
+
+def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    err = info.value
+    return err.code(), err.details()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def elf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    import subprocess
+
+    out = tmp_path_factory.mktemp("guest") / "hello"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(GUEST)], check=True)
+    return out.read_bytes()
+
+
+def push(stub: controller_pb2_grpc.ControllerStub, name: str, content: bytes,
+         fmt: str = "elf") -> pb.Image:
+    def messages() -> Iterator[cpb.PushImageRequest]:
+        yield cpb.PushImageRequest(header=cpb.ImageHeader(name=name, format=fmt,
+                                                          size_bytes=len(content)))
+        for i in range(0, len(content), 1 << 20):
+            yield cpb.PushImageRequest(chunk=content[i : i + (1 << 20)])
+
+    return stub.PushImage(messages())
+
+
+def test_health_and_reflection_are_served(api: Api) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(api.address) as ch:
+        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        reqs = iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        names = {s.name for r in stub.ServerReflectionInfo(reqs)
+                 for s in r.list_services_response.service}
+        assert {"viridian.v1.Controller", "viridian.v1.AgentGateway"} <= names
+
+
+def test_image_push_validates_content(api: Api, elf: bytes) -> None:
+    image = push(api.stub, "hello", elf)
+    assert image.arch == pb.ARCH_X86_64 and image.entrypoint == "/bin/hello"
+    assert image.digest.startswith("sha256:") and image.size_bytes == len(elf)
+    code, msg = code_of(lambda: push(api.stub, "junk", b"#!/bin/sh\necho hi\n"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "not a static x86 ELF" in msg
+    dynamic = Path("/bin/ls").read_bytes()
+    code, msg = code_of(lambda: push(api.stub, "dyn", dynamic))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "dynamic" in msg
+    code, msg = code_of(lambda: push(api.stub, "Bad_Name", elf))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "DNS label" in msg
+    names = [i.name for i in api.stub.ListImages(cpb.ListImagesRequest()).images]
+    assert names == ["hello"]
+
+
+def create(api: Api, name: str, **spec: object) -> pb.Partition:
+    fields = {"image": "hello", **spec}
+    return api.stub.CreatePartition(
+        cpb.CreatePartitionRequest(name=name, spec=pb.PartitionSpec(**fields))  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "spec", "code", "needle"),
+    [
+        ("UPPER", {}, grpc.StatusCode.INVALID_ARGUMENT, "DNS label"),
+        ("x" * 64, {}, grpc.StatusCode.INVALID_ARGUMENT, "at most 63"),
+        ("ok-vcpus", {"vcpus": 5}, grpc.StatusCode.INVALID_ARGUMENT, "between 1 and 4"),
+        ("ok-mem", {"memory_bytes": (64 << 30) + 4096}, grpc.StatusCode.INVALID_ARGUMENT,
+         "64Gi"),
+        ("ok-small", {"memory_bytes": 4096}, grpc.StatusCode.INVALID_ARGUMENT, "1Mi"),
+        ("ok-img", {"image": "missing"}, grpc.StatusCode.NOT_FOUND, "image 'missing'"),
+        ("ok-mpn", {"max_per_node": 2}, grpc.StatusCode.INVALID_ARGUMENT, "anti_affinity"),
+    ],
+    ids=["upper-case", "too-long", "vcpus", "memory-max", "memory-min", "image", "max-per-node"],
+)
+def test_bad_partitions_are_refused_with_a_code(
+    api: Api, elf: bytes, name: str, spec: dict[str, object], code: grpc.StatusCode, needle: str
+) -> None:
+    push(api.stub, "hello", elf)
+    got, msg = code_of(lambda: create(api, name, **spec))
+    assert got == code and needle in msg
+    listed = [p.name for p in api.stub.ListPartitions(cpb.ListPartitionsRequest()).partitions]
+    assert name not in listed
+
+
+def test_duplicate_and_unknown_names(api: Api, elf: bytes) -> None:
+    push(api.stub, "hello", elf)
+    create(api, "dup", desired_state=pb.DESIRED_STATE_OFF)
+    code, msg = code_of(lambda: create(api, "dup"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and "'dup'" in msg
+    code, msg = code_of(lambda: api.stub.GetPartition(cpb.GetPartitionRequest(name="ghost")))
+    assert code == grpc.StatusCode.NOT_FOUND and "'ghost'" in msg
+    code, msg = code_of(lambda: api.stub.CordonNode(cpb.CordonNodeRequest(name="no-node")))
+    assert code == grpc.StatusCode.NOT_FOUND and "'no-node'" in msg
+    code, msg = code_of(lambda: api.stub.DeleteImage(cpb.DeleteImageRequest(name="hello")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "dup" in msg
+
+
+class FakeAgent:
+    """Registers a node and holds its session open; records what the controller sends."""
+
+    def __init__(self, api: Api, name: str, vcpus: int, memory: int) -> None:
+        reply = api.gateway.Register(apb.RegisterRequest(
+            node=name,
+            spec=pb.NodeSpec(vcpus=vcpus, memory_bytes=memory, arches=[pb.ARCH_X86_64]),
+        ))
+        self.outgoing: queue.Queue[apb.AgentMessage | None] = queue.Queue()
+        self.outgoing.put(apb.AgentMessage(hello=apb.SessionHello(node=name,
+                                                                  session_id=reply.session_id)))
+        self.received: list[apb.ControllerMessage] = []
+        self.call = api.gateway.Session(iter(self.outgoing.get, None))
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for msg in self.call:
+                self.received.append(msg)
+        except grpc.RpcError:
+            pass
+
+    def close(self) -> None:
+        self.outgoing.put(None)
+        self.call.cancel()
+
+
+def wait_for(fn: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not fn():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_placement_pending_reason_and_assignment(api: Api, elf: bytes) -> None:
+    push(api.stub, "hello", elf)
+    agent = FakeAgent(api, "small-node", vcpus=2, memory=1 << 30)
+    try:
+        wait_for(lambda: any(
+            n.name == "small-node" and n.status.state == pb.NODE_STATE_READY
+            for n in api.stub.ListNodes(cpb.ListNodesRequest()).nodes))
+        create(api, "too-big", memory_bytes=8 << 30)
+        create(api, "fits", memory_bytes=256 << 20, vcpus=2)
+
+        def phase(name: str) -> pb.Partition:
+            return api.stub.GetPartition(cpb.GetPartitionRequest(name=name))
+
+        wait_for(lambda: phase("fits").status.phase == pb.PARTITION_PHASE_SCHEDULED)
+        wait_for(lambda: "memory" in phase("too-big").status.reason)
+        big = phase("too-big")
+        assert big.status.phase == pb.PARTITION_PHASE_PENDING
+        fits = phase("fits")
+        assert fits.status.node == "small-node" and fits.status.epoch > 0
+        wait_for(lambda: any(m.HasField("assign") and m.assign.name == "fits"
+                             for m in agent.received))
+        assign = next(m.assign for m in agent.received if m.HasField("assign"))
+        assert assign.epoch == fits.status.epoch and assign.image.name == "hello"
+        node = api.stub.GetNode(cpb.GetNodeRequest(name="small-node"))
+        assert (node.status.allocated_vcpus, node.status.allocated_memory_bytes) == (2, 256 << 20)
+
+        explained = api.stub.ExplainPlacement(cpb.ExplainPlacementRequest(name="too-big"))
+        assert explained.chosen_node == ""
+        verdict = next(v for v in explained.verdicts if v.node == "small-node")
+        memory = next(f for f in verdict.filters if f.name == "memory")
+        assert not memory.passed and "8Gi" in memory.detail
+        dry = api.stub.ExplainPlacement(cpb.ExplainPlacementRequest(
+            dry_run=pb.PartitionSpec(image="hello", vcpus=1, memory_bytes=128 << 20)))
+        assert dry.chosen_node == "small-node"
+
+        # A running-phase partition cannot be deleted without force.
+        code, msg = code_of(lambda: api.stub.DeletePartition(
+            cpb.DeletePartitionRequest(name="fits")))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "Scheduled" in msg
+        api.stub.DeletePartition(cpb.DeletePartitionRequest(name="fits", force=True))
+        wait_for(lambda: any(m.HasField("command") and m.command.name == "fits"
+                             for m in agent.received))
+        # Capacity freed: deleting released the allocation.
+        node = api.stub.GetNode(cpb.GetNodeRequest(name="small-node"))
+        assert node.status.allocated_vcpus == 0
+    finally:
+        agent.close()

@@ -1,0 +1,145 @@
+"""The store against a real etcd: transactions with revision compares, leases, watches."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from viridian.v1 import types_pb2 as pb
+
+from controller.errors import AlreadyExists, Conflict, NotFound
+from controller.store import Compare, EtcdStore, Keys, Op, WatchEvent
+from controller.store.objects import ObjectStore, StoredPartition
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+def test_txn_applies_only_when_every_compare_holds(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        key = f"{prefix}/k"
+        created = await store.txn([Compare(key, 0)], [Op.put(key, b"one")])
+        assert created.succeeded
+        again = await store.txn([Compare(key, 0)], [Op.put(key, b"two")])
+        assert not again.succeeded
+        kv = await store.get(key)
+        assert kv is not None and kv.value == b"one" and kv.mod_revision == created.revision
+        stale = await store.txn([Compare(key, kv.mod_revision - 1)], [Op.put(key, b"x")])
+        assert not stale.succeeded
+        fresh = await store.txn([Compare(key, kv.mod_revision)], [Op.delete(key)])
+        assert fresh.succeeded and await store.get(key) is None
+        store.close()
+
+    run(scenario())
+
+
+def test_too_many_ops_are_refused_before_reaching_etcd(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        ops = [Op.put(f"{prefix}/{i}", b"x") for i in range(EtcdStore.MAX_TXN_OPS + 1)]
+        with pytest.raises(ValueError, match="etcd allows 128"):
+            await store.txn([], ops)
+        store.close()
+
+    run(scenario())
+
+
+def test_lease_expiry_deletes_attached_key(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        lease = await store.grant_lease(1)
+        await store.put(f"{prefix}/live", b"1", lease=lease)
+        assert await store.keepalive(lease) > 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await store.get(f"{prefix}/live") is not None:
+            assert loop.time() < deadline, "key outlived its lease"
+            await asyncio.sleep(0.1)
+        assert await store.keepalive(lease) == 0
+        store.close()
+
+    run(scenario())
+
+
+def test_watch_delivers_puts_and_deletes_in_order(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        _, rev = await store.get_prefix(prefix + "/")
+        seen: list[WatchEvent] = []
+        got = asyncio.Event()
+
+        def on_events(events: list[WatchEvent], _rev: int) -> None:
+            seen.extend(events)
+            if len(seen) >= 3:
+                got.set()
+
+        cancel = store.watch_prefix(prefix + "/", rev + 1, on_events, lambda _e: None)
+        await store.put(f"{prefix}/a", b"1")
+        await store.put(f"{prefix}/b", b"2")
+        await store.delete(f"{prefix}/a")
+        await asyncio.wait_for(got.wait(), 10)
+        cancel()
+        assert [(e.deleted, e.kv.key.rsplit("/", 1)[1]) for e in seen[:3]] == [
+            (False, "a"), (False, "b"), (True, "a")]
+        store.close()
+
+    run(scenario())
+
+
+def _partition(name: str) -> pb.Partition:
+    return pb.Partition(
+        name=name,
+        spec=pb.PartitionSpec(image="img", vcpus=2, memory_bytes=64 << 20,
+                              anti_affinity_group="g"),
+        status=pb.PartitionStatus(phase=pb.PARTITION_PHASE_PENDING),
+    )
+
+
+def test_objects_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        etcd = EtcdStore([etcd_endpoint])
+        objs = ObjectStore(etcd, Keys(prefix))
+        await objs.create_partition(_partition("web"))
+        with pytest.raises(AlreadyExists, match="'web'"):
+            await objs.create_partition(_partition("web"))
+        with pytest.raises(NotFound, match="'nope'"):
+            await objs.get_partition("nope")
+
+        sp = await objs.get_partition("web")
+        stale = StoredPartition(sp.partition, sp.mod_revision)
+        sp.partition.status.reason = "changed"
+        await objs.update_partition(sp)
+        stale.partition.status.reason = "lost update"
+        with pytest.raises(Conflict):
+            await objs.update_partition(StoredPartition(stale.partition, stale.mod_revision - 1))
+
+        # Bind: partition, binding and allocation in one transaction.
+        sp = await objs.get_partition("web")
+        alloc = await objs.get_allocation("node-1")
+        sp.partition.status.phase = pb.PARTITION_PHASE_SCHEDULED
+        compares, ops = objs.bind_ops(sp, alloc)
+        res = await etcd.txn(compares, ops)
+        assert res.succeeded
+        bound = await objs.get_partition("web")
+        assert bound.binding_node == "node-1" and bound.partition.status.epoch == res.revision
+        alloc = await objs.get_allocation("node-1")
+        assert (alloc.vcpus, alloc.memory_bytes) == (2, 64 << 20)
+
+        # A second bind from the same (now stale) snapshot must fail: no over-commit.
+        again = StoredPartition(_partition("db"), 0)
+        await objs.create_partition(again.partition)
+        again = await objs.get_partition("db")
+        from controller.store.objects import Allocation
+        stale_alloc = Allocation("node-1", {}, 0)
+        compares, ops = objs.bind_ops(again, stale_alloc)
+        assert not (await etcd.txn(compares, ops)).succeeded
+
+        await objs.release(bound)
+        after = await objs.get_partition("web")
+        assert after.binding_node == "" and after.partition.status.epoch == 0
+        assert (await objs.get_allocation("node-1")).entries == {}
+        etcd.close()
+
+    run(scenario())
