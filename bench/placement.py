@@ -106,6 +106,12 @@ def run_scheduler(
         latencies_ns.append(clock() - t0)
         decisions.append(decision)
     elapsed = (clock() - started) / 1e9
+    final = placer.snapshot()
+    nodes = final.nodes.values()
+    used_v = sum(final.usage(n.name).vcpus for n in nodes)
+    used_m = sum(final.usage(n.name).memory_bytes for n in nodes)
+    cap_v = sum(n.allocatable_vcpus for n in nodes) or 1.0
+    cap_m = sum(n.allocatable_memory for n in nodes) or 1
     latencies_ms = sorted(ns / 1e6 for ns in latencies_ns)
     placed = sum(1 for d in decisions if d.placed)
     result = {
@@ -117,6 +123,8 @@ def run_scheduler(
         "p50_decision_ms": round(percentile(latencies_ms, 0.50), 4),
         "p99_decision_ms": round(percentile(latencies_ms, 0.99), 4),
         "max_decision_ms": round(latencies_ms[-1], 3) if latencies_ms else 0.0,
+        "final_vcpu_allocated_pct": round(100 * used_v / cap_v, 1),
+        "final_memory_allocated_pct": round(100 * used_m / cap_m, 1),
         "mean_nodes_evaluated": round(statistics.fmean(d.evaluated for d in decisions), 1)
         if decisions
         else 0.0,

@@ -17,9 +17,8 @@ from pathlib import Path
 import grpc
 import pytest
 from viridian.v1 import agent_pb2 as apb
-from viridian.v1 import agent_pb2_grpc
+from viridian.v1 import agent_pb2_grpc, controller_pb2_grpc
 from viridian.v1 import controller_pb2 as cpb
-from viridian.v1 import controller_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
 from controller.server import ControllerConfig, ControllerReplica
