@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("args", nargs=argparse.REMAINDER)
     ns = parser.parse_args(argv)
     args = ns.args[1:] if ns.args[:1] == ["--"] else ns.args
-    env = tuple(tuple(e.split("=", 1)) for e in ns.env if "=" in e)
+    env = tuple((k, v) for k, _, v in (e.partition("=") for e in ns.env) if k)
     tmp: str | None = None
     if ns.root is None:
         tmp = tempfile.mkdtemp(prefix="viridian-root-")
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         root, entry = ns.root, ns.image
     try:
         spec = PartitionSpec(name="debug", root=root, entrypoint=entry, args=tuple(args),
-                             env=env, vcpus=ns.vcpus, memory_bytes=ns.memory)  # type: ignore[arg-type]
+                             env=env, vcpus=ns.vcpus, memory_bytes=ns.memory)
 
         def on_event(reason: str, message: str) -> None:
             print(f"[{reason}] {message}", file=sys.stderr)

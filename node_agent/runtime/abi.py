@@ -70,7 +70,7 @@ class Abi:
 
 
 def read_timespec(mem: GuestMemory, addr: int, fmt: str) -> float:
-    sec, nsec = struct.unpack(fmt, mem.read(addr, struct.calcsize(fmt)))
+    sec, nsec = (int(v) for v in struct.unpack(fmt, mem.read(addr, struct.calcsize(fmt))))
     if nsec < 0 or nsec >= 10**9 or sec < 0:
         raise OSError(22, "invalid timespec")
     return float(sec) + nsec / 1e9

@@ -49,7 +49,7 @@ class Machine:
         self._gdt_free = list(range(RESERVED // GDT_SIZE))
         self.sched = Scheduler(0)
         self.sched.on_done = self._halt_all
-        self.mem: GuestMemory | None = None  # type: ignore[assignment]
+        self.mem: GuestMemory | None = None
         self._tmp_upper: str | None = None
 
     # -- public API ---------------------------------------------------------------

@@ -11,7 +11,7 @@ from unicorn import x86_const as X
 
 from .abi import clock_ns, read_timespec, write_timespec
 from .gdt import GDT_SIZE
-from .syscall_common import BLOCK, EXIT, E, s32, s64
+from .syscall_common import BLOCK, EXIT, E, s32
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -385,5 +385,3 @@ def sys_sysinfo(cpu: Vcpu, ptr: int, *_: int) -> int:
     return 0
 
 
-__all__ = [name for name in dir() if name.startswith(("sys_", "do_"))] + ["enosys", "zero",
-                                                                          "s64"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from . import sys_fs as F
 from . import sys_proc as P
 from .abi import TS64
-from .syscall_common import E, Handler, s32
+from .syscall_common import E, Handler, s32, s64
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -31,7 +31,7 @@ def _old_mmap(cpu: Vcpu, ptr: int, *_: int) -> int:
 
 
 def _llseek(cpu: Vcpu, fd: int, hi: int, lo: int, result: int, whence: int, *_: int) -> int:
-    pos = cpu.machine.fds.get(s32(fd)).seek(P.s64((hi << 32) | lo), whence)
+    pos = cpu.machine.fds.get(s32(fd)).seek(s64((hi << 32) | lo), whence)
     cpu.mem.put_u64(result, pos)
     return 0
 

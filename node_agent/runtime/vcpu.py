@@ -34,7 +34,7 @@ from unicorn import (
 from unicorn import x86_const as X
 
 from .gdt import FLAT_DATA_SELECTOR, GDT_SIZE
-from .memory import GuestFault
+from .memory import GuestFault, GuestMemory
 from .syscall_common import BLOCK, EXIT, E, errno_of
 from .threads import RUNNING, GuestThread
 
@@ -79,7 +79,9 @@ class Vcpu:
         self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
         self.ret_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
         self.table = machine.syscalls
-        self.mem = machine.mem
+        mem = machine.mem
+        assert mem is not None
+        self.mem: GuestMemory = mem
         uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
         uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
         for addr, size, perms, host in self.mem.unicorn_regions():
