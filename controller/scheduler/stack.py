@@ -197,11 +197,28 @@ def explain(
     )
 
 
+def _shape(request: PartitionRequest) -> tuple[object, ...]:
+    """Everything feasibility depends on; the name and strategy only change the ranking."""
+    group = request.anti_affinity_group
+    return (
+        request.vcpus,
+        request.memory_bytes,
+        request.arch,
+        tuple(sorted(request.node_selector.items())) if request.node_selector else (),
+        group,
+        request.max_per_node if group else 0,
+    )
+
+
 class BatchPlacer:
     """Places requests one after another, consuming each placement before the next one.
 
     Holds one mutable overlay of changed nodes (never a copy of the node table); snapshot()
     freezes the result. Not thread-safe; one placer per scheduling pass.
+
+    Within a pass usage only grows, so a request shape that fit nowhere still fits nowhere:
+    later requests of the same shape reuse that pending reason (as of the first failure)
+    instead of scanning every node again, which is what a full cluster would otherwise cost.
     """
 
     def __init__(self, snapshot: Snapshot, config: SchedulerConfig = _DEFAULT) -> None:
@@ -213,14 +230,21 @@ class BatchPlacer:
         self._usage = base.usage
         self._overlay: dict[str, NodeUsage] = dict(snapshot._overlay)
         self._added = snapshot._added
+        self._unplaceable: dict[tuple[object, ...], str] = {}
 
     def place(self, request: PartitionRequest) -> Decision:
+        shape = _shape(request)
+        reason = self._unplaceable.get(shape)
+        if reason is not None:
+            return Decision(request.name, None, reason)
         decision, after = _scan(
             request, self._config, self._nodes, self._order, self._usage, self._overlay
         )
         if after is not None and decision.allocation is not None:
             self._overlay[decision.allocation.node] = after
             self._added = _Added(decision.allocation, self._added)
+        else:
+            self._unplaceable[shape] = decision.reason
         return decision
 
     def snapshot(self) -> Snapshot:

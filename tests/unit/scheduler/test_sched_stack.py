@@ -180,3 +180,14 @@ def test_selector_and_group_reasons() -> None:
         "0/2 nodes available: 1 node selector mismatch (zone=a);"
         " 1 anti-affinity group web full (max 1 per node)"
     )
+
+
+def test_batch_reuses_the_pending_reason_for_an_identical_shape() -> None:
+    snap = make_cluster(3, vcpus=1, memory="1Gi", cpu_ratio=1.0)
+    requests = [make_request(f"p{i}", memory="2Gi") for i in range(3)]
+    requests.append(make_request("small", memory="512Mi"))
+    first, second, third, small = place_batch(requests, snap).decisions
+    assert first.node is None and first.evaluated == 3
+    assert second.reason == third.reason == first.reason
+    assert second.evaluated == 0  # served without scanning again
+    assert small.node is not None  # a different shape is looked at afresh
