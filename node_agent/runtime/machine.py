@@ -28,8 +28,6 @@ from .vcpu import Vcpu
 
 __all__ = ["Machine", "validate_image"]
 
-QUANTUM = 0.02
-
 
 class Machine:
     """Runs one partition's guest to completion on ``spec.vcpus`` Unicorn instances."""
@@ -61,6 +59,8 @@ class Machine:
             failure = str(exc)
         except MemoryError as exc:
             failure = f"cannot start: {exc}"
+        except Exception as exc:  # noqa: BLE001 - never let a start-up problem escape
+            failure = f"cannot start: {exc!r}"
         if failure is not None:
             self._cleanup()
             return ExitStatus(None, failure, dict(self.unknown))
@@ -106,8 +106,7 @@ class Machine:
         self.fds = FdTable()
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
-        self.sched = Scheduler(X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX)
-        self.sched.on_done = self._halt_all
+        self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
         main = self.sched.new_thread(first=True)
         assert main is not None
         if self.arch == "x86_64":
@@ -120,23 +119,14 @@ class Machine:
         return None
 
     def _tick(self) -> None:
-        """The caller's thread: preempt vCPUs when threads wait for one, fire timers."""
+        """The caller's thread: fire sleep/futex timers while every vCPU is busy."""
         sched = self.sched
-        while True:
-            with sched.cond:
-                if sched.done:
-                    return
-                waiting = bool(sched.runq)
+        with sched.cond:
+            while not sched.done:
                 deadline = sched.timers[0][0] if sched.timers else None
-                timeout = QUANTUM if waiting else 0.5
-                if deadline is not None:
-                    timeout = min(timeout, max(deadline - time.monotonic(), 0.0005))
-                sched.cond.wait(timeout)
+                timeout = 0.5 if deadline is None else max(deadline - time.monotonic(), 0.0005)
+                sched.cond.wait(min(timeout, 0.5))
                 sched._fire_timers()
-                waiting = bool(sched.runq)
-            if waiting:
-                for vcpu in self.vcpus:
-                    vcpu.preempt(QUANTUM)
 
     def _halt_all(self) -> None:
         for vcpu in self.vcpus:

@@ -37,6 +37,7 @@ class GuestThread:
     on_cpu: bool = False
     clear_tid: int = 0
     gdt: int = 0                             # i386: guest address of its own GDT
+    fresh: bool = True                       # has not run on any vCPU yet
     tls_selector: int = 0
     token: int = 0                           # bumps on each block; stale timers compare it
     futex_addr: int | None = None

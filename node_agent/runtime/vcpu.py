@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 __all__ = ["Vcpu", "TCG_BUFFER"]
 
 TCG_BUFFER = 48 << 20
+QUANTUM = 0.02          # seconds a thread may keep its vCPU while others wait
 _ARGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
            X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)
 _ARGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
@@ -78,6 +79,7 @@ class Vcpu:
         self.pc_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP
         self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
         self.ret_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
+        self.flags_reg = X.UC_X86_REG_EFLAGS
         self.table = machine.syscalls
         mem = machine.mem
         assert mem is not None
@@ -146,11 +148,9 @@ class Vcpu:
         self.thread = thread
         if thread.context is not None:
             uc.context_restore(thread.context)
-        if not self.is64:
+        if not self.is64 and thread.fresh:
             self._load_segments(thread)
-            gs = self.reg(X.UC_X86_REG_GS)
-            if gs:
-                uc.reg_write(X.UC_X86_REG_GS, gs)
+        thread.fresh = False
         for reg_id, value in thread.pending.items():
             uc.reg_write(reg_id, value)
         thread.pending.clear()
@@ -175,10 +175,17 @@ class Vcpu:
             return False
 
     def _load_segments(self, thread: GuestThread) -> None:
+        """First run of an i386 thread: its own GDT, flat SS/DS/ES, GS reloaded from that GDT.
+
+        Later runs restore the whole context (GDTR and segment caches included).
+        """
         self.uc.reg_write(X.UC_X86_REG_GDTR, (0, thread.gdt, GDT_SIZE - 1, 0))
         if thread.context is None:
             for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
                 self.uc.reg_write(seg, FLAT_DATA_SELECTOR)
+        gs = self.reg(X.UC_X86_REG_GS)
+        if gs:
+            self.uc.reg_write(X.UC_X86_REG_GS, gs)
 
     def _apply_exec(self) -> None:
         with self.mem.lock:
@@ -188,7 +195,12 @@ class Vcpu:
             self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL)
 
     def preempt(self, quantum: float) -> None:
-        """From the ticker thread: stop the current thread if it used up its quantum."""
+        """From this vCPU's syscall hook: switch threads if the current one used ``quantum``.
+
+        Only called synchronously from a hook: in Unicorn 2.1 an ``emu_stop`` from another host
+        thread can land mid-block and resume replays already executed instructions, so guest
+        threads are switched at syscalls (and when they block), never asynchronously.
+        """
         if self.thread is not None and time.monotonic() - self.run_started >= quantum:
             self.stop_why = "preempt"
             self.uc.emu_stop()
@@ -234,6 +246,8 @@ class Vcpu:
             return
         self._result.value = result & self._mask
         _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
+        if self.machine.sched.runq:
+            self.preempt(QUANTUM)
 
     def _on_interrupt(self, uc: Any, intno: int, _user: Any) -> None:
         if intno == 0x80 and not self.is64:
