@@ -12,7 +12,13 @@ from controller.api.context import ApiContext
 from controller.errors import Conflict
 from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.lifecycle import HOLDING
-from controller.placement import DEFAULT_CPU_RATIO, DEFAULT_MEMORY_RATIO
+from controller.placement import (
+    DEFAULT_CPU_RATIO,
+    DEFAULT_MEMORY_RATIO,
+    request_for,
+    snapshot_of,
+)
+from controller.scheduler import capacity_plan
 from controller.store.objects import Allocation
 
 P = pb
@@ -89,6 +95,28 @@ class NodesApi:
         self, request: cpb.CordonNodeRequest, context: Context
     ) -> pb.Node:
         return await self._set_cordon(request.name, False)
+
+    @map_errors
+    async def PlanCapacity(
+        self, request: cpb.PlanCapacityRequest, context: Context
+    ) -> cpb.CapacityPlan:
+        """Ganeti's N+1 check on the current state: lose the largest node, re-place its HA
+        partitions on the rest."""
+        cache = self.ctx.cache
+        ha = [
+            request_for(name, c.partition.spec, c.partition.status.arch)
+            for name, c in cache.partitions.items()
+            if c.partition.spec.ha and name in cache.bindings
+        ]
+        result = capacity_plan(snapshot_of(cache), ha, self.ctx.scheduler)
+        return cpb.CapacityPlan(
+            lost_node=result.lost_node or "",
+            ok=result.ok,
+            ha_partitions=len(result.placed) + len(result.unplaced),
+            unplaced=[d.partition for d in result.unplaced],
+            moves={d.partition: d.node or "" for d in result.placed},
+            summary=result.summary,
+        )
 
     @map_stream_errors
     async def DrainNode(

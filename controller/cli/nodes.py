@@ -12,10 +12,13 @@ from controller.cli.output import (
     Column,
     age,
     arch_name,
+    dump,
     labels_text,
+    message_data,
     node_state_name,
     render_item,
     render_list,
+    render_table,
     time_text,
 )
 from controller.cli.params import DURATION, output_option
@@ -75,11 +78,28 @@ NODE_FIELDS: list[Column[N]] = [
 
 @click.command("nodes")
 @output_option
+@click.option("--plan", is_flag=True,
+              help="N+1 check: can the cluster lose its largest node and keep every HA "
+              "partition running?")
 @click.pass_context
-def nodes_cmd(ctx: click.Context, output: str) -> None:
-    """List nodes."""
-    reply = get_client(ctx).stub.ListNodes(controller_pb2.ListNodesRequest())
-    click.echo(render_list(list(reply.nodes), NODE_COLUMNS, output))
+def nodes_cmd(ctx: click.Context, output: str, plan: bool) -> None:
+    """List nodes (or, with --plan, check spare capacity)."""
+    stub = get_client(ctx).stub
+    if not plan:
+        reply = stub.ListNodes(controller_pb2.ListNodesRequest())
+        click.echo(render_list(list(reply.nodes), NODE_COLUMNS, output))
+        return
+    result = stub.PlanCapacity(controller_pb2.PlanCapacityRequest())
+    if output in ("json", "yaml"):
+        click.echo(dump(message_data(result), output))
+    else:
+        rows = [(p, n) for p, n in sorted(result.moves.items())]
+        rows += [(p, "(no node fits)") for p in result.unplaced]
+        if rows:
+            click.echo(render_table(["HA PARTITION", "WOULD RESTART ON"], rows))
+        click.echo(("ok: " if result.ok else "NOT OK: ") + result.summary)
+    if not result.ok:
+        ctx.exit(1)
 
 
 @click.group("node")

@@ -519,6 +519,87 @@ class DrainProgress(_message.Message):
 Global___DrainProgress: _TypeAlias = DrainProgress  # noqa: Y015
 
 @_typing.final
+class PlanCapacityRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanCapacityRequest: _TypeAlias = PlanCapacityRequest  # noqa: Y015
+
+@_typing.final
+class CapacityPlan(_message.Message):
+    """Whether the cluster can lose its largest node and still hold every HA partition on it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MovesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    LOST_NODE_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    HA_PARTITIONS_FIELD_NUMBER: _builtins.int
+    UNPLACED_FIELD_NUMBER: _builtins.int
+    MOVES_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    lost_node: _builtins.str
+    """the node assumed lost (largest memory)"""
+    ok: _builtins.bool
+    """every HA partition on it fits elsewhere"""
+    ha_partitions: _builtins.int
+    """HA partitions that would need a new node"""
+    summary: _builtins.str
+    """one line"""
+    @_builtins.property
+    def unplaced(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """those that would not fit anywhere"""
+
+    @_builtins.property
+    def moves(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """partition -> node it would restart on"""
+
+    def __init__(
+        self,
+        *,
+        lost_node: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        ha_partitions: _builtins.int = ...,
+        unplaced: _abc.Iterable[_builtins.str] | None = ...,
+        moves: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ha_partitions", b"ha_partitions", "lost_node", b"lost_node", "moves", b"moves", "ok", b"ok", "summary", b"summary", "unplaced", b"unplaced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapacityPlan: _TypeAlias = CapacityPlan  # noqa: Y015
+
+@_typing.final
 class PushImageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

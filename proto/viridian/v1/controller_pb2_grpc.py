@@ -105,6 +105,11 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_controller__pb2.DrainProgress.FromString,
                 _registered_method=True)
+        self.PlanCapacity = channel.unary_unary(
+                '/viridian.v1.Controller/PlanCapacity',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.PlanCapacityRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.CapacityPlan.FromString,
+                _registered_method=True)
         self.PushImage = channel.stream_unary(
                 '/viridian.v1.Controller/PushImage',
                 request_serializer=viridian_dot_v1_dot_controller__pb2.PushImageRequest.SerializeToString,
@@ -231,6 +236,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanCapacity(self, request, context):
+        """N+1 check
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def PushImage(self, request_iterator, context):
         """Images
         header first, then chunks
@@ -344,6 +356,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_controller__pb2.DrainProgress.SerializeToString,
+            ),
+            'PlanCapacity': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanCapacity,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.PlanCapacityRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.CapacityPlan.SerializeToString,
             ),
             'PushImage': grpc.stream_unary_rpc_method_handler(
                     servicer.PushImage,
@@ -754,6 +771,33 @@ class Controller:
             '/viridian.v1.Controller/DrainNode',
             viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.SerializeToString,
             viridian_dot_v1_dot_controller__pb2.DrainProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanCapacity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/PlanCapacity',
+            viridian_dot_v1_dot_controller__pb2.PlanCapacityRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.CapacityPlan.FromString,
             options,
             channel_credentials,
             insecure,

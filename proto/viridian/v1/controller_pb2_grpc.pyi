@@ -58,6 +58,8 @@ class ControllerStub:
     CordonNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]
     UncordonNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]
     DrainNode: _grpc.UnaryStreamMultiCallable[_controller_pb2.DrainNodeRequest, _controller_pb2.DrainProgress]
+    PlanCapacity: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PlanCapacityRequest, _controller_pb2.CapacityPlan]
+    """N+1 check"""
     PushImage: _grpc.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]
     """Images
     header first, then chunks
@@ -96,6 +98,8 @@ class ControllerAsyncStub(ControllerStub):
     CordonNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     UncordonNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     DrainNode: _aio.UnaryStreamMultiCallable[_controller_pb2.DrainNodeRequest, _controller_pb2.DrainProgress]  # type: ignore[assignment]
+    PlanCapacity: _aio.UnaryUnaryMultiCallable[_controller_pb2.PlanCapacityRequest, _controller_pb2.CapacityPlan]  # type: ignore[assignment]
+    """N+1 check"""
     PushImage: _aio.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]  # type: ignore[assignment]
     """Images
     header first, then chunks
@@ -215,6 +219,14 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.DrainNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_controller_pb2.DrainProgress], _abc.AsyncIterator[_controller_pb2.DrainProgress]]: ...
+
+    @_abc_1.abstractmethod
+    def PlanCapacity(
+        self,
+        request: _controller_pb2.PlanCapacityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.CapacityPlan, _abc.Awaitable[_controller_pb2.CapacityPlan]]:
+        """N+1 check"""
 
     @_abc_1.abstractmethod
     def PushImage(

@@ -246,3 +246,27 @@ def test_placement_pending_reason_and_assignment(api: Api, elf: bytes) -> None:
         assert node.status.allocated_vcpus == 0
     finally:
         agent.close()
+
+
+def test_capacity_plan_finds_ha_partitions_without_a_spare(api: Api, elf: bytes) -> None:
+    push(api.stub, "hello", elf)
+    big = FakeAgent(api, "plan-big", vcpus=4, memory=32 << 30)
+    small = FakeAgent(api, "plan-small", vcpus=4, memory=2 << 30)
+    try:
+        create(api, "ha-large", memory_bytes=3 << 30, ha=True)
+        create(api, "ha-small", memory_bytes=1 << 30, ha=True,
+               node_selector={})
+
+        def node_of(name: str) -> str:
+            return api.stub.GetPartition(cpb.GetPartitionRequest(name=name)).status.node
+
+        wait_for(lambda: node_of("ha-large") == "plan-big" and node_of("ha-small") != "")
+        plan = api.stub.PlanCapacity(cpb.PlanCapacityRequest())
+        assert plan.lost_node == "plan-big"
+        if node_of("ha-small") == "plan-big":
+            assert dict(plan.moves) == {"ha-small": "plan-small"}
+        assert list(plan.unplaced) == ["ha-large"] and not plan.ok
+        assert "ha-large" in plan.summary
+    finally:
+        big.close()
+        small.close()
