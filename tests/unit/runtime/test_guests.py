@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -53,15 +54,22 @@ def test_four_threads(run_guest: Callable[..., Run], arch: str, vcpus: int) -> N
     assert run.stdout == b"checksum=399776612 rets=612\n"
 
 
-def test_more_vcpus_run_threads_faster(guest: GuestBuilder, tmp_path: Path) -> None:
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two host cores")
+def test_more_vcpus_run_threads_in_parallel(guest: GuestBuilder, tmp_path: Path) -> None:
+    """vcpus=4 beats vcpus=1 on wall time, or (on a host busy with other work) at least
+    burns CPU time faster than wall time, which only parallel vCPU threads can do."""
     root = make_root(tmp_path, guest("threads"), "/bin/threads")
-    elapsed = {}
+    wall, cpu = {}, {}
     for vcpus in (1, 4):
-        start = time.perf_counter()
-        run = run_machine(root, "/bin/threads", ("6000000",), vcpus=vcpus)
-        elapsed[vcpus] = time.perf_counter() - start
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run = run_machine(root, "/bin/threads", ("40000000",), vcpus=vcpus)
+        wall[vcpus] = time.perf_counter() - start
+        cpu[vcpus] = time.process_time() - start_cpu
         assert run.status.exit_code == 0
-    assert elapsed[4] < elapsed[1] * 0.85, elapsed
+    parallel = wall[4] < wall[1] * 0.85 or cpu[4] > wall[4] * 1.25
+    if not parallel and os.getloadavg()[0] > (os.cpu_count() or 1) - 1:
+        pytest.skip(f"host too busy to measure a parallel speed-up: {wall}, {cpu}")
+    assert parallel, (wall, cpu)
 
 
 @pytest.mark.parametrize("arch", ARCHES)
