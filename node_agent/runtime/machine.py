@@ -18,12 +18,12 @@ from .files import ConsoleFile, FdTable
 from .fs import Sandbox
 from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, flat_gdt, user_desc_to_descriptor
 from .loader import build_stack, load_image, read_image, validate_image
-from .memory import RESERVED, GuestMemory
+from .memory import RESERVED, GuestFault, GuestMemory
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
-from .syscall_common import E
+from .syscall_common import BLOCK, E
 from .syscalls_i386 import TABLE as TABLE_I386
 from .syscalls_x86_64 import TABLE as TABLE_X86_64
-from .threads import GuestThread, Scheduler
+from .threads import BLOCKED, GuestThread, Scheduler
 from .vcpu import Vcpu
 
 __all__ = ["Machine", "validate_image"]
@@ -161,6 +161,33 @@ class Machine:
 
     def log_error(self, text: str) -> None:
         sys.stderr.write(f"viridian runtime error in partition {self.spec.name}:\n{text}")
+
+    def read_stdin(self, thread: GuestThread, buf: int, count: int) -> int:
+        """Park ``thread`` while a helper thread waits for console input (so a vCPU never
+        blocks on stdin and ``stop`` always works); returns BLOCK."""
+        sched = self.sched
+        with sched.cond:
+            sched.block(thread, None, 0)
+            token = thread.token
+
+        def reader() -> None:
+            try:
+                data = self.console.read_stdin(min(count, 1 << 16))
+            except Exception:  # noqa: BLE001 - a broken console reads as EOF
+                data = b""
+            with sched.cond:
+                if sched.done or thread.state != BLOCKED or thread.token != token:
+                    return
+                try:
+                    assert self.mem is not None
+                    self.mem.write(buf, data)
+                    result = len(data)
+                except GuestFault:
+                    result = E.FAULT
+                sched.wake(thread, result)
+
+        threading.Thread(target=reader, name=f"{self.spec.name}-stdin", daemon=True).start()
+        return BLOCK
 
     def alloc_gdt(self) -> int:
         assert self.mem is not None

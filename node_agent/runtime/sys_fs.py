@@ -8,7 +8,16 @@ import struct
 from typing import TYPE_CHECKING
 
 from .abi import pack_statx
-from .files import DeviceFile, DirFile, HostFile, OpenFile, PipeBuffer, PipeEnd, StatInfo
+from .files import (
+    ConsoleFile,
+    DeviceFile,
+    DirFile,
+    HostFile,
+    OpenFile,
+    PipeBuffer,
+    PipeEnd,
+    StatInfo,
+)
 from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS
 from .syscall_common import E, s32, s64
 
@@ -107,6 +116,11 @@ def sys_close(cpu: Vcpu, fd: int, *_: int) -> int:
 
 def sys_read(cpu: Vcpu, fd: int, buf: int, count: int, *_: int) -> int:
     file = cpu.machine.fds.get(s32(fd))
+    if isinstance(file, ConsoleFile) and count:
+        assert cpu.thread is not None
+        cpu.mem.write(buf, b"")                 # EFAULT now rather than later
+        cpu.mem.read(buf, min(count, 1 << 16))
+        return cpu.machine.read_stdin(cpu.thread, buf, count)
     data = file.read(min(count, MAX_IO))
     cpu.mem.write(buf, data)
     return len(data)
@@ -156,6 +170,8 @@ def sys_lseek(cpu: Vcpu, fd: int, off: int, whence: int, *_: int) -> int:
 def sys_sendfile(cpu: Vcpu, out_fd: int, in_fd: int, off_ptr: int, count: int, *_: int) -> int:
     src = cpu.machine.fds.get(s32(in_fd))
     dst = cpu.machine.fds.get(s32(out_fd))
+    if isinstance(src, (ConsoleFile, PipeEnd)):
+        return E.INVAL                          # callers fall back to read/write
     count = min(count, MAX_IO)
     if off_ptr:
         offset = cpu.mem.u64(off_ptr) if cpu.is64 else cpu.mem.u32(off_ptr)

@@ -164,8 +164,12 @@ class Vcpu:
             thread.context = uc.context_save()
         else:
             uc.context_update(thread.context)
-        if self.stop_why is None and thread.state == RUNNING and self._after_hlt():
-            self.machine.sched.finish(None, f"guest fault: hlt executed at pc 0x{self.pc - 1:x}")
+        if self.stop_why is None and thread.state == RUNNING:
+            if self.pc == 0:       # emu_start's `until` address: a jump to NULL
+                self.machine.sched.finish(None, "guest fault: execute at unmapped address 0x0")
+            elif self._after_hlt():
+                self.machine.sched.finish(
+                    None, f"guest fault: hlt executed at pc 0x{self.pc - 1:x}")
         # any other unexplained stop is a late preemption request: the thread is requeued
 
     def _after_hlt(self) -> bool:

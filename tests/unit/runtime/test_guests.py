@@ -9,10 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from runtime_helpers import GuestBuilder, Run, make_root, run_machine
+from runtime_helpers import BUSYBOX, GuestBuilder, Run, make_root, run_machine
 
 from node_agent.runtime.machine import Machine
-from node_agent.runtime.spec import STOP_EXIT_CODE
+from node_agent.runtime.spec import STOP_EXIT_CODE, PartitionSpec
 
 ARCHES = ["x86_64", "i386"]
 
@@ -97,6 +97,13 @@ def test_null_write_fails_the_partition(run_guest: Callable[..., Run], arch: str
 
 
 @pytest.mark.parametrize("arch", ARCHES)
+def test_null_call_fails_the_partition(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("fault", "call", arch=arch)
+    assert run.status.exit_code is None
+    assert run.status.failed_reason == "guest fault: execute at unmapped address 0x0"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
 def test_division_by_zero_fails_the_partition(run_guest: Callable[..., Run], arch: str) -> None:
     run = run_guest("divzero", arch=arch)
     assert run.status.exit_code is None
@@ -139,3 +146,33 @@ def test_missing_entrypoint_and_non_elf_fail_cleanly(tmp_path: Path) -> None:
 def test_huge_memory_costs_only_touched_pages(run_guest: Callable[..., Run]) -> None:
     run = run_guest("hello", memory=64 << 30)
     assert run.status.exit_code == 0
+
+
+class _BlockingStdin:
+    """A console whose stdin never delivers anything."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def write(self, fd: int, data: bytes) -> None:
+        pass
+
+    def read_stdin(self, n: int) -> bytes:
+        self.release.wait(10)
+        return b""
+
+
+def test_stop_works_while_the_guest_waits_for_stdin(tmp_path: Path) -> None:
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed")
+    root = make_root(tmp_path, BUSYBOX, "/bin/busybox")
+    console = _BlockingStdin()
+    spec = PartitionSpec(name="cat", root=root, entrypoint="/bin/busybox", args=("cat",))
+    machine = Machine(spec, console)
+    threading.Timer(0.3, machine.stop).start()
+    start = time.perf_counter()
+    status = machine.run()
+    console.release.set()
+    assert status.exit_code == STOP_EXIT_CODE
+    assert time.perf_counter() - start < 3
+
