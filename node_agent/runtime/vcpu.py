@@ -244,6 +244,8 @@ class Vcpu:
                 result = errno_of(exc)
             except GuestFault:
                 result = E.FAULT
+            except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
+                result = E.INVAL
         if result == BLOCK or result == EXIT:
             self.stop_why = "block" if result == BLOCK else "exit"
             self.uc.emu_stop()
