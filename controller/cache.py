@@ -120,7 +120,9 @@ class ClusterCache:
             hit = self._apply(ev)
             if hit:
                 touched.append(hit)
-        self.revision = max(self.revision, revision)
+        # The header revision may run ahead of the events delivered so far: count only what
+        # was applied.
+        self.revision = max(self.revision, max(ev.kv.mod_revision for ev in events))
         self._caught_up.set()
         for kind, name in touched:
             self._notify(kind, name)

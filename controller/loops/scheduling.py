@@ -54,6 +54,11 @@ class SchedulingLoop(Loop):
             return False
         pending.sort(key=lambda c: (c.partition.status.created_at.ToNanoseconds(),
                                     c.partition.name))
+        # Decisions and the compares that guard them must come from the same view: copy the
+        # allocation records (with their revisions) together with the snapshot, before any
+        # await lets the watch change the cache.
+        seen = {n: Allocation(n, dict(a.entries), a.mod_revision)
+                for n, a in cache.allocations.items()}
         placer = BatchPlacer(snapshot_of(cache), self.config)
         by_node: dict[str, list[StoredPartition]] = defaultdict(list)
         unplaced: list[tuple[StoredPartition, str]] = []
@@ -70,8 +75,7 @@ class SchedulingLoop(Loop):
         conflicts = 0
         lease = await self.events.lease_id() if (by_node or unplaced) else 0
         for node, sps in by_node.items():
-            alloc = cache.allocations.get(node) or Allocation(node)
-            alloc = Allocation(node, dict(alloc.entries), alloc.mod_revision)
+            alloc = seen.get(node) or Allocation(node)
             for i in range(0, len(sps), PER_TXN):
                 rev = await self._commit(node, alloc, sps[i : i + PER_TXN], lease)
                 if rev is None:
