@@ -133,14 +133,20 @@ async def serve(config: ControllerConfig) -> None:
 
 
 def run_controller(
-    listen: str, etcd_endpoints: list[str], lease_ttl: int = 3, prefix: str = "/viridian"
+    listen: str,
+    etcd_endpoints: list[str],
+    lease_ttl: int = 3,
+    prefix: str = "/viridian",
+    advertise: str = "",
 ) -> int:
     logging.basicConfig(
         level=os.environ.get("VIRIDIAN_LOG", "INFO"),
         format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
     )
     try:
-        asyncio.run(serve(ControllerConfig(listen, etcd_endpoints, prefix, lease_ttl)))
+        asyncio.run(serve(ControllerConfig(
+            listen, etcd_endpoints, prefix, lease_ttl, advertise=advertise
+        )))
     except OSError as err:
         log.error("%s", err)
         return 1

@@ -59,7 +59,10 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str) -> None:
               help="Seconds a node (and the leader) lease lives without renewal "
               "(default: the controller's).")
 @click.option("--prefix", help="etcd key prefix (default: the controller's, /viridian).")
-def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | None) -> None:
+@click.option("--advertise", default="",
+              help="host:port other replicas reach this one at (default: the --listen address).")
+def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | None,
+                   advertise: str) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
@@ -72,6 +75,8 @@ def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | 
         extra["lease_ttl"] = lease_ttl
     if prefix is not None:
         extra["prefix"] = prefix
+    if advertise:
+        extra["advertise"] = advertise
     sys.exit(run_controller(listen=listen, etcd_endpoints=endpoints, **extra))
 
 
