@@ -27,6 +27,10 @@ VERSION = "0.1.0"
 ARCH_ENUM = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
+PULL_RETRY_S = 30.0
+# Codes a pull sees when its controller goes away mid-stream, not when the image is bad.
+PULL_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL})
 
 
 @dataclass
@@ -183,17 +187,30 @@ class Agent:
         return done
 
     async def _pull(self, image: pb.Image) -> bytes:
-        gw = self._gateway
-        if gw is None:
-            raise ImagePullError("not connected to a controller")
-        parts = []
-        try:
-            stream: Any = gw.PullImage(apb.PullImageRequest(digest=image.digest))
-            async for chunk in stream:
-                parts.append(chunk.data)
-        except grpc.aio.AioRpcError as err:
-            raise ImagePullError(f"pull of {image.name} failed: {err.details()}") from err
-        return b"".join(parts)
+        """Pull image content through the controller. A lost controller (killed, restarted,
+        failed over) is not the image's fault: retry on the next session for a while instead
+        of failing the partition."""
+        deadline = asyncio.get_running_loop().time() + PULL_RETRY_S
+        delay = BACKOFF_MIN_S
+        while True:
+            gw = self._gateway
+            err_text = "not connected to a controller"
+            if gw is not None:
+                parts = []
+                try:
+                    stream: Any = gw.PullImage(apb.PullImageRequest(digest=image.digest))
+                    async for chunk in stream:
+                        parts.append(chunk.data)
+                    return b"".join(parts)
+                except grpc.aio.AioRpcError as err:
+                    err_text = err.details() or err.code().name
+                    if err.code() not in PULL_TRANSIENT:
+                        raise ImagePullError(f"pull of {image.name} failed: {err_text}") from err
+            if asyncio.get_running_loop().time() + delay > deadline:
+                raise ImagePullError(f"pull of {image.name} failed: {err_text}")
+            log.info("pull of %s: %s; retrying in %.1fs", image.name, err_text, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX_S)
 
 
 def run_agent(config: AgentConfig) -> int:
