@@ -75,7 +75,7 @@ class Scheduler:
         with self.cond:
             thread.state = RUNNABLE
             self.runq.append(thread)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def finish(self, exit_code: int | None, failed_reason: str | None = None) -> None:
         """End the partition (first call wins)."""
@@ -121,7 +121,7 @@ class Scheduler:
                 thread.state = RUNNABLE
             if thread.state == RUNNABLE:
                 self.runq.append(thread)
-                self.cond.notify()
+                self.cond.notify_all()
 
     def has_waiting(self) -> bool:
         return bool(self.runq)
@@ -134,7 +134,7 @@ class Scheduler:
         if deadline is not None:
             entry = (deadline, next(self._seq), thread, thread.token, timeout_result)
             heapq.heappush(self.timers, entry)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def wake(self, thread: GuestThread, result: int) -> None:
         """Caller holds ``cond``."""
@@ -145,7 +145,7 @@ class Scheduler:
         thread.state = RUNNABLE
         if not thread.on_cpu:
             self.runq.append(thread)
-            self.cond.notify()
+            self.cond.notify_all()
 
     def sleep(self, thread: GuestThread, seconds: float) -> None:
         with self.cond:
