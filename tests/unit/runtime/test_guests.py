@@ -176,3 +176,15 @@ def test_stop_works_while_the_guest_waits_for_stdin(tmp_path: Path) -> None:
     assert status.exit_code == STOP_EXIT_CODE
     assert time.perf_counter() - start < 3
 
+
+
+@pytest.mark.parametrize("vcpus", [1, 2])
+def test_sleep_parks_the_thread_for_the_requested_time(tmp_path: Path, vcpus: int) -> None:
+    if not BUSYBOX.exists():
+        pytest.skip("busybox-static is not installed")
+    root = make_root(tmp_path, BUSYBOX, "/bin/busybox")
+    start = time.perf_counter()
+    run = run_machine(root, "/bin/busybox", ("sleep", "0.3"), vcpus=vcpus)
+    elapsed = time.perf_counter() - start
+    assert run.status.exit_code == 0
+    assert 0.3 <= elapsed < 2.0
