@@ -192,10 +192,19 @@ class Machine:
     def alloc_gdt(self) -> int:
         assert self.mem is not None
         with self.sched.cond:
+            if not self._gdt_free:
+                raise OSError(11, "no free GDT slot")
             slot = self._gdt_free.pop(0)
         addr = self.mem.reserved + slot * GDT_SIZE
         self.mem.write(addr, flat_gdt())
         return addr
+
+    def free_gdt(self, thread: GuestThread) -> None:
+        """Return an exited i386 thread's GDT slot."""
+        if thread.gdt and self.mem is not None:
+            with self.sched.cond:
+                self._gdt_free.append((thread.gdt - self.mem.reserved) // GDT_SIZE)
+            thread.gdt = 0
 
     def set_thread_area(self, thread: GuestThread, ptr: int) -> int:
         """i386 set_thread_area: write a TLS descriptor into ``thread``'s own GDT."""

@@ -44,6 +44,7 @@ def sys_exit(cpu: Vcpu, code: int, *_: int) -> int:
         except Exception:  # noqa: BLE001 - a bad clear_tid pointer only skips the wake-up
             pass
     sched.thread_exit(thread, code)
+    cpu.machine.free_gdt(thread)
     return EXIT
 
 
@@ -86,7 +87,11 @@ def do_clone(cpu: Vcpu, flags: int, stack: int, ptid: int, ctid: int, tls: int) 
     else:
         parent = cpu.thread
         assert parent is not None
-        child.gdt = machine.alloc_gdt()
+        try:
+            child.gdt = machine.alloc_gdt()
+        except OSError:
+            machine.sched.thread_exit(child, 0)
+            return E.AGAIN
         cpu.mem.write(child.gdt, cpu.mem.read(parent.gdt, GDT_SIZE))
         if flags & CLONE_SETTLS:
             machine.set_thread_area(child, tls)

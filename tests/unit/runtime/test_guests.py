@@ -188,3 +188,10 @@ def test_sleep_parks_the_thread_for_the_requested_time(tmp_path: Path, vcpus: in
     elapsed = time.perf_counter() - start
     assert run.status.exit_code == 0
     assert 0.3 <= elapsed < 2.0
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_thread_slots_are_recycled(run_guest: Callable[..., Run], arch: str) -> None:
+    run = run_guest("manythreads", arch=arch, vcpus=2)
+    assert run.status.exit_code == 0, (run.status, run.stdout)
+    assert run.stdout == b"sum=359400\n"
