@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -36,12 +37,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class EtcdProcess:
     """One etcd member with its data under data_dir; ports are kept in data_dir/ports.json
-    so that a restart on the same data dir finds the same member."""
+    so that a restart on the same data dir finds the same member. extra_args are appended to
+    etcd's command line (e.g. a bigger --quota-backend-bytes for benchmarks)."""
 
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", name: str = "viridian") -> None:
+    def __init__(
+        self, data_dir: Path, host: str = "127.0.0.1", name: str = "viridian",
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.host = host
         self.name = name
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen[bytes] | None = None
         ports_file = data_dir / "ports.json"
         if ports_file.exists():
@@ -73,6 +79,7 @@ class EtcdProcess:
                     "--initial-advertise-peer-urls", peer,
                     "--initial-cluster", f"{self.name}={peer}",
                     "--log-level", "warn",
+                    *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )

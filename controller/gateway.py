@@ -164,9 +164,14 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
 
     async def _read(self, session: NodeSession, it: AsyncIterator[apb.AgentMessage]) -> None:
         try:
+            loop = asyncio.get_running_loop()
             async for msg in it:
+                session.last_seen = loop.time()
                 kind = msg.WhichOneof("msg")
-                if kind == "report":
+                if kind == "heartbeat":
+                    session.send(apb.ControllerMessage(
+                        ack=apb.HeartbeatAck(lease_ttl_seconds=self.lease_ttl)))
+                elif kind == "report":
                     await self.reports.apply(session.node, msg.report, session)
                 elif kind == "console":
                     session.deliver_console(msg.console)
@@ -185,9 +190,31 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             session.close()
 
     async def _keepalive(self, session: NodeSession) -> None:
-        interval = max(self.lease_ttl / 3.0, 0.2)
+        """Keep the node's lease alive while the agent is heard from.
+
+        A session whose agent went silent for the TTL (frozen, cut off) is ended and its
+        lease revoked at once, so the node turns NotReady no later than the agent fences
+        itself; a TCP connection that merely stays open keeps nothing alive.
+        """
+        loop = asyncio.get_running_loop()
+        session.last_seen = loop.time()
+        interval = max(self.lease_ttl / 6.0, 0.1)
+        renewed = loop.time()
         while not session.closed:
             await asyncio.sleep(interval)
+            silent = loop.time() - session.last_seen
+            if silent > self.lease_ttl:
+                log.warning("agent of %s silent for %.1fs; ending its session", session.node,
+                            silent)
+                session.close()
+                try:
+                    await self.store.etcd.revoke_lease(session.lease_id)
+                except StoreError as err:
+                    log.warning("revoking the lease of %s failed: %s", session.node, err)
+                return
+            if loop.time() - renewed < self.lease_ttl / 3.0:
+                continue
+            renewed = loop.time()
             try:
                 ttl = await self.store.etcd.keepalive(session.lease_id)
             except StoreError as err:

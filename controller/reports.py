@@ -15,6 +15,7 @@ from controller.store.objects import ObjectStore
 
 log = logging.getLogger(__name__)
 P = pb
+FENCED = "fenced"  # reason prefix of partitions an agent stopped when it lost contact
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
 
@@ -93,6 +94,20 @@ class ReportApplier:
             st.updated_at.CopyFrom(now)
             await self.store.release(sp)
             await self.events.record("Partition", p.name, "Rescheduling", st.reason)
+            return
+        if report.reason.startswith(FENCED) and p.spec.desired_state == P.DESIRED_STATE_RUNNING:
+            # The node fenced itself (lost contact); it did not fail. Place it again (cold
+            # start) if HA, else leave it Lost for the user to start, as for a lost node.
+            if p.spec.ha:
+                st.phase = P.PARTITION_PHASE_PENDING
+                st.restarts += 1
+                st.reason = f"{report.reason}; restarting (HA, cold start)"
+            else:
+                st.phase = P.PARTITION_PHASE_LOST
+                st.reason = f"{report.reason}; start it again to run it"
+            st.updated_at.CopyFrom(now)
+            await self.store.release(sp)
+            await self.events.record("Partition", p.name, "Fenced", st.reason, warning=True)
             return
         stopped = before == P.PARTITION_PHASE_STOPPING
         reason = report.reason or ("stopped" if stopped else "")

@@ -23,6 +23,7 @@ class NodeSession:
     stopping: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) STOP sent
     consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)
     closed: bool = False
+    last_seen: float = 0.0  # loop time of the agent's last message
 
     def send(self, msg: apb.ControllerMessage) -> None:
         if not self.closed:

@@ -18,6 +18,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from node_agent.fencing import Fence
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
 from node_agent.images import ImageCache, ImagePullError
 from node_agent.supervisor import Supervisor
@@ -58,6 +59,7 @@ class Agent:
         self._outgoing: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue()
         self._consoles: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self.fence = Fence(self.supervisor, run_dir / "workers" / "watchdog")
 
     def spec(self) -> pb.NodeSpec:
         c = self.config
@@ -74,6 +76,7 @@ class Agent:
     async def run(self) -> None:
         await self.supervisor.start()
         self.supervisor.send = self._send
+        fencing = asyncio.create_task(self.fence.run(), name="fence")
         backoff = BACKOFF_MIN_S
         index = 0
         try:
@@ -93,6 +96,7 @@ class Agent:
                 except TimeoutError:
                     pass
         finally:
+            fencing.cancel()
             await self.supervisor.close()
 
     def stop(self) -> None:
@@ -133,6 +137,7 @@ class Agent:
                     self._stop.set()
                     raise SystemExit(f"the controller refused this node: {err.details()}") from err
                 return False
+            self.fence.contact(reply.lease_ttl_seconds)
             hello = apb.AgentMessage(
                 hello=apb.SessionHello(node=self.config.name, session_id=reply.session_id)
             )
@@ -143,6 +148,7 @@ class Agent:
             established = True
             try:
                 async for msg in call:
+                    self.fence.contact()
                     self._handle(msg)
             except grpc.aio.AioRpcError as err:
                 if not self._stop.is_set():

@@ -42,6 +42,7 @@ class Local:
     report: apb.PartitionReport = field(default_factory=apb.PartitionReport)
     events_sent: int = 0
     stopping: bool = False
+    fenced: str = ""
     task: asyncio.Task[None] | None = None
 
     @property
@@ -60,6 +61,7 @@ class Supervisor:
         self.local: dict[str, Local] = {}
         self.send: Send = lambda msg: None
         self._monitor: asyncio.Task[None] | None = None
+        self._image_locks: dict[str, asyncio.Lock] = {}
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -103,7 +105,9 @@ class Supervisor:
         self.send(apb.AgentMessage(report=lp.report))
 
     def _finish(self, lp: Local, status: ExitStatus, announce: bool = True) -> None:
-        if status.failed_reason:
+        if lp.fenced:
+            self._set(lp, P.PARTITION_PHASE_FAILED, lp.fenced)
+        elif status.failed_reason:
             self._set(lp, P.PARTITION_PHASE_FAILED, status.failed_reason)
         else:
             reason = "stopped by request" if lp.stopping else "guest exited"
@@ -160,14 +164,17 @@ class Supervisor:
             if old is not None and old.handle is not None and old.running:
                 await asyncio.to_thread(old.handle.stop, STOP_GRACE_S)
             image = a.image
-            root = self.images.root_for(image.digest, image.entrypoint) if image.digest else None
-            if root is None:
-                if not image.digest:
-                    raise WorkerError(f"image {image.name!r} not found")
-                content = await self._pull(image)
-                root = await asyncio.to_thread(
-                    self.images.install, image.digest, image.format, image.entrypoint, content
-                )
+            if not image.digest:
+                raise WorkerError(f"image {image.name!r} not found")
+            # One pull+install per digest at a time: a second install of the same digest
+            # replaces the directory (rmtree, rename) under a worker the first one started.
+            async with self._image_locks.setdefault(image.digest, asyncio.Lock()):
+                root = self.images.root_for(image.digest, image.entrypoint)
+                if root is None:
+                    content = await self._pull(image)
+                    root = await asyncio.to_thread(
+                        self.images.install, image.digest, image.format, image.entrypoint,
+                        content)
             upper = self.layers / a.name
             shutil.rmtree(upper, ignore_errors=True)
             upper.mkdir(parents=True)
@@ -232,6 +239,16 @@ class Supervisor:
         if self.local.get(lp.name) is None:
             await asyncio.to_thread(self._drop_finished, lp.name)
             shutil.rmtree(self.layers / lp.name, ignore_errors=True)
+
+    def fence(self, reason: str) -> None:
+        """Stop everything that runs here; reports carry `reason` (starts with "fenced")."""
+        for lp in self.local.values():
+            if not lp.running:
+                continue
+            lp.fenced = reason
+            lp.stopping = True
+            if lp.handle is not None:
+                asyncio.create_task(asyncio.to_thread(lp.handle.stop, 0.5))
 
     def stdin(self, s: apb.StdinData) -> None:
         lp = self.local.get(s.name)

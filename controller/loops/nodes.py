@@ -4,6 +4,8 @@ bound to it becomes Lost, or Pending again when it is HA (cold restart elsewhere
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from viridian.v1 import types_pb2 as pb
 
@@ -17,23 +19,73 @@ from controller.store.objects import ObjectStore, StoredPartition
 log = logging.getLogger(__name__)
 
 
-class NodeLifecycleLoop(Loop):
-    name = "node-lifecycle"
+HA_GRACE_S = 1.0  # after a lease lapses, before an HA partition restarts elsewhere
+MASS_LOSS_FRACTION = 0.5  # more than this share of nodes silent at once: suspect ourselves
 
-    def __init__(self, cache: ClusterCache, store: ObjectStore, events: EventRecorder) -> None:
+
+class NodeLifecycleLoop(Loop):
+    """Marks nodes NotReady and evicts what they ran.
+
+    Evictions wait HA_GRACE_S after the node was first seen without a lease: the agent
+    fences itself (stops its partitions) when it has not heard from a controller for the
+    lease TTL, so by then the old copy is gone and a restart elsewhere cannot make two.
+
+    When more than half the nodes go silent together, the likelier culprit is the control
+    plane (etcd or the controllers were unreachable), not the nodes: nothing is evicted
+    until enough nodes are back (Kubernetes' zone-aware eviction makes the same call).
+    """
+
+    name = "node-lifecycle"
+    resync_s = 0.5
+
+    def __init__(
+        self, cache: ClusterCache, store: ObjectStore, events: EventRecorder,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.cache = cache
         self.store = store
         self.events = events
+        self.clock = clock
+        self._silent_since: dict[str, float] = {}
+        self._holding = False
         cache.subscribe(self._on_change)
 
     def _on_change(self, kind: str, name: str) -> None:
         if kind in ("", "nodes", "node-leases", "partitions"):
             self.kick()
 
+    def _evictable(self) -> set[str]:
+        """Silent nodes whose grace has passed, unless a mass loss is suspected."""
+        now = self.clock()
+        nodes = self.cache.nodes
+        silent = {n for n in nodes if not self.cache.node_alive(n)}
+        for n in list(self._silent_since):
+            if n not in silent:
+                del self._silent_since[n]
+        for n in silent:
+            self._silent_since.setdefault(n, now)
+        if len(nodes) > 1 and len(silent) > len(nodes) * MASS_LOSS_FRACTION:
+            return set()
+        return {n for n in silent if now - self._silent_since[n] >= HA_GRACE_S}
+
     async def reconcile(self) -> bool:
         cache = self.cache
         again = False
+        nodes, silent = len(cache.nodes), sum(1 for n in cache.nodes
+                                              if not cache.node_alive(n))
+        evictable = self._evictable()
+        holding = nodes > 1 and silent > nodes * MASS_LOSS_FRACTION
+        if holding and not self._holding:
+            await self.events.record(
+                "Controller", "node-lifecycle", "EvictionsHeld",
+                f"{silent} of {nodes} nodes went silent together: the control plane is the "
+                "likelier fault; holding evictions until most nodes are back", warning=True,
+            )
+        elif self._holding and not holding:
+            await self.events.record("Controller", "node-lifecycle", "EvictionsResumed",
+                                     "most nodes are back; evicting from silent nodes again")
+        self._holding = holding
         for name, node in list(cache.nodes.items()):
             if cache.node_alive(name) or node.status.state == pb.NODE_STATE_NOT_READY:
                 continue
@@ -48,6 +100,8 @@ class NodeLifecycleLoop(Loop):
                 continue
             if bound_to is not None and bound_to.status.state != pb.NODE_STATE_NOT_READY:
                 continue  # marked above; the watch brings the new state on the next pass
+            if node_name not in evictable and bound_to is not None:
+                continue  # still in its grace period, or evictions are held
             try:
                 await self._evict(pname, node_name)
             except Conflict:

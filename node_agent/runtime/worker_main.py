@@ -143,9 +143,40 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def _start_watchdog(machine: _MachineLike, pdir: Path) -> None:
-    """Issue 6 hook: a watchdog for a runaway or wedged guest (CPU time, no progress,
-    memory growth) starts here, with the machine and its directory. Not built yet."""
+WATCHDOG_FILE = "watchdog"  # in the run dir, two levels above each partition's dir
+
+
+class _Watchdog:
+    """Stops the guest when the agent stops feeding it (Proxmox-style self-fencing).
+
+    The agent touches RUN_DIR/watchdog while it hears from a controller; a frozen, hung or
+    cut-off agent stops touching it. After the timeout written in the file (the lease TTL)
+    this worker stops its guest on its own, so a partition never runs on after its node
+    was declared lost, even if the agent cannot act. No file: no agent, no watchdog.
+    """
+
+    def __init__(self, machine: _MachineLike, path: Path, events: _Events) -> None:
+        self.machine = machine
+        self.path = path
+        self.events = events
+        self.fenced = ""
+        threading.Thread(target=self._watch, name="watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self.fenced:
+            try:
+                st = self.path.stat()
+                timeout = float(json.loads(self.path.read_text() or "{}").get("timeout", 0))
+            except (OSError, ValueError):
+                time.sleep(0.5)
+                continue
+            silent = time.time() - st.st_mtime
+            if timeout > 0 and silent > timeout:
+                self.fenced = f"fenced: the node agent was silent for {silent:.1f}s"
+                self.events("Fenced", self.fenced)
+                self.machine.stop()
+                return
+            time.sleep(max(min(timeout / 10.0, 0.25), 0.05))
 
 
 def _apply_limits(limits: type[WorkerLimits]) -> None:
@@ -227,11 +258,14 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
         return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
     if stop_requested.is_set():
         machine.stop()
-    _start_watchdog(machine, pdir)
+    watchdog = _Watchdog(machine, pdir.parent.parent / WATCHDOG_FILE, events)
     write_json_atomic(pdir / "ready", {"t": time.time(), "mono": time.monotonic()})
     try:
-        return machine.run()
+        status = machine.run()
     except Exception as exc:
         return ExitStatus(None, f"runtime error: {type(exc).__name__}: {exc}", {})
     finally:
         ring.close()
+    if watchdog.fenced:
+        return ExitStatus(None, watchdog.fenced, status.unknown_syscalls)
+    return status

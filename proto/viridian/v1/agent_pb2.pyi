@@ -298,6 +298,7 @@ class ControllerMessage(_message.Message):
     CONSOLE_FIELD_NUMBER: _builtins.int
     CONSOLE_CANCEL_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    ACK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assignment:
         """run this partition under this epoch"""
@@ -318,6 +319,10 @@ class ControllerMessage(_message.Message):
     def stdin(self) -> Global___StdinData:
         """bytes for an attached guest's stdin"""
 
+    @_builtins.property
+    def ack(self) -> Global___HeartbeatAck:
+        """answer to a Heartbeat: the session is alive both ways"""
+
     def __init__(
         self,
         *,
@@ -326,16 +331,41 @@ class ControllerMessage(_message.Message):
         console: Global___ConsoleRequest | None = ...,
         console_cancel: Global___ConsoleCancel | None = ...,
         stdin: Global___StdinData | None = ...,
+        ack: Global___HeartbeatAck | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin", "ack"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class HeartbeatAck(_message.Message):
+    """Proof of contact for the agent: it fences itself (stops its partitions) when no message
+    from the controller arrived for the lease TTL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    lease_ttl_seconds: _builtins.int
+    """the TTL in force"""
+    def __init__(
+        self,
+        *,
+        lease_ttl_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_seconds", b"lease_ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatAck: _TypeAlias = HeartbeatAck  # noqa: Y015
 
 @_typing.final
 class Assignment(_message.Message):
