@@ -14,8 +14,6 @@ from .files import (
     DirFile,
     HostFile,
     OpenFile,
-    PipeBuffer,
-    PipeEnd,
     StatInfo,
 )
 from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS
@@ -165,65 +163,6 @@ def sys_lseek(cpu: Vcpu, fd: int, off: int, whence: int, *_: int) -> int:
     bits = 64 if cpu.is64 else 32
     offset = s64(off) if bits == 64 else s32(off)
     return cpu.machine.fds.get(s32(fd)).seek(offset, whence)
-
-
-def sys_sendfile(cpu: Vcpu, out_fd: int, in_fd: int, off_ptr: int, count: int, *_: int) -> int:
-    src = cpu.machine.fds.get(s32(in_fd))
-    dst = cpu.machine.fds.get(s32(out_fd))
-    if isinstance(src, (ConsoleFile, PipeEnd)):
-        return E.INVAL                          # callers fall back to read/write
-    count = min(count, MAX_IO)
-    if off_ptr:
-        offset = cpu.mem.u64(off_ptr) if cpu.is64 else cpu.mem.u32(off_ptr)
-        data = src.pread(count, offset)
-        cpu.machine.abi.write_word(cpu.mem, off_ptr, offset + len(data))
-    else:
-        data = src.read(count)
-    return dst.write(data) if data else 0
-
-
-def sys_dup(cpu: Vcpu, fd: int, *_: int) -> int:
-    fds = cpu.machine.fds
-    return fds.add(fds.get(s32(fd)))
-
-
-def sys_dup3(cpu: Vcpu, old: int, new: int, flags: int, *_: int) -> int:
-    if s32(old) == s32(new):
-        return E.INVAL
-    return cpu.machine.fds.dup_to(s32(old), s32(new), bool(flags & O_CLOEXEC))
-
-
-def sys_dup2(cpu: Vcpu, old: int, new: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(old))
-    return cpu.machine.fds.dup_to(s32(old), s32(new))
-
-
-def sys_fcntl(cpu: Vcpu, fd: int, cmd: int, arg: int, *_: int) -> int:
-    fds = cpu.machine.fds
-    fd = s32(fd)
-    file = fds.get(fd)
-    if cmd in (0, 1030):                       # F_DUPFD, F_DUPFD_CLOEXEC
-        return fds.add(file, minimum=s32(arg), cloexec=cmd == 1030)
-    if cmd == 1:                               # F_GETFD
-        return 1 if fd in fds.cloexec else 0
-    if cmd == 2:                               # F_SETFD
-        (fds.cloexec.add if arg & 1 else fds.cloexec.discard)(fd)
-        return 0
-    if cmd == 3:                               # F_GETFL
-        return file.flags & ~(O_CLOEXEC | O_CREAT | O_EXCL | O_TRUNC)
-    if cmd == 4:                               # F_SETFL
-        file.flags = (file.flags & O_ACCMODE) | (arg & (O_APPEND | 0o4000))
-        return 0
-    if cmd in (5, 6, 7, 36, 37, 38):           # record locks: single process, always granted
-        return 0
-    return E.INVAL
-
-
-def sys_ioctl(cpu: Vcpu, fd: int, req: int, arg: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(fd))
-    if req & 0xFFFFFFFF == 0x5421:             # FIONBIO
-        return 0
-    return E.NOTTY
 
 
 def _put_stat(cpu: Vcpu, buf: int, info: StatInfo) -> int:
@@ -393,39 +332,3 @@ def sys_at_exists_ok(cpu: Vcpu, dirfd: int, ptr: int, *_: int) -> int:
     if ptr == 0:
         return 0
     return 0 if cpu.machine.fs.exists(resolve_at(cpu, dirfd, ptr)) else E.NOENT
-
-
-def sys_pipe2(cpu: Vcpu, fds_ptr: int, flags: int, *_: int) -> int:
-    buf = PipeBuffer()
-    fds = cpu.machine.fds
-    cloexec = bool(flags & O_CLOEXEC)
-    rfd = fds.add(PipeEnd(0, buf, False), cloexec=cloexec)
-    wfd = fds.add(PipeEnd(0, buf, True), cloexec=cloexec)
-    cpu.mem.write(fds_ptr, struct.pack("<ii", rfd, wfd))
-    return 0
-
-
-def sys_pipe(cpu: Vcpu, fds_ptr: int, *_: int) -> int:
-    return sys_pipe2(cpu, fds_ptr, 0)
-
-
-def sys_poll(cpu: Vcpu, fds_ptr: int, nfds: int, *_: int) -> int:
-    if nfds > 1024:
-        return E.INVAL
-    ready = 0
-    for i in range(nfds):
-        fd, events, _rev = struct.unpack("<ihh", cpu.mem.read(fds_ptr + 8 * i, 8))
-        if fd < 0:
-            revents = 0
-        elif fd not in cpu.machine.fds.files:
-            revents = 0x20                      # POLLNVAL
-        else:
-            revents = events & 0x5              # POLLIN | POLLOUT: always ready
-        ready += bool(revents)
-        cpu.mem.write(fds_ptr + 8 * i + 6, struct.pack("<h", revents))
-    return ready
-
-
-def sys_fsync(cpu: Vcpu, fd: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(fd))
-    return 0

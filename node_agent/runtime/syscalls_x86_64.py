@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import sys_fd as D
 from . import sys_fs as F
 from . import sys_proc as P
 from .abi import TS64
@@ -49,19 +50,19 @@ def _echild(cpu: Vcpu, *_: int) -> int:
 
 TABLE: dict[int, Handler] = {
     0: F.sys_read, 1: F.sys_write, 2: F.sys_open, 3: F.sys_close, 4: F.sys_stat,
-    5: F.sys_fstat, 6: F.sys_lstat, 7: F.sys_poll, 8: F.sys_lseek, 9: _mmap,
+    5: F.sys_fstat, 6: F.sys_lstat, 7: D.sys_poll, 8: F.sys_lseek, 9: _mmap,
     10: P.sys_mprotect, 11: P.sys_munmap, 12: P.sys_brk, 13: P.sys_rt_sigaction,
-    14: P.sys_rt_sigprocmask, 16: F.sys_ioctl, 17: F.sys_pread64, 18: F.sys_pwrite64,
-    19: F.sys_readv, 20: F.sys_writev, 21: F.sys_access, 22: F.sys_pipe, 24: P.sys_sched_yield,
-    25: P.sys_mremap, 28: P.sys_madvise, 32: F.sys_dup, 33: F.sys_dup2, 35: _nanosleep,
-    39: P.sys_getpid, 40: F.sys_sendfile, 56: _clone, 57: P.enosys, 58: P.enosys,
+    14: P.sys_rt_sigprocmask, 16: D.sys_ioctl, 17: F.sys_pread64, 18: F.sys_pwrite64,
+    19: F.sys_readv, 20: F.sys_writev, 21: F.sys_access, 22: D.sys_pipe, 24: P.sys_sched_yield,
+    25: P.sys_mremap, 28: P.sys_madvise, 32: D.sys_dup, 33: D.sys_dup2, 35: _nanosleep,
+    39: P.sys_getpid, 40: D.sys_sendfile, 56: _clone, 57: P.enosys, 58: P.enosys,
     59: P.enosys, 60: P.sys_exit, 61: _echild, 62: P.sys_kill, 63: P.sys_uname,
-    72: F.sys_fcntl, 74: F.sys_fsync, 75: F.sys_fsync, 76: F.sys_truncate,
+    72: D.sys_fcntl, 74: D.sys_fsync, 75: D.sys_fsync, 76: F.sys_truncate,
     77: F.sys_ftruncate, 79: F.sys_getcwd, 80: F.sys_chdir, 81: F.sys_fchdir,
     82: F.sys_rename, 83: F.sys_mkdir, 84: F.sys_rmdir, 85: F.sys_creat, 87: F.sys_unlink,
     88: F.sys_symlink,
-    89: F.sys_readlink, 90: F.sys_exists_ok, 91: F.sys_fsync, 92: F.sys_exists_ok,
-    93: F.sys_fsync, 94: F.sys_exists_ok, 95: P.sys_umask, 96: P.sys_gettimeofday,
+    89: F.sys_readlink, 90: F.sys_exists_ok, 91: D.sys_fsync, 92: F.sys_exists_ok,
+    93: D.sys_fsync, 94: F.sys_exists_ok, 95: P.sys_umask, 96: P.sys_gettimeofday,
     97: P.sys_getrlimit, 99: P.sys_sysinfo, 102: P.zero, 104: P.zero, 105: P.zero,
     106: P.zero, 107: P.zero, 108: P.zero, 109: P.zero, 110: P.zero, 111: P.sys_getpid,
     112: P.sys_getpid, 115: P.zero, 121: P.sys_getpid, 124: P.sys_getpid, 131: P.zero,
@@ -71,8 +72,8 @@ TABLE: dict[int, Handler] = {
     229: _clock_getres, 230: _clock_nanosleep, 231: P.sys_exit_group, 234: P.sys_tgkill,
     235: F.sys_exists_ok, 257: F.sys_openat, 258: F.sys_mkdirat, 260: F.sys_at_exists_ok,
     262: F.sys_newfstatat, 263: F.sys_unlinkat, 264: F.sys_renameat, 266: F.sys_symlinkat,
-    267: F.sys_readlinkat, 268: F.sys_at_exists_ok, 269: F.sys_faccessat, 271: F.sys_poll,
-    273: P.zero, 274: P.enosys, 280: F.sys_at_exists_ok, 292: F.sys_dup3, 293: F.sys_pipe2,
+    267: F.sys_readlinkat, 268: F.sys_at_exists_ok, 269: F.sys_faccessat, 271: D.sys_poll,
+    273: P.zero, 274: P.enosys, 280: F.sys_at_exists_ok, 292: D.sys_dup3, 293: D.sys_pipe2,
     302: P.sys_prlimit64, 316: F.sys_renameat, 318: P.sys_getrandom, 332: F.sys_statx,
     334: P.enosys, 435: P.enosys, 439: F.sys_faccessat,
 }
