@@ -38,7 +38,6 @@ class GuestThread:
     clear_tid: int = 0
     gdt: int = 0                             # i386: guest address of its own GDT
     fresh: bool = True                       # has not run on any vCPU yet
-    tls_selector: int = 0
     token: int = 0                           # bumps on each block; stale timers compare it
     futex_addr: int | None = None
     futex_bitset: int = 0xFFFFFFFF
@@ -157,14 +156,6 @@ class Scheduler:
             _, _, thread, token, result = heapq.heappop(self.timers)
             if thread.token == token and thread.state == BLOCKED:
                 self.wake(thread, result)
-
-    def next_deadline(self) -> float | None:
-        with self.cond:
-            return self.timers[0][0] if self.timers else None
-
-    def poke(self) -> None:
-        with self.cond:
-            self._fire_timers()
 
     # -- futex ------------------------------------------------------------------
     def futex_wait(self, thread: GuestThread, addr: int, expected: int,

@@ -107,7 +107,6 @@ class Vcpu:
         self.run_started = 0.0
         self.stop_why: str | None = None
         self.fault: str | None = None
-        self.syscalls = 0
 
     # -- registers ------------------------------------------------------------------
     def reg(self, reg_id: int) -> int:
@@ -232,7 +231,6 @@ class Vcpu:
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
         nr = vals[0]
-        self.syscalls += 1
         handler = self.table.get(nr)
         if handler is None:
             self.machine.unknown_syscall(nr)
