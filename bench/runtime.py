@@ -412,7 +412,7 @@ def bench_vcpus(rep: Report, work: Path, quick: bool, reps: int) -> None:
     root = work / "vcpu-root"
     root.mkdir()
     build(GUESTS / "threads4.c", root / "threads4")
-    rounds = "12" if quick else "48"
+    rounds = "24" if quick else "192"
     _q, expect, _e = timed(["qemu-x86_64", str(root / "threads4"), rounds])
     times: dict[int, list[float]] = {1: [], 4: []}
     for _ in range(reps):
