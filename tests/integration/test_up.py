@@ -63,8 +63,12 @@ def test_up_sigterm_leaves_nothing_and_state_persists(guests: dict[str, Path]) -
         assert res.code == 0, str(res)
         res = run_cli(address, "create", "it-up-long", "--image", "it-up-sleep", "--", "3600")
         assert res.code == 0, str(res)
-        wait_for(lambda: "sleeping" in run_cli(address, "logs", "it-up-long").out,
-                 "it-up-long running")
+        try:
+            wait_for(lambda: "sleeping" in run_cli(address, "logs", "it-up-long").out,
+                     "it-up-long running")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{run_cli(address, 'get', 'it-up-long', '-o', 'yaml')}"
+                                 f"\n{run_cli(address, 'logs', 'it-up-long')}") from None
 
         code, out, took = _stop(up, markers)
         assert code == 0, f"exit {code} after {took:.1f}s:\n{out}"
