@@ -11,6 +11,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from viridian.v1 import agent_pb2 as apb
@@ -175,6 +176,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                     await self.reports.apply(session.node, msg.report, session)
                 elif kind == "console":
                     session.deliver_console(msg.console)
+                elif kind == "state":
+                    session.deliver_state(msg.state)
                 elif kind == "event":
                     ev = msg.event
                     await self.events.record(
@@ -238,3 +241,34 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             return
         for chunk in chunks:
             yield apb.ImageChunk(data=chunk)
+
+    async def PullState(
+        self, request: apb.PullStateRequest, context: Context
+    ) -> AsyncIterator[apb.StateChunk]:
+        """Relay a saved state file from the node that holds it (through whichever replica
+        holds that node's session)."""
+        node = request.state.node
+        session = self.sessions.get(node)
+        if session is None:
+            holder = await self.store.etcd.get(self.store.keys.node_lease(node))
+            address = holder.value.decode() if holder else ""
+            if not address or address == self.advertise:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"node {node!r}, which holds the saved state of {request.name!r}, "
+                    "is not connected",
+                )
+                return
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = agent_pb2_grpc.AgentGatewayStub(channel)
+                relay: Any = stub.PullState(request)
+                async for chunk in relay:
+                    yield chunk
+            return
+        async for data in session.state(request.name, request.state.digest):
+            if data.error:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"state of {request.name!r} on {node}: {data.error}")
+                return
+            if data.data:
+                yield apb.StateChunk(data=data.data)

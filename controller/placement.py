@@ -16,6 +16,7 @@ from controller.scheduler import (
 ARCH_NAMES: dict[int, str] = {pb.ARCH_X86_64: "x86_64", pb.ARCH_I386: "i386"}
 DEFAULT_CPU_RATIO = 4.0
 DEFAULT_MEMORY_RATIO = 1.0
+NODE_LABEL = "viridian.io/node"  # every node carries it: pins (move, start --node) select it
 
 
 def node_info(node: pb.Node, alive: bool) -> NodeInfo:
@@ -25,7 +26,7 @@ def node_info(node: pb.Node, alive: bool) -> NodeInfo:
         vcpus=spec.vcpus,
         memory_bytes=spec.memory_bytes,
         arches=frozenset(ARCH_NAMES[a] for a in spec.arches if a in ARCH_NAMES),
-        labels=dict(spec.labels),
+        labels={**spec.labels, NODE_LABEL: node.name},
         cordoned=spec.cordoned,
         ready=alive and node.status.state == pb.NODE_STATE_READY,
         cpu_allocation_ratio=spec.cpu_allocation_ratio or DEFAULT_CPU_RATIO,
@@ -39,7 +40,7 @@ def request_for(name: str, spec: pb.PartitionSpec, arch: int) -> PartitionReques
         vcpus=max(spec.vcpus, 1),
         memory_bytes=max(spec.memory_bytes, 1),
         arch=ARCH_NAMES.get(int(arch), "x86_64"),
-        node_selector=dict(spec.node_selector),
+        node_selector={**spec.node_selector, **({NODE_LABEL: spec.node} if spec.node else {})},
         anti_affinity_group=spec.anti_affinity_group,
         max_per_node=spec.max_per_node or 1,
         strategy=spec.placement_strategy,

@@ -11,7 +11,7 @@ from controller.errors import Conflict, NotFound
 from controller.events import EventRecorder, now_ts
 from controller.lifecycle import after_exit, phase_name
 from controller.sessions import NodeSession
-from controller.store.objects import ObjectStore
+from controller.store.objects import ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
 P = pb
@@ -43,6 +43,25 @@ class ReportApplier:
                 continue
         log.warning("report for %s from %s kept conflicting; dropped", report.name, node)
 
+    async def _checkpoint_taken(self, sp: StoredPartition, report: apb.PartitionReport) -> None:
+        p = sp.partition
+        for i, cp in enumerate(p.status.checkpoints):
+            if cp.name != report.checkpoint or cp.state.digest:
+                continue
+            if report.reason:  # the agent could not take it: drop the request
+                del p.status.checkpoints[i]
+                await self.store.update_partition(sp)
+                await self.events.record("Partition", p.name, "CheckpointFailed",
+                                         f"checkpoint {cp.name}: {report.reason}", warning=True)
+                return
+            cp.state.CopyFrom(report.state)
+            cp.created_at.CopyFrom(report.time if report.HasField("time") else now_ts())
+            await self.store.update_partition(sp)
+            size = report.state.size_bytes >> 20
+            await self.events.record("Partition", p.name, "CheckpointCreated",
+                                     f"checkpoint {cp.name} taken ({size}Mi)")
+            return
+
     async def _apply_once(
         self, node: str, report: apb.PartitionReport, session: NodeSession
     ) -> None:
@@ -70,18 +89,42 @@ class ReportApplier:
             st.updated_at.CopyFrom(now)
             await self.store.update_partition(sp)
             return
+        if report.checkpoint:
+            await self._checkpoint_taken(sp, report)
+            return
         if report.phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED):
             if st.phase == report.phase:
                 return
-            if st.phase == P.PARTITION_PHASE_STOPPING:
-                return  # a stop is under way; the agent reports OFF when done
+            if st.phase in (P.PARTITION_PHASE_STOPPING, P.PARTITION_PHASE_SAVING):
+                return  # a stop or save is under way; the agent reports its end
+            starting = st.phase in (P.PARTITION_PHASE_SCHEDULED, P.PARTITION_PHASE_STARTING)
             st.phase = report.phase
             st.reason = ""
-            if report.phase == P.PARTITION_PHASE_RUNNING:
+            restored = starting and st.saved_state.digest
+            if starting and report.phase == P.PARTITION_PHASE_RUNNING:
                 st.started_at.CopyFrom(report.time if report.HasField("time") else now)
+                st.ClearField("saved_state")  # consumed: the guest continues from it
             st.updated_at.CopyFrom(now)
             await self.store.update_partition(sp)
-            await self.events.record("Partition", p.name, "Started", f"running on node {node}")
+            if starting:
+                what = "Restored" if restored else "Started"
+                msg = f"{'restored and ' if restored else ''}running on node {node}"
+            elif report.phase == P.PARTITION_PHASE_PAUSED:
+                what, msg = "Paused", f"every vCPU stopped on node {node}"
+            else:
+                what, msg = "Resumed", f"running again on node {node}"
+            await self.events.record("Partition", p.name, what, msg)
+            return
+        if report.phase == P.PARTITION_PHASE_SAVED:
+            st.phase = P.PARTITION_PHASE_SAVED
+            st.saved_state.CopyFrom(report.state)
+            st.reason = f"state saved on node {node}"
+            st.updated_at.CopyFrom(now)
+            p.spec.desired_state = P.DESIRED_STATE_SAVED
+            await self.store.release(sp)
+            size = report.state.size_bytes >> 20
+            await self.events.record("Partition", p.name, "Saved",
+                                     f"state written on node {node} ({size}Mi)")
             return
         if report.phase not in (P.PARTITION_PHASE_OFF, P.PARTITION_PHASE_FAILED):
             return

@@ -20,7 +20,10 @@ class NodeSession:
     lease_id: int
     outgoing: asyncio.Queue[apb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
     assigned: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) sent
-    stopping: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) STOP sent
+    # (partition, epoch) -> the last lifecycle command sent (STOP, PAUSE, RESUME, SAVE)
+    commands: dict[tuple[str, int], int] = field(default_factory=dict)
+    checkpoints: set[tuple[str, int, str]] = field(default_factory=set)  # requested
+    states: dict[str, asyncio.Queue[apb.StateData]] = field(default_factory=dict)
     consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)
     closed: bool = False
     last_seen: float = 0.0  # loop time of the agent's last message
@@ -35,6 +38,8 @@ class NodeSession:
             self.outgoing.put_nowait(None)
             for q in self.consoles.values():
                 q.put_nowait(apb.ConsoleData(eof=True, error="the node's session ended"))
+            for sq in self.states.values():
+                sq.put_nowait(apb.StateData(eof=True, error="the node's session ended"))
 
     def deliver_console(self, data: apb.ConsoleData) -> None:
         q = self.consoles.get(data.request_id)
@@ -65,6 +70,28 @@ class NodeSession:
                 self.send(
                     apb.ControllerMessage(console_cancel=apb.ConsoleCancel(request_id=request_id))
                 )
+
+
+    def deliver_state(self, data: apb.StateData) -> None:
+        q = self.states.get(data.request_id)
+        if q is not None:
+            q.put_nowait(data)
+
+    async def state(self, name: str, digest: str) -> AsyncIterator[apb.StateData]:
+        """Ask the agent for a saved state file; yields chunks until eof or error."""
+        request_id = uuid.uuid4().hex
+        q: asyncio.Queue[apb.StateData] = asyncio.Queue()
+        self.states[request_id] = q
+        self.send(apb.ControllerMessage(
+            state=apb.StateRequest(request_id=request_id, name=name, digest=digest)))
+        try:
+            while True:
+                data = await q.get()
+                yield data
+                if data.eof or data.error:
+                    return
+        finally:
+            self.states.pop(request_id, None)
 
 
 class SessionRegistry:

@@ -54,7 +54,8 @@ class Agent:
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageCache(run_dir / "images")
-        self.supervisor = Supervisor(run_dir, self.images, self._pull)
+        self.supervisor = Supervisor(run_dir, self.images, self._pull, self._pull_state,
+                                     config.name)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
         self._outgoing: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue()
         self._consoles: dict[str, asyncio.Task[None]] = {}
@@ -185,6 +186,19 @@ class Agent:
                 cancelled.cancel()
         elif kind == "stdin":
             self.supervisor.stdin(msg.stdin)
+        elif kind == "state":
+            asyncio.create_task(self.supervisor.send_state(msg.state))
+
+    async def _pull_state(self, name: str, ref: pb.StateRef) -> AsyncIterator[bytes]:
+        gw = self._gateway
+        if gw is None:
+            raise ImagePullError("not connected to a controller")
+        stream: Any = gw.PullState(apb.PullStateRequest(name=name, state=ref))
+        try:
+            async for chunk in stream:
+                yield chunk.data
+        except grpc.aio.AioRpcError as err:
+            raise ImagePullError(f"pull of the saved state failed: {err.details()}") from err
 
     def _console_done(self, rid: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:

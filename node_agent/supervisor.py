@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from viridian.v1 import types_pb2 as pb
 from node_agent.images import ImageCache
 from node_agent.runtime.spec import ExitStatus, PartitionSpec
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
+from node_agent.states import StateError, StateStore
 
 log = logging.getLogger(__name__)
 P = pb
@@ -25,6 +26,8 @@ POLL_S = 0.02
 CONSOLE_CHUNK = 256 << 10
 STOP_GRACE_S = 3.0
 Pull = Callable[[pb.Image], Awaitable[bytes]]
+PullState = Callable[[str, pb.StateRef], AsyncIterator[bytes]]
+K = apb.PartitionCommand
 Send = Callable[[apb.AgentMessage], None]
 
 
@@ -42,17 +45,23 @@ class Local:
     report: apb.PartitionReport = field(default_factory=apb.PartitionReport)
     events_sent: int = 0
     stopping: bool = False
+    saving: bool = False
     fenced: str = ""
     task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
-        return self.report.phase in (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING)
+        return self.report.phase in (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING,
+                                     P.PARTITION_PHASE_PAUSED)
 
 
 class Supervisor:
-    def __init__(self, run_dir: Path, images: ImageCache, pull: Pull) -> None:
+    def __init__(self, run_dir: Path, images: ImageCache, pull: Pull,
+                 pull_state: PullState, node: str) -> None:
         self.run_dir = run_dir
+        self.node = node
+        self.states = StateStore(run_dir / "states")
+        self._pull_state = pull_state
         self.layers = run_dir / "layers"
         self.layers.mkdir(parents=True, exist_ok=True)
         self.workers = WorkerManager(run_dir / "workers")
@@ -135,7 +144,7 @@ class Supervisor:
             await asyncio.sleep(POLL_S)
             tick += 1
             for lp in list(self.local.values()):
-                if lp.handle is None or not lp.running:
+                if lp.handle is None or not lp.running or lp.saving:
                     continue
                 status = lp.handle.poll()
                 if status is not None:
@@ -184,9 +193,15 @@ class Supervisor:
                 vcpus=a.spec.vcpus or 1, memory_bytes=a.spec.memory_bytes or (64 << 20),
                 upper=upper,
             )
+            restore = await self._fetch_state(a.name, a.restore) if a.restore.digest else None
             if self.workers.get(a.name) is not None:
                 await asyncio.to_thread(self._drop_finished, a.name)
-            lp.handle = await asyncio.to_thread(self.workers.launch, spec, a.epoch, a.spec.stdin)
+            if restore is None:
+                lp.handle = await asyncio.to_thread(
+                    self.workers.launch, spec, a.epoch, a.spec.stdin)
+            else:
+                lp.handle = await asyncio.to_thread(
+                    self.workers.launch, spec, a.epoch, a.spec.stdin, restore)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - any launch failure fails the partition
@@ -207,8 +222,96 @@ class Supervisor:
         except WorkerError:
             pass
 
+    async def _fetch_state(self, name: str, ref: pb.StateRef) -> Path:
+        """The saved state to restore: here already, or pulled from its node and verified."""
+        local = self.states.path(name, ref.digest)
+        if local is not None:
+            return local
+        if ref.node == self.node:
+            raise StateError(f"saved state {ref.digest[:19]} is missing from this node")
+        tmp = self.states.scratch(name, "pull")
+        with open(tmp, "wb") as f:
+            async for chunk in self._pull_state(name, ref):
+                f.write(chunk)
+        digest, _size, path = await asyncio.to_thread(self.states.adopt, name, tmp)
+        if digest != ref.digest:
+            path.unlink(missing_ok=True)
+            raise StateError(f"pulled state has digest {digest}, expected {ref.digest}")
+        return path
+
+    def _state_ref(self, digest: str, size: int) -> pb.StateRef:
+        return pb.StateRef(node=self.node, digest=digest, size_bytes=size, saved_at=_now())
+
+    async def _lifecycle(self, lp: Local, c: apb.PartitionCommand) -> None:
+        handle = lp.handle
+        if handle is None:
+            return
+        try:
+            if c.kind == K.KIND_PAUSE:
+                await asyncio.to_thread(handle.pause)
+                self._set(lp, P.PARTITION_PHASE_PAUSED)
+            elif c.kind == K.KIND_RESUME:
+                await asyncio.to_thread(handle.resume)
+                self._set(lp, P.PARTITION_PHASE_RUNNING)
+            elif c.kind == K.KIND_SAVE:
+                lp.saving = True
+                tmp = self.states.scratch(lp.name, "save")
+                await asyncio.to_thread(handle.save, tmp)
+                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                self._set(lp, P.PARTITION_PHASE_SAVED, "state saved")
+                lp.report.state.CopyFrom(self._state_ref(digest, size))
+            elif c.kind == K.KIND_CHECKPOINT:
+                tmp = self.states.scratch(lp.name, f"cp-{c.checkpoint}")
+                await asyncio.to_thread(handle.checkpoint, tmp)
+                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                self.states.remember(lp.name, c.checkpoint, digest)
+                report = apb.PartitionReport()
+                report.CopyFrom(lp.report)
+                report.checkpoint = c.checkpoint
+                report.state.CopyFrom(self._state_ref(digest, size))
+                self.send(apb.AgentMessage(report=report))
+                return
+        except Exception as err:  # noqa: BLE001 - reported; the partition keeps its phase
+            log.warning("%s of %s failed: %s", K.Kind.Name(c.kind), lp.name, err)
+            lp.saving = False
+            if c.kind == K.KIND_CHECKPOINT:
+                report = apb.PartitionReport()
+                report.CopyFrom(lp.report)
+                report.checkpoint = c.checkpoint
+                report.reason = f"could not take the checkpoint: {err}"
+                self.send(apb.AgentMessage(report=report))
+                return
+            self.send(apb.AgentMessage(event=apb.AgentEvent(
+                partition=lp.name, type="Warning",
+                reason=K.Kind.Name(c.kind).removeprefix("KIND_").capitalize() + "Failed",
+                message=str(err))))
+        self._announce(lp)
+
+    async def send_state(self, req: apb.StateRequest) -> None:
+        """Stream a saved state file to the controller (for a restore on another node)."""
+        try:
+            for chunk in self.states.read(req.name, req.digest):
+                self.send(apb.AgentMessage(state=apb.StateData(
+                    request_id=req.request_id, data=chunk)))
+                await asyncio.sleep(0)
+            self.send(apb.AgentMessage(state=apb.StateData(request_id=req.request_id,
+                                                           eof=True)))
+        except (StateError, OSError) as err:
+            self.send(apb.AgentMessage(state=apb.StateData(
+                request_id=req.request_id, eof=True, error=str(err))))
+
     def command(self, c: apb.PartitionCommand) -> None:
         lp = self.local.get(c.name)
+        if c.kind == K.KIND_DELETE_CHECKPOINT:
+            self.states.drop_checkpoint(c.name, c.checkpoint)
+            return
+        if c.kind in (K.KIND_PAUSE, K.KIND_RESUME, K.KIND_SAVE, K.KIND_CHECKPOINT):
+            if lp is None or lp.epoch != c.epoch or not lp.running:
+                if lp is not None:
+                    self._announce(lp)
+                return
+            asyncio.create_task(self._lifecycle(lp, c))
+            return
         if c.kind == apb.PartitionCommand.KIND_STOP:
             if lp is None or (c.epoch and lp.epoch != c.epoch):
                 stale = Local(c.name, c.epoch)
@@ -223,15 +326,17 @@ class Supervisor:
                 asyncio.create_task(asyncio.to_thread(lp.handle.stop, STOP_GRACE_S))
         elif c.kind == apb.PartitionCommand.KIND_FORGET:
             if lp is None:
+                if c.purge:
+                    self.states.purge(c.name)
                 return
             if c.epoch and lp.epoch > c.epoch:
                 return  # a newer assignment: not the one the controller means
             if not c.epoch and lp.running:
                 return
             self.local.pop(c.name, None)
-            asyncio.create_task(self._forget(lp))
+            asyncio.create_task(self._forget(lp, c.purge))
 
-    async def _forget(self, lp: Local) -> None:
+    async def _forget(self, lp: Local, purge: bool = False) -> None:
         if lp.task is not None and not lp.task.done():
             lp.task.cancel()
         if lp.handle is not None and lp.handle.poll() is None:
@@ -239,6 +344,8 @@ class Supervisor:
         if self.local.get(lp.name) is None:
             await asyncio.to_thread(self._drop_finished, lp.name)
             shutil.rmtree(self.layers / lp.name, ignore_errors=True)
+            if purge:
+                self.states.purge(lp.name)
 
     def fence(self, reason: str) -> None:
         """Stop everything that runs here; reports carry `reason` (starts with "fenced")."""

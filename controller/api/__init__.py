@@ -7,6 +7,7 @@ from viridian.v1 import controller_pb2_grpc
 from controller.api.context import ApiContext
 from controller.api.events_explain import EventsExplainApi
 from controller.api.images import ImagesApi
+from controller.api.lifecycle import LifecycleApi
 from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
 
@@ -14,7 +15,12 @@ __all__ = ["ApiContext", "ControllerService"]
 
 
 class ControllerService(
-    PartitionsApi, NodesApi, ImagesApi, EventsExplainApi, controller_pb2_grpc.ControllerServicer
+    PartitionsApi,
+    LifecycleApi,
+    NodesApi,
+    ImagesApi,
+    EventsExplainApi,
+    controller_pb2_grpc.ControllerServicer,
 ):
     def __init__(self, ctx: ApiContext) -> None:
         self.ctx = ctx

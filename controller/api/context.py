@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
+from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import controller_pb2_grpc
 
@@ -25,6 +26,15 @@ class ApiContext:
     sessions: SessionRegistry
     scheduler: SchedulerConfig
     advertise: str
+
+    def delete_state(self, partition: str, checkpoint: str, node: str) -> None:
+        """Ask the node holding a checkpoint's state file to delete it (best effort: a node
+        that is away keeps an orphan file until its partition is forgotten)."""
+        session = self.sessions.get(node)
+        if session is not None:
+            session.send(apb.ControllerMessage(command=apb.PartitionCommand(
+                name=partition, checkpoint=checkpoint,
+                kind=apb.PartitionCommand.KIND_DELETE_CHECKPOINT)))
 
     async def proxy_logs(
         self, node: str, request: cpb.PartitionLogsRequest

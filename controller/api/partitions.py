@@ -134,9 +134,7 @@ class PartitionsApi:
         self, request: cpb.StartPartitionRequest, context: Context
     ) -> pb.Partition:
         if request.node:
-            raise InvalidArgument(
-                "starting on a chosen node is not supported yet; use a node selector"
-            )
+            await self.ctx.store.get_node(request.node)  # NOT_FOUND for an unknown node
 
         def change(sp: StoredPartition) -> str:
             p = sp.partition
@@ -151,9 +149,12 @@ class PartitionsApi:
                 raise FailedPrecondition(
                     f"partition {p.name!r} is {phase_name(st.phase)}; it cannot be started"
                 )
+            if request.node:
+                p.spec.node = request.node
             p.spec.desired_state = P.DESIRED_STATE_RUNNING
             st.phase = P.PARTITION_PHASE_PENDING
-            st.reason = "waiting for placement"
+            st.reason = "waiting for placement" + (
+                " (restoring its saved state)" if st.saved_state.digest else "")
             st.has_exit_code = False
             st.exit_code = 0
             st.updated_at.CopyFrom(now_ts())

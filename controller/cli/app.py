@@ -72,9 +72,18 @@ def get_client(ctx: click.Context) -> ControllerClient:
 
 
 def _register() -> None:
-    from controller.cli import events, explain, images, nodes, partitions, run, servers
+    from controller.cli import (
+        events,
+        explain,
+        images,
+        lifecycle,
+        nodes,
+        partitions,
+        run,
+        servers,
+    )
 
-    for module in (partitions, run, nodes, images, events, explain, servers):
+    for module in (partitions, lifecycle, run, nodes, images, events, explain, servers):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -24,6 +24,24 @@ P = pb
 KIND = apb.PartitionCommand
 
 
+def wanted_command(p: pb.Partition) -> apb.PartitionCommand.Kind.ValueType | None:
+    """The command that moves a bound partition's actual phase towards its desired state."""
+    phase, desired = p.status.phase, p.spec.desired_state
+    if phase == P.PARTITION_PHASE_STOPPING:
+        return KIND.KIND_STOP
+    if desired == P.DESIRED_STATE_SAVED and phase in (
+        P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED, P.PARTITION_PHASE_SAVING
+    ):
+        return KIND.KIND_SAVE
+    if desired == P.DESIRED_STATE_PAUSED and phase == P.PARTITION_PHASE_RUNNING:
+        return KIND.KIND_PAUSE
+    if desired == P.DESIRED_STATE_RUNNING and phase == P.PARTITION_PHASE_PAUSED:
+        return KIND.KIND_RESUME
+    if desired == P.DESIRED_STATE_OFF and phase in HOLDING:
+        return KIND.KIND_STOP
+    return None
+
+
 class DispatchLoop(Loop):
     name = "dispatch"
 
@@ -55,39 +73,44 @@ class DispatchLoop(Loop):
             epoch = cache.epoch(name)
             key = (name, epoch)
             phase = p.status.phase
-            want_run = p.spec.desired_state == P.DESIRED_STATE_RUNNING
-            if want_run and phase == P.PARTITION_PHASE_SCHEDULED and key not in session.assigned:
-                try:
-                    image = await self.store.get_image(p.spec.image)
-                except NotFound:
-                    image = pb.Image(name=p.spec.image)  # the agent reports the failure
-                spec = pb.PartitionSpec()
-                spec.CopyFrom(p.spec)
-                session.assigned.add(key)
-                session.send(
-                    apb.ControllerMessage(
-                        assign=apb.Assignment(name=name, epoch=epoch, spec=spec, image=image)
-                    )
-                )
-            elif phase in HOLDING and (not want_run or phase == P.PARTITION_PHASE_STOPPING):
-                if key not in session.stopping:
-                    session.stopping.add(key)
-                    session.send(
-                        apb.ControllerMessage(
-                            command=apb.PartitionCommand(
-                                name=name, epoch=epoch, kind=KIND.KIND_STOP
-                            )
-                        )
-                    )
+            if phase == P.PARTITION_PHASE_SCHEDULED:
+                if p.spec.desired_state == P.DESIRED_STATE_RUNNING and key not in session.assigned:
+                    session.assigned.add(key)
+                    session.send(apb.ControllerMessage(assign=await self._assignment(p, epoch)))
+                    continue
+            want = wanted_command(p)
+            if want is not None and session.commands.get(key) != want:
+                session.commands[key] = want
+                session.send(apb.ControllerMessage(command=apb.PartitionCommand(
+                    name=name, epoch=epoch, kind=want)))
+            if phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED):
+                for cp in p.status.checkpoints:
+                    ck = (name, epoch, cp.name)
+                    if not cp.state.digest and ck not in session.checkpoints:
+                        session.checkpoints.add(ck)
+                        session.send(apb.ControllerMessage(command=apb.PartitionCommand(
+                            name=name, epoch=epoch, kind=KIND.KIND_CHECKPOINT,
+                            checkpoint=cp.name)))
         for name, old in list(cache.deleted_partitions.items()):
             session = self.sessions.get(old.status.node)
             if session is not None:
                 session.send(
                     apb.ControllerMessage(
                         command=apb.PartitionCommand(
-                            name=name, epoch=old.status.epoch, kind=KIND.KIND_FORGET
+                            name=name, epoch=old.status.epoch, kind=KIND.KIND_FORGET,
+                            purge=True,
                         )
                     )
                 )
             del cache.deleted_partitions[name]
         return False
+
+    async def _assignment(self, p: pb.Partition, epoch: int) -> apb.Assignment:
+        try:
+            image = await self.store.get_image(p.spec.image)
+        except NotFound:
+            image = pb.Image(name=p.spec.image)  # the agent reports the failure
+        a = apb.Assignment(name=p.name, epoch=epoch, spec=p.spec, image=image)
+        if p.status.saved_state.digest:
+            a.restore.CopyFrom(p.status.saved_state)
+        return a

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from viridian.v1 import types_pb2 as viridian_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17viridian/v1/agent.proto\x12\x0bviridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17viridian/v1/types.proto\"s\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.viridian.v1.NodeSpec\x12-\n\x07running\x18\x03 \x03(\x0b\x32\x1c.viridian.v1.PartitionReport\"`\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"\xf5\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.viridian.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.viridian.v1.HeartbeatH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.viridian.v1.PartitionReportH\x00\x12+\n\x07\x63onsole\x18\x04 \x01(\x0b\x32\x18.viridian.v1.ConsoleDataH\x00\x12(\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x17.viridian.v1.AgentEventH\x00\x42\x05\n\x03msg\"0\n\x0cSessionHello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x1c\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\r\"\xbe\x01\n\x0fPartitionReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.viridian.v1.PartitionPhase\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x0b\x43onsoleData\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"N\n\nAgentEvent\x12\x11\n\tpartition\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb0\x02\n\x11\x43ontrollerMessage\x12)\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x17.viridian.v1.AssignmentH\x00\x12\x30\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1d.viridian.v1.PartitionCommandH\x00\x12.\n\x07\x63onsole\x18\x03 \x01(\x0b\x32\x1b.viridian.v1.ConsoleRequestH\x00\x12\x34\n\x0e\x63onsole_cancel\x18\x04 \x01(\x0b\x32\x1a.viridian.v1.ConsoleCancelH\x00\x12\'\n\x05stdin\x18\x05 \x01(\x0b\x32\x16.viridian.v1.StdinDataH\x00\x12(\n\x03\x61\x63k\x18\x06 \x01(\x0b\x32\x19.viridian.v1.HeartbeatAckH\x00\x42\x05\n\x03msg\")\n\x0cHeartbeatAck\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\r\"v\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.viridian.v1.PartitionSpec\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.viridian.v1.Image\"\x9f\x01\n\x10PartitionCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".viridian.v1.PartitionCommand.Kind\"<\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_STOP\x10\x01\x12\x0f\n\x0bKIND_FORGET\x10\x02\"R\n\x0e\x43onsoleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"#\n\rConsoleCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"6\n\tStdinData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\"\"\n\x10PullImageRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"\x1a\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xe8\x01\n\x0c\x41gentGateway\x12G\n\x08Register\x12\x1c.viridian.v1.RegisterRequest\x1a\x1d.viridian.v1.RegisterResponse\x12H\n\x07Session\x12\x19.viridian.v1.AgentMessage\x1a\x1e.viridian.v1.ControllerMessage(\x01\x30\x01\x12\x45\n\tPullImage\x12\x1d.viridian.v1.PullImageRequest\x1a\x17.viridian.v1.ImageChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17viridian/v1/agent.proto\x12\x0bviridian.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17viridian/v1/types.proto\"s\n\x0fRegisterRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12#\n\x04spec\x18\x02 \x01(\x0b\x32\x15.viridian.v1.NodeSpec\x12-\n\x07running\x18\x03 \x03(\x0b\x32\x1c.viridian.v1.PartitionReport\"`\n\x10RegisterResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x19\n\x11lease_ttl_seconds\x18\x02 \x01(\r\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\"\x9e\x02\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.viridian.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.viridian.v1.HeartbeatH\x00\x12.\n\x06report\x18\x03 \x01(\x0b\x32\x1c.viridian.v1.PartitionReportH\x00\x12+\n\x07\x63onsole\x18\x04 \x01(\x0b\x32\x18.viridian.v1.ConsoleDataH\x00\x12(\n\x05\x65vent\x18\x05 \x01(\x0b\x32\x17.viridian.v1.AgentEventH\x00\x12\'\n\x05state\x18\x06 \x01(\x0b\x32\x16.viridian.v1.StateDataH\x00\x42\x05\n\x03msg\"I\n\tStateData\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03\x65of\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"0\n\x0cSessionHello\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\"\x1c\n\tHeartbeat\x12\x0f\n\x07running\x18\x01 \x01(\r\"\xf8\x01\n\x0fPartitionReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12*\n\x05phase\x18\x03 \x01(\x0e\x32\x1b.viridian.v1.PartitionPhase\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x11\n\texit_code\x18\x05 \x01(\x05\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12(\n\x04time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x05state\x18\x08 \x01(\x0b\x32\x15.viridian.v1.StateRef\x12\x12\n\ncheckpoint\x18\t \x01(\t\"[\n\x0b\x43onsoleData\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0b\n\x03\x65of\x18\x04 \x01(\x08\x12\r\n\x05\x65rror\x18\x05 \x01(\t\"N\n\nAgentEvent\x12\x11\n\tpartition\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xdc\x02\n\x11\x43ontrollerMessage\x12)\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x17.viridian.v1.AssignmentH\x00\x12\x30\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1d.viridian.v1.PartitionCommandH\x00\x12.\n\x07\x63onsole\x18\x03 \x01(\x0b\x32\x1b.viridian.v1.ConsoleRequestH\x00\x12\x34\n\x0e\x63onsole_cancel\x18\x04 \x01(\x0b\x32\x1a.viridian.v1.ConsoleCancelH\x00\x12\'\n\x05stdin\x18\x05 \x01(\x0b\x32\x16.viridian.v1.StdinDataH\x00\x12(\n\x03\x61\x63k\x18\x06 \x01(\x0b\x32\x19.viridian.v1.HeartbeatAckH\x00\x12*\n\x05state\x18\x07 \x01(\x0b\x32\x19.viridian.v1.StateRequestH\x00\x42\x05\n\x03msg\"@\n\x0cStateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\")\n\x0cHeartbeatAck\x12\x19\n\x11lease_ttl_seconds\x18\x01 \x01(\r\"\x9e\x01\n\nAssignment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12(\n\x04spec\x18\x03 \x01(\x0b\x32\x1a.viridian.v1.PartitionSpec\x12!\n\x05image\x18\x04 \x01(\x0b\x32\x12.viridian.v1.Image\x12&\n\x07restore\x18\x05 \x01(\x0b\x32\x15.viridian.v1.StateRef\"\xa4\x02\n\x10PartitionCommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".viridian.v1.PartitionCommand.Kind\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\x12\r\n\x05purge\x18\x05 \x01(\x08\"\x9d\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\r\n\tKIND_STOP\x10\x01\x12\x0f\n\x0bKIND_FORGET\x10\x02\x12\x0e\n\nKIND_PAUSE\x10\x03\x12\x0f\n\x0bKIND_RESUME\x10\x04\x12\r\n\tKIND_SAVE\x10\x05\x12\x13\n\x0fKIND_CHECKPOINT\x10\x06\x12\x1a\n\x16KIND_DELETE_CHECKPOINT\x10\x07\"R\n\x0e\x43onsoleRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"#\n\rConsoleCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"6\n\tStdinData\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63lose\x18\x03 \x01(\x08\"\"\n\x10PullImageRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"\x1a\n\nImageChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"F\n\x10PullStateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0b\x32\x15.viridian.v1.StateRef\"\x1a\n\nStateChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\xaf\x02\n\x0c\x41gentGateway\x12G\n\x08Register\x12\x1c.viridian.v1.RegisterRequest\x1a\x1d.viridian.v1.RegisterResponse\x12H\n\x07Session\x12\x19.viridian.v1.AgentMessage\x1a\x1e.viridian.v1.ControllerMessage(\x01\x30\x01\x12\x45\n\tPullImage\x12\x1d.viridian.v1.PullImageRequest\x1a\x17.viridian.v1.ImageChunk0\x01\x12\x45\n\tPullState\x12\x1d.viridian.v1.PullStateRequest\x1a\x17.viridian.v1.StateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,37 +38,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERRESPONSE']._serialized_start=215
   _globals['_REGISTERRESPONSE']._serialized_end=311
   _globals['_AGENTMESSAGE']._serialized_start=314
-  _globals['_AGENTMESSAGE']._serialized_end=559
-  _globals['_SESSIONHELLO']._serialized_start=561
-  _globals['_SESSIONHELLO']._serialized_end=609
-  _globals['_HEARTBEAT']._serialized_start=611
-  _globals['_HEARTBEAT']._serialized_end=639
-  _globals['_PARTITIONREPORT']._serialized_start=642
-  _globals['_PARTITIONREPORT']._serialized_end=832
-  _globals['_CONSOLEDATA']._serialized_start=834
-  _globals['_CONSOLEDATA']._serialized_end=925
-  _globals['_AGENTEVENT']._serialized_start=927
-  _globals['_AGENTEVENT']._serialized_end=1005
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1008
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1312
-  _globals['_HEARTBEATACK']._serialized_start=1314
-  _globals['_HEARTBEATACK']._serialized_end=1355
-  _globals['_ASSIGNMENT']._serialized_start=1357
-  _globals['_ASSIGNMENT']._serialized_end=1475
-  _globals['_PARTITIONCOMMAND']._serialized_start=1478
-  _globals['_PARTITIONCOMMAND']._serialized_end=1637
-  _globals['_PARTITIONCOMMAND_KIND']._serialized_start=1577
-  _globals['_PARTITIONCOMMAND_KIND']._serialized_end=1637
-  _globals['_CONSOLEREQUEST']._serialized_start=1639
-  _globals['_CONSOLEREQUEST']._serialized_end=1721
-  _globals['_CONSOLECANCEL']._serialized_start=1723
-  _globals['_CONSOLECANCEL']._serialized_end=1758
-  _globals['_STDINDATA']._serialized_start=1760
-  _globals['_STDINDATA']._serialized_end=1814
-  _globals['_PULLIMAGEREQUEST']._serialized_start=1816
-  _globals['_PULLIMAGEREQUEST']._serialized_end=1850
-  _globals['_IMAGECHUNK']._serialized_start=1852
-  _globals['_IMAGECHUNK']._serialized_end=1878
-  _globals['_AGENTGATEWAY']._serialized_start=1881
-  _globals['_AGENTGATEWAY']._serialized_end=2113
+  _globals['_AGENTMESSAGE']._serialized_end=600
+  _globals['_STATEDATA']._serialized_start=602
+  _globals['_STATEDATA']._serialized_end=675
+  _globals['_SESSIONHELLO']._serialized_start=677
+  _globals['_SESSIONHELLO']._serialized_end=725
+  _globals['_HEARTBEAT']._serialized_start=727
+  _globals['_HEARTBEAT']._serialized_end=755
+  _globals['_PARTITIONREPORT']._serialized_start=758
+  _globals['_PARTITIONREPORT']._serialized_end=1006
+  _globals['_CONSOLEDATA']._serialized_start=1008
+  _globals['_CONSOLEDATA']._serialized_end=1099
+  _globals['_AGENTEVENT']._serialized_start=1101
+  _globals['_AGENTEVENT']._serialized_end=1179
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1182
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1530
+  _globals['_STATEREQUEST']._serialized_start=1532
+  _globals['_STATEREQUEST']._serialized_end=1596
+  _globals['_HEARTBEATACK']._serialized_start=1598
+  _globals['_HEARTBEATACK']._serialized_end=1639
+  _globals['_ASSIGNMENT']._serialized_start=1642
+  _globals['_ASSIGNMENT']._serialized_end=1800
+  _globals['_PARTITIONCOMMAND']._serialized_start=1803
+  _globals['_PARTITIONCOMMAND']._serialized_end=2095
+  _globals['_PARTITIONCOMMAND_KIND']._serialized_start=1938
+  _globals['_PARTITIONCOMMAND_KIND']._serialized_end=2095
+  _globals['_CONSOLEREQUEST']._serialized_start=2097
+  _globals['_CONSOLEREQUEST']._serialized_end=2179
+  _globals['_CONSOLECANCEL']._serialized_start=2181
+  _globals['_CONSOLECANCEL']._serialized_end=2216
+  _globals['_STDINDATA']._serialized_start=2218
+  _globals['_STDINDATA']._serialized_end=2272
+  _globals['_PULLIMAGEREQUEST']._serialized_start=2274
+  _globals['_PULLIMAGEREQUEST']._serialized_end=2308
+  _globals['_IMAGECHUNK']._serialized_start=2310
+  _globals['_IMAGECHUNK']._serialized_end=2336
+  _globals['_PULLSTATEREQUEST']._serialized_start=2338
+  _globals['_PULLSTATEREQUEST']._serialized_end=2408
+  _globals['_STATECHUNK']._serialized_start=2410
+  _globals['_STATECHUNK']._serialized_end=2436
+  _globals['_AGENTGATEWAY']._serialized_start=2439
+  _globals['_AGENTGATEWAY']._serialized_end=2742
 # @@protoc_insertion_point(module_scope)

@@ -92,6 +92,7 @@ class AgentMessage(_message.Message):
     REPORT_FIELD_NUMBER: _builtins.int
     CONSOLE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello:
         """first message"""
@@ -112,6 +113,10 @@ class AgentMessage(_message.Message):
     def event(self) -> Global___AgentEvent:
         """something worth an event (e.g. unknown syscall)"""
 
+    @_builtins.property
+    def state(self) -> Global___StateData:
+        """answer to a StateRequest"""
+
     def __init__(
         self,
         *,
@@ -120,16 +125,49 @@ class AgentMessage(_message.Message):
         report: Global___PartitionReport | None = ...,
         console: Global___ConsoleData | None = ...,
         event: Global___AgentEvent | None = ...,
+        state: Global___StateData | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "console", "event"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "console", "event", "state"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class StateData(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    EOF_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """the StateRequest it answers"""
+    data: _builtins.bytes
+    """next chunk of the state file"""
+    eof: _builtins.bool
+    """the whole file was sent"""
+    error: _builtins.str
+    """set when the request cannot be served"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        data: _builtins.bytes = ...,
+        eof: _builtins.bool = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "error", b"error", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateData: _TypeAlias = StateData  # noqa: Y015
 
 @_typing.final
 class SessionHello(_message.Message):
@@ -186,6 +224,8 @@ class PartitionReport(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     epoch: _builtins.int
@@ -198,9 +238,15 @@ class PartitionReport(_message.Message):
     """guest exit status"""
     reason: _builtins.str
     """why (failure text, "stopped by request", ...)"""
+    checkpoint: _builtins.str
+    """the checkpoint `state` belongs to ("" = save)"""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """when it happened on the node"""
+
+    @_builtins.property
+    def state(self) -> _types_pb2.StateRef:
+        """state written by a save or checkpoint"""
 
     def __init__(
         self,
@@ -212,10 +258,12 @@ class PartitionReport(_message.Message):
         exit_code: _builtins.int = ...,
         reason: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        state: _types_pb2.StateRef | None = ...,
+        checkpoint: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "name", b"name", "phase", b"phase", "reason", b"reason", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "epoch", b"epoch", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "name", b"name", "phase", b"phase", "reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -299,6 +347,7 @@ class ControllerMessage(_message.Message):
     CONSOLE_CANCEL_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assignment:
         """run this partition under this epoch"""
@@ -323,6 +372,10 @@ class ControllerMessage(_message.Message):
     def ack(self) -> Global___HeartbeatAck:
         """answer to a Heartbeat: the session is alive both ways"""
 
+    @_builtins.property
+    def state(self) -> Global___StateRequest:
+        """send a saved state file (for a restore elsewhere)"""
+
     def __init__(
         self,
         *,
@@ -332,16 +385,45 @@ class ControllerMessage(_message.Message):
         console_cancel: Global___ConsoleCancel | None = ...,
         stdin: Global___StdinData | None = ...,
         ack: Global___HeartbeatAck | None = ...,
+        state: Global___StateRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "stdin", b"stdin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin", "ack"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin", "ack", "state"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
 Global___ControllerMessage: _TypeAlias = ControllerMessage  # noqa: Y015
+
+@_typing.final
+class StateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """echo in StateData"""
+    name: _builtins.str
+    """partition name"""
+    digest: _builtins.str
+    """"sha256:<hex>" of the wanted state file"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateRequest: _TypeAlias = StateRequest  # noqa: Y015
 
 @_typing.final
 class HeartbeatAck(_message.Message):
@@ -375,6 +457,7 @@ class Assignment(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     IMAGE_FIELD_NUMBER: _builtins.int
+    RESTORE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     epoch: _builtins.int
@@ -387,6 +470,10 @@ class Assignment(_message.Message):
     def image(self) -> _types_pb2.Image:
         """image metadata (pull by digest)"""
 
+    @_builtins.property
+    def restore(self) -> _types_pb2.StateRef:
+        """restore this saved state instead of a cold start"""
+
     def __init__(
         self,
         *,
@@ -394,10 +481,11 @@ class Assignment(_message.Message):
         epoch: _builtins.int = ...,
         spec: _types_pb2.PartitionSpec | None = ...,
         image: _types_pb2.Image | None = ...,
+        restore: _types_pb2.StateRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "restore", b"restore", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "image", b"image", "name", b"name", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "image", b"image", "name", b"name", "restore", b"restore", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,6 +506,16 @@ class PartitionCommand(_message.Message):
         """stop the guest; report OFF"""
         KIND_FORGET: PartitionCommand._Kind.ValueType  # 2
         """stop if running and delete everything the node keeps for it"""
+        KIND_PAUSE: PartitionCommand._Kind.ValueType  # 3
+        """stop every vCPU at an instruction boundary; report PAUSED"""
+        KIND_RESUME: PartitionCommand._Kind.ValueType  # 4
+        """continue; report RUNNING"""
+        KIND_SAVE: PartitionCommand._Kind.ValueType  # 5
+        """write the state file, end the worker; report SAVED with the state"""
+        KIND_CHECKPOINT: PartitionCommand._Kind.ValueType  # 6
+        """write a checkpoint named `checkpoint` (brief pause)"""
+        KIND_DELETE_CHECKPOINT: PartitionCommand._Kind.ValueType  # 7
+        """remove checkpoint `checkpoint`'s state file"""
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: PartitionCommand.Kind.ValueType  # 0
@@ -425,26 +523,44 @@ class PartitionCommand(_message.Message):
     """stop the guest; report OFF"""
     KIND_FORGET: PartitionCommand.Kind.ValueType  # 2
     """stop if running and delete everything the node keeps for it"""
+    KIND_PAUSE: PartitionCommand.Kind.ValueType  # 3
+    """stop every vCPU at an instruction boundary; report PAUSED"""
+    KIND_RESUME: PartitionCommand.Kind.ValueType  # 4
+    """continue; report RUNNING"""
+    KIND_SAVE: PartitionCommand.Kind.ValueType  # 5
+    """write the state file, end the worker; report SAVED with the state"""
+    KIND_CHECKPOINT: PartitionCommand.Kind.ValueType  # 6
+    """write a checkpoint named `checkpoint` (brief pause)"""
+    KIND_DELETE_CHECKPOINT: PartitionCommand.Kind.ValueType  # 7
+    """remove checkpoint `checkpoint`'s state file"""
 
     NAME_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    PURGE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     epoch: _builtins.int
     """epoch the command applies to"""
     kind: Global___PartitionCommand.Kind.ValueType
     """what to do"""
+    checkpoint: _builtins.str
+    """checkpoint name, for the checkpoint kinds"""
+    purge: _builtins.bool
+    """FORGET only: also delete its saved states (it was deleted)"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         epoch: _builtins.int = ...,
         kind: Global___PartitionCommand.Kind.ValueType = ...,
+        checkpoint: _builtins.str = ...,
+        purge: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "kind", b"kind", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "epoch", b"epoch", "kind", b"kind", "name", b"name", "purge", b"purge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -569,3 +685,49 @@ class ImageChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImageChunk: _TypeAlias = ImageChunk  # noqa: Y015
+
+@_typing.final
+class PullStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    @_builtins.property
+    def state(self) -> _types_pb2.StateRef:
+        """which state, and the node that holds it"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _types_pb2.StateRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullStateRequest: _TypeAlias = PullStateRequest  # noqa: Y015
+
+@_typing.final
+class StateChunk(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """next chunk of the state file"""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateChunk: _TypeAlias = StateChunk  # noqa: Y015

@@ -49,6 +49,11 @@ class AgentGatewayStub:
                 request_serializer=viridian_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_agent__pb2.ImageChunk.FromString,
                 _registered_method=True)
+        self.PullState = channel.unary_stream(
+                '/viridian.v1.AgentGateway/PullState',
+                request_serializer=viridian_dot_v1_dot_agent__pb2.PullStateRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
+                _registered_method=True)
 
 
 class AgentGatewayServicer:
@@ -75,6 +80,14 @@ class AgentGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PullState(self, request, context):
+        """Fetch a saved state from the node that holds it, relayed by the controller; verified by
+        sha256 by the receiving agent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_AgentGatewayServicer_to_server(servicer, server):
                     servicer.PullImage,
                     request_deserializer=viridian_dot_v1_dot_agent__pb2.PullImageRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_agent__pb2.ImageChunk.SerializeToString,
+            ),
+            'PullState': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullState,
+                    request_deserializer=viridian_dot_v1_dot_agent__pb2.PullStateRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_agent__pb2.StateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class AgentGateway:
             '/viridian.v1.AgentGateway/PullImage',
             viridian_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
             viridian_dot_v1_dot_agent__pb2.ImageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/viridian.v1.AgentGateway/PullState',
+            viridian_dot_v1_dot_agent__pb2.PullStateRequest.SerializeToString,
+            viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,10 @@ class AgentGatewayStub:
     """One long-lived stream per agent: status and heartbeats up, assignments and commands down."""
     PullImage: _grpc.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImageChunk]
     """Fetch an image's content by digest; the agent verifies the sha256."""
+    PullState: _grpc.UnaryStreamMultiCallable[_agent_pb2.PullStateRequest, _agent_pb2.StateChunk]
+    """Fetch a saved state from the node that holds it, relayed by the controller; verified by
+    sha256 by the receiving agent.
+    """
 
 @_typing.type_check_only
 class AgentGatewayAsyncStub(AgentGatewayStub):
@@ -49,6 +53,10 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     """One long-lived stream per agent: status and heartbeats up, assignments and commands down."""
     PullImage: _aio.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImageChunk]  # type: ignore[assignment]
     """Fetch an image's content by digest; the agent verifies the sha256."""
+    PullState: _aio.UnaryStreamMultiCallable[_agent_pb2.PullStateRequest, _agent_pb2.StateChunk]  # type: ignore[assignment]
+    """Fetch a saved state from the node that holds it, relayed by the controller; verified by
+    sha256 by the receiving agent.
+    """
 
 class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -74,5 +82,15 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ImageChunk], _abc.AsyncIterator[_agent_pb2.ImageChunk]]:
         """Fetch an image's content by digest; the agent verifies the sha256."""
+
+    @_abc_1.abstractmethod
+    def PullState(
+        self,
+        request: _agent_pb2.PullStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.StateChunk], _abc.AsyncIterator[_agent_pb2.StateChunk]]:
+        """Fetch a saved state from the node that holds it, relayed by the controller; verified by
+        sha256 by the receiving agent.
+        """
 
 def add_AgentGatewayServicer_to_server(servicer: AgentGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -80,6 +80,41 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.StdinChunk.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_controller__pb2.SendStdinResponse.FromString,
                 _registered_method=True)
+        self.PausePartition = channel.unary_unary(
+                '/viridian.v1.Controller/PausePartition',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.ResumePartition = channel.unary_unary(
+                '/viridian.v1.Controller/ResumePartition',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.SavePartition = channel.unary_unary(
+                '/viridian.v1.Controller/SavePartition',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.MovePartition = channel.unary_unary(
+                '/viridian.v1.Controller/MovePartition',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.MovePartitionRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.CreateCheckpoint = channel.unary_unary(
+                '/viridian.v1.Controller/CreateCheckpoint',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.ApplyCheckpoint = channel.unary_unary(
+                '/viridian.v1.Controller/ApplyCheckpoint',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
+        self.DeleteCheckpoint = channel.unary_unary(
+                '/viridian.v1.Controller/DeleteCheckpoint',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/viridian.v1.Controller/ListNodes',
                 request_serializer=viridian_dot_v1_dot_controller__pb2.ListNodesRequest.SerializeToString,
@@ -201,6 +236,57 @@ class ControllerServicer:
     def SendStdin(self, request_iterator, context):
         """feed an attached guest's stdin
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PausePartition(self, request, context):
+        """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
+        out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
+        migration call: a partition moves only while Off or Saved (save, move, start).
+        Running -> Paused
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumePartition(self, request, context):
+        """Paused -> Running
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SavePartition(self, request, context):
+        """Running|Paused -> Saved
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MovePartition(self, request, context):
+        """Off|Saved only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCheckpoint(self, request, context):
+        """Running|Paused|Off
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyCheckpoint(self, request, context):
+        """revert to it
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCheckpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -331,6 +417,41 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.SendStdin,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.StdinChunk.FromString,
                     response_serializer=viridian_dot_v1_dot_controller__pb2.SendStdinResponse.SerializeToString,
+            ),
+            'PausePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.PausePartition,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'ResumePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumePartition,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'SavePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.SavePartition,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.PartitionRef.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'MovePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.MovePartition,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.MovePartitionRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'CreateCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCheckpoint,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'ApplyCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyCheckpoint,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'DeleteCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCheckpoint,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.CheckpointRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -636,6 +757,195 @@ class Controller:
             '/viridian.v1.Controller/SendStdin',
             viridian_dot_v1_dot_controller__pb2.StdinChunk.SerializeToString,
             viridian_dot_v1_dot_controller__pb2.SendStdinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PausePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/PausePartition',
+            viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/ResumePartition',
+            viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SavePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/SavePartition',
+            viridian_dot_v1_dot_controller__pb2.PartitionRef.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MovePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/MovePartition',
+            viridian_dot_v1_dot_controller__pb2.MovePartitionRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/CreateCheckpoint',
+            viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/ApplyCheckpoint',
+            viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/DeleteCheckpoint',
+            viridian_dot_v1_dot_controller__pb2.CheckpointRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
             options,
             channel_credentials,
             insecure,

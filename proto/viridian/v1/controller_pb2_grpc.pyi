@@ -52,6 +52,23 @@ class ControllerStub:
     """console output"""
     SendStdin: _grpc.StreamUnaryMultiCallable[_controller_pb2.StdinChunk, _controller_pb2.SendStdinResponse]
     """feed an attached guest's stdin"""
+    PausePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]
+    """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
+    out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
+    migration call: a partition moves only while Off or Saved (save, move, start).
+    Running -> Paused
+    """
+    ResumePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]
+    """Paused -> Running"""
+    SavePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]
+    """Running|Paused -> Saved"""
+    MovePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.MovePartitionRequest, _types_pb2.Partition]
+    """Off|Saved only"""
+    CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]
+    """Running|Paused|Off"""
+    ApplyCheckpoint: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]
+    """revert to it"""
+    DeleteCheckpoint: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]
     ListNodes: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListNodesRequest, _controller_pb2.ListNodesResponse]
     """Nodes"""
     GetNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetNodeRequest, _types_pb2.Node]
@@ -92,6 +109,23 @@ class ControllerAsyncStub(ControllerStub):
     """console output"""
     SendStdin: _aio.StreamUnaryMultiCallable[_controller_pb2.StdinChunk, _controller_pb2.SendStdinResponse]  # type: ignore[assignment]
     """feed an attached guest's stdin"""
+    PausePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]  # type: ignore[assignment]
+    """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
+    out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
+    migration call: a partition moves only while Off or Saved (save, move, start).
+    Running -> Paused
+    """
+    ResumePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]  # type: ignore[assignment]
+    """Paused -> Running"""
+    SavePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]  # type: ignore[assignment]
+    """Running|Paused -> Saved"""
+    MovePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.MovePartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
+    """Off|Saved only"""
+    CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]  # type: ignore[assignment]
+    """Running|Paused|Off"""
+    ApplyCheckpoint: _aio.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]  # type: ignore[assignment]
+    """revert to it"""
+    DeleteCheckpoint: _aio.UnaryUnaryMultiCallable[_controller_pb2.CheckpointRequest, _types_pb2.Partition]  # type: ignore[assignment]
     ListNodes: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListNodesRequest, _controller_pb2.ListNodesResponse]  # type: ignore[assignment]
     """Nodes"""
     GetNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
@@ -183,6 +217,65 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.SendStdinResponse, _abc.Awaitable[_controller_pb2.SendStdinResponse]]:
         """feed an attached guest's stdin"""
+
+    @_abc_1.abstractmethod
+    def PausePartition(
+        self,
+        request: _controller_pb2.PartitionRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
+        out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
+        migration call: a partition moves only while Off or Saved (save, move, start).
+        Running -> Paused
+        """
+
+    @_abc_1.abstractmethod
+    def ResumePartition(
+        self,
+        request: _controller_pb2.PartitionRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Paused -> Running"""
+
+    @_abc_1.abstractmethod
+    def SavePartition(
+        self,
+        request: _controller_pb2.PartitionRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Running|Paused -> Saved"""
+
+    @_abc_1.abstractmethod
+    def MovePartition(
+        self,
+        request: _controller_pb2.MovePartitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Off|Saved only"""
+
+    @_abc_1.abstractmethod
+    def CreateCheckpoint(
+        self,
+        request: _controller_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Running|Paused|Off"""
+
+    @_abc_1.abstractmethod
+    def ApplyCheckpoint(
+        self,
+        request: _controller_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """revert to it"""
+
+    @_abc_1.abstractmethod
+    def DeleteCheckpoint(
+        self,
+        request: _controller_pb2.CheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]: ...
 
     @_abc_1.abstractmethod
     def ListNodes(

@@ -262,6 +262,7 @@ class PartitionSpec(_message.Message):
     PLACEMENT_STRATEGY_FIELD_NUMBER: _builtins.int
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """name of a pushed image"""
     vcpus: _builtins.int
@@ -282,6 +283,8 @@ class PartitionSpec(_message.Message):
     """what the user last asked for"""
     stdin: _builtins.bool
     """keep stdin open for an attached terminal (run)"""
+    node: _builtins.str
+    """run only on this node ("" = placement chooses);"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv[1:] given to the entrypoint"""
@@ -315,14 +318,89 @@ class PartitionSpec(_message.Message):
         placement_strategy: _builtins.str = ...,
         desired_state: Global___DesiredState.ValueType = ...,
         stdin: _builtins.bool = ...,
+        node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "memory_bytes", b"memory_bytes", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PartitionSpec: _TypeAlias = PartitionSpec  # noqa: Y015
+
+@_typing.final
+class StateRef(_message.Message):
+    """A partition's saved state (registers, touched memory, syscall-layer state) on a node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SAVED_AT_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """node whose disk holds the state file"""
+    digest: _builtins.str
+    """"sha256:<hex>" of the state file"""
+    size_bytes: _builtins.int
+    """size of the state file"""
+    @_builtins.property
+    def saved_at(self) -> _timestamp_pb2.Timestamp:
+        """when it was written"""
+
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        saved_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saved_at", b"saved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "node", b"node", "saved_at", b"saved_at", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateRef: _TypeAlias = StateRef  # noqa: Y015
+
+@_typing.final
+class Checkpoint(_message.Message):
+    """A checkpoint (Hyper-V snapshot): the partition's state at one moment, memory included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TAKEN_IN_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """unique per partition"""
+    taken_in: Global___PartitionPhase.ValueType
+    """phase when taken (Running, Paused, Off)"""
+    @_builtins.property
+    def state(self) -> Global___StateRef:
+        """where its state lives ("" digest: taken while Off)"""
+
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp:
+        """when it was taken"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___StateRef | None = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        taken_in: Global___PartitionPhase.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "name", b"name", "state", b"state", "taken_in", b"taken_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
 class PartitionStatus(_message.Message):
@@ -342,6 +420,8 @@ class PartitionStatus(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     ARCH_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    SAVED_STATE_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
     phase: Global___PartitionPhase.ValueType
     """current phase"""
     node: _builtins.str
@@ -374,6 +454,14 @@ class PartitionStatus(_message.Message):
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """when this status last changed"""
 
+    @_builtins.property
+    def saved_state(self) -> Global___StateRef:
+        """state to restore on the next start (Saved)"""
+
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Checkpoint]:
+        """at most 50, oldest first"""
+
     def __init__(
         self,
         *,
@@ -389,10 +477,12 @@ class PartitionStatus(_message.Message):
         restarts: _builtins.int = ...,
         arch: Global___Arch.ValueType = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        saved_state: Global___StateRef | None = ...,
+        checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "saved_state", b"saved_state", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "checkpoints", b"checkpoints", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "saved_state", b"saved_state", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

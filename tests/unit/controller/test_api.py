@@ -270,3 +270,100 @@ def test_capacity_plan_finds_ha_partitions_without_a_spare(api: Api, elf: bytes)
     finally:
         big.close()
         small.close()
+
+
+def test_lifecycle_pause_save_move_restore_over_the_session(api: Api, elf: bytes) -> None:
+    """The controller side of Hyper-V's lifecycle, with the test playing the agent."""
+    push(api.stub, "hello", elf)
+    agent = FakeAgent(api, "life-a", vcpus=4, memory=4 << 30)
+    other = FakeAgent(api, "life-b", vcpus=4, memory=4 << 30)
+    kind = apb.PartitionCommand
+
+    def get(name: str) -> pb.Partition:
+        return api.stub.GetPartition(cpb.GetPartitionRequest(name=name))
+
+    def report(name: str, phase: int, **extra: object) -> None:
+        p = get(name)
+        msg = apb.PartitionReport(name=name, epoch=p.status.epoch, phase=phase,  # type: ignore[arg-type]
+                                  **extra)  # type: ignore[arg-type]
+        sender = agent if p.status.node == "life-a" else other
+        sender.outgoing.put(apb.AgentMessage(report=msg))
+
+    def commands(to: FakeAgent, name: str) -> list[int]:
+        return [m.command.kind for m in to.received
+                if m.HasField("command") and m.command.name == name]
+
+    try:
+        create(api, "vm", node="life-a")
+        wait_for(lambda: get("vm").status.phase == pb.PARTITION_PHASE_SCHEDULED)
+        report("vm", pb.PARTITION_PHASE_RUNNING)
+        wait_for(lambda: get("vm").status.phase == pb.PARTITION_PHASE_RUNNING)
+
+        # Resuming what already runs is a no-op, not an error (the request is satisfied).
+        resumed = api.stub.ResumePartition(cpb.PartitionRef(name="vm"))
+        assert resumed.status.phase == pb.PARTITION_PHASE_RUNNING
+        code, msg = code_of(lambda: api.stub.MovePartition(
+            cpb.MovePartitionRequest(name="vm", to_node="life-b")))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "live migration is not supported" in msg
+        assert "viridian save vm && viridian move vm --to life-b && viridian start vm" in msg
+
+        api.stub.PausePartition(cpb.PartitionRef(name="vm"))
+        wait_for(lambda: kind.KIND_PAUSE in commands(agent, "vm"))
+        report("vm", pb.PARTITION_PHASE_PAUSED)
+        wait_for(lambda: get("vm").status.phase == pb.PARTITION_PHASE_PAUSED)
+
+        api.stub.SavePartition(cpb.PartitionRef(name="vm"))
+        assert get("vm").status.phase == pb.PARTITION_PHASE_SAVING
+        wait_for(lambda: kind.KIND_SAVE in commands(agent, "vm"))
+        state = pb.StateRef(node="life-a", digest="sha256:" + "ab" * 32, size_bytes=5 << 20)
+        report("vm", pb.PARTITION_PHASE_SAVED, state=state)
+        wait_for(lambda: get("vm").status.phase == pb.PARTITION_PHASE_SAVED)
+        saved = get("vm")
+        assert saved.status.saved_state == state and saved.status.epoch == 0
+        node = api.stub.GetNode(cpb.GetNodeRequest(name="life-a"))
+        assert node.status.allocated_vcpus == 0  # a Saved partition holds no node
+
+        moved = api.stub.MovePartition(cpb.MovePartitionRequest(name="vm", to_node="life-b"))
+        assert moved.spec.node == "life-b"
+        api.stub.StartPartition(cpb.StartPartitionRequest(name="vm"))
+        wait_for(lambda: any(m.HasField("assign") and m.assign.name == "vm"
+                             for m in other.received))
+        assign = next(m.assign for m in other.received if m.HasField("assign"))
+        assert assign.restore == state  # restored from the state, on the new node
+        report("vm", pb.PARTITION_PHASE_RUNNING)
+        wait_for(lambda: get("vm").status.phase == pb.PARTITION_PHASE_RUNNING)
+        assert not get("vm").status.saved_state.digest  # consumed by the restore
+        events = api.stub.ListEvents(cpb.ListEventsRequest(object="vm")).events
+        reasons = [e.reason for e in events]
+        for expected in ("Paused", "Saved", "Moved", "Restored"):
+            assert expected in reasons
+    finally:
+        agent.close()
+        other.close()
+
+
+def test_checkpoints_are_bounded_and_named(api: Api, elf: bytes) -> None:
+    push(api.stub, "hello", elf)
+    create(api, "cps", desired_state=pb.DESIRED_STATE_OFF)
+    for i in range(50):
+        api.stub.CreateCheckpoint(cpb.CheckpointRequest(name="cps", checkpoint=f"c{i}"))
+    code, msg = code_of(lambda: api.stub.CreateCheckpoint(
+        cpb.CheckpointRequest(name="cps", checkpoint="one-more")))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "50" in msg
+    code, msg = code_of(lambda: api.stub.CreateCheckpoint(
+        cpb.CheckpointRequest(name="cps", checkpoint="c3")))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    api.stub.DeleteCheckpoint(cpb.CheckpointRequest(name="cps", checkpoint="c3"))
+    code, _ = code_of(lambda: api.stub.ApplyCheckpoint(
+        cpb.CheckpointRequest(name="cps", checkpoint="c3")))
+    assert code == grpc.StatusCode.NOT_FOUND
+    p = api.stub.ApplyCheckpoint(cpb.CheckpointRequest(name="cps", checkpoint="c4"))
+    assert p.status.phase == pb.PARTITION_PHASE_OFF
+    assert len(p.status.checkpoints) == 49
+    code, msg = code_of(lambda: api.stub.PausePartition(cpb.PartitionRef(name="cps")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "Off" in msg
+    code, msg = code_of(lambda: api.stub.ResumePartition(cpb.PartitionRef(name="cps")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "is Off" in msg
+    code, msg = code_of(lambda: api.stub.SavePartition(cpb.PartitionRef(name="cps")))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "is Off" in msg
