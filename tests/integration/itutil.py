@@ -253,7 +253,16 @@ class ClusterHandle:
         """Stop everything; return (and kill) whatever was left behind."""
         if self.channel is not None:
             self.channel.close()
-        self.cluster.stop()
+        try:
+            self.cluster.stop()
+        finally:
+            # Even if stop() raised half-way (it once did, on an import error in the
+            # runtime), nothing of this cluster may outlive the test session.
+            if self.cluster.controller is not None and self.cluster.controller.poll() is None:
+                self.cluster.controller.kill()
+            etcd = self.cluster.etcd.proc if self.cluster.etcd is not None else None
+            if etcd is not None and etcd.poll() is None:
+                etcd.kill()
         markers = [str(self.data_dir), self.address]
         # Processes may take a moment to be reaped after their parent went.
         deadline = time.monotonic() + 5.0
