@@ -377,6 +377,7 @@ class NetnsCluster:
         health_timeout: float = 60.0,
         programs: Mapping[str, Path] | None = None,
         supervise: bool = True,
+        stop_grace: float = 3.0,
     ) -> None:
         self.compose_path = Path(compose_path).resolve()
         self.run_dir = Path(run_dir).resolve()
@@ -390,6 +391,7 @@ class NetnsCluster:
         self.health_timeout = health_timeout
         self.programs = dict(programs) if programs is not None else default_programs()
         self.supervise = supervise
+        self.stop_grace = stop_grace
         self.id = secrets.token_hex(3)
         self.bridge = f"{PREFIX}{self.id}"
         self.subnet: ipaddress.IPv4Network | None = None
@@ -553,25 +555,48 @@ class NetnsCluster:
             time.sleep(min(self._poll_interval(s) for s in pending))
 
     def close(self) -> None:
-        """Stop everything and remove every namespace, link, file and process created."""
+        """Stop everything and remove every namespace, link, file and process created.
+
+        Services stop as `docker compose down` stops them: dependents first, each wave with
+        SIGTERM and then, after stop_grace seconds, SIGKILL."""
         self._closing.set()
         if self._supervisor is not None:
             self._supervisor.join(5)
         with self._lock:
-            for proc in self._procs.values():
-                if proc.popen.poll() is None:
-                    proc.popen.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 5.0
-            for proc in self._procs.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            self._write_state()
-            down(self.run_dir, self.id)
-            for proc in self._procs.values():
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.popen.wait(5)
-            with contextlib.suppress(OSError):
-                shutil.rmtree(self.run_dir / "bin")
+            try:
+                for wave in self._stop_waves():
+                    running = [self._procs[s].popen for s in wave
+                               if s in self._procs and self._procs[s].popen.poll() is None]
+                    for popen in running:
+                        popen.send_signal(signal.SIGTERM)
+                    deadline = time.monotonic() + self.stop_grace
+                    for popen in running:
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            popen.wait(max(0.0, deadline - time.monotonic()))
+                    for svc in wave:
+                        self._kill_namespace(svc)
+            finally:
+                if self.subnet is not None or self._procs:
+                    self._write_state()
+                    down(self.run_dir, self.id)
+                for proc in self._procs.values():
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.popen.wait(5)
+                with contextlib.suppress(OSError):
+                    shutil.rmtree(self.run_dir / "bin")
+            self._note("closed")
+
+    def _stop_waves(self) -> list[list[str]]:
+        """The started services, dependents before what they depend on."""
+        left = [s for s in self.selected if s in self._procs]
+        waves: list[list[str]] = []
+        while left:
+            wave = [s for s in left
+                    if not any(s in self.services[o].depends_on for o in left if o != s)]
+            wave = wave or list(left)  # a cycle: stop the rest together
+            waves.append(wave)
+            left = [s for s in left if s not in wave]
+        return waves
 
     def leftovers(self) -> list[str]:
         """What of this cluster still exists (empty after close())."""
@@ -586,15 +611,16 @@ class NetnsCluster:
         for proc in self._procs.values():
             if proc.popen.poll() is None:
                 left.append(f"process {proc.popen.pid}")
+        inside = str(self.run_dir) + "/"
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
                 cwd = os.readlink(entry / "cwd")
                 cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if str(self.run_dir) in cwd or str(self.run_dir) in cmdline:
+            if (cwd + "/").startswith(inside) or inside in cmdline:
                 if _alive(int(entry.name)):
                     left.append(f"process {entry.name}: {cmdline.replace(chr(0), ' ')[:120]}")
         return left
