@@ -5,7 +5,7 @@ Run by the Makefile as `.venv/bin/python tools/build_unicorn.py`, before `pip in
 1. If the installed unicorn already carries our marker for this patch: nothing to do.
 2. If .cache/wheels/<patch sha256[:16]>/ holds a wheel: force-reinstall it (no build).
 3. Else download the sdist into .cache/ (reused if present), unpack it, apply
-   tools/patches/unicorn-2.1.4-notdirty.patch, build libunicorn for x86 only with
+   tools/patches/unicorn-2.1.4-notdirty.patch and unicorn-2.1.4-asyncstop.patch, build libunicorn for x86 only with
    cmake + ninja (installed from PyPI into the venv when missing), drop the library into
    the sdist's prebuilt/ directory (its setup.py then packs it instead of building all
    architectures), add the marker file `unicorn/_viridian_patched`, build a wheel, cache
@@ -34,7 +34,9 @@ from pathlib import Path
 VERSION = "2.1.4"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
-PATCH = ROOT / "tools" / "patches" / f"unicorn-{VERSION}-notdirty.patch"
+PATCHES = [ROOT / "tools" / "patches" / f"unicorn-{VERSION}-{name}.patch"
+           for name in ("notdirty", "asyncstop")]
+PATCH = PATCHES[0]
 SDIST = CACHE / f"unicorn-{VERSION}.tar.gz"
 MARKER = "_viridian_patched"
 LIB = "libunicorn.so.2"
@@ -48,6 +50,13 @@ def log(msg: str) -> None:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def patches_sha256() -> str:
+    """One digest over every patch (in order): the wheel cache key and the marker's."""
+    if len(PATCHES) == 1:
+        return sha256(PATCH)
+    return hashlib.sha256(b"".join(sha256(p).encode() for p in PATCHES)).hexdigest()
 
 
 def installed_marker() -> dict[str, str] | None:
@@ -141,7 +150,8 @@ def build_wheel(patch_sha: str, out_dir: Path) -> Path:
         with tarfile.open(SDIST) as tar:
             tar.extractall(work, filter="data")
         src = work / f"unicorn-{VERSION}"
-        apply_patch(PATCH.read_text(), src)
+        for patch in PATCHES:
+            apply_patch(patch.read_text(), src)
         cmake, ninja = tool("cmake"), tool("ninja")
         build = src / "src" / "build_viridian"
         log("building libunicorn (x86 only)")
@@ -150,7 +160,8 @@ def build_wheel(patch_sha: str, out_dir: Path) -> Path:
              "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=off"])
         run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)])
         shutil.copy2(build / LIB, src / "prebuilt" / LIB)
-        marker = {"unicorn": VERSION, "patch": PATCH.name, "patch_sha256": patch_sha,
+        marker = {"unicorn": VERSION, "patch": ",".join(p.name for p in PATCHES),
+                  "patch_sha256": patch_sha,
                   "lib_sha256": sha256(build / LIB), "archs": "x86"}
         (src / "unicorn" / MARKER).write_text(json.dumps(marker, indent=1) + "\n")
         with open(src / "MANIFEST.in", "a") as manifest:
@@ -187,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
              ":all:", f"unicorn=={VERSION}"])
         log("stock unicorn installed")
         return 0
-    patch_sha = sha256(PATCH)
+    patch_sha = patches_sha256()
     marker = installed_marker()
     if not args.force and marker and marker.get("patch_sha256") == patch_sha:
         log("patched unicorn already installed")
