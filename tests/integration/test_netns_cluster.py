@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -115,6 +116,17 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
     assert node_states(ctl)["node-1"] == "READY"
     c.restore("node-3")
     timings["restore -> Ready"] = wait_states(c, ctl, {"node-3": "READY"}, 30)
+
+    # The restart policy: an agent killed behind the runner's back is started again
+    # (unless-stopped), and its node comes back Ready; its volume holds its run dir.
+    old_pid = c.pid("node-2")
+    assert old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    t = time.monotonic()
+    wait_for(lambda: c.pid("node-2") not in (None, old_pid), "node-2 restarted", 15)
+    timings["kill -9 agent -> restarted"] = time.monotonic() - t
+    wait_states(c, ctl, dict.fromkeys(NODES, "READY"), 30)
+    assert (c.run_dir / "volumes" / "node-2-run" / "run").is_dir()
 
     timings["total (after up)"] = time.monotonic() - t0
     print("\n" + "\n".join(f"{k:>24}: {v:5.1f}s" for k, v in timings.items()))
