@@ -32,7 +32,7 @@ class CachedPartition:
 
 
 class ClusterCache:
-    KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations")
+    KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images")
 
     def __init__(self, etcd: EtcdStore, keys: Keys) -> None:
         self._etcd = etcd
@@ -42,6 +42,7 @@ class ClusterCache:
         self.partitions: dict[str, CachedPartition] = {}
         self.bindings: dict[str, KV] = {}
         self.allocations: dict[str, Allocation] = {}
+        self.images: dict[str, pb.Image] = {}
         self.deleted_partitions: dict[str, pb.Partition] = {}  # last value, for cleanup
         self.revision = 0
         self._listeners: list[Listener] = []
@@ -106,6 +107,7 @@ class ClusterCache:
         self.partitions.clear()
         self.bindings.clear()
         self.allocations.clear()
+        self.images.clear()
         for kv in kvs:
             self._apply(WatchEvent(False, kv))
         self.revision = revision
@@ -167,6 +169,11 @@ class ClusterCache:
                 self.allocations.pop(name, None)
             else:
                 self.allocations[name] = Allocation.decode(name, kv)
+        elif kind == "images":
+            if ev.deleted:
+                self.images.pop(name, None)
+            else:
+                self.images[name] = decode(pb.Image, kv.value)
         if kind == "bindings":
             return ("partitions", name)
         return (kind, name)

@@ -18,6 +18,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller.cache import ClusterCache
 from controller.errors import Conflict, InvalidArgument, NotFound, StoreError
 from controller.events import EventRecorder, now_ts
 from controller.grpc_errors import Context, map_errors
@@ -39,13 +40,14 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         sessions: SessionRegistry,
         lease_ttl: int,
         advertise: str,
+        cache: ClusterCache,
     ) -> None:
         self.store = store
         self.events = events
         self.sessions = sessions
         self.lease_ttl = lease_ttl
         self.advertise = advertise
-        self.reports = ReportApplier(store, events)
+        self.reports = ReportApplier(store, events, cache)
         self._granted: dict[str, tuple[str, int]] = {}  # node -> (session id, lease id)
         self._adopted: dict[str, list[apb.PartitionReport]] = {}  # reported at registration
 

@@ -70,7 +70,8 @@ class ControllerReplica:
             ControllerService(self.ctx), self.server
         )
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGateway(self.store, self.events, self.sessions, config.lease_ttl, self.advertise),
+            AgentGateway(self.store, self.events, self.sessions, config.lease_ttl,
+                         self.advertise, self.cache),
             self.server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -14,6 +14,7 @@ from controller.errors import Conflict, FailedPrecondition, InvalidArgument
 from controller.events import now_ts
 from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.lifecycle import HOLDING, STARTABLE, phase_name
+from controller.store.etcd import Op
 from controller.store.objects import StoredPartition
 from controller.validation import check_name, normalize_spec
 
@@ -32,7 +33,8 @@ class PartitionsApi:
         spec = pb.PartitionSpec()
         spec.CopyFrom(request.spec)
         normalize_spec(spec)
-        image = await self.ctx.store.get_image(spec.image)
+        image = self.ctx.cache.images.get(spec.image) or await self.ctx.store.get_image(
+            spec.image)
         now = now_ts()
         p = pb.Partition(name=request.name, spec=spec)
         st = p.status
@@ -45,11 +47,10 @@ class PartitionsApi:
         else:
             spec.desired_state = P.DESIRED_STATE_OFF
             st.phase = P.PARTITION_PHASE_OFF
-        p = await self.ctx.store.create_partition(p)
-        await self.ctx.events.record(
-            "Partition", p.name, "Created", f"image {spec.image}, {spec.vcpus} vCPUs"
-        )
-        return p
+        key, value = self.ctx.events.build(
+            "Partition", p.name, "Created", f"image {spec.image}, {spec.vcpus} vCPUs")
+        lease = await self.ctx.events.lease_id()
+        return await self.ctx.store.create_partition(p, [Op.put(key, value, lease)])
 
     @map_errors
     async def GetPartition(

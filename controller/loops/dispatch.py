@@ -106,10 +106,12 @@ class DispatchLoop(Loop):
         return False
 
     async def _assignment(self, p: pb.Partition, epoch: int) -> apb.Assignment:
-        try:
-            image = await self.store.get_image(p.spec.image)
-        except NotFound:
-            image = pb.Image(name=p.spec.image)  # the agent reports the failure
+        image = self.cache.images.get(p.spec.image)
+        if image is None:
+            try:
+                image = await self.store.get_image(p.spec.image)
+            except NotFound:
+                image = pb.Image(name=p.spec.image)  # the agent reports the failure
         a = apb.Assignment(name=p.name, epoch=epoch, spec=p.spec, image=image)
         if p.status.saved_state.digest:
             a.restore.CopyFrom(p.status.saved_state)

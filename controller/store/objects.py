@@ -87,9 +87,12 @@ class ObjectStore:
 
     # -- partitions ----------------------------------------------------------------------
 
-    async def create_partition(self, p: pb.Partition) -> pb.Partition:
+    async def create_partition(self, p: pb.Partition, extra: list[Op] | None = None
+                               ) -> pb.Partition:
         key = self.keys.partition(p.name)
-        res = await self.etcd.txn([Compare(key, 0)], [Op.put(key, p.SerializeToString())])
+        res = await self.etcd.txn(
+            [Compare(key, 0)], [Op.put(key, p.SerializeToString()), *(extra or [])]
+        )
         if not res.succeeded:
             raise AlreadyExists(f"partition {p.name!r} already exists")
         p.revision = res.revision
