@@ -353,6 +353,7 @@ def down(run_dir: Path, cluster_id: str | None = None) -> list[str]:
         removed.append(f"dir {d}")
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()
+    shutil.rmtree(run_dir / "bin", ignore_errors=True)
     return removed
 
 
@@ -455,8 +456,13 @@ class NetnsCluster:
     def up(self) -> None:
         """Create the network and start the selected services in dependency order."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (self.run_dir / STATE_FILE).exists():
-            down(self.run_dir)  # a previous runner's leftovers
+        state_path = self.run_dir / STATE_FILE
+        if state_path.exists():
+            with contextlib.suppress(ValueError, OSError):
+                owner = int(json.loads(state_path.read_text()).get("runner", 0))
+                if owner and owner != os.getpid() and _alive(owner):
+                    raise ClusterError(f"{self.run_dir} is in use by netns-cluster pid {owner}")
+            down(self.run_dir)  # a crashed runner's leftovers
         for sub in ("logs", "volumes", "services", "bin"):
             (self.run_dir / sub).mkdir(exist_ok=True)
         self._write_shims()
@@ -504,6 +510,15 @@ class NetnsCluster:
                 if sig == signal.SIGKILL:
                     proc.popen.wait(10)
             self._note(f"{service}: killed with {signal.Signals(sig).name}")
+
+    def send_signal(self, service: str, sig: int) -> None:
+        """Signal the main process and nothing else (SIGSTOP/SIGCONT to freeze and thaw it);
+        unlike kill(), the restart policy still applies if it dies."""
+        pid = self.pid(service)
+        if pid is None:
+            raise ClusterError(f"{service} is not running")
+        _kill(pid, sig)
+        self._note(f"{service}: sent {signal.Signals(sig).name}")
 
     def cut(self, service: str) -> None:
         """A network cut: the service's link to the bridge goes down (processes keep running)."""
@@ -579,11 +594,11 @@ class NetnsCluster:
                 if self.subnet is not None or self._procs:
                     self._write_state()
                     down(self.run_dir, self.id)
+                    with contextlib.suppress(OSError):
+                        shutil.rmtree(self.run_dir / "bin")
                 for proc in self._procs.values():
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         proc.popen.wait(5)
-                with contextlib.suppress(OSError):
-                    shutil.rmtree(self.run_dir / "bin")
             self._note("closed")
 
     def _stop_waves(self) -> list[list[str]]:
@@ -648,7 +663,8 @@ class NetnsCluster:
         state = {"id": self.id, "bridge": self.bridge,
                  "subnet": str(self.subnet) if self.subnet else None,
                  "namespaces": [self.namespace(s) for s in self._addresses],
-                 "pgids": self._pgids, "compose": str(self.compose_path)}
+                 "pgids": self._pgids, "compose": str(self.compose_path),
+                 "runner": os.getpid()}
         tmp = self.run_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.rename(self.run_dir / STATE_FILE)
