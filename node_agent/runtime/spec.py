@@ -46,6 +46,7 @@ class ExitStatus:
     exit_code: int | None
     failed_reason: str | None
     unknown_syscalls: dict[int, int] = field(default_factory=dict)
+    saved: bool = False     # True when the worker ended because its state was saved
 
 
 class Console(Protocol):

@@ -41,6 +41,7 @@ class GuestThread:
     token: int = 0                           # bumps on each block; stale timers compare it
     futex_addr: int | None = None
     futex_bitset: int = 0xFFFFFFFF
+    stdin_wait: tuple[int, int] | None = None     # (buf, count) while blocked reading stdin
 
 
 class Scheduler:
@@ -56,6 +57,8 @@ class Scheduler:
         self._seq = itertools.count()
         self._tids = itertools.count(1000)
         self.done = False
+        self.paused = False                      # take() hands out nothing, timers stand still
+        self.paused_at = 0.0
         self.exit_code: int | None = None
         self.failed_reason: str | None = None
         self.on_done: Callable[[], None] = lambda: None
@@ -103,6 +106,9 @@ class Scheduler:
             while True:
                 if self.done:
                     return None
+                if self.paused:
+                    self.cond.wait()
+                    continue
                 self._fire_timers()
                 if self.runq:
                     thread = self.runq.popleft()
@@ -150,7 +156,31 @@ class Scheduler:
         with self.cond:
             self.block(thread, time.monotonic() + seconds, 0)
 
+    def set_paused(self, paused: bool) -> None:
+        """Caller holds ``cond``. Pausing freezes timers; resuming shifts their deadlines by
+        the time spent paused, so a sleeping guest thread sleeps only its remaining time."""
+        if paused == self.paused:
+            return
+        now = time.monotonic()
+        if paused:
+            self.paused_at = now
+        else:
+            delta = now - self.paused_at
+            self.timers = [(d + delta, s, t, k, r) for d, s, t, k, r in self.timers]
+            heapq.heapify(self.timers)
+        self.paused = paused
+        self.cond.notify_all()
+
+    def live_timer(self, thread: GuestThread) -> tuple[float, int] | None:
+        """Caller holds ``cond``: (deadline, result) of ``thread``'s pending timeout."""
+        for deadline, _, owner, token, result in self.timers:
+            if owner is thread and token == thread.token and thread.state == BLOCKED:
+                return deadline, result
+        return None
+
     def _fire_timers(self) -> None:
+        if self.paused:
+            return
         now = time.monotonic()
         while self.timers and self.timers[0][0] <= now:
             _, _, thread, token, result = heapq.heappop(self.timers)

@@ -158,12 +158,15 @@ class Vcpu:
         self.stop_why = None
         self.fault = None
         self.run_started = time.monotonic()
-        uc.emu_start(self.pc, 0)
+        paused = self.machine.sched.paused
+        if not paused:           # a pause that raced with take(): do not start at all
+            uc.emu_start(self.pc, 0)
+            paused = self.machine.sched.paused
         if thread.context is None:
             thread.context = uc.context_save()
         else:
             uc.context_update(thread.context)
-        if self.stop_why is None and thread.state == RUNNING:
+        if self.stop_why is None and thread.state == RUNNING and not paused:
             if self.pc == 0:       # emu_start's `until` address: a jump to NULL
                 self.machine.sched.finish(None, "guest fault: execute at unmapped address 0x0")
             elif self._after_hlt():
@@ -200,12 +203,19 @@ class Vcpu:
     def preempt(self, quantum: float) -> None:
         """From this vCPU's syscall hook: switch threads if the current one used ``quantum``.
 
-        Only called synchronously from a hook: in Unicorn 2.1 an ``emu_stop`` from another host
-        thread can land mid-block and resume replays already executed instructions, so guest
-        threads are switched at syscalls (and when they block), never asynchronously.
+        Only called synchronously from a hook. Stock Unicorn 2.1.4 lets an ``emu_stop`` from
+        another host thread land right after a store in the middle of an instruction and
+        replays that instruction on resume; our asyncstop patch fixes that (pause uses it, see
+        ``kick``), but time slicing still happens at syscalls only, as before.
         """
         if self.thread is not None and time.monotonic() - self.run_started >= quantum:
             self.stop_why = "preempt"
+            self.uc.emu_stop()
+
+    def kick(self) -> None:
+        """From another thread: stop emulation at the next TB start (pause). Safe only with
+        the asyncstop patch (docs/unicorn-patch.md); the guest thread is requeued."""
+        if self.thread is not None:
             self.uc.emu_stop()
 
     def halt(self) -> None:
