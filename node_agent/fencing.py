@@ -36,6 +36,16 @@ class Fence:
             # Never fed yet: workers started later see a stale file until the first contact.
             self._write()
             os.utime(watchdog, (0, 0))
+        else:
+            # A restarted agent inherits its predecessor's last contact (the watchdog's
+            # mtime): adopted partitions keep running if it reconnects within the TTL, and
+            # are fenced at the same moment their workers would fence themselves otherwise.
+            try:
+                self.ttl = float(json.loads(watchdog.read_text()).get("timeout", self.ttl))
+                age = time.time() - watchdog.stat().st_mtime
+                self.last_contact = time.monotonic() - max(age, 0.0)
+            except (OSError, ValueError):
+                pass
 
     def _write(self) -> None:
         tmp = self.watchdog.with_name(".watchdog.tmp")
