@@ -1,0 +1,156 @@
+"""Saving and restoring the syscall layer's files: the fd table and the upper layer.
+
+Open files are recorded by guest path, flags and offset and reopened through the sandbox on
+restore (after the upper layer has been unpacked), so no host path ends up in a state file.
+The upper layer travels inside the state file as a tar (bounded by ``UPPER_LIMIT``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tarfile
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from .files import (
+    O_ACCMODE,
+    ConsoleFile,
+    DeviceFile,
+    DirFile,
+    FdTable,
+    HostFile,
+    OpenFile,
+    PipeBuffer,
+    PipeEnd,
+    StatInfo,
+)
+from .fs import VIRTUAL_DEVICES
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+__all__ = ["save_files", "restore_files", "write_upper", "read_upper", "UPPER_LIMIT"]
+
+UPPER_LIMIT = 4 << 30
+_O_APPEND = 0o2000
+
+
+def save_files(fds: FdTable) -> dict[str, Any]:
+    """The fd table as JSON-able data (shared descriptions and pipe buffers kept shared)."""
+    descs: list[dict[str, Any]] = []
+    index: dict[int, int] = {}
+    pipes: list[PipeBuffer] = []
+    table: list[list[int]] = []
+    with fds.lock:
+        for fd, file in sorted(fds.files.items()):
+            if id(file) not in index:
+                index[id(file)] = len(descs)
+                descs.append(_describe(file, pipes))
+            table.append([fd, index[id(file)], int(fd in fds.cloexec)])
+    return {"descs": descs, "fds": table, "pipes": [bytes(p.data).hex() for p in pipes]}
+
+
+def _describe(file: OpenFile, pipes: list[PipeBuffer]) -> dict[str, Any]:
+    rec: dict[str, Any] = {"flags": file.flags, "gpath": file.gpath}
+    if isinstance(file, ConsoleFile):
+        rec.update(kind="console", fd=file.fd)
+    elif isinstance(file, HostFile):
+        rec.update(kind="host", offset=os.lseek(file.fd, 0, os.SEEK_CUR))
+    elif isinstance(file, DirFile):
+        rec.update(kind="dir", pos=file.pos, entries=file.entries[2:],
+                   info=dataclasses.asdict(file.info))
+    elif isinstance(file, DeviceFile):
+        rec.update(kind="device")
+    elif isinstance(file, PipeEnd):
+        if file.buf not in pipes:
+            pipes.append(file.buf)
+        rec.update(kind="pipe", pipe=pipes.index(file.buf), write_end=file.write_end)
+    else:
+        raise RuntimeError(f"cannot save an open {type(file).__name__}")
+    return rec
+
+
+def restore_files(machine: Machine, data: dict[str, Any]) -> FdTable:
+    """Rebuild the fd table; host files are reopened by guest path with their offsets."""
+    pipes: list[PipeBuffer] = []
+    for hexdata in data["pipes"]:
+        buf = PipeBuffer()
+        buf.data += bytes.fromhex(hexdata)
+        pipes.append(buf)
+    files = [_reopen(machine, rec, pipes) for rec in data["descs"]]
+    fds = FdTable()
+    for fd, idx, cloexec in data["fds"]:
+        fds._install(fd, files[idx], bool(cloexec))
+    return fds
+
+
+def _reopen(machine: Machine, rec: dict[str, Any], pipes: list[PipeBuffer]) -> OpenFile:
+    kind, flags, gpath = rec["kind"], int(rec["flags"]), str(rec["gpath"])
+    if kind == "console":
+        return ConsoleFile(flags, machine.console, int(rec["fd"]))
+    if kind == "device":
+        return DeviceFile(flags, gpath, VIRTUAL_DEVICES[gpath])
+    if kind == "pipe":
+        return PipeEnd(flags, pipes[int(rec["pipe"])], bool(rec["write_end"]))
+    if kind == "dir":
+        entries = [(str(n), int(t), int(i)) for n, t, i in rec["entries"]]
+        dfile = DirFile(flags, gpath, entries, StatInfo(**rec["info"]))
+        dfile.pos = int(rec["pos"])
+        return dfile
+    found = machine.fs.host_path(gpath)
+    if found is None:
+        raise OSError(2, f"open file {gpath} is missing from the restored filesystem")
+    fd = os.open(found[0], (flags & (O_ACCMODE | _O_APPEND)) | os.O_NOFOLLOW | os.O_CLOEXEC)
+    os.lseek(fd, int(rec["offset"]), os.SEEK_SET)
+    return HostFile(fd, flags, gpath)
+
+
+def write_upper(upper: str, out: BinaryIO) -> None:
+    """Tar the upper layer (relative names, no ownership) into ``out``; bounded."""
+    total = 0
+    for dirpath, _, names in os.walk(upper):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    if total > UPPER_LIMIT:
+        raise RuntimeError(f"upper layer holds {total} bytes, over the {UPPER_LIMIT} limit "
+                           "for a state file")
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        return info
+
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for entry in sorted(os.listdir(upper)):
+            tar.add(os.path.join(upper, entry), arcname=entry, filter=clean)
+
+
+def read_upper(src: BinaryIO, length: int, upper: str) -> None:
+    """Replace the upper layer's content with the tar in ``src`` (``length`` bytes)."""
+    for entry in os.listdir(upper):
+        path = os.path.join(upper, entry)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    if length == 0:
+        return
+    with tarfile.open(fileobj=_Bounded(src, length), mode="r|") as tar:
+        tar.extractall(upper, filter="tar")
+
+
+class _Bounded:
+    """A read-only view of the next ``length`` bytes of ``src`` (for streaming tarfile)."""
+
+    def __init__(self, src: BinaryIO, length: int) -> None:
+        self.src, self.left = src, length
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.src.read(n)
+        self.left -= len(data)
+        return data
