@@ -28,7 +28,7 @@ proto-check: $(STAMP)
 	$(PY) tools/gen_proto.py --check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check controller node_agent tests bench tools
+	$(VENV)/bin/ruff check controller node_agent tests bench tools deploy
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
