@@ -50,6 +50,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.reports = ReportApplier(store, events, cache)
         self._granted: dict[str, tuple[str, int]] = {}  # node -> (session id, lease id)
         self._adopted: dict[str, list[apb.PartitionReport]] = {}  # reported at registration
+        self._revoking: set[asyncio.Task[None]] = set()
 
     @map_errors
     async def Register(
@@ -212,10 +213,10 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 log.warning("agent of %s silent for %.1fs; ending its session", session.node,
                             silent)
                 session.close()
-                try:
-                    await self.store.etcd.revoke_lease(session.lease_id)
-                except StoreError as err:
-                    log.warning("revoking the lease of %s failed: %s", session.node, err)
+                # Not awaited here: closing the session ends Session(), whose finally cancels
+                # this task, and a revoke cancelled before its thread picked it up left the
+                # lease to expire on its own up to a TTL later (NotReady ~2 s late).
+                self._revoke_soon(session)
                 return
             if loop.time() - renewed < self.lease_ttl / 3.0:
                 continue
@@ -229,6 +230,17 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 log.warning("lease of node %s expired; ending its session", session.node)
                 session.close()
                 return
+
+    def _revoke_soon(self, session: NodeSession) -> None:
+        async def revoke() -> None:
+            try:
+                await self.store.etcd.revoke_lease(session.lease_id)
+            except StoreError as err:
+                log.warning("revoking the lease of %s failed: %s", session.node, err)
+
+        task = asyncio.create_task(revoke(), name=f"revoke-{session.node}")
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
 
     async def PullImage(
         self, request: apb.PullImageRequest, context: Context
