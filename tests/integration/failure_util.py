@@ -1,0 +1,277 @@
+"""Helpers for the failure tests on the netns cluster (deploy/docker-compose.yml, each service
+in a network namespace of its own, see deploy/netns_cluster.py).
+
+`FailCluster` wraps a running NetnsCluster with what those tests need: a gRPC client that
+fails over between the two controllers, the leader key read with the runner's etcdctl, the
+nodes' run dirs on the host (live worker processes and their console rings), and waits with
+deadlines whose failure shows the services' log tails. bench/failover.py uses it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import controller_pb2_grpc as cgrpc
+from viridian.v1 import types_pb2 as pb
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "deploy" / "docker-compose.yml"
+GUESTS = REPO / "tests" / "guests"
+for _p in (REPO / "deploy", REPO / "tests" / "integration", REPO):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from netns_cluster import NetnsCluster  # noqa: E402
+
+from node_agent.runtime.worker_console import read_ring  # noqa: E402
+
+NODES = ("node-1", "node-2", "node-3")
+CONTROLLERS = ("controller-1", "controller-2")
+ETCDS = ("etcd-1", "etcd-2", "etcd-3")
+TTL_S = 3.0  # the compose file's --lease-ttl
+T = TypeVar("T")
+RETRY_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+               grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN)
+
+
+def compile_guest(source: Path, out: Path) -> Path:
+    cmd = ["gcc", "-O2", "-static", "-o", str(out), str(source)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    return out
+
+
+def phase(p: pb.Partition) -> str:
+    return pb.PartitionPhase.Name(p.status.phase).removeprefix("PARTITION_PHASE_")
+
+
+def wait_until(probe: Callable[[], T | None], what: str, timeout: float,
+               interval: float = 0.05, on_fail: Callable[[], str] | None = None) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except grpc.RpcError as err:  # a controller going away mid-probe: probe again
+            last = None
+            if isinstance(err, grpc.Call) and err.code() not in RETRY_CODES:
+                raise
+        if last:
+            return last
+        time.sleep(interval)
+    extra = on_fail() if on_fail else ""
+    raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what} "
+                         f"(last: {last!r})\n{extra}")
+
+
+class Api:
+    """The public API with failover between controller addresses (as the CLI does it)."""
+
+    def __init__(self, addresses: Sequence[str]) -> None:
+        self.addresses = list(addresses)
+        self._channels = [grpc.insecure_channel(a) for a in self.addresses]
+        self._stubs = [cgrpc.ControllerStub(ch) for ch in self._channels]
+        self._good = 0
+
+    def close(self) -> None:
+        for ch in self._channels:
+            ch.close()
+
+    def call(self, method: str, request: Any, timeout: float = 3.0) -> Any:
+        err: grpc.RpcError | None = None
+        for i in range(len(self._stubs)):
+            k = (self._good + i) % len(self._stubs)
+            try:
+                reply = getattr(self._stubs[k], method)(request, timeout=timeout)
+            except grpc.RpcError as e:
+                if isinstance(e, grpc.Call) and e.code() not in RETRY_CODES:
+                    raise
+                err = e
+                continue
+            self._good = k
+            return reply
+        assert err is not None
+        raise err
+
+    def partitions(self) -> dict[str, pb.Partition]:
+        reply = self.call("ListPartitions", cpb.ListPartitionsRequest(), timeout=10)
+        return {p.name: p for p in reply.partitions}
+
+    def get(self, name: str) -> pb.Partition:
+        return self.call("GetPartition", cpb.GetPartitionRequest(name=name))  # type: ignore
+
+    def nodes(self) -> dict[str, str]:
+        reply = self.call("ListNodes", cpb.ListNodesRequest())
+        return {n.name: pb.NodeState.Name(n.status.state).removeprefix("NODE_STATE_")
+                for n in reply.nodes}
+
+    def events(self) -> list[pb.Event]:
+        return list(self.call("ListEvents", cpb.ListEventsRequest(), timeout=10).events)
+
+    def create(self, name: str, image: str, args: Sequence[str], ha: bool = False,
+               timeout: float = 10.0) -> pb.Partition:
+        spec = pb.PartitionSpec(image=image, args=list(args), vcpus=1, memory_bytes=16 << 20,
+                                ha=ha, desired_state=pb.DESIRED_STATE_RUNNING)
+        return self.call(  # type: ignore[no-any-return]
+            "CreatePartition", cpb.CreatePartitionRequest(name=name, spec=spec), timeout)
+
+
+@dataclass(frozen=True)
+class Worker:
+    node: str
+    name: str
+    pid: int
+    epoch: int
+
+
+def _starttime(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def beats(text: bytes | str) -> list[int]:
+    """The realtime ns of every complete `beat N` line of hb_beat's output."""
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    out: list[int] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "beat" and parts[1].isdigit():
+            out.append(int(parts[1]))
+    return out
+
+
+class FailCluster:
+    def __init__(self, c: NetnsCluster) -> None:
+        self.c = c
+        self.ctl_addrs = [f"{c.address(s)}:50051" for s in CONTROLLERS]
+        self.ctl = ",".join(self.ctl_addrs)
+        self.api = Api(self.ctl_addrs)
+
+    # -- the host's view of the nodes --
+    def run_dir(self, node: str) -> Path:
+        return self.c.run_dir / "volumes" / f"{node}-run" / "run"
+
+    def part_dir(self, node: str, name: str) -> Path:
+        return self.run_dir(node) / "workers" / "partitions" / name
+
+    def workers(self, node: str) -> list[Worker]:
+        """Live worker processes of node (pid file + matching process start time)."""
+        found: list[Worker] = []
+        parts = self.run_dir(node) / "workers" / "partitions"
+        try:
+            dirs = list(parts.iterdir())
+        except OSError:
+            return []
+        for pdir in dirs:
+            if pdir.name.startswith("."):
+                continue
+            try:
+                pid_s, start_s = (pdir / "pid").read_text().split()[:2]
+                meta = json.loads((pdir / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if _starttime(int(pid_s)) == int(start_s):
+                found.append(Worker(node, pdir.name, int(pid_s), int(meta["epoch"])))
+        return found
+
+    def live_workers(self) -> dict[str, list[Worker]]:
+        out: dict[str, list[Worker]] = {}
+        for node in NODES:
+            for w in self.workers(node):
+                out.setdefault(w.name, []).append(w)
+        return out
+
+    def console(self, node: str, name: str) -> bytes:
+        data, _ = read_ring(self.part_dir(node, name) / "console.log", 0)
+        return data
+
+    def logs(self, name: str, timeout: float = 10.0) -> bytes:
+        """`viridian logs` through the API (what the controller-assigned copy printed)."""
+        stream = self.api.call("PartitionLogs", cpb.PartitionLogsRequest(name=name), timeout)
+        return b"".join(chunk.data for chunk in stream)
+
+    # -- etcd --
+    def etcdctl(self, *args: str, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
+        eps = ",".join(f"http://{self.c.address(e)}:2379" for e in ETCDS
+                       if self.c.pid(e) is not None)
+        return subprocess.run(
+            [str(self.c.programs["etcdctl"]), f"--endpoints={eps}", "--command-timeout=2s",
+             *args], capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "ETCDCTL_API": "3"})
+
+    def leader(self) -> str:
+        """The controller named by the /viridian/leader key ("" if none)."""
+        res = self.etcdctl("get", "/viridian/leader", "--print-value-only")
+        ident = res.stdout.strip() if res.returncode == 0 else ""
+        for s in CONTROLLERS:
+            if ident.startswith(s) or self.c.address(s) in ident:
+                return s
+        return ident
+
+    # -- waits --
+    def tails(self, services: Sequence[str] | None = None, n: int = 25) -> str:
+        return "\n".join(f"--- {s}\n{self.c.logs(s, n)}" for s in (services or self.c.selected))
+
+    def wait_nodes(self, want: dict[str, str], timeout: float) -> float:
+        t = time.monotonic()
+        wait_until(lambda: all(self.api.nodes().get(n) == s for n, s in want.items()),
+                   f"nodes {want}", timeout, 0.1, self.tails)
+        return time.monotonic() - t
+
+    def wait_phase(self, name: str, want: str, timeout: float,
+                   cond: Callable[[pb.Partition], bool] | None = None) -> pb.Partition:
+        def probe() -> pb.Partition | None:
+            p = self.api.get(name)
+            return p if phase(p) == want and (cond is None or cond(p)) else None
+
+        return wait_until(probe, f"{name} {want}", timeout, 0.05,
+                          lambda: str(self.api.get(name).status) + self.tails())
+
+    def ensure_ready(self, timeout: float = 30.0) -> None:
+        """Every link up, every service running, 3 Ready nodes: the baseline between tests."""
+        for svc in self.c.selected:
+            self.c.restore(svc)
+        for svc in self.c.selected:
+            if self.c.pid(svc) is None:
+                self.c.start(svc)
+        self.wait_nodes(dict.fromkeys(NODES, "READY"), timeout)
+
+
+def cluster_up(run_dir: Path, compose: Path = COMPOSE,
+               images: dict[str, Path] | None = None) -> Iterator[FailCluster]:
+    """Start the compose cluster, wait for 3 Ready nodes, push images; clean up after."""
+    from itutil import run_cli
+
+    c = NetnsCluster(compose, run_dir, health_timeout=90)
+    fc: FailCluster | None = None
+    try:
+        with c:
+            fc = FailCluster(c)
+            fc.wait_nodes(dict.fromkeys(NODES, "READY"), 30)
+            for name, path in (images or {}).items():
+                res = run_cli(fc.ctl, "image", "push", name, str(path))
+                assert res.code == 0, str(res)
+            yield fc
+    finally:
+        if fc is not None:
+            fc.api.close()
+    left = c.leftovers()
+    assert left == [], f"left behind: {left}"
