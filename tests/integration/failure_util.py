@@ -126,6 +126,31 @@ class Api:
         return self.call(  # type: ignore[no-any-return]
             "CreatePartition", cpb.CreatePartitionRequest(name=name, spec=spec), timeout)
 
+    def create_on(self, node: str, specs: Sequence[tuple[str, str, Sequence[str], bool]],
+                  others: Sequence[str] = NODES, timeout: float = 20.0) -> None:
+        """Create (name, image, args, ha) partitions on node: the other nodes are cordoned
+        until every one of them is Running there."""
+        cordoned = [n for n in others if n != node]
+        for n in cordoned:
+            self.call("CordonNode", cpb.CordonNodeRequest(name=n))
+        try:
+            for name, image, args, ha in specs:
+                self.create(name, image, args, ha)
+            for name, *_ in specs:
+                wait_until(lambda name=name: phase(self.get(name)) == "RUNNING",  # type: ignore
+                           f"{name} Running", timeout)
+        finally:
+            for n in cordoned:
+                self.call("UncordonNode", cpb.CordonNodeRequest(name=n))
+        for name, *_ in specs:
+            assert self.get(name).status.node == node, self.get(name).status
+
+    def delete(self, name: str) -> None:
+        self.call("DeletePartition", cpb.DeletePartitionRequest(name=name, force=True))
+
+    def event_reasons(self, obj: str | None = None) -> list[str]:
+        return [e.reason for e in self.events() if obj is None or e.object == obj]
+
 
 @dataclass(frozen=True)
 class Worker:
