@@ -5,12 +5,12 @@ Run by the Makefile as `.venv/bin/python tools/build_unicorn.py`, before `pip in
 1. If the installed unicorn already carries our marker for this patch: nothing to do.
 2. If .cache/wheels/<patch sha256[:16]>/ holds a wheel: force-reinstall it (no build).
 3. Else download the sdist into .cache/ (reused if present), unpack it, apply
-   tools/patches/unicorn-2.1.4-notdirty.patch, unicorn-2.1.4-asyncstop.patch and unicorn-2.1.4-tlbsize.patch,
-   build libunicorn for x86 only with
-   cmake + ninja (installed from PyPI into the venv when missing), drop the library into
-   the sdist's prebuilt/ directory (its setup.py then packs it instead of building all
-   architectures), add the marker file `unicorn/_viridian_patched`, build a wheel, cache
-   it and force-reinstall it.
+   tools/patches/unicorn-2.1.4-notdirty.patch, then unicorn-2.1.4-asyncstop.patch and
+   unicorn-2.1.4-tlbsize.patch, build
+   libunicorn for x86 only with cmake + ninja (installed from PyPI into the venv when
+   missing), drop the library into the sdist's prebuilt/ directory (its setup.py then
+   packs it instead of building all architectures), add the marker file
+   `unicorn/_viridian_patched`, build a wheel, cache it and force-reinstall it.
 Any failure installs the stock wheel and prints one loud warning line.
 
 Options: --force (rebuild even if cached), --stock (install the stock wheel, for

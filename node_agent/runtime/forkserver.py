@@ -7,7 +7,8 @@ request socket); the workers it forks do not: each calls setsid() and has no dea
 
 Protocol on the socketpair (the agent's end is owned by WorkerManager): u32 length +
 pickle, both ways. Requests: {"op": "ping"} → {"ok": True}; {"op": "launch", "dir",
-"spec", "stdin"} → {"pid": int} or {"error": str}.
+"spec", "stdin", "restore"?} → {"pid": int} or {"error": str} ("restore": a state file path
+to start from instead of a cold boot).
 
 As long as it lives, the fork server is the workers' parent: it reaps them and, before
 reaping, records how each one ended in its partition directory (`exit.json`, written while
@@ -165,7 +166,9 @@ class _Server:
                 os.close(self.wakeup)
                 from .worker_main import worker_entry
 
-                worker_entry(pdir, req["spec"], bool(req["stdin"]), self.factory)
+                restore = req.get("restore")
+                worker_entry(pdir, req["spec"], bool(req["stdin"]), self.factory,
+                             restore=None if restore is None else Path(restore))
             finally:
                 os._exit(1)
         # Held by fd: if the manager renames the directory away to relaunch the name,

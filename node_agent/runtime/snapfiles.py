@@ -139,7 +139,8 @@ def read_upper(src: BinaryIO, length: int, upper: str) -> None:
             os.unlink(path)
     if length == 0:
         return
-    with tarfile.open(fileobj=_Bounded(src, length), mode="r|") as tar:
+    bounded: Any = _Bounded(src, length)
+    with tarfile.open(fileobj=bounded, mode="r|") as tar:
         tar.extractall(upper, filter="tar")
 
 

@@ -4,11 +4,15 @@ The fork server forks, and the child calls `worker_entry()`; it never returns. F
 partition directory (see workers.py for the whole list):
 
   ctl.sock      control socket: requests are 1 op byte + u32 length + payload, reply b"k"
-                (ops: P ping, S stop, I stdin data, E stdin end-of-file)
+                (ops: P ping, S stop, I stdin data, E stdin end-of-file). Lifecycle ops
+                take a JSON payload {"timeout": s, "path": state file} and reply b"k", or
+                b"e" + u32 length + UTF-8 message on failure: Z pause, R resume,
+                V save (pause, write the state, end the worker: status.json "saved"),
+                C checkpoint (pause, write the state, resume).
   console.log   output ring (worker_console.py)
   events.jsonl  one {"t", "reason", "message"} object a line, what the Machine reported
   status.json   written atomically when the Machine returns: exit_code, failed_reason,
-                unknown_syscalls, finished_at
+                unknown_syscalls, saved, finished_at
   ready         written just before Machine.run(): {"t": wall time, "mono": monotonic}
   worker.log    the worker's own stderr: Python tracebacks, faulthandler dumps on SIGSEGV
 """
@@ -34,9 +38,12 @@ from .spec import ExitStatus, PartitionSpec
 from .worker_console import ConsoleRing, WorkerConsole
 
 __all__ = ["worker_entry", "write_json_atomic", "load_machine_class", "WorkerLimits",
-           "OP_PING", "OP_STOP", "OP_STDIN", "OP_EOF", "FRAME"]
+           "OP_PING", "OP_STOP", "OP_STDIN", "OP_EOF", "OP_PAUSE", "OP_RESUME", "OP_SAVE",
+           "OP_CHECKPOINT", "LIFECYCLE_OPS", "FRAME"]
 
 OP_PING, OP_STOP, OP_STDIN, OP_EOF = b"P", b"S", b"I", b"E"
+OP_PAUSE, OP_RESUME, OP_SAVE, OP_CHECKPOINT = b"Z", b"R", b"V", b"C"
+LIFECYCLE_OPS = (OP_PAUSE, OP_RESUME, OP_SAVE, OP_CHECKPOINT)
 FRAME = struct.Struct("<cI")
 MAX_EVENTS = 10_000
 MAX_FRAME = 1 << 20
@@ -55,6 +62,14 @@ class _MachineLike(Protocol):
     def run(self) -> ExitStatus: ...
 
     def stop(self) -> None: ...
+
+    def pause(self, timeout: float = 10.0) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def save_state(self, path: Path) -> Any: ...
+
+    def end_saved(self) -> None: ...
 
 
 MachineFactory = Callable[..., _MachineLike]
@@ -98,8 +113,10 @@ class _Events:
 class _Control:
     """Serves ctl.sock on a daemon thread: stop requests and stdin for the guest."""
 
-    def __init__(self, path: Path, console: WorkerConsole, stop: Callable[[], None]) -> None:
-        self._console, self._stop = console, stop
+    def __init__(self, path: Path, console: WorkerConsole, stop: Callable[[], None],
+                 lifecycle: Callable[[bytes, dict[str, Any]], Callable[[], None] | None]
+                 ) -> None:
+        self._console, self._stop, self._lifecycle = console, stop, lifecycle
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # Bound relative to the cwd (the partition dir): sun_path holds only 108 bytes.
         tmp = Path(".ctl.sock.tmp")
@@ -124,6 +141,14 @@ class _Control:
                 payload = _recv_exact(conn, size) if 0 < size <= MAX_FRAME else b""
                 if payload is None:
                     return
+                if op in LIFECYCLE_OPS:
+                    reply, after = self._run_lifecycle(op, payload)
+                    try:
+                        conn.sendall(reply)
+                    finally:
+                        if after is not None:   # a save ends the worker only once replied
+                            after()
+                    continue
                 if op == OP_STOP:
                     self._stop()
                 elif op == OP_STDIN:
@@ -131,6 +156,17 @@ class _Control:
                 elif op == OP_EOF:
                     self._console.close_stdin()
                 conn.sendall(b"k")
+
+
+    def _run_lifecycle(self, op: bytes,
+                       payload: bytes) -> tuple[bytes, Callable[[], None] | None]:
+        try:
+            args = json.loads(payload or b"{}")
+            after = self._lifecycle(op, args if isinstance(args, dict) else {})
+            return b"k", after
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal
+            msg = (str(exc) or type(exc).__name__).encode()[:4000]
+            return b"e" + struct.pack("<I", len(msg)) + msg, None
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
@@ -212,18 +248,18 @@ def _set_comm(name: str) -> None:
 def _status_dict(status: ExitStatus) -> dict[str, Any]:
     return {"exit_code": status.exit_code, "failed_reason": status.failed_reason,
             "unknown_syscalls": {str(k): v for k, v in status.unknown_syscalls.items()},
-            "finished_at": time.time()}
+            "saved": status.saved, "finished_at": time.time()}
 
 
 def worker_entry(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
-                 limits: type[WorkerLimits] = WorkerLimits) -> None:
+                 limits: type[WorkerLimits] = WorkerLimits, restore: Path | None = None) -> None:
     """Run the partition in this (freshly forked) process, write status.json, exit."""
     code = 0
     try:
         _detach(pdir)
         _set_comm(f"vw-{spec.name}")
         _apply_limits(limits)
-        status = _run(pdir, spec, stdin, factory, limits)
+        status = _run(pdir, spec, stdin, factory, limits, restore)
         write_json_atomic(pdir / "status.json", _status_dict(status))
     except BaseException:  # noqa: B036 - nothing may escape into the fork server's code
         import traceback
@@ -237,7 +273,7 @@ def worker_entry(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineF
 
 
 def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
-         limits: type[WorkerLimits]) -> ExitStatus:
+         limits: type[WorkerLimits], restore: Path | None = None) -> ExitStatus:
     ring = ConsoleRing(pdir / "console.log")
     console = WorkerConsole(ring, stdin, limits.console_rate, limits.console_burst)
     events = _Events(pdir / "events.jsonl")
@@ -250,10 +286,19 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
         if machine is not None:
             machine.stop()
 
+    def lifecycle(op: bytes, args: dict[str, Any]) -> Callable[[], None] | None:
+        if machine is None:
+            raise RuntimeError("the partition is not running yet")
+        return _lifecycle_op(machine, op, args, events)
+
     signal.signal(signal.SIGTERM, lambda _sig, _frame: stop())
-    _Control(pdir / "ctl.sock", console, stop)
+    _Control(pdir / "ctl.sock", console, stop, lifecycle)
     try:
-        machine = factory(spec, console, events)
+        if restore is not None:
+            restorer: Any = factory        # the Machine class: Machine.restore
+            machine = restorer.restore(spec, console, restore, events)
+        else:
+            machine = factory(spec, console, events)
     except Exception as exc:  # a bad image etc.: the partition fails, with the reason
         return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
     if stop_requested.is_set():
@@ -266,6 +311,41 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
         return ExitStatus(None, f"runtime error: {type(exc).__name__}: {exc}", {})
     finally:
         ring.close()
-    if watchdog.fenced:
+    if watchdog.fenced and not status.saved:
         return ExitStatus(None, watchdog.fenced, status.unknown_syscalls)
     return status
+
+
+_LIFECYCLE_LOCK = threading.Lock()
+
+
+def _lifecycle_op(machine: _MachineLike, op: bytes, args: dict[str, Any],
+                  events: Callable[[str, str], None]) -> Callable[[], None] | None:
+    """Pause/resume/save/checkpoint, one at a time; raises with a message on failure.
+    For a save, returns what ends the worker (called once the reply is sent)."""
+    timeout = float(args.get("timeout", 10.0))
+    with _LIFECYCLE_LOCK:
+        if op == OP_PAUSE:
+            machine.pause(timeout)
+            events("Paused", "all vCPUs stopped")
+        elif op == OP_RESUME:
+            machine.resume()
+            events("Resumed", "vCPUs running again")
+        else:
+            path = Path(str(args["path"]))
+            was_paused = bool(getattr(machine, "paused", False))
+            machine.pause(timeout)
+            try:
+                info = machine.save_state(path)
+            except BaseException:
+                if not was_paused:
+                    machine.resume()
+                raise
+            detail = f"state written to {path.name}: {info}"
+            if op == OP_SAVE:
+                events("Saved", detail)
+                return machine.end_saved
+            events("Checkpointed", detail)
+            if not was_paused:
+                machine.resume()
+    return None

@@ -34,16 +34,13 @@ from typing import Any
 from .forkserver import describe_wait, proc_starttime, recv_msg, send_msg
 from .spec import ExitStatus, PartitionSpec
 from .worker_console import read_ring
+from .worker_lifecycle import LifecycleMixin, WorkerError, _connect
 from .worker_main import FRAME, OP_EOF, OP_STDIN, OP_STOP, write_json_atomic
 
 __all__ = ["WorkerManager", "WorkerHandle", "WorkerError", "DEFAULT_MACHINE"]
 
 DEFAULT_MACHINE = "node_agent.runtime.machine:Machine"
 _ROOT = Path(__file__).resolve().parents[2]
-
-
-class WorkerError(Exception):
-    """A worker could not be launched or addressed (name in use, fork server down, ...)."""
 
 
 def _read_json(path: Path) -> Any:
@@ -53,7 +50,7 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-class WorkerHandle:
+class WorkerHandle(LifecycleMixin):
     """One partition's worker, launched or adopted by this agent."""
 
     def __init__(self, name: str, pid: int, epoch: int, pdir: Path, starttime: int,
@@ -84,7 +81,8 @@ class WorkerHandle:
         if isinstance(raw, dict):
             return ExitStatus(raw.get("exit_code"), raw.get("failed_reason"),
                               {int(k): int(v) for k, v in
-                               (raw.get("unknown_syscalls") or {}).items()})
+                               (raw.get("unknown_syscalls") or {}).items()},
+                              saved=bool(raw.get("saved", False)))
         if self.alive():
             return None
         if (self.dir / "status.json").exists():  # written between our two looks
@@ -200,21 +198,6 @@ class WorkerHandle:
                 self._ctl = None
 
 
-def _connect(pdir: Path, timeout: float) -> socket.socket:
-    """Connect to ctl.sock through /proc/self/fd: sun_path is limited to 108 bytes."""
-    dirfd = os.open(pdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(max(timeout, 0.05))
-        sock.connect(f"/proc/self/fd/{dirfd}/ctl.sock")
-        return sock
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.close(dirfd)
-
-
 class WorkerManager:
     """Launches partitions' workers through a preloaded fork server; re-adopts them."""
 
@@ -311,7 +294,13 @@ class WorkerManager:
                 handle._close()
 
     # -- partitions -------------------------------------------------------------------
-    def launch(self, spec: PartitionSpec, epoch: int, stdin: bool = False) -> WorkerHandle:
+    def launch(self, spec: PartitionSpec, epoch: int, stdin: bool = False,
+               restore: Path | None = None) -> WorkerHandle:
+        """Start the partition's worker: a cold boot, or from a state file (``restore``)."""
+        if restore is not None:
+            restore = Path(restore).resolve()
+            if not restore.is_file():
+                raise WorkerError(f"state file {restore} does not exist")
         with self._lock:
             old = self._handles.get(spec.name) or self._load(self.parts / spec.name)
             if old is not None and old.poll() is None:
@@ -326,10 +315,12 @@ class WorkerManager:
             pdir.mkdir(mode=0o750)
             write_json_atomic(pdir / "meta.json", {
                 "name": spec.name, "epoch": epoch, "stdin": stdin,
+                "restore": None if restore is None else str(restore),
                 "spec": {k: str(v) if isinstance(v, Path) else v
                          for k, v in dataclasses.asdict(spec).items()}})
             reply = self._call({"op": "launch", "dir": str(pdir), "spec": spec,
-                                "stdin": stdin})
+                                "stdin": stdin,
+                                "restore": None if restore is None else str(restore)})
             if "pid" not in reply:
                 raise WorkerError(f"launch of {spec.name!r} failed: {reply.get('error')}")
             handle = self._load(pdir)

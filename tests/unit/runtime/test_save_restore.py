@@ -1,0 +1,196 @@
+"""Pause/resume, Saved state and checkpoints through real worker processes (issue 5).
+
+A restore always happens in a NEW WorkerManager on another run dir with another upper dir
+path, as on another node.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from node_agent.runtime.spec import PartitionSpec
+from node_agent.runtime.workers import WorkerHandle, WorkerManager
+
+GUESTS = Path(__file__).resolve().parents[2] / "guests"
+DEADLINE = 60.0
+CHECKSUM_ARGS = ("100", "40000")
+MIDWAY = rb"progress [1-4]\d%"          # saved somewhere between 10% and 50%
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build guests")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sr_*.c guests (x86_64, and sr_checksum also -m32) plus /input.txt and /data."""
+    root = tmp_path_factory.mktemp("sr-root")
+    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem"):
+        subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
+                        str(GUESTS / f"{name}.c")], check=True)
+    m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
+                          str(root / "sr_checksum32"), str(GUESTS / "sr_checksum.c")],
+                         capture_output=True)
+    if m32.returncode != 0:
+        (root / "sr_checksum32").unlink(missing_ok=True)
+    (root / "input.txt").write_bytes(bytes((i * 37 + 11) % 251 for i in range(30000)))
+    (root / "data").mkdir()
+    return root
+
+
+class Node:
+    """One 'node': a WorkerManager on its own run dir, upper dirs under its own path."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mgr = WorkerManager(base / "run")
+
+    def spec(self, root: Path, name: str, guest: str, *args: str, vcpus: int = 1,
+             memory: int = 256 << 20) -> PartitionSpec:
+        upper = self.base / "upper" / name
+        upper.mkdir(parents=True, exist_ok=True)
+        return PartitionSpec(name=name, root=root, entrypoint=f"/{guest}", args=args,
+                             vcpus=vcpus, memory_bytes=memory, upper=upper)
+
+    def close(self) -> None:
+        for handle in self.mgr.adopt():
+            if handle.poll() is None:
+                handle.stop(grace_s=2.0)
+        self.mgr.close()
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[Callable[[str], Node]]:
+    made: list[Node] = []
+
+    def make(name: str) -> Node:
+        made.append(Node(tmp_path / name))
+        return made[-1]
+
+    yield make
+    for node in made:
+        node.close()
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def console(handle: WorkerHandle) -> bytes:
+    return handle.read_console(0)[0]
+
+
+def finish(handle: WorkerHandle) -> bytes:
+    status = handle.wait(DEADLINE)
+    assert status is not None, "guest did not finish"
+    assert (status.exit_code, status.failed_reason, status.saved) == (0, None, False), status
+    return console(handle)
+
+
+def final_line(out: bytes) -> bytes:
+    return out.strip().splitlines()[-1]
+
+
+def test_pause_freezes_output_and_resume_continues(nodes: Callable[[str], Node],
+                                                   root: Path) -> None:
+    node = nodes("a")
+    handle = node.mgr.launch(node.spec(root, "count", "sr_counter", "150"), 1)
+    wait_for(lambda: b"\n20\n" in console(handle), "the counter to run")
+    handle.pause()
+    frozen = console(handle)
+    time.sleep(0.4)
+    assert console(handle) == frozen, "console output progressed while paused"
+    handle.resume()
+    out = finish(handle)
+    assert out == b"".join(f"{i}\n".encode() for i in range(150)) + b"done\n"
+
+
+def _save_and_restore(nodes: Callable[[str], Node], root: Path, guest: str,
+                      args: tuple[str, ...], ready: bytes, vcpus: int = 4) -> tuple[bytes, bytes]:
+    """(uninterrupted output, output of the run saved on node a and restored on node b);
+    the save happens once the console matches the regex ``ready``."""
+    a, b = nodes("a"), nodes("b")
+    ref = a.mgr.launch(a.spec(root, "ref", guest, *args, vcpus=vcpus), 1)
+    reference = finish(ref)
+    handle = a.mgr.launch(a.spec(root, "part", guest, *args, vcpus=vcpus), 2)
+    wait_for(lambda: re.search(ready, console(handle)) is not None, f"{ready!r}")
+    state = a.base / "part.state"
+    handle.save(state)
+    status = handle.poll()
+    assert status is not None and status.saved and status.exit_code is None, status
+    before = console(handle)
+    assert final_line(reference) not in before, "the save came too late: the guest had ended"
+    a.close()
+    moved = b.base / "moved.state"
+    b.base.mkdir(parents=True, exist_ok=True)
+    shutil.copy(state, moved)                       # "transferred" to the other node
+    restored = b.mgr.launch(b.spec(root, "part", guest, *args, vcpus=vcpus), 3, restore=moved)
+    after = finish(restored)
+    return reference, before + after
+
+
+def test_multithreaded_checksum_survives_save_and_restore_elsewhere(
+        nodes: Callable[[str], Node], root: Path) -> None:
+    reference, combined = _save_and_restore(nodes, root, "sr_checksum", CHECKSUM_ARGS,
+                                            MIDWAY)
+    assert final_line(combined) == final_line(reference)
+    assert final_line(reference).startswith(b"final=")
+
+
+def test_32bit_checksum_survives_save_and_restore(nodes: Callable[[str], Node],
+                                                  root: Path) -> None:
+    if not (root / "sr_checksum32").exists():
+        pytest.skip("gcc cannot build -m32 guests here")
+    reference, combined = _save_and_restore(nodes, root, "sr_checksum32", CHECKSUM_ARGS,
+                                            MIDWAY)
+    assert final_line(combined) == final_line(reference)
+
+
+def test_open_file_offset_and_upper_layer_travel(nodes: Callable[[str], Node],
+                                                 root: Path) -> None:
+    reference, combined = _save_and_restore(nodes, root, "sr_files", ("60",), b"ready 1000",
+                                            vcpus=1)
+    assert combined == reference
+    assert b"rest=29000 " in combined and b"out=[before\nafter\n]" in combined
+
+
+@pytest.mark.parametrize("memory,touched,limit", [
+    (1 << 30, 200, lambda n: n * 1.3),
+    (16 << 30, 16, lambda n: 40 << 20),
+])
+def test_state_size_follows_touched_memory(nodes: Callable[[str], Node], root: Path,
+                                           memory: int, touched: int,
+                                           limit: Callable[[int], float]) -> None:
+    node = nodes("a")
+    handle = node.mgr.launch(node.spec(root, "mem", "sr_mem", str(touched), memory=memory), 1)
+    wait_for(lambda: b"ready" in console(handle), "the guest to touch its memory")
+    state = node.base / "mem.state"
+    handle.save(state)
+    size = state.stat().st_size
+    assert size >= touched << 20
+    assert size < limit(touched << 20), f"{size} bytes for {touched} MiB touched"
+
+
+def test_checkpoint_continues_and_restores_that_moment(nodes: Callable[[str], Node],
+                                                       root: Path) -> None:
+    a, b = nodes("a"), nodes("b")
+    handle = a.mgr.launch(a.spec(root, "cp", "sr_counter", "120"), 1)
+    wait_for(lambda: b"\n30\n" in console(handle), "the counter to run")
+    state = a.base / "cp.state"
+    handle.checkpoint(state)
+    at_checkpoint = console(handle)
+    out = finish(handle)                                    # the guest just continued
+    full = b"".join(f"{i}\n".encode() for i in range(120)) + b"done\n"
+    assert out == full
+    restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 2, restore=state)
+    tail = finish(restored)
+    assert at_checkpoint + tail == full
