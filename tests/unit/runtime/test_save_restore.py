@@ -194,3 +194,24 @@ def test_checkpoint_continues_and_restores_that_moment(nodes: Callable[[str], No
     restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 2, restore=state)
     tail = finish(restored)
     assert at_checkpoint + tail == full
+
+
+def test_compute_loop_without_syscalls_pauses_and_saves_exactly(
+        nodes: Callable[[str], Node], root: Path) -> None:
+    """Pause stops vCPUs asynchronously (asyncstop patch): many pauses, and a save, in the
+    middle of a syscall-free read-modify-write loop change nothing in its result."""
+    subprocess.run(["gcc", "-O2", "-static", "-w", "-o", str(root / "sr_spin"),
+                    str(GUESTS / "sr_spin.c")], check=True)
+    a, b = nodes("a"), nodes("b")
+    reference = finish(a.mgr.launch(a.spec(root, "ref", "sr_spin", "30000000"), 1))
+    handle = a.mgr.launch(a.spec(root, "spin", "sr_spin", "30000000"), 2)
+    wait_for(lambda: b"start" in console(handle), "the loop to start")
+    for _ in range(30):
+        handle.pause(timeout=5.0)
+        handle.resume()
+        time.sleep(0.01)
+    state = a.base / "spin.state"
+    handle.save(state)
+    assert b"spin=" not in console(handle)
+    restored = b.mgr.launch(b.spec(root, "spin", "sr_spin", "30000000"), 3, restore=state)
+    assert final_line(finish(restored)) == final_line(reference)
