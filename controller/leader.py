@@ -12,6 +12,7 @@ from controller.store.etcd import Compare, EtcdStore, Op
 from controller.store.keys import Keys
 
 log = logging.getLogger(__name__)
+VACANT_POLL_S = 0.1  # how often a standby replica looks whether the leader key is gone
 
 
 class LeaderElector:
@@ -63,7 +64,8 @@ class LeaderElector:
             try:
                 if not self.leading:
                     await self._campaign()
-                    await asyncio.sleep(0 if self.leading else self.retry_every)
+                    if not self.leading:
+                        await self._wait_vacant()
                 else:
                     await asyncio.sleep(self.renew_every)
                     ttl = await self._etcd.keepalive(self._lease)
@@ -75,6 +77,16 @@ class LeaderElector:
                 if self.leading:
                     await self._step_down()
                 await asyncio.sleep(self.retry_every)
+
+    async def _wait_vacant(self) -> None:
+        """Until the leader key is gone (checked every VACANT_POLL_S with one cheap read),
+        or retry_every at most. Campaigning only every retry_every left leadership vacant
+        for up to that long after the old leader's lease expired (takeover 4.4 s > TTL)."""
+        deadline = asyncio.get_running_loop().time() + self.retry_every
+        while asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(VACANT_POLL_S)
+            if await self._etcd.get(self._keys.leader) is None:
+                return
 
     async def _campaign(self) -> None:
         lease = await self._etcd.grant_lease(self.ttl)
