@@ -246,8 +246,11 @@ class FailCluster:
         """The controller named by the /viridian/leader key ("" if none)."""
         res = self.etcdctl("get", "/viridian/leader", "--print-value-only")
         ident = res.stdout.strip() if res.returncode == 0 else ""
+        # The identity is "<hostname>-<pid>"; the runner's main process is the controller
+        # (ip netns exec and the shim exec into it).
+        pid = ident.rsplit("-", 1)[-1]
         for s in CONTROLLERS:
-            if ident.startswith(s) or self.c.address(s) in ident:
+            if pid and pid == str(self.c.pid(s)):
                 return s
         return ident
 
