@@ -193,10 +193,13 @@ class Machine:
         from .snapshot import restore_machine
 
         assert self._restore_from is not None
+        t0 = time.monotonic()
         try:
             restore_machine(self, self._restore_from)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             return f"cannot restore saved state: {exc}"
+        self.event("Restored", f"state {self._restore_from.name} applied in "
+                   f"{time.monotonic() - t0:.3f}s")
         return None
 
     def _tick(self) -> None:

@@ -1,6 +1,7 @@
 /* A compute loop with no syscalls at all, full of read-modify-write memory instructions
  * (inline "add [mem], reg" / "xor [mem], reg"), so an instruction replayed after a pause
- * would show in the result (it does with stock unicorn 2.1.4). Prints "start", computes, prints "spin=<checksum>". */
+ * would show in the result (it does with stock unicorn 2.1.4).
+ * Prints "start", computes, prints "spin=<checksum>". */
 #include <stdio.h>
 #include <stdlib.h>
 
