@@ -120,9 +120,10 @@ class Api:
         return list(self.call("ListEvents", cpb.ListEventsRequest(), timeout=10).events)
 
     def create(self, name: str, image: str, args: Sequence[str], ha: bool = False,
-               timeout: float = 10.0) -> pb.Partition:
+               timeout: float = 10.0, strategy: str = "") -> pb.Partition:
         spec = pb.PartitionSpec(image=image, args=list(args), vcpus=1, memory_bytes=16 << 20,
-                                ha=ha, desired_state=pb.DESIRED_STATE_RUNNING)
+                                ha=ha, desired_state=pb.DESIRED_STATE_RUNNING,
+                                placement_strategy=strategy)
         return self.call(  # type: ignore[no-any-return]
             "CreatePartition", cpb.CreatePartitionRequest(name=name, spec=spec), timeout)
 
