@@ -52,6 +52,7 @@ class Machine:
         self._restore_from: Path | None = None
         self._saved = False
         self._lifecycle = threading.Lock()     # serialises pause/resume/save
+        self._uc_lock = threading.Lock()       # no emu_stop on a Unicorn being freed
 
     @classmethod
     def restore(cls, spec: PartitionSpec, console: Console, state: Path,
@@ -123,8 +124,10 @@ class Machine:
                     raise RuntimeError(
                         f"pause timed out after {timeout:g}s: {len(busy)} vCPU(s) did not "
                         "stop (a guest thread stuck in a syscall?)")
-                for vcpu in busy:
-                    vcpu.kick()
+                with self._uc_lock:
+                    for vcpu in busy:
+                        if vcpu in self.vcpus:
+                            vcpu.kick()
                 with sched.cond:
                     sched.cond.wait(0.002)
             if sched.done:
@@ -213,15 +216,17 @@ class Machine:
                 sched._fire_timers()
 
     def _halt_all(self) -> None:
-        for vcpu in self.vcpus:
-            vcpu.halt()
+        with self._uc_lock:
+            for vcpu in self.vcpus:
+                vcpu.halt()
 
     def _cleanup(self) -> None:
         if hasattr(self, "fds"):
             self.fds.close_all()
-        for vcpu in self.vcpus:
-            vcpu.close()
-        self.vcpus = []
+        with self._uc_lock:
+            for vcpu in self.vcpus:
+                vcpu.close()
+            self.vcpus = []
         if self.mem is not None:
             self.mem.close()
             self.mem = None
