@@ -18,12 +18,14 @@ from controller.cache import ClusterCache
 from controller.errors import Conflict, NotFound
 from controller.events import EventRecorder, now_ts
 from controller.lifecycle import after_exit, phase_name
+from controller.scheduler.units import format_size
 from controller.sessions import NodeSession
 from controller.store.etcd import Compare, Op
 from controller.store.objects import Allocation, ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
 P = pb
+SAVE_FAILED = "save failed"  # reason prefix of an agent's failed save (the guest runs on)
 FENCED = "fenced"  # reason prefix of partitions an agent stopped when it lost contact
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
@@ -141,6 +143,16 @@ def decide(p: pb.Partition, node: str, report: apb.PartitionReport) -> Outcome:
     if report.phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED):
         if st.phase == report.phase:
             return out
+        if st.phase == P.PARTITION_PHASE_SAVING and report.reason.startswith(SAVE_FAILED):
+            st.phase = report.phase  # the save failed and the guest runs on
+            st.reason = report.reason
+            p.spec.desired_state = (P.DESIRED_STATE_PAUSED
+                                    if report.phase == P.PARTITION_PHASE_PAUSED
+                                    else P.DESIRED_STATE_RUNNING)
+            st.updated_at.CopyFrom(now)
+            out.write = True
+            out.event("SaveFailed", report.reason, warning=True)
+            return out
         if st.phase in (P.PARTITION_PHASE_STOPPING, P.PARTITION_PHASE_SAVING):
             return out  # a stop or save is under way; the agent reports its end
         starting = st.phase in (P.PARTITION_PHASE_SCHEDULED, P.PARTITION_PHASE_STARTING)
@@ -167,7 +179,8 @@ def decide(p: pb.Partition, node: str, report: apb.PartitionReport) -> Outcome:
         st.saved_state.CopyFrom(report.state)
         st.reason = f"state saved on node {node}"
         p.spec.desired_state = P.DESIRED_STATE_SAVED
-        out.event("Saved", f"state written on node {node} ({report.state.size_bytes >> 20}Mi)")
+        out.event("Saved", f"state written on node {node} "
+                           f"({format_size(report.state.size_bytes)})")
         return out
     if report.phase not in (P.PARTITION_PHASE_OFF, P.PARTITION_PHASE_FAILED):
         return Outcome()
@@ -219,6 +232,6 @@ def _checkpoint_taken(p: pb.Partition, report: apb.PartitionReport) -> Outcome:
         cp.state.CopyFrom(report.state)
         cp.created_at.CopyFrom(report.time if report.HasField("time") else now_ts())
         out.event("CheckpointCreated",
-                  f"checkpoint {cp.name} taken ({report.state.size_bytes >> 20}Mi)")
+                  f"checkpoint {cp.name} taken ({format_size(report.state.size_bytes)})")
         return out
     return out

@@ -28,6 +28,8 @@ STOP_GRACE_S = 3.0
 Pull = Callable[[pb.Image], Awaitable[bytes]]
 PullState = Callable[[str, pb.StateRef], AsyncIterator[bytes]]
 K = apb.PartitionCommand
+NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
+SAVE_FAILED = "save failed"  # reason prefix the controller recognises
 Send = Callable[[apb.AgentMessage], None]
 
 
@@ -133,8 +135,9 @@ class Supervisor:
         except OSError:
             return
         for reason, message in events[lp.events_sent :]:
+            kind = "Normal" if reason in NORMAL_EVENTS else "Warning"
             self.send(apb.AgentMessage(event=apb.AgentEvent(
-                partition=lp.name, type="Warning", reason=reason, message=message)))
+                partition=lp.name, type=kind, reason=reason, message=message)))
         lp.events_sent = len(events)
 
     async def _watch(self) -> None:
@@ -285,6 +288,9 @@ class Supervisor:
                 partition=lp.name, type="Warning",
                 reason=K.Kind.Name(c.kind).removeprefix("KIND_").capitalize() + "Failed",
                 message=str(err))))
+            if c.kind == K.KIND_SAVE and lp.running:
+                # Still running: say so, so the controller leaves Saving.
+                self._set(lp, lp.report.phase, f"{SAVE_FAILED}: {err}")
         self._announce(lp)
 
     async def send_state(self, req: apb.StateRequest) -> None:

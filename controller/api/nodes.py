@@ -18,8 +18,9 @@ from controller.placement import (
     request_for,
     snapshot_of,
 )
+from controller.reports import SAVE_FAILED
 from controller.scheduler import capacity_plan
-from controller.store.objects import Allocation
+from controller.store.objects import Allocation, StoredPartition
 
 P = pb
 DRAIN_POLL_S = 0.25
@@ -122,39 +123,68 @@ class NodesApi:
     async def DrainNode(
         self, request: cpb.DrainNodeRequest, context: Context
     ) -> AsyncIterator[cpb.DrainProgress]:
-        """Cordon, stop what runs there (running ones are placed elsewhere), report progress."""
+        """Cordon; move what runs there elsewhere with Quick Migration (save here, restore on
+        another node: the guests continue where they were); stop and re-place what has not
+        started yet or cannot be saved; report progress until empty or the deadline."""
         name = request.name
         await self._set_cordon(name, True)
         deadline_s = request.deadline_seconds or 3600
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s
         yield cpb.DrainProgress(message=f"node {name} cordoned; moving its partitions away")
+        moving: set[str] = set()  # saved here, to be restored elsewhere
         last = ""
         while True:
-            bound = [
-                sp for sp in await self.ctx.store.list_partitions() if sp.binding_node == name
-            ]
+            parts = await self.ctx.store.list_partitions()
+            bound = [sp for sp in parts if sp.binding_node == name]
             for sp in bound:
+                await self._drain_one(sp, name, moving)
+            for sp in parts:
                 p = sp.partition
-                if p.status.phase in HOLDING and p.status.phase != P.PARTITION_PHASE_STOPPING:
-                    p.status.phase = P.PARTITION_PHASE_STOPPING
-                    p.status.reason = f"draining node {name}"
+                if p.name in moving and p.status.phase == P.PARTITION_PHASE_SAVED:
+                    p.spec.desired_state = P.DESIRED_STATE_RUNNING
+                    p.status.phase = P.PARTITION_PHASE_PENDING
+                    p.status.reason = f"restoring on another node (drain of {name})"
                     try:
                         await self.ctx.store.update_partition(sp)
+                        moving.discard(p.name)
                     except Conflict:
                         pass
-            if not bound:
+                elif p.name in moving and p.status.phase not in (
+                        P.PARTITION_PHASE_SAVING, P.PARTITION_PHASE_SAVED):
+                    moving.discard(p.name)  # the save failed or it ended: handled as bound
+            if not bound and not moving:
                 yield cpb.DrainProgress(message=f"node {name} drained", done=True)
                 return
-            names = ", ".join(sorted(sp.partition.name for sp in bound)[:10])
-            msg = f"waiting for {len(bound)} partition(s) to stop: {names}"
+            waiting = sorted({sp.partition.name for sp in bound} | moving)
+            msg = f"waiting for {len(waiting)} partition(s) to leave: {', '.join(waiting[:10])}"
             if loop.time() >= deadline:
                 yield cpb.DrainProgress(
                     message=f"drain deadline of {deadline_s}s passed; still {msg}",
-                    remaining=len(bound), failed=True,
+                    remaining=len(waiting), failed=True,
                 )
                 return
             if msg != last:
-                yield cpb.DrainProgress(message=msg, remaining=len(bound))
+                yield cpb.DrainProgress(message=msg, remaining=len(waiting))
                 last = msg
             await asyncio.sleep(DRAIN_POLL_S)
+
+    async def _drain_one(self, sp: StoredPartition, node: str, moving: set[str]) -> None:
+        p = sp.partition
+        phase = p.status.phase
+        if phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED) and \
+                p.name not in moving and not p.status.reason.startswith(SAVE_FAILED):
+            p.spec.desired_state = P.DESIRED_STATE_SAVED
+            p.status.phase = P.PARTITION_PHASE_SAVING
+            p.status.reason = f"draining node {node}: saving to restore elsewhere"
+            moving.add(p.name)
+        elif phase in HOLDING and phase not in (P.PARTITION_PHASE_STOPPING,
+                                                P.PARTITION_PHASE_SAVING):
+            p.status.phase = P.PARTITION_PHASE_STOPPING  # not started yet, or not savable
+            p.status.reason = f"draining node {node}"
+        else:
+            return
+        try:
+            await self.ctx.store.update_partition(sp)
+        except Conflict:
+            moving.discard(p.name)
