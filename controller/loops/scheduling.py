@@ -8,6 +8,7 @@ fails and the next pass sees fresh state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -26,6 +27,7 @@ from controller.store.objects import Allocation, AllocEntry, ObjectStore, Stored
 
 log = logging.getLogger(__name__)
 PER_TXN = 40  # partitions per transaction: 3 ops each, under etcd's 128
+IN_FLIGHT = 8  # binding transactions in flight at once (EtcdStore's pool has 8 threads)
 
 
 @dataclass
@@ -92,27 +94,52 @@ class SchedulingLoop(Loop):
             by_node[decision.node].append(sp)
         t1 = time.perf_counter()
         stats.decide_s += t1 - t0
+        if not by_node and not unplaced:
+            return False
+        lease = await self.events.lease_id()
         last_rev = 0
         conflicts = 0
-        lease = await self.events.lease_id() if (by_node or unplaced) else 0
-        for node, sps in by_node.items():
+
+        async def bind_node(node: str, sps: list[StoredPartition]) -> None:
+            # One node's batches form a chain: each compares the allocation revision that the
+            # previous one wrote (or the snapshot's, for the first), so they run in order.
+            nonlocal last_rev, conflicts
             alloc = seen.get(node) or Allocation(node)
             for i in range(0, len(sps), PER_TXN):
-                rev = await self._commit(node, alloc, sps[i : i + PER_TXN], lease)
+                batch = sps[i : i + PER_TXN]
+                rev = await self._commit(node, alloc, batch, lease)
                 stats.txns += 1
                 if rev is None:
                     conflicts += 1
-                    break
+                    stats.conflicts += 1
+                    return
                 last_rev = max(last_rev, rev)
                 alloc.mod_revision = rev
-                stats.bound += len(sps[i : i + PER_TXN])
-        for sp, reason in unplaced:
+                stats.bound += len(batch)
+
+        async def mark(sp: StoredPartition, reason: str) -> None:
+            nonlocal last_rev
             rev = await self._mark_unschedulable(sp, reason, lease)
             stats.txns += 1
             last_rev = max(last_rev, rev)
+
+        # Transactions for different nodes are independent: keep IN_FLIGHT of them going so
+        # etcd can batch them into fewer disk syncs. Workers share one iterator of jobs; a
+        # node's chain stays with one worker.
+        jobs = iter(
+            [(bind_node, (node, sps)) for node, sps in by_node.items()]
+            + [(mark, (sp, reason)) for sp, reason in unplaced]
+        )
+
+        async def worker() -> None:
+            for fn, job_args in jobs:
+                await fn(*job_args)
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(IN_FLIGHT, len(by_node) + len(unplaced))):
+                group.create_task(worker())
         t2 = time.perf_counter()
         stats.commit_s += t2 - t1
-        stats.conflicts += conflicts
         if last_rev:
             await cache.wait_for_revision(last_rev)
         stats.wait_s += time.perf_counter() - t2
