@@ -184,16 +184,26 @@ def test_checkpoint_continues_and_restores_that_moment(nodes: Callable[[str], No
                                                        root: Path) -> None:
     a, b = nodes("a"), nodes("b")
     handle = a.mgr.launch(a.spec(root, "cp", "sr_counter", "120"), 1)
-    wait_for(lambda: b"\n30\n" in console(handle), "the counter to run")
-    state = a.base / "cp.state"
-    handle.checkpoint(state)
+    wait_for(lambda: b"\n20\n" in console(handle), "the counter to run")
+    running_cp = a.base / "running.state"
+    handle.checkpoint(running_cp)                           # while running: brief pause
+    wait_for(lambda: b"\n40\n" in console(handle), "the guest to continue")
+    handle.pause()                                          # paused: the exact moment is known
+    paused_cp = a.base / "paused.state"
+    handle.checkpoint(paused_cp)
     at_checkpoint = console(handle)
-    out = finish(handle)                                    # the guest just continued
+    time.sleep(0.1)
+    assert console(handle) == at_checkpoint, "a checkpoint of a paused partition resumed it"
+    handle.resume()
     full = b"".join(f"{i}\n".encode() for i in range(120)) + b"done\n"
-    assert out == full
-    restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 2, restore=state)
+    assert finish(handle) == full                           # the guest just continued
+    restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 2, restore=paused_cp)
+    assert at_checkpoint + finish(restored) == full
+    b.mgr.forget("cp")
+    restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 3, restore=running_cp)
     tail = finish(restored)
-    assert at_checkpoint + tail == full
+    assert full.endswith(tail)
+    assert 20 < int(tail.split(b"\n")[0]) <= 40     # taken after line 20 was printed
 
 
 def test_compute_loop_without_syscalls_pauses_and_saves_exactly(
