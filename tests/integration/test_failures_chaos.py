@@ -102,6 +102,7 @@ def plan(rng: random.Random) -> list[tuple[str, str, float]]:
     return steps
 
 
+@pytest.mark.slow  # ~45 s (~51 s with the cluster): it runs in `make test` all the same
 @pytest.mark.timeout(180)
 def test_chaos(fc: FailCluster) -> None:
     api, c = fc.api, fc.c
