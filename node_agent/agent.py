@@ -149,7 +149,11 @@ class Agent:
             established = True
             try:
                 async for msg in call:
-                    self.fence.contact()
+                    if msg.HasField("ack"):
+                        # Only an answer to our own heartbeat proves the controller hears
+                        # us now; it keeps our lease on the same evidence, so fencing here
+                        # and eviction there stay ordered.
+                        self.fence.contact()
                     self._handle(msg)
             except grpc.aio.AioRpcError as err:
                 if not self._stop.is_set():
