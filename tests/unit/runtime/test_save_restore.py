@@ -21,6 +21,7 @@ from node_agent.runtime.workers import WorkerHandle, WorkerManager
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
 DEADLINE = 60.0
 CHECKSUM_ARGS = ("100", "40000")
+SPIN_N = "80000000"                       # ~2.5 s of emulation: outlasts 30 pauses
 MIDWAY = rb"progress [1-4]\d%"          # saved somewhere between 10% and 50%
 
 pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build guests")
@@ -213,15 +214,15 @@ def test_compute_loop_without_syscalls_pauses_and_saves_exactly(
     subprocess.run(["gcc", "-O2", "-static", "-w", "-o", str(root / "sr_spin"),
                     str(GUESTS / "sr_spin.c")], check=True)
     a, b = nodes("a"), nodes("b")
-    reference = finish(a.mgr.launch(a.spec(root, "ref", "sr_spin", "30000000"), 1))
-    handle = a.mgr.launch(a.spec(root, "spin", "sr_spin", "30000000"), 2)
+    reference = finish(a.mgr.launch(a.spec(root, "ref", "sr_spin", SPIN_N), 1))
+    handle = a.mgr.launch(a.spec(root, "spin", "sr_spin", SPIN_N), 2)
     wait_for(lambda: b"start" in console(handle), "the loop to start")
     for _ in range(30):
         handle.pause(timeout=5.0)
         handle.resume()
-        time.sleep(0.01)
+        time.sleep(0.005)
     state = a.base / "spin.state"
     handle.save(state)
     assert b"spin=" not in console(handle)
-    restored = b.mgr.launch(b.spec(root, "spin", "sr_spin", "30000000"), 3, restore=state)
+    restored = b.mgr.launch(b.spec(root, "spin", "sr_spin", SPIN_N), 3, restore=state)
     assert final_line(finish(restored)) == final_line(reference)
