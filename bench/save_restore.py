@@ -33,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 from node_agent.runtime.spec import PartitionSpec  # noqa: E402
 from node_agent.runtime.workers import WorkerHandle, WorkerManager  # noqa: E402
 
-CASES = [(64 << 20, 16), (1 << 30, 16), (1 << 30, 256), (16 << 30, 16), (16 << 30, 256)]
+CASES = [(64 << 20, 16), (1 << 30, 16), (1 << 30, 256), (16 << 30, 16), (16 << 30, 256),
+         (64 << 30, 16), (64 << 30, 256)]
 
 
 def wait_console(handle: WorkerHandle, pattern: bytes, offset: int = 0,
