@@ -81,12 +81,14 @@ def write_timespec(mem: GuestMemory, addr: int, fmt: str, ns: int, micro: bool =
     mem.write(addr, struct.pack(fmt, ns // 10**9, frac))
 
 
-def clock_ns(clock: int) -> int:
+def clock_ns(clock: int, mono_offset_ns: int = 0) -> int:
+    """The guest's clock ``clock``; monotonic clocks are the host's plus ``mono_offset_ns``
+    (a restored partition's monotonic time continues from where it was saved)."""
     if clock in (0, 5, 8, 11):       # REALTIME, REALTIME_COARSE, *_ALARM, TAI
         return time.time_ns()
     if clock in (2, 3):              # PROCESS/THREAD_CPUTIME
         return time.process_time_ns()
-    return time.monotonic_ns()
+    return time.monotonic_ns() + mono_offset_ns
 
 
 ABI_X86_64 = Abi("x86_64", 8, "<qq", _stat64_x86_64)

@@ -53,6 +53,7 @@ class Machine:
         self._saved = False
         self._lifecycle = threading.Lock()     # serialises pause/resume/save
         self._uc_lock = threading.Lock()       # no emu_stop on a Unicorn being freed
+        self.mono_offset_ns = 0                # guest CLOCK_MONOTONIC - host's (restore)
 
     @classmethod
     def restore(cls, spec: PartitionSpec, console: Console, state: Path,

@@ -172,6 +172,7 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
                        "exec_ranges": mem.exec_ranges, "image_perms": mem.image_perms},
             "machine": {"cwd": machine.cwd, "umask": machine.umask,
                         "uptime": now - machine.started, "gdt_free": machine._gdt_free,
+                        "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
                         "unknown": [[k, v] for k, v in machine.unknown.items()]},
             "sched": {"threads": [_thread_record(machine, t, now) for t in threads],
                       "runq": [t.tid for t in sched.runq],
@@ -234,6 +235,7 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     m = meta["machine"]
     machine.cwd, machine.umask = m["cwd"], m["umask"]
     machine.started = time.monotonic() - float(m["uptime"])
+    machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
     machine._gdt_free = list(m["gdt_free"])
     machine.unknown = {int(k): int(v) for k, v in m["unknown"]}
     machine.fds = restore_files(machine, meta["files"])

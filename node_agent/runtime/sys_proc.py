@@ -130,7 +130,7 @@ def _futex_deadline(cpu: Vcpu, ptr: int, fmt: str, absolute: bool, realtime: boo
     value = read_timespec(cpu.mem, ptr, fmt)
     if not absolute:
         return time.monotonic() + value
-    now = time.time() if realtime else time.monotonic()
+    now = time.time() if realtime else time.monotonic() + cpu.machine.mono_offset_ns / 1e9
     return time.monotonic() + (value - now)
 
 
@@ -234,7 +234,7 @@ def sys_madvise(cpu: Vcpu, addr: int, length: int, advice: int, *_: int) -> int:
 
 # -- time ---------------------------------------------------------------------------
 def do_clock_gettime(cpu: Vcpu, clock: int, ptr: int, fmt: str) -> int:
-    write_timespec(cpu.mem, ptr, fmt, clock_ns(clock))
+    write_timespec(cpu.mem, ptr, fmt, clock_ns(clock, cpu.machine.mono_offset_ns))
     return 0
 
 
@@ -274,7 +274,7 @@ def do_nanosleep(cpu: Vcpu, req: int, fmt: str) -> int:
 def do_clock_nanosleep(cpu: Vcpu, clock: int, flags: int, req: int, fmt: str) -> int:
     value = read_timespec(cpu.mem, req, fmt)
     if flags & 1:                                # TIMER_ABSTIME
-        value -= clock_ns(clock) / 1e9
+        value -= clock_ns(clock, cpu.machine.mono_offset_ns) / 1e9
     return _sleep(cpu, value)
 
 
