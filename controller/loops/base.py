@@ -38,7 +38,10 @@ class Loop:
         backoff = 0.05
         while True:
             try:
-                await asyncio.wait_for(self._dirty.wait(), self.resync_s)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that arrives as the event is set, and stop() would then wait forever.
+                async with asyncio.timeout(self.resync_s):
+                    await self._dirty.wait()
             except TimeoutError:
                 pass
             self._dirty.clear()
