@@ -13,11 +13,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyetcd import etcdrpc
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import StoreError
-from controller.store.etcd import KV, EtcdStore, WatchEvent, _kv, _prefix_end
+from controller.store.etcd import KV, EtcdStore, WatchEvent
 from controller.store.keys import Keys
 from controller.store.objects import Allocation, decode
 
@@ -113,12 +112,10 @@ class ClusterCache:
         self.images.clear()
         revision = 0
         for kind in self.KINDS:
-            start = f"{self._keys.prefix}/{kind}/".encode()
-            end = _prefix_end(f"{self._keys.prefix}/{kind}/")
-            while start:
-                kvs, revision, start = await _range_page(self._etcd, start, end, revision)
-                for kv in kvs:
-                    self._apply(WatchEvent(False, kv))
+            kvs, revision = await self._etcd.get_prefix_paged(
+                f"{self._keys.prefix}/{kind}/", revision, LOAD_PAGE)
+            for kv in kvs:
+                self._apply(WatchEvent(False, kv))
         self.revision = revision
 
     def _on_lost(self, err: Exception) -> None:
@@ -206,24 +203,3 @@ class ClusterCache:
 
     def node_alive(self, name: str) -> bool:
         return name in self.node_leases
-
-
-async def _range_page(
-    etcd: EtcdStore, start: bytes, end: bytes, revision: int
-) -> tuple[list[KV], int, bytes]:
-    """One page of [start, end) at `revision` (0 = now): (kvs, the revision read at, the next
-    start or b"" when done).
-
-    EtcdStore has no paged range yet, so this reaches into its client and pool; it belongs in
-    EtcdStore (get_prefix with a page size and a revision) and should move there.
-    """
-
-    def run() -> tuple[list[KV], int, bytes]:
-        req = etcdrpc.RangeRequest(key=start, range_end=end, limit=LOAD_PAGE, revision=revision)
-        resp = etcd._client.kvstub.Range(req, etcd._client.timeout)
-        kvs = [_kv(kv) for kv in resp.kvs]
-        at = revision or int(resp.header.revision)
-        more = bool(resp.more) and bool(resp.kvs)
-        return kvs, at, (bytes(resp.kvs[-1].key) + b"\0") if more else b""
-
-    return await etcd._call(run)

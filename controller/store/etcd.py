@@ -12,6 +12,7 @@ Every etcd failure leaves this module as a StoreError (Conflict or StoreUnavaila
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -138,6 +139,28 @@ class EtcdStore:
             return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
 
         return await self._call(run)
+
+    async def get_prefix_paged(
+        self, prefix: str, revision: int = 0, page: int = 1000
+    ) -> tuple[list[KV], int]:
+        """Like get_prefix, in pages of `page` keys all read at one revision (`revision`, or
+        the first page's): a single range of a large prefix would exceed gRPC's 4 MiB limit.
+        Returns the keys and the revision they were read at."""
+        end = _prefix_end(prefix)
+
+        def page_at(first: bytes, at: int) -> tuple[list[KV], int, bytes]:
+            req = etcdrpc.RangeRequest(key=first, range_end=end, limit=page, revision=at)
+            resp = self._client.kvstub.Range(req, self._client.timeout)
+            more = bool(resp.more) and bool(resp.kvs)
+            nxt = (bytes(resp.kvs[-1].key) + b"\0") if more else b""
+            return [_kv(kv) for kv in resp.kvs], at or int(resp.header.revision), nxt
+
+        start = prefix.encode()
+        out: list[KV] = []
+        while start:
+            kvs, revision, start = await self._call(functools.partial(page_at, start, revision))
+            out.extend(kvs)
+        return out, revision
 
     # -- writes --------------------------------------------------------------------------
 
