@@ -143,3 +143,19 @@ def test_objects_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -
         etcd.close()
 
     run(scenario())
+
+
+def test_paged_prefix_read_is_complete_and_pinned(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        for i in range(25):
+            await store.put(f"{prefix}/p/{i:02d}", str(i).encode())
+        kvs, rev = await store.get_prefix_paged(f"{prefix}/p/", page=10)
+        assert [kv.value for kv in kvs] == [str(i).encode() for i in range(25)]
+        await store.put(f"{prefix}/p/99", b"later")
+        # Pinned to the old revision: the later key is not seen.
+        again, rev2 = await store.get_prefix_paged(f"{prefix}/p/", revision=rev, page=7)
+        assert rev2 == rev and len(again) == 25
+        store.close()
+
+    run(scenario())
