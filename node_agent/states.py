@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -66,6 +66,22 @@ class StateStore:
         h = hashlib.sha256()
         with open(tmp, "wb") as f:
             for chunk in chunks:
+                h.update(chunk)
+                f.write(chunk)
+        actual = "sha256:" + h.hexdigest()
+        if actual != digest:
+            tmp.unlink(missing_ok=True)
+            raise StateError(f"pulled state has digest {actual}, expected {digest}")
+        final = self.root / name / f"{_hex(digest)}.state"
+        os.replace(tmp, final)
+        return final
+
+    async def receive_async(self, name: str, digest: str, chunks: AsyncIterator[bytes]) -> Path:
+        """receive() for chunks arriving on the event loop."""
+        tmp = self.scratch(name, "pull")
+        h = hashlib.sha256()
+        with open(tmp, "wb") as f:
+            async for chunk in chunks:
                 h.update(chunk)
                 f.write(chunk)
         actual = "sha256:" + h.hexdigest()

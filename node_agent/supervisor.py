@@ -232,15 +232,12 @@ class Supervisor:
             return local
         if ref.node == self.node:
             raise StateError(f"saved state {ref.digest[:19]} is missing from this node")
-        tmp = self.states.scratch(name, "pull")
-        with open(tmp, "wb") as f:
+        async def chunks() -> AsyncIterator[bytes]:
             async for chunk in self._pull_state(name, ref):
-                f.write(chunk)
-        digest, _size, path = await asyncio.to_thread(self.states.adopt, name, tmp)
-        if digest != ref.digest:
-            path.unlink(missing_ok=True)
-            raise StateError(f"pulled state has digest {digest}, expected {ref.digest}")
-        return path
+                yield chunk
+
+        # Hashed while it arrives: one pass over the data, verified before it is kept.
+        return await self.states.receive_async(name, ref.digest, chunks())
 
     def _state_ref(self, digest: str, size: int) -> pb.StateRef:
         return pb.StateRef(node=self.node, digest=digest, size_bytes=size, saved_at=_now())
