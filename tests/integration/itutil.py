@@ -44,6 +44,9 @@ GUEST_BUILDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "threads": ("threads.c", ("-pthread",)),
     "sleep": ("it_sleep.c", ()),
     "true": ("it_true.c", ()),
+    "counter": ("sr_counter.c", ()),
+    "checksum": ("sr_checksum.c", ("-pthread",)),
+    "checksum32": ("sr_checksum.c", ("-pthread", "-m32")),
 }
 
 
