@@ -7,6 +7,7 @@ import secrets
 import string
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import click
@@ -69,12 +70,19 @@ def _attach_stdin(stub: controller_pb2_grpc.ControllerStub, name: str) -> thread
     return thread
 
 
+PENDING_QUIET_S = 1.0
+
+
 def _wait_started(stub: controller_pb2_grpc.ControllerStub, name: str) -> P:
     said_pending = False
+    since = time.monotonic()
 
     def report(p: P) -> None:
+        # Only a partition that stays Pending is worth a word (placement takes milliseconds);
+        # the reason then says why, e.g. "0/2 nodes available: 2 not enough memory".
         nonlocal said_pending
-        if p.status.phase == Phase.PARTITION_PHASE_PENDING and not said_pending:
+        pending = p.status.phase == Phase.PARTITION_PHASE_PENDING
+        if pending and not said_pending and time.monotonic() - since > PENDING_QUIET_S:
             said_pending = True
             click.echo(f"{name} is Pending: {p.status.reason or 'waiting for a node'}", err=True)
 

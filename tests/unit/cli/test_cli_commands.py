@@ -173,7 +173,15 @@ def test_run_streams_output_and_exits_with_guest_code(
     assert list(fake.partitions["job"].spec.args) == ["arg1"]
 
 
-def test_run_rm_generated_name_and_pending_reason(invoke: Invoke, fake: FakeController) -> None:
+@pytest.mark.parametrize(("pending_s", "said"), [(0.1, 0), (2.5, 1)],
+                         ids=["placed-quickly-quiet", "stays-pending-said-once"])
+def test_run_rm_generated_name_and_pending_reason(
+    invoke: Invoke, fake: FakeController, monkeypatch: pytest.MonkeyPatch,
+    pending_s: float, said: int,
+) -> None:
+    from controller.cli import run as run_module
+
+    monkeypatch.setattr(run_module, "PENDING_QUIET_S", 0.2)
     fake.start_phase = Phase.PARTITION_PHASE_PENDING
     fake.start_reason = "0/2 nodes available: insufficient memory"
 
@@ -182,7 +190,7 @@ def test_run_rm_generated_name_and_pending_reason(invoke: Invoke, fake: FakeCont
         import time
 
         def later() -> None:
-            time.sleep(0.3)
+            time.sleep(pending_s)
             for part in list(fake.partitions.values()):
                 part.status.phase = Phase.PARTITION_PHASE_RUNNING
                 fake._put(part)
@@ -192,7 +200,7 @@ def test_run_rm_generated_name_and_pending_reason(invoke: Invoke, fake: FakeCont
     schedule_soon()
     result = invoke("run", "--rm", "--image", "hello")
     assert result.exit_code == 0, result.stderr
-    assert result.stderr.count("Pending: 0/2 nodes available") == 1
+    assert result.stderr.count("Pending: 0/2 nodes available") == said
     assert len(fake.deleted) == 1 and fake.deleted[0].startswith("hello-")
     assert len(fake.deleted[0]) == len("hello-") + 5
     assert fake.partitions == {}
