@@ -7,7 +7,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,8 @@ from viridian.v1 import types_pb2 as pb
 from node_agent.images import ImageCache
 from node_agent.runtime.spec import ExitStatus, PartitionSpec
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
-from node_agent.states import StateError, StateStore
+from node_agent.states import StateStore
+from node_agent.supervisor_states import PullState, StateOps
 
 log = logging.getLogger(__name__)
 P = pb
@@ -26,10 +27,8 @@ POLL_S = 0.02
 CONSOLE_CHUNK = 256 << 10
 STOP_GRACE_S = 3.0
 Pull = Callable[[pb.Image], Awaitable[bytes]]
-PullState = Callable[[str, pb.StateRef], AsyncIterator[bytes]]
 K = apb.PartitionCommand
 NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
-SAVE_FAILED = "save failed"  # reason prefix the controller recognises
 Send = Callable[[apb.AgentMessage], None]
 
 
@@ -57,7 +56,7 @@ class Local:
                                      P.PARTITION_PHASE_PAUSED)
 
 
-class Supervisor:
+class Supervisor(StateOps):
     def __init__(self, run_dir: Path, images: ImageCache, pull: Pull,
                  pull_state: PullState, node: str) -> None:
         self.run_dir = run_dir
@@ -224,84 +223,6 @@ class Supervisor:
             self.workers.forget(name)
         except WorkerError:
             pass
-
-    async def _fetch_state(self, name: str, ref: pb.StateRef) -> Path:
-        """The saved state to restore: here already, or pulled from its node and verified."""
-        local = self.states.path(name, ref.digest)
-        if local is not None:
-            return local
-        if ref.node == self.node:
-            raise StateError(f"saved state {ref.digest[:19]} is missing from this node")
-        async def chunks() -> AsyncIterator[bytes]:
-            async for chunk in self._pull_state(name, ref):
-                yield chunk
-
-        # Hashed while it arrives: one pass over the data, verified before it is kept.
-        return await self.states.receive_async(name, ref.digest, chunks())
-
-    def _state_ref(self, digest: str, size: int) -> pb.StateRef:
-        return pb.StateRef(node=self.node, digest=digest, size_bytes=size, saved_at=_now())
-
-    async def _lifecycle(self, lp: Local, c: apb.PartitionCommand) -> None:
-        handle = lp.handle
-        if handle is None:
-            return
-        try:
-            if c.kind == K.KIND_PAUSE:
-                await asyncio.to_thread(handle.pause)
-                self._set(lp, P.PARTITION_PHASE_PAUSED)
-            elif c.kind == K.KIND_RESUME:
-                await asyncio.to_thread(handle.resume)
-                self._set(lp, P.PARTITION_PHASE_RUNNING)
-            elif c.kind == K.KIND_SAVE:
-                lp.saving = True
-                tmp = self.states.scratch(lp.name, "save")
-                await asyncio.to_thread(handle.save, tmp)
-                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
-                self._set(lp, P.PARTITION_PHASE_SAVED, "state saved")
-                lp.report.state.CopyFrom(self._state_ref(digest, size))
-            elif c.kind == K.KIND_CHECKPOINT:
-                tmp = self.states.scratch(lp.name, f"cp-{c.checkpoint}")
-                await asyncio.to_thread(handle.checkpoint, tmp)
-                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
-                self.states.remember(lp.name, c.checkpoint, digest)
-                report = apb.PartitionReport()
-                report.CopyFrom(lp.report)
-                report.checkpoint = c.checkpoint
-                report.state.CopyFrom(self._state_ref(digest, size))
-                self.send(apb.AgentMessage(report=report))
-                return
-        except Exception as err:  # noqa: BLE001 - reported; the partition keeps its phase
-            log.warning("%s of %s failed: %s", K.Kind.Name(c.kind), lp.name, err)
-            lp.saving = False
-            if c.kind == K.KIND_CHECKPOINT:
-                report = apb.PartitionReport()
-                report.CopyFrom(lp.report)
-                report.checkpoint = c.checkpoint
-                report.reason = f"could not take the checkpoint: {err}"
-                self.send(apb.AgentMessage(report=report))
-                return
-            self.send(apb.AgentMessage(event=apb.AgentEvent(
-                partition=lp.name, type="Warning",
-                reason=K.Kind.Name(c.kind).removeprefix("KIND_").capitalize() + "Failed",
-                message=str(err))))
-            if c.kind == K.KIND_SAVE and lp.running:
-                # Still running: say so, so the controller leaves Saving.
-                self._set(lp, lp.report.phase, f"{SAVE_FAILED}: {err}")
-        self._announce(lp)
-
-    async def send_state(self, req: apb.StateRequest) -> None:
-        """Stream a saved state file to the controller (for a restore on another node)."""
-        try:
-            for chunk in self.states.read(req.name, req.digest):
-                self.send(apb.AgentMessage(state=apb.StateData(
-                    request_id=req.request_id, data=chunk)))
-                await asyncio.sleep(0)
-            self.send(apb.AgentMessage(state=apb.StateData(request_id=req.request_id,
-                                                           eof=True)))
-        except (StateError, OSError) as err:
-            self.send(apb.AgentMessage(state=apb.StateData(
-                request_id=req.request_id, eof=True, error=str(err))))
 
     def command(self, c: apb.PartitionCommand) -> None:
         lp = self.local.get(c.name)
