@@ -208,9 +208,11 @@ class GuestMemory:
     def munmap(self, addr: int, length: int) -> bool:
         addr, end = page_down(addr), page_up(addr + length)
         with self.lock:
-            changed = self._remove(addr, end)
-        if changed:
-            self.zero(addr, end - addr)
+            # Zero before the range can be handed out again: zeroing after the lock let a
+            # concurrent mmap (another guest thread's stack, a malloc arena) get the range,
+            # write to it and then lose what it wrote.
+            if self._remove(addr, end):
+                self.zero(addr, end - addr)
         return True
 
     def is_mapped(self, addr: int, length: int) -> bool:

@@ -59,3 +59,26 @@ def test_i386_space_is_capped_below_4gib() -> None:
         assert mem.top <= 1 << 32
     finally:
         mem.close()
+
+
+def test_munmap_zeroes_before_the_range_can_be_mapped_again() -> None:
+    """A munmapped range is zeroed while the allocator lock is held: zeroing after it let a
+    concurrent mmap (a new thread's stack, a malloc arena) receive the range, write to it and
+    lose those writes (clone children popping fn/arg = 0, "free(): invalid pointer")."""
+    mem = GuestMemory(BASE, IMAGE_END, MEMORY, 64)
+    addr = mem.mmap_anon(4 * PAGE)
+    assert addr is not None
+    mem.write(addr, b"\x01" * (4 * PAGE))
+    held: list[bool] = []
+    zero = mem.zero
+
+    def checking_zero(a: int, n: int) -> None:
+        held.append(mem.lock.locked())
+        zero(a, n)
+
+    mem.zero = checking_zero  # type: ignore[method-assign]
+    mem.munmap(addr, 4 * PAGE)
+    assert held == [True]
+    again = mem.mmap_anon(4 * PAGE)
+    assert again == addr and mem.read(addr, 4 * PAGE) == bytes(4 * PAGE)
+    mem.close()
