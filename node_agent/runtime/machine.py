@@ -24,7 +24,7 @@ from .syscall_common import BLOCK, E
 from .syscalls_i386 import TABLE as TABLE_I386
 from .syscalls_x86_64 import TABLE as TABLE_X86_64
 from .threads import BLOCKED, GuestThread, Scheduler
-from .vcpu import Vcpu
+from .vcpu import QUANTUM, Vcpu
 
 __all__ = ["Machine", "validate_image"]
 
@@ -207,14 +207,39 @@ class Machine:
         return None
 
     def _tick(self) -> None:
-        """The caller's thread: fire sleep/futex timers while every vCPU is busy."""
+        """The caller's thread: fire sleep/futex timers while every vCPU is busy, and
+        preempt threads that used a full quantum while others wait for a vCPU."""
         sched = self.sched
         with sched.cond:
             while not sched.done:
                 deadline = sched.timers[0][0] if sched.timers else None
                 timeout = 0.5 if deadline is None else max(deadline - time.monotonic(), 0.0005)
-                sched.cond.wait(min(timeout, 0.5))
+                timeout = min(timeout, self._preempt())
+                sched.cond.wait(timeout)
                 sched._fire_timers()
+
+    def _preempt(self) -> float:
+        """Caller holds ``sched.cond``. Kick (stop at the next translation-block start) each
+        vCPU whose thread has run ``QUANTUM`` while threads wait in the run queue, longest
+        first, one per waiting thread. Returns the seconds until the next check is due."""
+        sched = self.sched
+        if not sched.runq or sched.paused:
+            return 0.5                          # a queued thread notifies cond
+        now = time.monotonic()
+        waiting = len(sched.runq)
+        due = QUANTUM
+        for vcpu in sorted(self.vcpus, key=lambda v: v.run_started):
+            if vcpu.thread is None:
+                continue
+            used = now - vcpu.run_started
+            if used >= QUANTUM and waiting > 0:
+                with self._uc_lock:
+                    if vcpu in self.vcpus:
+                        vcpu.kick()
+                waiting -= 1
+            else:
+                due = min(due, QUANTUM - used)
+        return max(due, 0.001)
 
     def _halt_all(self) -> None:
         with self._uc_lock:

@@ -107,6 +107,7 @@ class Vcpu:
         self.run_started = 0.0
         self.stop_why: str | None = None
         self.fault: str | None = None
+        self.kicks = 0                  # asynchronous stops requested (pause, preemption)
 
     # -- registers ------------------------------------------------------------------
     def reg(self, reg_id: int) -> int:
@@ -159,20 +160,22 @@ class Vcpu:
         self.fault = None
         self.run_started = time.monotonic()
         paused = self.machine.sched.paused
+        kicks = self.kicks
         if not paused:           # a pause that raced with take(): do not start at all
             uc.emu_start(self.pc, 0)
             paused = self.machine.sched.paused
+        kicked = self.kicks != kicks
         if thread.context is None:
             thread.context = uc.context_save()
         else:
             uc.context_update(thread.context)
-        if self.stop_why is None and thread.state == RUNNING and not paused:
+        if self.stop_why is None and thread.state == RUNNING and not paused and not kicked:
             if self.pc == 0:       # emu_start's `until` address: a jump to NULL
                 self.machine.sched.finish(None, "guest fault: execute at unmapped address 0x0")
             elif self._after_hlt():
                 self.machine.sched.finish(
                     None, f"guest fault: hlt executed at pc 0x{self.pc - 1:x}")
-        # any other unexplained stop is a late preemption request: the thread is requeued
+        # a kick (preemption, pause; maybe a late one) just requeues the thread
 
     def _after_hlt(self) -> bool:
         try:
@@ -203,19 +206,20 @@ class Vcpu:
     def preempt(self, quantum: float) -> None:
         """From this vCPU's syscall hook: switch threads if the current one used ``quantum``.
 
-        Only called synchronously from a hook. Stock Unicorn 2.1.4 lets an ``emu_stop`` from
-        another host thread land right after a store in the middle of an instruction and
-        replays that instruction on resume; our asyncstop patch fixes that (pause uses it, see
-        ``kick``), but time slicing still happens at syscalls only, as before.
+        Compute-bound threads are preempted from outside by the machine's ticker (``kick``).
         """
         if self.thread is not None and time.monotonic() - self.run_started >= quantum:
             self.stop_why = "preempt"
             self.uc.emu_stop()
 
     def kick(self) -> None:
-        """From another thread: stop emulation at the next TB start (pause). Safe only with
-        the asyncstop patch (docs/unicorn-patch.md); the guest thread is requeued."""
+        """From another thread: stop emulation at the next TB start (pause, preemption).
+
+        Exact only with the asyncstop patch (docs/unicorn-patch.md): the stop lands at an
+        instruction boundary, never replaying a store. The guest thread is requeued.
+        """
         if self.thread is not None:
+            self.kicks += 1
             self.uc.emu_stop()
 
     def halt(self) -> None:
