@@ -1,9 +1,8 @@
 """Guest atomics are atomic across vCPUs (each vCPU is its own unicorn instance and host thread).
 
 Without the atomic unicorn patch (docs/unicorn-patch.md) LOCK-prefixed instructions were a
-plain load/op/store and XCHG a plain load + store: glibc's mutexes and futex protocol broke
-under contention (abort 134 or lost wake-ups), which made the multithreaded save/restore test
-flaky although the failing run was the uninterrupted reference run.
+plain load/op/store and XCHG a plain load + store: concurrent guest atomics lost updates, and
+glibc's mutexes and futex protocol can break under contention (two owners, lost wake-ups).
 """
 
 from __future__ import annotations
