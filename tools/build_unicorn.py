@@ -36,7 +36,7 @@ VERSION = "2.1.4"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 PATCHES = [ROOT / "tools" / "patches" / f"unicorn-{VERSION}-{name}.patch"
-           for name in ("notdirty", "asyncstop", "tlbsize")]
+           for name in ("notdirty", "asyncstop", "tlbsize", "atomic")]
 PATCH = PATCHES[0]
 SDIST = CACHE / f"unicorn-{VERSION}.tar.gz"
 MARKER = "_viridian_patched"
