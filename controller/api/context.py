@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import controller_pb2_grpc
+from viridian.v1 import types_pb2 as pb
 
 from controller.cache import ClusterCache
-from controller.errors import FailedPrecondition
+from controller.errors import Conflict, FailedPrecondition
 from controller.events import EventRecorder
 from controller.scheduler import SchedulerConfig
 from controller.sessions import SessionRegistry
-from controller.store.objects import ObjectStore
+from controller.store.objects import ObjectStore, StoredPartition
+
+Change = Callable[[StoredPartition], str]  # returns "" (no write), "update" or "release"
+RETRIES = 8
 
 
 @dataclass
@@ -26,6 +30,23 @@ class ApiContext:
     sessions: SessionRegistry
     scheduler: SchedulerConfig
     advertise: str
+
+    async def change_partition(self, name: str, change: Change) -> pb.Partition:
+        """Read, apply `change`, write with a revision compare; again on conflict."""
+        for _ in range(RETRIES):
+            sp = await self.store.get_partition(name)
+            write = change(sp)
+            if not write:
+                return sp.partition
+            try:
+                if write == "release":
+                    await self.store.release(sp)
+                else:
+                    await self.store.update_partition(sp)
+                return sp.partition
+            except Conflict:
+                continue
+        raise Conflict(f"partition {name!r} kept changing; try again")
 
     def delete_state(self, partition: str, checkpoint: str, node: str) -> None:
         """Ask the node holding a checkpoint's state file to delete it (best effort: a node

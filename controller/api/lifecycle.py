@@ -7,15 +7,12 @@ save-move-start recipe, as Hyper-V 2008 offered Quick Migration instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.errors import (
     AlreadyExists,
-    Conflict,
     FailedPrecondition,
     NotFound,
     ResourceExhausted,
@@ -28,8 +25,6 @@ from controller.validation import check_name
 
 P = pb
 MAX_CHECKPOINTS = 50
-RETRIES = 8
-Change = Callable[[StoredPartition], str]  # returns "", "update" or "release"
 
 
 def live_migration_refused(name: str, phase: int, to: str) -> FailedPrecondition:
@@ -51,22 +46,6 @@ def find_checkpoint(p: pb.Partition, name: str) -> pb.Checkpoint:
 class LifecycleApi:
     ctx: ApiContext
 
-    async def _change(self, name: str, change: Change) -> pb.Partition:
-        for _ in range(RETRIES):
-            sp = await self.ctx.store.get_partition(name)
-            write = change(sp)
-            if not write:
-                return sp.partition
-            try:
-                if write == "release":
-                    await self.ctx.store.release(sp)
-                else:
-                    await self.ctx.store.update_partition(sp)
-                return sp.partition
-            except Conflict:
-                continue
-        raise Conflict(f"partition {name!r} kept changing; try again")
-
     async def _event(self, p: pb.Partition, reason: str, message: str) -> None:
         await self.ctx.events.record("Partition", p.name, reason, message)
 
@@ -85,7 +64,7 @@ class LifecycleApi:
             p.status.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self._event(p, "PauseRequested", "pause requested")
         return p
 
@@ -106,7 +85,7 @@ class LifecycleApi:
             p.status.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self._event(p, "ResumeRequested", "resume requested")
         return p
 
@@ -128,7 +107,7 @@ class LifecycleApi:
             p.status.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self._event(p, "SaveRequested", "save requested")
         return p
 
@@ -156,7 +135,7 @@ class LifecycleApi:
             p.status.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         if holder and holder != node.name and not self.ctx.cache.node_alive(holder):
             await self._event(p, "MoveWarning",
                               f"its saved state is on node {holder}, which is not Ready now")
@@ -200,7 +179,7 @@ class LifecycleApi:
             st.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self._event(p, "CheckpointRequested", f"checkpoint {cp_name} requested")
         return p
 
@@ -232,7 +211,7 @@ class LifecycleApi:
             )
             return "release" if sp.binding_node else "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self._event(p, "CheckpointApplied", f"reverted to checkpoint {request.checkpoint}")
         return p
 
@@ -251,7 +230,7 @@ class LifecycleApi:
             p.status.checkpoints.extend(kept)
             return "update"
 
-        p = await self._change(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         cp = removed[0]
         in_use = cp.state.digest and cp.state.digest == p.status.saved_state.digest
         if cp.state.node and not in_use:

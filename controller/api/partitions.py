@@ -113,23 +113,6 @@ class PartitionsApi:
         finally:
             cache.unsubscribe(listener)
 
-    async def _update(self, name: str, change: object) -> pb.Partition:
-        """Re-read and apply `change(sp)` until the compare holds."""
-        for _ in range(RETRIES):
-            sp = await self.ctx.store.get_partition(name)
-            write = change(sp)  # type: ignore[operator]
-            if not write:
-                return sp.partition
-            try:
-                if write == "release":
-                    await self.ctx.store.release(sp)
-                else:
-                    await self.ctx.store.update_partition(sp)
-                return sp.partition
-            except Conflict:
-                continue
-        raise Conflict(f"partition {name!r} kept changing; try again")
-
     @map_errors
     async def StartPartition(
         self, request: cpb.StartPartitionRequest, context: Context
@@ -161,7 +144,7 @@ class PartitionsApi:
             st.updated_at.CopyFrom(now_ts())
             return "update"
 
-        p = await self._update(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self.ctx.events.record("Partition", p.name, "StartRequested", "start requested")
         return p
 
@@ -185,7 +168,7 @@ class PartitionsApi:
                 return "update"
             return "update"
 
-        p = await self._update(request.name, change)
+        p = await self.ctx.change_partition(request.name, change)
         await self.ctx.events.record("Partition", p.name, "StopRequested", "stop requested")
         return p
 
