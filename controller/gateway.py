@@ -47,6 +47,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.sessions = sessions
         self.lease_ttl = lease_ttl
         self.advertise = advertise
+        self.cache = cache
         self.reports = ReportApplier(store, events, cache)
         self._granted: dict[str, tuple[str, int]] = {}  # node -> (session id, lease id)
         self._adopted: dict[str, list[apb.PartitionReport]] = {}  # reported at registration
@@ -154,14 +155,14 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         for report in adopted:
             await self.reports.apply(session.node, report, session)
         reported = {r.name for r in adopted}
-        for sp in await self.store.list_partitions():
-            p = sp.partition
-            if sp.binding_node != session.node or p.name in reported:
+        for name, cached in list(self.cache.partitions.items()):  # the cache, not a full read
+            p = cached.partition
+            if self.cache.bound_node(name) != session.node or name in reported:
                 continue
             if p.status.phase in (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING,
                                   P.PARTITION_PHASE_PAUSED, P.PARTITION_PHASE_STOPPING):
                 gone = apb.PartitionReport(
-                    name=p.name, epoch=sp.binding_revision, phase=P.PARTITION_PHASE_FAILED,
+                    name=name, epoch=self.cache.epoch(name), phase=P.PARTITION_PHASE_FAILED,
                     reason="the node no longer runs it (its agent restarted without it)",
                 )
                 await self.reports.apply(session.node, gone, session)

@@ -20,7 +20,7 @@ from controller.events import EventRecorder, now_ts
 from controller.lifecycle import after_exit, phase_name
 from controller.scheduler.units import format_size
 from controller.sessions import NodeSession
-from controller.store.etcd import Compare, Op
+from controller.store.etcd import Op
 from controller.store.objects import Allocation, ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
@@ -103,24 +103,19 @@ class ReportApplier:
             await self._write(sp, outcome)
 
     async def _write(self, sp: StoredPartition, outcome: Outcome) -> None:
-        keys = self.store.keys
         p = sp.partition
         lease = await self.events.lease_id() if outcome.events else 0
-        ops: list[Op] = []
-        compares: list[Compare] = []
+        events: list[Op] = []
         for reason, message, warning in outcome.events:
             key, value = self.events.build("Partition", p.name, reason, message, warning)
-            ops.append(Op.put(key, value, lease))
+            events.append(Op.put(key, value, lease))
         if outcome.release:
-            ops.append(Op.delete(keys.binding(p.name)))
             cached = self.cache.allocations.get(sp.binding_node)
             alloc = (Allocation(cached.node, dict(cached.entries), cached.mod_revision)
-                     if cached is not None else await self.store.get_allocation(sp.binding_node))
-            if p.name in alloc.entries:
-                del alloc.entries[p.name]
-                compares.append(Compare(keys.allocation(alloc.node), alloc.mod_revision))
-                ops.append(Op.put(keys.allocation(alloc.node), alloc.encode()))
-        await self.store.update_partition(sp, ops, compares)
+                     if cached is not None else None)
+            await self.store.release(sp, alloc, events)
+        else:
+            await self.store.update_partition(sp, events)
         for reason, message, _ in outcome.events:
             log.info("event %s Partition/%s: %s", reason, p.name, message)
 

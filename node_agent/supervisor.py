@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
@@ -30,12 +29,6 @@ Pull = Callable[[pb.Image], Awaitable[bytes]]
 K = apb.PartitionCommand
 NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
 Send = Callable[[apb.AgentMessage], None]
-
-
-def _now() -> Timestamp:
-    ts = Timestamp()
-    ts.GetCurrentTime()
-    return ts
 
 
 @dataclass
@@ -101,18 +94,6 @@ class Supervisor(StateOps):
         return sum(1 for lp in self.local.values() if lp.running)
 
     # -- reports -------------------------------------------------------------------------
-
-    def _set(
-        self, lp: Local, phase: pb.PartitionPhase.ValueType, reason: str = "",
-        exit_code: int | None = None,
-    ) -> None:
-        lp.report = apb.PartitionReport(
-            name=lp.name, epoch=lp.epoch, phase=phase, reason=reason,
-            has_exit_code=exit_code is not None, exit_code=exit_code or 0, time=_now(),
-        )
-
-    def _announce(self, lp: Local) -> None:
-        self.send(apb.AgentMessage(report=lp.report))
 
     def _finish(self, lp: Local, status: ExitStatus, announce: bool = True) -> None:
         if lp.fenced:

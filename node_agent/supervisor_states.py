@@ -32,7 +32,7 @@ def _now() -> Timestamp:
 
 
 class StateOps:
-    """Mixed into Supervisor; relies on its reporting helpers."""
+    """Mixed into Supervisor: reports, and the saved-state operations built on them."""
 
     node: str
     states: StateStore
@@ -41,10 +41,13 @@ class StateOps:
 
     def _set(self, lp: Local, phase: pb.PartitionPhase.ValueType, reason: str = "",
              exit_code: int | None = None) -> None:
-        raise NotImplementedError
+        lp.report = apb.PartitionReport(
+            name=lp.name, epoch=lp.epoch, phase=phase, reason=reason,
+            has_exit_code=exit_code is not None, exit_code=exit_code or 0, time=_now(),
+        )
 
     def _announce(self, lp: Local) -> None:
-        raise NotImplementedError
+        self.send(apb.AgentMessage(report=lp.report))
 
     async def _fetch_state(self, name: str, ref: pb.StateRef) -> Path:
         """The saved state to restore: here already, or pulled from its node and verified."""

@@ -3,13 +3,14 @@ and again after a back-off when reconciling failed, and periodically as a resync
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 
 log = logging.getLogger(__name__)
 
 
-class Loop:
+class Loop(abc.ABC):
     name = "loop"
     resync_s = 5.0
 
@@ -58,6 +59,6 @@ class Loop:
             if again:
                 self._dirty.set()
 
+    @abc.abstractmethod
     async def reconcile(self) -> bool:
         """Do one pass; return True to run again at once (work left)."""
-        raise NotImplementedError

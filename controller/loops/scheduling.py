@@ -23,7 +23,7 @@ from controller.loops.base import Loop
 from controller.placement import request_for, snapshot_of
 from controller.scheduler import BatchPlacer, SchedulerConfig
 from controller.store.etcd import Compare, Op
-from controller.store.objects import Allocation, AllocEntry, ObjectStore, StoredPartition
+from controller.store.objects import Allocation, ObjectStore, StoredPartition
 
 log = logging.getLogger(__name__)
 PER_TXN = 40  # partitions per transaction: 3 ops each, under etcd's 128
@@ -148,27 +148,16 @@ class SchedulingLoop(Loop):
     async def _commit(
         self, node: str, alloc: Allocation, sps: list[StoredPartition], lease: int
     ) -> int | None:
-        keys = self.store.keys
         now = now_ts()
-        compares = [Compare(keys.allocation(node), alloc.mod_revision)]
-        ops: list[Op] = []
-        events = iter(self._scheduled_events([sp.partition.name for sp in sps], node))
         for sp in sps:
-            p = sp.partition
-            st = p.status
+            st = sp.partition.status
             st.phase = pb.PARTITION_PHASE_SCHEDULED
             st.node = node
             st.reason = f"scheduled on {node}"
             st.updated_at.CopyFrom(now)
-            alloc.entries[p.name] = AllocEntry(
-                p.spec.vcpus, p.spec.memory_bytes, p.spec.anti_affinity_group
-            )
-            compares.append(Compare(keys.partition(p.name), sp.mod_revision))
-            ops.append(Op.put(keys.partition(p.name), p.SerializeToString()))
-            ops.append(Op.put(keys.binding(p.name), node.encode()))
-            ekey, evalue = next(events)
+        compares, ops = self.store.bind_ops(sps, alloc)
+        for ekey, evalue in self._scheduled_events([sp.partition.name for sp in sps], node):
             ops.append(Op.put(ekey, evalue, lease))
-        ops.append(Op.put(keys.allocation(node), alloc.encode()))
         res = await self.store.etcd.txn(compares, ops)
         if not res.succeeded:
             log.info("binding %d partitions to %s conflicted; retrying", len(sps), node)

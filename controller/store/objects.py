@@ -138,14 +138,9 @@ class ObjectStore:
 
     async def delete_partition(self, sp: StoredPartition) -> None:
         name = sp.partition.name
-        compares = [Compare(self.keys.partition(name), sp.mod_revision)]
-        ops = [Op.delete(self.keys.partition(name)), Op.delete(self.keys.binding(name))]
-        if sp.binding_node:
-            alloc = await self.get_allocation(sp.binding_node)
-            if name in alloc.entries:
-                del alloc.entries[name]
-                compares.append(Compare(self.keys.allocation(alloc.node), alloc.mod_revision))
-                ops.append(Op.put(self.keys.allocation(alloc.node), alloc.encode()))
+        compares, ops = await self.release_ops(sp)
+        compares.append(Compare(self.keys.partition(name), sp.mod_revision))
+        ops.append(Op.delete(self.keys.partition(name)))
         res = await self.etcd.txn(compares, ops)
         if not res.succeeded:
             raise Conflict(f"partition {name!r} changed concurrently")
@@ -159,35 +154,52 @@ class ObjectStore:
         kvs, _ = await self.etcd.get_prefix(self.keys.allocations)
         return {Keys.name_of(kv.key): Allocation.decode(Keys.name_of(kv.key), kv) for kv in kvs}
 
-    def bind_ops(self, sp: StoredPartition, alloc: Allocation) -> tuple[list[Compare], list[Op]]:
-        """Compares and ops binding sp to alloc.node (sp.partition.status already updated)."""
-        p = sp.partition
-        alloc.entries[p.name] = AllocEntry(
-            p.spec.vcpus, p.spec.memory_bytes, p.spec.anti_affinity_group
-        )
-        compares = [
-            Compare(self.keys.partition(p.name), sp.mod_revision),
-            Compare(self.keys.allocation(alloc.node), alloc.mod_revision),
-        ]
-        ops = [
-            Op.put(self.keys.partition(p.name), _without_revision(p)),
-            Op.put(self.keys.binding(p.name), alloc.node.encode()),
-            Op.put(self.keys.allocation(alloc.node), alloc.encode()),
-        ]
+    def bind_ops(
+        self, sps: list[StoredPartition], alloc: Allocation
+    ) -> tuple[list[Compare], list[Op]]:
+        """Compares and ops binding sps to alloc.node (their status already updated): each
+        partition compared on the revision it was read at, the node's allocation record on
+        the revision the placement decision saw. Adds them to alloc.entries."""
+        compares = [Compare(self.keys.allocation(alloc.node), alloc.mod_revision)]
+        ops: list[Op] = []
+        for sp in sps:
+            p = sp.partition
+            p.ClearField("revision")  # read-only fields are not stored
+            p.status.epoch = 0
+            alloc.entries[p.name] = AllocEntry(
+                p.spec.vcpus, p.spec.memory_bytes, p.spec.anti_affinity_group
+            )
+            compares.append(Compare(self.keys.partition(p.name), sp.mod_revision))
+            ops.append(Op.put(self.keys.partition(p.name), p.SerializeToString()))
+            ops.append(Op.put(self.keys.binding(p.name), alloc.node.encode()))
+        ops.append(Op.put(self.keys.allocation(alloc.node), alloc.encode()))
         return compares, ops
 
-    async def release(self, sp: StoredPartition) -> int:
-        """Write sp.partition and drop its binding and allocation in one transaction."""
+    async def release_ops(
+        self, sp: StoredPartition, alloc: Allocation | None = None
+    ) -> tuple[list[Compare], list[Op]]:
+        """Compares and ops dropping sp's binding and its entry in its node's allocation
+        record. `alloc` (a copy the caller may hand over, e.g. from its cache) is read from
+        etcd when not given; the compare on its revision keeps a stale one harmless."""
         name = sp.partition.name
         ops: list[Op] = [Op.delete(self.keys.binding(name))]
         compares: list[Compare] = []
         if sp.binding_node:
-            alloc = await self.get_allocation(sp.binding_node)
+            if alloc is None:
+                alloc = await self.get_allocation(sp.binding_node)
             if name in alloc.entries:
                 del alloc.entries[name]
                 compares.append(Compare(self.keys.allocation(alloc.node), alloc.mod_revision))
                 ops.append(Op.put(self.keys.allocation(alloc.node), alloc.encode()))
-        rev = await self.update_partition(sp, ops, compares)
+        return compares, ops
+
+    async def release(
+        self, sp: StoredPartition, alloc: Allocation | None = None,
+        extra: list[Op] | None = None,
+    ) -> int:
+        """Write sp.partition and drop its binding and allocation in one transaction."""
+        compares, ops = await self.release_ops(sp, alloc)
+        rev = await self.update_partition(sp, [*ops, *(extra or [])], compares)
         sp.binding_node = ""
         sp.binding_revision = 0
         sp.partition.status.epoch = 0

@@ -13,7 +13,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .spec import ExitStatus
 from .worker_main import FRAME, OP_CHECKPOINT, OP_PAUSE, OP_RESUME, OP_SAVE
@@ -33,11 +33,10 @@ class LifecycleMixin:
     _lock: threading.Lock
     _ctl: socket.socket | None
 
-    def poll(self) -> ExitStatus | None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by WorkerHandle
+        def poll(self) -> ExitStatus | None: ...
 
-    def wait(self, timeout: float | None = None) -> ExitStatus | None:
-        raise NotImplementedError
+        def wait(self, timeout: float | None = None) -> ExitStatus | None: ...
 
     def pause(self, timeout: float = 10.0) -> None:
         """Every vCPU stopped, guest threads parked; WorkerError if that fails/times out."""

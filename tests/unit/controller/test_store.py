@@ -119,7 +119,7 @@ def test_objects_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -
         sp = await objs.get_partition("web")
         alloc = await objs.get_allocation("node-1")
         sp.partition.status.phase = pb.PARTITION_PHASE_SCHEDULED
-        compares, ops = objs.bind_ops(sp, alloc)
+        compares, ops = objs.bind_ops([sp], alloc)
         res = await etcd.txn(compares, ops)
         assert res.succeeded
         bound = await objs.get_partition("web")
@@ -133,7 +133,7 @@ def test_objects_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -
         again = await objs.get_partition("db")
         from controller.store.objects import Allocation
         stale_alloc = Allocation("node-1", {}, 0)
-        compares, ops = objs.bind_ops(again, stale_alloc)
+        compares, ops = objs.bind_ops([again], stale_alloc)
         assert not (await etcd.txn(compares, ops)).succeeded
 
         await objs.release(bound)
