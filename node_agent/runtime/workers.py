@@ -87,13 +87,16 @@ class WorkerHandle(LifecycleMixin):
             return None
         if (self.dir / "status.json").exists():  # written between our two looks
             return self._final_status()
+        if self._is_unreaped_child():
+            return None  # dead but the fork server has not recorded it yet
+        # Read only now: the fork server writes exit.json before it reaps, so once the
+        # zombie is gone the record is there. (Read before the zombie check, a record
+        # written and reaped between the two looks made a crash look like "vanished".)
         record = _read_json(self.dir / "exit.json")
         if self._killed_after is not None:
             reason = f"worker killed: did not stop within {self._killed_after:g}s"
         elif isinstance(record, dict) and record.get("pid") == self.pid:
             reason = describe_wait(record)
-        elif self._is_unreaped_child():
-            return None  # dead but the fork server has not recorded it yet
         else:
             reason = "worker vanished"
         return ExitStatus(None, reason, {})
