@@ -23,6 +23,46 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ReportCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReportCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReportCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPORT_CAUSE_UNSPECIFIED: _ReportCause.ValueType  # 0
+    """an ordinary phase change (started, paused, resumed, saved)"""
+    REPORT_CAUSE_EXITED: _ReportCause.ValueType  # 1
+    """the guest ended by itself; exit_code says how"""
+    REPORT_CAUSE_STOPPED: _ReportCause.ValueType  # 2
+    """stopped because the controller asked (STOP or FORGET)"""
+    REPORT_CAUSE_FAILED: _ReportCause.ValueType  # 3
+    """could not start, crashed, or the guest faulted; reason says why"""
+    REPORT_CAUSE_FENCED: _ReportCause.ValueType  # 4
+    """the node lost contact with every controller and stopped it"""
+    REPORT_CAUSE_SAVE_FAILED: _ReportCause.ValueType  # 5
+    """a save failed and the guest runs on (phase RUNNING or PAUSED)"""
+    REPORT_CAUSE_NOT_RUNNING: _ReportCause.ValueType  # 6
+    """the node does not run it (unknown epoch, lost across a restart)"""
+
+class ReportCause(_ReportCause, metaclass=_ReportCauseEnumTypeWrapper):
+    """Why a partition is in the phase a report gives (replaces matching reason strings)."""
+
+REPORT_CAUSE_UNSPECIFIED: ReportCause.ValueType  # 0
+"""an ordinary phase change (started, paused, resumed, saved)"""
+REPORT_CAUSE_EXITED: ReportCause.ValueType  # 1
+"""the guest ended by itself; exit_code says how"""
+REPORT_CAUSE_STOPPED: ReportCause.ValueType  # 2
+"""stopped because the controller asked (STOP or FORGET)"""
+REPORT_CAUSE_FAILED: ReportCause.ValueType  # 3
+"""could not start, crashed, or the guest faulted; reason says why"""
+REPORT_CAUSE_FENCED: ReportCause.ValueType  # 4
+"""the node lost contact with every controller and stopped it"""
+REPORT_CAUSE_SAVE_FAILED: ReportCause.ValueType  # 5
+"""a save failed and the guest runs on (phase RUNNING or PAUSED)"""
+REPORT_CAUSE_NOT_RUNNING: ReportCause.ValueType  # 6
+"""the node does not run it (unknown epoch, lost across a restart)"""
+Global___ReportCause: _TypeAlias = ReportCause  # noqa: Y015
+
 @_typing.final
 class RegisterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -62,22 +102,32 @@ class RegisterResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    FENCE_MARGIN_MS_FIELD_NUMBER: _builtins.int
+    ACK_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """pass in SessionHello"""
     lease_ttl_seconds: _builtins.int
-    """node lease TTL; fence after this long without a session"""
+    """node lease TTL (see HeartbeatAck for fencing)"""
     heartbeat_interval_ms: _builtins.int
     """how often to send heartbeats"""
+    fence_margin_ms: _builtins.int
+    """fence at (send time of the last acked heartbeat,"""
+    ack_timeout_ms: _builtins.int
+    """or of this Register) + TTL - margin
+    no ack within this long: try the next controller
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         lease_ttl_seconds: _builtins.int = ...,
         heartbeat_interval_ms: _builtins.int = ...,
+        fence_margin_ms: _builtins.int = ...,
+        ack_timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_seconds", b"lease_ttl_seconds", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_ms", b"ack_timeout_ms", "fence_margin_ms", b"fence_margin_ms", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_seconds", b"lease_ttl_seconds", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -198,20 +248,56 @@ class Heartbeat(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNNING_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    INVENTORY_FIELD_NUMBER: _builtins.int
     running: _builtins.int
     """partitions running on the node"""
+    seq: _builtins.int
+    """increases by one per heartbeat; the ack echoes it"""
+    @_builtins.property
+    def inventory(self) -> _containers.RepeatedCompositeFieldContainer[Global___InventoryEntry]:
+        """every live worker (and launch under way) on the node"""
+
     def __init__(
         self,
         *,
         running: _builtins.int = ...,
+        seq: _builtins.int = ...,
+        inventory: _abc.Iterable[Global___InventoryEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inventory", b"inventory", "running", b"running", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
+
+@_typing.final
+class InventoryEntry(_message.Message):
+    """One partition the node actually runs: the controller stops any it does not expect."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    epoch: _builtins.int
+    """epoch of the assignment the worker runs under"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InventoryEntry: _TypeAlias = InventoryEntry  # noqa: Y015
 
 @_typing.final
 class PartitionReport(_message.Message):
@@ -226,6 +312,7 @@ class PartitionReport(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     epoch: _builtins.int
@@ -240,6 +327,8 @@ class PartitionReport(_message.Message):
     """why (failure text, "stopped by request", ...)"""
     checkpoint: _builtins.str
     """the checkpoint `state` belongs to ("" = save)"""
+    cause: Global___ReportCause.ValueType
+    """why it is in this phase"""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """when it happened on the node"""
@@ -260,10 +349,11 @@ class PartitionReport(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         state: _types_pb2.StateRef | None = ...,
         checkpoint: _builtins.str = ...,
+        cause: Global___ReportCause.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "epoch", b"epoch", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "name", b"name", "phase", b"phase", "reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "checkpoint", b"checkpoint", "epoch", b"epoch", "exit_code", b"exit_code", "has_exit_code", b"has_exit_code", "name", b"name", "phase", b"phase", "reason", b"reason", "state", b"state", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,23 +517,29 @@ Global___StateRequest: _TypeAlias = StateRequest  # noqa: Y015
 
 @_typing.final
 class HeartbeatAck(_message.Message):
-    """Proof of contact for the agent: it fences itself (stops its partitions) when no message
-    from the controller arrived for the lease TTL.
+    """Proof of contact for the agent. A replica sends it only after a renewal of the node's lease
+    that it began after the heartbeat arrived succeeded, so the lease outlives the heartbeat's
+    send time by at least the TTL. The agent fences itself (stops its partitions) at the send
+    time of the newest acked heartbeat + TTL - fence margin, on a monotonic clock.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
     lease_ttl_seconds: _builtins.int
     """the TTL in force"""
+    seq: _builtins.int
+    """the newest heartbeat this ack answers"""
     def __init__(
         self,
         *,
         lease_ttl_seconds: _builtins.int = ...,
+        seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_seconds", b"lease_ttl_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_seconds", b"lease_ttl_seconds", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,9 +601,11 @@ class PartitionCommand(_message.Message):
         KIND_STOP: PartitionCommand._Kind.ValueType  # 1
         """stop the guest; report OFF"""
         KIND_FORGET: PartitionCommand._Kind.ValueType  # 2
-        """stop if running and delete everything the node keeps for it"""
+        """stop the copy at `epoch` if it runs and delete what the node keeps"""
         KIND_PAUSE: PartitionCommand._Kind.ValueType  # 3
-        """stop every vCPU at an instruction boundary; report PAUSED"""
+        """for it (epoch 0: only if nothing runs)
+        stop every vCPU at an instruction boundary; report PAUSED
+        """
         KIND_RESUME: PartitionCommand._Kind.ValueType  # 4
         """continue; report RUNNING"""
         KIND_SAVE: PartitionCommand._Kind.ValueType  # 5
@@ -522,9 +620,11 @@ class PartitionCommand(_message.Message):
     KIND_STOP: PartitionCommand.Kind.ValueType  # 1
     """stop the guest; report OFF"""
     KIND_FORGET: PartitionCommand.Kind.ValueType  # 2
-    """stop if running and delete everything the node keeps for it"""
+    """stop the copy at `epoch` if it runs and delete what the node keeps"""
     KIND_PAUSE: PartitionCommand.Kind.ValueType  # 3
-    """stop every vCPU at an instruction boundary; report PAUSED"""
+    """for it (epoch 0: only if nothing runs)
+    stop every vCPU at an instruction boundary; report PAUSED
+    """
     KIND_RESUME: PartitionCommand.Kind.ValueType  # 4
     """continue; report RUNNING"""
     KIND_SAVE: PartitionCommand.Kind.ValueType  # 5

@@ -140,6 +140,11 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_controller__pb2.DrainProgress.FromString,
                 _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/viridian.v1.Controller/RemoveNode',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
         self.PlanCapacity = channel.unary_unary(
                 '/viridian.v1.Controller/PlanCapacity',
                 request_serializer=viridian_dot_v1_dot_controller__pb2.PlanCapacityRequest.SerializeToString,
@@ -317,7 +322,16 @@ class ControllerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DrainNode(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """records the drain;
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """it goes on without the stream
+        a dead node, for good
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -477,6 +491,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_controller__pb2.DrainProgress.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.RemoveNodeResponse.SerializeToString,
             ),
             'PlanCapacity': grpc.unary_unary_rpc_method_handler(
                     servicer.PlanCapacity,
@@ -1081,6 +1100,33 @@ class Controller:
             '/viridian.v1.Controller/DrainNode',
             viridian_dot_v1_dot_controller__pb2.DrainNodeRequest.SerializeToString,
             viridian_dot_v1_dot_controller__pb2.DrainProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/RemoveNode',
+            viridian_dot_v1_dot_controller__pb2.RemoveNodeRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

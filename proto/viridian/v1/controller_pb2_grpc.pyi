@@ -75,6 +75,11 @@ class ControllerStub:
     CordonNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]
     UncordonNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]
     DrainNode: _grpc.UnaryStreamMultiCallable[_controller_pb2.DrainNodeRequest, _controller_pb2.DrainProgress]
+    """records the drain;"""
+    RemoveNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]
+    """it goes on without the stream
+    a dead node, for good
+    """
     PlanCapacity: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PlanCapacityRequest, _controller_pb2.CapacityPlan]
     """N+1 check"""
     PushImage: _grpc.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]
@@ -132,6 +137,11 @@ class ControllerAsyncStub(ControllerStub):
     CordonNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     UncordonNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.CordonNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     DrainNode: _aio.UnaryStreamMultiCallable[_controller_pb2.DrainNodeRequest, _controller_pb2.DrainProgress]  # type: ignore[assignment]
+    """records the drain;"""
+    RemoveNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.RemoveNodeRequest, _controller_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    """it goes on without the stream
+    a dead node, for good
+    """
     PlanCapacity: _aio.UnaryUnaryMultiCallable[_controller_pb2.PlanCapacityRequest, _controller_pb2.CapacityPlan]  # type: ignore[assignment]
     """N+1 check"""
     PushImage: _aio.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]  # type: ignore[assignment]
@@ -311,7 +321,18 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _controller_pb2.DrainNodeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_controller_pb2.DrainProgress], _abc.AsyncIterator[_controller_pb2.DrainProgress]]: ...
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.DrainProgress], _abc.AsyncIterator[_controller_pb2.DrainProgress]]:
+        """records the drain;"""
+
+    @_abc_1.abstractmethod
+    def RemoveNode(
+        self,
+        request: _controller_pb2.RemoveNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.RemoveNodeResponse, _abc.Awaitable[_controller_pb2.RemoveNodeResponse]]:
+        """it goes on without the stream
+        a dead node, for good
+        """
 
     @_abc_1.abstractmethod
     def PlanCapacity(

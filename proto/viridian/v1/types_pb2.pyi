@@ -20,6 +20,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _PartitionPhase:
@@ -283,8 +288,22 @@ class PartitionSpec(_message.Message):
     """what the user last asked for"""
     stdin: _builtins.bool
     """keep stdin open for an attached terminal (run)"""
-    node: _builtins.str
-    """run only on this node ("" = placement chooses);"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def node(self) -> _builtins.str:
+        """Deprecated and ignored: it was a permanent pin that outlived its node. `move` and
+        `start --node` now set PartitionStatus.target_node (one placement only); a lasting
+        constraint is node_selector {"viridian.io/node": NAME}.
+        """
+
+    @node.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def node(self, value: _builtins.str) -> None:
+        """Deprecated and ignored: it was a permanent pin that outlived its node. `move` and
+        `start --node` now set PartitionStatus.target_node (one placement only); a lasting
+        constraint is node_selector {"viridian.io/node": NAME}.
+        """
+
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv[1:] given to the entrypoint"""
@@ -422,6 +441,7 @@ class PartitionStatus(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SAVED_STATE_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    TARGET_NODE_FIELD_NUMBER: _builtins.int
     phase: Global___PartitionPhase.ValueType
     """current phase"""
     node: _builtins.str
@@ -438,6 +458,8 @@ class PartitionStatus(_message.Message):
     """how many times the controller restarted it"""
     arch: Global___Arch.ValueType
     """architecture of its image"""
+    target_node: _builtins.str
+    """the next placement must choose this node"""
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """when it was created"""
@@ -479,10 +501,11 @@ class PartitionStatus(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         saved_state: Global___StateRef | None = ...,
         checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
+        target_node: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "saved_state", b"saved_state", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "checkpoints", b"checkpoints", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "saved_state", b"saved_state", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "checkpoints", b"checkpoints", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "saved_state", b"saved_state", "started_at", b"started_at", "target_node", b"target_node", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -623,6 +646,8 @@ class NodeStatus(_message.Message):
     REGISTERED_AT_FIELD_NUMBER: _builtins.int
     ALLOCATABLE_VCPUS_FIELD_NUMBER: _builtins.int
     ALLOCATABLE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
+    EVICTION_FIELD_NUMBER: _builtins.int
     state: Global___NodeState.ValueType
     """ready or not"""
     allocated_vcpus: _builtins.int
@@ -645,6 +670,14 @@ class NodeStatus(_message.Message):
     def registered_at(self) -> _timestamp_pb2.Timestamp:
         """first registration"""
 
+    @_builtins.property
+    def drain(self) -> Global___NodeOperation:
+        """the last drain of this node, if any"""
+
+    @_builtins.property
+    def eviction(self) -> Global___NodeOperation:
+        """the last eviction (node lost), if any"""
+
     def __init__(
         self,
         *,
@@ -657,14 +690,175 @@ class NodeStatus(_message.Message):
         registered_at: _timestamp_pb2.Timestamp | None = ...,
         allocatable_vcpus: _builtins.int = ...,
         allocatable_memory_bytes: _builtins.int = ...,
+        drain: Global___NodeOperation | None = ...,
+        eviction: Global___NodeOperation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["drain", b"drain", "eviction", b"eviction", "last_heartbeat", b"last_heartbeat", "registered_at", b"registered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocatable_memory_bytes", b"allocatable_memory_bytes", "allocatable_vcpus", b"allocatable_vcpus", "allocated_memory_bytes", b"allocated_memory_bytes", "allocated_vcpus", b"allocated_vcpus", "last_heartbeat", b"last_heartbeat", "partitions", b"partitions", "reason", b"reason", "registered_at", b"registered_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocatable_memory_bytes", b"allocatable_memory_bytes", "allocatable_vcpus", b"allocatable_vcpus", "allocated_memory_bytes", b"allocated_memory_bytes", "allocated_vcpus", b"allocated_vcpus", "drain", b"drain", "eviction", b"eviction", "last_heartbeat", b"last_heartbeat", "partitions", b"partitions", "reason", b"reason", "registered_at", b"registered_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
+
+@_typing.final
+class NodeOperation(_message.Message):
+    """A controller-side operation on one node, recorded in etcd and carried out by the leading
+    controller (a new leader resumes it): a drain (user-requested) or an eviction (the node
+    was lost: its HA partitions restart elsewhere, the others become Lost).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[NodeOperation._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: NodeOperation._Kind.ValueType  # 0
+        KIND_DRAIN: NodeOperation._Kind.ValueType  # 1
+        """cordon, then move every partition away (Quick Migration)"""
+        KIND_EVICTION: NodeOperation._Kind.ValueType  # 2
+        """the node's lease expired: release what was bound to it"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: NodeOperation.Kind.ValueType  # 0
+    KIND_DRAIN: NodeOperation.Kind.ValueType  # 1
+    """cordon, then move every partition away (Quick Migration)"""
+    KIND_EVICTION: NodeOperation.Kind.ValueType  # 2
+    """the node's lease expired: release what was bound to it"""
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[NodeOperation._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: NodeOperation._State.ValueType  # 0
+        STATE_RUNNING: NodeOperation._State.ValueType  # 1
+        """under way"""
+        STATE_COMPLETED: NodeOperation._State.ValueType  # 2
+        """done: nothing of it is left on the node"""
+        STATE_FAILED: NodeOperation._State.ValueType  # 3
+        """gave up (deadline): `failed` lists what could not move and why"""
+        STATE_CANCELLED: NodeOperation._State.ValueType  # 4
+        """stopped before the end (uncordon; the node came back)"""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper): ...
+    STATE_UNSPECIFIED: NodeOperation.State.ValueType  # 0
+    STATE_RUNNING: NodeOperation.State.ValueType  # 1
+    """under way"""
+    STATE_COMPLETED: NodeOperation.State.ValueType  # 2
+    """done: nothing of it is left on the node"""
+    STATE_FAILED: NodeOperation.State.ValueType  # 3
+    """gave up (deadline): `failed` lists what could not move and why"""
+    STATE_CANCELLED: NodeOperation.State.ValueType  # 4
+    """stopped before the end (uncordon; the node came back)"""
+
+    @_typing.final
+    class DoneEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class FailedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    KIND_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
+    PENDING_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    kind: Global___NodeOperation.Kind.ValueType
+    """what it is"""
+    node: _builtins.str
+    """the node it concerns"""
+    state: Global___NodeOperation.State.ValueType
+    """where it stands"""
+    message: _builtins.str
+    """one line: what it does or did"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp:
+        """when it was recorded"""
+
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp:
+        """when it ended"""
+
+    @_builtins.property
+    def deadline(self) -> _timestamp_pb2.Timestamp:
+        """drain: give up after this"""
+
+    @_builtins.property
+    def pending(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """partitions it still has to handle"""
+
+    @_builtins.property
+    def done(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """partition -> what happened to it"""
+
+    @_builtins.property
+    def failed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """partition -> why it could not move"""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___NodeOperation.Kind.ValueType = ...,
+        node: _builtins.str = ...,
+        state: Global___NodeOperation.State.ValueType = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        deadline: _timestamp_pb2.Timestamp | None = ...,
+        pending: _abc.Iterable[_builtins.str] | None = ...,
+        done: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        failed: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "done", b"done", "failed", b"failed", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "node", b"node", "pending", b"pending", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeOperation: _TypeAlias = NodeOperation  # noqa: Y015
 
 @_typing.final
 class Node(_message.Message):
