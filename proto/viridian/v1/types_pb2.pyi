@@ -796,6 +796,26 @@ class NodeOperation(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class StepsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KIND_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
@@ -806,6 +826,8 @@ class NodeOperation(_message.Message):
     DONE_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     kind: Global___NodeOperation.Kind.ValueType
     """what it is"""
     node: _builtins.str
@@ -814,6 +836,10 @@ class NodeOperation(_message.Message):
     """where it stands"""
     message: _builtins.str
     """one line: what it does or did"""
+    reason: _builtins.str
+    """("saving", "stopping")
+    eviction: why the node counts as lost
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp:
         """when it was recorded"""
@@ -838,6 +864,10 @@ class NodeOperation(_message.Message):
     def failed(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """partition -> why it could not move"""
 
+    @_builtins.property
+    def steps(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """drain: partition -> step under way"""
+
     def __init__(
         self,
         *,
@@ -851,10 +881,12 @@ class NodeOperation(_message.Message):
         done: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         failed: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         message: _builtins.str = ...,
+        steps: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "done", b"done", "failed", b"failed", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "node", b"node", "pending", b"pending", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "done", b"done", "failed", b"failed", "finished_at", b"finished_at", "kind", b"kind", "message", b"message", "node", b"node", "pending", b"pending", "reason", b"reason", "started_at", b"started_at", "state", b"state", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
