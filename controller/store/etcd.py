@@ -1,49 +1,57 @@
-"""An asyncio facade over etcd-sdk-python (python-etcd3's API, blocking).
+"""The controller's only door to etcd: an asyncio facade over etcd's raw gRPC stubs.
 
-Why a thread pool and not an asyncio etcd client: etcd-sdk-python is the maintained
-successor of python-etcd3, works with protobuf 7, and is what the project already depends
-on; every call here is short (a range, a put, a transaction), so a bounded pool of threads
-keeps the event loop free without a second etcd client to maintain. Watches run on the
-client's own watcher thread and hand their events to the loop.
+Endpoints and failover (see _endpoints.py for why not pyetcd's): one channel per member, the
+store uses the FIRST listed member until a call fails for connectivity reasons (UNAVAILABLE,
+DEADLINE_EXCEEDED, etcd's "no leader"), then the next one in list order, wrapping around.
+Every call carries etcd's require-leader metadata and a deadline.
 
-Every etcd failure leaves this module as a StoreError (Conflict or StoreUnavailable).
+What a failure means to the caller (every etcd failure leaves this module as a StoreError):
+- Reads and lease revoke/keepalive/time-to-live are idempotent: they are retried on the next
+  member within the call's deadline; StoreUnavailable means no member answered in time.
+- put, delete, txn and grant_lease are not retried: on a connectivity failure the store
+  switches member and raises StoreUnavailable, which means "maybe applied". Callers retry
+  with a fresh read: their transactions compare mod revisions, so a write that did land
+  makes the retry's compare fail (Conflict) instead of applying twice; a lease granted by a
+  call that then failed is simply never used and expires after its TTL.
+
+Why a thread pool and not grpc.aio: the unary calls are short and blocking stubs keep the
+store usable from any thread and event loop (it is built before the loop runs); the pool
+keeps the loop free. Lease keepalives share one stream (_keepalive.py) and watches have a
+stream each (_watch.py): neither occupies a pool thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
-import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
-import pyetcd
 from pyetcd import etcdrpc
-from pyetcd import exceptions as etcd_exc
 
 from controller.errors import StoreUnavailable
+from controller.store._endpoints import HASLEADER, Endpoint, Endpoints, describe, is_failover
+from controller.store._keepalive import LeaseKeepAliver
+from controller.store._kv import KV, WatchEvent, kv_from_pb, prefix_end
+from controller.store._watch import PrefixWatch
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+__all__ = [
+    "KV",
+    "Compare",
+    "EtcdStore",
+    "Op",
+    "TxnResult",
+    "WatchEvent",
+    "build_txn",
+    "parse_endpoint",
+]
 
-
-@dataclass(frozen=True)
-class KV:
-    key: str
-    value: bytes
-    mod_revision: int
-    create_revision: int
-    lease: int = 0
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    deleted: bool
-    kv: KV
+# An attempt left with less time than this is not worth starting.
+MIN_ATTEMPT_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -77,22 +85,6 @@ class TxnResult:
     revision: int
 
 
-def _kv(raw: Any) -> KV:
-    return KV(
-        key=raw.key.decode(),
-        value=bytes(raw.value),
-        mod_revision=int(raw.mod_revision),
-        create_revision=int(raw.create_revision),
-        lease=int(raw.lease),
-    )
-
-
-def _prefix_end(prefix: str) -> bytes:
-    raw = bytearray(prefix.encode())
-    raw[-1] += 1
-    return bytes(raw)
-
-
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     text = endpoint.split("://", 1)[-1].rstrip("/")
     host, _, port = text.rpartition(":")
@@ -101,44 +93,97 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     return host, int(port)
 
 
+Rpc = Callable[..., Any]  # a bound stub method: (request, timeout=..., metadata=...)
+
+
 class EtcdStore:
-    """Async key-value operations on etcd. One instance per controller process."""
+    """Async key-value operations on etcd. One instance per controller process.
+
+    timeout: the deadline of every KV, txn and lease grant/revoke call, retries included.
+    attempt_timeout: the deadline of one attempt of an idempotent call before it moves on
+        to the next member (default: half of timeout, leaving room for one retry when a
+        member hangs).
+    keepalive_timeout: the deadline of one lease keepalive (shorter than the leases' TTL).
+    watch_stall_timeout: a watch that receives nothing, progress responses included, for
+        this long is reported lost.
+    credentials: gRPC channel credentials once etcd uses TLS (None: plaintext).
+    """
 
     MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
-    def __init__(self, endpoints: Sequence[str], pool_size: int = 8, timeout: float = 5.0):
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        pool_size: int = 8,
+        timeout: float = 2.0,
+        *,
+        attempt_timeout: float | None = None,
+        keepalive_timeout: float = 1.0,
+        watch_stall_timeout: float = 3.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         if not endpoints:
             raise ValueError("at least one etcd endpoint is required")
-        eps = [pyetcd.Endpoint(*parse_endpoint(e), secure=False) for e in endpoints]
-        self._client = pyetcd.MultiEndpointEtcd3Client(
-            endpoints=eps, timeout=timeout, failover=True
-        )
+        addresses = ["{}:{}".format(*parse_endpoint(e)) for e in endpoints]
+        self._endpoints = Endpoints(addresses, credentials)
+        self._timeout = timeout
+        self._attempt_timeout = attempt_timeout if attempt_timeout is not None else timeout / 2
+        self._watch_stall_timeout = watch_stall_timeout
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="etcd")
-        self._watches: list[_PrefixWatch] = []
+        self._keepalives = LeaseKeepAliver(self._endpoints, keepalive_timeout)
+        self._watches: list[PrefixWatch] = []
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    @property
+    def current_endpoint(self) -> str:
+        """The member calls go to now (HOST:PORT)."""
+        return self._endpoints.current().address
+
+    @property
+    def keepalive_stream_opens(self) -> int:
+        """How many LeaseKeepAlive streams this store has opened so far."""
+        return self._keepalives.stream_opens
+
+    # -- calls ---------------------------------------------------------------------------
+
+    async def _call(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, _guard(fn))
+        run = functools.partial(self._invoke, pick, request, idempotent)
+        return await loop.run_in_executor(self._pool, run)
+
+    def _invoke(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool) -> Any:
+        """One call, on a pool thread: on the current member, then (idempotent calls only)
+        on the next ones while the deadline allows, each member at most once."""
+        deadline = time.monotonic() + self._timeout
+        tries = len(self._endpoints) if idempotent else 1
+        for attempt in range(1, tries + 1):
+            ep = self._endpoints.current()
+            remaining = deadline - time.monotonic()
+            last = attempt == tries
+            budget = remaining if last else min(remaining, self._attempt_timeout)
+            try:
+                return pick(ep)(request, timeout=budget, metadata=HASLEADER)
+            except grpc.RpcError as err:
+                if not is_failover(err):
+                    raise StoreUnavailable(f"etcd {ep.address}: {describe(err)}") from err
+                self._endpoints.advance_from(ep, describe(err))
+                if last or deadline - time.monotonic() < MIN_ATTEMPT_S:
+                    raise StoreUnavailable(f"etcd {ep.address}: {describe(err)}") from err
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, key: str) -> KV | None:
-        def run() -> KV | None:
-            req = etcdrpc.RangeRequest(key=key.encode())
-            resp = self._client.kvstub.Range(req, self._client.timeout)
-            return _kv(resp.kvs[0]) if resp.kvs else None
+    async def _range(self, request: Any) -> Any:
+        return await self._call(_kv_rpc("Range"), request, idempotent=True)
 
-        return await self._call(run)
+    async def get(self, key: str) -> KV | None:
+        resp = await self._range(etcdrpc.RangeRequest(key=key.encode()))
+        return kv_from_pb(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
         """All keys under prefix, sorted by key, and the store revision they were read at."""
-
-        def run() -> tuple[list[KV], int]:
-            req = etcdrpc.RangeRequest(key=prefix.encode(), range_end=_prefix_end(prefix))
-            resp = self._client.kvstub.Range(req, self._client.timeout)
-            return [_kv(kv) for kv in resp.kvs], int(resp.header.revision)
-
-        return await self._call(run)
+        resp = await self._range(
+            etcdrpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix)))
+        return [kv_from_pb(kv) for kv in resp.kvs], int(resp.header.revision)
 
     async def get_prefix_paged(
         self, prefix: str, revision: int = 0, page: int = 1000
@@ -146,87 +191,62 @@ class EtcdStore:
         """Like get_prefix, in pages of `page` keys all read at one revision (`revision`, or
         the first page's): a single range of a large prefix would exceed gRPC's 4 MiB limit.
         Returns the keys and the revision they were read at."""
-        end = _prefix_end(prefix)
-
-        def page_at(first: bytes, at: int) -> tuple[list[KV], int, bytes]:
-            req = etcdrpc.RangeRequest(key=first, range_end=end, limit=page, revision=at)
-            resp = self._client.kvstub.Range(req, self._client.timeout)
-            more = bool(resp.more) and bool(resp.kvs)
-            nxt = (bytes(resp.kvs[-1].key) + b"\0") if more else b""
-            return [_kv(kv) for kv in resp.kvs], at or int(resp.header.revision), nxt
-
+        end = prefix_end(prefix)
         start = prefix.encode()
         out: list[KV] = []
         while start:
-            kvs, revision, start = await self._call(functools.partial(page_at, start, revision))
-            out.extend(kvs)
+            resp = await self._range(
+                etcdrpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision))
+            out.extend(kv_from_pb(kv) for kv in resp.kvs)
+            revision = revision or int(resp.header.revision)
+            more = bool(resp.more) and bool(resp.kvs)
+            start = (bytes(resp.kvs[-1].key) + b"\0") if more else b""
         return out, revision
 
-    # -- writes --------------------------------------------------------------------------
+    # -- writes (not retried: StoreUnavailable means "maybe applied") ---------------------
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        def run() -> int:
-            req = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
-            return int(self._client.kvstub.Put(req, self._client.timeout).header.revision)
-
-        return await self._call(run)
+        req = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
+        resp = await self._call(_kv_rpc("Put"), req, idempotent=False)
+        return int(resp.header.revision)
 
     async def delete(self, key: str) -> bool:
-        def run() -> bool:
-            req = etcdrpc.DeleteRangeRequest(key=key.encode())
-            return bool(self._client.kvstub.DeleteRange(req, self._client.timeout).deleted)
-
-        return await self._call(run)
+        req = etcdrpc.DeleteRangeRequest(key=key.encode())
+        resp = await self._call(_kv_rpc("DeleteRange"), req, idempotent=False)
+        return bool(resp.deleted)
 
     async def delete_prefix(self, prefix: str) -> int:
-        def run() -> int:
-            req = etcdrpc.DeleteRangeRequest(key=prefix.encode(), range_end=_prefix_end(prefix))
-            return int(self._client.kvstub.DeleteRange(req, self._client.timeout).deleted)
-
-        return await self._call(run)
+        req = etcdrpc.DeleteRangeRequest(key=prefix.encode(), range_end=prefix_end(prefix))
+        resp = await self._call(_kv_rpc("DeleteRange"), req, idempotent=False)
+        return int(resp.deleted)
 
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
         """Apply ops atomically if every compare holds; never raises Conflict itself."""
         if len(ops) > self.MAX_TXN_OPS:
             raise ValueError(f"transaction has {len(ops)} ops; etcd allows {self.MAX_TXN_OPS}")
-        request = build_txn(compares, ops)
-
-        def run() -> TxnResult:
-            resp = self._client.kvstub.Txn(request, self._client.timeout)
-            return TxnResult(bool(resp.succeeded), int(resp.header.revision))
-
-        return await self._call(run)
+        resp = await self._call(_kv_rpc("Txn"), build_txn(compares, ops), idempotent=False)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 
     # -- leases --------------------------------------------------------------------------
 
     async def grant_lease(self, ttl: int) -> int:
-        def run() -> int:
-            resp = self._client.leasestub.LeaseGrant(
-                etcdrpc.LeaseGrantRequest(TTL=ttl), self._client.timeout
-            )
-            return int(resp.ID)
-
-        return await self._call(run)
+        req = etcdrpc.LeaseGrantRequest(TTL=ttl)
+        resp = await self._call(_lease_rpc("LeaseGrant"), req, idempotent=False)
+        return int(resp.ID)
 
     async def keepalive(self, lease_id: int) -> int:
-        """Refresh a lease once; returns its TTL, or 0 when it has already expired."""
+        """Refresh a lease once; returns its TTL, or 0 when it has already expired.
+        Raises StoreUnavailable when no member answered within keepalive_timeout."""
+        return await self._keepalives.keepalive(lease_id)
 
-        def run() -> int:
-            for resp in self._client.refresh_lease(lease_id):
-                return int(resp.TTL)
-            return 0
-
-        return await self._call(run)
+    async def lease_ttl(self, lease_id: int) -> int:
+        """The lease's remaining TTL in seconds, or 0 when it has expired (or never was)."""
+        req = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = await self._call(_lease_rpc("LeaseTimeToLive"), req, idempotent=True)
+        return max(0, int(resp.TTL))
 
     async def revoke_lease(self, lease_id: int) -> None:
-        def run() -> None:
-            try:
-                self._client.revoke_lease(lease_id)
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.NOT_FOUND:
-                    raise
-
-        await self._call(run)
+        await self._call(_revoke_rpc, etcdrpc.LeaseRevokeRequest(ID=lease_id), idempotent=True)
 
     # -- watches -------------------------------------------------------------------------
 
@@ -239,24 +259,57 @@ class EtcdStore:
     ) -> Callable[[], None]:
         """Deliver events under prefix from start_revision on the running loop.
 
-        on_events(events, revision) runs in the loop; on_lost(error) runs once if the watch
-        breaks (etcd gone, revision compacted): the caller re-reads and watches again.
-        Returns a function that cancels the watch.
+        on_events(events, revision) runs in the loop, in order; on_lost(error) runs once if
+        the watch breaks (member dead, hung or leaderless, revision compacted, cancelled by
+        etcd): the caller re-reads and watches again (the store has then moved to the next
+        member if this one was at fault). Returns a function that cancels the watch; no
+        callback runs after it was called.
         """
         loop = asyncio.get_running_loop()
-        watch = _PrefixWatch(self._client, prefix, start_revision, loop, on_events, on_lost)
+        self._watches = [w for w in self._watches if not w.finished]
+        watch = PrefixWatch(self._endpoints, prefix, start_revision, loop, on_events, on_lost,
+                            self._watch_stall_timeout)
         self._watches.append(watch)
-        self._pool.submit(watch.start)
+        watch.start()
         return watch.cancel
 
     def close(self) -> None:
         for w in self._watches:
             w.cancel()
+        self._keepalives.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._endpoints.close()
+
+
+def _kv_rpc(name: str) -> Callable[[Endpoint], Rpc]:
+    def pick(ep: Endpoint) -> Rpc:
+        rpc: Rpc = getattr(ep.kv, name)
+        return rpc
+
+    return pick
+
+
+def _lease_rpc(name: str) -> Callable[[Endpoint], Rpc]:
+    def pick(ep: Endpoint) -> Rpc:
+        rpc: Rpc = getattr(ep.lease, name)
+        return rpc
+
+    return pick
+
+
+def _revoke_rpc(ep: Endpoint) -> Rpc:
+    """LeaseRevoke that treats an unknown lease (expired, or revoked by an earlier attempt
+    whose answer was lost) as revoked."""
+
+    def call(request: Any, **kwargs: Any) -> Any:
         try:
-            self._client.close()
-        except Exception:  # noqa: BLE001 - closing a broken channel must not fail shutdown
-            log.debug("closing etcd client failed", exc_info=True)
+            return ep.lease.LeaseRevoke(request, **kwargs)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    return call
 
 
 def build_txn(compares: Sequence[Compare], ops: Sequence[Op]) -> Any:
@@ -284,87 +337,3 @@ def build_txn(compares: Sequence[Compare], ops: Sequence[Op]) -> Any:
                 )
             )
     return etcdrpc.TxnRequest(compare=cmp, success=success, failure=[])
-
-
-def _guard(fn: Callable[[], T]) -> Callable[[], T]:
-    def run() -> T:
-        try:
-            return fn()
-        except (grpc.RpcError, etcd_exc.Etcd3Exception) as err:
-            raise StoreUnavailable(f"etcd: {_describe(err)}") from err
-
-    return run
-
-
-def _describe(err: Exception) -> str:
-    if isinstance(err, grpc.RpcError):
-        code = err.code() if hasattr(err, "code") else None
-        details = err.details() if hasattr(err, "details") else str(err)
-        return f"{code.name if code else 'error'}: {details}"
-    return type(err).__name__ + (f": {err}" if str(err) else "")
-
-
-class _PrefixWatch:
-    """One prefix watch on the client's watcher thread, forwarding to an event loop."""
-
-    def __init__(
-        self,
-        client: Any,
-        prefix: str,
-        start_revision: int,
-        loop: asyncio.AbstractEventLoop,
-        on_events: Callable[[list[WatchEvent], int], None],
-        on_lost: Callable[[Exception], None],
-    ) -> None:
-        self._client = client
-        self._prefix = prefix
-        self._start = start_revision
-        self._loop = loop
-        self._on_events = on_events
-        self._on_lost = on_lost
-        self._watch_id: int | None = None
-        self._done = threading.Event()
-
-    def start(self) -> None:
-        try:
-            self._watch_id = self._client.add_watch_callback(
-                self._prefix.encode(),
-                self._callback,
-                range_end=_prefix_end(self._prefix),
-                start_revision=self._start,
-            )
-        except Exception as err:  # noqa: BLE001 - any failure means the watch is lost
-            self._lost(err)
-
-    def _callback(self, response: Any) -> None:
-        if self._done.is_set():
-            return
-        if isinstance(response, Exception):
-            self._lost(response)
-            return
-        events = [
-            WatchEvent(deleted=type(ev).__name__ == "DeleteEvent", kv=_kv(ev._event.kv))
-            for ev in response.events
-        ]
-        revision = int(response.header.revision)
-        if events:
-            self._loop.call_soon_threadsafe(self._on_events, events, revision)
-
-    def _lost(self, err: Exception) -> None:
-        if self._done.is_set():
-            return
-        self._done.set()
-        try:
-            self._loop.call_soon_threadsafe(self._on_lost, err)
-        except RuntimeError:  # loop closed during shutdown
-            pass
-
-    def cancel(self) -> None:
-        if self._done.is_set():
-            return
-        self._done.set()
-        if self._watch_id is not None:
-            try:
-                self._client.cancel_watch(self._watch_id)
-            except Exception:  # noqa: BLE001 - cancelling on a dead connection is moot
-                log.debug("cancel watch failed", exc_info=True)

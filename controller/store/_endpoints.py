@@ -1,0 +1,153 @@
+"""Ordered etcd endpoints, one gRPC channel each, and the rules for leaving one.
+
+Why our own endpoint handling and not pyetcd's MultiEndpointEtcd3Client failover: its
+failover only covers the calls made through its own helper methods, not the raw stubs the
+store uses (so KV calls never moved off a dead member); it starts on a random endpoint; and
+it marks a failed endpoint unusable for 300 s, so a cluster whose other members fail later
+has nowhere left to go. Here the store starts on the FIRST listed endpoint, and any call or
+stream that fails for connectivity reasons (UNAVAILABLE, DEADLINE_EXCEEDED, etcd's "no
+leader" family) moves every user of the store to the next endpoint in list order, wrapping
+around: no blacklist, a member that came back is simply used again when its turn comes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import grpc
+from pyetcd import etcdrpc
+
+log = logging.getLogger("controller.store.etcd")
+
+# etcd's require-leader metadata (clientv3.WithRequireLeader): a member that has lost its
+# leader answers "etcdserver: no leader" at once instead of letting the call hang, and
+# cancels streams opened with it once it has been leaderless for ~3 election timeouts.
+HASLEADER: Final = (("hasleader", "true"),)
+
+# 64 MiB: a large watch catch-up or range must not be refused by gRPC's 4 MiB default.
+MAX_RECEIVE_BYTES: Final = 64 << 20
+
+CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
+    ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+    # HTTP/2 pings on open streams notice a dead TCP connection (or a hung member whose
+    # kernel still ACKs) without waiting for the OS. 6 s: etcd refuses pings more frequent
+    # than its --grpc-keepalive-min-time (5 s) with GOAWAY.
+    ("grpc.keepalive_time_ms", 6000),
+    ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    # A member that comes back is reconnected within a second, not after gRPC's default
+    # backoff of up to 120 s.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+FAILOVER_CODES: Final = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# etcd reports these with code UNAVAILABLE already; matched on the text too in case a
+# member or proxy maps them to another code.
+NO_LEADER_TEXTS: Final = ("no leader", "leader changed", "not leader")
+
+
+def code_of(err: BaseException) -> grpc.StatusCode | None:
+    code = getattr(err, "code", None)
+    return code() if callable(code) else None
+
+
+def details_of(err: BaseException) -> str:
+    details = getattr(err, "details", None)
+    text = details() if callable(details) else None
+    return str(text) if text is not None else str(err)
+
+
+def is_failover(err: BaseException) -> bool:
+    """True when err says the member is unreachable, hung or without a leader."""
+    if code_of(err) in FAILOVER_CODES:
+        return True
+    details = details_of(err)
+    return any(t in details for t in NO_LEADER_TEXTS)
+
+
+def describe(err: BaseException) -> str:
+    code = code_of(err)
+    if code is not None:
+        return f"{code.name}: {details_of(err)}"
+    return type(err).__name__ + (f": {err}" if str(err) else "")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One etcd member: its channel and the raw stubs over it."""
+
+    index: int
+    address: str
+    channel: grpc.Channel
+    kv: Any
+    lease: Any
+    maintenance: Any
+
+
+class Endpoints:
+    """The ordered endpoints and the one the store currently uses.
+
+    credentials: None for plaintext; grpc.ssl_channel_credentials(...) once etcd has TLS.
+    """
+
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("at least one etcd endpoint is required")
+        self._lock = threading.Lock()
+        self._current = 0
+        self.endpoints: list[Endpoint] = []
+        for i, address in enumerate(addresses):
+            if credentials is None:
+                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+            self.endpoints.append(
+                Endpoint(
+                    index=i,
+                    address=address,
+                    channel=channel,
+                    kv=etcdrpc.KVStub(channel),
+                    lease=etcdrpc.LeaseStub(channel),
+                    maintenance=etcdrpc.MaintenanceStub(channel),
+                )
+            )
+
+    def __len__(self) -> int:
+        return len(self.endpoints)
+
+    def current(self) -> Endpoint:
+        with self._lock:
+            return self.endpoints[self._current]
+
+    def advance_from(self, failed: Endpoint, reason: str) -> Endpoint:
+        """Move to the endpoint after `failed` if it is still the current one.
+
+        Many calls in flight on one dead member all fail; only the first moves the store on,
+        the others find it already moved (and must not skip a healthy member).
+        """
+        with self._lock:
+            if self._current == failed.index and len(self.endpoints) > 1:
+                self._current = (failed.index + 1) % len(self.endpoints)
+                nxt = self.endpoints[self._current]
+                log.warning(
+                    "etcd member %s failed (%s); switching to %s",
+                    failed.address, reason, nxt.address,
+                )
+            return self.endpoints[self._current]
+
+    def close(self) -> None:
+        for ep in self.endpoints:
+            try:
+                ep.channel.close()
+            except Exception:  # noqa: BLE001 - closing a broken channel must not fail shutdown
+                log.debug("closing the channel to %s failed", ep.address, exc_info=True)
