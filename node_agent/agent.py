@@ -1,5 +1,6 @@
-"""The node agent: registers its node, keeps one session with a controller (reconnecting
-with back-off, failing over between controller addresses), runs what it is assigned."""
+"""The node agent: registers its node, keeps one session with a controller (session.py),
+moving on to the next controller address after any failure, fences itself when contact
+lapses (fencing.py), runs what it is assigned (supervisor.py)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,14 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from node_agent.clock import BootClock, Clock
 from node_agent.fencing import Fence
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
 from node_agent.images import ImageCache, ImagePullError
+from node_agent.runtime.watchdog_file import WATCHDOG_FILE
+from node_agent.session import ControllerSession, Outbox, RegisterRefused
 from node_agent.supervisor import Supervisor
+from node_agent.timing import Timing
 
 log = logging.getLogger(__name__)
 VERSION = "0.1.0"
@@ -46,21 +51,26 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, arches: list[str]) -> None:
+    def __init__(self, config: AgentConfig, arches: list[str], clock: Clock | None = None,
+                 supervisor: Supervisor | None = None) -> None:
         if not config.controllers:
             raise ValueError("at least one controller address is required")
         self.config = config
         self.arches = arches
+        self.clock: Clock = clock or BootClock()
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageCache(run_dir / "images")
-        self.supervisor = Supervisor(run_dir, self.images, self._pull, self._pull_state,
-                                     config.name)
+        self.supervisor = supervisor or Supervisor(run_dir, self.images, self._pull,
+                                                   self._pull_state, config.name)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
-        self._outgoing: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue()
+        self._outbox: Outbox | None = None
         self._consoles: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
-        self.fence = Fence(self.supervisor, run_dir / "workers" / "watchdog")
+        # Before any worker can start: a never-contacted agent's deadline is in the past.
+        self.fence = Fence(self.supervisor, run_dir / "workers" / WATCHDOG_FILE, self.clock)
+        self.timing = Timing.for_ttl(self.fence.ttl)
+        self.address = ""  # the controller of the current session ("" between sessions)
 
     def spec(self) -> pb.NodeSpec:
         c = self.config
@@ -78,102 +88,81 @@ class Agent:
         await self.supervisor.start()
         self.supervisor.send = self._send
         fencing = asyncio.create_task(self.fence.run(), name="fence")
-        backoff = BACKOFF_MIN_S
-        index = 0
         try:
-            while not self._stop.is_set():
-                address = self.config.controllers[index % len(self.config.controllers)]
-                connected = await self._session(address)
-                if self._stop.is_set():
-                    break
-                if connected:
-                    backoff = BACKOFF_MIN_S
-                else:
-                    index += 1
-                    backoff = min(backoff * 2, BACKOFF_MAX_S)
-                delay = backoff * random.uniform(0.5, 1.0)
-                try:
-                    await asyncio.wait_for(self._stop.wait(), delay)
-                except TimeoutError:
-                    pass
+            await self._connect_loop()
         finally:
             fencing.cancel()
             await self.supervisor.close()
 
+    async def _connect_loop(self) -> None:
+        """Sessions with the controllers in turn. After any failure, the next address (a
+        replica that hangs must not hold us past the fence deadline); a pause only once a
+        whole round of addresses failed without one ack."""
+        addresses = self.config.controllers
+        index = 0
+        failed = 0   # sessions in a row that never got an ack
+        rounds = 0   # whole rounds of addresses that failed
+        while not self._stop.is_set():
+            address = addresses[index % len(addresses)]
+            index += 1
+            self.address = address
+            session = ControllerSession(
+                self.config.name, address, self, self.fence, self.clock,
+                self.timing.register_timeout(rounds), self._stop)
+            try:
+                outcome = await session.run()
+            except RegisterRefused as err:
+                self._stop.set()
+                raise SystemExit(f"the controller refused this node: {err}") from err
+            finally:
+                self.address = ""
+            if outcome.timing is not None:
+                self.timing = outcome.timing
+            if self._stop.is_set():
+                break
+            if outcome.acked:
+                failed = rounds = 0
+                continue
+            log.warning("no session with %s (%s); trying the next controller", address,
+                        outcome.why)
+            failed += 1
+            if failed % len(addresses):
+                continue
+            rounds += 1
+            delay = min(BACKOFF_MIN_S * 2.0 ** (rounds - 1), BACKOFF_MAX_S)
+            try:
+                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.0))
+            except TimeoutError:
+                pass
+
     def stop(self) -> None:
         self._stop.set()
-        self._outgoing.put_nowait(None)
 
     def _send(self, msg: apb.AgentMessage) -> None:
-        self._outgoing.put_nowait(msg)
+        if self._outbox is not None:
+            self._outbox.put(msg)
 
-    async def _messages(self, hello: apb.AgentMessage) -> AsyncIterator[apb.AgentMessage]:
-        yield hello
-        while True:
-            msg = await self._outgoing.get()
-            if msg is None:
-                return
-            yield msg
+    # -- SessionHost ----------------------------------------------------------------------
 
-    async def _session(self, address: str) -> bool:
-        """One session: register, stream until it breaks. True if it was established."""
-        established = False
-        async with grpc.aio.insecure_channel(address) as channel:
-            gw = agent_pb2_grpc.AgentGatewayStub(channel)
-            self._gateway = gw
-            # Reports queued while disconnected are in the registration; start afresh.
-            self._outgoing = asyncio.Queue()
-            try:
-                reply = await gw.Register(
-                    apb.RegisterRequest(
-                        node=self.config.name, spec=self.spec(),
-                        running=self.supervisor.reports(),
-                    ),
-                    timeout=5.0,
-                )
-            except grpc.aio.AioRpcError as err:
-                log.warning("cannot register with %s: %s %s", address, err.code().name,
-                            err.details())
-                if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,):
-                    self._stop.set()
-                    raise SystemExit(f"the controller refused this node: {err.details()}") from err
-                return False
-            self.fence.contact(reply.lease_ttl_seconds)
-            hello = apb.AgentMessage(
-                hello=apb.SessionHello(node=self.config.name, session_id=reply.session_id)
-            )
-            call = gw.Session(self._messages(hello))
-            beat = asyncio.create_task(self._heartbeat(reply.heartbeat_interval_ms / 1000.0))
-            log.info("session established with %s (lease TTL %ds)", address,
-                     reply.lease_ttl_seconds)
-            established = True
-            try:
-                async for msg in call:
-                    if msg.HasField("ack"):
-                        # Only an answer to our own heartbeat proves the controller hears
-                        # us now; it keeps our lease on the same evidence, so fencing here
-                        # and eviction there stay ordered.
-                        self.fence.contact()
-                    self._handle(msg)
-            except grpc.aio.AioRpcError as err:
-                if not self._stop.is_set():
-                    log.warning("session with %s ended: %s %s", address, err.code().name,
-                                err.details())
-            finally:
-                beat.cancel()
-                for task in self._consoles.values():
-                    task.cancel()
-                self._consoles.clear()
-                self._gateway = None
-        return established
+    def register_request(self) -> apb.RegisterRequest:
+        return apb.RegisterRequest(node=self.config.name, spec=self.spec(),
+                                   running=self.supervisor.reports())
 
-    async def _heartbeat(self, interval: float) -> None:
-        while True:
-            await asyncio.sleep(interval)
-            self._send(apb.AgentMessage(
-                heartbeat=apb.Heartbeat(running=self.supervisor.running_count())))
+    def heartbeat(self) -> apb.Heartbeat:
+        return apb.Heartbeat(
+            running=self.supervisor.running_count(),
+            inventory=[apb.InventoryEntry(name=n, epoch=e)
+                       for n, e in self.supervisor.inventory()])
 
-    def _handle(self, msg: apb.ControllerMessage) -> None:
+    def attach(self, gateway: agent_pb2_grpc.AgentGatewayStub | None,
+               outbox: Outbox | None) -> None:
+        self._gateway, self._outbox = gateway, outbox
+        if outbox is None:
+            for task in self._consoles.values():
+                task.cancel()
+            self._consoles.clear()
+
+    def handle(self, msg: apb.ControllerMessage) -> None:
         kind = msg.WhichOneof("msg")
         if kind == "assign":
             self.supervisor.assign(msg.assign)

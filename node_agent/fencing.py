@@ -1,83 +1,99 @@
-"""Self-fencing: a node that cannot hear a controller stops its partitions.
+"""Self-fencing: a node that may have been declared lost stops its partitions.
 
-The controller restarts a lost node's HA partitions elsewhere once the node's lease has
-lapsed (TTL) plus a grace period. This agent stops every partition it runs when it has heard
-nothing from a controller for the TTL, so the old copy is gone first. A frozen agent cannot
-do that, so each worker also watches a file this agent touches only while contact is fresh
-(the watchdog, see runtime/worker_main.py) and stops its guest by itself.
+A controller acks a heartbeat only after a renewal of the node's lease that began after the
+heartbeat arrived has succeeded, so the lease outlives the heartbeat's *send* time by at
+least the TTL (likewise a Register reply and the Register's send time). The contact deadline
+is therefore the send time of the newest acked heartbeat (or Register) + TTL - margin,
+measured on CLOCK_BOOTTIME. At the deadline this agent stops every partition (reports say
+FENCED); the controller restarts HA partitions elsewhere only after the lease has lapsed and
+a grace period, so the old copy is gone first.
+
+A frozen agent cannot fence, so the deadline also goes to the watchdog file, and each
+worker stops its guest by itself once it passes (runtime/worker_main.py). A restarted agent
+inherits the deadline from that file: adopted partitions keep running if it reconnects in
+time and are fenced at the same instant as before otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import time
 from pathlib import Path
+from typing import Protocol
 
-from node_agent.supervisor import Supervisor
+from node_agent.clock import Clock
+from node_agent.runtime.watchdog_file import read_deadline, read_ttl, write_deadline
+from node_agent.timing import DEFAULT_TTL_S, Timing
 
 log = logging.getLogger(__name__)
-DEFAULT_TTL_S = 3.0
 CHECK_S = 0.1
+NEVER = 0.0  # a deadline in the past on every clock that counts from boot
+
+
+class Fenceable(Protocol):
+    def fence(self, reason: str) -> int:
+        """Stop whatever runs and is not being fenced yet; returns how many."""
+        ...
 
 
 class Fence:
-    def __init__(self, supervisor: Supervisor, watchdog: Path) -> None:
-        self.supervisor = supervisor
+    def __init__(self, target: Fenceable, watchdog: Path, clock: Clock) -> None:
+        self.target = target
         self.watchdog = watchdog
+        self.clock = clock
         self.ttl = DEFAULT_TTL_S
-        self.last_contact = float("-inf")
-        self._last_feed = float("-inf")
         self.fenced = False
         watchdog.parent.mkdir(parents=True, exist_ok=True)
-        if not watchdog.exists():
-            # Never fed yet: workers started later see a stale file until the first contact.
+        inherited = read_deadline(watchdog)
+        if inherited is None:
+            # Never in contact: workers started later must not run without it.
+            self.deadline = NEVER
             self._write()
-            os.utime(watchdog, (0, 0))
         else:
-            # A restarted agent inherits its predecessor's last contact (the watchdog's
-            # mtime): adopted partitions keep running if it reconnects within the TTL, and
-            # are fenced at the same moment their workers would fence themselves otherwise.
-            try:
-                self.ttl = float(json.loads(watchdog.read_text()).get("timeout", self.ttl))
-                age = time.time() - watchdog.stat().st_mtime
-                self.last_contact = time.monotonic() - max(age, 0.0)
-            except (OSError, ValueError):
-                pass
+            self.ttl = read_ttl(watchdog) or self.ttl
+            # No legitimate deadline lies more than a TTL ahead: guard against a bad file.
+            self.deadline = max(min(inherited, clock.now() + self.ttl), NEVER)
+            if self.deadline != inherited:
+                self._write()
+            log.info("inherited a contact deadline %.2fs away", self.remaining())
 
     def _write(self) -> None:
-        tmp = self.watchdog.with_name(".watchdog.tmp")
-        tmp.write_text(json.dumps({"timeout": self.ttl}))
-        os.replace(tmp, self.watchdog)
+        try:
+            write_deadline(self.watchdog, self.deadline, self.ttl)
+        except OSError as err:  # the workers fence at the old deadline: safe
+            log.warning("cannot write the watchdog file %s: %s", self.watchdog, err)
 
-    def contact(self, ttl: int | None = None) -> None:
-        """A message from a controller arrived: the session is alive both ways."""
-        now = time.monotonic()
-        self.last_contact = now
-        if ttl and float(ttl) != self.ttl:
-            self.ttl = float(ttl)
-            self._write()
-            self._last_feed = now
-        elif now - self._last_feed >= self.ttl / 6.0:
-            try:
-                os.utime(self.watchdog)
-            except FileNotFoundError:
-                self._write()
-            self._last_feed = now
-        if self.fenced:
-            log.info("contact with a controller is back; partitions start again only when "
-                     "the controller assigns them")
+    def remaining(self) -> float:
+        return self.deadline - self.clock.now()
+
+    def contact(self, sent_at: float, timing: Timing) -> bool:
+        """A controller answered a message sent at `sent_at`: the lease outlives it by the
+        TTL. Moves the deadline (never backwards); True if it moved."""
+        deadline = sent_at + timing.ttl - timing.margin
+        self.ttl = timing.ttl
+        if deadline <= self.deadline:
+            return False
+        self.deadline = deadline
+        self._write()
+        if self.fenced and self.remaining() > 0:
             self.fenced = False
+            log.info("contact with a controller is back; partitions start again only when "
+                     "a controller assigns them")
+        return True
+
+    def check(self) -> None:
+        """Fence if the deadline has passed (again for anything started since)."""
+        if self.remaining() > 0:
+            return
+        reason = (f"fenced: no acknowledged contact with a controller in time "
+                  f"(lease TTL {self.ttl:g}s)")
+        stopped = self.target.fence(reason)
+        if stopped:
+            log.warning("%s; stopping %d partitions", reason, stopped)
+        if stopped or self.deadline > NEVER:  # not merely never in contact yet
+            self.fenced = True
 
     async def run(self) -> None:
         while True:
-            await asyncio.sleep(CHECK_S)
-            silent = time.monotonic() - self.last_contact
-            if self.fenced or silent <= self.ttl or not self.supervisor.running_count():
-                continue
-            self.fenced = True
-            reason = f"fenced: no contact with a controller for {self.ttl:.0f}s"
-            log.warning("%s; stopping %d partitions", reason, self.supervisor.running_count())
-            self.supervisor.fence(reason)
+            self.check()
+            await asyncio.sleep(min(max(self.remaining(), 0.01), CHECK_S))

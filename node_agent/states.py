@@ -109,6 +109,10 @@ class StateStore:
         index[checkpoint] = digest
         self._index(name).write_text(json.dumps(index))
 
+    def checkpoints(self, name: str) -> dict[str, str]:
+        """Checkpoint names -> digests."""
+        return self._load(name)
+
     def _load(self, name: str) -> dict[str, str]:
         try:
             data = json.loads(self._index(name).read_text())

@@ -1,5 +1,7 @@
 """The partitions this node runs: launch through the worker manager, watch them end, stop and
-forget them, serve their consoles. Reports go out through a callback (the session)."""
+forget them, fence them, serve their consoles. Reports go out through a callback (the
+session); every report carries a ReportCause. Commands are in supervisor_commands.py, saved
+states in supervisor_states.py."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from node_agent.images import ImageCache
 from node_agent.runtime.spec import ExitStatus, PartitionSpec
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
 from node_agent.states import StateStore
+from node_agent.supervisor_commands import CommandOps
 from node_agent.supervisor_states import PullState, StateOps
 
 log = logging.getLogger(__name__)
@@ -25,8 +28,9 @@ P = pb
 POLL_S = 0.02
 CONSOLE_CHUNK = 256 << 10
 STOP_GRACE_S = 3.0
+FENCE_GRACE_S = 0.5
+SAVE_TIMEOUT_S = 120.0  # WorkerHandle.save's default: a save takes no longer
 Pull = Callable[[pb.Image], Awaitable[bytes]]
-K = apb.PartitionCommand
 NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
 Send = Callable[[apb.AgentMessage], None]
 
@@ -38,9 +42,12 @@ class Local:
     handle: WorkerHandle | None = None
     report: apb.PartitionReport = field(default_factory=apb.PartitionReport)
     events_sent: int = 0
-    stopping: bool = False
-    saving: bool = False
-    fenced: str = ""
+    stopping: bool = False   # a stop was asked for (STOP, FORGET or the fence)
+    saving: bool = False     # a save is under way; whoever runs it reports its end
+    fenced: str = ""         # the fence's reason, once fenced
+    forgotten: bool = False  # stopped because of a FORGET
+    pending: list[tuple[int, str]] = field(default_factory=list)  # lifecycle ops under way
+    adopted_save_until: float = 0.0  # a save the previous agent began may still run
     task: asyncio.Task[None] | None = None
 
     @property
@@ -49,7 +56,7 @@ class Local:
                                      P.PARTITION_PHASE_PAUSED)
 
 
-class Supervisor(StateOps):
+class Supervisor(CommandOps, StateOps):
     def __init__(self, run_dir: Path, images: ImageCache, pull: Pull,
                  pull_state: PullState, node: str) -> None:
         self.run_dir = run_dir
@@ -65,6 +72,7 @@ class Supervisor(StateOps):
         self.send: Send = lambda msg: None
         self._monitor: asyncio.Task[None] | None = None
         self._image_locks: dict[str, asyncio.Lock] = {}
+        self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -75,6 +83,11 @@ class Supervisor(StateOps):
             status = handle.poll()
             if status is None:
                 self._set(lp, P.PARTITION_PHASE_RUNNING, "re-adopted after an agent restart")
+                if self._save_may_run(lp.name, handle.pid):
+                    lp.adopted_save_until = time.monotonic() + SAVE_TIMEOUT_S
+            elif status.saved:
+                # The previous agent died during the save: the state is in the scratch file.
+                await self._collect_save(lp, announce=False)
             else:
                 self._finish(lp, status, announce=False)
             self.local[lp.name] = lp
@@ -93,16 +106,31 @@ class Supervisor(StateOps):
     def running_count(self) -> int:
         return sum(1 for lp in self.local.values() if lp.running)
 
+    def inventory(self) -> list[tuple[str, int]]:
+        """(name, epoch) of every copy whose worker lives, is being launched or saving,
+        including old copies still being stopped."""
+        out = [(lp.name, lp.epoch) for lp in self.local.values() if lp.running or lp.saving]
+        out += [key for key, n in self._retiring.items() if n > 0 and key not in out]
+        return out
+
     # -- reports -------------------------------------------------------------------------
 
     def _finish(self, lp: Local, status: ExitStatus, announce: bool = True) -> None:
-        if lp.fenced:
-            self._set(lp, P.PARTITION_PHASE_FAILED, lp.fenced)
-        elif status.failed_reason:
-            self._set(lp, P.PARTITION_PHASE_FAILED, status.failed_reason)
+        """The worker ended (not by a save): say how, and why."""
+        failed = status.failed_reason
+        if lp.fenced or (failed or "").startswith("fenced"):
+            self._set(lp, P.PARTITION_PHASE_FAILED, lp.fenced or failed or "fenced",
+                      cause=apb.REPORT_CAUSE_FENCED)
+        elif lp.stopping:
+            reason = failed or ("stopped: the controller forgot it" if lp.forgotten
+                                else "stopped by request")
+            self._set(lp, P.PARTITION_PHASE_FAILED if failed else P.PARTITION_PHASE_OFF,
+                      reason, status.exit_code, cause=apb.REPORT_CAUSE_STOPPED)
+        elif failed:
+            self._set(lp, P.PARTITION_PHASE_FAILED, failed, cause=apb.REPORT_CAUSE_FAILED)
         else:
-            reason = "stopped by request" if lp.stopping else "guest exited"
-            self._set(lp, P.PARTITION_PHASE_OFF, reason, status.exit_code)
+            self._set(lp, P.PARTITION_PHASE_OFF, "guest exited", status.exit_code,
+                      cause=apb.REPORT_CAUSE_EXITED)
         if announce:
             self._forward_events(lp)
             self._announce(lp)
@@ -130,31 +158,37 @@ class Supervisor(StateOps):
                 if lp.handle is None or not lp.running or lp.saving:
                     continue
                 status = lp.handle.poll()
-                if status is not None:
+                if status is None:
+                    if tick % 25 == 0:
+                        self._forward_events(lp)
+                elif status.saved:  # a save the previous agent asked for
+                    lp.saving = True
+                    asyncio.create_task(self._collect_save(lp))
+                else:
                     self._finish(lp, status)
-                elif tick % 25 == 0:
-                    self._forward_events(lp)
 
-    # -- commands ------------------------------------------------------------------------
+    # -- launching -----------------------------------------------------------------------
 
     def assign(self, a: apb.Assignment) -> None:
         lp = self.local.get(a.name)
         if lp is not None and lp.epoch == a.epoch:
             self._announce(lp)  # already ours: say where it is
             return
-        if lp is not None and lp.running:
+        if lp is not None and (lp.running or lp.saving):
             log.warning("%s: assignment epoch %d while epoch %d runs; stopping the old one",
                         a.name, a.epoch, lp.epoch)
         lp_new = Local(a.name, a.epoch)
         self._set(lp_new, P.PARTITION_PHASE_STARTING)
-        old = lp
         self.local[a.name] = lp_new
-        lp_new.task = asyncio.create_task(self._launch(lp_new, a, old))
+        lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
 
     async def _launch(self, lp: Local, a: apb.Assignment, old: Local | None) -> None:
         try:
-            if old is not None and old.handle is not None and old.running:
-                await asyncio.to_thread(old.handle.stop, STOP_GRACE_S)
+            if old is not None:
+                await self._retire(old)
+            if lp.stopping:
+                self._never_started(lp)
+                return
             image = a.image
             if not image.digest:
                 raise WorkerError(f"image {image.name!r} not found")
@@ -177,27 +211,59 @@ class Supervisor(StateOps):
                 upper=upper,
             )
             restore = await self._fetch_state(a.name, a.restore) if a.restore.digest else None
+            if lp.stopping:
+                self._never_started(lp)
+                return
             if self.workers.get(a.name) is not None:
                 await asyncio.to_thread(self._drop_finished, a.name)
-            if restore is None:
-                lp.handle = await asyncio.to_thread(
-                    self.workers.launch, spec, a.epoch, a.spec.stdin)
-            else:
-                lp.handle = await asyncio.to_thread(
-                    self.workers.launch, spec, a.epoch, a.spec.stdin, restore)
+            lp.handle = await asyncio.to_thread(
+                self.workers.launch, spec, a.epoch, a.spec.stdin, restore)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - any launch failure fails the partition
             log.warning("launch of %s failed: %s", a.name, err)
-            self._set(lp, P.PARTITION_PHASE_FAILED, f"could not start: {err}")
-            self._announce(lp)
+            self._set(lp, P.PARTITION_PHASE_FAILED, f"could not start: {err}",
+                      cause=apb.REPORT_CAUSE_FAILED)
+            if self.local.get(a.name) is lp:
+                self._announce(lp)
             return
-        if self.local.get(a.name) is not lp:
-            return  # superseded while launching
-        if lp.stopping:
-            await asyncio.to_thread(lp.handle.stop, STOP_GRACE_S)
+        current = self.local.get(a.name) is lp
+        if lp.stopping or not current:
+            # Stopped, fenced or superseded while launching: it must not run on.
+            await asyncio.to_thread(lp.handle.stop, FENCE_GRACE_S if lp.fenced else
+                                    STOP_GRACE_S)
+            status = lp.handle.poll()
+            if current and lp.running and status is not None:
+                self._finish(lp, status)
+            return
         self._set(lp, P.PARTITION_PHASE_RUNNING)
         self._announce(lp)
+
+    def _never_started(self, lp: Local) -> None:
+        if lp.fenced:
+            self._set(lp, P.PARTITION_PHASE_FAILED, lp.fenced, cause=apb.REPORT_CAUSE_FENCED)
+        else:
+            self._set(lp, P.PARTITION_PHASE_OFF, "stopped before it started",
+                      cause=apb.REPORT_CAUSE_STOPPED)
+        if self.local.get(lp.name) is lp:
+            self._announce(lp)
+
+    async def _retire(self, old: Local) -> None:
+        """Stop a copy that is no longer the one we keep: wait for its launch to end (a
+        launch cannot be cancelled safely once the worker is being forked), then stop its
+        worker. Until then it stays in the inventory."""
+        old.stopping = True
+        key = (old.name, old.epoch)
+        self._retiring[key] = self._retiring.get(key, 0) + 1
+        try:
+            if old.task is not None and old.task is not asyncio.current_task():
+                await asyncio.wait([old.task])
+            if old.handle is not None and old.handle.poll() is None:
+                await asyncio.to_thread(old.handle.stop, STOP_GRACE_S)
+        finally:
+            self._retiring[key] -= 1
+            if not self._retiring[key]:
+                del self._retiring[key]
 
     def _drop_finished(self, name: str) -> None:
         try:
@@ -205,62 +271,30 @@ class Supervisor(StateOps):
         except WorkerError:
             pass
 
-    def command(self, c: apb.PartitionCommand) -> None:
-        lp = self.local.get(c.name)
-        if c.kind == K.KIND_DELETE_CHECKPOINT:
-            self.states.drop_checkpoint(c.name, c.checkpoint)
+    async def _cleanup(self, name: str, purge: bool) -> None:
+        """Delete what the node keeps for a partition it no longer has."""
+        if name in self.local:
             return
-        if c.kind in (K.KIND_PAUSE, K.KIND_RESUME, K.KIND_SAVE, K.KIND_CHECKPOINT):
-            if lp is None or lp.epoch != c.epoch or not lp.running:
-                if lp is not None:
-                    self._announce(lp)
-                return
-            asyncio.create_task(self._lifecycle(lp, c))
-            return
-        if c.kind == apb.PartitionCommand.KIND_STOP:
-            if lp is None or (c.epoch and lp.epoch != c.epoch):
-                stale = Local(c.name, c.epoch)
-                self._set(stale, P.PARTITION_PHASE_OFF, "not running on this node")
-                self._announce(stale)
-                return
-            if not lp.running:
-                self._announce(lp)
-                return
-            lp.stopping = True
-            if lp.handle is not None:
-                asyncio.create_task(asyncio.to_thread(lp.handle.stop, STOP_GRACE_S))
-        elif c.kind == apb.PartitionCommand.KIND_FORGET:
-            if lp is None:
-                if c.purge:
-                    self.states.purge(c.name)
-                return
-            if c.epoch and lp.epoch > c.epoch:
-                return  # a newer assignment: not the one the controller means
-            if not c.epoch and lp.running:
-                return
-            self.local.pop(c.name, None)
-            asyncio.create_task(self._forget(lp, c.purge))
+        await asyncio.to_thread(self._drop_finished, name)
+        shutil.rmtree(self.layers / name, ignore_errors=True)
+        if purge:
+            self.states.purge(name)
 
-    async def _forget(self, lp: Local, purge: bool = False) -> None:
-        if lp.task is not None and not lp.task.done():
-            lp.task.cancel()
-        if lp.handle is not None and lp.handle.poll() is None:
-            await asyncio.to_thread(lp.handle.stop, STOP_GRACE_S)
-        if self.local.get(lp.name) is None:
-            await asyncio.to_thread(self._drop_finished, lp.name)
-            shutil.rmtree(self.layers / lp.name, ignore_errors=True)
-            if purge:
-                self.states.purge(lp.name)
+    # -- fencing and stdin ---------------------------------------------------------------
 
-    def fence(self, reason: str) -> None:
-        """Stop everything that runs here; reports carry `reason` (starts with "fenced")."""
+    def fence(self, reason: str) -> int:
+        """Stop everything that runs here and is not fenced yet; reports say FENCED and
+        carry `reason` (it starts with "fenced"). Returns how many it began to stop."""
+        count = 0
         for lp in self.local.values():
-            if not lp.running:
+            if not (lp.running or lp.saving) or lp.fenced:
                 continue
             lp.fenced = reason
             lp.stopping = True
-            if lp.handle is not None:
-                asyncio.create_task(asyncio.to_thread(lp.handle.stop, 0.5))
+            count += 1
+            if lp.handle is not None:  # a launch under way stops it itself (_launch)
+                asyncio.create_task(asyncio.to_thread(lp.handle.stop, FENCE_GRACE_S))
+        return count
 
     def stdin(self, s: apb.StdinData) -> None:
         lp = self.local.get(s.name)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .spec import ExitStatus, PartitionSpec
+from .watchdog_file import WATCHDOG_FILE, read_deadline
 from .worker_console import ConsoleRing, WorkerConsole
 
 __all__ = ["worker_entry", "write_json_atomic", "load_machine_class", "WorkerLimits",
@@ -179,17 +180,19 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-WATCHDOG_FILE = "watchdog"  # in the run dir, two levels above each partition's dir
-
-
 class _Watchdog:
-    """Stops the guest when the agent stops feeding it (Proxmox-style self-fencing).
+    """Stops the guest once the agent's contact deadline has passed (self-fencing).
 
-    The agent touches RUN_DIR/watchdog while it hears from a controller; a frozen, hung or
-    cut-off agent stops touching it. After the timeout written in the file (the lease TTL)
-    this worker stops its guest on its own, so a partition never runs on after its node
-    was declared lost, even if the agent cannot act. No file: no agent, no watchdog.
+    The agent writes its contact deadline (CLOCK_BOOTTIME seconds) to RUN_DIR/watchdog
+    each time a controller's ack moves it; a frozen, hung or cut-off agent stops moving it.
+    Once boot time passes the deadline this worker stops its guest on its own, so a
+    partition never runs on after its node may have been declared lost, even if the agent
+    cannot act. No file: no agent, no watchdog. A small file read at most every 0.25 s.
     """
+
+    POLL_MAX_S = 0.25
+    POLL_MIN_S = 0.02
+    NO_FILE_S = 0.5
 
     def __init__(self, machine: _MachineLike, path: Path, events: _Events) -> None:
         self.machine = machine
@@ -200,19 +203,20 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while not self.fenced:
-            try:
-                st = self.path.stat()
-                timeout = float(json.loads(self.path.read_text() or "{}").get("timeout", 0))
-            except (OSError, ValueError):
-                time.sleep(0.5)
+            deadline = read_deadline(self.path)
+            if deadline is None:
+                time.sleep(self.NO_FILE_S)
                 continue
-            silent = time.time() - st.st_mtime
-            if timeout > 0 and silent > timeout:
-                self.fenced = f"fenced: the node agent was silent for {silent:.1f}s"
+            left = deadline - time.clock_gettime(time.CLOCK_BOOTTIME)
+            if left <= 0:
+                late = "" if left == float("-inf") else f" ({-left:.2f}s ago)"
+                self.fenced = ("fenced: the node agent's contact deadline with the "
+                               f"controllers passed{late}")
                 self.events("Fenced", self.fenced)
                 self.machine.stop()
                 return
-            time.sleep(max(min(timeout / 10.0, 0.25), 0.05))
+            # Wake at the deadline (it may have moved by then), never sleep long.
+            time.sleep(min(max(left, self.POLL_MIN_S), self.POLL_MAX_S))
 
 
 def _apply_limits(limits: type[WorkerLimits]) -> None:
