@@ -14,10 +14,13 @@ One concern per module, in dependency order:
                   the entrypoint from the Dockerfile)
     network.py    namespaces, the bridge, veths, addresses, /etc/netns files, link cuts
     launch.py     how a command runs here: program shims, volume dirs, environment, logs
-    services.py   the services' processes: start order, stop/kill/signal, health, restarts
+    services.py   the services' processes: start order, stop/kill/signal (freeze and
+                  thaw), health, restarts
+    faults.py     network faults inside the services' namespaces: black holes, netem
+    delayq.py     netem's delay in user space (NFQUEUE), for kernels without sch_netem
     leftovers.py  the state file, down() after a crashed runner, leftovers()
     cluster.py    NetnsCluster, the Python API the tests use
-    cli.py        `netns-cluster up` / `down`
+    cli.py        `netns-cluster up` / `down`, and the network faults on a running cluster
 
 deploy/netns_cluster.py re-exports the public names for older callers.
 """
@@ -25,13 +28,16 @@ deploy/netns_cluster.py re-exports the public names for older callers.
 from .cluster import NetnsCluster
 from .compose import HealthCheck, Service, load_compose, parse_duration
 from .errors import ClusterError
+from .faults import Faults, Netem
 from .launch import default_programs
 from .leftovers import down
 
 __all__ = [
     "ClusterError",
+    "Faults",
     "HealthCheck",
     "NetnsCluster",
+    "Netem",
     "Service",
     "default_programs",
     "down",

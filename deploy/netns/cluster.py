@@ -5,9 +5,14 @@
         c.kill("controller-1")               # SIGKILL its process (no restart)
         c.stop("node-2"); c.start("node-2")  # like docker stop / start
         c.cut("node-3"); c.restore("node-3") # take its link down / up
+        c.blackhole("controller-1", ["etcd-1", "etcd-2", "etcd-3"])   # packets dropped
+        c.heal("controller-1", ["etcd-1", "etcd-2", "etcd-3"])        # both ways
+        c.netem("etcd-2", delay_ms=100, jitter_ms=20, loss_pct=5); c.clear_netem("etcd-2")
+        c.freeze("controller-1"); c.thaw("controller-1")             # SIGSTOP / SIGCONT
 
-Everything created (namespaces, veths, the bridge, /etc/netns dirs, processes) is removed
-by close()/__exit__, after a failure too.
+Everything created (namespaces, veths, the bridge, /etc/netns dirs, processes, fault rules
+and delayers) is removed by close()/__exit__, after a failure too; frozen services are
+thawed first. down() does the same after a crashed runner.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from .compose import load_compose
 from .errors import ClusterError
+from .faults import Faults, Services
 from .launch import Launcher, default_programs
 from .leftovers import clear_stale, down, leftovers, write_state
 from .network import Network
@@ -66,6 +72,8 @@ class NetnsCluster:
                                   self.programs, self.namespace)
         self._procs = Processes(self.services, self._launcher, health_timeout=health_timeout,
                                 stop_grace=stop_grace, save=self._write_state, note=self._note)
+        self._faults = Faults(self.namespace, self._net.addresses, self.run_dir / "faults",
+                              python=str(self.programs["python"]))
 
     # -- public API --
 
@@ -165,6 +173,60 @@ class NetnsCluster:
         self._net.set_link(service, up=True)
         self._note(f"{service}: link restored")
 
+    def freeze(self, service: str) -> None:
+        """SIGSTOP the main process (`docker pause` freezes the whole container instead).
+        close() thaws whatever is still frozen."""
+        self._procs.send_signal(service, signal.SIGSTOP)
+
+    def thaw(self, service: str) -> None:
+        self._procs.send_signal(service, signal.SIGCONT)
+
+    def frozen(self) -> set[str]:
+        """The services frozen with SIGSTOP and not thawed since."""
+        return set(self._procs.frozen)
+
+    def blackhole(self, a: Services, b: Services) -> None:
+        """Packets between a and b (a service or a list of them, each) are dropped both
+        ways, silently: no RST, no ICMP. Other traffic of both is untouched."""
+        self._faults.blackhole(a, b)
+        self._note(f"black hole {_names(a)} <-> {_names(b)}")
+
+    def heal(self, a: Services, b: Services) -> None:
+        """Undo blackhole(a, b)."""
+        self._faults.heal(a, b)
+        self._note(f"healed {_names(a)} <-> {_names(b)}")
+
+    def heal_all(self) -> None:
+        """Remove every black hole."""
+        self._faults.heal_all(self._net.addresses)
+        self._note("healed every black hole")
+
+    def blackholed(self, service: str) -> list[str]:
+        """The services whose packets `service` drops now (as its namespace lists them)."""
+        return self._faults.blackholed(service)
+
+    def netem(self, service: str, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+              loss_pct: float = 0.0) -> str:
+        """Delay (± jitter) and/or drop a share of the service's outgoing packets, as tc
+        netem on its interface does; replaces its earlier netem. Returns the mechanism
+        ("tc netem", or "nfqueue" on a kernel without sch_netem; see faults.py)."""
+        how = self._faults.netem(service, delay_ms, jitter_ms, loss_pct)
+        self._note(f"{service}: netem delay {delay_ms:g}ms jitter {jitter_ms:g}ms "
+                   f"loss {loss_pct:g}% ({how})")
+        return how
+
+    def clear_netem(self, service: str) -> None:
+        self._faults.clear_netem(service)
+        self._note(f"{service}: netem cleared")
+
+    def netem_state(self, service: str) -> str:
+        """What delays or drops the service's packets now ("" when nothing)."""
+        return self._faults.netem_state(service)
+
+    def host_path(self, service: str, path: str) -> Path:
+        """Where a path inside the service (e.g. in one of its volumes) is on the host."""
+        return Path(self._launcher.map_paths(service, [path])[0])
+
     def exec(self, service: str, argv: Sequence[str], timeout: float = 30.0,
              ) -> subprocess.CompletedProcess[str]:
         """Run a command inside the service's namespace with the service's environment."""
@@ -185,6 +247,9 @@ class NetnsCluster:
         self._procs.stop_supervisor()
         with self._procs.lock:
             try:
+                self._procs.thaw_all()
+                with contextlib.suppress(ClusterError, OSError):
+                    self._faults.close()
                 self._procs.stop_all(self.selected)
             finally:
                 if self.subnet is not None or self._procs.procs:
@@ -212,6 +277,7 @@ class NetnsCluster:
             "id": self.id, "bridge": self.bridge,
             "subnet": str(self.subnet) if self.subnet else None,
             "namespaces": [self.namespace(s) for s in self._net.addresses],
+            "addresses": dict(self._net.addresses),
             "pgids": self._procs.pgids, "compose": str(self.compose_path),
             "runner": os.getpid()})
 
@@ -222,3 +288,7 @@ class NetnsCluster:
         self._net.create_namespaces(
             {s: self.services[s].hostname or s for s in self.selected})
         self._note(self._net.describe())
+
+
+def _names(services: Services) -> str:
+    return services if isinstance(services, str) else ",".join(services)

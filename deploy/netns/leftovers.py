@@ -65,8 +65,12 @@ def down(run_dir: Path, cluster_id: str | None = None) -> list[str]:
         for pgid in pgids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pgid, sig)
+                if sig == signal.SIGTERM:
+                    os.killpg(pgid, signal.SIGCONT)
         for pid in pids:
             kill_pid(pid, sig)
+            if sig == signal.SIGTERM:
+                kill_pid(pid, signal.SIGCONT)  # a frozen process must see its SIGTERM
         deadline = time.monotonic() + (3.0 if sig == signal.SIGTERM else 5.0)
         while time.monotonic() < deadline and any(alive(p) for p in pids):
             time.sleep(0.05)
@@ -74,6 +78,8 @@ def down(run_dir: Path, cluster_id: str | None = None) -> list[str]:
             pids.update(network.netns_pids(ns))
     removed += [f"process {p}" for p in sorted(pids)]
     removed += network.remove(cid, namespaces)
+    for pid_file in (run_dir / "faults").glob("*.pid"):  # the delayers ended with their netns
+        pid_file.unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
         state_path.unlink()
     shutil.rmtree(run_dir / "bin", ignore_errors=True)
@@ -87,6 +93,7 @@ def leftovers(cluster_id: str, run_dir: Path, running: Iterable[int]) -> list[st
     left += [f"netns {ns}" for ns in network.namespaces(cluster_id)]
     left += [f"link {link}" for link in network.links(cluster_id)]
     left += [f"dir {d}" for d in network.etc_dirs(cluster_id)]
+    left += [f"iptables {rule}" for rule in network.forward_rules(cluster_id)]
     left += [f"process {pid}" for pid in running]
     inside = str(run_dir) + "/"
     for entry in Path("/proc").iterdir():

@@ -2,7 +2,13 @@
 the root namespace (the bridge holds .1 of the subnet, so the host reaches every service),
 the addresses, /etc/netns/<ns>/{hosts,resolv.conf,hostname}, link cuts, and the removal of
 all of it. Traffic never leaves the bridge: namespaces get no default route and the host
-does no forwarding for them."""
+does no forwarding for them.
+
+Bridged frames between two services reach the root namespace's iptables FORWARD chain only
+when bridge netfilter is on (net.bridge.bridge-nf-call-iptables = 1). If that chain's
+policy is then DROP (dockerd sets it so), nothing would flow between services: in that one
+case the bridge gets an ACCEPT rule of its own (`-i BR -o BR`, commented with the bridge's
+name), removed with the bridge. Nothing else of the root namespace's rules is touched."""
 
 from __future__ import annotations
 
@@ -23,13 +29,16 @@ __all__ = [
     "SUBNET_BASE",
     "Network",
     "bridge_name",
+    "bridged_traffic_dropped",
     "etc_dirs",
+    "forward_rules",
     "ip",
     "links",
     "namespace_prefix",
     "namespaces",
     "netns_pids",
     "remove",
+    "remove_forward_rules",
 ]
 
 NETNS_ETC = Path("/etc/netns")
@@ -115,6 +124,63 @@ def remove(cluster_id: str, netns: Sequence[str]) -> list[str]:
     for d in etc_dirs(cluster_id):
         shutil.rmtree(d, ignore_errors=True)
         removed.append(f"dir {d}")
+    removed += remove_forward_rules(cluster_id)
+    return removed
+
+
+BR_NF_CALL = Path("/proc/sys/net/bridge/bridge-nf-call-iptables")
+
+
+def bridged_traffic_dropped(br_nf_call_iptables: str | None, forward_rules: str) -> bool:
+    """Whether the root namespace's iptables would drop frames bridged between services:
+    bridge netfilter passes them to FORWARD, whose policy is DROP."""
+    return ((br_nf_call_iptables or "").strip() == "1"
+            and "-P FORWARD DROP" in forward_rules.splitlines())
+
+
+def _iptables(*args: str) -> subprocess.CompletedProcess[str] | None:
+    if shutil.which("iptables") is None:
+        return None
+    return subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+
+
+def _forward_accept(bridge: str) -> list[str]:
+    return ["-i", bridge, "-o", bridge, "-m", "comment", "--comment",
+            f"netns-cluster {bridge}", "-j", "ACCEPT"]
+
+
+def allow_bridged_traffic(bridge: str) -> bool:
+    """Add the bridge's FORWARD ACCEPT if its frames would be dropped; True if added."""
+    listed = _iptables("-S", "FORWARD")
+    try:
+        br_nf = BR_NF_CALL.read_text()
+    except OSError:
+        br_nf = None
+    if listed is None or not bridged_traffic_dropped(br_nf, listed.stdout):
+        return False
+    proc = _iptables("-I", "FORWARD", "1", *_forward_accept(bridge))
+    if proc is None or proc.returncode != 0:
+        raise ClusterError(f"iptables -I FORWARD for {bridge}: "
+                           f"{proc.stderr.strip() if proc else 'no iptables'}")
+    return True
+
+
+def forward_rules(cluster_id: str) -> list[str]:
+    """The cluster's FORWARD ACCEPT rules in the root namespace, as iptables lists them."""
+    listed = _iptables("-S", "FORWARD")
+    tag = f"netns-cluster {bridge_name(cluster_id)}"
+    return [line for line in (listed.stdout if listed else "").splitlines() if tag in line]
+
+
+def remove_forward_rules(cluster_id: str) -> list[str]:
+    removed: list[str] = []
+    rule = _forward_accept(bridge_name(cluster_id))
+    while forward_rules(cluster_id):
+        proc = _iptables("-D", "FORWARD", *rule)
+        if proc is None or proc.returncode != 0:
+            break
+        removed.append(f"iptables FORWARD accept for {bridge_name(cluster_id)}")
     return removed
 
 
@@ -127,6 +193,7 @@ class Network:
         self.subnet: ipaddress.IPv4Network | None = None
         self.addresses: dict[str, str] = {}  # service -> address, in start order
         self.host_veth: dict[str, str] = {}  # service -> its veth's end on the bridge
+        self.forward_rule = False  # whether the bridge needed a FORWARD ACCEPT rule
 
     def namespace(self, service: str) -> str:
         return f"{namespace_prefix(self.id)}{service}"
@@ -143,8 +210,10 @@ class Network:
             ip("link", "add", "name", self.bridge, "type", "bridge")
             ip("addr", "add", f"{self.gateway}/{self.subnet.prefixlen}", "dev", self.bridge)
             ip("link", "set", self.bridge, "up")
+            self.forward_rule = allow_bridged_traffic(self.bridge)
         hosts = [f"{self.subnet.network_address + i + 2}" for i in range(len(services))]
-        self.addresses = dict(zip(services, hosts, strict=True))
+        self.addresses.clear()  # the same dict: Faults holds it
+        self.addresses.update(zip(services, hosts, strict=True))
 
     def create_namespaces(self, hostnames: Mapping[str, str]) -> None:
         """A namespace per addressed service, linked to the bridge, with /etc/netns files

@@ -2,7 +2,9 @@
 checks, restart policies (applied by a supervisor thread) and the stop order at the end.
 
 A service stopped or killed through this API is "manually stopped" and is not restarted, as
-with `docker stop` / `docker kill`, until it is started again.
+with `docker stop` / `docker kill`, until it is started again. A service frozen with SIGSTOP
+is remembered until SIGCONT: stopping it thaws it after its SIGTERM, so nothing is ever left
+stopped and a frozen process still gets to shut down cleanly.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Processes:
         self.procs: dict[str, _Proc] = {}
         self.manual: set[str] = set()  # stopped or killed through the API: not restarted
         self.healthy: set[str] = set()
+        self.frozen: set[str] = set()  # main process stopped with SIGSTOP, not yet SIGCONT
         self.pgids: list[int] = []
         self.lock = threading.RLock()
         self._closing = threading.Event()
@@ -108,6 +111,7 @@ class Processes:
             proc = self.procs.get(service)
             if proc is not None and proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
+                self._thaw(service)
                 try:
                     proc.popen.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -124,6 +128,7 @@ class Processes:
                 proc.popen.send_signal(sig)
                 if sig == signal.SIGKILL:
                     proc.popen.wait(10)
+                    self.frozen.discard(service)
             self._note(f"{service}: killed with {signal.Signals(sig).name}")
 
     def send_signal(self, service: str, sig: int) -> None:
@@ -131,7 +136,24 @@ class Processes:
         if pid is None:
             raise ClusterError(f"{service} is not running")
         kill_pid(pid, sig)
+        if sig == signal.SIGSTOP:
+            self.frozen.add(service)
+        elif sig == signal.SIGCONT:
+            self.frozen.discard(service)
         self._note(f"{service}: sent {signal.Signals(sig).name}")
+
+    def thaw_all(self) -> None:
+        """SIGCONT to every frozen service."""
+        for service in list(self.frozen):
+            self._thaw(service)
+
+    def _thaw(self, service: str) -> None:
+        if service in self.frozen:
+            pid = self.pid(service)
+            if pid is not None:
+                kill_pid(pid, signal.SIGCONT)
+                self._note(f"{service}: thawed (SIGCONT)")
+            self.frozen.discard(service)
 
     def start_in_order(self, services: Sequence[str]) -> None:
         """Start the services as their depends_on conditions allow; wait until all are healthy."""
@@ -172,6 +194,8 @@ class Processes:
                        if s in self.procs and self.procs[s].popen.poll() is None]
             for popen in running:
                 popen.send_signal(signal.SIGTERM)
+            for svc in wave:
+                self._thaw(svc)
             deadline = time.monotonic() + self.stop_grace
             for popen in running:
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -199,6 +223,7 @@ class Processes:
 
     def _spawn(self, service: str) -> None:
         popen = self.launcher.spawn(service)
+        self.frozen.discard(service)
         old = self.procs.get(service)
         self.procs[service] = _Proc(popen, time.monotonic(), old.restarts if old else 0)
         self.pgids.append(popen.pid)
