@@ -9,6 +9,7 @@
     ├── Unimplemented         not offered: UNIMPLEMENTED
     └── StoreError            etcd trouble (raised by the store layer only)
         ├── Conflict          a compare in a transaction failed: retry with a fresh read (ABORTED)
+        │   └── NotLeader     a leader-only write, and this replica does not lead (any more)
         └── StoreUnavailable  etcd cannot be reached: UNAVAILABLE
 """
 
@@ -48,6 +49,10 @@ class StoreError(ViridianError):
 
 
 class Conflict(StoreError):
+    pass
+
+
+class NotLeader(Conflict):
     pass
 
 

@@ -1,5 +1,7 @@
 """Leader election through an etcd lease: the replica that creates the leader key leads
-until its lease lapses. Leadership stops every leader-only loop the moment it is lost."""
+until its lease lapses. Leadership stops every leader-only loop the moment it is lost, and
+every leader-only write carries the leader fence (store/leader.py), so a stalled leader that
+wakes up after a new one was elected cannot change anything."""
 
 from __future__ import annotations
 
@@ -8,8 +10,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from controller.errors import StoreError
-from controller.store.etcd import Compare, EtcdStore, Op
-from controller.store.keys import Keys
+from controller.store import LeaderStore
 
 log = logging.getLogger(__name__)
 VACANT_POLL_S = 0.1  # how often a standby replica looks whether the leader key is gone
@@ -18,8 +19,7 @@ VACANT_POLL_S = 0.1  # how often a standby replica looks whether the leader key 
 class LeaderElector:
     def __init__(
         self,
-        etcd: EtcdStore,
-        keys: Keys,
+        leader: LeaderStore,
         identity: str,
         ttl: int,
         on_elected: Callable[[], Awaitable[None]],
@@ -31,8 +31,7 @@ class LeaderElector:
         self.retry_every = ttl / 2.0
         if not ttl > self.renew_every * 2 > 0:
             raise ValueError("lease TTL must exceed twice the renew interval")
-        self._etcd = etcd
-        self._keys = keys
+        self._store = leader
         self.identity = identity
         self.ttl = ttl
         self._on_elected = on_elected
@@ -40,6 +39,7 @@ class LeaderElector:
         self.leading = False
         self._task: asyncio.Task[None] | None = None
         self._lease = 0
+        self._renewed = 0.0  # loop time the last successful renewal was sent
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="leader-election")
@@ -55,11 +55,12 @@ class LeaderElector:
             await self._step_down()
             if self._lease:
                 try:
-                    await self._etcd.revoke_lease(self._lease)  # let another replica lead now
+                    await self._store.revoke(self._lease)  # let another replica lead now
                 except StoreError:
                     pass
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if not self.leading:
@@ -68,15 +69,30 @@ class LeaderElector:
                         await self._wait_vacant()
                 else:
                     await asyncio.sleep(self.renew_every)
-                    ttl = await self._etcd.keepalive(self._lease)
-                    if ttl <= 0:
-                        log.warning("leader lease expired: stepping down")
-                        await self._step_down()
+                    await self._renew(loop.time())
             except StoreError as err:
                 log.warning("leader election: %s", err)
-                if self.leading:
-                    await self._step_down()
-                await asyncio.sleep(self.retry_every)
+                if not self.leading:
+                    await asyncio.sleep(self.retry_every)
+
+    async def _renew(self, began: float) -> None:
+        """Renew the leader lease; step down once it may have lapsed (the last renewal that
+        succeeded was sent more than TTL - renew interval ago) or it did lapse."""
+        try:
+            ttl = await self._store.renew(self._lease)
+        except StoreError as err:
+            age = asyncio.get_running_loop().time() - self._renewed
+            if age > self.ttl - self.renew_every:
+                log.warning("leader lease not renewed for %.1fs (%s): stepping down", age, err)
+                await self._step_down()
+            else:
+                log.info("leader lease renewal failed (%s); retrying", err)
+            return
+        if ttl <= 0:
+            log.warning("leader lease expired: stepping down")
+            await self._step_down()
+            return
+        self._renewed = began
 
     async def _wait_vacant(self) -> None:
         """Until the leader key is gone (checked every VACANT_POLL_S with one cheap read),
@@ -85,19 +101,17 @@ class LeaderElector:
         deadline = asyncio.get_running_loop().time() + self.retry_every
         while asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(VACANT_POLL_S)
-            if await self._etcd.get(self._keys.leader) is None:
+            if not await self._store.holder():
                 return
 
     async def _campaign(self) -> None:
-        lease = await self._etcd.grant_lease(self.ttl)
-        res = await self._etcd.txn(
-            [Compare(self._keys.leader, 0)],
-            [Op.put(self._keys.leader, self.identity.encode(), lease)],
-        )
-        if not res.succeeded:
-            await self._etcd.revoke_lease(lease)
+        began = asyncio.get_running_loop().time()
+        lease = await self._store.grant(self.ttl)
+        if not await self._store.campaign(self.identity, lease):
+            await self._store.revoke(lease)
             return
         self._lease = lease
+        self._renewed = began
         self.leading = True
         log.info("%s is now the leader", self.identity)
         await self._on_elected()
@@ -105,4 +119,5 @@ class LeaderElector:
     async def _step_down(self) -> None:
         if self.leading:
             self.leading = False
+            self._store.step_down()
             await self._on_lost()

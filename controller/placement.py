@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from viridian.v1 import types_pb2 as pb
 
-from controller.cache import ClusterCache
 from controller.scheduler import (
     Allocation,
     Decision,
@@ -12,11 +11,13 @@ from controller.scheduler import (
     PartitionRequest,
     Snapshot,
 )
+from controller.store import ClusterCache
 
 ARCH_NAMES: dict[int, str] = {pb.ARCH_X86_64: "x86_64", pb.ARCH_I386: "i386"}
 DEFAULT_CPU_RATIO = 4.0
 DEFAULT_MEMORY_RATIO = 1.0
-NODE_LABEL = "viridian.io/node"  # every node carries it: pins (move, start --node) select it
+NODE_LABEL = "viridian.io/node"  # every node carries it: a target node (move, start --node)
+                                 # selects it for one placement
 
 
 def node_info(node: pb.Node, alive: bool) -> NodeInfo:
@@ -34,13 +35,16 @@ def node_info(node: pb.Node, alive: bool) -> NodeInfo:
     )
 
 
-def request_for(name: str, spec: pb.PartitionSpec, arch: int) -> PartitionRequest:
+def request_for(name: str, spec: pb.PartitionSpec, arch: int, target: str = ""
+                ) -> PartitionRequest:
+    """What placement needs of a partition; `target` (status.target_node) restricts this
+    one placement to that node."""
     return PartitionRequest(
         name=name,
         vcpus=max(spec.vcpus, 1),
         memory_bytes=max(spec.memory_bytes, 1),
         arch=ARCH_NAMES.get(int(arch), "x86_64"),
-        node_selector={**spec.node_selector, **({NODE_LABEL: spec.node} if spec.node else {})},
+        node_selector={**spec.node_selector, **({NODE_LABEL: target} if target else {})},
         anti_affinity_group=spec.anti_affinity_group,
         max_per_node=spec.max_per_node or 1,
         strategy=spec.placement_strategy,

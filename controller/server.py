@@ -16,21 +16,28 @@ from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 
 from controller.api import ApiContext, ControllerService
-from controller.cache import ClusterCache
-from controller.events import EventRecorder
-from controller.gateway import AgentGateway
+from controller.gateway.dispatch import DispatchLoop
+from controller.gateway.service import AgentGateway
+from controller.gateway.sessions import SessionRegistry
 from controller.leader import LeaderElector
-from controller.loops.dispatch import DispatchLoop
-from controller.loops.nodes import NodeLifecycleLoop
 from controller.loops.scheduling import SchedulingLoop
+from controller.partitions.actions import PartitionActions
+from controller.partitions.drain import DrainLoop
+from controller.partitions.eviction import NodeLifecycleLoop
 from controller.scheduler import SchedulerConfig
-from controller.sessions import SessionRegistry
-from controller.store.etcd import EtcdStore
-from controller.store.keys import Keys
-from controller.store.objects import ObjectStore
+from controller.store import EtcdStore, Store
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
+# Agents ping their session channel every second (so a dead peer is noticed); allow it.
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 4 << 20),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 2000),
+]
 
 
 @dataclass
@@ -49,29 +56,27 @@ class ControllerReplica:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.keys = Keys(config.prefix)
         self.etcd = EtcdStore(config.etcd_endpoints)
-        self.store = ObjectStore(self.etcd, self.keys)
-        self.cache = ClusterCache(self.etcd, self.keys)
-        self.sessions = SessionRegistry()
         self.identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
-        self.events = EventRecorder(self.etcd, self.keys, f"controller/{self.identity}")
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 << 20)])
+        self.store = Store(self.etcd, config.prefix, f"controller/{self.identity}")
+        self.cache = self.store.cache
+        self.sessions = SessionRegistry()
+        self.actions = PartitionActions(self.store)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.port = self.server.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
         self.advertise = config.advertise or self.address
-        self.ctx = ApiContext(
-            self.store, self.cache, self.events, self.sessions, config.scheduler, self.advertise
-        )
+        self.ctx = ApiContext(self.store, self.actions, self.sessions, config.scheduler,
+                              self.advertise)
         controller_pb2_grpc.add_ControllerServicer_to_server(
             ControllerService(self.ctx), self.server
         )
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGateway(self.store, self.events, self.sessions, config.lease_ttl,
-                         self.advertise, self.cache),
+            AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
+                         self.advertise),
             self.server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -83,11 +88,12 @@ class ControllerReplica:
             health.SERVICE_NAME,
         )
         reflection.enable_server_reflection(services, self.server)
-        self.dispatch = DispatchLoop(self.cache, self.store, self.sessions)
-        self.scheduling = SchedulingLoop(self.cache, self.store, self.events, config.scheduler)
-        self.node_lifecycle = NodeLifecycleLoop(self.cache, self.store, self.events)
+        self.dispatch = DispatchLoop(self.store, self.sessions)
+        self.scheduling = SchedulingLoop(self.store, config.scheduler)
+        self.node_lifecycle = NodeLifecycleLoop(self.store, self.actions)
+        self.drains = DrainLoop(self.store, self.actions)
         self.elector = LeaderElector(
-            self.etcd, self.keys, self.identity, config.lease_ttl,
+            self.store.leader, self.identity, config.lease_ttl,
             self._on_elected, self._on_lost,
         )
         self._stopped = False
@@ -95,11 +101,14 @@ class ControllerReplica:
     async def _on_elected(self) -> None:
         self.scheduling.start()
         self.node_lifecycle.start()
-        await self.events.record("Controller", self.identity, "LeaderElected", "now leading")
+        self.drains.start()
+        await self.store.events.record("Controller", self.identity, "LeaderElected",
+                                       "now leading")
 
     async def _on_lost(self) -> None:
         await self.scheduling.stop()
         await self.node_lifecycle.stop()
+        await self.drains.stop()
 
     async def start(self) -> None:
         await self.cache.start()
@@ -119,7 +128,7 @@ class ControllerReplica:
         await self.elector.stop()
         await self.dispatch.stop()
         await self.cache.stop()
-        self.etcd.close()
+        self.store.close()
 
 
 async def serve(config: ControllerConfig) -> None:

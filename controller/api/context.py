@@ -1,52 +1,29 @@
-"""What the API handlers share: the store, the cache, events, sessions, placement settings."""
+"""What the API handlers share: the store, partition actions, sessions, placement settings."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import controller_pb2_grpc
-from viridian.v1 import types_pb2 as pb
 
-from controller.cache import ClusterCache
-from controller.errors import Conflict, FailedPrecondition
-from controller.events import EventRecorder
+from controller.errors import FailedPrecondition
+from controller.gateway.sessions import SessionRegistry
+from controller.partitions.actions import PartitionActions
 from controller.scheduler import SchedulerConfig
-from controller.sessions import SessionRegistry
-from controller.store.objects import ObjectStore, StoredPartition
-
-Change = Callable[[StoredPartition], str]  # returns "" (no write), "update" or "release"
-RETRIES = 8
+from controller.store import Store
 
 
 @dataclass
 class ApiContext:
-    store: ObjectStore
-    cache: ClusterCache
-    events: EventRecorder
+    store: Store
+    actions: PartitionActions
     sessions: SessionRegistry
     scheduler: SchedulerConfig
     advertise: str
-
-    async def change_partition(self, name: str, change: Change) -> pb.Partition:
-        """Read, apply `change`, write with a revision compare; again on conflict."""
-        for _ in range(RETRIES):
-            sp = await self.store.get_partition(name)
-            write = change(sp)
-            if not write:
-                return sp.partition
-            try:
-                if write == "release":
-                    await self.store.release(sp)
-                else:
-                    await self.store.update_partition(sp)
-                return sp.partition
-            except Conflict:
-                continue
-        raise Conflict(f"partition {name!r} kept changing; try again")
 
     def delete_state(self, partition: str, checkpoint: str, node: str) -> None:
         """Ask the node holding a checkpoint's state file to delete it (best effort: a node
@@ -61,8 +38,7 @@ class ApiContext:
         self, node: str, request: cpb.PartitionLogsRequest
     ) -> AsyncIterator[cpb.LogChunk]:
         """Relay logs from the replica that holds the node's session (named in its lease key)."""
-        holder = self.cache.node_leases.get(node)
-        address = holder.value.decode() if holder else ""
+        address = await self.store.nodes.session_holder(node)
         if not address or address == self.advertise:
             raise FailedPrecondition(f"node {node!r} is not connected; its logs are unreachable")
         async with grpc.aio.insecure_channel(address) as channel:

@@ -9,10 +9,10 @@ from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from controller.events import now_ts
 from controller.grpc_errors import Context, map_errors
 from controller.images import CHUNK_BYTES, MAX_IMAGE_BYTES, check_image
 from controller.scheduler.units import format_size
+from controller.store import now_ts
 from controller.validation import check_name
 
 
@@ -58,7 +58,7 @@ class ImagesApi:
             raise InvalidArgument(
                 f"content digest {checked.digest} does not match the announced {header.digest}"
             )
-        await self.ctx.store.put_blob(checked.digest, content, CHUNK_BYTES)
+        await self.ctx.store.images.put_blob(checked.digest, content, CHUNK_BYTES)
         image = pb.Image(
             name=header.name,
             digest=checked.digest,
@@ -68,8 +68,8 @@ class ImagesApi:
             format=header.format or "elf",
             created_at=now_ts(),
         )
-        await self.ctx.store.put_image(image, replace=True)
-        await self.ctx.events.record(
+        await self.ctx.store.images.put(image, replace=True)
+        await self.ctx.store.events.record(
             "Image", image.name, "Pushed", f"{checked.digest[:19]} ({format_size(len(content))})"
         )
         return image
@@ -78,22 +78,22 @@ class ImagesApi:
     async def ListImages(
         self, request: cpb.ListImagesRequest, context: Context
     ) -> cpb.ListImagesResponse:
-        return cpb.ListImagesResponse(images=await self.ctx.store.list_images())
+        return cpb.ListImagesResponse(images=await self.ctx.store.images.read_all())
 
     @map_errors
     async def DeleteImage(
         self, request: cpb.DeleteImageRequest, context: Context
     ) -> cpb.DeleteImageResponse:
-        await self.ctx.store.get_image(request.name)  # NOT_FOUND first
+        await self.ctx.store.images.get(request.name)  # NOT_FOUND first
         users = [
             sp.partition.name
-            for sp in await self.ctx.store.list_partitions()
+            for sp in await self.ctx.store.partitions.read_all()
             if sp.partition.spec.image == request.name
         ]
         if users:
             raise FailedPrecondition(
                 f"image {request.name!r} is used by partitions: {', '.join(sorted(users)[:10])}"
             )
-        await self.ctx.store.delete_image(request.name)
-        await self.ctx.events.record("Image", request.name, "Deleted", "deleted")
+        await self.ctx.store.images.delete(request.name)
+        await self.ctx.store.events.record("Image", request.name, "Deleted", "deleted")
         return cpb.DeleteImageResponse()

@@ -1,4 +1,4 @@
-"""Public API: nodes (list, get, cordon, uncordon, drain)."""
+"""Public API: nodes (list, get, cordon, uncordon, drain, remove) and the N+1 plan."""
 
 from __future__ import annotations
 
@@ -9,24 +9,27 @@ from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
-from controller.errors import Conflict
+from controller.errors import Conflict, FailedPrecondition, NotFound
 from controller.grpc_errors import Context, map_errors, map_stream_errors
-from controller.lifecycle import HOLDING
+from controller.partitions.drain import cancelled, new_drain
+from controller.partitions.machine import NodeLost
 from controller.placement import (
     DEFAULT_CPU_RATIO,
     DEFAULT_MEMORY_RATIO,
     request_for,
     snapshot_of,
 )
-from controller.reports import SAVE_FAILED
 from controller.scheduler import capacity_plan
-from controller.store.objects import Allocation, StoredPartition
+from controller.store import Allocation
 
 P = pb
-DRAIN_POLL_S = 0.25
+OP = pb.NodeOperation
+DRAIN_TICK_S = 1.0  # progress is also re-sent this often while nothing changes
 
 
-def with_usage(node: pb.Node, alloc: Allocation | None, alive: bool) -> pb.Node:
+def with_usage(node: pb.Node, alloc: Allocation | None, alive: bool,
+               drain: pb.NodeOperation | None = None,
+               eviction: pb.NodeOperation | None = None) -> pb.Node:
     st = node.status
     if not alive:
         st.state = P.NODE_STATE_NOT_READY
@@ -37,65 +40,72 @@ def with_usage(node: pb.Node, alloc: Allocation | None, alive: bool) -> pb.Node:
     mem = node.spec.memory_allocation_ratio or DEFAULT_MEMORY_RATIO
     st.allocatable_vcpus = int(node.spec.vcpus * cpu)
     st.allocatable_memory_bytes = int(node.spec.memory_bytes * mem)
+    if drain is not None:
+        st.drain.CopyFrom(drain)
+    if eviction is not None:
+        st.eviction.CopyFrom(eviction)
     return node
+
+
+def progress(op: pb.NodeOperation) -> cpb.DrainProgress:
+    return cpb.DrainProgress(
+        message=op.message, remaining=len(op.pending),
+        done=op.state == OP.STATE_COMPLETED,
+        failed=op.state in (OP.STATE_FAILED, OP.STATE_CANCELLED), drain=op)
 
 
 class NodesApi:
     ctx: ApiContext
 
     async def _node(self, name: str) -> pb.Node:
-        node, _ = await self.ctx.store.get_node(name)
-        alloc = await self.ctx.store.get_allocation(name)
-        alive = await self.ctx.store.etcd.get(self.ctx.store.keys.node_lease(name)) is not None
-        return with_usage(node, alloc, alive)
+        nodes = self.ctx.store.nodes
+        node = await nodes.get(name)
+        drain, _ = await nodes.operation(OP.KIND_DRAIN, name)
+        eviction, _ = await nodes.operation(OP.KIND_EVICTION, name)
+        return with_usage(node, await nodes.allocation(name), await nodes.alive(name),
+                          drain, eviction)
 
     @map_errors
     async def ListNodes(
         self, request: cpb.ListNodesRequest, context: Context
     ) -> cpb.ListNodesResponse:
-        store = self.ctx.store
-        nodes = await store.list_nodes()
-        allocs = await store.list_allocations()
-        leases, _ = await store.etcd.get_prefix(store.keys.node_leases)
-        alive = {store.keys.name_of(kv.key) for kv in leases}
-        return cpb.ListNodesResponse(
-            nodes=[with_usage(n, allocs.get(n.name), n.name in alive) for n in nodes]
-        )
+        nodes = self.ctx.store.nodes
+        listed = await nodes.read_all()
+        allocs = await nodes.allocations()
+        alive = await nodes.alive_names()
+        cache = self.ctx.store.cache
+        return cpb.ListNodesResponse(nodes=[
+            with_usage(n, allocs.get(n.name), n.name in alive,
+                       cache.drains.get(n.name, (None, 0))[0],
+                       cache.evictions.get(n.name, (None, 0))[0]) for n in listed])
 
     @map_errors
-    async def GetNode(
-        self, request: cpb.GetNodeRequest, context: Context
-    ) -> pb.Node:
+    async def GetNode(self, request: cpb.GetNodeRequest, context: Context) -> pb.Node:
         return await self._node(request.name)
 
-    async def _set_cordon(self, name: str, cordoned: bool) -> pb.Node:
+    @map_errors
+    async def CordonNode(self, request: cpb.CordonNodeRequest, context: Context) -> pb.Node:
+        await self.ctx.store.nodes.set_cordon(request.name, True)
+        return await self._node(request.name)
+
+    @map_errors
+    async def UncordonNode(self, request: cpb.CordonNodeRequest, context: Context) -> pb.Node:
+        """Accept placements again; a drain under way is cancelled (as `nomad node drain
+        -disable`): what it already moved stays where it is now."""
+        nodes = self.ctx.store.nodes
+        await nodes.set_cordon(request.name, False)
         for _ in range(8):
-            node, rev = await self.ctx.store.get_node(name)
-            if node.spec.cordoned == cordoned:
+            op, rev = await nodes.operation(OP.KIND_DRAIN, request.name)
+            if op is None or op.state != OP.STATE_RUNNING:
                 break
-            node.spec.cordoned = cordoned
             try:
-                await self.ctx.store.put_node(node, rev)
+                why = "cancelled: the node was uncordoned"
+                await nodes.put_operation(cancelled(op, why), rev, fenced=False,
+                                          notes=[("DrainCancelled", why, True)])
+                break
             except Conflict:
                 continue
-            await self.ctx.events.record(
-                "Node", name, "Cordoned" if cordoned else "Uncordoned",
-                "no new placements" if cordoned else "accepting placements again",
-            )
-            break
-        return await self._node(name)
-
-    @map_errors
-    async def CordonNode(
-        self, request: cpb.CordonNodeRequest, context: Context
-    ) -> pb.Node:
-        return await self._set_cordon(request.name, True)
-
-    @map_errors
-    async def UncordonNode(
-        self, request: cpb.CordonNodeRequest, context: Context
-    ) -> pb.Node:
-        return await self._set_cordon(request.name, False)
+        return await self._node(request.name)
 
     @map_errors
     async def PlanCapacity(
@@ -103,7 +113,7 @@ class NodesApi:
     ) -> cpb.CapacityPlan:
         """Ganeti's N+1 check on the current state: lose the largest node, re-place its HA
         partitions on the rest."""
-        cache = self.ctx.cache
+        cache = self.ctx.store.cache
         ha = [
             request_for(name, c.partition.spec, c.partition.status.arch)
             for name, c in cache.partitions.items()
@@ -123,68 +133,88 @@ class NodesApi:
     async def DrainNode(
         self, request: cpb.DrainNodeRequest, context: Context
     ) -> AsyncIterator[cpb.DrainProgress]:
-        """Cordon; move what runs there elsewhere with Quick Migration (save here, restore on
-        another node: the guests continue where they were); stop and re-place what has not
-        started yet or cannot be saved; report progress until empty or the deadline."""
+        """Cordon the node and record a drain (unless one is under way), then follow its
+        record until it ends. The leading controller carries the drain out; this stream
+        only watches, so a client that goes away ends nothing."""
         name = request.name
-        await self._set_cordon(name, True)
-        deadline_s = request.deadline_seconds or 3600
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + deadline_s
-        yield cpb.DrainProgress(message=f"node {name} cordoned; moving its partitions away")
-        moving: set[str] = set()  # saved here, to be restored elsewhere
-        last = ""
-        while True:
-            parts = await self.ctx.store.list_partitions()
-            bound = [sp for sp in parts if sp.binding_node == name]
-            for sp in bound:
-                await self._drain_one(sp, name, moving)
-            for sp in parts:
-                p = sp.partition
-                if p.name in moving and p.status.phase == P.PARTITION_PHASE_SAVED:
-                    p.spec.desired_state = P.DESIRED_STATE_RUNNING
-                    p.status.phase = P.PARTITION_PHASE_PENDING
-                    p.status.reason = f"restoring on another node (drain of {name})"
-                    try:
-                        await self.ctx.store.update_partition(sp)
-                        moving.discard(p.name)
-                    except Conflict:
-                        pass
-                elif p.name in moving and p.status.phase not in (
-                        P.PARTITION_PHASE_SAVING, P.PARTITION_PHASE_SAVED):
-                    moving.discard(p.name)  # the save failed or it ended: handled as bound
-            if not bound and not moving:
-                yield cpb.DrainProgress(message=f"node {name} drained", done=True)
-                return
-            waiting = sorted({sp.partition.name for sp in bound} | moving)
-            msg = f"waiting for {len(waiting)} partition(s) to leave: {', '.join(waiting[:10])}"
-            if loop.time() >= deadline:
-                yield cpb.DrainProgress(
-                    message=f"drain deadline of {deadline_s}s passed; still {msg}",
-                    remaining=len(waiting), failed=True,
-                )
-                return
-            if msg != last:
-                yield cpb.DrainProgress(message=msg, remaining=len(waiting))
-                last = msg
-            await asyncio.sleep(DRAIN_POLL_S)
-
-    async def _drain_one(self, sp: StoredPartition, node: str, moving: set[str]) -> None:
-        p = sp.partition
-        phase = p.status.phase
-        if phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED) and \
-                p.name not in moving and not p.status.reason.startswith(SAVE_FAILED):
-            p.spec.desired_state = P.DESIRED_STATE_SAVED
-            p.status.phase = P.PARTITION_PHASE_SAVING
-            p.status.reason = f"draining node {node}: saving to restore elsewhere"
-            moving.add(p.name)
-        elif phase in HOLDING and phase not in (P.PARTITION_PHASE_STOPPING,
-                                                P.PARTITION_PHASE_SAVING):
-            p.status.phase = P.PARTITION_PHASE_STOPPING  # not started yet, or not savable
-            p.status.reason = f"draining node {node}"
+        nodes, cache = self.ctx.store.nodes, self.ctx.store.cache
+        await nodes.get(name)  # NOT_FOUND first
+        await nodes.set_cordon(name, True)
+        for _ in range(8):
+            op, rev = await nodes.operation(OP.KIND_DRAIN, name)
+            if op is not None and op.state == OP.STATE_RUNNING:
+                break
+            bound = sorted((await nodes.allocation(name)).entries)
+            op = new_drain(name, bound, request.deadline_seconds or 3600)
+            try:
+                rev = await nodes.put_operation(
+                    op, rev, fenced=False,
+                    notes=[("DrainStarted", f"cordoned; moving {len(bound)} partition(s) "
+                            "away", False)])
+                break
+            except Conflict:
+                continue
         else:
-            return
+            raise Conflict(f"the drain of node {name!r} kept changing; try again")
+        changed = asyncio.Event()
+
+        def listener(kind: str, key: str) -> None:
+            if kind == "" or (kind == "drains" and key == name):
+                changed.set()
+
+        cache.subscribe(listener)
         try:
-            await self.ctx.store.update_partition(sp)
-        except Conflict:
-            moving.discard(p.name)
+            yield progress(op)
+            last = op
+            while op.state == OP.STATE_RUNNING:
+                try:
+                    async with asyncio.timeout(DRAIN_TICK_S):
+                        await changed.wait()
+                except TimeoutError:
+                    pass
+                changed.clear()
+                seen, seen_rev = cache.drains.get(name, (None, 0))
+                if seen is None or seen_rev < rev:
+                    continue  # the cache has not caught up with our own write yet
+                op = seen
+                if op != last:
+                    yield progress(op)
+                    last = op
+        finally:
+            cache.unsubscribe(listener)
+
+    @map_errors
+    async def RemoveNode(
+        self, request: cpb.RemoveNodeRequest, context: Context
+    ) -> cpb.RemoveNodeResponse:
+        """Remove a dead node for good, so that it no longer counts anywhere (placement,
+        the mass-loss hold). Refused while the node is alive: removing a live node cannot
+        stop what it runs, and its agent would register it again."""
+        name = request.name
+        nodes = self.ctx.store.nodes
+        node = await nodes.get(name)  # NOT_FOUND first
+        if await nodes.alive(name):
+            raise FailedPrecondition(
+                f"node {name!r} is alive (its agent holds a session): stop its agent first "
+                "(drain it to move its partitions away); a live node is never removed")
+        if node.status.state != P.NODE_STATE_NOT_READY:
+            raise FailedPrecondition(
+                f"node {name!r} has just lost its lease and is not marked NotReady yet; "
+                "try again in a few seconds")
+        bound = sorted((await nodes.allocation(name)).entries)
+        if bound and not request.force:
+            raise FailedPrecondition(
+                f"node {name!r} still holds {len(bound)} partition(s): "
+                f"{', '.join(bound[:10])}; remove it with --force to evict them (HA ones "
+                "restart elsewhere, the others become Lost)")
+        evicted: list[str] = []
+        for pname in bound:
+            try:
+                out = await self.ctx.actions.apply_at(pname, name, 0, NodeLost(name),
+                                                      guard=[nodes.lease_absent(name)])
+            except NotFound:
+                continue
+            if out.release:
+                evicted.append(pname)
+        await nodes.remove(name)
+        return cpb.RemoveNodeResponse(evicted=evicted)

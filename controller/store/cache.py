@@ -12,17 +12,19 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import StoreError
 from controller.store.etcd import KV, EtcdStore, WatchEvent
 from controller.store.keys import Keys
-from controller.store.objects import Allocation, decode
+from controller.store.records import Allocation, StoredPartition, decode
 
 log = logging.getLogger(__name__)
 LOAD_PAGE = 1000  # keys per range request while loading
 
+T = TypeVar("T")
 Listener = Callable[[str, str], None]  # (kind, name); kind "" = everything changed
 
 
@@ -33,7 +35,9 @@ class CachedPartition:
 
 
 class ClusterCache:
-    KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images")
+    KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
+             "drains", "evictions")
+    DELETED_KEPT = 10000  # last values of deleted partitions kept for dispatch's clean-up
 
     def __init__(self, etcd: EtcdStore, keys: Keys) -> None:
         self._etcd = etcd
@@ -44,7 +48,9 @@ class ClusterCache:
         self.bindings: dict[str, KV] = {}
         self.allocations: dict[str, Allocation] = {}
         self.images: dict[str, pb.Image] = {}
-        self.deleted_partitions: dict[str, pb.Partition] = {}  # last value, for cleanup
+        self.drains: dict[str, tuple[pb.NodeOperation, int]] = {}     # node -> (op, revision)
+        self.evictions: dict[str, tuple[pb.NodeOperation, int]] = {}
+        self.deleted_partitions: dict[str, pb.Partition] = {}  # last value, for clean-up
         self.revision = 0
         self._listeners: list[Listener] = []
         self._cancel: Callable[[], None] | None = None
@@ -104,18 +110,23 @@ class ClusterCache:
         # Only the kinds the cache keeps (not blobs or events), in pages, all at the revision
         # of the first page: one range of the whole prefix exceeds gRPC's 4 MiB message
         # limit at about 35,000 partitions (and with any image's blob chunks).
-        self.nodes.clear()
-        self.node_leases.clear()
-        self.partitions.clear()
-        self.bindings.clear()
-        self.allocations.clear()
-        self.images.clear()
+        loaded: list[KV] = []
         revision = 0
         for kind in self.KINDS:
             kvs, revision = await self._etcd.get_prefix_paged(
-                f"{self._keys.prefix}/{kind}/", revision, LOAD_PAGE)
-            for kv in kvs:
-                self._apply(WatchEvent(False, kv))
+                self._keys.kind(kind), revision, LOAD_PAGE)
+            loaded.extend(kvs)
+        # Swapped in without an await in between: nobody ever sees a half-loaded cache
+        # (an empty one made every partition look deleted, and every node leaseless).
+        before = {name: c.partition for name, c in self.partitions.items()}
+        for target in (self.nodes, self.node_leases, self.partitions, self.bindings,
+                       self.allocations, self.images, self.drains, self.evictions):
+            target.clear()
+        for kv in loaded:
+            self._apply(WatchEvent(False, kv))
+        for name, p in before.items():  # deleted while the watch was down
+            if name not in self.partitions:
+                self.deleted_partitions[name] = p
         self.revision = revision
 
     def _on_lost(self, err: Exception) -> None:
@@ -136,10 +147,10 @@ class ClusterCache:
             self._notify(kind, name)
 
     def _apply(self, ev: WatchEvent) -> tuple[str, str] | None:
-        rest = ev.kv.key[len(self._keys.prefix) + 1 :]
-        kind, _, name = rest.partition("/")
-        if kind not in self.KINDS or not name:
+        parsed = self._keys.parse(ev.kv.key)
+        if parsed is None or parsed[0] not in self.KINDS:
             return None
+        kind, name = parsed
         kv = ev.kv
         if kind == "nodes":
             if ev.deleted:
@@ -149,40 +160,40 @@ class ClusterCache:
                 node.revision = kv.mod_revision
                 self.nodes[name] = node
         elif kind == "node-leases":
-            if ev.deleted:
-                self.node_leases.pop(name, None)
-            else:
-                self.node_leases[name] = kv
+            self._put_or_pop(self.node_leases, name, None if ev.deleted else kv)
         elif kind == "partitions":
             if ev.deleted:
                 old = self.partitions.pop(name, None)
                 if old is not None:
-                    # The binding is deleted in the same transaction, after the partition.
-                    old.partition.status.epoch = self.epoch(name)
                     self.deleted_partitions[name] = old.partition
+                    while len(self.deleted_partitions) > self.DELETED_KEPT:
+                        del self.deleted_partitions[next(iter(self.deleted_partitions))]
             else:
                 p = decode(pb.Partition, kv.value)
                 p.revision = kv.mod_revision
                 self.partitions[name] = CachedPartition(p, kv.mod_revision)
                 self.deleted_partitions.pop(name, None)
         elif kind == "bindings":
-            if ev.deleted:
-                self.bindings.pop(name, None)
-            else:
-                self.bindings[name] = kv
-        elif kind == "allocations":
-            if ev.deleted:
-                self.allocations.pop(name, None)
-            else:
-                self.allocations[name] = Allocation.decode(name, kv)
-        elif kind == "images":
-            if ev.deleted:
-                self.images.pop(name, None)
-            else:
-                self.images[name] = decode(pb.Image, kv.value)
-        if kind == "bindings":
+            self._put_or_pop(self.bindings, name, None if ev.deleted else kv)
             return ("partitions", name)
+        elif kind == "allocations":
+            self._put_or_pop(self.allocations, name,
+                             None if ev.deleted else Allocation.decode(name, kv))
+        elif kind == "images":
+            self._put_or_pop(self.images, name,
+                             None if ev.deleted else decode(pb.Image, kv.value))
+        elif kind in ("drains", "evictions"):
+            target = self.drains if kind == "drains" else self.evictions
+            self._put_or_pop(target, name, None if ev.deleted else
+                             (decode(pb.NodeOperation, kv.value), kv.mod_revision))
         return (kind, name)
+
+    @staticmethod
+    def _put_or_pop(target: dict[str, T], name: str, value: T | None) -> None:
+        if value is None:
+            target.pop(name, None)
+        else:
+            target[name] = value
 
     def _notify(self, kind: str, name: str) -> None:
         for listener in self._listeners:
@@ -203,3 +214,23 @@ class ClusterCache:
 
     def node_alive(self, name: str) -> bool:
         return name in self.node_leases
+
+    def stored(self, name: str) -> StoredPartition | None:
+        """A copy of partition `name` with its binding, as this replica sees it now."""
+        c = self.partitions.get(name)
+        if c is None:
+            return None
+        p = pb.Partition()
+        p.CopyFrom(c.partition)
+        sp = StoredPartition(p, c.mod_revision)
+        binding = self.bindings.get(name)
+        if binding is not None:
+            sp.binding_node = binding.value.decode()
+            sp.binding_revision = binding.mod_revision
+            p.status.epoch = binding.mod_revision
+        return sp
+
+    def bound_to(self, node: str) -> list[str]:
+        """Names of the partitions bound to node (from its allocation record)."""
+        alloc = self.allocations.get(node)
+        return sorted(alloc.entries) if alloc is not None else []

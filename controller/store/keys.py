@@ -1,16 +1,27 @@
-"""The etcd key layout: one prefix, one key per object (documented in docs/etcd-layout.md)."""
+"""The etcd key layout: one prefix, one key per object (documented in docs/etcd-layout.md).
+
+Only the store builds or parses keys; everything else names objects by kind and name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Kinds with one key per object directly under the prefix ("<prefix>/<kind>/<name>").
+KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
+         "drains", "evictions", "events", "blobs")
 
 
 @dataclass(frozen=True)
 class Keys:
     prefix: str = "/viridian"
 
-    def _p(self, kind: str) -> str:
+    def kind(self, kind: str) -> str:
+        """The prefix of every key of one kind, e.g. "/viridian/partitions/"."""
         return f"{self.prefix}/{kind}/"
+
+    def _p(self, kind: str) -> str:
+        return self.kind(kind)
 
     @property
     def nodes(self) -> str:
@@ -47,6 +58,12 @@ class Keys:
     def allocation(self, node: str) -> str:
         return self.allocations + node
 
+    def drain(self, node: str) -> str:
+        return self._p("drains") + node
+
+    def eviction(self, node: str) -> str:
+        return self._p("evictions") + node
+
     @property
     def images(self) -> str:
         return self._p("images")
@@ -70,6 +87,15 @@ class Keys:
     @property
     def leader(self) -> str:
         return f"{self.prefix}/leader"
+
+    def parse(self, key: str) -> tuple[str, str] | None:
+        """(kind, name) of an object key under the prefix, None for anything else."""
+        if not key.startswith(self.prefix + "/"):
+            return None
+        kind, _, name = key[len(self.prefix) + 1:].partition("/")
+        if kind not in KINDS or not name or "/" in name:
+            return None
+        return kind, name
 
     @staticmethod
     def name_of(key: str) -> str:

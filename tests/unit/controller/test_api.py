@@ -6,88 +6,25 @@ stream), so placement can be observed without running guests.
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from inproc import Api, FakeAgent, code_of, compile_hello, create, push, replica, wait_for
 from viridian.v1 import agent_pb2 as apb
-from viridian.v1 import agent_pb2_grpc, controller_pb2_grpc
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
-
-from controller.server import ControllerConfig, ControllerReplica
-
-GUEST = Path(__file__).parents[2] / "guests" / "hello.c"
-
-
-@dataclass
-class Api:
-    address: str
-    stub: controller_pb2_grpc.ControllerStub
-    gateway: agent_pb2_grpc.AgentGatewayStub
 
 
 @pytest.fixture(scope="module")
 def api(etcd_endpoint: str) -> Iterator[Api]:
-    loop = asyncio.new_event_loop()
-    started: queue.Queue[ControllerReplica | BaseException] = queue.Queue()
-    config = ControllerConfig(listen="127.0.0.1:0", etcd_endpoints=[etcd_endpoint],
-                              prefix=f"/api-{time.time_ns()}", lease_ttl=2)
-
-    async def main() -> None:
-        try:
-            replica = ControllerReplica(config)
-            await replica.start()
-        except BaseException as err:  # reported to the test thread
-            started.put(err)
-            return
-        started.put(replica)
-
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(main(), loop)
-    replica = started.get(timeout=30)
-    assert isinstance(replica, ControllerReplica), replica
-    channel = grpc.insecure_channel(replica.address)
-    yield Api(replica.address, controller_pb2_grpc.ControllerStub(channel),
-              agent_pb2_grpc.AgentGatewayStub(channel))
-    channel.close()
-    asyncio.run_coroutine_threadsafe(replica.stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-
-
-def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    err = info.value
-    return err.code(), err.details()  # type: ignore[attr-defined]
+    yield from replica(etcd_endpoint)
 
 
 @pytest.fixture(scope="module")
 def elf(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    import subprocess
-
-    out = tmp_path_factory.mktemp("guest") / "hello"
-    subprocess.run(["gcc", "-static", "-O1", "-o", str(out), str(GUEST)], check=True)
-    return out.read_bytes()
-
-
-def push(stub: controller_pb2_grpc.ControllerStub, name: str, content: bytes,
-         fmt: str = "elf") -> pb.Image:
-    def messages() -> Iterator[cpb.PushImageRequest]:
-        yield cpb.PushImageRequest(header=cpb.ImageHeader(name=name, format=fmt,
-                                                          size_bytes=len(content)))
-        for i in range(0, len(content), 1 << 20):
-            yield cpb.PushImageRequest(chunk=content[i : i + (1 << 20)])
-
-    return stub.PushImage(messages())
+    return compile_hello(tmp_path_factory.mktemp("guest"))
 
 
 def test_health_and_reflection_are_served(api: Api) -> None:
@@ -118,13 +55,6 @@ def test_image_push_validates_content(api: Api, elf: bytes) -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "DNS label" in msg
     names = [i.name for i in api.stub.ListImages(cpb.ListImagesRequest()).images]
     assert names == ["hello"]
-
-
-def create(api: Api, name: str, **spec: object) -> pb.Partition:
-    fields = {"image": "hello", **spec}
-    return api.stub.CreatePartition(
-        cpb.CreatePartitionRequest(name=name, spec=pb.PartitionSpec(**fields))  # type: ignore[arg-type]
-    )
 
 
 @pytest.mark.parametrize(
@@ -162,41 +92,6 @@ def test_duplicate_and_unknown_names(api: Api, elf: bytes) -> None:
     assert code == grpc.StatusCode.NOT_FOUND and "'no-node'" in msg
     code, msg = code_of(lambda: api.stub.DeleteImage(cpb.DeleteImageRequest(name="hello")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "dup" in msg
-
-
-class FakeAgent:
-    """Registers a node and holds its session open; records what the controller sends."""
-
-    def __init__(self, api: Api, name: str, vcpus: int, memory: int) -> None:
-        reply = api.gateway.Register(apb.RegisterRequest(
-            node=name,
-            spec=pb.NodeSpec(vcpus=vcpus, memory_bytes=memory, arches=[pb.ARCH_X86_64]),
-        ))
-        self.outgoing: queue.Queue[apb.AgentMessage | None] = queue.Queue()
-        self.outgoing.put(apb.AgentMessage(hello=apb.SessionHello(node=name,
-                                                                  session_id=reply.session_id)))
-        self.received: list[apb.ControllerMessage] = []
-        self.call = api.gateway.Session(iter(self.outgoing.get, None))
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            for msg in self.call:
-                self.received.append(msg)
-        except grpc.RpcError:
-            pass
-
-    def close(self) -> None:
-        self.outgoing.put(None)
-        self.call.cancel()
-
-
-def wait_for(fn: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
 
 
 def test_placement_pending_reason_and_assignment(api: Api, elf: bytes) -> None:
@@ -287,7 +182,7 @@ def test_lifecycle_pause_save_move_restore_over_the_session(api: Api, elf: bytes
         msg = apb.PartitionReport(name=name, epoch=p.status.epoch, phase=phase,  # type: ignore[arg-type]
                                   **extra)  # type: ignore[arg-type]
         sender = agent if p.status.node == "life-a" else other
-        sender.outgoing.put(apb.AgentMessage(report=msg))
+        sender.report(msg)
 
     def commands(to: FakeAgent, name: str) -> list[int]:
         return [m.command.kind for m in to.received
@@ -325,7 +220,7 @@ def test_lifecycle_pause_save_move_restore_over_the_session(api: Api, elf: bytes
         assert node.status.allocated_vcpus == 0  # a Saved partition holds no node
 
         moved = api.stub.MovePartition(cpb.MovePartitionRequest(name="vm", to_node="life-b"))
-        assert moved.spec.node == "life-b"
+        assert moved.status.target_node == "life-b" and not moved.spec.node
         api.stub.StartPartition(cpb.StartPartitionRequest(name="vm"))
         wait_for(lambda: any(m.HasField("assign") and m.assign.name == "vm"
                              for m in other.received))

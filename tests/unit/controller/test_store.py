@@ -7,9 +7,11 @@ import asyncio
 import pytest
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import AlreadyExists, Conflict, NotFound
-from controller.store import Compare, EtcdStore, Keys, Op, WatchEvent
-from controller.store.objects import ObjectStore, StoredPartition
+from controller.errors import AlreadyExists, Conflict, NotFound, NotLeader
+from controller.partitions.actions import view_of
+from controller.partitions.machine import Placed, Reported, Start, Stop, transition
+from controller.store import Allocation, EtcdStore, NodeGuard, Store, now_ts
+from controller.store.etcd import Compare, Op, WatchEvent
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -92,55 +94,74 @@ def _partition(name: str) -> pb.Partition:
     return pb.Partition(
         name=name,
         spec=pb.PartitionSpec(image="img", vcpus=2, memory_bytes=64 << 20,
-                              anti_affinity_group="g"),
+                              anti_affinity_group="g",
+                              desired_state=pb.DESIRED_STATE_RUNNING),
         status=pb.PartitionStatus(phase=pb.PARTITION_PHASE_PENDING),
     )
 
 
-def test_objects_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -> None:
+def test_partitions_create_conflict_bind_release(etcd_endpoint: str, prefix: str) -> None:
     async def scenario() -> None:
-        etcd = EtcdStore([etcd_endpoint])
-        objs = ObjectStore(etcd, Keys(prefix))
-        await objs.create_partition(_partition("web"))
+        store = Store(EtcdStore([etcd_endpoint]), prefix, "test")
+        parts = store.partitions
+        await parts.create(_partition("web"), [])
         with pytest.raises(AlreadyExists, match="'web'"):
-            await objs.create_partition(_partition("web"))
+            await parts.create(_partition("web"), [])
         with pytest.raises(NotFound, match="'nope'"):
-            await objs.get_partition("nope")
+            await parts.get("nope")
 
-        sp = await objs.get_partition("web")
-        stale = StoredPartition(sp.partition, sp.mod_revision)
-        sp.partition.status.reason = "changed"
-        await objs.update_partition(sp)
-        stale.partition.status.reason = "lost update"
+        # An outcome computed from a revision that changed since is not written.
+        stale = await parts.get("web")
+        await parts.change("web", lambda s: transition(view_of(s), Stop(), now_ts()))
         with pytest.raises(Conflict):
-            await objs.update_partition(StoredPartition(stale.partition, stale.mod_revision - 1))
+            await parts.apply(stale, transition(view_of(stale), Stop(), now_ts()))
 
-        # Bind: partition, binding and allocation in one transaction.
-        sp = await objs.get_partition("web")
-        alloc = await objs.get_allocation("node-1")
-        sp.partition.status.phase = pb.PARTITION_PHASE_SCHEDULED
-        compares, ops = objs.bind_ops([sp], alloc)
-        res = await etcd.txn(compares, ops)
-        assert res.succeeded
-        bound = await objs.get_partition("web")
-        assert bound.binding_node == "node-1" and bound.partition.status.epoch == res.revision
-        alloc = await objs.get_allocation("node-1")
+        # Bind: partition, binding and allocation in one transaction, fenced by the leader
+        # key and compared on the node's record and lease key as the placement saw them.
+        await parts.change("web", lambda s: transition(view_of(s), Start(), now_ts()))
+        sp = await parts.get("web")
+        out = transition(view_of(sp), Placed("node-1"), now_ts())
+        alloc = await parts.allocation("node-1")
+        with pytest.raises(NotLeader):
+            await parts.bind("node-1", [(sp, out)], alloc, None)
+        lease = await store.leader.grant(30)
+        assert await store.leader.campaign("me", lease)
+        node_rev = await store.etcd.put(store.keys.node("node-1"), b"")
+        lease_rev = await store.etcd.put(store.keys.node_lease("node-1"), b"me")
+        moved = NodeGuard(node_rev, lease_rev - 1)  # the node re-registered since
+        assert await parts.bind("node-1", [(sp, out)], alloc, moved) is None
+        rev = await parts.bind("node-1", [(sp, out)], alloc, NodeGuard(node_rev, lease_rev))
+        assert rev is not None
+        bound = await parts.get("web")
+        assert bound.binding_node == "node-1" and bound.partition.status.epoch == rev
+        assert bound.partition.status.phase == pb.PARTITION_PHASE_SCHEDULED
+        alloc = await parts.allocation("node-1")
         assert (alloc.vcpus, alloc.memory_bytes) == (2, 64 << 20)
 
-        # A second bind from the same (now stale) snapshot must fail: no over-commit.
-        again = StoredPartition(_partition("db"), 0)
-        await objs.create_partition(again.partition)
-        again = await objs.get_partition("db")
-        from controller.store.objects import Allocation
+        # A second bind from the same (now stale) allocation snapshot must fail: no
+        # over-commit.
+        await parts.create(_partition("db"), [])
+        db = await parts.get("db")
         stale_alloc = Allocation("node-1", {}, 0)
-        compares, ops = objs.bind_ops([again], stale_alloc)
-        assert not (await etcd.txn(compares, ops)).succeeded
+        out = transition(view_of(db), Placed("node-1"), now_ts())
+        assert await parts.bind("node-1", [(db, out)], stale_alloc,
+                                NodeGuard(node_rev, lease_rev)) is None
 
-        await objs.release(bound)
-        after = await objs.get_partition("web")
+        # Stop, then the agent's report releases the binding and the allocation.
+        await parts.change("web", lambda s: transition(view_of(s), Stop(), now_ts()))
+        ended = Reported("node-1", pb.PARTITION_PHASE_OFF, exit_code=0)
+        await parts.change("web", lambda s: transition(view_of(s), ended, now_ts()))
+        after = await parts.get("web")
         assert after.binding_node == "" and after.partition.status.epoch == 0
-        assert (await objs.get_allocation("node-1")).entries == {}
-        etcd.close()
+        assert after.partition.status.phase == pb.PARTITION_PHASE_OFF
+        assert (await parts.allocation("node-1")).entries == {}
+
+        # A leader that lost its key cannot write fenced any more.
+        await store.leader.revoke(lease)
+        with pytest.raises(Conflict):
+            await parts.change("db", lambda s: transition(view_of(s), Stop(), now_ts()),
+                               fenced=True)
+        store.close()
 
     run(scenario())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from viridian.v1 import agent_pb2 as apb
@@ -15,11 +15,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class NodeSession:
+    """One agent's session on this replica and what this replica told it."""
+
     node: str
     session_id: str
     lease_id: int
     outgoing: asyncio.Queue[apb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
-    assigned: set[tuple[str, int]] = field(default_factory=set)   # (partition, epoch) sent
+    # partition -> the epoch the agent was told to run (an assignment sent, or a copy it
+    # reported): a copy whose binding no longer matches is told to FORGET that epoch
+    assigned: dict[str, int] = field(default_factory=dict)
     # (partition, epoch) -> the last lifecycle command sent (STOP, PAUSE, RESUME, SAVE)
     commands: dict[tuple[str, int], int] = field(default_factory=dict)
     checkpoints: set[tuple[str, int, str]] = field(default_factory=set)  # requested
@@ -27,10 +31,24 @@ class NodeSession:
     consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)
     closed: bool = False
     last_seen: float = 0.0  # loop time of the agent's last message
+    # heartbeats: the newest seq received and when; acks go out after a lease renewal
+    # begun after that
+    beat_seq: int = 0
+    beat_at: float = 0.0
+    beat: asyncio.Event = field(default_factory=asyncio.Event)
+    forgotten: dict[tuple[str, int], float] = field(default_factory=dict)  # FORGETs sent
 
     def send(self, msg: apb.ControllerMessage) -> None:
         if not self.closed:
             self.outgoing.put_nowait(msg)
+
+    def forget(self, name: str, epoch: int, purge: bool = False) -> None:
+        """Tell the agent to stop and drop its copy of `name` at `epoch`."""
+        self.send(apb.ControllerMessage(command=apb.PartitionCommand(
+            name=name, epoch=epoch, kind=apb.PartitionCommand.KIND_FORGET, purge=purge)))
+        if self.assigned.get(name) == epoch:
+            del self.assigned[name]
+        self.commands = {k: v for k, v in self.commands.items() if k[0] != name}
 
     def close(self) -> None:
         if not self.closed:
@@ -40,6 +58,7 @@ class NodeSession:
                 q.put_nowait(apb.ConsoleData(eof=True, error="the node's session ended"))
             for sq in self.states.values():
                 sq.put_nowait(apb.StateData(eof=True, error="the node's session ended"))
+            self.beat.set()
 
     def deliver_console(self, data: apb.ConsoleData) -> None:
         q = self.consoles.get(data.request_id)
@@ -71,7 +90,6 @@ class NodeSession:
                     apb.ControllerMessage(console_cancel=apb.ConsoleCancel(request_id=request_id))
                 )
 
-
     def deliver_state(self, data: apb.StateData) -> None:
         q = self.states.get(data.request_id)
         if q is not None:
@@ -100,6 +118,7 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._sessions: dict[str, NodeSession] = {}
         self.changed = asyncio.Event()
+        self.on_attach: list[Callable[[NodeSession], None]] = []
 
     def get(self, node: str) -> NodeSession | None:
         s = self._sessions.get(node)
@@ -111,6 +130,8 @@ class SessionRegistry:
             old.close()
         self._sessions[session.node] = session
         self.changed.set()
+        for callback in self.on_attach:
+            callback(session)
 
     def detach(self, session: NodeSession) -> None:
         if self._sessions.get(session.node) is session:
@@ -120,6 +141,9 @@ class SessionRegistry:
 
     def nodes(self) -> list[str]:
         return [n for n, s in self._sessions.items() if not s.closed]
+
+    def all(self) -> list[NodeSession]:
+        return [s for s in self._sessions.values() if not s.closed]
 
     def close_all(self) -> None:
         for s in list(self._sessions.values()):

@@ -1,0 +1,2 @@
+"""Agent sessions (service.py), what agents report (reports.py, inventory.py), and what
+they are told to run (dispatch.py)."""

@@ -1,0 +1,128 @@
+"""Dispatch (every replica): tell the agents whose sessions this replica holds what to run.
+
+Level-triggered from the cache, by partition name: a partition bound to such a node that is
+Scheduled gets an Assignment; one whose phase or desired state calls for a command (STOP,
+SAVE, PAUSE, RESUME, checkpoints) gets it once per epoch. A copy that an agent was told to
+run (or reported running) whose partition was deleted or re-bound (elsewhere, or at a new
+epoch) is told to FORGET exactly that epoch. Agents also report
+their inventory with every heartbeat (see inventory.py), which catches anything missed here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import types_pb2 as pb
+
+from controller.gateway.sessions import NodeSession, SessionRegistry
+from controller.loops.base import Loop
+from controller.partitions.machine import WANTS_GUEST, wanted_command
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+P = pb
+KIND = apb.PartitionCommand
+
+
+class DispatchLoop(Loop):
+    name = "dispatch"
+
+    def __init__(self, store: Store, sessions: SessionRegistry) -> None:
+        super().__init__()
+        self.store = store
+        self.cache = store.cache
+        self.sessions = sessions
+        self._names: set[str] = set()
+        self._everything = True
+        self.cache.subscribe(self._on_change)
+        sessions.on_attach.append(self._on_attach)
+
+    def _on_change(self, kind: str, name: str) -> None:
+        if kind == "":
+            self._everything = True
+        elif kind == "partitions":
+            self._names.add(name)
+        else:
+            return
+        self.kick()
+
+    def _on_attach(self, session: NodeSession) -> None:
+        self._names.update(self.cache.bound_to(session.node))
+        self._names.update(session.assigned)
+        self.kick()
+
+    async def reconcile(self) -> bool:
+        if self._everything:
+            self._everything = False
+            self._names.clear()
+            names = set(self.cache.partitions) | set(self.cache.deleted_partitions)
+            for session in self.sessions.all():
+                names.update(session.assigned)
+        else:
+            names, self._names = self._names, set()
+        for name in sorted(names):
+            self._dispatch(name)
+        return False
+
+    def _dispatch(self, name: str) -> None:
+        cache = self.cache
+        cached = cache.partitions.get(name)
+        node = cache.bound_node(name)
+        epoch = cache.epoch(name)
+        for session in self.sessions.all():
+            # Deleted, or bound to another node or epoch: that copy must go. (Merely
+            # released: its copy ended, which is why it was released; the agent keeps its
+            # console for `viridian logs`, and the inventory catches a copy that runs on.)
+            told = session.assigned.get(name)
+            if told is not None and (cached is None or (
+                    node and (session.node != node or told != epoch))):
+                session.forget(name, told, purge=cached is None)
+        if cached is None:
+            self._purge(name)
+            return
+        holder = self.sessions.get(node) if node else None
+        if holder is None:
+            return
+        self._tell(holder, name, epoch, cached.partition)
+
+    def _tell(self, session: NodeSession, name: str, epoch: int, p: pb.Partition) -> None:
+        """The assignment or command partition `name` (bound to session's node) needs."""
+        key = (name, epoch)
+        if p.status.phase == P.PARTITION_PHASE_SCHEDULED:
+            if p.spec.desired_state in WANTS_GUEST and session.assigned.get(name) != epoch:
+                session.assigned[name] = epoch
+                session.send(apb.ControllerMessage(assign=self._assignment(p, epoch)))
+                return
+        want = wanted_command(p)
+        if want is not None and session.commands.get(key) != want:
+            session.commands[key] = want
+            session.send(apb.ControllerMessage(command=apb.PartitionCommand(
+                name=name, epoch=epoch, kind=want)))  # type: ignore[arg-type]
+        if p.status.phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED):
+            for cp in p.status.checkpoints:
+                ck = (name, epoch, cp.name)
+                if not cp.state.digest and ck not in session.checkpoints:
+                    session.checkpoints.add(ck)
+                    session.send(apb.ControllerMessage(command=apb.PartitionCommand(
+                        name=name, epoch=epoch, kind=KIND.KIND_CHECKPOINT,
+                        checkpoint=cp.name)))
+
+    def _purge(self, name: str) -> None:
+        """A deleted partition: the nodes holding its saved states drop them."""
+        old = self.cache.deleted_partitions.pop(name, None)
+        if old is None:
+            return
+        holders = {old.status.saved_state.node, old.status.node}
+        holders.update(cp.state.node for cp in old.status.checkpoints)
+        for node in sorted(h for h in holders if h):
+            session = self.sessions.get(node)
+            if session is not None:
+                session.forget(name, 0, purge=True)
+
+    def _assignment(self, p: pb.Partition, epoch: int) -> apb.Assignment:
+        image = self.cache.images.get(p.spec.image) or pb.Image(name=p.spec.image)
+        a = apb.Assignment(name=p.name, epoch=epoch, spec=p.spec, image=image)
+        if p.status.saved_state.digest:
+            a.restore.CopyFrom(p.status.saved_state)
+        return a

@@ -1,0 +1,296 @@
+"""The AgentGateway service: registration, the per-agent session stream, image and state
+pulls.
+
+A node's liveness is an etcd lease that the replica holding the agent's session renews: once
+for every heartbeat, renewal begun after the heartbeat arrived, and only then is the
+heartbeat acknowledged (echoing its seq). So an ack proves the lease outlives the
+heartbeat's send time by a TTL, and an agent that fences itself at that send time + TTL -
+margin has stopped its partitions before the lease can expire. A replica that cannot renew
+(cut off from etcd, its pool saturated) sends no acks: its agents move to another replica.
+Agents never see etcd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import agent_pb2_grpc
+from viridian.v1 import types_pb2 as pb
+
+from controller.errors import InvalidArgument, StoreError
+from controller.gateway.inventory import InventoryChecker
+from controller.gateway.reports import ReportApplier
+from controller.gateway.sessions import NodeSession, SessionRegistry
+from controller.grpc_errors import Context, map_errors
+from controller.partitions.actions import PartitionActions
+from controller.store import Store
+from controller.validation import check_labels, check_name
+
+log = logging.getLogger(__name__)
+P = pb
+ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
+MAX_RATIO = 64.0
+
+
+@dataclass(frozen=True)
+class Timings:
+    """What a replica tells its agents (derived from the node lease TTL)."""
+
+    lease_ttl: int
+
+    @property
+    def heartbeat_s(self) -> float:
+        return max(0.1, self.lease_ttl / 6.0)
+
+    @property
+    def fence_margin_s(self) -> float:
+        return max(0.1, self.lease_ttl / 6.0)
+
+    @property
+    def ack_timeout_s(self) -> float:
+        return 2 * self.heartbeat_s
+
+    def response(self, session_id: str) -> apb.RegisterResponse:
+        return apb.RegisterResponse(
+            session_id=session_id, lease_ttl_seconds=self.lease_ttl,
+            heartbeat_interval_ms=round(self.heartbeat_s * 1000),
+            fence_margin_ms=round(self.fence_margin_s * 1000),
+            ack_timeout_ms=round(self.ack_timeout_s * 1000))
+
+
+@dataclass
+class Grant:
+    session_id: str
+    lease: int
+    adopted: list[apb.PartitionReport] = field(default_factory=list)
+
+
+def check_spec(spec: pb.NodeSpec) -> None:
+    check_labels("node label", spec.labels)
+    if spec.vcpus < 1 or spec.memory_bytes < (1 << 20):
+        raise InvalidArgument("a node must offer at least 1 vCPU and 1Mi of memory")
+    if not spec.arches:
+        raise InvalidArgument("a node must declare the architectures it can emulate")
+    for what, ratio in (("cpu", spec.cpu_allocation_ratio),
+                        ("memory", spec.memory_allocation_ratio)):
+        if not 0 <= ratio <= MAX_RATIO:  # also refuses NaN
+            raise InvalidArgument(f"{what}_allocation_ratio must be within 0..{MAX_RATIO:g} "
+                                  "(0 = the default)")
+
+
+class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
+    def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
+                 lease_ttl: int, advertise: str) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.timings = Timings(lease_ttl)
+        self.lease_ttl = lease_ttl
+        self.advertise = advertise
+        self.reports = ReportApplier(store, actions)
+        self.inventory = InventoryChecker(store, actions)
+        self._granted: dict[str, Grant] = {}
+        self._revoking: set[asyncio.Task[None]] = set()
+
+    @map_errors
+    async def Register(
+        self, request: apb.RegisterRequest, context: Context
+    ) -> apb.RegisterResponse:
+        name = request.node
+        check_name("node", name)
+        check_spec(request.spec)
+        lease, _ = await self.store.nodes.register(name, request.spec, self.advertise,
+                                                   self.lease_ttl, len(request.running))
+        session_id = uuid.uuid4().hex
+        old = self._granted.pop(name, None)
+        if old is not None:
+            current = self.sessions.get(name)
+            if current is not None and current.session_id == old.session_id:
+                current.close()  # superseded: its lease is revoked
+        self._granted[name] = Grant(session_id, lease, list(request.running))
+        return self.timings.response(session_id)
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[apb.AgentMessage],
+        context: Context,
+    ) -> AsyncIterator[apb.ControllerMessage]:
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("hello"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+            return
+        hello = first.hello
+        grant = self._granted.get(hello.node)
+        if grant is None or grant.session_id != hello.session_id:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no registration for node {hello.node!r} with this session id: register first",
+            )
+            return
+        session = NodeSession(hello.node, hello.session_id, grant.lease)
+        session.last_seen = asyncio.get_running_loop().time()
+        adopted, grant.adopted = grant.adopted, []
+        session.assigned.update((r.name, r.epoch) for r in adopted if r.phase in ACTIVE)
+        self.sessions.attach(session)
+        log.info("session opened for node %s", hello.node)
+        tasks = [asyncio.create_task(self._read(session, request_iterator, adopted)),
+                 asyncio.create_task(self._renew(session))]
+        try:
+            while True:
+                msg = await session.outgoing.get()
+                if msg is None:
+                    break
+                yield msg
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.sessions.detach(session)
+            if (g := self._granted.get(hello.node)) is not None and \
+                    g.session_id == session.session_id:
+                del self._granted[hello.node]
+            log.info("session closed for node %s", hello.node)
+
+    async def _read(self, session: NodeSession, it: AsyncIterator[apb.AgentMessage],
+                    adopted: list[apb.PartitionReport]) -> None:
+        """The agent's messages, in order: a heartbeat's inventory is checked before any
+        later report is applied (a report sent after it may start a partition it lacks)."""
+        loop = asyncio.get_running_loop()
+        try:
+            for report in adopted:
+                await self.reports.apply(session.node, report, session)
+            async for msg in it:
+                session.last_seen = loop.time()
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
+                    session.beat_seq = max(session.beat_seq, msg.heartbeat.seq)
+                    session.beat_at = loop.time()
+                    session.beat.set()
+                    await self.inventory.check(session, msg.heartbeat.inventory)
+                elif kind == "report":
+                    await self.reports.apply(session.node, msg.report, session)
+                elif kind == "console":
+                    session.deliver_console(msg.console)
+                elif kind == "state":
+                    session.deliver_state(msg.state)
+                elif kind == "event":
+                    ev = msg.event
+                    await self.store.events.record(
+                        "Partition" if ev.partition else "Node",
+                        ev.partition or session.node, ev.reason, ev.message,
+                        warning=ev.type == "Warning",
+                    )
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        except StoreError as err:
+            log.warning("session of %s: store error %s", session.node, err)
+        finally:
+            session.close()
+
+    async def _renew(self, session: NodeSession) -> None:
+        """Renew the node's lease for each heartbeat, then acknowledge it.
+
+        A session whose agent went silent for the TTL (frozen, cut off) is ended and its
+        lease revoked at once, so the node turns NotReady no later than the agent fences
+        itself; a TCP connection that merely stays open keeps nothing alive.
+        """
+        loop = asyncio.get_running_loop()
+        check = max(self.timings.heartbeat_s, 0.05)
+        while not session.closed:
+            try:
+                async with asyncio.timeout(check):
+                    await session.beat.wait()
+            except TimeoutError:
+                pass
+            if session.closed:
+                return
+            silent = loop.time() - session.last_seen
+            if silent > self.lease_ttl:
+                log.warning("agent of %s silent for %.1fs; ending its session", session.node,
+                            silent)
+                session.close()
+                self._revoke_soon(session)
+                return
+            if not session.beat.is_set():
+                continue
+            session.beat.clear()
+            seq = session.beat_seq  # read before the renewal begins
+            try:
+                ttl = await self.store.nodes.renew(session.lease_id)
+            except StoreError as err:
+                log.warning("renewing the lease of %s failed: %s; heartbeat %d not acked",
+                            session.node, err, seq)
+                continue
+            if ttl <= 0:
+                log.warning("lease of node %s expired; ending its session", session.node)
+                session.close()
+                return
+            session.send(apb.ControllerMessage(
+                ack=apb.HeartbeatAck(lease_ttl_seconds=self.lease_ttl, seq=seq)))
+
+    def _revoke_soon(self, session: NodeSession) -> None:
+        # Not awaited by the caller: closing the session ends Session(), whose finally
+        # cancels the renewer, and a revoke cancelled before its thread picked it up left the
+        # lease to expire on its own up to a TTL later (NotReady ~2 s late).
+        async def revoke() -> None:
+            try:
+                await self.store.nodes.revoke(session.lease_id)
+            except StoreError as err:
+                log.warning("revoking the lease of %s failed: %s", session.node, err)
+
+        task = asyncio.create_task(revoke(), name=f"revoke-{session.node}")
+        self._revoking.add(task)
+        task.add_done_callback(self._revoking.discard)
+
+    async def PullImage(
+        self, request: apb.PullImageRequest, context: Context
+    ) -> AsyncIterator[apb.ImageChunk]:
+        try:
+            chunks = await self.store.images.read_blob(request.digest)
+        except StoreError as err:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+            return
+        if not chunks:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no image content {request.digest}")
+            return
+        for chunk in chunks:
+            yield apb.ImageChunk(data=chunk)
+
+    async def PullState(
+        self, request: apb.PullStateRequest, context: Context
+    ) -> AsyncIterator[apb.StateChunk]:
+        """Relay a saved state file from the node that holds it (through whichever replica
+        holds that node's session)."""
+        node = request.state.node
+        session = self.sessions.get(node)
+        if session is None:
+            try:
+                address = await self.store.nodes.session_holder(node)
+            except StoreError as err:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+                return
+            if not address or address == self.advertise:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"node {node!r}, which holds the saved state of {request.name!r}, "
+                    "is not connected",
+                )
+                return
+            async with grpc.aio.insecure_channel(address) as channel:
+                stub = agent_pb2_grpc.AgentGatewayStub(channel)
+                relay: Any = stub.PullState(request)
+                async for chunk in relay:
+                    yield chunk
+            return
+        async for data in session.state(request.name, request.state.digest):
+            if data.error:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"state of {request.name!r} on {node}: {data.error}")
+                return
+            if data.data:
+                yield apb.StateChunk(data=data.data)

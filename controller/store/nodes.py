@@ -1,0 +1,198 @@
+"""Nodes in etcd: registration with the node's lease, NotReady marks, cordons, removal, and
+the node operations (drains, evictions) recorded for the leader to carry out."""
+
+from __future__ import annotations
+
+import logging
+
+from viridian.v1 import types_pb2 as pb
+
+from controller.errors import Conflict, FailedPrecondition, NotFound
+from controller.store.etcd import Compare, EtcdStore, Op
+from controller.store.events import EventStore, now_ts
+from controller.store.keys import Keys
+from controller.store.leader import LeaderStore
+from controller.store.records import Allocation, decode, encode
+
+log = logging.getLogger(__name__)
+RETRIES = 8
+OP_KEYS = {pb.NodeOperation.KIND_DRAIN: "drain", pb.NodeOperation.KIND_EVICTION: "eviction"}
+
+
+class NodeStore:
+    def __init__(self, etcd: EtcdStore, keys: Keys, events: EventStore,
+                 leader: LeaderStore) -> None:
+        self._etcd = etcd
+        self._keys = keys
+        self._events = events
+        self._leader = leader
+
+    async def get(self, name: str) -> pb.Node:
+        kv = await self._etcd.get(self._keys.node(name))
+        if kv is None:
+            raise NotFound(f"node {name!r} not found")
+        node = decode(pb.Node, kv.value)
+        node.revision = kv.mod_revision
+        return node
+
+    async def read_all(self) -> list[pb.Node]:
+        kvs, _ = await self._etcd.get_prefix_paged(self._keys.nodes)
+        out = []
+        for kv in kvs:
+            node = decode(pb.Node, kv.value)
+            node.revision = kv.mod_revision
+            out.append(node)
+        return out
+
+    async def alive(self, name: str) -> bool:
+        """Whether the node's lease key exists now (read from etcd, not a cache)."""
+        return await self._etcd.get(self._keys.node_lease(name)) is not None
+
+    async def session_holder(self, name: str) -> str:
+        """Address of the replica holding the node's session ("" if none)."""
+        kv = await self._etcd.get(self._keys.node_lease(name))
+        return kv.value.decode() if kv is not None else ""
+
+    async def alive_names(self) -> set[str]:
+        kvs, _ = await self._etcd.get_prefix_paged(self._keys.node_leases)
+        return {Keys.name_of(kv.key) for kv in kvs}
+
+    async def allocations(self) -> dict[str, Allocation]:
+        kvs, _ = await self._etcd.get_prefix_paged(self._keys.allocations)
+        return {Keys.name_of(kv.key): Allocation.decode(Keys.name_of(kv.key), kv) for kv in kvs}
+
+    async def allocation(self, name: str) -> Allocation:
+        return Allocation.decode(name, await self._etcd.get(self._keys.allocation(name)))
+
+    # -- registration and liveness -----------------------------------------------------
+
+    async def register(self, name: str, spec: pb.NodeSpec, holder: str, ttl: int,
+                       adopted: int) -> tuple[int, bool]:
+        """Put the node (Ready) and its lease key (naming the replica `holder` that keeps
+        the lease alive) in one transaction: never Ready without a lease. Returns (lease
+        id, first registration). The previous lease, if any, is revoked."""
+        k = self._keys
+        kv = await self._etcd.get(k.node(name))
+        fresh = kv is None
+        node = pb.Node(name=name) if kv is None else decode(pb.Node, kv.value)
+        cordoned = node.spec.cordoned
+        node.spec.CopyFrom(spec)
+        node.spec.cordoned = cordoned
+        node.status.state = pb.NODE_STATE_READY
+        node.status.reason = ""
+        now = now_ts()
+        node.status.last_heartbeat.CopyFrom(now)
+        if fresh:
+            node.status.registered_at.CopyFrom(now)
+        lease = await self._etcd.grant_lease(ttl)
+        old = await self._etcd.get(k.node_lease(name))
+        events = await self._events.ops("Node", name, [(
+            "Registered" if fresh else "NodeReady",
+            f"{spec.vcpus} vCPUs, {spec.memory_bytes >> 20}Mi, {adopted} partitions "
+            f"re-adopted (session on {holder})", False)])
+        res = await self._etcd.txn(
+            [Compare(k.node(name), kv.mod_revision if kv is not None else 0)],
+            [Op.put(k.node(name), encode(node)), Op.put(k.node_lease(name), holder.encode(),
+                                                        lease), *events])
+        if not res.succeeded:
+            await self._etcd.revoke_lease(lease)
+            raise Conflict(f"node {name!r} changed during registration; retry")
+        if old is not None and old.lease and old.lease != lease:
+            await self._etcd.revoke_lease(old.lease)
+        return lease, fresh
+
+    async def renew(self, lease: int) -> int:
+        """Renew a node's lease once; its remaining TTL, 0 when it has expired."""
+        return await self._etcd.keepalive(lease)
+
+    async def revoke(self, lease: int) -> None:
+        """End a node's lease now: its lease key goes, the node is lost."""
+        await self._etcd.revoke_lease(lease)
+
+    async def mark_not_ready(self, name: str, reason: str) -> bool:
+        """Leader: mark the node NotReady while its lease key is still absent (a
+        re-registration always wins). True if written."""
+        k = self._keys
+        kv = await self._etcd.get(k.node(name))
+        if kv is None:
+            return False
+        node = decode(pb.Node, kv.value)
+        if node.status.state == pb.NODE_STATE_NOT_READY:
+            return False
+        node.status.state = pb.NODE_STATE_NOT_READY
+        node.status.reason = reason
+        events = await self._events.ops("Node", name, [("NodeNotReady", reason, True)])
+        res = await self._etcd.txn(
+            [Compare(k.node(name), kv.mod_revision), Compare(k.node_lease(name), 0),
+             self._leader.fence()],
+            [Op.put(k.node(name), encode(node)), *events])
+        return res.succeeded
+
+    async def set_cordon(self, name: str, cordoned: bool) -> bool:
+        """Cordon or uncordon; True if it changed."""
+        key = self._keys.node(name)
+        for _ in range(RETRIES):
+            node = await self.get(name)
+            if node.spec.cordoned == cordoned:
+                return False
+            node.spec.cordoned = cordoned
+            events = await self._events.ops("Node", name, [(
+                "Cordoned" if cordoned else "Uncordoned",
+                "no new placements" if cordoned else "accepting placements again", False)])
+            res = await self._etcd.txn([Compare(key, node.revision)],
+                                       [Op.put(key, encode(node)), *events])
+            if res.succeeded:
+                return True
+        raise Conflict(f"node {name!r} kept changing; try again")
+
+    async def remove(self, name: str) -> None:
+        """Delete a node that is not alive and has nothing bound: its record, allocation
+        record and operations, compared so that a registration or a bind in between wins."""
+        k = self._keys
+        kv = await self._etcd.get(k.node(name))
+        if kv is None:
+            raise NotFound(f"node {name!r} not found")
+        alloc = await self.allocation(name)
+        if alloc.entries:
+            raise FailedPrecondition(
+                f"node {name!r} still holds partitions: {', '.join(sorted(alloc.entries)[:10])}")
+        events = await self._events.ops("Node", name, [("Removed", "removed for good", False)])
+        res = await self._etcd.txn(
+            [Compare(k.node(name), kv.mod_revision), Compare(k.node_lease(name), 0),
+             Compare(k.allocation(name), alloc.mod_revision)],
+            [Op.delete(k.node(name)), Op.delete(k.allocation(name)), Op.delete(k.drain(name)),
+             Op.delete(k.eviction(name)), *events])
+        if not res.succeeded:
+            raise Conflict(f"node {name!r} changed while being removed (it registered again, "
+                           "or a partition was bound to it); try again")
+
+    # -- operations ----------------------------------------------------------------------
+
+    def _op_key(self, kind: int, node: str) -> str:
+        return (self._keys.drain(node) if kind == pb.NodeOperation.KIND_DRAIN
+                else self._keys.eviction(node))
+
+    async def operation(self, kind: int, node: str) -> tuple[pb.NodeOperation | None, int]:
+        kv = await self._etcd.get(self._op_key(kind, node))
+        if kv is None:
+            return None, 0
+        return decode(pb.NodeOperation, kv.value), kv.mod_revision
+
+    async def put_operation(self, op: pb.NodeOperation, revision: int, *, fenced: bool,
+                            notes: list[tuple[str, str, bool]] | None = None) -> int:
+        """Write a node operation compared on the revision it was read at (0 = new);
+        leader-only steps are fenced. Returns the new revision."""
+        key = self._op_key(op.kind, op.node)
+        compares = [Compare(key, revision)]
+        if fenced:
+            compares.append(self._leader.fence())
+        events = await self._events.ops("Node", op.node, notes or [])
+        res = await self._etcd.txn(compares, [Op.put(key, op.SerializeToString()), *events])
+        if not res.succeeded:
+            raise Conflict(f"the {OP_KEYS.get(op.kind, 'operation')} of node {op.node!r} "
+                           "changed concurrently")
+        return res.revision
+
+    def lease_absent(self, name: str) -> Compare:
+        """A guard for writes that are only safe while the node has no lease (lost)."""
+        return Compare(self._keys.node_lease(name), 0)
