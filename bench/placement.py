@@ -284,19 +284,18 @@ async def end_to_end(endpoint: str, nodes: Sequence[NodeInfo],
                      prefix: str, timeout: float) -> dict[str, Any]:
     """Part (b): seed etcd, then time a real ClusterCache + SchedulingLoop from start until
     every partition is bound or marked unschedulable, as seen through the cache's watch."""
-    from controller.cache import ClusterCache
-    from controller.events import EventRecorder
     from controller.loops.scheduling import SchedulingLoop
-    from controller.store import EtcdStore, Keys
-    from controller.store.objects import ObjectStore
+    from controller.store import EtcdStore, Keys, Store
 
     keys = Keys(prefix)
     setup = EtcdStore([endpoint])
     etcd = EtcdStore([endpoint])
     result = await seed(setup, keys, nodes, requests)
-    cache = ClusterCache(etcd, keys)
-    loop = SchedulingLoop(cache, ObjectStore(etcd, keys), EventRecorder(etcd, keys, "bench"),
-                          config)
+    store = Store(etcd, prefix, "bench")
+    cache = store.cache
+    # Lead, as the real scheduler does: every binding carries the leader fence.
+    assert await store.leader.campaign("bench", await store.leader.grant(3600))
+    loop = SchedulingLoop(store, config)
     progress = _Progress(cache, len(requests))
     cache.subscribe(progress)
     gc.collect()

@@ -27,6 +27,7 @@ from controller.cli.sizes import format_size
 __all__ = ["COMMANDS", "NODE_COLUMNS", "NODE_FIELDS"]
 
 N = types_pb2.Node
+OP = types_pb2.NodeOperation
 
 
 def _vcpus(n: N) -> str:
@@ -55,6 +56,22 @@ NODE_COLUMNS: list[Column[N]] = [
     Column("LABELS", lambda n: labels_text(n.spec.labels), wide=True),
 ]
 
+def operation_text(op: types_pb2.NodeOperation) -> str:
+    """A drain or eviction in a few lines: state, times, what happened to what."""
+    if not op.kind:
+        return "-"
+    state = OP.State.Name(op.state).removeprefix("STATE_").capitalize()
+    lines = [f"{state} (started {time_text(op.started_at)}"
+             + (f", ended {time_text(op.finished_at)})" if op.finished_at.seconds else ")")]
+    if op.message:
+        lines.append(op.message)
+    lines += [f"  {name}: {what}" for name, what in sorted(op.done.items())]
+    lines += [f"  {name}: FAILED: {why}" for name, why in sorted(op.failed.items())]
+    if op.state == OP.STATE_RUNNING and op.pending:
+        lines.append(f"  waiting for: {', '.join(op.pending)}")
+    return "\n".join(lines)
+
+
 NODE_FIELDS: list[Column[N]] = [
     Column("Name", lambda n: n.name),
     Column("State", node_state_name),
@@ -72,6 +89,8 @@ NODE_FIELDS: list[Column[N]] = [
     Column("Agent", lambda n: n.spec.agent_version or "-"),
     Column("Registered", lambda n: time_text(n.status.registered_at)),
     Column("Last heartbeat", lambda n: time_text(n.status.last_heartbeat)),
+    Column("Drain", lambda n: operation_text(n.status.drain)),
+    Column("Eviction", lambda n: operation_text(n.status.eviction)),
     Column("Revision", lambda n: str(n.revision), wide=True),
 ]
 
@@ -104,7 +123,7 @@ def nodes_cmd(ctx: click.Context, output: str, plan: bool) -> None:
 
 @click.group("node")
 def node_group() -> None:
-    """Inspect, cordon and drain one node."""
+    """Inspect, cordon, drain and remove one node."""
 
 
 @node_group.command("get")
@@ -141,7 +160,11 @@ def uncordon_cmd(ctx: click.Context, name: str) -> None:
               help="Give up after this long, e.g. 30m, 1h30m.")
 @click.pass_context
 def drain_cmd(ctx: click.Context, name: str, deadline: float) -> None:
-    """Cordon NAME and move its partitions away, printing progress."""
+    """Cordon NAME and move its partitions away, printing progress.
+
+    The drain is recorded and carried out by the controller: stopping this command (Ctrl-C)
+    does not stop it; `viridian node get NAME` shows where it stands, and `viridian node
+    uncordon NAME` cancels it."""
     if deadline <= 0:
         raise click.UsageError("--deadline must be positive")
     call = get_client(ctx).stub.DrainNode(
@@ -155,14 +178,33 @@ def drain_cmd(ctx: click.Context, name: str, deadline: float) -> None:
                 break
     except KeyboardInterrupt:
         cancel(call)
-        click.echo("stopped following; the drain goes on in the controller", err=True)
+        click.echo(f"stopped following; the drain goes on in the controller "
+                   f"(viridian node get {name})", err=True)
         ctx.exit(130)
+    if last is not None:
+        for pname, why in sorted(last.drain.failed.items()):
+            click.echo(f"  {pname}: could not move: {why}", err=True)
     if last is None or last.failed:
         raise CliError(f"drain of {name} failed: "
                        f"{last.message if last else 'the stream ended without progress'}")
     if not last.done:
         raise CliError(f"drain of {name} ended before the node was empty")
     click.echo(f"node {name} drained")
+
+
+@node_group.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True,
+              help="Also when partitions are still bound to it: they are evicted (HA ones "
+              "restart elsewhere, the others become Lost).")
+@click.pass_context
+def rm_cmd(ctx: click.Context, name: str, force: bool) -> None:
+    """Remove a dead node for good (refused while its agent is connected)."""
+    reply = get_client(ctx).stub.RemoveNode(
+        controller_pb2.RemoveNodeRequest(name=name, force=force))
+    for pname in reply.evicted:
+        click.echo(f"evicted {pname}")
+    click.echo(f"node {name} removed")
 
 
 COMMANDS = [nodes_cmd, node_group]

@@ -15,13 +15,10 @@ from pathlib import Path
 import pytest
 from viridian.v1 import types_pb2 as pb
 
-from controller.cache import ClusterCache
 from controller.etcd_server import EtcdProcess
-from controller.events import EventRecorder
 from controller.loops.scheduling import SchedulingLoop
 from controller.scheduler import SchedulerConfig
-from controller.store import EtcdStore, Keys
-from controller.store.objects import Allocation, ObjectStore, StoredPartition
+from controller.store import Allocation, EtcdStore, Keys, Store, StoredPartition
 
 pytestmark = pytest.mark.integration
 NODES = {"n1": (2, 4 << 30), "n2": (1, 2 << 30), "n3": (1, 3 << 30)}  # vcpus, memory
@@ -52,20 +49,20 @@ async def _race(endpoint: str) -> None:
     stacks = []
     for who in ("a", "b"):
         etcd = EtcdStore([endpoint])
-        cache = ClusterCache(etcd, keys)
-        store = ObjectStore(etcd, keys)
-        loop = SchedulingLoop(cache, store, EventRecorder(etcd, keys, who),
-                              SchedulerConfig(strategy="spread" if who == "a" else "binpack"))
-        stacks.append((etcd, cache, loop))
+        store = Store(etcd, keys.prefix, who)
+        # Unfenced on purpose: two schedulers at once, as with a slow old leader.
+        loop = SchedulingLoop(store, SchedulerConfig(
+            strategy="spread" if who == "a" else "binpack"), fenced=False)
+        stacks.append((etcd, store.cache, loop))
     for _, cache, _ in stacks:
         await cache.start()
     for _, _, loop in stacks:
         loop.start()
 
-    objs = ObjectStore(setup, keys)
+    objs = Store(setup, keys.prefix, "check")
     deadline = asyncio.get_running_loop().time() + 30
     while True:
-        parts = await objs.list_partitions()
+        parts = await objs.partitions.read_all()
         undecided = [sp for sp in parts
                      if not sp.binding_node and not sp.partition.status.reason]
         if not undecided:
@@ -110,7 +107,7 @@ async def _race(endpoint: str) -> None:
     for kv in kvs:
         ev = pb.Event.FromString(kv.value)
         if ev.reason == "Scheduled":
-            by_source[ev.source] += 1
+            by_source[ev.source.removeprefix("controller/")] += 1
     assert sum(by_source.values()) == len(bound)
     print("bindings committed per scheduler:", dict(by_source))
     for etcd, cache, _ in stacks:

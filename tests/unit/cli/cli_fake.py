@@ -217,10 +217,26 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         yield c.DrainProgress(message="cordoned; moving 2 partitions", remaining=2)
         yield c.DrainProgress(message="web stopped", remaining=1)
         if self.drain_fails:
+            op = types_pb2.NodeOperation(kind=types_pb2.NodeOperation.KIND_DRAIN,
+                                         state=types_pb2.NodeOperation.STATE_FAILED,
+                                         failed={"db": "0/2 nodes available"})
             yield c.DrainProgress(message="deadline passed: db still bound", remaining=1,
-                                  failed=True)
+                                  failed=True, drain=op)
         else:
             yield c.DrainProgress(message="node is empty", remaining=0, done=True)
+
+    def RemoveNode(self, request: c.RemoveNodeRequest, context: Any) -> Any:
+        node = self.GetNode(c.GetNodeRequest(name=request.name), context)
+        if node.status.state == types_pb2.NODE_STATE_READY:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"node {request.name!r} is alive (its agent holds a session)")
+        bound = sorted(p.name for p in self.partitions.values()
+                       if p.status.node == request.name)
+        if bound and not request.force:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                          f"node {request.name!r} still holds {len(bound)} partition(s)")
+        del self.nodes[request.name]
+        return c.RemoveNodeResponse(evicted=bound)
 
     # -- images -------------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from cli_fake import FakeController
+from cli_fake import FakeController, make_partition
 from click.testing import CliRunner
 from conftest import Invoke
 from viridian.v1 import types_pb2
@@ -279,6 +279,21 @@ def test_drain(invoke: Invoke, fake: FakeController) -> None:
     failed = invoke("node", "drain", "node-1")
     assert failed.exit_code == 1
     assert "drain of node-1 failed: deadline passed: db still bound" in failed.stderr
+    assert "db: could not move: 0/2 nodes available" in failed.stderr
+
+
+def test_node_rm(invoke: Invoke, fake: FakeController) -> None:
+    alive = invoke("node", "rm", "node-1")
+    assert alive.exit_code == 1 and "is alive" in alive.stderr
+    assert "Traceback" not in alive.stderr and len(alive.stderr.strip().splitlines()) == 1
+    fake.nodes["node-1"].status.state = types_pb2.NODE_STATE_NOT_READY
+    fake._put(make_partition("web"))  # bound to node-1
+    holding = invoke("node", "rm", "node-1")
+    assert holding.exit_code == 1 and "still holds" in holding.stderr
+    forced = invoke("node", "rm", "node-1", "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert forced.stdout.splitlines() == ["evicted web", "node node-1 removed"]
+    assert "node-1" not in fake.nodes
 
 
 def test_events_and_watch(invoke: Invoke) -> None:
