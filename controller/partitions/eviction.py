@@ -58,6 +58,8 @@ class NodeLifecycleLoop(Loop):
         self.grace_s = grace_s
         self._silent_since: dict[str, float] = {}
         self.holding = False
+        self._hold_changed = False
+        self._counts = (0, 0)  # (silent nodes with partitions, nodes that count)
         self.cache.subscribe(self._on_change)
 
     def _on_change(self, kind: str, name: str) -> None:
@@ -65,10 +67,13 @@ class NodeLifecycleLoop(Loop):
             self.kick()
 
     def start(self) -> None:
-        # A new term of leadership: no silence observed yet, no hold in force.
+        self.reset_term()
+        super().start()
+
+    def reset_term(self) -> None:
+        """A new term of leadership: no silence observed yet, no hold in force."""
         self._silent_since.clear()
         self.holding = False
-        super().start()
 
     def evictable(self) -> set[str]:
         """Silent nodes with partitions whose grace has passed, unless a hold is in force

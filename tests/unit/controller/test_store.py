@@ -180,3 +180,32 @@ def test_paged_prefix_read_is_complete_and_pinned(etcd_endpoint: str, prefix: st
         store.close()
 
     run(scenario())
+
+
+def test_cache_reload_is_atomic_and_remembers_deletes_it_missed(
+        etcd_endpoint: str, prefix: str) -> None:
+    """Defect 8: deletes that happened while the watch was down were never forgotten (and a
+    reload emptied the cache before filling it, so every partition looked deleted)."""
+
+    async def scenario() -> None:
+        store = Store(EtcdStore([etcd_endpoint]), prefix, "test")
+        cache = store.cache
+        await store.partitions.create(_partition("kept"), [])
+        await store.partitions.create(_partition("gone"), [])
+        await cache.start()
+        assert await cache.wait_for_revision((await store.partitions.get("gone")).mod_revision)
+        seen_sizes: list[int] = []
+        cache.subscribe(lambda kind, name: seen_sizes.append(len(cache.partitions)))
+        cache._cancel()  # type: ignore[misc]  # the watch breaks...
+        await store.etcd.delete(store.keys.partition("gone"))  # ...and misses this
+        reloaded = asyncio.Event()
+        cache.subscribe(lambda kind, name: reloaded.set() if kind == "" else None)
+        cache._on_lost(RuntimeError("test"))
+        await asyncio.wait_for(reloaded.wait(), 10)
+        assert set(cache.partitions) == {"kept"}
+        assert "gone" in cache.deleted_partitions
+        assert 0 not in seen_sizes  # nobody ever saw an empty cache
+        await cache.stop()
+        store.close()
+
+    run(scenario())
