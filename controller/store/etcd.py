@@ -1,9 +1,11 @@
 """The controller's only door to etcd: an asyncio facade over etcd's raw gRPC stubs.
 
-Endpoints and failover (see _endpoints.py for why not pyetcd's): one channel per member, the
-store uses the FIRST listed member until a call fails for connectivity reasons (UNAVAILABLE,
-DEADLINE_EXCEEDED, etcd's "no leader"), then the next one in list order, wrapping around.
-Every call carries etcd's require-leader metadata and a deadline.
+Endpoints and failover: one channel per member; the store uses the FIRST listed member until
+a call fails for connectivity reasons (UNAVAILABLE, DEADLINE_EXCEEDED, etcd's "no leader"),
+then the next one in list order, wrapping around. Every call carries etcd's require-leader
+metadata and a deadline. We do this ourselves because pyetcd's MultiEndpointEtcd3Client
+failover does not cover the raw stubs (KV calls stayed on a dead member forever), picks its
+first endpoint at random, and blacklists a failed endpoint for 300 s (see _endpoints.py).
 
 What a failure means to the caller (every etcd failure leaves this module as a StoreError):
 - Reads and lease revoke/keepalive/time-to-live are idempotent: they are retried on the next

@@ -56,22 +56,40 @@ class EtcdCluster:
     """Three etcd members started together with --initial-cluster on free ports."""
 
     def __init__(self, base: Path, size: int = 3) -> None:
-        self.members = [
-            Member(f"m{i}", base / f"m{i}", free_port(), free_port()) for i in range(size)
-        ]
-        self.initial_cluster = ",".join(
-            f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+        self.base = base
+        self.size = size
+        self.members: list[Member] = []
+        self.initial_cluster = ""
+        self._attempt = 0
 
     @property
     def endpoints(self) -> list[str]:
         return [m.endpoint for m in self.members]
 
-    def start(self, timeout: float = 20.0) -> None:
-        for m in self.members:
-            self._spawn(m)
-        deadline = time.monotonic() + timeout
-        for m in self.members:
-            self.wait_healthy(m, deadline - time.monotonic())
+    def start(self, timeout: float = 20.0, attempts: int = 3) -> None:
+        """Start every member and wait until each is healthy. A free port can be taken by
+        another process before etcd binds it (other test runs share the machine): then the
+        cluster is started again on new ports."""
+        for attempt in range(1, attempts + 1):
+            self._attempt += 1
+            self.members = [
+                Member(f"m{i}", self.base / f"try{self._attempt}" / f"m{i}",
+                       free_port(), free_port())
+                for i in range(self.size)
+            ]
+            self.initial_cluster = ",".join(
+                f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in self.members)
+            for m in self.members:
+                self._spawn(m)
+            deadline = time.monotonic() + timeout
+            try:
+                for m in self.members:
+                    self.wait_healthy(m, deadline - time.monotonic())
+                return
+            except (RuntimeError, TimeoutError):
+                self.stop()
+                if attempt == attempts:
+                    raise
 
     def _spawn(self, m: Member) -> None:
         m.data_dir.mkdir(parents=True, exist_ok=True)
@@ -104,7 +122,8 @@ class EtcdCluster:
         url = f"http://{m.endpoint}/health"
         while True:
             if not m.alive:
-                raise RuntimeError(f"etcd {m.name} exited; see {m.data_dir}/etcd.log")
+                tail = (m.data_dir / "etcd.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"etcd {m.name} exited:\n{tail}")
             try:
                 with urllib.request.urlopen(url, timeout=1.0) as resp:
                     if json.loads(resp.read()).get("health") == "true":

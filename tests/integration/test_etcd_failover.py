@@ -11,8 +11,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from etcd_cluster import EtcdCluster, Member, etcd_cluster
+from pyetcd import etcdrpc
 
 from controller.errors import StoreUnavailable
 from controller.etcd_server import free_port
@@ -259,6 +261,47 @@ def test_watch_on_a_member_that_loses_quorum_is_lost(cluster: EtcdCluster) -> No
 
     took = asyncio.run(scenario())
     print(f"watch on a member without quorum reported lost after {took:.2f}s")
+
+
+def test_watch_large_catch_up_idle_and_compacted(cluster: EtcdCluster) -> None:
+    """A 10 MiB catch-up (over gRPC's default 4 MiB) arrives whole, an idle watch is kept
+    alive by progress responses, and a compacted start revision is reported lost once
+    without leaving a healthy member."""
+
+    async def scenario() -> None:
+        store = EtcdStore(cluster.endpoints, watch_stall_timeout=0.6)
+        try:
+            _, rev = await store.get_prefix("/big/")
+            for i in range(10):
+                await store.put(f"/big/{i}", bytes(1 << 20))
+            got: list[WatchEvent] = []
+            losses: list[Exception] = []
+            store.watch_prefix("/big/", rev + 1, lambda evs, _r: got.extend(evs),
+                               losses.append)
+            await until(lambda: len(got) == 10, 10, "the 10 MiB catch-up")
+            assert [e.kv.key for e in got] == [f"/big/{i}" for i in range(10)]
+
+            # Idle for several stall timeouts: progress responses keep the watch.
+            idle_until = asyncio.get_running_loop().time() + 5 * 0.6
+            await until(lambda: asyncio.get_running_loop().time() > idle_until or bool(losses),
+                        10, "the idle period")
+            assert losses == []
+
+            last = await store.put("/big/last", b"x")
+            await until(lambda: len(got) == 11, 5, "an event after the idle period")
+            with grpc.insecure_channel(store.current_endpoint) as channel:
+                etcdrpc.KVStub(channel).Compact(
+                    etcdrpc.CompactionRequest(revision=last, physical=True), timeout=5)
+            compacted: list[Exception] = []
+            store.watch_prefix("/big/", rev + 1, lambda _e, _r: None, compacted.append)
+            await until(lambda: bool(compacted), 5, "the compacted watch to be lost")
+            assert "compacted" in str(compacted[0]), compacted
+            assert store.current_endpoint == cluster.endpoints[0]
+            assert len(compacted) == 1 and losses == []
+        finally:
+            store.close()
+
+    asyncio.run(scenario())
 
 
 # -- (d) many leases on one stream ---------------------------------------------------------
