@@ -1,12 +1,15 @@
 /* Four threads fold xorshift streams and a private heap buffer into a running checksum,
  * with regular syscalls (sched_yield, clock_gettime, mutex/condvar futexes). The main
- * thread prints progress; the final line is deterministic: "final=<checksum>". */
+ * thread prints progress; the final line is deterministic: "final=<checksum>".
+ * Arguments: [phases [per_phase [gate]]]; with "gate" it waits for a byte on stdin before
+ * printing the final line. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sched.h>
+#include <unistd.h>
 
 #define THREADS 4
 static unsigned long long total;
@@ -64,6 +67,14 @@ int main(int argc, char **argv) {
     }
     pthread_mutex_unlock(&lock);
     for (int i = 0; i < THREADS; i++) pthread_join(t[i], NULL);
+    if (argc > 3 && strcmp(argv[3], "gate") == 0) {
+        /* Gated: do not end before a byte arrives on stdin (a test that saves the guest
+         * midway must never find it already Off). */
+        char c;
+        printf("computed\n");
+        fflush(stdout);
+        if (read(0, &c, 1) != 1) return 3;
+    }
     printf("final=%llu\n", total);
     return 0;
 }

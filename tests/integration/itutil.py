@@ -144,24 +144,85 @@ def wait_node(stub: cgrpc.ControllerStub, name: str, state: int,
 
 # -- processes ---------------------------------------------------------------------------
 
-def processes_mentioning(markers: Iterable[str]) -> list[tuple[int, str]]:
-    """(pid, cmdline) of live processes whose command line or cwd contains a marker."""
-    markers = [m for m in markers if m]
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, ppid, start time) of a process, None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _alive(pid: int, start: int) -> bool:
+    st = _proc_stat(pid)
+    return st is not None and st[0] not in ("Z", "X") and st[2] == start
+
+
+class ProcessRecord:
+    """The processes a test started: their pids with start times (so a reused pid is never
+    mistaken for ours), recorded as they appear, with their descendants. A test kills only
+    what is in here, never what merely looks similar (an address in another cluster's
+    command line once matched ours and its agents were killed)."""
+
+    def __init__(self) -> None:
+        self.known: dict[int, int] = {}  # pid -> start time
+
+    def add(self, pid: int) -> None:
+        st = _proc_stat(pid)
+        if st is not None:
+            self.known.setdefault(pid, st[2])
+
+    def add_tree(self, root: int) -> None:
+        """root and every live descendant of it now."""
+        self.add(root)
+        children: dict[int, list[int]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                st = _proc_stat(int(entry.name))
+                if st is not None:
+                    children.setdefault(st[1], []).append(int(entry.name))
+        todo = [root]
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in self.known:
+                    self.add(child)
+                    todo.append(child)
+
+    def alive(self) -> list[tuple[int, str]]:
+        return [(pid, _cmdline(pid)) for pid, start in self.known.items()
+                if _alive(pid, start)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def processes_under(data_dir: Path) -> list[tuple[int, str]]:
+    """(pid, cmdline) of live processes working inside data_dir, or naming it (or a path
+    inside it) as an argument: data_dir is a fresh mkdtemp of the test's, so nothing else
+    can match. Path boundaries are respected (/tmp/vit-a is not /tmp/vit-ab)."""
+    root = str(data_dir)
     found: list[tuple[int, str]] = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
+        pid = int(entry.name)
+        st = _proc_stat(pid)
+        if st is None or st[0] in ("Z", "X"):
+            continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(
-                errors="replace")
-            stat = (entry / "stat").read_text()
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             cwd = os.readlink(entry / "cwd") if os.access(entry / "cwd", os.R_OK) else ""
         except OSError:
             continue
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            continue
-        if any(m in cmdline or m in cwd for m in markers):
-            found.append((int(entry.name), cmdline.strip()))
+        paths = [cwd, *args, *(a.split("=", 1)[1] for a in args if "=" in a)]
+        if any(p == root or p.startswith(root + "/") for p in paths):
+            found.append((pid, " ".join(args).strip()))
     return found
 
 
@@ -253,28 +314,36 @@ class ClusterHandle:
         wait_serving(self.address, self.cluster.controller, log)
 
     def stop(self) -> list[tuple[int, str]]:
-        """Stop everything; return (and kill) whatever was left behind."""
+        """Stop everything; return (and kill) whatever of ours was left behind."""
         if self.channel is not None:
             self.channel.close()
+        ours = ProcessRecord()
+        for proc in self._started():
+            ours.add_tree(proc.pid)
         try:
             self.cluster.stop()
         finally:
             # Even if stop() raised half-way (it once did, on an import error in the
             # runtime), nothing of this cluster may outlive the test session.
-            if self.cluster.controller is not None and self.cluster.controller.poll() is None:
-                self.cluster.controller.kill()
-            etcd = self.cluster.etcd.proc if self.cluster.etcd is not None else None
-            if etcd is not None and etcd.poll() is None:
-                etcd.kill()
-        markers = [str(self.data_dir), self.address]
+            for proc in self._started():
+                if proc.poll() is None:
+                    proc.kill()
         # Processes may take a moment to be reaped after their parent went.
         deadline = time.monotonic() + 5.0
-        left = processes_mentioning(markers)
+        left = ours.alive() + processes_under(self.data_dir)
         while left and time.monotonic() < deadline:
             time.sleep(0.1)
-            left = processes_mentioning(markers)
+            left = ours.alive() + processes_under(self.data_dir)
         kill_all(left)
         return left
+
+    def _started(self) -> list[subprocess.Popen[bytes]]:
+        procs = [*self.cluster.agents.values()]
+        if self.cluster.controller is not None:
+            procs.append(self.cluster.controller)
+        if self.cluster.etcd is not None and self.cluster.etcd.proc is not None:
+            procs.append(self.cluster.etcd.proc)
+        return procs
 
 
 def short_tmp_dir(prefix: str) -> Path:

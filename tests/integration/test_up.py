@@ -10,7 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from itutil import REPO, kill_all, processes_mentioning, run_cli, short_tmp_dir, wait_for
+from itutil import (
+    REPO,
+    ProcessRecord,
+    kill_all,
+    processes_under,
+    run_cli,
+    short_tmp_dir,
+    wait_for,
+)
 
 from controller.etcd_server import free_port
 
@@ -34,7 +42,8 @@ def _ready_nodes(address: str, up: subprocess.Popen[str]) -> int:
     return sum(n["status"]["state"] == "NODE_STATE_READY" for n in json.loads(res.out))
 
 
-def _stop(up: subprocess.Popen[str], markers: list[str]) -> tuple[int, str, float]:
+def _stop(up: subprocess.Popen[str], ours: ProcessRecord) -> tuple[int, str, float]:
+    ours.add_tree(up.pid)  # everything `up` started, recorded before it is told to stop
     started = time.monotonic()
     up.send_signal(signal.SIGTERM)
     try:
@@ -49,7 +58,11 @@ def _stop(up: subprocess.Popen[str], markers: list[str]) -> tuple[int, str, floa
 def test_up_sigterm_leaves_nothing_and_state_persists(guests: dict[str, Path]) -> None:
     data_dir = short_tmp_dir("vit-up-")
     address = f"127.0.0.1:{free_port()}"
-    markers = [str(data_dir), address]
+    ours = ProcessRecord()
+
+    def left_behind() -> list[tuple[int, str]]:
+        return ours.alive() + processes_under(data_dir)
+
     try:
         up = _up(data_dir, address)
         wait_for(lambda: _ready_nodes(address, up) == 2, "2 Ready nodes", timeout=30,
@@ -70,11 +83,11 @@ def test_up_sigterm_leaves_nothing_and_state_persists(guests: dict[str, Path]) -
             raise AssertionError(f"{err}\n{run_cli(address, 'get', 'it-up-long', '-o', 'yaml')}"
                                  f"\n{run_cli(address, 'logs', 'it-up-long')}") from None
 
-        code, out, took = _stop(up, markers)
+        code, out, took = _stop(up, ours)
         assert code == 0, f"exit {code} after {took:.1f}s:\n{out}"
         assert took < EXIT_S
         assert "stopped." in out
-        left = processes_mentioning(markers)
+        left = left_behind()
         assert not left, f"left behind after SIGTERM: {left}"
 
         # Same data dir again: the cluster remembers its images and partitions.
@@ -88,15 +101,16 @@ def test_up_sigterm_leaves_nothing_and_state_persists(guests: dict[str, Path]) -
         res = run_cli(address, "run", "--image", "it-up-hello", "--", "4")
         assert res.code == 4, str(res)
 
-        code, out, took = _stop(up, markers)
+        code, out, took = _stop(up, ours)
         assert code == 0, f"exit {code} after {took:.1f}s:\n{out}"
-        left = processes_mentioning(markers)
+        left = left_behind()
         assert not left, f"left behind after the second SIGTERM: {left}"
     finally:
         if up.poll() is None:
+            ours.add_tree(up.pid)
             up.kill()
             up.wait()
-        left = processes_mentioning(markers)
+        left = left_behind()
         kill_all(left)
         if not left:
             shutil.rmtree(data_dir, ignore_errors=True)
