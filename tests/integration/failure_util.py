@@ -88,6 +88,10 @@ class Api:
         for ch in self._channels:
             ch.close()
 
+    def stub(self) -> cgrpc.ControllerStub:
+        """The stub of the controller that answered last (for calls made by hand)."""
+        return self._stubs[self._good]
+
     def call(self, method: str, request: Any, timeout: float = 3.0) -> Any:
         err: grpc.RpcError | None = None
         for i in range(len(self._stubs)):
@@ -120,9 +124,11 @@ class Api:
         return list(self.call("ListEvents", cpb.ListEventsRequest(), timeout=10).events)
 
     def create(self, name: str, image: str, args: Sequence[str], ha: bool = False,
-               timeout: float = 10.0, strategy: str = "") -> pb.Partition:
-        spec = pb.PartitionSpec(image=image, args=list(args), vcpus=1, memory_bytes=16 << 20,
-                                ha=ha, desired_state=pb.DESIRED_STATE_RUNNING,
+               timeout: float = 10.0, strategy: str = "", vcpus: int = 1,
+               memory_bytes: int = 16 << 20) -> pb.Partition:
+        spec = pb.PartitionSpec(image=image, args=list(args), vcpus=vcpus,
+                                memory_bytes=memory_bytes, ha=ha,
+                                desired_state=pb.DESIRED_STATE_RUNNING,
                                 placement_strategy=strategy)
         return self.call(  # type: ignore[no-any-return]
             "CreatePartition", cpb.CreatePartitionRequest(name=name, spec=spec), timeout)
@@ -184,16 +190,47 @@ def beats(text: bytes | str) -> list[int]:
     return out
 
 
+def _arg(argv: Sequence[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
+def roles(c: NetnsCluster) -> dict[str, list[str]]:
+    """The cluster's services by what they run: "etcd", "controller" and "agent" (in the
+    compose file's order). The default compose file gives ETCDS, CONTROLLERS and NODES."""
+    out: dict[str, list[str]] = {"etcd": [], "controller": [], "agent": []}
+    for svc in c.selected:
+        argv = c.services[svc].argv
+        if argv[:1] == ["etcd"]:
+            out["etcd"].append(svc)
+        elif argv[:2] in (["viridian", "controller"], ["viridian", "agent"]):
+            out[argv[1]].append(svc)
+    return out
+
+
+def agent_nodes(c: NetnsCluster) -> dict[str, str]:
+    """Node name (the agent's --name) -> its service."""
+    return {_arg(c.services[s].argv, "--name") or s: s for s in roles(c)["agent"]}
+
+
 class FailCluster:
     def __init__(self, c: NetnsCluster) -> None:
         self.c = c
-        self.ctl_addrs = [f"{c.address(s)}:50051" for s in CONTROLLERS]
+        found = roles(c)
+        self.controllers = tuple(found["controller"]) or CONTROLLERS
+        self.etcds = tuple(found["etcd"]) or ETCDS
+        self.node_services = agent_nodes(c)
+        self.nodes = tuple(self.node_services) or NODES
+        self.ctl_addrs = [f"{c.address(s)}:50051" for s in self.controllers]
         self.ctl = ",".join(self.ctl_addrs)
         self.api = Api(self.ctl_addrs)
 
     # -- the host's view of the nodes --
     def run_dir(self, node: str) -> Path:
-        return self.c.run_dir / "volumes" / f"{node}-run" / "run"
+        svc = self.node_services.get(node)
+        inside = _arg(self.c.services[svc].argv, "--run-dir") if svc else None
+        if svc is None or inside is None:
+            return self.c.run_dir / "volumes" / f"{node}-run" / "run"
+        return self.c.host_path(svc, inside)
 
     def part_dir(self, node: str, name: str) -> Path:
         return self.run_dir(node) / "workers" / "partitions" / name
@@ -220,7 +257,7 @@ class FailCluster:
 
     def live_workers(self) -> dict[str, list[Worker]]:
         out: dict[str, list[Worker]] = {}
-        for node in NODES:
+        for node in self.nodes:
             for w in self.workers(node):
                 out.setdefault(w.name, []).append(w)
         return out
@@ -236,7 +273,7 @@ class FailCluster:
 
     # -- etcd --
     def etcdctl(self, *args: str, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
-        eps = ",".join(f"http://{self.c.address(e)}:2379" for e in ETCDS
+        eps = ",".join(f"http://{self.c.address(e)}:2379" for e in self.etcds
                        if self.c.pid(e) is not None)
         return subprocess.run(
             [str(self.c.programs["etcdctl"]), f"--endpoints={eps}", "--command-timeout=2s",
@@ -250,7 +287,7 @@ class FailCluster:
         # The identity is "<hostname>-<pid>"; the runner's main process is the controller
         # (ip netns exec and the shim exec into it).
         pid = ident.rsplit("-", 1)[-1]
-        for s in CONTROLLERS:
+        for s in self.controllers:
             if pid and pid == str(self.c.pid(s)):
                 return s
         return ident
@@ -275,13 +312,19 @@ class FailCluster:
                           lambda: str(self.api.get(name).status) + self.tails())
 
     def ensure_ready(self, timeout: float = 30.0) -> None:
-        """Every link up, every service running, 3 Ready nodes: the baseline between tests."""
+        """Every link up, no black hole or netem, nothing frozen, every service running, every
+        node Ready: the baseline between tests."""
+        for svc in sorted(self.c.frozen()):
+            self.c.thaw(svc)
+        self.c.heal_all()
         for svc in self.c.selected:
             self.c.restore(svc)
+            if self.c.netem_state(svc):
+                self.c.clear_netem(svc)
         for svc in self.c.selected:
             if self.c.pid(svc) is None:
                 self.c.start(svc)
-        self.wait_nodes(dict.fromkeys(NODES, "READY"), timeout)
+        self.wait_nodes(dict.fromkeys(self.nodes, "READY"), timeout)
 
 
 def cluster_up(run_dir: Path, compose: Path = COMPOSE,
@@ -294,7 +337,7 @@ def cluster_up(run_dir: Path, compose: Path = COMPOSE,
     try:
         with c:
             fc = FailCluster(c)
-            fc.wait_nodes(dict.fromkeys(NODES, "READY"), 30)
+            fc.wait_nodes(dict.fromkeys(fc.nodes, "READY"), 30)
             for name, path in (images or {}).items():
                 res = run_cli(fc.ctl, "image", "push", name, str(path))
                 assert res.code == 0, str(res)

@@ -1,0 +1,425 @@
+"""Fault injectors: each kind makes a Fault (prepare, inject, hold, heal), run_fault() runs one
+with the checker watching and measures the recovery, plan() draws a seeded random mix.
+
+Kinds, by family:
+
+    kill        kill -9 of the leading controller, of controller-1 (the one every agent and
+                client lists first), of an agent, of an etcd member, of etcd-1 (listed first)
+    freeze      SIGSTOP ... SIGCONT of the same
+    blackhole   a controller <-> every etcd member; an agent <-> the controller holding its
+                session; one etcd member <-> the other members
+    netem       delay (with jitter) or loss on a random service's egress
+    rolling     a rolling restart of every etcd member (stop, start, healthy, next)
+    request     delete --force, move, save or drain, each interrupted at a random moment:
+                the gRPC call cancelled, or the CLI doing it killed with SIGKILL
+    drain-cli   `viridian node drain` (the CLI, a child process) killed mid-way
+
+Recovery of a fault = from its heal to the first checker scan that sees the steady state:
+every node Ready, every HA partition Running with its worker, no incident open.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import rules
+from etcd_view import Snapshot, wait_readable
+from failure_util import REPO
+from harness import FaultCluster
+from viridian.v1 import controller_pb2 as cpb
+
+__all__ = ["FAMILIES", "KINDS", "Fault", "Outcome", "make", "plan", "run_fault"]
+
+HOLD_S = (1.0, 8.0)  # a held fault lasts this long (uniform), unless told
+HA_WITHIN_S = 10.0
+RECOVER_S = 60.0
+REQUEST_SETTLE_S = 20.0
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    inject: Callable[[], None]
+    heal: Callable[[], None]
+    hold_s: float
+    prepare: Callable[[], None] = lambda: None
+    note: list[str] = field(default_factory=list)  # what happened, for the report
+
+
+@dataclass
+class Outcome:
+    kind: str
+    target: str
+    hold_s: float
+    injected_at: float
+    healed_at: float
+    recovery_s: float | None  # None: not steady within RECOVER_S
+    ha_running: bool
+    settled: bool
+    violations: dict[str, int]
+    note: str
+    effects: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "target": self.target, "hold_s": round(self.hold_s, 2),
+                "recovery_s": None if self.recovery_s is None else round(self.recovery_s, 2),
+                "ha_running_in_10s": self.ha_running, "settled": self.settled,
+                "violations": {k: v for k, v in self.violations.items() if v},
+                "note": self.note, "effects": self.effects}
+
+
+# -- process faults --
+
+def _controller(fh: FaultCluster, which: str) -> str:
+    ctl = fh.fc.controllers
+    return (fh.leader() or ctl[0]) if which == "leader" else ctl[0]
+
+
+def _kill(fh: FaultCluster, svc: str, hold: float, kind: str) -> Fault:
+    return Fault(kind, svc, lambda: fh.c.kill(svc, signal.SIGKILL),
+                 lambda: fh.c.start(svc), hold)
+
+
+def _freeze(fh: FaultCluster, svc: str, hold: float, kind: str) -> Fault:
+    return Fault(kind, svc, lambda: fh.c.freeze(svc), lambda: fh.c.thaw(svc), hold)
+
+
+def _process(action: str, role: str) -> Callable[[FaultCluster, random.Random, float], Fault]:
+    def make_it(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+        if role in ("leader", "first"):
+            svc = _controller(fh, role)
+        elif role == "agent":
+            svc = rng.choice(list(fh.fc.node_services.values()))
+        elif role == "etcd-first":
+            svc = fh.fc.etcds[0]
+        else:
+            svc = rng.choice(fh.fc.etcds)
+        kind = f"{action}-{'controller-' if role in ('leader', 'first') else ''}{role}"
+        return (_kill if action == "kill" else _freeze)(fh, svc, hold, kind)
+
+    return make_it
+
+
+# -- network faults --
+
+def _blackhole(fh: FaultCluster, a: str | list[str], b: str | list[str], hold: float,
+               kind: str) -> Fault:
+    target = f"{a} <-> {','.join(b) if isinstance(b, list) else b}"
+    return Fault(kind, target, lambda: fh.c.blackhole(a, b), lambda: fh.c.heal(a, b), hold)
+
+
+def blackhole_controller_etcd(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    ctl = _controller(fh, rng.choice(["leader", "first"]))
+    return _blackhole(fh, ctl, list(fh.fc.etcds), hold, "blackhole-controller-etcd")
+
+
+def blackhole_agent_controller(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    node = rng.choice(fh.fc.nodes)
+    ctl = fh.session_holder(node) or fh.fc.controllers[0]
+    return _blackhole(fh, fh.fc.node_services[node], ctl, hold, "blackhole-agent-controller")
+
+
+def blackhole_etcd_member(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    member = rng.choice(fh.fc.etcds)
+    peers = [e for e in fh.fc.etcds if e != member]
+    return _blackhole(fh, member, peers, hold, "blackhole-etcd-member")
+
+
+def _netem(loss: bool) -> Callable[[FaultCluster, random.Random, float], Fault]:
+    def make_it(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+        svc = rng.choice(fh.c.selected)
+        if loss:
+            kw = {"loss_pct": round(rng.uniform(10, 40))}
+        else:
+            kw = {"delay_ms": round(rng.uniform(100, 400)), "jitter_ms": round(rng.uniform(0, 50))}
+        label = ", ".join(f"{k} {v}" for k, v in kw.items())
+        return Fault(f"netem-{'loss' if loss else 'delay'}", f"{svc} ({label})",
+                     lambda: fh.c.netem(svc, **kw), lambda: fh.c.clear_netem(svc), hold)
+
+    return make_it
+
+
+def rolling_etcd_restart(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    def inject() -> None:
+        for member in fh.fc.etcds:
+            fh.c.stop(member, timeout=5)
+            fh.c.start(member)  # waits until healthy (a quorum read answers)
+
+    return Fault("etcd-rolling-restart", ",".join(fh.fc.etcds), inject, lambda: None, 0.0)
+
+
+# -- interrupted requests --
+
+def _cli(fh: FaultCluster, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "controller.cli", "--controller",
+                             fh.fc.ctl, *args], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _interrupted(fh: FaultCluster, rng: random.Random, method: str, request: Any,
+                 cli_args: list[str], note: list[str]) -> None:
+    """Send the request and interrupt it at a random moment: either the gRPC call is
+    cancelled after 0-30 ms (a delete takes about that long here), or the CLI sending it is
+    killed (SIGKILL, by its pid) after 0.3-1.2 s (its start-up takes most of that)."""
+    if rng.random() < 0.5:
+        stub = fh.api.stub()
+        after = rng.uniform(0.0, 0.03)
+        if method == "DrainNode":
+            call: Any = stub.DrainNode(request, timeout=60)
+            threading.Timer(after + rng.uniform(0.1, 2.0), call.cancel).start()
+            try:
+                for _ in call:
+                    pass
+            except grpc.RpcError as err:
+                note.append(f"{method} stream ended: {err.code().name}")  # type: ignore[attr-defined]
+            return
+        future = getattr(stub, method).future(request, timeout=10)
+        time.sleep(after)
+        cancelled = future.cancel()
+        note.append(f"{method} cancelled after {after * 1000:.0f} ms"
+                    f"{'' if cancelled else ' (it had completed)'}")
+        return
+    proc = _cli(fh, *cli_args)
+    after = rng.uniform(0.3, 1.2) if method != "DrainNode" else rng.uniform(0.5, 3.0)
+    try:
+        proc.wait(after)
+        note.append(f"CLI {' '.join(cli_args[:2])} finished before its kill (exit "
+                    f"{proc.returncode})")
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)  # our own child
+        proc.wait(10)
+        note.append(f"CLI {' '.join(cli_args[:2])} killed after {after:.2f}s")
+
+
+def _victim(fh: FaultCluster, kind: str) -> str:
+    return fh.names(kind.removeprefix("interrupted-"), 1)[0]
+
+
+def _wait_phase_not(fh: FaultCluster, name: str, phases: tuple[str, ...],
+                    timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = wait_readable(fh.view, 10)
+        p = snap.partitions.get(name)
+        ph = rules.phase(p) if p is not None else "absent"
+        if ph not in phases or time.monotonic() > deadline:
+            return ph
+        time.sleep(0.1)
+
+
+def interrupted_delete(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    name = _victim(fh, "interrupted-delete")
+    note: list[str] = []
+
+    def prepare() -> None:
+        fh.create([name], ha=True)
+        fh.wait_running([name])
+
+    def inject() -> None:
+        fh.checker.forget(name)  # from now on it may be gone
+        _interrupted(fh, rng, "DeletePartition",
+                     cpb.DeletePartitionRequest(name=name, force=True),
+                     ["delete", name, "--force"], note)
+
+    def heal() -> None:
+        if name in wait_readable(fh.view, 10).partitions:
+            note.append("the partition survived the interrupted delete")
+            fh.checker.expect(name, ha=True)  # still there: acknowledged, as before
+        else:
+            note.append("the partition was deleted")
+
+    return Fault("interrupted-delete", name, inject, heal, hold, prepare, note)
+
+
+def interrupted_save(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    name = _victim(fh, "interrupted-save")
+    note: list[str] = []
+
+    def prepare() -> None:
+        fh.create([name], ha=True)
+        fh.wait_running([name])
+
+    def inject() -> None:
+        _interrupted(fh, rng, "SavePartition", cpb.PartitionRef(name=name),
+                     ["save", name], note)
+
+    def heal() -> None:
+        ph = _wait_phase_not(fh, name, ("SAVING",), REQUEST_SETTLE_S)
+        note.append(f"after the save: {ph}")
+        if ph == "SAVED":
+            fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
+
+    return Fault("interrupted-save", name, inject, heal, hold, prepare, note)
+
+
+def interrupted_move(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
+    name = _victim(fh, "interrupted-move")
+    note: list[str] = []
+    where: list[str] = []
+
+    def prepare() -> None:
+        fh.create([name], ha=True)
+        fh.wait_running([name])
+        where.append(fh.bound_node(name))
+        fh.api.call("SavePartition", cpb.PartitionRef(name=name))
+        ph = _wait_phase_not(fh, name, ("RUNNING", "SAVING"), REQUEST_SETTLE_S)
+        note.append(f"saved on {where[0]}: {ph}")
+
+    def inject() -> None:
+        to = rng.choice([n for n in fh.fc.nodes if n != where[0]])
+        note.append(f"move to {to}")
+        _interrupted(fh, rng, "MovePartition", cpb.MovePartitionRequest(name=name, to_node=to),
+                     ["move", name, "--to", to], note)
+
+    def heal() -> None:
+        fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
+
+    return Fault("interrupted-move", name, inject, heal, hold, prepare, note)
+
+
+def _drain(fh: FaultCluster, rng: random.Random, hold: float, cli: bool) -> Fault:
+    snap = wait_readable(fh.view, 10)
+    load = {n: sum(b.node == n for b in snap.bindings.values()) for n in fh.fc.nodes}
+    node = max(load, key=lambda n: load[n])
+    note: list[str] = [f"{load[node]} partitions bound there"]
+
+    def inject() -> None:
+        if cli:
+            proc = _cli(fh, "node", "drain", node)
+            after = rng.uniform(0.5, 3.0)
+            try:
+                proc.wait(after)
+                note.append(f"the drain CLI ended by itself (exit {proc.returncode})")
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)  # our own child, by its pid
+                proc.wait(10)
+                note.append(f"the drain CLI killed after {after:.2f}s")
+        else:
+            _interrupted(fh, rng, "DrainNode", cpb.DrainNodeRequest(name=node),
+                         ["node", "drain", node], note)
+        deadline = time.monotonic() + REQUEST_SETTLE_S  # the drain goes on without a client
+        while time.monotonic() < deadline:
+            if not any(b.node == node for b in wait_readable(fh.view, 10).bindings.values()):
+                note.append("the node emptied")
+                return
+            time.sleep(0.2)
+        note.append(f"the node still had partitions bound {REQUEST_SETTLE_S:g}s later")
+
+    def heal() -> None:
+        fh.api.call("UncordonNode", cpb.CordonNodeRequest(name=node))
+
+    kind = "drain-cli-killed" if cli else "interrupted-drain"
+    return Fault(kind, node, inject, heal, hold, note=note)
+
+
+KINDS: dict[str, Callable[[FaultCluster, random.Random, float], Fault]] = {
+    "kill-controller-leader": _process("kill", "leader"),
+    "kill-controller-first": _process("kill", "first"),
+    "kill-agent": _process("kill", "agent"),
+    "kill-etcd": _process("kill", "etcd"),
+    "kill-etcd-first": _process("kill", "etcd-first"),
+    "freeze-controller-leader": _process("freeze", "leader"),
+    "freeze-controller-first": _process("freeze", "first"),
+    "freeze-agent": _process("freeze", "agent"),
+    "freeze-etcd": _process("freeze", "etcd"),
+    "freeze-etcd-first": _process("freeze", "etcd-first"),
+    "blackhole-controller-etcd": blackhole_controller_etcd,
+    "blackhole-agent-controller": blackhole_agent_controller,
+    "blackhole-etcd-member": blackhole_etcd_member,
+    "netem-delay": _netem(loss=False),
+    "netem-loss": _netem(loss=True),
+    "etcd-rolling-restart": rolling_etcd_restart,
+    "interrupted-delete": interrupted_delete,
+    "interrupted-save": interrupted_save,
+    "interrupted-move": interrupted_move,
+    "interrupted-drain": lambda fh, rng, hold: _drain(fh, rng, hold, cli=False),
+    "drain-cli-killed": lambda fh, rng, hold: _drain(fh, rng, hold, cli=True),
+}
+FAMILIES = {
+    "kill": [k for k in KINDS if k.startswith("kill-")],
+    "freeze": [k for k in KINDS if k.startswith("freeze-")],
+    "blackhole": [k for k in KINDS if k.startswith("blackhole-")],
+    "netem": ["netem-delay", "netem-loss"],
+    "rolling": ["etcd-rolling-restart"],
+    "request": [k for k in KINDS if k.startswith("interrupted-")],
+    "drain-cli": ["drain-cli-killed"],
+}
+
+
+def make(kind: str, fh: FaultCluster, rng: random.Random, hold: float | None = None) -> Fault:
+    return KINDS[kind](fh, rng, rng.uniform(*HOLD_S) if hold is None else hold)
+
+
+def plan(rng: random.Random, count: int, kinds: list[str] | None = None) -> list[str]:
+    """A seeded mix: every kind once (shuffled) while count allows, then random kinds."""
+    pool = list(kinds or KINDS)
+    first = rng.sample(pool, k=min(count, len(pool)))
+    return first + [rng.choice(pool) for _ in range(count - len(first))]
+
+
+def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
+              recover: float = RECOVER_S) -> Outcome:
+    """Prepare, inject, hold, heal (and undo every fault: fh.restore()), then measure: HA
+    partitions Running within ha_within (f), recovery to the steady state, nothing stuck
+    after the settle period (g). Violations are those that began during this fault."""
+    ck = fh.checker
+    since = time.monotonic()
+    ck.scenario = f"prepare {fault.kind}"
+    fault.prepare()
+    ck.scenario = f"{fault.kind} {fault.target}"
+    before = ck.wait_scan(lambda sc: sc.snap is not None, time.monotonic(), 10)
+    failed_before = ck.scans_failed
+    injected = time.monotonic()
+    fault.inject()
+    time.sleep(max(0.0, injected + fault.hold_s - time.monotonic()))  # the fault's hold
+    ck.scenario = f"heal {fault.kind} {fault.target}"
+    try:
+        fault.heal()
+    except grpc.RpcError as err:
+        fault.note.append(f"heal: {err.code().name if isinstance(err, grpc.Call) else err}")
+    finally:
+        fh.restore()
+    healed = time.monotonic()
+    ck.scenario = f"after {fault.kind} {fault.target}"
+    ha_ok = ck.check_ha_running(healed, ha_within)
+    steady = ck.wait_scan(lambda sc: sc.steady, healed, recover)
+    settled = ck.check_settled(healed)
+    after = steady or ck.last
+    seen = effects(fh, before.snap if before else None, after.snap if after else None)
+    seen["etcd_unreadable_scans"] = ck.scans_failed - failed_before
+    return Outcome(fault.kind, fault.target, fault.hold_s, injected, healed,
+                   None if steady is None else steady.end - healed, ha_ok, settled,
+                   ck.counts(since), "; ".join(fault.note), seen)
+
+
+def effects(fh: FaultCluster, before: Snapshot | None, after: Snapshot | None,
+            ) -> dict[str, Any]:
+    """What the fault changed, from the snapshots before it and once steady again: the
+    leader, which controller holds each node's session, and which partitions got a new
+    binding (moved or restarted: a new epoch means a cold start of the guest)."""
+    if before is None or after is None:
+        return {}
+
+    def ctl(value: str) -> str:
+        return fh.service_of_host(value.rsplit("-", 1)[0] if "-" in value else value)
+
+    out: dict[str, Any] = {}
+    lead = (ctl(before.leader), ctl(after.leader))
+    out["leader"] = lead[0] if lead[0] == lead[1] else f"{lead[0]} -> {lead[1]}"
+    out["sessions_moved"] = sorted(n for n, v in before.node_leases.items()
+                                   if after.node_leases.get(n, v) != v)
+    out["rebound"] = sorted(n for n in fh.checker.expected
+                            if n in before.bindings and before.bindings[n] !=
+                            after.bindings.get(n))
+    return out
