@@ -103,10 +103,13 @@ def failover_trial(fh: FaultCluster, label: str, fault: Callable[[], None],
     a scan shows it Running, with its worker, on another node (None: not within 30 s)."""
     ck = fh.checker
     fh.restore()
+    ck.scenario = f"failover {label}: prepare"
+    fh.steer_sessions(fh.fc.controllers[0])  # the agents on the controller listed first
     ck.wait_steady(time.monotonic(), 60)
     (name,) = fh.create(fh.names(f"fo{i}", 1), ha=True)
     fh.wait_running([name])
     node = fh.bound_node(name)
+    leader = fh.leader()
     ck.scenario = f"failover {label}: cut {node}"
     t0 = time.monotonic()
     fault()
@@ -126,7 +129,7 @@ def failover_trial(fh: FaultCluster, label: str, fault: Callable[[], None],
     ck.scenario = f"failover {label}: restore"
     fh.restore()
     fh.retire([name])
-    print(f"  failover {label:<24} trial {i + 1}: "
+    print(f"  failover {label:<24} trial {i + 1}: {node} cut, leader was {leader}: "
           f"{'not within 30 s' if took is None else f'{took:.2f}s'}", flush=True)
     return took
 

@@ -73,15 +73,47 @@ class FaultCluster:
                 return svc
         return ""
 
+    def controller_of(self, identity: str) -> str:
+        """The controller service of a leader identity "<hostname>-<pid>" ("" if none). The
+        hostname is the host's (a network namespace has no hostname of its own); the pid is
+        the runner's main process (ip netns exec and the shim exec into the controller)."""
+        pid = identity.rsplit("-", 1)[-1]
+        return next((s for s in self.fc.controllers if pid and pid == str(self.c.pid(s))), "")
+
     def leader(self) -> str:
-        """The controller service named by /viridian/leader ("<hostname>-<pid>")."""
+        """The controller service named by /viridian/leader ("" if none)."""
+        return self.controller_of(wait_readable(self.view, 10).leader)
+
+    def sessions(self) -> dict[str, str]:
+        """Node -> the controller service holding its session (its lease key's value, the
+        controller's advertised address)."""
         snap = wait_readable(self.view, 10)
-        return self.service_of_host(snap.leader.rsplit("-", 1)[0])
+        return {n: self.service_of_host(v.split(":")[0]) for n, v in snap.node_leases.items()}
 
     def session_holder(self, node: str) -> str:
-        """The controller service holding the node's session (its lease key's value)."""
-        snap = wait_readable(self.view, 10)
-        return self.service_of_host(snap.node_leases.get(node, "").split(":")[0])
+        return self.sessions().get(node, "")
+
+    def steer_sessions(self, controller: str, timeout: float = 30.0) -> str:
+        """Make `controller` hold every agent's session (so that a fault of it matters):
+        the other controllers holding sessions are stopped (SIGTERM, as `docker stop`) until
+        the agents have moved, then started again. Returns what was done ("" if nothing)."""
+        others = sorted({s for s in self.sessions().values() if s and s != controller})
+        if not others:
+            return ""
+        for o in others:
+            self.c.stop(o, timeout=5)
+        deadline = time.monotonic() + timeout
+        try:
+            while set(self.sessions().values()) != {controller} or \
+                    len(self.sessions()) < len(self.fc.nodes):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"sessions not on {controller} after "
+                                         f"{timeout:g}s: {self.sessions()}")
+                time.sleep(0.1)
+        finally:
+            for o in others:
+                self.c.start(o)
+        return f"sessions steered to {controller} (stop + start of {', '.join(others)})"
 
     def bound_node(self, name: str) -> str:
         b = wait_readable(self.view, 10).bindings.get(name)

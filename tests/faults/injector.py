@@ -21,6 +21,7 @@ every node Ready, every HA partition Running with its worker, no incident open.
 from __future__ import annotations
 
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -37,7 +38,8 @@ from failure_util import REPO
 from harness import FaultCluster
 from viridian.v1 import controller_pb2 as cpb
 
-__all__ = ["FAMILIES", "KINDS", "Fault", "Outcome", "make", "plan", "run_fault"]
+__all__ = ["FAMILIES", "KINDS", "Fault", "Outcome", "controller_etcd_blackhole", "make",
+           "plan", "run_fault"]
 
 HOLD_S = (1.0, 8.0)  # a held fault lasts this long (uniform), unless told
 HA_WITHIN_S = 10.0
@@ -85,13 +87,29 @@ def _controller(fh: FaultCluster, which: str) -> str:
     return (fh.leader() or ctl[0]) if which == "leader" else ctl[0]
 
 
-def _kill(fh: FaultCluster, svc: str, hold: float, kind: str) -> Fault:
-    return Fault(kind, svc, lambda: fh.c.kill(svc, signal.SIGKILL),
-                 lambda: fh.c.start(svc), hold)
+def _steer(fh: FaultCluster, controller: str, note: list[str]) -> Callable[[], None]:
+    """A prepare step: every agent's session on `controller` first, so that a fault of the
+    controller listed first hits the replica the agents use (after an earlier fault they
+    may all sit on the other one)."""
+    def prepare() -> None:
+        done = fh.steer_sessions(controller)
+        if done:
+            note.append(done)
+            fh.checker.wait_steady(time.monotonic(), 30)
+
+    return prepare
 
 
-def _freeze(fh: FaultCluster, svc: str, hold: float, kind: str) -> Fault:
-    return Fault(kind, svc, lambda: fh.c.freeze(svc), lambda: fh.c.thaw(svc), hold)
+def _kill(fh: FaultCluster, svc: str, hold: float, kind: str, steer: bool) -> Fault:
+    note: list[str] = []
+    return Fault(kind, svc, lambda: fh.c.kill(svc, signal.SIGKILL), lambda: fh.c.start(svc),
+                 hold, _steer(fh, svc, note) if steer else lambda: None, note)
+
+
+def _freeze(fh: FaultCluster, svc: str, hold: float, kind: str, steer: bool) -> Fault:
+    note: list[str] = []
+    return Fault(kind, svc, lambda: fh.c.freeze(svc), lambda: fh.c.thaw(svc), hold,
+                 _steer(fh, svc, note) if steer else lambda: None, note)
 
 
 def _process(action: str, role: str) -> Callable[[FaultCluster, random.Random, float], Fault]:
@@ -105,7 +123,7 @@ def _process(action: str, role: str) -> Callable[[FaultCluster, random.Random, f
         else:
             svc = rng.choice(fh.fc.etcds)
         kind = f"{action}-{'controller-' if role in ('leader', 'first') else ''}{role}"
-        return (_kill if action == "kill" else _freeze)(fh, svc, hold, kind)
+        return (_kill if action == "kill" else _freeze)(fh, svc, hold, kind, role == "first")
 
     return make_it
 
@@ -118,9 +136,18 @@ def _blackhole(fh: FaultCluster, a: str | list[str], b: str | list[str], hold: f
     return Fault(kind, target, lambda: fh.c.blackhole(a, b), lambda: fh.c.heal(a, b), hold)
 
 
+def controller_etcd_blackhole(fh: FaultCluster, ctl: str, hold: float) -> Fault:
+    """A controller that still talks to its agents but not to etcd: it must stop acking
+    heartbeats it cannot back with a lease renewal. The agents' sessions are steered to it
+    first, or the fault would hit a replica nobody uses."""
+    fault = _blackhole(fh, ctl, list(fh.fc.etcds), hold, "blackhole-controller-etcd")
+    fault.prepare = _steer(fh, ctl, fault.note)
+    return fault
+
+
 def blackhole_controller_etcd(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
-    ctl = _controller(fh, rng.choice(["leader", "first"]))
-    return _blackhole(fh, ctl, list(fh.fc.etcds), hold, "blackhole-controller-etcd")
+    return controller_etcd_blackhole(fh, _controller(fh, rng.choice(["leader", "first"])),
+                                     hold)
 
 
 def blackhole_agent_controller(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
@@ -170,28 +197,19 @@ def _cli(fh: FaultCluster, *args: str) -> subprocess.Popen[bytes]:
 def _interrupted(fh: FaultCluster, rng: random.Random, method: str, request: Any,
                  cli_args: list[str], note: list[str]) -> None:
     """Send the request and interrupt it at a random moment: either the gRPC call is
-    cancelled after 0-30 ms (a delete takes about that long here), or the CLI sending it is
-    killed (SIGKILL, by its pid) after 0.3-1.2 s (its start-up takes most of that)."""
+    cancelled after 0-12 ms (a delete or a save is answered in about that time here), or
+    the CLI sending it is killed (SIGKILL, by its pid) after 0.3-1.2 s (its start-up takes
+    most of that). Either way it may land before, during or after the server's work."""
     if rng.random() < 0.5:
-        stub = fh.api.stub()
-        after = rng.uniform(0.0, 0.03)
-        if method == "DrainNode":
-            call: Any = stub.DrainNode(request, timeout=60)
-            threading.Timer(after + rng.uniform(0.1, 2.0), call.cancel).start()
-            try:
-                for _ in call:
-                    pass
-            except grpc.RpcError as err:
-                note.append(f"{method} stream ended: {err.code().name}")  # type: ignore[attr-defined]
-            return
-        future = getattr(stub, method).future(request, timeout=10)
+        after = rng.uniform(0.0, 0.012)
+        future = getattr(fh.api.stub(), method).future(request, timeout=10)
         time.sleep(after)
         cancelled = future.cancel()
         note.append(f"{method} cancelled after {after * 1000:.0f} ms"
                     f"{'' if cancelled else ' (it had completed)'}")
         return
     proc = _cli(fh, *cli_args)
-    after = rng.uniform(0.3, 1.2) if method != "DrainNode" else rng.uniform(0.5, 3.0)
+    after = rng.uniform(0.3, 1.2)
     try:
         proc.wait(after)
         note.append(f"CLI {' '.join(cli_args[:2])} finished before its kill (exit "
@@ -200,6 +218,46 @@ def _interrupted(fh: FaultCluster, rng: random.Random, method: str, request: Any
         proc.send_signal(signal.SIGKILL)  # our own child
         proc.wait(10)
         note.append(f"CLI {' '.join(cli_args[:2])} killed after {after:.2f}s")
+
+
+def _interrupted_drain(fh: FaultCluster, rng: random.Random, node: str, cli: bool,
+                       note: list[str]) -> None:
+    """Start a drain and interrupt it mid-way: 0-0.5 s after its first progress message
+    (the node is cordoned then and its partitions start to move), the stream is cancelled
+    or the `viridian node drain` CLI printing it is killed with SIGKILL."""
+    after = rng.uniform(0.0, 0.5)
+    if not cli:
+        call: Any = fh.api.stub().DrainNode(cpb.DrainNodeRequest(name=node), timeout=60)
+        seen = 0
+        try:
+            for progress in call:
+                seen += 1
+                if seen == 1:
+                    threading.Timer(after, call.cancel).start()
+                if progress.done or progress.failed:
+                    note.append(f"the drain ended before the cancel ({progress.message})")
+                    return
+        except grpc.RpcError as err:
+            code = err.code().name if isinstance(err, grpc.Call) else "?"
+            note.append(f"drain stream {code} {after:.2f}s after its first message")
+        return
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--controller",
+                             fh.fc.ctl, "node", "drain", node], cwd=REPO,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 15.0)  # its first progress line
+    if ready:
+        proc.stdout.readline()
+        time.sleep(after)
+    if proc.poll() is not None:
+        note.append(f"the drain CLI ended by itself (exit {proc.returncode})")
+    else:
+        proc.send_signal(signal.SIGKILL)  # our own child, by its pid
+        note.append(f"the drain CLI killed {after:.2f}s after its first line"
+                    if ready else "the drain CLI killed, silent for 15 s")
+    proc.wait(10)
+    proc.stdout.close()
 
 
 def _victim(fh: FaultCluster, kind: str) -> str:
@@ -295,19 +353,7 @@ def _drain(fh: FaultCluster, rng: random.Random, hold: float, cli: bool) -> Faul
     note: list[str] = [f"{load[node]} partitions bound there"]
 
     def inject() -> None:
-        if cli:
-            proc = _cli(fh, "node", "drain", node)
-            after = rng.uniform(0.5, 3.0)
-            try:
-                proc.wait(after)
-                note.append(f"the drain CLI ended by itself (exit {proc.returncode})")
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)  # our own child, by its pid
-                proc.wait(10)
-                note.append(f"the drain CLI killed after {after:.2f}s")
-        else:
-            _interrupted(fh, rng, "DrainNode", cpb.DrainNodeRequest(name=node),
-                         ["node", "drain", node], note)
+        _interrupted_drain(fh, rng, node, cli, note)
         deadline = time.monotonic() + REQUEST_SETTLE_S  # the drain goes on without a client
         while time.monotonic() < deadline:
             if not any(b.node == node for b in wait_readable(fh.view, 10).bindings.values()):
@@ -379,6 +425,7 @@ def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
     fault.prepare()
     ck.scenario = f"{fault.kind} {fault.target}"
     before = ck.wait_scan(lambda sc: sc.snap is not None, time.monotonic(), 10)
+    leader_before = fh.controller_of(before.snap.leader) if before and before.snap else ""
     failed_before = ck.scans_failed
     injected = time.monotonic()
     fault.inject()
@@ -396,7 +443,8 @@ def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
     steady = ck.wait_scan(lambda sc: sc.steady, healed, recover)
     settled = ck.check_settled(healed)
     after = steady or ck.last
-    seen = effects(fh, before.snap if before else None, after.snap if after else None)
+    seen = effects(fh, before.snap if before else None, after.snap if after else None,
+                   leader_before)
     seen["etcd_unreadable_scans"] = ck.scans_failed - failed_before
     return Outcome(fault.kind, fault.target, fault.hold_s, injected, healed,
                    None if steady is None else steady.end - healed, ha_ok, settled,
@@ -404,18 +452,16 @@ def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
 
 
 def effects(fh: FaultCluster, before: Snapshot | None, after: Snapshot | None,
-            ) -> dict[str, Any]:
+            leader_before: str) -> dict[str, Any]:
     """What the fault changed, from the snapshots before it and once steady again: the
-    leader, which controller holds each node's session, and which partitions got a new
-    binding (moved or restarted: a new epoch means a cold start of the guest)."""
+    leader (resolved when each snapshot was read: a restarted controller has a new pid),
+    which controller holds each node's session, and which partitions got a new binding
+    (moved or restarted: a new epoch means a cold start of the guest)."""
     if before is None or after is None:
         return {}
 
-    def ctl(value: str) -> str:
-        return fh.service_of_host(value.rsplit("-", 1)[0] if "-" in value else value)
-
     out: dict[str, Any] = {}
-    lead = (ctl(before.leader), ctl(after.leader))
+    lead = (leader_before, fh.controller_of(after.leader))
     out["leader"] = lead[0] if lead[0] == lead[1] else f"{lead[0]} -> {lead[1]}"
     out["sessions_moved"] = sorted(n for n, v in before.node_leases.items()
                                    if after.node_leases.get(n, v) != v)

@@ -17,13 +17,14 @@ import random
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from checker import Scan
+from checker import LIMIT_S, Scan
+from etcd_view import wait_readable
 from harness import IMAGE, FaultCluster, fault_cluster, needs
-from injector import Fault, Outcome, make, run_fault
+from injector import Fault, Outcome, controller_etcd_blackhole, make, run_fault
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 from worker_view import starttime
@@ -73,45 +74,60 @@ def _run(fh: FaultCluster, fault: Fault | str, workload: tuple[int, int] = (2, 2
         fh.retire(names)
 
 
+def _plant(where: Path, name: str, epoch: int, pid: int) -> None:
+    """A worker directory as the agent writes it, for a process of ours."""
+    where.mkdir(parents=True)
+    (where / "meta.json").write_text(json.dumps({"name": name, "epoch": epoch}))
+    (where / "pid").write_text(f"{pid} {starttime(pid)}\n")
+
+
 def test_the_checker_sees_planted_violations(fh: FaultCluster) -> None:
-    """A positive control on the real cluster, through the same scans: a second live
-    "worker" of a Running partition (a process of ours behind a pid file, in a dot-named
-    directory the agent never reads) is a double at once; an acknowledged partition whose
-    key is deleted behind the product's back is missing at once."""
+    """A positive control on the real cluster, through the same scans. Planted in dot-named
+    directories the agents never read, each behind a `sleep` of ours: a second live worker
+    of a Running partition (a double, at once), and a worker of a partition etcd never had
+    (unbound, after TTL + grace). And an acknowledged partition whose key is deleted behind
+    the product's back (missing, at once)."""
     ck = fh.checker
     fh.restore()
     assert ck.wait_steady(time.monotonic(), 60) is not None
     ck.scenario = "positive control"
     since = time.monotonic()
     (name,) = fh.workload("pc", 1, 0)
-    (off,) = fh.names("pc-off", 1)
+    (off, ghost) = fh.names("pc-off", 1) + fh.names("pc-ghost", 1)
     spec = pb.PartitionSpec(image=IMAGE, args=["200"], vcpus=1, memory_bytes=16 << 20,
                             desired_state=pb.DESIRED_STATE_OFF)
     fh.api.call("CreatePartition", cpb.CreatePartitionRequest(name=off, spec=spec))
     ck.expect(off, ha=False)
     (real,) = [w for w in fh.workers() if w.name == name]
     elsewhere = next(n for n in fh.fc.nodes if n != real.node)
-    planted = fh.run_dirs[elsewhere] / "workers" / "partitions" / f".planted-{name}"
-    sleeper = subprocess.Popen(["sleep", "60"])
+    parts = fh.run_dirs[elsewhere] / "workers" / "partitions"
+    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
     try:
-        planted.mkdir(parents=True)
-        (planted / "meta.json").write_text(json.dumps({"name": name, "epoch": real.epoch}))
-        (planted / "pid").write_text(f"{sleeper.pid} {starttime(sleeper.pid)}\n")
+        _plant(parts / f".planted-{name}", name, real.epoch or 0, sleepers[0].pid)
+        revision = wait_readable(fh.view, 10).revision
+        _plant(parts / f".planted-{ghost}", ghost, revision, sleepers[1].pid)
         assert fh.fc.etcdctl("del", f"/viridian/partitions/{off}").returncode == 0
 
-        def caught(_scan: Scan) -> bool:
-            return {"double", "missing"} <= {i.kind for i in ck.violations(since)}
+        def caught(*kinds: str) -> Callable[[Scan], bool]:
+            return lambda _scan: set(kinds) <= {i.kind for i in ck.violations(since)}
 
-        assert ck.wait_scan(caught, since, 5.0) is not None, ck.describe(ck.violations(since))
+        assert ck.wait_scan(caught("double", "missing"), since, 5.0) is not None, \
+            ck.describe(ck.violations(since))
+        shutil.rmtree(parts / f".planted-{name}")  # before it is an unbound worker too
+        assert ck.wait_scan(caught("unbound_worker"), since, LIMIT_S + 3) is not None, \
+            ck.describe(ck.violations(since))
     finally:
-        sleeper.kill()  # our own child
-        sleeper.wait(5)
-        shutil.rmtree(planted, ignore_errors=True)
+        for sleeper in sleepers:
+            sleeper.kill()  # our own children
+            sleeper.wait(5)
+        for planted in parts.glob(".planted-*"):
+            shutil.rmtree(planted, ignore_errors=True)
         ck.forget(off)
         ck.scenario = "clean-up"
         fh.retire([name])
     found = {(i.kind, i.subject) for i in ck.violations(since)}
-    assert found == {("double", name), ("missing", off)}, ck.describe(ck.violations(since))
+    assert found == {("double", name), ("missing", off), ("unbound_worker", ghost)}, \
+        ck.describe(ck.violations(since))
 
 
 def test_kill_the_leading_controller(fh: FaultCluster) -> None:
@@ -122,12 +138,8 @@ def test_freeze_the_controller_listed_first(fh: FaultCluster) -> None:
     _run(fh, "freeze-controller-first")
 
 
-def test_blackhole_between_the_leader_and_etcd(fh: FaultCluster) -> None:
-    leader = fh.leader() or fh.fc.controllers[0]
-    etcds = list(fh.fc.etcds)
-    _run(fh, Fault("blackhole-controller-etcd", f"{leader} <-> etcd",
-                   lambda: fh.c.blackhole(leader, etcds), lambda: fh.c.heal(leader, etcds),
-                   HOLD_S))
+def test_blackhole_between_the_agents_controller_and_etcd(fh: FaultCluster) -> None:
+    _run(fh, controller_etcd_blackhole(fh, fh.fc.controllers[0], HOLD_S))
 
 
 def test_netem_delay_and_loss_on_the_leader(fh: FaultCluster) -> None:
