@@ -217,6 +217,9 @@ class ControllerSession:
             self.outcome.why = "the controller ended the session"
         except grpc.aio.AioRpcError as err:
             self.outcome.why = f"{err.code().name} {err.details() or ''}".strip()
+        except Exception as err:  # a bug handling a message: log it, start afresh
+            log.exception("handling a message from %s failed", self.address)
+            self.outcome.why = f"internal error: {err}"
 
     def _ack(self, ack: apb.HeartbeatAck) -> None:
         timing = self.outcome.timing

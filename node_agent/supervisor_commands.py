@@ -87,10 +87,15 @@ class CommandOps:
     def _lifecycle_command(self, lp: Local, c: apb.PartitionCommand) -> None:
         op = (c.kind, c.checkpoint)
         if lp.stopping or lp.saving:
+            if c.kind == K.KIND_CHECKPOINT:
+                what = "stopped" if lp.stopping else "saved"
+                self.send(self._checkpoint_report(
+                    lp, c.checkpoint, f"could not take the checkpoint: it is being {what}"))
             return  # the worker is going away; its end is reported
         if c.kind == K.KIND_SAVE and time.monotonic() < lp.adopted_save_until:
             return  # the previous agent's save may still run: its end is reported
-        if lp.pending and lp.pending[-1] == op:
+        if (lp.pending and lp.pending[-1] == op) or (
+                c.kind in (K.KIND_SAVE, K.KIND_CHECKPOINT) and op in lp.pending):
             return  # the same request is under way
         if not lp.pending and (
                 (c.kind == K.KIND_PAUSE and lp.report.phase == P.PARTITION_PHASE_PAUSED) or

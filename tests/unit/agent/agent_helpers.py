@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from agent_fakes import wait_for
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
@@ -64,13 +65,30 @@ class Node:
                 await asyncio.to_thread(handle.stop, 2.0)
 
 
+def last(node: Node, name: str) -> apb.PartitionReport:
+    reports = node.reports(name)
+    assert reports, f"no report for {name}"
+    return reports[-1]
+
+
+async def running(node: Node, name: str, guest: str = "worker_stdin", epoch: int = 1) -> None:
+    """Assigned, reported Running, and the guest started (its control socket is up: the
+    worker answers lifecycle requests only from then on)."""
+    node.assign(name, guest, epoch)
+    await wait_for(lambda: bool(node.reports(name)) and last(node, name).phase ==
+                   pb.PARTITION_PHASE_RUNNING, f"{name} to run", timeout=20.0)
+    handle = node.sup.local[name].handle
+    assert handle is not None
+    await wait_for(lambda: b"ready\n" in handle.read_console(0)[0], f"{name}'s guest", 20.0)
+
+
 @asynccontextmanager
 async def running_agent(run_dir: Path, addresses: list[str],
                         clock: Clock | None = None) -> AsyncIterator[Agent]:
     """The real Agent (real Supervisor, no partitions) talking to `addresses`."""
     config = AgentConfig(controllers=addresses, name="node-1", vcpus=1,
                          memory_bytes=1 << 30, run_dir=run_dir)
-    agent = Agent(config, ["x86_64"], clock=clock)
+    agent = Agent(config, ["x86_64"], clock=clock) if clock else Agent(config, ["x86_64"])
     task = asyncio.create_task(agent.run(), name="agent")
     try:
         yield agent

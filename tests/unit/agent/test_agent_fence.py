@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from pathlib import Path
 
 import pytest
 from agent_fakes import FakeClock, FakeController, wait_for
-from agent_helpers import image_of, running_agent
+from agent_helpers import Node, image_of, running, running_agent
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
@@ -182,6 +183,54 @@ def test_silent_controllers_fence_a_running_partition(tmp_path: Path, guest_bins
             await wait_for(lambda: any(
                 r.name == "p" and r.cause == apb.REPORT_CAUSE_FENCED
                 for r in ctl.register_requests[-1].running), "the fenced report", 6.0)
+        await ctl.stop()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("reconnects", [True, False], ids=["reconnects", "cut-off"])
+def test_restarted_agent_keeps_or_fences_adopted_partitions(tmp_path: Path, guest_bins: Path,
+                                                            reconnects: bool) -> None:
+    """An agent restarts while its partition runs. It inherits the deadline from the
+    watchdog file: reconnected in time, the partition runs on past it; cut off, the
+    partition is fenced at that same deadline."""
+
+    async def scenario() -> None:
+        run_dir = tmp_path / "run"
+        watchdog = run_dir / "workers" / "watchdog"
+        watchdog.parent.mkdir(parents=True)
+        write_deadline(watchdog, time.clock_gettime(time.CLOCK_BOOTTIME) + 30.0, 3.0)
+        first = Node(run_dir, guest_bins)
+        await first.sup.start()
+        await running(first, "p")
+        inherited = time.clock_gettime(time.CLOCK_BOOTTIME) + 1.5
+        write_deadline(watchdog, inherited, 3.0)  # the old agent's last contact
+        await first.sup.close()  # it dies; the worker runs on
+
+        ctl = FakeController()
+        await ctl.start()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            nowhere = f"127.0.0.1:{s.getsockname()[1]}"
+        async with running_agent(run_dir, [ctl.address if reconnects else nowhere]) as agent:
+            await wait_for(lambda: "p" in agent.supervisor.local, "the adoption")
+            lp = agent.supervisor.local["p"]
+            assert lp.report.phase == pb.PARTITION_PHASE_RUNNING
+            if reconnects:
+                await wait_for(lambda: any(("p", 1) == (e.name, e.epoch)
+                                           for _, hb in ctl.heartbeats for e in hb.inventory),
+                               "the adopted partition in a heartbeat's inventory")
+                await wait_for(lambda: time.clock_gettime(time.CLOCK_BOOTTIME) >
+                               inherited + 0.5, "the inherited deadline to pass", 5.0)
+                assert lp.report.phase == pb.PARTITION_PHASE_RUNNING
+                assert lp.handle is not None and lp.handle.poll() is None
+                assert [r.name for r in ctl.register_requests[0].running] == ["p"]
+            else:
+                assert agent.fence.deadline == inherited
+                fenced_at = await wait_for(lambda: lp.report.cause == apb.REPORT_CAUSE_FENCED,
+                                           "the fence", 5.0)
+                assert inherited <= fenced_at < inherited + 1.0
+                assert lp.handle is not None and lp.handle.poll() is not None
         await ctl.stop()
 
     asyncio.run(scenario())
