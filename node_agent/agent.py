@@ -51,8 +51,8 @@ class AgentConfig:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, arches: list[str], clock: Clock | None = None,
-                 supervisor: Supervisor | None = None) -> None:
+    def __init__(self, config: AgentConfig, arches: list[str],
+                 clock: Clock | None = None) -> None:
         if not config.controllers:
             raise ValueError("at least one controller address is required")
         self.config = config
@@ -61,8 +61,8 @@ class Agent:
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageCache(run_dir / "images")
-        self.supervisor = supervisor or Supervisor(run_dir, self.images, self._pull,
-                                                   self._pull_state, config.name)
+        self.supervisor = Supervisor(run_dir, self.images, self._pull, self._pull_state,
+                                     config.name)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
         self._outbox: Outbox | None = None
         self._consoles: dict[str, asyncio.Task[None]] = {}

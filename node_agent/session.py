@@ -127,9 +127,8 @@ class Heartbeats:
 
 @dataclass
 class Outcome:
-    """How a session went: registered, acked at least once, and why it ended."""
+    """How a session went: acked at least once, why it ended, the timing it was given."""
 
-    registered: bool = False
     acked: bool = False
     why: str = ""
     timing: Timing | None = None
@@ -176,7 +175,6 @@ class ControllerSession:
             self.outcome.why = f"register: {err.code().name} {err.details() or ''}".strip()
             return None
         timing = Timing.from_reply(reply)
-        self.outcome.registered = True
         self.outcome.timing = timing
         self.fence.contact(sent_at, timing)
         return reply

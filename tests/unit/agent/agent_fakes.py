@@ -124,6 +124,11 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
                         context: Any) -> AsyncIterator[apb.ImageChunk]:
         yield apb.ImageChunk(data=self.images[request.digest])
 
+    async def PullState(self, request: apb.PullStateRequest,
+                        context: Any) -> AsyncIterator[apb.StateChunk]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no states here")
+        yield apb.StateChunk()  # pragma: no cover
+
 
 async def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0,
                    step: float = 0.005) -> float:
