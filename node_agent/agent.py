@@ -29,6 +29,7 @@ from node_agent.supervisor import Supervisor
 from node_agent.timing import Timing
 
 log = logging.getLogger(__name__)
+BULK = frozenset({"state", "console"})  # AgentMessage kinds that may wait behind the rest
 VERSION = "0.1.0"
 ARCH_ENUM = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 BACKOFF_MIN_S = 0.1
@@ -139,8 +140,11 @@ class Agent:
         self._stop.set()
 
     def _send(self, msg: apb.AgentMessage) -> None:
+        """Reports and events share the heartbeats' lane, in order: the controller checks a
+        heartbeat's inventory against the reports sent before it, so a heartbeat must never
+        overtake a report. Bulk data (state files, consoles) waits behind them."""
         if self._outbox is not None:
-            self._outbox.put(msg)
+            self._outbox.put(msg, urgent=msg.WhichOneof("msg") not in BULK)
 
     # -- SessionHost ----------------------------------------------------------------------
 

@@ -60,8 +60,10 @@ class SessionHost(Protocol):
 
 
 class Outbox:
-    """The messages the stream sends; heartbeats go ahead of queued reports and data, so a
-    large state transfer cannot delay them past the ack timeout."""
+    """The messages the stream sends, in two lanes: control (heartbeats, reports, events, in
+    the order they were put) goes ahead of bulk data (state files, consoles), so a large
+    state transfer cannot delay a heartbeat past the ack timeout, and a heartbeat never
+    overtakes a report sent before it."""
 
     def __init__(self) -> None:
         self._urgent: deque[apb.AgentMessage] = deque()

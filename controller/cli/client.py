@@ -45,9 +45,9 @@ class ChannelOptions:
         return grpc.insecure_channel(address, options=list(self.options))
 
 
-# The standard health service every Viridian server registers (docs/architecture.md). Any answer proves
-# the server is there -- even UNIMPLEMENTED from a server without it -- and a refused connection
-# fails at once with the reason, which a connectivity subscription would not tell us.
+# The standard health service every Viridian server registers. Any answer proves the server
+# is there -- even UNIMPLEMENTED from a server without it -- and a refused connection fails
+# at once with the reason, which a connectivity subscription would not tell us.
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _NOT_SERVING = b"\x08\x02"  # HealthCheckResponse{status: NOT_SERVING}
 

@@ -68,7 +68,7 @@ class LifecycleMixin:
         with self._lock:
             try:
                 if self._ctl is None:
-                    self._ctl = _connect(self.dir, 5.0)
+                    self._ctl = self._connect_when_ready(5.0)
                 self._ctl.settimeout(max(deadline - time.monotonic(), 0.1))
                 self._ctl.sendall(FRAME.pack(op, len(payload)) + payload)
                 code = _recv_all(self._ctl, 1)
@@ -86,6 +86,19 @@ class LifecycleMixin:
                     self._ctl = None
                 raise WorkerError(f"{self.name}: {what} failed: {exc}") from exc
 
+
+
+    def _connect_when_ready(self, timeout: float) -> socket.socket:
+        """Connect to the worker's control socket, waiting while a just-launched worker has
+        not created it yet (a SAVE sent right after RUNNING otherwise failed with ENOENT)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return _connect(self.dir, deadline - time.monotonic())
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() >= deadline or self.poll() is not None:
+                    raise
+                time.sleep(0.01)
 
 
 def _recv_all(conn: socket.socket, n: int) -> bytes:
