@@ -110,6 +110,7 @@ class Checker:
         self.expected: dict[str, bool] = {}  # acknowledged partition -> HA
         self.last: Scan | None = None
         self._open: dict[tuple[Any, ...], Incident] = {}
+        self._reported: set[tuple[str, str]] = set()  # (f)/(g) recorded, not resolved since
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -224,6 +225,12 @@ class Checker:
                     self._confirm(inc, scan.start)
 
         if scan.snap is not None:
+            stuck = rules.transitional(scan.snap)
+            for kind, name in list(self._reported):
+                p = scan.snap.partitions.get(name)
+                if p is None or (kind == "ha_not_running" and rules.phase(p) == "RUNNING") \
+                        or (kind == "stuck" and name not in stuck):
+                    self._reported.discard((kind, name))
             scan.not_steady = rules.not_steady(scan.snap, scan.workers, self.nodes, self.ha)
             scan.not_steady += [f"open {i.kind}: {i.subject}" for i in self._open.values()]
 
@@ -242,10 +249,14 @@ class Checker:
         inc.violation = True
         inc.confirmed_at = at
 
-    def record(self, kind: str, subject: str, detail: str) -> Incident:
-        """A violation found by a check outside the scans ((f), (g))."""
+    def record(self, kind: str, subject: str, detail: str) -> Incident | None:
+        """A violation found by a check outside the scans ((f), (g)). A partition already
+        recorded for this kind, and not seen out of it since, is not counted again."""
         now = self.clock()
         with self._cond:
+            if (kind, subject) in self._reported:
+                return None
+            self._reported.add((kind, subject))
             inc = Incident(kind, subject, (kind, subject, now), now, now, detail,
                            self.scenario, violation=True, confirmed_at=now, closed=True)
             self.incidents.append(inc)

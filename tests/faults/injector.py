@@ -56,6 +56,7 @@ class Fault:
     hold_s: float
     prepare: Callable[[], None] = lambda: None
     note: list[str] = field(default_factory=list)  # what happened, for the report
+    victims: list[str] = field(default_factory=list)  # partitions it made: retired after
 
 
 @dataclass
@@ -297,7 +298,7 @@ def interrupted_delete(fh: FaultCluster, rng: random.Random, hold: float) -> Fau
         else:
             note.append("the partition was deleted")
 
-    return Fault("interrupted-delete", name, inject, heal, hold, prepare, note)
+    return Fault("interrupted-delete", name, inject, heal, hold, prepare, note, [name])
 
 
 def interrupted_save(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
@@ -318,7 +319,7 @@ def interrupted_save(fh: FaultCluster, rng: random.Random, hold: float) -> Fault
         if ph == "SAVED":
             fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
 
-    return Fault("interrupted-save", name, inject, heal, hold, prepare, note)
+    return Fault("interrupted-save", name, inject, heal, hold, prepare, note, [name])
 
 
 def interrupted_move(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
@@ -343,7 +344,7 @@ def interrupted_move(fh: FaultCluster, rng: random.Random, hold: float) -> Fault
     def heal() -> None:
         fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
 
-    return Fault("interrupted-move", name, inject, heal, hold, prepare, note)
+    return Fault("interrupted-move", name, inject, heal, hold, prepare, note, [name])
 
 
 def _drain(fh: FaultCluster, rng: random.Random, hold: float, cli: bool) -> Fault:
@@ -446,9 +447,29 @@ def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
     seen = effects(fh, before.snap if before else None, after.snap if after else None,
                    leader_before)
     seen["etcd_unreadable_scans"] = ck.scans_failed - failed_before
-    return Outcome(fault.kind, fault.target, fault.hold_s, injected, healed,
-                   None if steady is None else steady.end - healed, ha_ok, settled,
-                   ck.counts(since), "; ".join(fault.note), seen)
+    _write_off(fh, fault)
+    out = Outcome(fault.kind, fault.target, fault.hold_s, injected, healed,
+                  None if steady is None else steady.end - healed, ha_ok, settled,
+                  ck.counts(since), "; ".join(fault.note), seen)
+    if fault.victims:
+        ck.scenario = f"clean-up after {fault.kind}"
+        fh.retire(fault.victims)
+    return out
+
+
+def _write_off(fh: FaultCluster, fault: Fault) -> None:
+    """An HA partition that this fault (or an earlier one) left not Running is counted once
+    ((f) above); from then on it is expected as a plain partition (still never missing),
+    so that it does not make every later fault look unrecovered."""
+    ck = fh.checker
+    last = ck.last
+    if last is None or last.snap is None:
+        return
+    for name in ck.ha:
+        p = last.snap.partitions.get(name)
+        if p is not None and rules.phase(p) != "RUNNING":
+            ck.expect(name, ha=False)
+            fault.note.append(f"{name} written off ({rules.phase(p)}: {p.status.reason})")
 
 
 def effects(fh: FaultCluster, before: Snapshot | None, after: Snapshot | None,

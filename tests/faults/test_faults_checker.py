@@ -220,6 +220,8 @@ def test_after_the_faults_ha_running_and_settled_or_recorded(world: World) -> No
         t = time.monotonic()
         assert not ck.check_ha_running(t, within=0.3)
         assert not ck.check_settled(t, settle=0.3)
+        assert not ck.check_ha_running(time.monotonic(), within=0.2)  # counted once
+        assert len(ck.violations()) == 2
         threading.Timer(0.2, lambda: world.partitions.update(a=part("a"))).start()
         t = time.monotonic()
         assert ck.check_ha_running(t, within=5) and ck.check_settled(t, settle=5)

@@ -153,8 +153,9 @@ def test_rolling_restart_of_etcd(fh: FaultCluster) -> None:
     _run(fh, "etcd-rolling-restart")
 
 
-def test_interrupted_delete_force(fh: FaultCluster) -> None:
-    _run(fh, "interrupted-delete")
+@pytest.mark.parametrize("kind", ["interrupted-delete", "interrupted-save"])
+def test_interrupted_request(fh: FaultCluster, kind: str) -> None:
+    _run(fh, kind)
 
 
 def test_drain_client_killed(fh: FaultCluster) -> None:
