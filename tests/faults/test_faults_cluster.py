@@ -24,7 +24,8 @@ import pytest
 from checker import LIMIT_S, Scan
 from etcd_view import wait_readable
 from harness import IMAGE, FaultCluster, fault_cluster, needs
-from injector import Fault, Outcome, controller_etcd_blackhole, make, run_fault
+from infra_faults import controller_etcd_blackhole
+from injector import Fault, Outcome, make, run_fault
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 from worker_view import starttime
