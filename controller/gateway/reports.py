@@ -15,7 +15,7 @@ import logging
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import Conflict, NotFound
+from controller.errors import NotFound
 from controller.gateway.sessions import NodeSession
 from controller.partitions.actions import PartitionActions
 from controller.partitions.machine import CheckpointTaken, Event, Reported
@@ -66,6 +66,6 @@ class ReportApplier:
                                         from_cache=True)
         except NotFound:
             pass  # deleted meanwhile: dispatch forgets it
-        except Conflict:
-            log.warning("report for %s from %s kept conflicting; dropped (the inventory "
-                        "check of the next heartbeats settles it)", name, node)
+        # A report that cannot be applied (Conflict after the retries, etcd unavailable) is
+        # never dropped: the StoreError ends the session, and the agent registers again
+        # (with another replica, if this one is the trouble) carrying its latest reports.

@@ -188,7 +188,9 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except StoreError as err:
-            log.warning("session of %s: store error %s", session.node, err)
+            # A report or an event could not be written: end the session rather than drop
+            # it; the agent registers again and re-sends its latest reports.
+            log.warning("session of %s: store error %s; ending it", session.node, err)
         finally:
             session.close()
 
