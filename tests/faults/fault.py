@@ -21,3 +21,7 @@ class Fault:
     prepare: Callable[[], None] = lambda: None
     note: list[str] = field(default_factory=list)  # what happened, for the report
     victims: list[str] = field(default_factory=list)  # partitions it made: retired after
+    # Recovery is timed from the moment the heal begins (restarting a killed service is part
+    # of it), except where the heal is a user's own next step (start a saved partition
+    # again, uncordon a drained node): then from when that step was taken.
+    timed_after_heal: bool = False

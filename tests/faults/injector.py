@@ -15,8 +15,10 @@ Kinds, by family:
                 the gRPC call cancelled, or the CLI doing it killed with SIGKILL
     drain-cli   `viridian node drain` (the CLI, a child process) killed mid-way
 
-Recovery of a fault = from its heal to the first checker scan that sees the steady state:
-every node Ready, every HA partition Running with its worker, no incident open.
+Recovery of a fault = from the moment its heal begins (a restart of a killed service is part
+of it; for a request, from the user's next step: the start, the uncordon) to the end of the
+first checker scan that sees the steady state: every node Ready, every HA partition Running
+with its worker, no incident open. (f) counts from the same moment.
 """
 
 from __future__ import annotations
@@ -127,13 +129,15 @@ def run_fault(fh: FaultCluster, fault: Fault, *, ha_within: float = HA_WITHIN_S,
     fault.inject()
     time.sleep(max(0.0, injected + fault.hold_s - time.monotonic()))  # the fault's hold
     ck.scenario = f"heal {fault.kind} {fault.target}"
+    healed = time.monotonic()  # the clock starts as the heal begins: restarts count
     try:
         fault.heal()
     except grpc.RpcError as err:
         fault.note.append(f"heal: {err.code().name if isinstance(err, grpc.Call) else err}")
     finally:
         fh.restore()
-    healed = time.monotonic()
+    if fault.timed_after_heal:
+        healed = time.monotonic()
     ck.scenario = f"after {fault.kind} {fault.target}"
     ha_ok = ck.check_ha_running(healed, ha_within)
     steady = ck.wait_scan(lambda sc: sc.steady, healed, recover)

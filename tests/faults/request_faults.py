@@ -137,7 +137,8 @@ def interrupted_delete(fh: FaultCluster, rng: random.Random, hold: float) -> Fau
         else:
             note.append("the partition was deleted")
 
-    return Fault("interrupted-delete", name, inject, heal, hold, prepare, note, [name])
+    return Fault("interrupted-delete", name, inject, heal, hold, prepare, note, [name],
+                 timed_after_heal=True)
 
 
 def interrupted_save(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
@@ -158,7 +159,8 @@ def interrupted_save(fh: FaultCluster, rng: random.Random, hold: float) -> Fault
         if ph == "SAVED":
             fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
 
-    return Fault("interrupted-save", name, inject, heal, hold, prepare, note, [name])
+    return Fault("interrupted-save", name, inject, heal, hold, prepare, note, [name],
+                 timed_after_heal=True)
 
 
 def interrupted_move(fh: FaultCluster, rng: random.Random, hold: float) -> Fault:
@@ -183,7 +185,8 @@ def interrupted_move(fh: FaultCluster, rng: random.Random, hold: float) -> Fault
     def heal() -> None:
         fh.api.call("StartPartition", cpb.StartPartitionRequest(name=name))
 
-    return Fault("interrupted-move", name, inject, heal, hold, prepare, note, [name])
+    return Fault("interrupted-move", name, inject, heal, hold, prepare, note, [name],
+                 timed_after_heal=True)
 
 
 def drain(fh: FaultCluster, rng: random.Random, hold: float, cli: bool) -> Fault:
@@ -206,4 +209,4 @@ def drain(fh: FaultCluster, rng: random.Random, hold: float, cli: bool) -> Fault
         fh.api.call("UncordonNode", cpb.CordonNodeRequest(name=node))
 
     kind = "drain-cli-killed" if cli else "interrupted-drain"
-    return Fault(kind, node, inject, heal, hold, note=note)
+    return Fault(kind, node, inject, heal, hold, note=note, timed_after_heal=True)
