@@ -14,6 +14,7 @@ processes it started (by the pid it recorded).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ from failure_util import COMPOSE, GUESTS, FailCluster, cluster_up, compile_guest
 from viridian.v1 import controller_pb2 as cpb
 from worker_view import Worker
 
-__all__ = ["FaultCluster", "fault_cluster", "needs"]
+__all__ = ["IMAGE", "FaultCluster", "fault_cluster", "needs"]
 
 IMAGE = "hb"
 BEAT_MS = 200
@@ -37,8 +38,6 @@ RUN_TIMEOUT_S = 30.0
 
 def needs() -> str | None:
     """Why the fault suite cannot run here (None: it can)."""
-    import os
-
     if os.geteuid() != 0:
         return "network namespaces need root"
     for tool in ("ip", "iptables", "gcc"):
