@@ -72,6 +72,7 @@ class Supervisor(CommandOps, StateOps):
         self.send: Send = lambda msg: None
         self._monitor: asyncio.Task[None] | None = None
         self._image_locks: dict[str, asyncio.Lock] = {}
+        self._name_locks: dict[str, asyncio.Lock] = {}
         self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
 
     # -- start-up ------------------------------------------------------------------------
@@ -182,7 +183,17 @@ class Supervisor(CommandOps, StateOps):
         self.local[a.name] = lp_new
         lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
 
+    def _name_lock(self, name: str) -> asyncio.Lock:
+        """Serialises what touches one partition name's directories: a launch, and the
+        clean-up after a FORGET (which once deleted a new launch's writable layer: a save,
+        then a start on the same node, failed with ENOENT)."""
+        return self._name_locks.setdefault(name, asyncio.Lock())
+
     async def _launch(self, lp: Local, a: apb.Assignment, old: Local | None) -> None:
+        async with self._name_lock(a.name):
+            await self._launch_locked(lp, a, old)
+
+    async def _launch_locked(self, lp: Local, a: apb.Assignment, old: Local | None) -> None:
         try:
             if old is not None:
                 await self._retire(old)
@@ -272,7 +283,12 @@ class Supervisor(CommandOps, StateOps):
             pass
 
     async def _cleanup(self, name: str, purge: bool) -> None:
-        """Delete what the node keeps for a partition it no longer has."""
+        async with self._name_lock(name):
+            await self._cleanup_locked(name, purge)
+
+    async def _cleanup_locked(self, name: str, purge: bool) -> None:
+        """Delete what the node keeps for a partition it no longer has (the caller holds
+        the name's lock, so no launch of the name runs meanwhile)."""
         if name in self.local:
             return
         await asyncio.to_thread(self._drop_finished, name)

@@ -49,6 +49,10 @@ class CommandOps:
 
         async def _cleanup(self, name: str, purge: bool) -> None: ...
 
+        async def _cleanup_locked(self, name: str, purge: bool) -> None: ...
+
+        def _name_lock(self, name: str) -> asyncio.Lock: ...
+
         async def _lifecycle(self, lp: Local, c: apb.PartitionCommand) -> None: ...
 
         def _known_checkpoint(self, lp: Local, checkpoint: str) -> pb.StateRef | None: ...
@@ -130,6 +134,10 @@ class CommandOps:
         asyncio.create_task(self._forget(lp, c.purge))
 
     async def _forget(self, lp: Local, purge: bool) -> None:
+        async with self._name_lock(lp.name):
+            await self._forget_locked(lp, purge)
+
+    async def _forget_locked(self, lp: Local, purge: bool) -> None:
         was_running = lp.running or lp.saving
         lp.forgotten = True
         await self._retire(lp)
@@ -141,4 +149,4 @@ class CommandOps:
                 self._set(lp, P.PARTITION_PHASE_OFF, "stopped before it started",
                           cause=apb.REPORT_CAUSE_STOPPED)
             self._announce(lp)
-        await self._cleanup(lp.name, purge)
+        await self._cleanup_locked(lp.name, purge)
