@@ -1,7 +1,12 @@
-"""The partitions this node runs: launch through the worker manager, watch them end, stop and
-forget them, fence them, serve their consoles. Reports go out through a callback (the
-session); every report carries a ReportCause. Commands are in supervisor_commands.py, saved
-states in supervisor_states.py."""
+"""The partitions this node runs: launch them through the worker manager, carry out the
+controller's commands, watch them end, forget and fence them, and report every change (each
+report carries a ReportCause). Reports go out through a callback (the session).
+
+Every command may arrive twice: after a session moves to another controller replica, that
+replica sends the current wanted command again. So a command that is under way already is
+ignored (its end is reported), one that is done already re-announces the result, and a
+command for a copy this node does not run says so (OFF, cause NOT_RUNNING).
+"""
 
 from __future__ import annotations
 
@@ -16,20 +21,23 @@ from pathlib import Path
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
+from node_agent import reports
+from node_agent.consoles import stream_console
 from node_agent.images import ImageCache
+from node_agent.reports import Cause
 from node_agent.runtime.spec import ExitStatus, PartitionSpec
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
+from node_agent.saved_states import PullState, SavedStates
 from node_agent.states import StateStore
-from node_agent.supervisor_commands import CommandOps
-from node_agent.supervisor_states import PullState, StateOps
 
 log = logging.getLogger(__name__)
 P = pb
+K = apb.PartitionCommand
 POLL_S = 0.02
-CONSOLE_CHUNK = 256 << 10
 STOP_GRACE_S = 3.0
 FENCE_GRACE_S = 0.5
 SAVE_TIMEOUT_S = 120.0  # WorkerHandle.save's default: a save takes no longer
+LIFECYCLE = frozenset({K.KIND_PAUSE, K.KIND_RESUME, K.KIND_SAVE, K.KIND_CHECKPOINT})
 Pull = Callable[[pb.Image], Awaitable[bytes]]
 NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
 Send = Callable[[apb.AgentMessage], None]
@@ -56,13 +64,13 @@ class Local:
                                      P.PARTITION_PHASE_PAUSED)
 
 
-class Supervisor(CommandOps, StateOps):
+class Supervisor:
     def __init__(self, run_dir: Path, images: ImageCache, pull: Pull,
                  pull_state: PullState, node: str) -> None:
         self.run_dir = run_dir
         self.node = node
         self.states = StateStore(run_dir / "states")
-        self._pull_state = pull_state
+        self.saved = SavedStates(self.states, node, pull_state)
         self.layers = run_dir / "layers"
         self.layers.mkdir(parents=True, exist_ok=True)
         self.workers = WorkerManager(run_dir / "workers")
@@ -84,7 +92,7 @@ class Supervisor(CommandOps, StateOps):
             status = handle.poll()
             if status is None:
                 self._set(lp, P.PARTITION_PHASE_RUNNING, "re-adopted after an agent restart")
-                if self._save_may_run(lp.name, handle.pid):
+                if self.saved.save_may_run(lp.name, handle.pid):
                     lp.adopted_save_until = time.monotonic() + SAVE_TIMEOUT_S
             elif status.saved:
                 # The previous agent died during the save: the state is in the scratch file.
@@ -115,6 +123,14 @@ class Supervisor(CommandOps, StateOps):
         return out
 
     # -- reports -------------------------------------------------------------------------
+
+    def _set(self, lp: Local, phase: pb.PartitionPhase.ValueType, reason: str = "",
+             exit_code: int | None = None,
+             cause: Cause = apb.REPORT_CAUSE_UNSPECIFIED) -> None:
+        lp.report = reports.report(lp.name, lp.epoch, phase, reason, exit_code, cause)
+
+    def _announce(self, lp: Local) -> None:
+        self.send(apb.AgentMessage(report=lp.report))
 
     def _finish(self, lp: Local, status: ExitStatus, announce: bool = True) -> None:
         """The worker ended (not by a save): say how, and why."""
@@ -221,7 +237,7 @@ class Supervisor(CommandOps, StateOps):
                 vcpus=a.spec.vcpus or 1, memory_bytes=a.spec.memory_bytes or (64 << 20),
                 upper=upper,
             )
-            restore = await self._fetch_state(a.name, a.restore) if a.restore.digest else None
+            restore = await self.saved.fetch(a.name, a.restore) if a.restore.digest else None
             if lp.stopping:
                 self._never_started(lp)
                 return
@@ -324,38 +340,201 @@ class Supervisor(CommandOps, StateOps):
         except (OSError, WorkerError) as err:
             log.info("stdin for %s dropped: %s", s.name, err)
 
-    # -- consoles ------------------------------------------------------------------------
+    # -- consoles and states -----------------------------------------------------------
 
     async def console(self, req: apb.ConsoleRequest) -> None:
         """Stream a partition's console into the session until done or cancelled."""
-        rid = req.request_id
-        offset = req.offset
-        deadline = time.monotonic() + 10.0
-        while True:
-            lp = self.local.get(req.name)
-            if lp is None or (lp.handle is None and not lp.running):
-                if lp is not None and time.monotonic() < deadline and lp.report.phase == 0:
-                    await asyncio.sleep(POLL_S)
-                    continue
-                if lp is None or lp.handle is None:
-                    self.send(apb.AgentMessage(console=apb.ConsoleData(
-                        request_id=rid, eof=True, offset=offset,
-                        error="" if lp is not None else f"no partition {req.name!r} on this node")))
-                    return
-            if lp.handle is None:
-                await asyncio.sleep(POLL_S)  # still launching
-                continue
-            finished = not lp.running
-            data, nxt = await asyncio.to_thread(lp.handle.read_console, offset)
-            start = nxt - len(data)
-            for i in range(0, len(data), CONSOLE_CHUNK):
-                self.send(apb.AgentMessage(console=apb.ConsoleData(
-                    request_id=rid, data=data[i : i + CONSOLE_CHUNK], offset=start + i)))
-            offset = nxt
-            if finished or not req.follow:
-                # eof: for a snapshot (not following), everything there now was sent.
-                self.send(apb.AgentMessage(console=apb.ConsoleData(
-                    request_id=rid, eof=True, offset=offset)))
+
+        def lookup(name: str) -> tuple[WorkerHandle | None, bool, bool]:
+            lp = self.local.get(name)
+            return (lp.handle, lp.running, True) if lp is not None else (None, False, False)
+
+        await stream_console(req, lookup, self.send)
+
+    async def send_state(self, req: apb.StateRequest) -> None:
+        """Stream a saved state file to the controller (for a restore on another node)."""
+        await self.saved.serve(req, self.send)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def command(self, c: apb.PartitionCommand) -> None:
+        if c.kind == K.KIND_DELETE_CHECKPOINT:
+            self.states.drop_checkpoint(c.name, c.checkpoint)
+            return
+        if c.kind == K.KIND_FORGET:
+            self._forget_command(c)
+            return
+        lp = self.local.get(c.name)
+        any_epoch = c.kind == K.KIND_STOP and not c.epoch
+        if lp is None or (lp.epoch != c.epoch and not any_epoch):
+            self.send(apb.AgentMessage(report=reports.not_running(c.name, c.epoch)))
+            return
+        if not lp.running:
+            # It ended: say how (a saved one re-announces SAVED with its state).
+            self._announce(lp)
+            return
+        if c.kind == K.KIND_STOP:
+            self._stop(lp)
+        elif c.kind in LIFECYCLE:
+            self._lifecycle_command(lp, c)
+
+    def _stop(self, lp: Local) -> None:
+        if lp.stopping:
+            return  # a stop is under way; its end is reported
+        lp.stopping = True
+        if lp.handle is not None:  # a launch under way stops it itself
+            asyncio.create_task(asyncio.to_thread(lp.handle.stop, STOP_GRACE_S))
+
+    def _lifecycle_command(self, lp: Local, c: apb.PartitionCommand) -> None:
+        op = (c.kind, c.checkpoint)
+        if lp.stopping or lp.saving:
+            if c.kind == K.KIND_CHECKPOINT:
+                what = "stopped" if lp.stopping else "saved"
+                self.send(self._checkpoint_message(
+                    lp, c.checkpoint, f"could not take the checkpoint: it is being {what}"))
+            return  # the worker is going away; its end is reported
+        if c.kind == K.KIND_SAVE and time.monotonic() < lp.adopted_save_until:
+            return  # the previous agent's save may still run: its end is reported
+        if (lp.pending and lp.pending[-1] == op) or (
+                c.kind in (K.KIND_SAVE, K.KIND_CHECKPOINT) and op in lp.pending):
+            return  # the same request is under way
+        if not lp.pending and (
+                (c.kind == K.KIND_PAUSE and lp.report.phase == P.PARTITION_PHASE_PAUSED) or
+                (c.kind == K.KIND_RESUME and lp.report.phase == P.PARTITION_PHASE_RUNNING)):
+            self._announce(lp)  # already there
+            return
+        if c.kind == K.KIND_CHECKPOINT:
+            ref = self.saved.known_checkpoint(lp.name, c.checkpoint)
+            if ref is not None:
+                self.send(self._checkpoint_message(lp, c.checkpoint, ref=ref))
                 return
-            if not data:
-                await asyncio.sleep(POLL_S * 2)
+        if lp.handle is None:
+            self._announce(lp)  # still starting: the controller asks again later
+            return
+        lp.pending.append(op)
+        if c.kind == K.KIND_SAVE:
+            lp.saving = True
+        asyncio.create_task(self._lifecycle(lp, c))
+
+    def _forget_command(self, c: apb.PartitionCommand) -> None:
+        """Stop the copy at c.epoch (or an older one) and delete what the node keeps for it;
+        a newer copy is not the one meant. Epoch 0: only a copy that does not run."""
+        lp = self.local.get(c.name)
+        if lp is None:
+            asyncio.create_task(self._cleanup(c.name, c.purge))
+            return
+        if c.epoch and lp.epoch > c.epoch:
+            return
+        if not c.epoch and (lp.running or lp.saving):
+            return
+        del self.local[c.name]
+        asyncio.create_task(self._forget(lp, c.purge))
+
+    async def _forget(self, lp: Local, purge: bool) -> None:
+        async with self._name_lock(lp.name):
+            await self._forget_locked(lp, purge)
+
+    async def _forget_locked(self, lp: Local, purge: bool) -> None:
+        was_running = lp.running or lp.saving
+        lp.forgotten = True
+        await self._retire(lp)
+        if was_running:
+            status = lp.handle.poll() if lp.handle is not None else None
+            if status is not None:
+                self._finish(lp, status, announce=False)
+            else:
+                self._set(lp, P.PARTITION_PHASE_OFF, "stopped before it started",
+                          cause=apb.REPORT_CAUSE_STOPPED)
+            self._announce(lp)
+        await self._cleanup_locked(lp.name, purge)
+
+    # -- lifecycle operations ----------------------------------------------------------
+
+    async def _lifecycle(self, lp: Local, c: apb.PartitionCommand) -> None:
+        try:
+            await self._lifecycle_op(lp, c)
+        finally:
+            if (c.kind, c.checkpoint) in lp.pending:
+                lp.pending.remove((c.kind, c.checkpoint))
+            if c.kind == K.KIND_SAVE:
+                lp.saving = False
+
+    async def _lifecycle_op(self, lp: Local, c: apb.PartitionCommand) -> None:
+        handle = lp.handle
+        if handle is None:
+            return
+        try:
+            if c.kind == K.KIND_PAUSE:
+                await asyncio.to_thread(handle.pause)
+                self._set(lp, P.PARTITION_PHASE_PAUSED)
+            elif c.kind == K.KIND_RESUME:
+                await asyncio.to_thread(handle.resume)
+                self._set(lp, P.PARTITION_PHASE_RUNNING)
+            elif c.kind == K.KIND_SAVE:
+                tmp = self.states.scratch(lp.name, "save")
+                await asyncio.to_thread(handle.save, tmp)
+                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                self._set(lp, P.PARTITION_PHASE_SAVED, "state saved")
+                lp.report.state.CopyFrom(self.saved.ref(digest, size))
+            elif c.kind == K.KIND_CHECKPOINT:
+                tmp = self.states.scratch(lp.name, f"cp-{c.checkpoint}")
+                await asyncio.to_thread(handle.checkpoint, tmp)
+                digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                self.states.remember(lp.name, c.checkpoint, digest)
+                self.send(self._checkpoint_message(lp, c.checkpoint,
+                                                  ref=self.saved.ref(digest, size)))
+                return
+        except Exception as err:  # noqa: BLE001 - reported; the partition keeps its phase
+            await self._lifecycle_failed(lp, c, err)
+            return
+        self._announce(lp)
+
+    def _checkpoint_message(self, lp: Local, checkpoint: str, reason: str = "",
+                            ref: pb.StateRef | None = None) -> apb.AgentMessage:
+        return apb.AgentMessage(report=reports.checkpoint(lp.report, checkpoint, reason, ref))
+
+    async def _lifecycle_failed(self, lp: Local, c: apb.PartitionCommand,
+                                err: Exception) -> None:
+        log.warning("%s of %s failed: %s", K.Kind.Name(c.kind), lp.name, err)
+        if c.kind == K.KIND_CHECKPOINT:
+            self.send(self._checkpoint_message(
+                lp, c.checkpoint, f"could not take the checkpoint: {err}"))
+            return
+        self.send(apb.AgentMessage(event=apb.AgentEvent(
+            partition=lp.name, type="Warning",
+            reason=K.Kind.Name(c.kind).removeprefix("KIND_").capitalize() + "Failed",
+            message=str(err))))
+        status = lp.handle.poll() if lp.handle is not None else None
+        if status is not None and lp.running:
+            # The worker ended meanwhile (crashed, stopped, fenced, or saved after all).
+            if status.saved:
+                await self._collect_save(lp)
+            else:
+                self._finish(lp, status)
+            return
+        if c.kind == K.KIND_SAVE and lp.running:
+            # Still running: say so, so the controller leaves Saving. A one-off report:
+            # lp.report keeps its cause, so a later re-announcement is not a save failure.
+            self.send(apb.AgentMessage(report=reports.save_failed(lp.report, err)))
+            return
+        self._announce(lp)
+
+    async def _collect_save(self, lp: Local, announce: bool = True) -> None:
+        """The worker ended saved, but no save of ours waited for it (this agent restarted
+        during the save): its state sits in the scratch file."""
+        lp.saving = True
+        try:
+            found = await asyncio.to_thread(self.saved.adopt_scratch, lp.name)
+        finally:
+            lp.saving = False
+        if found is None:
+            self._set(lp, P.PARTITION_PHASE_FAILED,
+                      "the save did not complete: its state file is missing",
+                      cause=apb.REPORT_CAUSE_FAILED)
+        else:
+            self._set(lp, P.PARTITION_PHASE_SAVED, "state saved (collected after an agent "
+                      "restart)")
+            lp.report.state.CopyFrom(found)
+        if announce:
+            self._forward_events(lp)
+            self._announce(lp)
