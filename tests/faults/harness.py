@@ -193,18 +193,8 @@ class FaultCluster:
     # -- back to the baseline --
 
     def restore(self) -> None:
-        """Thaw, heal, links up, clear netem, start what is stopped, uncordon: the faults'
-        undo."""
-        for svc in sorted(self.c.frozen()):
-            self.c.thaw(svc)
-        self.c.heal_all()
-        for svc in self.c.selected:
-            self.c.restore(svc)
-            if self.c.netem_state(svc):
-                self.c.clear_netem(svc)
-        for svc in self.c.selected:
-            if self.c.pid(svc) is None:
-                self.c.start(svc)
+        """The faults' undo (FailCluster.undo_faults), and every node uncordoned."""
+        self.fc.undo_faults()
         snap = wait_readable(self.view, 30)
         for name, node in snap.nodes.items():
             if node.spec.cordoned:

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from node_agent.runtime.forkserver import proc_starttime
+
 __all__ = ["Worker", "alive", "scan", "starttime"]
 
 
@@ -29,16 +31,8 @@ class Worker:
         return f"{self.name}@{self.node} pid {self.pid} epoch {self.epoch}"
 
 
-def starttime(pid: int) -> int | None:
-    """The process's start time, or None if it is gone or a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
+# The process's start time, or None if it is gone or a zombie (the runtime's own reading).
+starttime = proc_starttime
 
 
 def alive(w: Worker) -> bool:

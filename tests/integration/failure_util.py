@@ -33,6 +33,7 @@ for _p in (REPO / "deploy", REPO / "tests" / "integration", REPO):
 
 from netns_cluster import NetnsCluster  # noqa: E402
 
+from node_agent.runtime.forkserver import proc_starttime  # noqa: E402
 from node_agent.runtime.worker_console import read_ring  # noqa: E402
 
 NODES = ("node-1", "node-2", "node-3")
@@ -167,17 +168,6 @@ class Worker:
     epoch: int
 
 
-def _starttime(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
 def beats(text: bytes | str) -> list[int]:
     """The realtime ns of every complete `beat N` line of hb_beat's output."""
     if isinstance(text, bytes):
@@ -251,7 +241,7 @@ class FailCluster:
                 meta = json.loads((pdir / "meta.json").read_text())
             except (OSError, ValueError):
                 continue
-            if _starttime(int(pid_s)) == int(start_s):
+            if proc_starttime(int(pid_s)) == int(start_s):
                 found.append(Worker(node, pdir.name, int(pid_s), int(meta["epoch"])))
         return found
 
@@ -311,9 +301,9 @@ class FailCluster:
         return wait_until(probe, f"{name} {want}", timeout, 0.05,
                           lambda: str(self.api.get(name).status) + self.tails())
 
-    def ensure_ready(self, timeout: float = 30.0) -> None:
-        """Every link up, no black hole or netem, nothing frozen, every service running, every
-        node Ready: the baseline between tests."""
+    def undo_faults(self) -> None:
+        """Thaw what is frozen, heal black holes, links up, no netem, start what is
+        stopped."""
         for svc in sorted(self.c.frozen()):
             self.c.thaw(svc)
         self.c.heal_all()
@@ -324,6 +314,11 @@ class FailCluster:
         for svc in self.c.selected:
             if self.c.pid(svc) is None:
                 self.c.start(svc)
+
+    def ensure_ready(self, timeout: float = 30.0) -> None:
+        """No fault left, every service running, every node Ready: the baseline between
+        tests."""
+        self.undo_faults()
         self.wait_nodes(dict.fromkeys(self.nodes, "READY"), timeout)
 
 
