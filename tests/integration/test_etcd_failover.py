@@ -343,9 +343,10 @@ def test_many_leases_share_one_keepalive_stream_across_a_member_failure(
             recovered = loop.time() - start
             assert alive == set(leases)
             # One stream before the failure, then one per endpoint switch while the others
-            # elect a leader (a leaderless member refuses or stalls the stream): a handful,
+            # elect a leader (a leaderless member refuses or stalls the stream; on a loaded
+            # host the election takes longer and 20 switches were seen): a few dozen at most,
             # never one per lease or per renewal (1,500 renewals here).
-            assert 2 <= store.keepalive_stream_opens <= 10, store.keepalive_stream_opens
+            assert 2 <= store.keepalive_stream_opens <= 60, store.keepalive_stream_opens
             return one_round, recovered
         finally:
             store.close()
