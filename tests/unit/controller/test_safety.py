@@ -224,3 +224,42 @@ def test_node_rm_refuses_live_nodes_and_evicts_only_when_forced(api: Api) -> Non
             cpb.ListNodesRequest()).nodes]
     finally:
         agent.close()
+
+
+def test_a_new_leader_resumes_a_drain(etcd_endpoint: str, prefix: str, elf: bytes) -> None:
+    """Drains are recorded operations: when the leader carrying one out goes away, the next
+    leader picks it up where it was."""
+    gen_a = replica(etcd_endpoint, prefix)
+    first = next(gen_a)  # leads: it started first
+    wait_for(lambda: first.replica.elector.leading, what="the first replica leading")
+    gen_b = replica(etcd_endpoint, prefix)
+    second = next(gen_b)
+    push(second.stub, "hello", elf)
+    a = FakeAgent(second, "lead-a", vcpus=2, memory=1 << 30)  # sessions on the standby
+    b = FakeAgent(second, "lead-b", vcpus=2, memory=1 << 30)
+    try:
+        second.stub.CordonNode(cpb.CordonNodeRequest(name="lead-b"))
+        p = running(second, a, "mover")
+        second.stub.UncordonNode(cpb.CordonNodeRequest(name="lead-b"))
+        stream = second.stub.DrainNode(cpb.DrainNodeRequest(name="lead-a"))
+        next(iter(stream))
+        stream.cancel()
+        wait_for(lambda: K.KIND_SAVE in [c.kind for c in a.commands("mover")],
+                 what="SAVE sent by the first leader's drain step")
+        for _ in gen_a:  # the leader stops (its lease is revoked): the standby takes over
+            pass
+        wait_for(lambda: second.replica.elector.leading, what="the standby leading")
+        state = pb.StateRef(node="lead-a", digest="sha256:" + "ef" * 32, size_bytes=1)
+        a.report(apb.PartitionReport(name="mover", epoch=p.status.epoch,
+                                     phase=P.PARTITION_PHASE_SAVED, state=state))
+        restore = wait_for(lambda: b.assignments("mover"), what="restored on lead-b")[0]
+        b.report(apb.PartitionReport(name="mover", epoch=restore.epoch,
+                                     phase=P.PARTITION_PHASE_RUNNING))
+        op = wait_for(lambda: (d := node(second, "lead-a").status.drain).state
+                      == OP.STATE_COMPLETED and d, what="drain completed by the new leader")
+        assert op.done["mover"] == "restored on node lead-b"
+    finally:
+        a.close()
+        b.close()
+        for _ in gen_b:
+            pass
