@@ -5,7 +5,7 @@ endpoint choice, and its generated messages predate etcd 3.4's `fragment` fields
 watch is its own bidi Watch stream on the store's current endpoint, sent with `hasleader`
 (a member that loses its leader cancels the stream, instead of silently delivering
 nothing), with progress_notify on and a progress request every stall_timeout/3: a stream
-that answers nothing at all, progress responses included, for stall_timeout is declared
+that leaves a progress request unanswered (no response at all) for stall_timeout is declared
 lost (a hung member keeps its TCP connection open and would otherwise never fail).
 
 Messages: the three whose pyetcd definitions lack fields are re-declared here, identical on
@@ -125,6 +125,7 @@ class PrefixWatch:
         self._endpoint: Endpoint | None = None
         self._call: Any = None
         self._last_response = time.monotonic()
+        self._asked_at = 0.0  # when the progress request now outstanding was sent; 0 = none
 
     @property
     def endpoint(self) -> str:
@@ -182,16 +183,23 @@ class PrefixWatch:
             self._call.cancel()
 
     def _tick(self) -> None:
-        """On the loop: ask for a progress response, and give up on a silent stream."""
+        """On the loop: ask for a progress response, and give up on a stream that left a
+        question unanswered for the stall timeout. Silence counts only from a question
+        actually sent: a loop that was busy (a long scheduling pass) sent none, and an idle
+        prefix sends nothing by itself, so neither is mistaken for a stalled member."""
         if self._finished:
             return
-        silent = time.monotonic() - self._last_response
-        if silent > self._stall_timeout:
-            self._lose(StoreUnavailable(
-                f"etcd watch on {self._prefix} stalled: no response from {self.endpoint} "
-                f"for {silent:.1f}s"))
-            return
-        self._requests.put(WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+        now = time.monotonic()
+        if self._asked_at and self._last_response < self._asked_at:
+            silent = now - self._asked_at
+            if silent > self._stall_timeout:
+                self._lose(StoreUnavailable(
+                    f"etcd watch on {self._prefix} stalled: no answer from {self.endpoint} "
+                    f"for {silent:.1f}s"))
+                return
+        else:
+            self._asked_at = now
+            self._requests.put(WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
         self._loop.call_later(self._stall_timeout / 3, self._tick)
 
     def _read(self) -> None:
