@@ -25,6 +25,7 @@ from controller.store import Allocation, NodeGuard, Store, StoredPartition, now_
 log = logging.getLogger(__name__)
 PER_TXN = 30  # partitions per transaction: 3 ops + 1 event each, under etcd's 128
 IN_FLIGHT = 8  # binding transactions in flight at once (EtcdStore's pool has 8 threads)
+YIELD_EVERY = 200  # decisions between two turns of the event loop (~10-30 ms of work)
 
 
 @dataclass
@@ -82,7 +83,12 @@ class SchedulingLoop(Loop):
         now = now_ts()
         by_node: dict[str, list[tuple[StoredPartition, Outcome]]] = defaultdict(list)
         unplaced: list[tuple[StoredPartition, Outcome]] = []
-        for c in pending:
+        for i, c in enumerate(pending):
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                # Let the loop breathe: heartbeats must be acked while a large pass decides
+                # (the decisions use the snapshot and the revisions copied above, so what
+                # the watch changes meanwhile only makes a commit's compare fail).
+                await asyncio.sleep(0)
             p = c.partition
             decision = placer.place(request_for(p.name, p.spec, p.status.arch,
                                                  p.status.target_node))
