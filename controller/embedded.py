@@ -3,6 +3,11 @@
 Each part is a real process (as in a multi-host cluster); Ctrl-C or SIGTERM stops them all,
 partitions' workers included, leaving no process behind. State lives under the data dir, so
 a second `up` on the same dir finds the earlier cluster.
+
+Secure by default: a cluster CA under DATA/pki signs etcd's, the controller's and each
+node's certificate (the embedded agents are certified directly, as `viridian certs --node`
+does, rather than joining); an admin token is bootstrapped into the controller and saved,
+with the CA, where the CLI looks for the --listen address.
 """
 
 from __future__ import annotations
@@ -19,7 +24,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from controller.cli.credentials import forget_cluster, save_cluster
 from controller.etcd_server import EtcdProcess, EtcdStartError
+from controller.security.files import ClusterPki
+from controller.security.tls import controller_options
 
 STOP_GRACE_S = 5.0
 DEFAULT_NODE_MEMORY = 8 << 30
@@ -33,6 +41,8 @@ class Cluster:
     lease_ttl: int = 3
     node_vcpus: int = 0
     node_memory: int = 0
+    insecure: bool = False
+    agent_listen: str = ""
     etcd: EtcdProcess | None = None
     controller: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -45,28 +55,63 @@ class Cluster:
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             )
 
+    @property
+    def pki(self) -> ClusterPki:
+        return ClusterPki(self.data_dir / "pki")
+
+    @property
+    def agent_address(self) -> str:
+        if self.agent_listen:
+            return self.agent_listen
+        host, _, port = self.listen.rpartition(":")
+        return f"{host}:{int(port) + 1}"
+
+    def ca_pem(self) -> bytes | None:
+        return None if self.insecure else self.pki.ca().cert_pem
+
+    def admin_token(self) -> str:
+        return "" if self.insecure else self.pki.admin()[1]
+
+    def controller_args(self) -> list[str]:
+        """The controller's command line (also used to restart it)."""
+        assert self.etcd is not None
+        args = ["controller", "--listen", self.listen, "--agent-listen", self.agent_address,
+                "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl)]
+        if self.insecure:
+            return [*args, "--insecure"]
+        host = self.listen.rsplit(":", 1)[0]
+        ctl = self.pki.controller("embedded", [host])
+        self.pki.write_bootstrap(ctl, [(self.admin_token(), "admin")])
+        return [*args, "--pki-dir", str(ctl.path)]
+
+    def agent_args(self, name: str, vcpus: int, memory: int) -> list[str]:
+        args = ["agent", "--controller", self.agent_address, "--name", name,
+                "--vcpus", str(vcpus), "--memory", str(memory),
+                "--run-dir", str(self.data_dir / "agents" / name)]
+        if self.insecure:
+            return [*args, "--insecure"]
+        return [*args, "--pki-dir", str(self.pki.node(name).path)]
+
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
         logs.mkdir(exist_ok=True)
-        self.etcd = EtcdProcess(self.data_dir / "etcd")
+        tls_dir = None
+        if not self.insecure:
+            host = self.listen.rsplit(":", 1)[0]
+            tls_dir = self.pki.etcd("embedded", [host]).path
+            save_cluster(self.listen, self.pki.ca().cert_pem, self.admin_token())
+        self.etcd = EtcdProcess(self.data_dir / "etcd", tls_dir=tls_dir)
         self.etcd.start()
-        self.controller = self._cli(
-            "controller", "--listen", self.listen, "--etcd", self.etcd.endpoint,
-            "--lease-ttl", str(self.lease_ttl), log=logs / "controller.log",
-        )
-        wait_serving(self.listen, self.controller, logs / "controller.log")
+        self.controller = self._cli(*self.controller_args(), log=logs / "controller.log")
+        wait_serving(self.listen, self.controller, logs / "controller.log", self.ca_pem())
         cpus = os.cpu_count() or 2
         vcpus = self.node_vcpus or max(cpus, 2)
         memory = self.node_memory or DEFAULT_NODE_MEMORY
         for i in range(1, self.nodes + 1):
             name = f"node-{i}"
-            self.agents[name] = self._cli(
-                "--controller", self.listen, "agent", "--name", name,
-                "--vcpus", str(vcpus), "--memory", str(memory),
-                "--run-dir", str(self.data_dir / "agents" / name),
-                log=logs / f"{name}.log",
-            )
+            self.agents[name] = self._cli(*self.agent_args(name, vcpus, memory),
+                                          log=logs / f"{name}.log")
 
     def describe(self) -> str:
         assert self.etcd is not None and self.controller is not None
@@ -74,7 +119,8 @@ class Cluster:
         lines = [
             f"etcd        {self.etcd.endpoint:<22} pid {etcd_pid}"
             f"  data {self.etcd.data_dir}",
-            f"controller  {self.listen:<22} pid {self.controller.pid}",
+            f"controller  {self.listen:<22} pid {self.controller.pid}"
+            f"  agents on {self.agent_address}",
         ]
         for name, proc in self.agents.items():
             lines.append(f"agent       {name:<22} pid {proc.pid}  "
@@ -99,6 +145,8 @@ class Cluster:
             _terminate([self.controller])
         if self.etcd is not None:
             self.etcd.stop()
+        if not self.insecure:
+            forget_cluster(self.listen)
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -131,10 +179,21 @@ def stop_workers(agents_dir: Path) -> None:
         manager.close()
 
 
+def open_channel(address: str, ca_pem: bytes | None, token: str = "") -> grpc.Channel:
+    """A channel to a controller's API: TLS pinned to ca_pem (with the token), or plaintext."""
+    if ca_pem is None:
+        return grpc.insecure_channel(address)
+    credentials = grpc.ssl_channel_credentials(ca_pem)
+    if token:
+        credentials = grpc.composite_channel_credentials(
+            credentials, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(address, credentials, options=controller_options())
+
+
 def wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path,
-                 timeout: float = 30.0) -> None:
+                 ca_pem: bytes | None = None, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, ca_pem) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -149,8 +208,9 @@ def wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path,
     raise RuntimeError(f"controller not serving on {address} after {timeout:.0f}s; see {log}")
 
 
-def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50051") -> int:
-    cluster = Cluster(data_dir.resolve(), nodes, listen)
+def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50051",
+                         insecure: bool = False) -> int:
+    cluster = Cluster(data_dir.resolve(), nodes, listen, insecure=insecure)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -7,6 +7,7 @@
     ├── FailedPrecondition    wrong phase / in use: FAILED_PRECONDITION
     ├── ResourceExhausted     too large: RESOURCE_EXHAUSTED
     ├── Unimplemented         not offered: UNIMPLEMENTED
+    ├── PermissionDenied      the caller may not do this: PERMISSION_DENIED
     └── StoreError            etcd trouble (raised by the store layer only)
         ├── Conflict          a compare in a transaction failed: retry with a fresh read (ABORTED)
         │   └── NotLeader     a leader-only write, and this replica does not lead (any more)
@@ -41,6 +42,10 @@ class ResourceExhausted(ViridianError):
 
 
 class Unimplemented(ViridianError):
+    pass
+
+
+class PermissionDenied(ViridianError):
     pass
 
 

@@ -42,30 +42,46 @@ class EtcdProcess:
 
     def __init__(
         self, data_dir: Path, host: str = "127.0.0.1", name: str = "viridian",
-        extra_args: Sequence[str] = (),
+        extra_args: Sequence[str] = (), tls_dir: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.host = host
         self.name = name
         self.extra_args = list(extra_args)
+        # With a PKI directory (ca.pem, cert.pem, key.pem): clients need a certificate from
+        # that CA; health is read from a plaintext metrics listener on loopback.
+        self.tls_dir = tls_dir
         self.proc: subprocess.Popen[bytes] | None = None
         ports_file = data_dir / "ports.json"
         if ports_file.exists():
             ports = json.loads(ports_file.read_text())
         else:
-            ports = {"client": free_port(host), "peer": free_port(host)}
+            ports = {"client": free_port(host), "peer": free_port(host),
+                     "metrics": free_port(host)}
             data_dir.mkdir(parents=True, exist_ok=True)
             ports_file.write_text(json.dumps(ports))
         self.client_port = int(ports["client"])
         self.peer_port = int(ports["peer"])
+        if "metrics" not in ports:  # a data dir from before TLS
+            ports["metrics"] = free_port(host)
+            ports_file.write_text(json.dumps(ports))
+        self.metrics_port = int(ports["metrics"])
 
     @property
     def endpoint(self) -> str:
-        return f"{self.host}:{self.client_port}"
+        """host:port, with https:// in front when clients must use TLS."""
+        scheme = "https://" if self.tls_dir is not None else ""
+        return f"{scheme}{self.host}:{self.client_port}"
 
     def start(self, timeout: float = 20.0) -> None:
-        client = f"http://{self.host}:{self.client_port}"
+        scheme = "https" if self.tls_dir is not None else "http"
+        client = f"{scheme}://{self.host}:{self.client_port}"
         peer = f"http://{self.host}:{self.peer_port}"
+        tls: list[str] = []
+        if self.tls_dir is not None:
+            d = self.tls_dir
+            tls = ["--cert-file", str(d / "cert.pem"), "--key-file", str(d / "key.pem"),
+                   "--trusted-ca-file", str(d / "ca.pem"), "--client-cert-auth"]
         log = open(self.data_dir / "etcd.log", "ab")
         with log:
             self.proc = subprocess.Popen(
@@ -78,7 +94,9 @@ class EtcdProcess:
                     "--listen-peer-urls", peer,
                     "--initial-advertise-peer-urls", peer,
                     "--initial-cluster", f"{self.name}={peer}",
+                    "--listen-metrics-urls", f"http://{self.host}:{self.metrics_port}",
                     "--log-level", "warn",
+                    *tls,
                     *self.extra_args,
                 ],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
@@ -87,7 +105,7 @@ class EtcdProcess:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://{self.host}:{self.client_port}/health"
+        url = f"http://{self.host}:{self.metrics_port}/health"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise EtcdStartError(

@@ -22,6 +22,7 @@ CODES: tuple[tuple[type[e.ViridianError], grpc.StatusCode], ...] = (
     (e.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
+    (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (e.Conflict, grpc.StatusCode.ABORTED),
     (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

@@ -1,5 +1,10 @@
-"""Building and running a controller replica: the public API, the agent gateway, health and
-reflection, the cache, the dispatch loop, and (when leading) scheduling and node lifecycle."""
+"""Building and running a controller replica: the public API, the agent gateway (on its own
+port), health and reflection, the cache, the dispatch loop, and (when leading) scheduling and
+node lifecycle.
+
+With TLS (the default) the public port authenticates users by bearer token and the agent
+port requires a client certificate from the cluster CA (nodes and other replicas); every
+call passes the authorization interceptor. `insecure` serves plaintext with no checks."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
+from viridian.v1 import types_pb2 as pb
 
 from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
@@ -25,7 +31,12 @@ from controller.partitions.actions import PartitionActions
 from controller.partitions.drain import DrainLoop
 from controller.partitions.eviction import NodeLifecycleLoop
 from controller.scheduler import SchedulerConfig
-from controller.store import EtcdStore, Store
+from controller.security.audit import Auditor
+from controller.security.authz import Authenticator, AuthorizationInterceptor
+from controller.security.pki import KeyPair
+from controller.security.tls import Dialer, TlsConfig
+from controller.security.tokens import parse_token, secret_digest
+from controller.store import EtcdStore, Store, now_ts
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
@@ -49,6 +60,17 @@ class ControllerConfig:
     identity: str = ""
     advertise: str = ""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    agent_listen: str = ""          # default: the --listen host, port + 1
+    agent_advertise: str = ""       # how agents and replicas reach the agent port
+    tls: TlsConfig | None = None    # None: plaintext, no authentication (--insecure)
+    ca: KeyPair | None = None       # signs node certificates at join
+    etcd_tls: TlsConfig | None = None
+    bootstrap_tokens: list[tuple[str, pb.Role.ValueType]] = field(default_factory=list)
+
+
+def default_agent_listen(listen: str) -> str:
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1}" if int(port) else f"{host}:0"
 
 
 class ControllerReplica:
@@ -56,38 +78,58 @@ class ControllerReplica:
 
     def __init__(self, config: ControllerConfig) -> None:
         self.config = config
-        self.etcd = EtcdStore(config.etcd_endpoints)
+        self.etcd = EtcdStore(
+            config.etcd_endpoints,
+            credentials=config.etcd_tls.channel_credentials() if config.etcd_tls else None)
         self.identity = config.identity or f"{socket.gethostname()}-{os.getpid()}"
         self.store = Store(self.etcd, config.prefix, f"controller/{self.identity}")
         self.cache = self.store.cache
         self.sessions = SessionRegistry()
         self.actions = PartitionActions(self.store)
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        self.port = self.server.add_insecure_port(config.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {config.listen}")
+        auth = Authenticator(lambda: self.cache.tokens, insecure=config.tls is None)
+        auditor = Auditor(self.store.events)
+        self.server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[AuthorizationInterceptor(auth, auditor, agent_port=False)])
+        self.agent_server = grpc.aio.server(
+            options=SERVER_OPTIONS,
+            interceptors=[AuthorizationInterceptor(auth, auditor, agent_port=True)])
+        self.port = self._bind(self.server, config.listen, require_client_cert=False)
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
+        agent_listen = config.agent_listen or default_agent_listen(config.listen)
+        if agent_listen.endswith(":0") is False and agent_listen == config.listen:
+            raise OSError("the agent port must differ from the API port")
+        self.agent_port = self._bind(self.agent_server, agent_listen,
+                                     require_client_cert=True)
+        self.agent_address = f"{agent_listen.rsplit(':', 1)[0]}:{self.agent_port}"
         self.advertise = config.advertise or self.address
+        self.agent_advertise = config.agent_advertise or _with_port(
+            config.advertise, self.agent_port) or self.agent_address
+        dialer = Dialer(config.tls)
         self.ctx = ApiContext(self.store, self.actions, self.sessions, config.scheduler,
-                              self.advertise)
-        controller_pb2_grpc.add_ControllerServicer_to_server(
-            ControllerService(self.ctx), self.server
-        )
+                              self.agent_advertise, dialer, config.ca)
+        service = ControllerService(self.ctx)
+        controller_pb2_grpc.add_ControllerServicer_to_server(service, self.server)
+        controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
-                         self.advertise),
-            self.server,
+                         self.agent_advertise, dialer),
+            self.agent_server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        services = (
-            controller_pb2.DESCRIPTOR.services_by_name["Controller"].full_name,
-            agent_pb2.DESCRIPTOR.services_by_name["AgentGateway"].full_name,
-            reflection.SERVICE_NAME,
-            health.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(services, self.server)
+        for server, names in ((self.server, ("Controller",)),
+                              (self.agent_server, ("Controller", "AgentGateway"))):
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            services = (
+                *(controller_pb2.DESCRIPTOR.services_by_name[n].full_name for n in names
+                  if n == "Controller"),
+                *(agent_pb2.DESCRIPTOR.services_by_name[n].full_name for n in names
+                  if n == "AgentGateway"),
+                reflection.SERVICE_NAME,
+                health.SERVICE_NAME,
+            )
+            reflection.enable_server_reflection(services, server)
         self.dispatch = DispatchLoop(self.store, self.sessions)
         self.scheduling = SchedulingLoop(self.store, config.scheduler)
         self.node_lifecycle = NodeLifecycleLoop(self.store, self.actions)
@@ -97,6 +139,29 @@ class ControllerReplica:
             self._on_elected, self._on_lost,
         )
         self._stopped = False
+
+    def _bind(self, server: grpc.aio.Server, address: str, require_client_cert: bool) -> int:
+        tls = self.config.tls
+        if tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, tls.server_credentials(require_client_cert))
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return port
+
+    async def _bootstrap_tokens(self) -> None:
+        """Tokens handed to this replica at start (`viridian up`, `viridian certs`) exist
+        in etcd: created if missing, never changed (revoked ones stay revoked only if the
+        file stops naming them)."""
+        for text, role in self.config.bootstrap_tokens:
+            parsed = parse_token(text)
+            if parsed is None:
+                raise ValueError("a bootstrap token is not of the form ID.SECRET")
+            token = pb.Token(id=parsed[0], role=role, description="bootstrap",
+                             created_at=now_ts(), created_by=f"controller:{self.identity}",
+                             secret_sha256=secret_digest(parsed[1]))
+            await self.store.tokens.ensure(token)
 
     async def _on_elected(self) -> None:
         self.scheduling.start()
@@ -112,11 +177,15 @@ class ControllerReplica:
 
     async def start(self) -> None:
         await self.cache.start()
+        await self._bootstrap_tokens()
         self.dispatch.start()
         self.elector.start()
         await self.server.start()
+        await self.agent_server.start()
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        log.info("controller %s serving on %s", self.identity, self.address)
+        log.info("controller %s serving the API on %s and agents on %s (%s)", self.identity,
+                 self.address, self.agent_address,
+                 "TLS" if self.config.tls else "INSECURE: plaintext, no authentication")
 
     async def stop(self) -> None:
         if self._stopped:
@@ -124,11 +193,16 @@ class ControllerReplica:
         self._stopped = True
         await self.health.enter_graceful_shutdown()
         self.sessions.close_all()
-        await self.server.stop(GRACE_S)
+        await asyncio.gather(self.server.stop(GRACE_S), self.agent_server.stop(GRACE_S))
         await self.elector.stop()
         await self.dispatch.stop()
         await self.cache.stop()
         self.store.close()
+
+
+def _with_port(address: str, port: int) -> str:
+    """The host of an advertised address with another port ("" for "")."""
+    return f"{address.rsplit(':', 1)[0]}:{port}" if address else ""
 
 
 async def serve(config: ControllerConfig) -> None:
@@ -142,22 +216,17 @@ async def serve(config: ControllerConfig) -> None:
     await replica.stop()
 
 
-def run_controller(
-    listen: str,
-    etcd_endpoints: list[str],
-    lease_ttl: int = 3,
-    prefix: str = "/viridian",
-    advertise: str = "",
-) -> int:
+def run_controller(config: ControllerConfig) -> int:
     logging.basicConfig(
         level=os.environ.get("VIRIDIAN_LOG", "INFO"),
         format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
     )
+    if config.tls is None:
+        log.warning("serving WITHOUT TLS or authentication (--insecure): anyone who reaches "
+                    "%s can control the cluster", config.listen)
     try:
-        asyncio.run(serve(ControllerConfig(
-            listen, etcd_endpoints, prefix, lease_ttl, advertise=advertise
-        )))
-    except OSError as err:
+        asyncio.run(serve(config))
+    except (OSError, ValueError) as err:
         log.error("%s", err)
         return 1
     return 0

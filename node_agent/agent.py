@@ -19,6 +19,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller.security.tls import Dialer, TlsConfig
 from node_agent.clock import BootClock, Clock
 from node_agent.fencing import Fence
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
@@ -49,6 +50,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     run_dir: Path = Path("/var/lib/viridian/agent")
     address: str = ""
+    tls: TlsConfig | None = None   # the node's certificate; None: plaintext (--insecure)
 
 
 class Agent:
@@ -72,6 +74,7 @@ class Agent:
         self.fence = Fence(self.supervisor, run_dir / "workers" / WATCHDOG_FILE, self.clock)
         self.timing = Timing.for_ttl(self.fence.ttl)
         self.address = ""  # the controller of the current session ("" between sessions)
+        self._dialer = Dialer(config.tls)
 
     def spec(self) -> pb.NodeSpec:
         c = self.config
@@ -109,7 +112,7 @@ class Agent:
             self.address = address
             session = ControllerSession(
                 self.config.name, address, self, self.fence, self.clock,
-                self.timing.register_timeout(rounds), self._stop)
+                self.timing.register_timeout(rounds), self._stop, self._dialer)
             try:
                 outcome = await session.run()
             except RegisterRefused as err:

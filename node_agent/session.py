@@ -21,6 +21,7 @@ import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 
+from controller.security.tls import Dialer
 from node_agent.clock import Clock
 from node_agent.fencing import Fence
 from node_agent.timing import Timing
@@ -39,7 +40,8 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 
 
 class RegisterRefused(Exception):
-    """The controller rejected this node for good (INVALID_ARGUMENT)."""
+    """The controller rejected this node for good (INVALID_ARGUMENT, or PERMISSION_DENIED:
+    our certificate names another node)."""
 
 
 class SessionHost(Protocol):
@@ -138,8 +140,9 @@ class Outcome:
 
 class ControllerSession:
     def __init__(self, node: str, address: str, host: SessionHost, fence: Fence, clock: Clock,
-                 register_timeout: float, stop: asyncio.Event) -> None:
+                 register_timeout: float, stop: asyncio.Event, dialer: Dialer) -> None:
         self.node = node
+        self.dialer = dialer
         self.address = address
         self.host = host
         self.fence = fence
@@ -150,7 +153,7 @@ class ControllerSession:
         self.outcome = Outcome()
 
     async def run(self) -> Outcome:
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as ch:
+        async with self.dialer.aio_channel(self.address, CHANNEL_OPTIONS) as ch:
             gw = agent_pb2_grpc.AgentGatewayStub(ch)
             outbox = Outbox()
             # Reports from now on go to this session (the Register carries the rest).
@@ -172,7 +175,8 @@ class ControllerSession:
             reply: apb.RegisterResponse = await stub.Register(
                 self.host.register_request(), timeout=self.register_timeout)
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            if err.code() in (grpc.StatusCode.INVALID_ARGUMENT,
+                              grpc.StatusCode.PERMISSION_DENIED):
                 raise RegisterRefused(err.details() or "invalid registration") from err
             self.outcome.why = f"register: {err.code().name} {err.details() or ''}".strip()
             return None

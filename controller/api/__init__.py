@@ -10,6 +10,7 @@ from controller.api.images import ImagesApi
 from controller.api.lifecycle import LifecycleApi
 from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
+from controller.api.security import SecurityApi
 
 __all__ = ["ApiContext", "ControllerService"]
 
@@ -20,6 +21,7 @@ class ControllerService(
     NodesApi,
     ImagesApi,
     EventsExplainApi,
+    SecurityApi,
     controller_pb2_grpc.ControllerServicer,
 ):
     def __init__(self, ctx: ApiContext) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import controller_pb2_grpc
@@ -14,6 +13,8 @@ from controller.errors import FailedPrecondition
 from controller.gateway.sessions import SessionRegistry
 from controller.partitions.actions import PartitionActions
 from controller.scheduler import SchedulerConfig
+from controller.security.pki import KeyPair
+from controller.security.tls import Dialer
 from controller.store import Store
 
 
@@ -23,7 +24,9 @@ class ApiContext:
     actions: PartitionActions
     sessions: SessionRegistry
     scheduler: SchedulerConfig
-    advertise: str
+    advertise: str                  # this replica's agent-port address (session holder)
+    dialer: Dialer = field(default_factory=lambda: Dialer(None))
+    ca: KeyPair | None = None       # signs node certificates at join; None: joins refused
 
     def delete_state(self, partition: str, checkpoint: str, node: str) -> None:
         """Ask the node holding a checkpoint's state file to delete it (best effort: a node
@@ -41,7 +44,7 @@ class ApiContext:
         address = await self.store.nodes.session_holder(node)
         if not address or address == self.advertise:
             raise FailedPrecondition(f"node {node!r} is not connected; its logs are unreachable")
-        async with grpc.aio.insecure_channel(address) as channel:
+        async with self.dialer.aio_channel(address) as channel:
             stub = controller_pb2_grpc.ControllerStub(channel)
             async for chunk in stub.PartitionLogs(request):
                 yield chunk

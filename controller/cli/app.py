@@ -52,16 +52,24 @@ class ViridianGroup(click.Group):
     show_default=True,
     help="Seconds to wait for each controller address to answer.",
 )
+@click.option("--token", envvar="VIRIDIAN_TOKEN", metavar="ID.SECRET",
+              help="Bearer token (default: the one `viridian up` saved for the address). "
+              "Env: VIRIDIAN_TOKEN.")
+@click.option("--ca", "ca_file", envvar="VIRIDIAN_CA", metavar="FILE",
+              help="The cluster CA certificate (default: the one saved for the address). "
+              "Env: VIRIDIAN_CA.")
+@click.option("--insecure", is_flag=True, envvar="VIRIDIAN_INSECURE",
+              help="Plaintext, no credentials: only for a cluster started with --insecure.")
 @click.version_option(package_name="viridian", prog_name="viridian")
 @click.pass_context
-def cli(ctx: click.Context, controller: str, connect_timeout: float) -> None:
+def cli(ctx: click.Context, controller: str, connect_timeout: float, token: str | None,
+        ca_file: str | None, insecure: bool) -> None:
     """Viridian: run emulated partitions on a cluster of nodes."""
-    from controller.cli.client import ChannelOptions
-
     addresses = parse_addresses(controller)
     if not addresses:
         raise click.BadParameter("no address given", param_hint="'--controller'")
-    ctx.obj = ControllerClient(addresses, ChannelOptions(connect_timeout=connect_timeout))
+    ctx.obj = ControllerClient(addresses, connect_timeout=connect_timeout, insecure=insecure,
+                               token=token, ca_file=ca_file)
 
 
 def get_client(ctx: click.Context) -> ControllerClient:
@@ -81,9 +89,11 @@ def _register() -> None:
         partitions,
         run,
         servers,
+        tokens,
     )
 
-    for module in (partitions, lifecycle, run, nodes, images, events, explain, servers):
+    for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
+                   tokens):
         for command in module.COMMANDS:
             cli.add_command(command)
 

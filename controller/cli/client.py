@@ -1,16 +1,20 @@
 """The channel to the controller: address list with failover, and the typed stub.
 
 Addresses are tried in order with a health check; the first server that answers is used.
-Only plain channels exist today; `ChannelOptions.credentials` is where TLS plugs in.
+Channels are TLS pinned to the cluster CA (the controller role name is checked, not the
+address: see controller.security.pki), with the token sent as a bearer credential; plaintext
+only with --insecure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+import click
 import grpc
 from viridian.v1 import controller_pb2_grpc
 
+from controller.cli.credentials import lookup
 from controller.cli.errors import ConnectError
 
 __all__ = [
@@ -41,8 +45,20 @@ class ChannelOptions:
 
     def open(self, address: str) -> grpc.Channel:
         if self.credentials is not None:
-            return grpc.secure_channel(address, self.credentials, options=list(self.options))
+            from controller.security.tls import controller_options
+
+            return grpc.secure_channel(address, self.credentials,
+                                       options=controller_options(self.options))
         return grpc.insecure_channel(address, options=list(self.options))
+
+
+def tls_credentials(ca_pem: bytes, token: str) -> grpc.ChannelCredentials:
+    """TLS pinned to `ca_pem`, plus the bearer token on every call (when there is one)."""
+    channel = grpc.ssl_channel_credentials(ca_pem)
+    if not token:
+        return channel
+    return grpc.composite_channel_credentials(
+        channel, grpc.access_token_call_credentials(token))
 
 
 # The standard health service every Viridian server registers. Any answer proves the server
@@ -78,7 +94,10 @@ class ControllerClient:
     """Lazily connected client: `client.stub` picks the first address that answers."""
 
     addresses: list[str]
-    channel_options: ChannelOptions = field(default_factory=ChannelOptions)
+    connect_timeout: float = 5.0
+    insecure: bool = False
+    token: str | None = None
+    ca_file: str | None = None
     _channel: grpc.Channel | None = None
     _stub: controller_pb2_grpc.ControllerStub | None = None
     address: str | None = None
@@ -90,11 +109,21 @@ class ControllerClient:
         assert self._stub is not None
         return self._stub
 
+    def channel_options(self) -> ChannelOptions:
+        """Plaintext with --insecure (after a warning), else TLS with the found credentials."""
+        if self.insecure:
+            click.echo("warning: --insecure: plaintext, no credentials", err=True)
+            return ChannelOptions(connect_timeout=self.connect_timeout)
+        found = lookup(self.addresses, self.ca_file, self.token)
+        return ChannelOptions(connect_timeout=self.connect_timeout,
+                              credentials=tls_credentials(found.ca_pem, found.token))
+
     def _connect(self) -> None:
         problems: list[str] = []
+        options = self.channel_options()
         for address in self.addresses:
-            channel = self.channel_options.open(address)
-            why = probe(channel, self.channel_options.connect_timeout)
+            channel = options.open(address)
+            why = probe(channel, options.connect_timeout)
             if why is None:
                 self._channel, self.address = channel, address
                 self._stub = controller_pb2_grpc.ControllerStub(channel)

@@ -1,4 +1,4 @@
-"""Server commands: `up` (embedded cluster), `controller`, `agent`.
+"""Server commands: `up` (embedded cluster), `controller`, `agent`, and `certs`.
 
 These only parse options and hand over to the server code, imported inside each command so
 that client commands never load it. (The `unused-ignore` lets the ignore outlive the day
@@ -11,7 +11,6 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -20,6 +19,9 @@ from controller.cli.client import parse_addresses
 from controller.cli.params import KEY_VALUE, SIZE
 
 __all__ = ["COMMANDS", "default_data_dir"]
+
+INSECURE_WARNING = ("warning: --insecure: plaintext and no authentication; anyone who "
+                    "reaches the ports controls the cluster")
 
 
 def default_data_dir() -> Path:
@@ -40,49 +42,83 @@ def default_data_dir() -> Path:
               help="Where etcd and the agents keep their state "
               "(default: ~/.local/share/viridian, or ./.viridian).")
 @click.option("--listen", default="127.0.0.1:50051", show_default=True,
-              help="Address the controller serves the API on.")
-def up_cmd(nodes: int, data_dir: Path | None, listen: str) -> None:
-    """Run a whole cluster (etcd, a controller, N agents) in the foreground."""
+              help="Address the controller serves the API on (agents use the next port).")
+@click.option("--insecure", is_flag=True,
+              help="No TLS, no authentication (development only).")
+def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> None:
+    """Run a whole cluster (etcd, a controller, N agents) in the foreground.
+
+    It makes a cluster CA and every certificate it needs under the data dir, and saves
+    admin credentials where the CLI finds them for the --listen address."""
     from controller.embedded import (  # type: ignore[import-not-found, unused-ignore]
         run_embedded_cluster,
     )
 
+    if insecure:
+        click.echo(INSECURE_WARNING, err=True)
     sys.exit(run_embedded_cluster(nodes=nodes, data_dir=data_dir or default_data_dir(),
-                                  listen=listen))
+                                  listen=listen, insecure=insecure))
 
 
 @click.command("controller")
 @click.option("--listen", required=True, help="Address to serve the API on, e.g. 0.0.0.0:50051.")
+@click.option("--agent-listen", default="",
+              help="Address to serve agents on (default: the --listen host, port + 1).")
 @click.option("--etcd", "etcd", required=True, metavar="ENDPOINTS",
-              help="Comma-separated etcd endpoints, e.g. 127.0.0.1:2379.")
+              help="Comma-separated etcd endpoints, e.g. https://127.0.0.1:2379 "
+              "(https: mutual TLS with the --pki-dir certificate).")
 @click.option("--lease-ttl", type=click.IntRange(min=1),
               help="Seconds a node (and the leader) lease lives without renewal "
               "(default: the controller's).")
 @click.option("--prefix", help="etcd key prefix (default: the controller's, /viridian).")
 @click.option("--advertise", default="",
               help="host:port other replicas reach this one at (default: the --listen address).")
-def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | None,
-                   advertise: str) -> None:
+@click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="ca.pem, cert.pem, key.pem [, ca-key.pem to sign node joins, tokens to "
+              "bootstrap] (see `viridian certs`).")
+@click.option("--insecure", is_flag=True, help="Plaintext, no authentication.")
+def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
+                   prefix: str | None, advertise: str, pki_dir: Path | None,
+                   insecure: bool) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--etcd'")
-    from controller.server import run_controller  # type: ignore[import-not-found, unused-ignore]
+    from controller.security.files import PkiDir
+    from controller.security.tls import TlsError
+    from controller.server import (  # type: ignore[import-not-found, unused-ignore]
+        ControllerConfig,
+        run_controller,
+    )
 
-    # Unset options are left out so that the server's own defaults apply.
-    extra: dict[str, Any] = {}
+    config = ControllerConfig(listen=listen, etcd_endpoints=endpoints,
+                              agent_listen=agent_listen, advertise=advertise)
     if lease_ttl is not None:
-        extra["lease_ttl"] = lease_ttl
+        config.lease_ttl = lease_ttl
     if prefix is not None:
-        extra["prefix"] = prefix
-    if advertise:
-        extra["advertise"] = advertise
-    sys.exit(run_controller(listen=listen, etcd_endpoints=endpoints, **extra))
+        config.prefix = prefix
+    if insecure:
+        click.echo(INSECURE_WARNING, err=True)
+    elif pki_dir is None:
+        raise click.UsageError("--pki-dir is required (or --insecure for plaintext)")
+    else:
+        pki = PkiDir(pki_dir)
+        try:
+            config.tls = pki.tls()
+            config.ca = pki.ca_keypair()
+            config.bootstrap_tokens = pki.bootstrap_tokens()
+        except (TlsError, OSError) as err:
+            raise click.ClickException(str(err)) from err
+    if any(e.startswith("https://") for e in endpoints):
+        if config.tls is None:
+            raise click.UsageError("https etcd endpoints need --pki-dir")
+        config.etcd_tls = config.tls
+    sys.exit(run_controller(config))
 
 
 @click.command("agent")
 @click.option("--controller", "controllers", metavar="ADDR[,ADDR…]",
-              help="Controller addresses (default: the global --controller).")
+              help="Controllers' agent-port addresses (default: the global --controller).")
 @click.option("--name", required=True, help="Node name.")
 @click.option("--vcpus", type=click.IntRange(min=1), help="vCPUs offered (default: host CPUs).")
 @click.option("--memory", type=SIZE, help="Memory offered, e.g. 8Gi (default: host memory).")
@@ -91,28 +127,83 @@ def controller_cmd(listen: str, etcd: str, lease_ttl: int | None, prefix: str | 
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where partitions' workers keep their files (default: <data>/agents/NAME).")
 @click.option("--address", default="", help="host:port the agent can be reached at.")
+@click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="ca.pem plus this node's cert.pem/key.pem (written there by a join) "
+              "(default: <run-dir>/pki).")
+@click.option("--join-token", envvar="VIRIDIAN_JOIN_TOKEN", metavar="ID.SECRET",
+              help="Join token (`viridian node token create`), used when the PKI dir has no "
+              "certificate yet. Env: VIRIDIAN_JOIN_TOKEN.")
+@click.option("--join", "join_addresses", metavar="ADDR[,ADDR…]",
+              help="Controllers' API addresses to join through (needed with --join-token).")
+@click.option("--insecure", is_flag=True, help="Plaintext, no node certificate.")
 @click.pass_context
 def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int | None,
               memory: int | None, labels: Sequence[tuple[str, str]], run_dir: Path | None,
-              address: str) -> None:
+              address: str, pki_dir: Path | None, join_token: str | None,
+              join_addresses: str | None, insecure: bool) -> None:
     """Run a node agent."""
     addresses = parse_addresses(controllers) if controllers else get_client(ctx).addresses
+    from controller.security.files import PkiDir
+    from controller.security.tls import TlsError
     from node_agent.agent import (  # type: ignore[import-not-found, unused-ignore]
         AgentConfig,
         run_agent,
     )
+    from node_agent.join import JoinError, join
 
-    config = AgentConfig(
-        controllers=addresses,
-        name=name,
-        vcpus=vcpus,
-        memory_bytes=memory,
-        labels=dict(labels),
-        run_dir=run_dir or default_data_dir() / "agents" / name,
-    )
+    run_dir = run_dir or default_data_dir() / "agents" / name
+    config = AgentConfig(controllers=addresses, name=name, vcpus=vcpus, memory_bytes=memory,
+                         labels=dict(labels), run_dir=run_dir)
     if address:
         config.address = address
+    if insecure:
+        click.echo(INSECURE_WARNING, err=True)
+    else:
+        pki = PkiDir(pki_dir or run_dir / "pki")
+        try:
+            if not pki.has_identity():
+                if not join_token or not join_addresses:
+                    raise click.UsageError(
+                        f"no node certificate in {pki.path}: pass --join-token and --join "
+                        "(or --insecure for a plaintext cluster)")
+                join(pki, name, parse_addresses(join_addresses), join_token)
+            config.tls = pki.tls()
+        except (JoinError, TlsError) as err:
+            raise click.ClickException(str(err)) from err
     sys.exit(run_agent(config))
 
 
-COMMANDS = [up_cmd, controller_cmd, agent_cmd]
+@click.command("certs")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              required=True, help="Directory to write the cluster CA and certificates to.")
+@click.option("--controller", "controllers", multiple=True, metavar="NAME[=HOST,…]",
+              help="A controller and the host names it is reached at (repeatable).")
+@click.option("--etcd", "etcds", multiple=True, metavar="NAME[=HOST,…]",
+              help="An etcd member and its host names (repeatable).")
+@click.option("--node", "nodes", multiple=True, metavar="NAME",
+              help="A node to certify now instead of joining later (repeatable).")
+def certs_cmd(out_dir: Path, controllers: Sequence[str], etcds: Sequence[str],
+              nodes: Sequence[str]) -> None:
+    """Make a cluster CA and the certificates of its controllers, etcd members and nodes.
+
+    Writes one PKI directory per component under --out (mount each where it runs), plus
+    admin/ (the CA and an admin token for the CLI). Existing files are kept, so running it
+    again adds components without changing the CA."""
+    from controller.security.files import ClusterPki
+
+    pki = ClusterPki(out_dir)
+    admin, token = pki.admin()
+    for spec in controllers:
+        name, _, hosts = spec.partition("=")
+        ctl = pki.controller(name, parse_addresses(hosts))
+        pki.write_bootstrap(ctl, [(token, "admin")])
+        click.echo(f"controller {name}: {ctl.path}")
+    for spec in etcds:
+        name, _, hosts = spec.partition("=")
+        click.echo(f"etcd {name}: {pki.etcd(name, parse_addresses(hosts)).path}")
+    for name in nodes:
+        click.echo(f"node {name}: {pki.node(name).path}")
+    click.echo(f"admin: {admin.path} (viridian --ca {admin.ca} --token $(cat {admin.path}/token))")
+
+
+COMMANDS = [up_cmd, controller_cmd, agent_cmd, certs_cmd]

@@ -24,12 +24,14 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import InvalidArgument, StoreError
+from controller.errors import InvalidArgument, PermissionDenied, StoreError
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
 from controller.grpc_errors import Context, map_errors
 from controller.partitions.actions import PartitionActions
+from controller.security import principal as callers
+from controller.security.tls import Dialer
 from controller.store import Store
 from controller.validation import check_labels, check_name
 
@@ -85,10 +87,22 @@ def check_spec(spec: pb.NodeSpec) -> None:
                                   "(0 = the default)")
 
 
+def _caller_may_act_for(node: str) -> bool:
+    """A node certificate acts only for its own node (plaintext servers: anyone)."""
+    caller = callers.current()
+    return caller.kind == "insecure" or caller.is_node(node)
+
+
+def _check_caller_is(node: str) -> None:
+    if not _caller_may_act_for(node):
+        raise PermissionDenied(f"{callers.current()} may not register as node {node!r}")
+
+
 class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
-                 lease_ttl: int, advertise: str) -> None:
+                 lease_ttl: int, advertise: str, dialer: Dialer | None = None) -> None:
         self.store = store
+        self.dialer = dialer or Dialer(None)
         self.sessions = sessions
         self.timings = Timings(lease_ttl)
         self.lease_ttl = lease_ttl
@@ -104,6 +118,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     ) -> apb.RegisterResponse:
         name = request.node
         check_name("node", name)
+        _check_caller_is(name)
         check_spec(request.spec)
         lease, _ = await self.store.nodes.register(name, request.spec, self.advertise,
                                                    self.lease_ttl, len(request.running))
@@ -126,6 +141,11 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
             return
         hello = first.hello
+        if not _caller_may_act_for(hello.node):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{callers.current()} may not open a session for node "
+                                f"{hello.node!r}")
+            return
         grant = self._granted.get(hello.node)
         if grant is None or grant.session_id != hello.session_id:
             await context.abort(
@@ -252,6 +272,12 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     async def PullImage(
         self, request: apb.PullImageRequest, context: Context
     ) -> AsyncIterator[apb.ImageChunk]:
+        caller = callers.current()
+        if caller.kind == "node" and not self._image_bound_to(request.digest, caller.name):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"no partition bound to node {caller.name!r} uses image "
+                                f"content {request.digest[:80]!r}")
+            return
         try:
             chunks = await self.store.images.read_blob(request.digest)
         except StoreError as err:
@@ -263,11 +289,27 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         for chunk in chunks:
             yield apb.ImageChunk(data=chunk)
 
+    def _image_bound_to(self, digest: str, node: str) -> bool:
+        cache = self.store.cache
+        for name in cache.bound_to(node):
+            cached = cache.partitions.get(name)
+            image = cache.images.get(cached.partition.spec.image) if cached else None
+            if image is not None and image.digest == digest:
+                return True
+        return False
+
     async def PullState(
         self, request: apb.PullStateRequest, context: Context
     ) -> AsyncIterator[apb.StateChunk]:
         """Relay a saved state file from the node that holds it (through whichever replica
         holds that node's session)."""
+        caller = callers.current()
+        if caller.kind == "node" and \
+                self.store.cache.bound_node(request.name) != caller.name:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"partition {request.name[:253]!r} is not bound to node "
+                                f"{caller.name!r}")
+            return
         node = request.state.node
         session = self.sessions.get(node)
         if session is None:
@@ -283,7 +325,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                     "is not connected",
                 )
                 return
-            async with grpc.aio.insecure_channel(address) as channel:
+            async with self.dialer.aio_channel(address) as channel:
                 stub = agent_pb2_grpc.AgentGatewayStub(channel)
                 relay: Any = stub.PullState(request)
                 async for chunk in relay:

@@ -18,11 +18,12 @@ from controller.store.records import (
     NodeGuard,
     StoredPartition,
 )
+from controller.store.tokens import TokenStore
 
 __all__ = [
     "AllocEntry", "Allocation", "CachedPartition", "ClusterCache", "EtcdStore", "EventStore",
     "ImageStore", "Keys", "LeaderStore", "NodeGuard", "NodeStore", "PartitionStore", "Store",
-    "StoredPartition", "now_ts",
+    "StoredPartition", "TokenStore", "now_ts",
 ]
 
 
@@ -40,6 +41,7 @@ class Store:
                                          self.cache)
         self.nodes = NodeStore(etcd, self.keys, self.events, self.leader)
         self.images = ImageStore(etcd, self.keys)
+        self.tokens = TokenStore(etcd, self.keys)
 
     def close(self) -> None:
         self.etcd.close()

@@ -36,7 +36,7 @@ class CachedPartition:
 
 class ClusterCache:
     KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
-             "drains", "evictions")
+             "drains", "evictions", "tokens")
     DELETED_KEPT = 10000  # last values of deleted partitions kept for dispatch's clean-up
 
     def __init__(self, etcd: EtcdStore, keys: Keys) -> None:
@@ -50,6 +50,7 @@ class ClusterCache:
         self.images: dict[str, pb.Image] = {}
         self.drains: dict[str, tuple[pb.NodeOperation, int]] = {}     # node -> (op, revision)
         self.evictions: dict[str, tuple[pb.NodeOperation, int]] = {}
+        self.tokens: dict[str, pb.Token] = {}   # id -> token (authorization reads these)
         self.deleted_partitions: dict[str, pb.Partition] = {}  # last value, for clean-up
         self.revision = 0
         self._listeners: list[Listener] = []
@@ -120,7 +121,8 @@ class ClusterCache:
         # (an empty one made every partition look deleted, and every node leaseless).
         before = {name: c.partition for name, c in self.partitions.items()}
         for target in (self.nodes, self.node_leases, self.partitions, self.bindings,
-                       self.allocations, self.images, self.drains, self.evictions):
+                       self.allocations, self.images, self.drains, self.evictions,
+                       self.tokens):
             target.clear()
         for kv in loaded:
             self._apply(WatchEvent(False, kv))
@@ -186,6 +188,9 @@ class ClusterCache:
             target = self.drains if kind == "drains" else self.evictions
             self._put_or_pop(target, name, None if ev.deleted else
                              (decode(pb.NodeOperation, kv.value), kv.mod_revision))
+        elif kind == "tokens":
+            self._put_or_pop(self.tokens, name,
+                             None if ev.deleted else decode(pb.Token, kv.value))
         return (kind, name)
 
     @staticmethod

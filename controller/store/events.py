@@ -54,12 +54,12 @@ class EventStore:
         return self._lease
 
     def build(self, kind: str, obj: str, reason: str, message: str, warning: bool = False,
-              now: Timestamp | None = None) -> tuple[str, bytes]:
+              now: Timestamp | None = None, source: str = "") -> tuple[str, bytes]:
         """The key and value of one event."""
         event_id = f"{time.time_ns():020d}-{self._tag}{next(self._seq) % 1000000:06d}"
         ev = pb.Event(id=event_id, time=now or now_ts(), kind=kind, object=obj,
                       type="Warning" if warning else "Normal", reason=reason,
-                      message=message, source=self.source)
+                      message=message, source=source or self.source)
         return self._keys.event(event_id), ev.SerializeToString()
 
     async def ops(self, kind: str, obj: str,
@@ -78,10 +78,10 @@ class EventStore:
         return out
 
     async def record(self, kind: str, obj: str, reason: str, message: str,
-                     warning: bool = False) -> None:
+                     warning: bool = False, source: str = "") -> None:
         log.info("event %s %s/%s: %s", reason, kind, obj, message)
         try:
-            key, value = self.build(kind, obj, reason, message, warning)
+            key, value = self.build(kind, obj, reason, message, warning, source=source)
             await self._etcd.put(key, value, lease=await self.lease_id())
         except StoreError:
             log.warning("could not record event %s %s: %s", reason, obj, message)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # Kinds with one key per object directly under the prefix ("<prefix>/<kind>/<name>").
 KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
-         "drains", "evictions", "events", "blobs")
+         "drains", "evictions", "events", "blobs", "tokens")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,13 @@ class Keys:
 
     def event(self, event_id: str) -> str:
         return self.events + event_id
+
+    @property
+    def tokens(self) -> str:
+        return self._p("tokens")
+
+    def token(self, token_id: str) -> str:
+        return self.tokens + token_id
 
     @property
     def leader(self) -> str:

@@ -334,7 +334,7 @@ def cluster_up(run_dir: Path, compose: Path = COMPOSE,
             fc = FailCluster(c)
             fc.wait_nodes(dict.fromkeys(fc.nodes, "READY"), 30)
             for name, path in (images or {}).items():
-                res = run_cli(fc.ctl, "image", "push", name, str(path))
+                res = run_cli(fc.ctl, "image", "push", name, str(path), insecure=True)
                 assert res.code == 0, str(res)
             yield fc
     finally:

@@ -25,8 +25,12 @@ from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import controller_pb2_grpc as cgrpc
 from viridian.v1 import types_pb2 as pb
 
-from controller.embedded import Cluster, wait_serving
+from controller.embedded import Cluster, open_channel, wait_serving
 from controller.etcd_server import free_port
+
+# Clusters save their CLI credentials here (not in the user's ~/.config): `viridian up`'s
+# Cluster.start writes them and the CLI children inherit the variable.
+os.environ.setdefault("VIRIDIAN_CONFIG_DIR", tempfile.mkdtemp(prefix="vit-config-"))
 
 REPO = Path(__file__).resolve().parents[2]
 GUESTS = REPO / "tests" / "guests"
@@ -72,10 +76,13 @@ class CliResult:
         return f"exit {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
 
-def run_cli(address: str, *args: str, timeout: float = 60.0) -> CliResult:
-    """`viridian --controller ADDRESS ARGS…` as a child process."""
+def run_cli(address: str, *args: str, timeout: float = 60.0,
+            insecure: bool = False) -> CliResult:
+    """`viridian --controller ADDRESS ARGS…` as a child process (with --insecure for the
+    plaintext compose cluster)."""
+    flags = ["--insecure"] if insecure else []
     proc = subprocess.run(
-        [sys.executable, "-m", "controller.cli", "--controller", address, *args],
+        [sys.executable, "-m", "controller.cli", "--controller", address, *flags, *args],
         capture_output=True, text=True, timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
@@ -254,7 +261,8 @@ class ClusterHandle:
         self.data_dir = data_dir
         self.address = f"127.0.0.1:{free_port()}"
         self.cluster = Cluster(data_dir, nodes, self.address, lease_ttl=LEASE_TTL,
-                               node_vcpus=NODE_VCPUS, node_memory=NODE_MEMORY)
+                               node_vcpus=NODE_VCPUS, node_memory=NODE_MEMORY,
+                               agent_listen=f"127.0.0.1:{free_port()}")
         self.channel: grpc.Channel | None = None
 
     @property
@@ -264,7 +272,8 @@ class ClusterHandle:
 
     def start(self) -> None:
         self.cluster.start()
-        self.channel = grpc.insecure_channel(self.address)
+        self.channel = open_channel(self.address, self.cluster.ca_pem(),
+                                    self.cluster.admin_token())
         for name in self.cluster.agents:
             wait_node(self.stub, name, pb.NODE_STATE_READY)
 
@@ -292,9 +301,7 @@ class ClusterHandle:
         """Start agent NAME again with the same name and run dir (as Cluster.start does)."""
         assert self.cluster.agents[name].poll() is not None, f"agent {name} still runs"
         self.cluster.agents[name] = self.cluster._cli(
-            "--controller", self.address, "agent", "--name", name,
-            "--vcpus", str(NODE_VCPUS), "--memory", str(NODE_MEMORY),
-            "--run-dir", str(self.data_dir / "agents" / name),
+            *self.cluster.agent_args(name, NODE_VCPUS, NODE_MEMORY),
             log=self.data_dir / "logs" / f"{name}.log",
         )
 
@@ -307,11 +314,8 @@ class ClusterHandle:
     def start_controller(self) -> None:
         assert self.cluster.etcd is not None
         log = self.data_dir / "logs" / "controller.log"
-        self.cluster.controller = self.cluster._cli(
-            "controller", "--listen", self.address, "--etcd", self.cluster.etcd.endpoint,
-            "--lease-ttl", str(LEASE_TTL), log=log,
-        )
-        wait_serving(self.address, self.cluster.controller, log)
+        self.cluster.controller = self.cluster._cli(*self.cluster.controller_args(), log=log)
+        wait_serving(self.address, self.cluster.controller, log, self.cluster.ca_pem())
 
     def stop(self) -> list[tuple[int, str]]:
         """Stop everything; return (and kill) whatever of ours was left behind."""

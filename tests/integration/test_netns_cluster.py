@@ -47,7 +47,7 @@ def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
 
 
 def node_states(address: str) -> dict[str, str]:
-    res = run_cli(address, "nodes", "-o", "json", timeout=20)
+    res = run_cli(address, "nodes", "-o", "json", timeout=20, insecure=True)
     if res.code != 0:
         return {}
     return {n["name"]: n["status"]["state"].removeprefix("NODE_STATE_")
@@ -93,8 +93,9 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
 
     # A real guest, pushed and run through the cluster from the host.
     hello = compile_guest(GUESTS / "hello.c", tmp_path / "hello")
-    ok(run_cli(ctl, "image", "push", "hello", str(hello)))
-    res = run_cli(ctl, "run", "--image", "hello", "--env", "GREETING=hi", "--", "7", "a", "b")
+    ok(run_cli(ctl, "image", "push", "hello", str(hello), insecure=True))
+    res = run_cli(ctl, "run", "--image", "hello", "--env", "GREETING=hi", "--", "7", "a", "b",
+                  insecure=True)
     assert res.code == 7, str(res)
     assert "arg1=7" in res.out and "arg3=b" in res.out and "GREETING=hi" in res.out, str(res)
 
@@ -102,12 +103,12 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
     c.kill("controller-1")
     assert c.pid("controller-1") is None
     t = time.monotonic()
-    nodes = json.loads(ok(run_cli(ctl, "nodes", "-o", "json", timeout=20)).out)
+    nodes = json.loads(ok(run_cli(ctl, "nodes", "-o", "json", timeout=20, insecure=True)).out)
     timings["CLI failover"] = time.monotonic() - t
     assert sorted(n["name"] for n in nodes) == list(NODES)
     # The agents that were on controller-1 reconnect to controller-2: all Ready again.
     timings["Ready via controller-2"] = wait_states(c, ctl, dict.fromkeys(NODES, "READY"), 30)
-    res = run_cli(ctl, "run", "--image", "hello", "--", "3")
+    res = run_cli(ctl, "run", "--image", "hello", "--", "3", insecure=True)
     assert res.code == 3 and "arg1=3" in res.out, str(res)
 
     # A network cut: node-3's link goes down; its lease lapses and it becomes NotReady.

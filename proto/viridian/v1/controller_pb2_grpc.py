@@ -175,6 +175,26 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.ListEventsRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_types__pb2.Event.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/viridian.v1.Controller/CreateToken',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/viridian.v1.Controller/ListTokens',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.DeleteToken = channel.unary_unary(
+                '/viridian.v1.Controller/DeleteToken',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.DeleteTokenRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.DeleteTokenResponse.FromString,
+                _registered_method=True)
+        self.JoinNode = channel.unary_unary(
+                '/viridian.v1.Controller/JoinNode',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.JoinNodeRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.JoinNodeResponse.FromString,
+                _registered_method=True)
         self.ExplainPlacement = channel.unary_unary(
                 '/viridian.v1.Controller/ExplainPlacement',
                 request_serializer=viridian_dot_v1_dot_controller__pb2.ExplainPlacementRequest.SerializeToString,
@@ -377,9 +397,37 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ExplainPlacement(self, request, context):
+    def CreateToken(self, request, context):
         """Placement
+        admin only
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """admin only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteToken(self, request, context):
+        """admin only
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinNode(self, request, context):
+        """An agent with a join token trades a CSR for a certificate naming its node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainPlacement(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -526,6 +574,26 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.WatchEvents,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.ListEventsRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_types__pb2.Event.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.CreateTokenRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.ListTokensRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'DeleteToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteToken,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.DeleteTokenRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.DeleteTokenResponse.SerializeToString,
+            ),
+            'JoinNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinNode,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.JoinNodeRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.JoinNodeResponse.SerializeToString,
             ),
             'ExplainPlacement': grpc.unary_unary_rpc_method_handler(
                     servicer.ExplainPlacement,
@@ -1289,6 +1357,114 @@ class Controller:
             '/viridian.v1.Controller/WatchEvents',
             viridian_dot_v1_dot_controller__pb2.ListEventsRequest.SerializeToString,
             viridian_dot_v1_dot_types__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/CreateToken',
+            viridian_dot_v1_dot_controller__pb2.CreateTokenRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/ListTokens',
+            viridian_dot_v1_dot_controller__pb2.ListTokensRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/DeleteToken',
+            viridian_dot_v1_dot_controller__pb2.DeleteTokenRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.DeleteTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/JoinNode',
+            viridian_dot_v1_dot_controller__pb2.JoinNodeRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.JoinNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -92,8 +92,17 @@ class ControllerStub:
     ListEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]
     """Events"""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]
+    CreateToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]
+    """Placement
+    admin only
+    """
+    ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
+    """admin only"""
+    DeleteToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteTokenRequest, _controller_pb2.DeleteTokenResponse]
+    """admin only"""
+    JoinNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]
+    """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]
-    """Placement"""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -154,8 +163,17 @@ class ControllerAsyncStub(ControllerStub):
     ListEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Events"""
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]  # type: ignore[assignment]
+    CreateToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]  # type: ignore[assignment]
+    """Placement
+    admin only
+    """
+    ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
+    """admin only"""
+    DeleteToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteTokenRequest, _controller_pb2.DeleteTokenResponse]  # type: ignore[assignment]
+    """admin only"""
+    JoinNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]  # type: ignore[assignment]
+    """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]  # type: ignore[assignment]
-    """Placement"""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -383,11 +401,44 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_types_pb2.Event], _abc.AsyncIterator[_types_pb2.Event]]: ...
 
     @_abc_1.abstractmethod
+    def CreateToken(
+        self,
+        request: _controller_pb2.CreateTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.CreateTokenResponse, _abc.Awaitable[_controller_pb2.CreateTokenResponse]]:
+        """Placement
+        admin only
+        """
+
+    @_abc_1.abstractmethod
+    def ListTokens(
+        self,
+        request: _controller_pb2.ListTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.ListTokensResponse, _abc.Awaitable[_controller_pb2.ListTokensResponse]]:
+        """admin only"""
+
+    @_abc_1.abstractmethod
+    def DeleteToken(
+        self,
+        request: _controller_pb2.DeleteTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.DeleteTokenResponse, _abc.Awaitable[_controller_pb2.DeleteTokenResponse]]:
+        """admin only"""
+
+    @_abc_1.abstractmethod
+    def JoinNode(
+        self,
+        request: _controller_pb2.JoinNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.JoinNodeResponse, _abc.Awaitable[_controller_pb2.JoinNodeResponse]]:
+        """An agent with a join token trades a CSR for a certificate naming its node."""
+
+    @_abc_1.abstractmethod
     def ExplainPlacement(
         self,
         request: _controller_pb2.ExplainPlacementRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_types_pb2.PlacementExplanation, _abc.Awaitable[_types_pb2.PlacementExplanation]]:
-        """Placement"""
+    ) -> _typing.Union[_types_pb2.PlacementExplanation, _abc.Awaitable[_types_pb2.PlacementExplanation]]: ...
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -187,6 +187,36 @@ NODE_STATE_NOT_READY: NodeState.ValueType  # 2
 """its lease expired: the agent is gone or cut off"""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_ADMIN: _Role.ValueType  # 1
+    """everything, tokens and certificates included"""
+    ROLE_OPERATOR: _Role.ValueType  # 2
+    """partitions, images and nodes; no tokens"""
+    ROLE_VIEWER: _Role.ValueType  # 3
+    """read only"""
+    ROLE_NODE_JOIN: _Role.ValueType  # 4
+    """a join token: only JoinNode, which turns it into a node certificate"""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """What a credential may do. Checked on every RPC (docs/security.md has the table)."""
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_ADMIN: Role.ValueType  # 1
+"""everything, tokens and certificates included"""
+ROLE_OPERATOR: Role.ValueType  # 2
+"""partitions, images and nodes; no tokens"""
+ROLE_VIEWER: Role.ValueType  # 3
+"""read only"""
+ROLE_NODE_JOIN: Role.ValueType  # 4
+"""a join token: only JoinNode, which turns it into a node certificate"""
+Global___Role: _TypeAlias = Role  # noqa: Y015
+
 @_typing.final
 class PartitionSpec(_message.Message):
     """What a user declares about a partition."""
@@ -268,6 +298,7 @@ class PartitionSpec(_message.Message):
     DESIRED_STATE_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    DISK_BYTES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """name of a pushed image"""
     vcpus: _builtins.int
@@ -304,6 +335,8 @@ class PartitionSpec(_message.Message):
         constraint is node_selector {"viridian.io/node": NAME}.
         """
 
+    disk_bytes: _builtins.int
+    """writable-layer quota; 0 = the default, 1 GiB"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv[1:] given to the entrypoint"""
@@ -338,10 +371,11 @@ class PartitionSpec(_message.Message):
         desired_state: Global___DesiredState.ValueType = ...,
         stdin: _builtins.bool = ...,
         node: _builtins.str = ...,
+        disk_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "disk_bytes", b"disk_bytes", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1183,3 +1217,49 @@ class PlacementExplanation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PlacementExplanation: _TypeAlias = PlacementExplanation  # noqa: Y015
+
+@_typing.final
+class Token(_message.Message):
+    """A bearer token. Only its sha256 is stored; the secret is shown once, at creation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    SECRET_SHA256_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """public half of "ID.SECRET" """
+    role: Global___Role.ValueType
+    description: _builtins.str
+    created_by: _builtins.str
+    """the principal that created it"""
+    secret_sha256: _builtins.bytes
+    """never returned by the API"""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """unset = never"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        created_by: _builtins.str = ...,
+        secret_sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "description", b"description", "expires_at", b"expires_at", "id", b"id", "role", b"role", "secret_sha256", b"secret_sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Token: _TypeAlias = Token  # noqa: Y015

@@ -18,6 +18,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from viridian.v1 import controller_pb2 as c
 from viridian.v1 import controller_pb2_grpc, types_pb2
 
+from controller.cli.credentials import save_cluster
+from controller.security.pki import CONTROLLER_NAME, issue, make_ca
+
 Phase = types_pb2.PartitionPhase
 
 
@@ -279,9 +282,19 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         return make_explanation()
 
 
+_CA = make_ca("cli-test")
+_SERVER = issue(_CA, "controller:fake", [CONTROLLER_NAME])
+CA_PEM = _CA.cert_pem
+
+
 def serve(fake: FakeController) -> tuple[grpc.Server, str]:
+    """The fake over TLS from a test CA, its CA and a token saved where the CLI looks (as
+    `viridian up` does), so the tests use the CLI's real secure path."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
     controller_pb2_grpc.add_ControllerServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(_SERVER.key_pem, _SERVER.cert_pem)]))
     server.start()
-    return server, f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"
+    save_cluster(address, _CA.cert_pem, "abcdef.0123456789abcdef0123456789abcdef")
+    return server, address

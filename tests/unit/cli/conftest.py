@@ -2,14 +2,22 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from cli_fake import FakeController, serve
+from cli_fake import CA_PEM, FakeController, serve
 from click.testing import CliRunner, Result
 
 from controller.cli import cli
+from controller.cli.credentials import save_cluster
 
 Invoke = Callable[..., Result]
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI credentials in a per-test directory, never the user's ~/.config."""
+    monkeypatch.setenv("VIRIDIAN_CONFIG_DIR", str(tmp_path / "viridian-config"))
 
 
 @pytest.fixture
@@ -35,8 +43,10 @@ def invoke(fake: FakeController) -> Invoke:
 
 @pytest.fixture
 def closed_address() -> str:
-    """An address nothing listens on."""
+    """An address nothing listens on (a cluster the CLI has credentials for, now down)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    return f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{port}"
+    save_cluster(address, CA_PEM, "abcdef.0123456789abcdef0123456789abcdef")
+    return address

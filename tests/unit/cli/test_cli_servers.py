@@ -27,6 +27,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         labels: dict[str, str] = field(default_factory=dict)
         run_dir: Path = Path(".")
         address: str = ""
+        tls: Any = None
 
     def module(name: str, **attrs: Any) -> None:
         mod = types.ModuleType(name)
@@ -36,7 +37,10 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
 
     module("controller.embedded",
            run_embedded_cluster=lambda **kw: seen.append(("up", kw)) or 0)
-    module("controller.server", run_controller=lambda **kw: seen.append(("controller", kw)) or 3)
+    from controller.server import ControllerConfig
+
+    module("controller.server", ControllerConfig=ControllerConfig,
+           run_controller=lambda config: seen.append(("controller", config)) or 3)
     module("node_agent.agent", AgentConfig=AgentConfig,
            run_agent=lambda cfg: seen.append(("agent", cfg)) or 0)
     return seen
@@ -45,7 +49,8 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
 def test_up(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["up", "--nodes", "3", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051"})]
+    assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051",
+                             "insecure": False})]
 
 
 def test_up_default_data_dir(calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch,
@@ -59,23 +64,55 @@ def test_up_default_data_dir(calls: list[tuple[str, Any]], monkeypatch: pytest.M
 
 def test_controller_passes_only_given_options(calls: list[tuple[str, Any]]) -> None:
     result = CliRunner().invoke(cli, ["controller", "--listen", "0.0.0.0:50051",
-                                      "--etcd", "a:2379,b:2379"])
+                                      "--etcd", "a:2379,b:2379", "--insecure"])
     assert result.exit_code == 3  # the server's return code is the exit code
-    assert calls == [("controller", {"listen": "0.0.0.0:50051",
-                                     "etcd_endpoints": ["a:2379", "b:2379"]})]
-    CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+    config = calls[0][1]
+    assert (config.listen, config.etcd_endpoints) == ("0.0.0.0:50051", ["a:2379", "b:2379"])
+    assert config.lease_ttl == 3 and config.prefix == "/viridian"  # the server's defaults
+    assert config.tls is None and config.etcd_tls is None
+    assert "--insecure" in result.stderr
+    CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1", "--insecure",
                              "--lease-ttl", "5", "--prefix", "/v2"])
-    assert calls[1][1]["lease_ttl"] == 5 and calls[1][1]["prefix"] == "/v2"
+    assert calls[1][1].lease_ttl == 5 and calls[1][1].prefix == "/v2"
+
+
+def test_controller_needs_certificates_or_insecure(calls: list[tuple[str, Any]],
+                                                   tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1"])
+    assert result.exit_code == 2 and "--pki-dir is required" in result.stderr
+    assert calls == []
+    certs = CliRunner().invoke(cli, ["certs", "--out", str(tmp_path), "--controller", "c1=h1"])
+    assert certs.exit_code == 0, certs.output
+    result = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "https://e:1",
+                                      "--pki-dir", str(tmp_path / "controller-c1")])
+    assert result.exit_code == 3, result.output
+    config = calls[0][1]
+    assert config.tls is not None and config.etcd_tls is config.tls
+    assert config.ca is not None  # it can sign joins
+    assert [role for _, role in config.bootstrap_tokens] == [1]  # the admin token
 
 
 def test_agent(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, [
         "--controller", "c1:1,c2:1", "agent", "--name", "n1", "--memory", "2Gi",
-        "--label", "zone=a", "--run-dir", str(tmp_path)])
+        "--label", "zone=a", "--run-dir", str(tmp_path), "--insecure"])
     assert result.exit_code == 0, result.output
     cfg = calls[0][1]
     assert cfg.controllers == ["c1:1", "c2:1"]  # the global --controller by default
     assert (cfg.name, cfg.vcpus, cfg.memory_bytes) == ("n1", None, 2 << 30)
-    assert cfg.labels == {"zone": "a"} and cfg.run_dir == tmp_path
-    CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n2", "--vcpus", "2"])
+    assert cfg.labels == {"zone": "a"} and cfg.run_dir == tmp_path and cfg.tls is None
+    CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n2", "--vcpus", "2",
+                             "--insecure"])
     assert calls[1][1].controllers == ["x:1"] and calls[1][1].vcpus == 2
+
+
+def test_agent_needs_a_certificate_or_a_join_token(calls: list[tuple[str, Any]],
+                                                   tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n1",
+                                      "--run-dir", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "--join-token" in result.stderr
+    CliRunner().invoke(cli, ["certs", "--out", str(tmp_path / "pki"), "--node", "n1"])
+    result = CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n1",
+                                      "--pki-dir", str(tmp_path / "pki" / "node-n1")])
+    assert result.exit_code == 0, result.output
+    assert calls[0][1].tls is not None and b"BEGIN CERTIFICATE" in calls[0][1].tls.cert_pem

@@ -1,0 +1,64 @@
+"""The audit trail: every mutating call, who made it, from where, and how it ended.
+
+Each record is an event of kind "Audit" (so `viridian events` shows it while events live,
+one hour) and a line on the `viridian.audit` logger (ship the controller's log for a lasting
+trail). Recording never delays or fails the call: it runs as a task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from controller.security.principal import Principal
+from controller.store import EventStore
+
+__all__ = ["Auditor"]
+
+log = logging.getLogger("viridian.audit")
+
+
+def _target(request: Any) -> str:
+    for field in ("name", "node", "id"):
+        value = getattr(request, field, "")
+        if isinstance(value, str) and value:
+            return value[:253]
+    return ""
+
+
+def _outcome(error: BaseException | None) -> str:
+    if error is None:
+        return "ok"
+    code = getattr(error, "code", None)
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    if callable(code):
+        try:
+            value = code()
+            if isinstance(value, grpc.StatusCode):
+                return value.name
+        except Exception:  # noqa: BLE001 - an abort's exception may not carry a code
+            pass
+    return "error"
+
+
+class Auditor:
+    def __init__(self, events: EventStore) -> None:
+        self._events = events
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def record(self, method: str, principal: Principal, peer: str, request: Any,
+               error: BaseException | None) -> None:
+        call = method.rsplit("/", 1)[-1]
+        target = _target(request)
+        outcome = _outcome(error)
+        message = f"{principal} from {peer}: {call}{' ' + target if target else ''} -> {outcome}"
+        log.info("%s", message)
+        task = asyncio.create_task(self._events.record(
+            "Audit", target or call, call, message, warning=outcome != "ok",
+            source=str(principal)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
