@@ -1,11 +1,11 @@
 """Image content checks: a pushed image must be a static x86_64/i386 ELF, or a tar whose
-entrypoint is one. The ELF rules are the runtime's own (node_agent.runtime.loader)."""
+entrypoint is one. The ELF rules are the runtime's own (node_agent.runtime.loader), and so
+are the tar rules (node_agent.runtime.archive): push and node can never disagree."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,32 +41,30 @@ def _elf_arch(content: bytes, what: str) -> pb.Arch.ValueType:
 
 
 def check_image(name: str, fmt: str, entrypoint: str, content: bytes) -> CheckedImage:
-    """Validate pushed content; returns its digest, arch and entrypoint."""
+    """Validate pushed content; returns its digest, arch and entrypoint.
+
+    A tar goes through the node's own checker (node_agent.runtime.archive.validate, the dry
+    run of what a node unpacks), so an image a node would refuse is refused here, at push,
+    with one line naming the member. The entrypoint is looked up in that member table,
+    following the archive's symlinks as the guest sandbox does."""
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     if fmt == "elf":
         return CheckedImage(digest, _elf_arch(content, f"image {name!r}"), f"/bin/{name}")
     if fmt != "tar":
         raise InvalidArgument(f"unknown image format {fmt!r}: use elf or tar")
+    from node_agent.runtime.archive import IMAGE_LIMITS, ArchiveError, read_file, validate
+
     path = PurePosixPath(entrypoint)
-    if not entrypoint or not path.is_absolute() or ".." in path.parts:
+    if (not entrypoint or not path.is_absolute() or ".." in path.parts
+            or "\0" in entrypoint or len(entrypoint.encode(errors="replace")) > 4095):
         raise InvalidArgument("a tar image needs an absolute --entrypoint inside it")
+    shown = repr(entrypoint) if len(entrypoint) <= 200 else repr(entrypoint[:200] + "...")
     try:
-        with tarfile.open(fileobj=io.BytesIO(content), mode="r:*") as tar:
-            member = _find(tar, path)
-            if member is None:
-                raise InvalidArgument(f"entrypoint {entrypoint} is not a file in the tar")
-            extracted = tar.extractfile(member)
-            if extracted is None:
-                raise InvalidArgument(f"entrypoint {entrypoint} is not a regular file")
-            elf = extracted.read()
-    except tarfile.TarError as err:
-        raise InvalidArgument(f"image {name!r} is not a valid tar archive: {err}") from err
-    return CheckedImage(digest, _elf_arch(elf, f"entrypoint {entrypoint}"), entrypoint)
-
-
-def _find(tar: tarfile.TarFile, path: PurePosixPath) -> tarfile.TarInfo | None:
-    wanted = str(path).lstrip("/")
-    for member in tar.getmembers():
-        if member.name.removeprefix("./").lstrip("/") == wanted and member.isfile():
-            return member
-    return None
+        table = validate(io.BytesIO(content), IMAGE_LIMITS)
+        member = table.regular_file(entrypoint)
+        if member is None:
+            raise InvalidArgument(f"entrypoint {shown} is not a regular file in the tar")
+        elf = read_file(io.BytesIO(content), member, IMAGE_LIMITS)
+    except ArchiveError as err:
+        raise InvalidArgument(f"image {name!r} refused: {err}") from None
+    return CheckedImage(digest, _elf_arch(elf, f"entrypoint {shown}"), entrypoint)

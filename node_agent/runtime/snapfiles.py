@@ -2,7 +2,8 @@
 
 Open files are recorded by guest path, flags and offset and reopened through the sandbox on
 restore (after the upper layer has been unpacked), so no host path ends up in a state file.
-The upper layer travels inside the state file as a tar (bounded by ``UPPER_LIMIT``).
+The upper layer travels inside the state file as a tar (bounded by ``UPPER_LIMITS``), unpacked
+on restore by the strict unpacker of archive.py.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tarfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .archive import ArchiveError, Limits, MemberChecker, open_root, unpack
 from .files import (
     O_ACCMODE,
     ConsoleFile,
@@ -32,7 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["save_files", "restore_files", "write_upper", "read_upper", "UPPER_LIMIT"]
 
-UPPER_LIMIT = 4 << 30
+UPPER_LIMIT = 4 << 30          # bytes of the layer's tar stream in a state file
+UPPER_MEMBERS = 1_000_000      # files, directories and links in it
+UPPER_LIMITS = Limits(max_members=UPPER_MEMBERS, max_bytes=UPPER_LIMIT)
 _O_APPEND = 0o2000
 
 
@@ -107,7 +111,9 @@ def _reopen(machine: Machine, rec: dict[str, Any], pipes: list[PipeBuffer]) -> O
 
 
 def write_upper(upper: str, out: BinaryIO) -> None:
-    """Tar the upper layer (relative names, no ownership) into ``out``; bounded."""
+    """Tar the upper layer (relative names, no ownership) into ``out``; bounded. Every
+    member passes the checker ``read_upper`` applies, so a save never writes a layer that
+    a restore refuses (special mode bits, which a guest may set, are dropped here)."""
     total = 0
     for dirpath, _, names in os.walk(upper):
         for name in names:
@@ -118,30 +124,67 @@ def write_upper(upper: str, out: BinaryIO) -> None:
     if total > UPPER_LIMIT:
         raise RuntimeError(f"upper layer holds {total} bytes, over the {UPPER_LIMIT} limit "
                            "for a state file")
+    checker = MemberChecker(UPPER_LIMITS)
 
     def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
+        info.mode &= 0o777
+        checker.admit(info)
         return info
 
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(os.listdir(upper)):
-            tar.add(os.path.join(upper, entry), arcname=entry, filter=clean)
+    counted: Any = _Counted(out, UPPER_LIMIT)
+    try:
+        with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            for entry in sorted(os.listdir(upper)):
+                tar.add(os.path.join(upper, entry), arcname=entry, filter=clean)
+    except ArchiveError as err:
+        raise RuntimeError(f"the writable layer cannot be saved: {err}") from None
 
 
 def read_upper(src: BinaryIO, length: int, upper: str) -> None:
-    """Replace the upper layer's content with the tar in ``src`` (``length`` bytes)."""
+    """Replace the upper layer's content with the tar in ``src`` (``length`` bytes), by the
+    strict unpacker (archive.py): no devices, no links out, nothing followed. On a refused
+    layer the upper layer is left empty and ArchiveError names the member."""
+    _empty(upper)
+    if length == 0:
+        return
+    bounded: Any = _Bounded(src, length)
+    fd = open_root(upper)
+    try:
+        unpack(bounded, fd, UPPER_LIMITS, compressed=False)
+    except ArchiveError as err:
+        _empty(upper)
+        raise ArchiveError(f"writable layer: {err}") from None
+    except BaseException:
+        _empty(upper)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _empty(upper: str) -> None:
     for entry in os.listdir(upper):
         path = os.path.join(upper, entry)
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path)
         else:
             os.unlink(path)
-    if length == 0:
-        return
-    bounded: Any = _Bounded(src, length)
-    with tarfile.open(fileobj=bounded, mode="r|") as tar:
-        tar.extractall(upper, filter="tar")
+
+
+class _Counted:
+    """A write-only view of ``out`` that refuses to pass ``limit`` bytes (the bound
+    ``read_upper`` applies to the same stream)."""
+
+    def __init__(self, out: BinaryIO, limit: int) -> None:
+        self.out, self.limit, self.written = out, limit, 0
+
+    def write(self, data: bytes) -> int:
+        self.written += len(data)
+        if self.written > self.limit:
+            raise RuntimeError(f"the writable layer exceeds the {self.limit} byte limit "
+                               "for a state file")
+        return self.out.write(data)
 
 
 class _Bounded:
