@@ -29,12 +29,15 @@ def _target(request: Any) -> str:
     return ""
 
 
-def _outcome(error: BaseException | None) -> str:
+def _outcome(error: BaseException | None, context: Any) -> str:
     if error is None:
         return "ok"
-    code = getattr(error, "code", None)
     if isinstance(error, asyncio.CancelledError):
         return "cancelled"
+    # An abort raises an exception without the status; the context keeps it.
+    code = getattr(error, "code", None)
+    if not callable(code):
+        code = getattr(context, "code", None)
     if callable(code):
         try:
             value = code()
@@ -50,11 +53,12 @@ class Auditor:
         self._events = events
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def record(self, method: str, principal: Principal, peer: str, request: Any,
+    def record(self, method: str, principal: Principal, context: Any, request: Any,
                error: BaseException | None) -> None:
         call = method.rsplit("/", 1)[-1]
         target = _target(request)
-        outcome = _outcome(error)
+        outcome = _outcome(error, context)
+        peer = context.peer()
         message = f"{principal} from {peer}: {call}{' ' + target if target else ''} -> {outcome}"
         log.info("%s", message)
         task = asyncio.create_task(self._events.record(

@@ -81,29 +81,30 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         self._auditor = auditor
         self._agent_port = agent_port
 
-    async def _refuse(self, method: str, principal: Principal, context: Any,
+    async def _refuse(self, method: str, principal: Principal, context: Any, request: Any,
                       code: grpc.StatusCode, message: str) -> None:
         """Abort the call; a refused attempt at a mutating call is audited too."""
-        self._audit(method, principal, context, None, _Refused(code))
+        self._audit(method, principal, context, request, _Refused(code))
         await context.abort(code, message)
         raise AssertionError("unreachable")
 
-    async def _admit(self, method: str, context: Any) -> Principal:
+    async def _admit(self, method: str, context: Any, request: Any = None) -> Principal:
         permission = policy.required(method)
         principal = self._auth.principal(context)
+        denied = grpc.StatusCode.PERMISSION_DENIED
         if principal is None:
-            await self._refuse(method, ANONYMOUS, context, grpc.StatusCode.UNAUTHENTICATED,
-                               "invalid or expired token")
+            await self._refuse(method, ANONYMOUS, context, request,
+                               grpc.StatusCode.UNAUTHENTICATED, "invalid or expired token")
             raise AssertionError("unreachable")
         if permission is None:
-            await self._refuse(method, principal, context, grpc.StatusCode.PERMISSION_DENIED,
+            await self._refuse(method, principal, context, request, denied,
                                f"{method} is not allowed")
         elif not policy.allowed(principal, method, permission, self._agent_port):
             if principal is ANONYMOUS:
                 await self._refuse(
-                    method, principal, context, grpc.StatusCode.UNAUTHENTICATED,
+                    method, principal, context, request, grpc.StatusCode.UNAUTHENTICATED,
                     "credentials required: pass a token (--token or VIRIDIAN_TOKEN)")
-            await self._refuse(method, principal, context, grpc.StatusCode.PERMISSION_DENIED,
+            await self._refuse(method, principal, context, request, denied,
                                f"{principal} may not call {method.rsplit('/', 1)[-1]}")
         set_current(principal)
         return principal
@@ -111,7 +112,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
     def _audit(self, method: str, principal: Principal, context: Any, request: Any,
                error: BaseException | None) -> None:
         if self._auditor is not None and method in policy.MUTATING:
-            self._auditor.record(method, principal, context.peer(), request, error)
+            self._auditor.record(method, principal, context, request, error)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -127,7 +128,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             inner_uu = h.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
-                principal = await admit(method, context)
+                principal = await admit(method, context, request)
                 error: BaseException | None = None
                 try:
                     return await inner_uu(request, context)
@@ -143,7 +144,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             inner_us = h.unary_stream
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                principal = await admit(method, context)
+                principal = await admit(method, context, request)
                 error: BaseException | None = None
                 try:
                     async for item in inner_us(request, context):

@@ -41,12 +41,15 @@ class Api:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
-def replica(etcd_endpoint: str, prefix: str = "", lease_ttl: int = 2) -> Iterator[Api]:
-    """Start a replica on its own event loop thread; yield it; stop it."""
+def replica(etcd_endpoint: str, prefix: str = "", lease_ttl: int = 2,
+            **settings: Any) -> Iterator[Api]:
+    """Start a replica on its own event loop thread; yield it; stop it. Without TLS
+    settings (ControllerConfig fields) it is plaintext, as with --insecure."""
     loop = asyncio.new_event_loop()
     started: queue.Queue[ControllerReplica | BaseException] = queue.Queue()
     config = ControllerConfig(listen="127.0.0.1:0", etcd_endpoints=[etcd_endpoint],
-                              prefix=prefix or f"/api-{time.time_ns()}", lease_ttl=lease_ttl)
+                              prefix=prefix or f"/api-{time.time_ns()}", lease_ttl=lease_ttl,
+                              **settings)
 
     async def main() -> None:
         try:
@@ -63,9 +66,11 @@ def replica(etcd_endpoint: str, prefix: str = "", lease_ttl: int = 2) -> Iterato
     r = started.get(timeout=30)
     assert isinstance(r, ControllerReplica), r
     channel = grpc.insecure_channel(r.address)
+    agent_channel = grpc.insecure_channel(r.agent_address)
     yield Api(r.address, controller_pb2_grpc.ControllerStub(channel),
-              agent_pb2_grpc.AgentGatewayStub(channel), r, loop)
+              agent_pb2_grpc.AgentGatewayStub(agent_channel), r, loop)
     channel.close()
+    agent_channel.close()
     asyncio.run_coroutine_threadsafe(r.stop(), loop).result(30)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
