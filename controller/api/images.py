@@ -13,7 +13,7 @@ from controller.grpc_errors import Context, map_errors
 from controller.images import CHUNK_BYTES, MAX_IMAGE_BYTES, check_image
 from controller.scheduler.units import format_size
 from controller.store import now_ts
-from controller.validation import check_name
+from controller.validation import check_image_header
 
 
 class ImagesApi:
@@ -31,7 +31,8 @@ class ImagesApi:
                 if header is not None:
                     raise InvalidArgument("the image header must be sent once, first")
                 header = msg.header
-                check_name("image", header.name)
+                check_image_header(header.name, header.format, header.entrypoint,
+                                   header.digest)
                 if header.size_bytes > MAX_IMAGE_BYTES:
                     raise ResourceExhausted(
                         f"image of {format_size(header.size_bytes)} exceeds the "

@@ -6,6 +6,10 @@ is told to FORGET that epoch. What a valid report changes is the state machine's
 (partitions/machine.py); it is written in one transaction with its events, compared on the
 revision it was computed from. The happy path reads the replica's cache; a failed compare,
 or anything that would make us stop a copy, re-reads etcd first.
+
+Agents are not trusted with text: the free text of a report or an event (reasons, messages)
+is stored in etcd and printed by `viridian get`, `events`, `describe`, so it enters as one
+printable line (control characters escaped, safe_text.py) of bounded length.
 """
 
 from __future__ import annotations
@@ -19,11 +23,30 @@ from controller.errors import NotFound
 from controller.gateway.sessions import NodeSession
 from controller.partitions.actions import PartitionActions
 from controller.partitions.machine import CheckpointTaken, Event, Reported
+from controller.safe_text import has_controls, one_line
 from controller.store import Store
 
 log = logging.getLogger(__name__)
 P = pb
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
+MESSAGE_LIMIT = 1024  # characters of a reason or message from an agent
+REASON_LIMIT = 64     # an event's CamelCase reason
+NAME_LIMIT = 253      # names and digests an agent echoes back
+
+
+def cleaned(report: apb.PartitionReport) -> apb.PartitionReport:
+    """The report with its text as printable lines of bounded length (a copy if changed)."""
+    texts = (report.reason, report.checkpoint, report.state.node, report.state.digest)
+    if not any(len(t) > NAME_LIMIT or has_controls(t) for t in texts):
+        return report
+    out = apb.PartitionReport()
+    out.CopyFrom(report)
+    out.reason = one_line(report.reason, MESSAGE_LIMIT)
+    out.checkpoint = one_line(report.checkpoint, NAME_LIMIT)
+    if report.HasField("state"):
+        out.state.node = one_line(report.state.node, NAME_LIMIT)
+        out.state.digest = one_line(report.state.digest, NAME_LIMIT)
+    return out
 
 
 def event_of(node: str, report: apb.PartitionReport) -> Event:
@@ -43,7 +66,17 @@ class ReportApplier:
         self.store = store
         self.actions = actions
 
+    async def record_event(self, node: str, ev: apb.AgentEvent) -> None:
+        """Record an event an agent sent, its text cleaned."""
+        await self.store.events.record(
+            "Partition" if ev.partition else "Node",
+            one_line(ev.partition, NAME_LIMIT) if ev.partition else node,
+            one_line(ev.reason, REASON_LIMIT), one_line(ev.message, MESSAGE_LIMIT),
+            warning=ev.type == "Warning",
+        )
+
     async def apply(self, node: str, report: apb.PartitionReport, session: NodeSession) -> None:
+        report = cleaned(report)
         name, epoch = report.name, report.epoch
         sp = self.store.cache.stored(name)
         if sp is None or sp.binding_node != node or sp.binding_revision != epoch:

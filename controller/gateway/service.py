@@ -24,7 +24,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import InvalidArgument, PermissionDenied, StoreError
+from controller.errors import PermissionDenied, StoreError
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
@@ -33,12 +33,11 @@ from controller.partitions.actions import PartitionActions
 from controller.security import principal as callers
 from controller.security.tls import Dialer
 from controller.store import Store
-from controller.validation import check_labels, check_name
+from controller.validation import check_name, check_node_registration
 
 log = logging.getLogger(__name__)
 P = pb
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
-MAX_RATIO = 64.0
 
 
 @dataclass(frozen=True)
@@ -74,19 +73,6 @@ class Grant:
     adopted: list[apb.PartitionReport] = field(default_factory=list)
 
 
-def check_spec(spec: pb.NodeSpec) -> None:
-    check_labels("node label", spec.labels)
-    if spec.vcpus < 1 or spec.memory_bytes < (1 << 20):
-        raise InvalidArgument("a node must offer at least 1 vCPU and 1Mi of memory")
-    if not spec.arches:
-        raise InvalidArgument("a node must declare the architectures it can emulate")
-    for what, ratio in (("cpu", spec.cpu_allocation_ratio),
-                        ("memory", spec.memory_allocation_ratio)):
-        if not 0 <= ratio <= MAX_RATIO:  # also refuses NaN
-            raise InvalidArgument(f"{what}_allocation_ratio must be within 0..{MAX_RATIO:g} "
-                                  "(0 = the default)")
-
-
 def _caller_may_act_for(node: str) -> bool:
     """A node certificate acts only for its own node (plaintext servers: anyone)."""
     caller = callers.current()
@@ -119,7 +105,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         name = request.node
         check_name("node", name)
         _check_caller_is(name)
-        check_spec(request.spec)
+        check_node_registration(name, request.spec)
         lease, _ = await self.store.nodes.register(name, request.spec, self.advertise,
                                                    self.lease_ttl, len(request.running))
         session_id = uuid.uuid4().hex
@@ -199,12 +185,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 elif kind == "state":
                     session.deliver_state(msg.state)
                 elif kind == "event":
-                    ev = msg.event
-                    await self.store.events.record(
-                        "Partition" if ev.partition else "Node",
-                        ev.partition or session.node, ev.reason, ev.message,
-                        warning=ev.type == "Warning",
-                    )
+                    await self.reports.record_event(session.node, msg.event)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except StoreError as err:
