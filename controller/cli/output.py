@@ -3,6 +3,13 @@
 Commands describe what to show with `Column`s; `render_list`/`render_item` turn objects into
 text for the chosen `-o` format. JSON/YAML print the API objects themselves, with proto field
 names and enum names, so scripts see exactly what the API returns.
+
+Nothing from the API reaches the terminal raw: text in etcd may come from an agent or an
+older controller, and an escape sequence in it could rewrite the operator's screen. Every
+column value, table cell and label has its control characters shown as escapes
+(controller/safe_text.py; the gateway already cleans agents' text where it enters, this is
+the second line). Tables keep one line per cell; key/value views keep the newlines their
+fields put between items. JSON and YAML escape control characters themselves.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from rich.console import Console
 from rich.table import Table
 from viridian.v1 import types_pb2
 
+from controller.safe_text import escape_controls
+
 __all__ = [
     "FORMATS",
     "Column",
@@ -36,6 +45,7 @@ __all__ = [
     "render_item",
     "render_list",
     "render_table",
+    "terminal_text",
     "time_text",
     "timestamp",
 ]
@@ -51,6 +61,21 @@ class Column(Generic[T]):
     header: str
     value: Callable[[T], str]
     wide: bool = False
+
+    def __post_init__(self) -> None:
+        # Every caller (tables, key/value views, `events --watch` lines) gets escaped text.
+        raw = self.value
+
+        def shown(item: T) -> str:
+            return escape_controls(raw(item), multiline=True)
+
+        object.__setattr__(self, "value", shown)
+
+
+def terminal_text(text: str, *, multiline: bool = False) -> str:
+    """Text from the API made safe to print: control characters shown as escapes (tab and
+    newline kept when `multiline`)."""
+    return escape_controls(text, multiline=multiline)
 
 
 # ---- data formats ------------------------------------------------------------------------
@@ -81,9 +106,9 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A borderless, left-aligned table in the style of kubectl/nomad."""
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0))
     for header in headers:
-        table.add_column(header, no_wrap=True, overflow="ignore")
+        table.add_column(terminal_text(header), no_wrap=True, overflow="ignore")
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(terminal_text(cell) for cell in row))
     buffer = io.StringIO()
     console = Console(
         file=buffer,
@@ -132,7 +157,7 @@ def render_item(
     shown = _visible(fields, fmt)
     width = max((len(f.header) for f in shown), default=0) + 2
     for f in shown:
-        value = f.value(item)
+        value = terminal_text(f.value(item), multiline=True)
         pad = " " * width
         value = value.replace("\n", "\n" + pad)
         lines.append(f"{(f.header + ':').ljust(width)}{value}".rstrip())
@@ -178,7 +203,9 @@ def arch_name(arch: int) -> str:
 
 
 def labels_text(labels: Mapping[str, str], sep: str = ",") -> str:
-    return sep.join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+    """K=V pairs, each on one line whatever it holds (env values may hold newlines)."""
+    return sep.join(f"{terminal_text(k)}={terminal_text(v)}"
+                    for k, v in sorted(labels.items())) or "-"
 
 
 def timestamp(ts: Timestamp) -> datetime | None:

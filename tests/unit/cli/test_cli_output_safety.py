@@ -97,8 +97,9 @@ def test_columns_and_labels_escape_whatever_their_callers_return() -> None:
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_json_and_yaml_escape_control_characters(fmt: str) -> None:
-    for item, fields in ((forged_event(), EVENT_COLUMNS), (forged_partition(), PARTITION_FIELDS)):
-        text = render_item(item, fields, fmt)  # type: ignore[arg-type]
+    event, part = forged_event(), forged_partition()
+    for item, text in ((event, render_item(event, EVENT_COLUMNS, fmt)),
+                       (part, render_item(part, PARTITION_FIELDS, fmt))):
         assert_no_raw_controls(text)
         loaded = json.loads(text) if fmt == "json" else yaml.safe_load(text)
         assert loaded == message_data(item)  # escaped in transit, exact once parsed
