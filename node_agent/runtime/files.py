@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .spec import Console
+
+if TYPE_CHECKING:
+    from .upper_quota import UpperQuota
 
 __all__ = ["StatInfo", "OpenFile", "HostFile", "DirFile", "DeviceFile", "ConsoleFile",
            "PipeBuffer", "PipeEnd", "FdTable", "MAX_FDS"]
@@ -93,24 +98,45 @@ class OpenFile:
 
 
 class HostFile(OpenFile):
-    """A regular file of the sandbox, backed by a host descriptor."""
+    """A regular file of the sandbox, backed by a host descriptor.
+
+    With a quota attached, writes and size changes are charged to the writable layer's quota
+    (a restore reopens files without one; the sandbox attaches it before the first syscall)."""
 
     seekable = True
 
-    def __init__(self, fd: int, flags: int, gpath: str) -> None:
+    def __init__(self, fd: int, flags: int, gpath: str, quota: UpperQuota | None = None) -> None:
         super().__init__(flags, gpath)
         self.fd = fd
+        self.append = bool(flags & O_APPEND)      # as the host descriptor was opened
+        self.quota: UpperQuota | None = None
+        if quota is not None:
+            self.attach(quota)
+
+    def attach(self, quota: UpperQuota) -> None:
+        self.quota = quota
+        quota.opened(self.fd)
 
     def read(self, n: int) -> bytes:
         return os.read(self.fd, n)
 
+    def _check_writable(self) -> None:
+        if not self.writable:
+            raise OSError(errno.EBADF, "not open for writing")
+
     def write(self, data: bytes) -> int:
+        self._check_writable()
+        if self.quota is not None:
+            return self.quota.write(self.fd, data, None, self.append)
         return os.write(self.fd, data)
 
     def pread(self, n: int, offset: int) -> bytes:
         return os.pread(self.fd, n, offset)
 
     def pwrite(self, data: bytes, offset: int) -> int:
+        self._check_writable()
+        if self.quota is not None:
+            return self.quota.write(self.fd, data, offset, self.append)
         return os.pwrite(self.fd, data, offset)
 
     def seek(self, offset: int, whence: int) -> int:
@@ -120,10 +146,19 @@ class HostFile(OpenFile):
         return StatInfo.from_host(os.fstat(self.fd))
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self.fd, size)
+        if not self.writable:
+            raise OSError(errno.EINVAL, "not open for writing")
+        if self.quota is not None:
+            self.quota.resize(self.fd, size)
+        else:
+            os.ftruncate(self.fd, size)
 
     def close(self) -> None:
-        os.close(self.fd)
+        try:
+            if self.quota is not None:
+                self.quota.closing(self.fd)
+        finally:
+            os.close(self.fd)
 
 
 class DirFile(OpenFile):
@@ -271,6 +306,8 @@ class FdTable:
         return found
 
     def add(self, file: OpenFile, minimum: int = 0, cloexec: bool = False) -> int:
+        if not 0 <= minimum < MAX_FDS:
+            raise OSError(errno.EINVAL, "descriptor number out of range")
         with self.lock:
             fd = minimum
             while fd in self.files:

@@ -1,325 +1,708 @@
 """The sandboxed guest filesystem: a read-only lower layer under a writable upper layer.
 
 Every guest path is resolved here, component by component, with ``..`` clamped at the guest
-root and symlinks (absolute or relative) interpreted inside the guest's namespace; the host never
-follows a link: each layer's ancestors must be real directories (``lstat``) and the final host
-open uses ``O_NOFOLLOW``. Deleting a lower file leaves an aufs-style whiteout (``.wh.NAME``) in
-the upper layer; a directory re-created over a whiteout is marked opaque (``.wh..wh..opq``).
-All operations run under one lock, so guest threads cannot race a check against a use.
+root and symlinks (absolute or relative) interpreted inside the guest's namespace. Resolution
+and the operation itself happen in one call, under one lock, through directory descriptors held
+from the walk (overlay_dirs.py): each layer's root is opened once, every component is entered
+with ``O_PATH|O_DIRECTORY|O_NOFOLLOW``, the final step uses ``dir_fd=`` and never follows a
+link, and files are modified only through descriptors opened ``O_NOFOLLOW``. No host path is
+built and acted on later, so a guest thread renaming a symlink to a host path over a file
+cannot redirect another thread's call to the host.
+
+The upper layer's size is bounded by an UpperQuota (upper_quota.py).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 import threading
+import weakref
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Sandbox", "VIRTUAL_DEVICES", "WH_PREFIX"]
+from .files import DeviceFile, DirFile, HostFile, OpenFile, StatInfo
+from .overlay_dirs import (
+    EXE_LINK,
+    NAME_MAX,
+    O_DIR,
+    OPAQUE,
+    VIRTUAL_DEVICES,
+    VIRTUAL_DIRS,
+    WH_PREFIX,
+    Entry,
+    FdScope,
+    Level,
+    descend,
+    err,
+    lookup,
+    lstat_at,
+    merged_entries,
+    scan_dir,
+)
+from .upper_quota import DEFAULT_DISK_BYTES, ENTRY_COST, UpperQuota
 
-WH_PREFIX = ".wh."
-OPAQUE = ".wh..wh..opq"
+__all__ = ["Sandbox", "VIRTUAL_DEVICES", "VIRTUAL_DIRS", "WH_PREFIX", "PATH_MAX"]
+
+PATH_MAX = 4096
 MAX_HOPS = 40
-VIRTUAL_DEVICES = {"/dev/null": (1, 3), "/dev/zero": (1, 5), "/dev/random": (1, 8),
-                   "/dev/urandom": (1, 9)}
-VIRTUAL_DIRS = {"/dev", "/proc", "/proc/self"}
+RENAME_NOREPLACE = 1
+O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 3, 0o100, 0o200, 0o1000, 0o2000
+O_DIRECTORY, O_NOFOLLOW = 0o200000, 0o400000
+_O_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # host flags for every guest file
 
 
-def _err(code: int, path: str = "") -> OSError:
-    return OSError(code, os.strerror(code), path)
+@dataclass
+class Node:
+    """A walked guest path: the directories down to its parent, and the entry (None: root)."""
+
+    stack: list[Level]
+    entry: Entry | None
+
+    @property
+    def gpath(self) -> str:
+        return "/" if self.entry is None else self.entry.gpath
 
 
-def _is_dir(path: str) -> bool:
+def _parts(gpath: str) -> list[str]:
+    return [p for p in gpath.split("/") if p]
+
+
+def _name_cost(st: os.stat_result) -> int:
+    """What a name costs beyond the inode's bytes: the entry, plus a symlink's text."""
+    return ENTRY_COST + (st.st_size if stat.S_ISLNK(st.st_mode) else 0)
+
+
+def _open_root(path: Path, required: bool) -> int | None:
     try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
+        return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        if required:
+            raise OSError(exc.errno, "the partition's writable layer cannot be opened") from None
+        return None
+
+
+def _close_fds(fds: list[int | None]) -> None:
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 class Sandbox:
-    """Path resolution and overlay operations; paths in and out are guest paths (str)."""
+    """Guest path operations on the overlay; paths in and out are guest paths (str)."""
 
-    def __init__(self, lower: Path, upper: Path, exe: str) -> None:
+    def __init__(self, lower: Path, upper: Path, exe: str,
+                 disk_bytes: int | None = None) -> None:
         self.lower = str(lower)
         self.upper = str(upper)
         self.exe = exe
         self.lock = threading.RLock()
+        self._lower_fd = _open_root(Path(lower), required=False)
+        upper_fd = _open_root(Path(upper), required=True)
+        assert upper_fd is not None
+        self._upper_fd = upper_fd
+        self.quota = UpperQuota(upper_fd, DEFAULT_DISK_BYTES if disk_bytes is None
+                                else disk_bytes)
+        self._limit_given = disk_bytes is not None
+        self.bound = False
+        weakref.finalize(self, _close_fds, [self._lower_fd, self._upper_fd])
 
-    # -- layer lookup ---------------------------------------------------------
-    @staticmethod
-    def _parts(gpath: str) -> list[str]:
-        return [p for p in gpath.split("/") if p]
-
-    def _in_layer(self, root: str, parts: list[str]) -> str | None:
-        path = root
-        for comp in parts[:-1]:
-            path = os.path.join(path, comp)
-            if not _is_dir(path):
-                return None
-        path = os.path.join(path, *parts[-1:]) if parts else path
-        return path if os.path.lexists(path) else None
-
-    def _hidden_in_lower(self, parts: list[str]) -> bool:
-        path = self.upper
-        for i, comp in enumerate(parts):
-            if os.path.lexists(os.path.join(path, WH_PREFIX + comp)):
-                return True
-            path = os.path.join(path, comp)
-            if i < len(parts) - 1 and os.path.exists(os.path.join(path, OPAQUE)) \
-                    and _is_dir(path):
-                return True
-        return False
-
-    def host_path(self, gpath: str) -> tuple[str, bool] | None:
-        """(host path, is_upper) of the entry visible at ``gpath``, or None."""
-        parts = self._parts(gpath)
-        if any(p.startswith(WH_PREFIX) for p in parts):
-            return None
-        up = self._in_layer(self.upper, parts)
-        if up is not None:
-            return up, True
-        if self._hidden_in_lower(parts):
-            return None
-        low = self._in_layer(self.lower, parts)
-        return (low, False) if low is not None else None
-
-    def is_virtual(self, gpath: str) -> bool:
-        return gpath in VIRTUAL_DEVICES or gpath in VIRTUAL_DIRS or gpath == "/proc/self/exe"
-
-    # -- resolution -------------------------------------------------------------
-    def readlink(self, gpath: str) -> str | None:
-        """The target of the symlink at ``gpath`` (None if it is not a symlink)."""
-        if gpath == "/proc/self/exe":
-            return self.exe
-        if self.is_virtual(gpath):
-            return None
-        found = self.host_path(gpath)
-        if found is None or not os.path.islink(found[0]):
-            return None
-        return os.readlink(found[0])
-
-    def resolve(self, path: str, cwd: str, follow: bool = True) -> str:
-        """Normalise ``path`` to an absolute, symlink-free guest path inside the sandbox."""
-        if not path:
-            raise _err(errno.ENOENT)
-        if len(path) > 4095:
-            raise _err(errno.ENAMETOOLONG)
-        pending = self._parts(path if path.startswith("/") else cwd + "/" + path)
-        pending.reverse()
-        done: list[str] = []
-        hops = 0
+    def bind(self, disk_bytes: int, files: Iterable[OpenFile]) -> None:
+        """Take the partition's quota (unless the constructor had one) and account ``files``,
+        the open files of the partition (a restore reopens them without the quota)."""
         with self.lock:
-            while pending:
-                comp = pending.pop()
-                if comp == ".":
-                    continue
-                if comp == "..":
-                    if done:
-                        done.pop()
-                    continue
-                done.append(comp)
-                last = not pending
-                if last and not follow:
-                    break
-                gpath = "/" + "/".join(done)
-                target = self.readlink(gpath)
-                if target is None:
-                    if not last and not self._is_dir_g(gpath):
-                        raise _err(errno.ENOTDIR if self.exists(gpath) else errno.ENOENT)
-                    continue
+            if self.bound:
+                return
+            if not self._limit_given:
+                self.quota.limit = disk_bytes
+            for file in files:
+                if isinstance(file, HostFile) and file.quota is None:
+                    file.attach(self.quota)
+            self.bound = True
+
+    # -- walking -------------------------------------------------------------------------------
+    @contextmanager
+    def _op(self) -> Iterator[FdScope]:
+        with self.lock:
+            scope = FdScope()
+            try:
+                yield scope
+            finally:
+                scope.close()
+
+    def _root(self) -> Level:
+        return Level("/", "", self._upper_fd, self._lower_fd)
+
+    def _walk(self, scope: FdScope, path: str, base: str, follow: bool) -> Node:
+        """Resolve ``path`` (relative to the guest directory ``base``) to a Node."""
+        if not path:
+            raise err(errno.ENOENT)
+        if len(os.fsencode(path)) >= PATH_MAX:
+            raise err(errno.ENAMETOOLONG)
+        pending = _parts(path if path.startswith("/") else base + "/" + path)
+        pending.reverse()
+        stack = [self._root()]
+        entry: Entry | None = None
+        hops = 0
+        while pending:
+            comp = pending.pop()
+            if comp == ".":
+                continue
+            if comp == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            if len(os.fsencode(comp)) > NAME_MAX:
+                raise err(errno.ENAMETOOLONG)
+            found = lookup(stack[-1], comp)
+            last = not pending
+            if found.is_link and (follow or not last):
                 hops += 1
                 if hops > MAX_HOPS:
-                    raise _err(errno.ELOOP)
-                done.pop()
+                    raise err(errno.ELOOP)
+                target = self._link_text(found)
                 if target.startswith("/"):
-                    done = []
-                pending.extend(reversed(self._parts(target)))
-        return "/" + "/".join(done)
+                    del stack[1:]
+                pending.extend(reversed(_parts(target)))
+                continue
+            if last:
+                entry = found
+                break
+            if not found.exists:
+                raise err(errno.ENOENT)
+            if not found.is_dir:
+                raise err(errno.ENOTDIR)
+            stack.append(descend(scope, found))
+        if entry is None and len(stack) > 1:
+            # the path ended in a directory (".", "..", a link to a directory): name it
+            # from its parent, as every other node is named
+            level = stack.pop()
+            entry = lookup(stack[-1], level.name)
+        return Node(stack, entry)
+
+    def _link_text(self, entry: Entry) -> str:
+        if entry.virtual == "exe":
+            return self.exe
+        return os.readlink(entry.name, dir_fd=entry.layer_fd)
+
+    def _ensure_upper(self, scope: FdScope, stack: list[Level]) -> None:
+        """Give every directory of ``stack`` an upper-layer directory (copying modes)."""
+        for i in range(1, len(stack)):
+            level = stack[i]
+            if level.upper is not None:
+                continue
+            parent = stack[i - 1].upper
+            assert parent is not None
+            mode = 0o755 if level.lower is None else os.fstat(level.lower).st_mode & 0o7777
+            self.quota.reserve(ENTRY_COST)
+            try:
+                os.mkdir(level.name, mode | 0o700, dir_fd=parent)
+            except FileExistsError:
+                self.quota.refund(ENTRY_COST)      # made by an earlier step of this call
+            except BaseException:
+                self.quota.refund(ENTRY_COST)
+                raise
+            level.upper = scope.open_dir(parent, level.name)
+
+    def _prepare_create(self, scope: FdScope, node: Node) -> int:
+        """The upper directory fd where ``node``'s name can be created (whiteout removed)."""
+        entry = node.entry
+        assert entry is not None
+        if entry.name.startswith(WH_PREFIX):
+            raise err(errno.EACCES)
+        self._ensure_upper(scope, node.stack)
+        up = entry.parent.upper
+        assert up is not None
+        self._drop_whiteout(up, entry.name)
+        return up
+
+    def _drop_whiteout(self, up: int, name: str) -> None:
+        st = lstat_at(up, WH_PREFIX + name)
+        if st is not None:
+            os.unlink(WH_PREFIX + name, dir_fd=up)
+            self.quota.name_removed(st)
+
+    def _mark(self, dir_fd: int, name: str) -> None:
+        """Create the empty marker file ``name`` (a whiteout or OPAQUE) in ``dir_fd``."""
+        if lstat_at(dir_fd, name) is not None:
+            return
+        self.quota.reserve(ENTRY_COST, force=True)
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_FILE, 0o600,
+                             dir_fd=dir_fd))
+        except BaseException:
+            self.quota.refund(ENTRY_COST)
+            raise
+
+    def _whiteout(self, scope: FdScope, node: Node) -> None:
+        entry = node.entry
+        assert entry is not None
+        self._ensure_upper(scope, node.stack)
+        assert entry.parent.upper is not None
+        self._mark(entry.parent.upper, WH_PREFIX + entry.name)
+
+    def _in_lower(self, entry: Entry) -> bool:
+        """Whether the lower layer has ``entry``'s name where this directory shows it."""
+        return lstat_at(entry.parent.lower, entry.name) is not None
+
+    # -- copy-up -------------------------------------------------------------------------------
+    def _copy_up(self, scope: FdScope, node: Node) -> Entry:
+        """Make the visible entry of ``node`` live in the upper layer; return it fresh."""
+        entry = node.entry
+        if entry is None or entry.virtual is not None:
+            raise err(errno.EACCES)
+        if entry.in_upper:
+            return entry
+        low = entry.lower
+        if low is None:
+            raise err(errno.ENOENT)
+        self._ensure_upper(scope, node.stack)
+        up, lower_dir, name = entry.parent.upper, entry.parent.lower, entry.name
+        assert up is not None and lower_dir is not None
+        if stat.S_ISLNK(low.st_mode):
+            target = os.readlink(name, dir_fd=lower_dir)
+            self.quota.reserve(ENTRY_COST + len(os.fsencode(target)))
+            try:
+                os.symlink(target, name, dir_fd=up)
+            except BaseException:
+                self.quota.refund(ENTRY_COST + len(os.fsencode(target)))
+                raise
+        elif stat.S_ISDIR(low.st_mode):
+            self.quota.reserve(ENTRY_COST)
+            try:
+                os.mkdir(name, (low.st_mode & 0o7777) | 0o700, dir_fd=up)
+            except BaseException:
+                self.quota.refund(ENTRY_COST)
+                raise
+        elif stat.S_ISREG(low.st_mode):
+            self._copy_file(lower_dir, up, name)
+        else:
+            raise err(errno.EACCES)
+        node.entry = lookup(entry.parent, name)
+        return node.entry
+
+    def _copy_file(self, lower_dir: int, up: int, name: str) -> None:
+        src = os.open(name, os.O_RDONLY | _O_FILE, dir_fd=lower_dir)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode):
+                raise err(errno.EACCES)
+            cost = ENTRY_COST + st.st_size
+            self.quota.reserve(cost)
+            try:
+                dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_FILE, 0o600,
+                              dir_fd=up)
+                try:
+                    offset = 0
+                    while offset < st.st_size:
+                        sent = os.sendfile(dst, src, offset, min(st.st_size - offset, 1 << 24))
+                        if sent <= 0:
+                            break
+                        offset += sent
+                    os.fchmod(dst, (st.st_mode & 0o7777) | 0o600)
+                finally:
+                    os.close(dst)
+            except BaseException:
+                self.quota.refund(cost)
+                try:
+                    os.unlink(name, dir_fd=up)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(src)
+
+    def _copy_tree_up(self, scope: FdScope, node: Node) -> None:
+        """Copy a directory and everything the lower layer shows inside it into the upper."""
+        work = [node]
+        while work:
+            cur = work.pop()
+            entry = self._copy_up(scope, cur)
+            if not entry.is_dir:
+                continue
+            level = descend(scope, entry)
+            if level.lower is None:
+                continue
+            stack = [*cur.stack, level]
+            for name, _dtype, _ino in merged_entries(level):
+                child = lookup(level, name)
+                if child.virtual is None and (child.lower is not None or not child.in_upper):
+                    work.append(Node(stack, child))
+
+    # -- reading -------------------------------------------------------------------------------
+    def _root_stat(self) -> os.stat_result:
+        """The root's stat: the image's until the upper layer holds something."""
+        if self._lower_fd is None or next(iter(scan_dir(self._upper_fd)), None) is not None:
+            return os.fstat(self._upper_fd)
+        return os.fstat(self._lower_fd)
+
+    def _info(self, node: Node) -> StatInfo:
+        entry = node.entry
+        if entry is None:
+            return StatInfo.from_host(self._root_stat())
+        if entry.virtual == "dev":
+            major, minor = VIRTUAL_DEVICES[entry.gpath]
+            return StatInfo.synthetic(stat.S_IFCHR | 0o666, rdev=(major << 8) | minor)
+        if entry.virtual == "dir":
+            return StatInfo.synthetic(stat.S_IFDIR | 0o555, ino=2)
+        if entry.virtual == "exe":
+            return StatInfo.synthetic(stat.S_IFLNK | 0o777, ino=3)
+        if entry.st is None:
+            raise err(errno.ENOENT)
+        return StatInfo.from_host(entry.st)
+
+    def stat_at(self, path: str, base: str, follow: bool = True) -> StatInfo:
+        """stat (``follow``) or lstat of a guest path."""
+        with self._op() as scope:
+            return self._info(self._walk(scope, path, base, follow))
+
+    def access_at(self, path: str, base: str, follow: bool = True) -> None:
+        """ENOENT (or the walk's error) unless the path exists."""
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow)
+            if node.entry is not None and not node.entry.exists:
+                raise err(errno.ENOENT)
+
+    def readlink_at(self, path: str, base: str) -> str:
+        with self._op() as scope:
+            entry = self._walk(scope, path, base, follow=False).entry
+            if entry is None:
+                raise err(errno.EINVAL)
+            if not entry.exists:
+                raise err(errno.ENOENT)
+            if not entry.is_link:
+                raise err(errno.EINVAL)
+            return self._link_text(entry)
+
+    def chdir_at(self, path: str, base: str) -> str:
+        """The guest path of the directory ``path`` names (for a new working directory)."""
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow=True)
+            if node.entry is not None and not node.entry.exists:
+                raise err(errno.ENOENT)
+            if node.entry is not None and not node.entry.is_dir:
+                raise err(errno.ENOTDIR)
+            return node.gpath
+
+    # -- opening -------------------------------------------------------------------------------
+    def open(self, path: str, base: str, flags: int, mode: int) -> OpenFile:
+        """open(2): a DeviceFile, a DirFile (a snapshot of the merged listing) or a HostFile
+        whose host descriptor was opened O_NOFOLLOW relative to the held parent directory."""
+        follow = not flags & O_NOFOLLOW and not (flags & O_CREAT and flags & O_EXCL)
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow)
+            entry = node.entry
+            if entry is not None and entry.virtual == "dev":
+                return DeviceFile(flags, entry.gpath, VIRTUAL_DEVICES[entry.gpath])
+            if entry is None or entry.is_dir:
+                if flags & O_ACCMODE:
+                    raise err(errno.EISDIR)
+                level = node.stack[-1] if entry is None else descend(scope, entry)
+                return DirFile(flags, node.gpath, merged_entries(level), self._info(node))
+            if flags & O_DIRECTORY:
+                raise err(errno.ENOTDIR if entry.exists else errno.ENOENT)
+            if not entry.exists:
+                if not flags & O_CREAT:
+                    raise err(errno.ENOENT)
+                self._create_file(scope, node, mode)
+                entry = node.entry
+                assert entry is not None
+            elif flags & O_CREAT and flags & O_EXCL:
+                raise err(errno.EEXIST)
+            if entry.is_link:
+                raise err(errno.ELOOP)
+            if flags & (O_ACCMODE | O_TRUNC):
+                entry = self._copy_up(scope, node)
+            fd = os.open(entry.name, (flags & (O_ACCMODE | O_APPEND)) | _O_FILE,
+                         dir_fd=entry.layer_fd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise err(errno.EACCES)
+                if flags & O_TRUNC:
+                    self._truncate_entry(entry, 0)
+                return HostFile(fd, flags, entry.gpath, self.quota)
+            except BaseException:
+                os.close(fd)
+                raise
+
+    def _create_file(self, scope: FdScope, node: Node, mode: int) -> None:
+        up = self._prepare_create(scope, node)
+        assert node.entry is not None
+        name = node.entry.name
+        self.quota.reserve(ENTRY_COST)
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_FILE,
+                             (mode & 0o7777) | 0o600, dir_fd=up))
+        except BaseException:
+            self.quota.refund(ENTRY_COST)
+            raise
+        node.entry = lookup(node.entry.parent, name)
+
+    def _truncate_entry(self, entry: Entry, length: int) -> None:
+        fd = os.open(entry.name, os.O_WRONLY | _O_FILE, dir_fd=entry.parent.upper)
+        try:
+            self.quota.resize(fd, length)
+        finally:
+            os.close(fd)
+
+    def truncate(self, path: str, base: str, length: int) -> None:
+        """truncate(2): copy up, then ftruncate a descriptor opened O_NOFOLLOW."""
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow=True)
+            entry = node.entry
+            if entry is None or entry.is_dir:
+                raise err(errno.EISDIR)
+            if entry.virtual is not None:
+                raise err(errno.EINVAL)
+            if not entry.exists:
+                raise err(errno.ENOENT)
+            if length < 0:
+                raise err(errno.EINVAL)
+            self._truncate_entry(self._copy_up(scope, node), length)
+
+    # -- changing names ------------------------------------------------------------------------
+    def remove_at(self, path: str, base: str, is_dir: bool) -> None:
+        """unlink (``is_dir`` False) or rmdir in the merged view."""
+        with self._op() as scope:
+            self._remove(scope, self._walk(scope, path, base, follow=False), is_dir)
+
+    def _remove(self, scope: FdScope, node: Node, is_dir: bool) -> None:
+        entry = node.entry
+        if entry is None or entry.virtual is not None:
+            raise err(errno.EBUSY if is_dir else errno.EACCES)
+        if not entry.exists:
+            raise err(errno.ENOENT)
+        if is_dir != entry.is_dir:
+            raise err(errno.ENOTDIR if is_dir else errno.EISDIR)
+        inside = descend(scope, entry) if is_dir else None
+        if inside is not None and merged_entries(inside):
+            raise err(errno.ENOTEMPTY)
+        up = entry.parent.upper
+        if entry.upper is not None:
+            assert up is not None
+            if inside is not None and inside.upper is not None:
+                self._clear(inside.upper)
+                os.rmdir(entry.name, dir_fd=up)
+            else:
+                os.unlink(entry.name, dir_fd=up)
+            self.quota.name_removed(entry.upper)
+        if self._in_lower(entry):
+            self._whiteout(scope, node)
+
+    def _clear(self, dir_fd: int) -> None:
+        """Delete what an empty-looking upper directory holds (whiteouts, opaque marker)."""
+        for name, st in list(scan_dir(dir_fd)):
+            if stat.S_ISDIR(st.st_mode):
+                sub = os.open(name, O_DIR, dir_fd=dir_fd)
+                try:
+                    self._clear(sub)
+                finally:
+                    os.close(sub)
+                os.rmdir(name, dir_fd=dir_fd)
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            self.quota.name_removed(st)
+
+    def mkdir_at(self, path: str, base: str, mode: int) -> None:
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow=False)
+            entry = node.entry
+            if entry is None or entry.exists:
+                raise err(errno.EEXIST)
+            had_whiteout = lstat_at(entry.parent.upper, WH_PREFIX + entry.name) is not None
+            up = self._prepare_create(scope, node)
+            self.quota.reserve(ENTRY_COST)
+            try:
+                os.mkdir(entry.name, (mode & 0o7777) | 0o700, dir_fd=up)
+            except BaseException:
+                self.quota.refund(ENTRY_COST)
+                raise
+            if had_whiteout:
+                self._mark(scope.open_dir(up, entry.name), OPAQUE)
+
+    def symlink_at(self, target: str, path: str, base: str) -> None:
+        if not target:
+            raise err(errno.ENOENT)
+        if len(os.fsencode(target)) >= PATH_MAX:
+            raise err(errno.ENAMETOOLONG)
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow=False)
+            entry = node.entry
+            if entry is None or entry.exists:
+                raise err(errno.EEXIST)
+            up = self._prepare_create(scope, node)
+            cost = ENTRY_COST + len(os.fsencode(target))
+            self.quota.reserve(cost)
+            try:
+                os.symlink(target, entry.name, dir_fd=up)
+            except BaseException:
+                self.quota.refund(cost)
+                raise
+
+    def link_at(self, old: str, old_base: str, new: str, new_base: str, follow: bool) -> None:
+        """link(2)/linkat(2): a hard link in the upper layer (the source copied up first)."""
+        with self._op() as scope:
+            src = self._walk(scope, old, old_base, follow)
+            dst = self._walk(scope, new, new_base, follow=False)
+            if src.entry is None or src.entry.is_dir:
+                raise err(errno.EPERM)
+            if not src.entry.exists:
+                raise err(errno.ENOENT)
+            if src.entry.virtual is not None:
+                raise err(errno.EXDEV)
+            if dst.entry is None or dst.entry.exists:
+                raise err(errno.EEXIST)
+            source = self._copy_up(scope, src)
+            up = self._prepare_create(scope, dst)
+            assert source.upper is not None
+            cost = _name_cost(source.upper)
+            self.quota.reserve(cost)
+            try:
+                os.link(source.name, dst.entry.name, src_dir_fd=source.parent.upper,
+                        dst_dir_fd=up, follow_symlinks=False)
+            except BaseException:
+                self.quota.refund(cost)
+                raise
+
+    def rename_at(self, old: str, old_base: str, new: str, new_base: str,
+                  flags: int = 0) -> None:
+        """rename(2)/renameat2(2) (RENAME_NOREPLACE only) in the merged view."""
+        if flags & ~RENAME_NOREPLACE:
+            raise err(errno.EINVAL)
+        with self._op() as scope:
+            src = self._walk(scope, old, old_base, follow=False)
+            dst = self._walk(scope, new, new_base, follow=False)
+            self._rename(scope, src, dst, bool(flags & RENAME_NOREPLACE))
+
+    def _rename(self, scope: FdScope, src: Node, dst: Node, noreplace: bool) -> None:
+        se, de = src.entry, dst.entry
+        if se is None or de is None or se.virtual is not None or de.virtual is not None:
+            raise err(errno.EBUSY)
+        if not se.exists:
+            raise err(errno.ENOENT)
+        if se.gpath == de.gpath:
+            return
+        if (de.gpath + "/").startswith(se.gpath + "/"):
+            raise err(errno.EINVAL)
+        if de.exists:
+            if noreplace:
+                raise err(errno.EEXIST)
+            if de.is_dir and not se.is_dir:
+                raise err(errno.EISDIR)
+            if se.is_dir and not de.is_dir:
+                raise err(errno.ENOTDIR)
+            if de.is_dir and merged_entries(descend(scope, de)):
+                raise err(errno.ENOTEMPTY)
+        moved_dir = se.is_dir
+        if moved_dir:
+            self._copy_tree_up(scope, src)
+        self._copy_up(scope, src)
+        se = src.entry
+        assert se is not None and se.upper is not None and se.parent.upper is not None
+        if de.exists and de.is_dir:
+            self._remove(scope, dst, True)
+        up = self._prepare_create(scope, dst)
+        replaced = lstat_at(up, de.name)
+        if replaced is not None and (replaced.st_dev, replaced.st_ino) == \
+                (se.upper.st_dev, se.upper.st_ino):
+            return                              # two names of one inode: rename does nothing
+        os.rename(se.name, de.name, src_dir_fd=se.parent.upper, dst_dir_fd=up)
+        if replaced is not None:
+            self.quota.name_removed(replaced)
+        if moved_dir and self._in_lower(de):
+            self._mark(scope.open_dir(up, de.name), OPAQUE)
+        if self._in_lower(se):
+            self._whiteout(scope, src)
+
+    # -- the guest-path API (resolved, normalised paths; final symlinks not followed) -----------
+    def resolve(self, path: str, cwd: str, follow: bool = True) -> str:
+        """Normalise ``path`` to an absolute, symlink-free guest path inside the sandbox."""
+        with self._op() as scope:
+            return self._walk(scope, path, cwd, follow).gpath
+
+    def is_virtual(self, gpath: str) -> bool:
+        return gpath in VIRTUAL_DEVICES or gpath in VIRTUAL_DIRS or gpath == EXE_LINK
+
+    def host_path(self, gpath: str) -> tuple[str, bool] | None:
+        """(host path, is_upper) of the entry visible at ``gpath``, or None.
+
+        Only for the boot and a restore, before any guest thread runs: a host path used
+        later can be redirected by a guest rename. The syscall layer never uses it."""
+        try:
+            with self._op() as scope:
+                entry = self._walk(scope, gpath, "/", follow=False).entry
+        except OSError:
+            return None
+        if entry is None:
+            return self.upper, True
+        if entry.st is None:
+            return None
+        root = self.upper if entry.in_upper else self.lower
+        return os.path.join(root, *_parts(entry.gpath)), entry.in_upper
 
     def exists(self, gpath: str) -> bool:
-        return self.is_virtual(gpath) or gpath == "/" or self.host_path(gpath) is not None
-
-    def _is_dir_g(self, gpath: str) -> bool:
-        if gpath == "/" or gpath in VIRTUAL_DIRS:
-            return True
-        found = self.host_path(gpath)
-        return found is not None and _is_dir(found[0])
+        try:
+            self.access_at(gpath, "/", follow=False)
+        except OSError:
+            return False
+        return True
 
     def is_dir(self, gpath: str) -> bool:
-        with self.lock:
-            return self._is_dir_g(gpath)
+        try:
+            with self._op() as scope:
+                entry = self._walk(scope, gpath, "/", follow=False).entry
+        except OSError:
+            return False
+        return entry is None or entry.is_dir
 
     def lstat(self, gpath: str) -> os.stat_result:
         """Host lstat of the visible entry (virtual entries are handled by the caller)."""
-        if gpath == "/":
-            up = os.lstat(self.upper)
-            return up if os.listdir(self.upper) else os.lstat(self.lower)
-        found = self.host_path(gpath)
-        if found is None:
-            raise _err(errno.ENOENT, gpath)
-        return os.lstat(found[0])
+        with self._op() as scope:
+            entry = self._walk(scope, gpath, "/", follow=False).entry
+            if entry is None:
+                return self._root_stat()
+            if entry.st is None:
+                raise err(errno.ENOENT)
+            return entry.st
 
-    # -- reading directories ------------------------------------------------------
     def listdir(self, gpath: str) -> list[tuple[str, int, int]]:
         """Merged (name, d_type, inode) entries of a directory, without . and .."""
-        parts = self._parts(gpath)
-        names: dict[str, tuple[int, int]] = {}
-        with self.lock:
-            layers: list[tuple[str, bool]] = []
-            up = self.upper if not parts else self._in_layer(self.upper, parts)
-            if up is not None and _is_dir(up):
-                layers.append((up, True))
-            opaque = up is not None and os.path.exists(os.path.join(up, OPAQUE))
-            if not opaque and not self._hidden_in_lower(parts):
-                low = self.lower if not parts else self._in_layer(self.lower, parts)
-                if low is not None and _is_dir(low):
-                    layers.append((low, False))
-            whiteouts: set[str] = set()
-            for root, is_upper in layers:
-                with os.scandir(root) as it:
-                    for ent in it:
-                        if ent.name.startswith(WH_PREFIX):
-                            if is_upper:
-                                whiteouts.add(ent.name[len(WH_PREFIX):])
-                            continue
-                        if ent.name in names or (not is_upper and ent.name in whiteouts):
-                            continue
-                        st = ent.stat(follow_symlinks=False)
-                        names[ent.name] = (_dtype(st.st_mode), st.st_ino)
-            for vpath in list(VIRTUAL_DEVICES) + sorted(VIRTUAL_DIRS) + ["/proc/self/exe"]:
-                head, _, name = vpath.rpartition("/")
-                if (head or "/") == gpath and name not in names:
-                    names[name] = (2 if vpath in VIRTUAL_DEVICES else 4, 1)
-        return [(name, dt, ino) for name, (dt, ino) in names.items()]
+        with self._op() as scope:
+            node = self._walk(scope, gpath, "/", follow=False)
+            entry = node.entry
+            if entry is not None and not entry.is_dir:
+                raise err(errno.ENOTDIR if entry.exists else errno.ENOENT)
+            level = node.stack[-1] if entry is None else descend(scope, entry)
+            return merged_entries(level)
 
-    # -- writing -------------------------------------------------------------------
-    def _ensure_upper_dir(self, parts: list[str]) -> str:
-        """Make sure the upper layer has directory ``parts`` (copying modes); return it."""
-        path = self.upper
-        for i, comp in enumerate(parts):
-            path = os.path.join(path, comp)
-            if not os.path.lexists(path):
-                low = self._in_layer(self.lower, parts[:i + 1])
-                mode = os.lstat(low).st_mode & 0o7777 if low and _is_dir(low) else 0o755
-                os.mkdir(path, mode | 0o700)
-            elif not _is_dir(path):
-                raise _err(errno.ENOTDIR)
-        return path
-
-    def prepare_create(self, gpath: str) -> str:
-        """Host path in the upper layer where ``gpath`` can be created (parents copied up)."""
-        parts = self._parts(gpath)
-        if not parts or any(p.startswith(WH_PREFIX) for p in parts):
-            raise _err(errno.EACCES, gpath)
-        parent = self._ensure_upper_dir(parts[:-1])
-        wh = os.path.join(parent, WH_PREFIX + parts[-1])
-        if os.path.lexists(wh):
-            os.unlink(wh)
-        return os.path.join(parent, parts[-1])
+    def readlink(self, gpath: str) -> str | None:
+        """The target of the symlink at ``gpath`` (None if it is not a symlink)."""
+        try:
+            return self.readlink_at(gpath, "/")
+        except OSError:
+            return None
 
     def copy_up(self, gpath: str) -> str:
-        """Ensure the visible entry at ``gpath`` lives in the upper layer; return its host path."""
-        found = self.host_path(gpath)
-        if found is None:
-            raise _err(errno.ENOENT, gpath)
-        src, is_upper = found
-        if is_upper:
-            return src
-        dst = self.prepare_create(gpath)
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        elif _is_dir(src):
-            os.mkdir(dst, os.lstat(src).st_mode & 0o7777 | 0o700)
-        else:
-            shutil.copyfile(src, dst, follow_symlinks=False)
-            os.chmod(dst, os.lstat(src).st_mode & 0o7777 | 0o600)
-        return dst
+        """Ensure the visible entry at ``gpath`` lives in the upper layer; return its host path
+        (for tests and tools; the syscall layer never acts on a host path)."""
+        with self._op() as scope:
+            node = self._walk(scope, gpath, "/", follow=False)
+            if node.entry is not None and not node.entry.exists:
+                raise err(errno.ENOENT)
+            self._copy_up(scope, node)
+            return os.path.join(self.upper, *_parts(node.gpath))
 
     def remove(self, gpath: str, is_dir: bool) -> None:
-        """unlink/rmdir ``gpath`` in the merged view."""
-        with self.lock:
-            if self.is_virtual(gpath) or gpath == "/":
-                raise _err(errno.EBUSY if is_dir else errno.EACCES, gpath)
-            found = self.host_path(gpath)
-            if found is None:
-                raise _err(errno.ENOENT, gpath)
-            host, is_upper = found
-            if is_dir != _is_dir(host):
-                raise _err(errno.ENOTDIR if is_dir else errno.EISDIR, gpath)
-            if is_dir and self.listdir(gpath):
-                raise _err(errno.ENOTEMPTY, gpath)
-            parts = self._parts(gpath)
-            if is_upper:
-                if is_dir:
-                    shutil.rmtree(host)
-                else:
-                    os.unlink(host)
-            below = self._in_layer(self.lower, parts)
-            if below is not None and not self._hidden_in_lower(parts):
-                parent = self._ensure_upper_dir(parts[:-1])
-                with open(os.path.join(parent, WH_PREFIX + parts[-1]), "w"):
-                    pass
+        self.remove_at(gpath, "/", is_dir)
 
     def mkdir(self, gpath: str, mode: int) -> None:
-        with self.lock:
-            if self.exists(gpath):
-                raise _err(errno.EEXIST, gpath)
-            parts = self._parts(gpath)
-            had_whiteout = os.path.lexists(
-                os.path.join(self.upper, *parts[:-1], WH_PREFIX + parts[-1]))
-            dst = self.prepare_create(gpath)
-            os.mkdir(dst, (mode & 0o7777) | 0o700)
-            if had_whiteout:
-                with open(os.path.join(dst, OPAQUE), "w"):
-                    pass
+        self.mkdir_at(gpath, "/", mode)
 
     def rename(self, old: str, new: str) -> None:
-        with self.lock:
-            if self.is_virtual(old) or self.is_virtual(new) or "/" in (old, new):
-                raise _err(errno.EBUSY)
-            if (new + "/").startswith(old + "/") and new != old:
-                raise _err(errno.EINVAL)
-            found = self.host_path(old)
-            if found is None:
-                raise _err(errno.ENOENT, old)
-            if _is_dir(found[0]) and not found[1]:
-                self._copy_tree_up(old)
-            src = self.copy_up(old)
-            target = self.host_path(new)
-            if target is not None and _is_dir(target[0]):
-                if not _is_dir(src):
-                    raise _err(errno.EISDIR, new)
-                if self.listdir(new):
-                    raise _err(errno.ENOTEMPTY, new)
-                self.remove(new, True)
-            dst = self.prepare_create(new)
-            os.rename(src, dst)
-            parts = self._parts(old)
-            below = self._in_layer(self.lower, parts)
-            if below is not None and not self._hidden_in_lower(parts):
-                parent = self._ensure_upper_dir(parts[:-1])
-                with open(os.path.join(parent, WH_PREFIX + parts[-1]), "w"):
-                    pass
-
-    def _copy_tree_up(self, gpath: str) -> None:
-        self.copy_up(gpath)
-        for name, dtype, _ in self.listdir(gpath):
-            child = gpath.rstrip("/") + "/" + name
-            if dtype == 4:
-                self._copy_tree_up(child)
-            else:
-                self.copy_up(child)
+        self.rename_at(old, "/", new, "/")
 
     def symlink(self, target: str, gpath: str) -> None:
-        with self.lock:
-            if self.exists(gpath):
-                raise _err(errno.EEXIST, gpath)
-            os.symlink(target, self.prepare_create(gpath))
-
-
-def _dtype(mode: int) -> int:
-    fmt = stat.S_IFMT(mode)
-    return {stat.S_IFDIR: 4, stat.S_IFREG: 8, stat.S_IFLNK: 10, stat.S_IFCHR: 2,
-            stat.S_IFIFO: 1, stat.S_IFSOCK: 12, stat.S_IFBLK: 6}.get(fmt, 0)
+        self.symlink_at(target, gpath, "/")

@@ -29,12 +29,16 @@ class PartitionSpec:
     memory_bytes: int = 256 << 20
     upper: Path | None = None
     cwd: str = "/"
+    disk_bytes: int = 1 << 30     # ceiling of the writable layer (upper_quota.py counts it)
 
     def __post_init__(self) -> None:
         if not 1 <= self.vcpus <= 4:
             raise ValueError(f"vcpus must be 1..4, got {self.vcpus}")
         if not (1 << 20) <= self.memory_bytes <= (64 << 30):
             raise ValueError(f"memory_bytes must be 1 MiB..64 GiB, got {self.memory_bytes}")
+        if isinstance(self.disk_bytes, bool) or not isinstance(self.disk_bytes, int) \
+                or self.disk_bytes <= 0:
+            raise ValueError(f"disk_bytes must be a positive integer, got {self.disk_bytes!r}")
         if not self.entrypoint.startswith("/"):
             raise ValueError(f"entrypoint must be an absolute guest path: {self.entrypoint!r}")
 

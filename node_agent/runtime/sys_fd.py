@@ -5,8 +5,9 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from .files import ConsoleFile, PipeBuffer, PipeEnd
-from .syscall_common import E, s32
+from .files import MAX_FDS, ConsoleFile, PipeBuffer, PipeEnd
+from .sys_fs import writable_file
+from .syscall_common import E, s32, s64
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
@@ -18,7 +19,7 @@ MAX_IO = 16 << 20
 
 def sys_sendfile(cpu: Vcpu, out_fd: int, in_fd: int, off_ptr: int, count: int, *_: int) -> int:
     src = cpu.machine.fds.get(s32(in_fd))
-    dst = cpu.machine.fds.get(s32(out_fd))
+    dst = writable_file(cpu, out_fd)
     if isinstance(src, (ConsoleFile, PipeEnd)):
         return E.INVAL                          # callers fall back to read/write
     count = min(count, MAX_IO)
@@ -52,7 +53,10 @@ def sys_fcntl(cpu: Vcpu, fd: int, cmd: int, arg: int, *_: int) -> int:
     fd = s32(fd)
     file = fds.get(fd)
     if cmd in (0, 1030):                       # F_DUPFD, F_DUPFD_CLOEXEC
-        return fds.add(file, minimum=s32(arg), cloexec=cmd == 1030)
+        lowest = s64(arg) if cpu.is64 else s32(arg)
+        if not 0 <= lowest < MAX_FDS:           # as Linux: EINVAL, never a negative fd
+            return E.INVAL
+        return fds.add(file, minimum=lowest, cloexec=cmd == 1030)
     if cmd == 1:                               # F_GETFD
         return 1 if fd in fds.cloexec else 0
     if cmd == 2:                               # F_SETFD

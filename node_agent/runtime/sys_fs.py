@@ -2,36 +2,43 @@
 
 from __future__ import annotations
 
+import errno
 import os
-import stat
 import struct
 from typing import TYPE_CHECKING
 
 from .abi import pack_statx
-from .files import (
-    ConsoleFile,
-    DeviceFile,
-    DirFile,
-    HostFile,
-    OpenFile,
-    StatInfo,
-)
-from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS
+from .files import ConsoleFile, DirFile, OpenFile, StatInfo
+from .fs import PATH_MAX, Sandbox
+from .memory import GuestFault
 from .syscall_common import E, s32, s64
 
 if TYPE_CHECKING:
     from .vcpu import Vcpu
 
 AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_EMPTY_PATH = 0x100, 0x200, 0x1000
-O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 0o100, 0o200, 0o1000, 0o2000
-O_DIRECTORY, O_NOFOLLOW, O_CLOEXEC = 0o200000, 0o400000, 0o2000000
-O_ACCMODE = 3
+AT_SYMLINK_NOFOLLOW, AT_REMOVEDIR, AT_SYMLINK_FOLLOW, AT_EMPTY_PATH = 0x100, 0x200, 0x400, 0x1000
+O_CREAT, O_TRUNC, O_CLOEXEC = 0o100, 0o1000, 0o2000000
 MAX_IO = 16 << 20
 
 
-def _path(cpu: Vcpu, ptr: int) -> str:
-    return cpu.mem.read_cstr(ptr, 4096).decode("utf-8", "surrogateescape")
+def sandbox(cpu: Vcpu) -> Sandbox:
+    """The partition's sandbox, bound to its spec's quota and open files on first use."""
+    fs = cpu.machine.fs
+    if not fs.bound:
+        fs.bind(cpu.machine.spec.disk_bytes, list(cpu.machine.fds.files.values()))
+    return fs
+
+
+def read_path(cpu: Vcpu, ptr: int) -> str:
+    """A path argument: at most PATH_MAX bytes are read (ENAMETOOLONG past that, EFAULT
+    when the string runs into memory the guest does not have)."""
+    try:
+        raw = cpu.mem.read_cstr(ptr, PATH_MAX)
+    except GuestFault:
+        cpu.mem.read(ptr, PATH_MAX)             # EFAULT unless all PATH_MAX bytes are there
+        raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG)) from None
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _base_dir(cpu: Vcpu, dirfd: int, path: str) -> str:
@@ -39,64 +46,31 @@ def _base_dir(cpu: Vcpu, dirfd: int, path: str) -> str:
         return cpu.machine.cwd
     file = cpu.machine.fds.get(s32(dirfd))
     if not isinstance(file, DirFile):
-        raise OSError(20, "not a directory")
+        raise OSError(errno.ENOTDIR, "not a directory")
     return file.gpath
 
 
+def path_at(cpu: Vcpu, dirfd: int, ptr: int) -> tuple[str, str]:
+    """(path, base directory) of a path argument relative to ``dirfd``."""
+    path = read_path(cpu, ptr)
+    return path, _base_dir(cpu, dirfd, path)
+
+
 def resolve_at(cpu: Vcpu, dirfd: int, ptr: int, follow: bool = True) -> str:
-    path = _path(cpu, ptr)
-    return cpu.machine.fs.resolve(path, _base_dir(cpu, dirfd, path), follow)
-
-
-def stat_path(cpu: Vcpu, gpath: str) -> StatInfo:
-    fs = cpu.machine.fs
-    if gpath in VIRTUAL_DEVICES:
-        major, minor = VIRTUAL_DEVICES[gpath]
-        return StatInfo.synthetic(stat.S_IFCHR | 0o666, rdev=(major << 8) | minor)
-    if gpath in VIRTUAL_DIRS:
-        return StatInfo.synthetic(stat.S_IFDIR | 0o555, ino=2)
-    if gpath == "/proc/self/exe":
-        return StatInfo.synthetic(stat.S_IFLNK | 0o777, ino=3)
-    with fs.lock:
-        return StatInfo.from_host(fs.lstat(gpath))
-
-
-def open_gpath(cpu: Vcpu, gpath: str, flags: int, mode: int) -> OpenFile:
-    fs = cpu.machine.fs
-    if gpath in VIRTUAL_DEVICES:
-        return DeviceFile(flags, gpath, VIRTUAL_DEVICES[gpath])
-    with fs.lock:
-        is_dir = fs.is_dir(gpath)
-        if is_dir or gpath in VIRTUAL_DIRS:
-            if flags & O_ACCMODE:
-                raise OSError(21, "is a directory")
-            return DirFile(flags, gpath, fs.listdir(gpath), stat_path(cpu, gpath))
-        if flags & O_DIRECTORY:
-            raise OSError(20 if fs.exists(gpath) else 2, "not a directory")
-        found = fs.host_path(gpath)
-        if found is None:
-            if not flags & O_CREAT:
-                raise OSError(2, "no such file", gpath)
-            host = fs.prepare_create(gpath)
-            hflags = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW
-            fd = os.open(host, hflags, (mode & 0o7777) | 0o600)
-            os.close(fd)
-        elif flags & O_CREAT and flags & O_EXCL:
-            raise OSError(17, "file exists", gpath)
-        host_flags = (flags & (O_ACCMODE | O_TRUNC | O_APPEND)) | os.O_NOFOLLOW
-        if flags & (O_ACCMODE | O_TRUNC):
-            host = fs.copy_up(gpath)
-        else:
-            host = fs.host_path(gpath)[0]  # type: ignore[index]
-        return HostFile(os.open(host, host_flags), flags, gpath)
+    """The normalised guest path a path argument names (for callers that keep a name)."""
+    path, base = path_at(cpu, dirfd, ptr)
+    return sandbox(cpu).resolve(path, base, follow)
 
 
 def sys_openat(cpu: Vcpu, dirfd: int, ptr: int, flags: int, mode: int, *_: int) -> int:
     flags &= 0xFFFFFFFF
-    follow = not (flags & O_NOFOLLOW) and not (flags & O_CREAT and flags & O_EXCL)
-    gpath = resolve_at(cpu, dirfd, ptr, follow)
-    file = open_gpath(cpu, gpath, flags, mode)
-    return cpu.machine.fds.add(file, cloexec=bool(flags & O_CLOEXEC))
+    path, base = path_at(cpu, dirfd, ptr)
+    file = sandbox(cpu).open(path, base, flags, mode)
+    try:
+        return cpu.machine.fds.add(file, cloexec=bool(flags & O_CLOEXEC))
+    except OSError:
+        file.close()
+        raise
 
 
 def sys_open(cpu: Vcpu, ptr: int, flags: int, mode: int, *_: int) -> int:
@@ -124,8 +98,14 @@ def sys_read(cpu: Vcpu, fd: int, buf: int, count: int, *_: int) -> int:
     return len(data)
 
 
+def writable_file(cpu: Vcpu, fd: int) -> OpenFile:
+    """The open file ``fd`` for a call that may grow it (its quota is attached by then)."""
+    sandbox(cpu)
+    return cpu.machine.fds.get(s32(fd))
+
+
 def sys_write(cpu: Vcpu, fd: int, buf: int, count: int, *_: int) -> int:
-    file = cpu.machine.fds.get(s32(fd))
+    file = writable_file(cpu, fd)
     return file.write(cpu.mem.read(buf, min(count, MAX_IO)))
 
 
@@ -136,7 +116,7 @@ def sys_pread64(cpu: Vcpu, fd: int, buf: int, count: int, off: int, *_: int) -> 
 
 
 def sys_pwrite64(cpu: Vcpu, fd: int, buf: int, count: int, off: int, *_: int) -> int:
-    file = cpu.machine.fds.get(s32(fd))
+    file = writable_file(cpu, fd)
     return file.pwrite(cpu.mem.read(buf, min(count, MAX_IO)), s64(off))
 
 
@@ -153,9 +133,14 @@ def sys_readv(cpu: Vcpu, fd: int, iov: int, count: int, *_: int) -> int:
 
 
 def sys_writev(cpu: Vcpu, fd: int, iov: int, count: int, *_: int) -> int:
-    file = cpu.machine.fds.get(s32(fd))
-    parts = [cpu.mem.read(b, min(n, MAX_IO)) for b, n in
-             cpu.machine.abi.iovecs(cpu.mem, iov, s32(count))]
+    file = writable_file(cpu, fd)
+    parts: list[bytes] = []
+    room = MAX_IO                               # one call moves at most MAX_IO bytes
+    for base, length in cpu.machine.abi.iovecs(cpu.mem, iov, s32(count)):
+        if room <= 0:
+            break
+        parts.append(cpu.mem.read(base, min(length, room)))
+        room -= len(parts[-1])
     return file.write(b"".join(parts))
 
 
@@ -174,13 +159,17 @@ def sys_fstat(cpu: Vcpu, fd: int, buf: int, *_: int) -> int:
     return _put_stat(cpu, buf, cpu.machine.fds.get(s32(fd)).stat())
 
 
+def _empty_path(cpu: Vcpu, ptr: int, flags: int) -> bool:
+    return bool(flags & AT_EMPTY_PATH) and cpu.mem.read(ptr, 1) == b"\0"
+
+
 def _stat_at(cpu: Vcpu, dirfd: int, ptr: int, flags: int) -> StatInfo:
-    if flags & AT_EMPTY_PATH and cpu.mem.read(ptr, 1) == b"\0":
+    if _empty_path(cpu, ptr, flags):
         if s32(dirfd) == AT_FDCWD:
-            return stat_path(cpu, cpu.machine.cwd)
+            return sandbox(cpu).stat_at(cpu.machine.cwd, "/")
         return cpu.machine.fds.get(s32(dirfd)).stat()
-    gpath = resolve_at(cpu, dirfd, ptr, follow=not flags & AT_SYMLINK_NOFOLLOW)
-    return stat_path(cpu, gpath)
+    path, base = path_at(cpu, dirfd, ptr)
+    return sandbox(cpu).stat_at(path, base, follow=not flags & AT_SYMLINK_NOFOLLOW)
 
 
 def sys_newfstatat(cpu: Vcpu, dirfd: int, ptr: int, buf: int, flags: int, *_: int) -> int:
@@ -221,7 +210,8 @@ def sys_getdents64(cpu: Vcpu, fd: int, buf: int, count: int, *_: int) -> int:
 
 
 def sys_mkdirat(cpu: Vcpu, dirfd: int, ptr: int, mode: int, *_: int) -> int:
-    cpu.machine.fs.mkdir(resolve_at(cpu, dirfd, ptr, follow=False), mode)
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).mkdir_at(path, base, mode)
     return 0
 
 
@@ -230,8 +220,10 @@ def sys_mkdir(cpu: Vcpu, ptr: int, mode: int, *_: int) -> int:
 
 
 def sys_unlinkat(cpu: Vcpu, dirfd: int, ptr: int, flags: int, *_: int) -> int:
-    gpath = resolve_at(cpu, dirfd, ptr, follow=False)
-    cpu.machine.fs.remove(gpath, bool(flags & AT_REMOVEDIR))
+    if flags & ~AT_REMOVEDIR:
+        return E.INVAL
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).remove_at(path, base, bool(flags & AT_REMOVEDIR))
     return 0
 
 
@@ -243,19 +235,40 @@ def sys_rmdir(cpu: Vcpu, ptr: int, *_: int) -> int:
     return sys_unlinkat(cpu, AT_FDCWD, ptr, AT_REMOVEDIR)
 
 
-def sys_renameat(cpu: Vcpu, olddir: int, old: int, newdir: int, new: int, *_: int) -> int:
-    src = resolve_at(cpu, olddir, old, follow=False)
-    dst = resolve_at(cpu, newdir, new, follow=False)
-    cpu.machine.fs.rename(src, dst)
+def sys_renameat2(cpu: Vcpu, olddir: int, old: int, newdir: int, new: int, flags: int,
+                  *_: int) -> int:
+    src, src_base = path_at(cpu, olddir, old)
+    dst, dst_base = path_at(cpu, newdir, new)
+    sandbox(cpu).rename_at(src, src_base, dst, dst_base, flags & 0xFFFFFFFF)
     return 0
 
 
+def sys_renameat(cpu: Vcpu, olddir: int, old: int, newdir: int, new: int, *_: int) -> int:
+    return sys_renameat2(cpu, olddir, old, newdir, new, 0)
+
+
 def sys_rename(cpu: Vcpu, old: int, new: int, *_: int) -> int:
-    return sys_renameat(cpu, AT_FDCWD, old, AT_FDCWD, new)
+    return sys_renameat2(cpu, AT_FDCWD, old, AT_FDCWD, new, 0)
+
+
+def sys_linkat(cpu: Vcpu, olddir: int, old: int, newdir: int, new: int, flags: int,
+               *_: int) -> int:
+    if flags & ~AT_SYMLINK_FOLLOW:
+        return E.INVAL
+    src, src_base = path_at(cpu, olddir, old)
+    dst, dst_base = path_at(cpu, newdir, new)
+    sandbox(cpu).link_at(src, src_base, dst, dst_base, bool(flags & AT_SYMLINK_FOLLOW))
+    return 0
+
+
+def sys_link(cpu: Vcpu, old: int, new: int, *_: int) -> int:
+    return sys_linkat(cpu, AT_FDCWD, old, AT_FDCWD, new, 0)
 
 
 def sys_symlinkat(cpu: Vcpu, target: int, dirfd: int, ptr: int, *_: int) -> int:
-    cpu.machine.fs.symlink(_path(cpu, target), resolve_at(cpu, dirfd, ptr, follow=False))
+    text = read_path(cpu, target)
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).symlink_at(text, path, base)
     return 0
 
 
@@ -264,11 +277,10 @@ def sys_symlink(cpu: Vcpu, target: int, ptr: int, *_: int) -> int:
 
 
 def sys_readlinkat(cpu: Vcpu, dirfd: int, ptr: int, buf: int, size: int, *_: int) -> int:
-    gpath = resolve_at(cpu, dirfd, ptr, follow=False)
-    with cpu.machine.fs.lock:
-        target = cpu.machine.fs.readlink(gpath)
-        if target is None:
-            return E.INVAL if cpu.machine.fs.exists(gpath) else E.NOENT
+    if s32(size) <= 0:
+        return E.INVAL
+    path, base = path_at(cpu, dirfd, ptr)
+    target = sandbox(cpu).readlink_at(path, base)
     raw = target.encode("utf-8", "surrogateescape")[:size]
     cpu.mem.write(buf, raw)
     return len(raw)
@@ -279,8 +291,18 @@ def sys_readlink(cpu: Vcpu, ptr: int, buf: int, size: int, *_: int) -> int:
 
 
 def sys_faccessat(cpu: Vcpu, dirfd: int, ptr: int, mode: int, *_: int) -> int:
-    gpath = resolve_at(cpu, dirfd, ptr)
-    return 0 if cpu.machine.fs.exists(gpath) else E.NOENT
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).access_at(path, base)
+    return 0
+
+
+def sys_faccessat2(cpu: Vcpu, dirfd: int, ptr: int, mode: int, flags: int, *_: int) -> int:
+    if _empty_path(cpu, ptr, flags) and s32(dirfd) != AT_FDCWD:
+        cpu.machine.fds.get(s32(dirfd))
+        return 0
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).access_at(path, base, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    return 0
 
 
 def sys_access(cpu: Vcpu, ptr: int, mode: int, *_: int) -> int:
@@ -296,10 +318,8 @@ def sys_getcwd(cpu: Vcpu, buf: int, size: int, *_: int) -> int:
 
 
 def sys_chdir(cpu: Vcpu, ptr: int, *_: int) -> int:
-    gpath = resolve_at(cpu, AT_FDCWD, ptr)
-    if not cpu.machine.fs.is_dir(gpath):
-        return E.NOTDIR if cpu.machine.fs.exists(gpath) else E.NOENT
-    cpu.machine.cwd = gpath
+    path, base = path_at(cpu, AT_FDCWD, ptr)
+    cpu.machine.cwd = sandbox(cpu).chdir_at(path, base)
     return 0
 
 
@@ -311,24 +331,77 @@ def sys_fchdir(cpu: Vcpu, fd: int, *_: int) -> int:
     return 0
 
 
-def sys_ftruncate(cpu: Vcpu, fd: int, length: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(fd)).truncate(length)
+def do_ftruncate(cpu: Vcpu, fd: int, length: int) -> int:
+    """ftruncate with a signed length (the callers decode the ABI's width)."""
+    if length < 0:
+        return E.INVAL
+    writable_file(cpu, fd).truncate(length)
     return 0
+
+
+def do_truncate(cpu: Vcpu, ptr: int, length: int) -> int:
+    if length < 0:
+        return E.INVAL
+    path, base = path_at(cpu, AT_FDCWD, ptr)
+    sandbox(cpu).truncate(path, base, length)
+    return 0
+
+
+def _long(cpu: Vcpu, value: int) -> int:
+    return s64(value) if cpu.is64 else s32(value)
+
+
+def sys_ftruncate(cpu: Vcpu, fd: int, length: int, *_: int) -> int:
+    return do_ftruncate(cpu, fd, _long(cpu, length))
 
 
 def sys_truncate(cpu: Vcpu, ptr: int, length: int, *_: int) -> int:
-    gpath = resolve_at(cpu, AT_FDCWD, ptr)
-    with cpu.machine.fs.lock:
-        os.truncate(cpu.machine.fs.copy_up(gpath), length)
+    return do_truncate(cpu, ptr, _long(cpu, length))
+
+
+# chmod/chown/utimes: the sandbox keeps no ownership or times of its own, so these succeed
+# when the path exists (following symlinks as the call would) and change nothing on the host.
+def sys_exists_ok(cpu: Vcpu, ptr: int, *_: int) -> int:
+    """chmod/chown/utime/utimes: succeed when the path exists."""
+    path, base = path_at(cpu, AT_FDCWD, ptr)
+    sandbox(cpu).access_at(path, base)
     return 0
 
 
-def sys_exists_ok(cpu: Vcpu, ptr: int, *_: int) -> int:
-    """chmod/chown/utimes-style calls: succeed when the path exists (no host metadata)."""
-    return 0 if cpu.machine.fs.exists(resolve_at(cpu, AT_FDCWD, ptr)) else E.NOENT
+def sys_lexists_ok(cpu: Vcpu, ptr: int, *_: int) -> int:
+    """lchown: succeed when the path exists (a final symlink is not followed)."""
+    path, base = path_at(cpu, AT_FDCWD, ptr)
+    sandbox(cpu).access_at(path, base, follow=False)
+    return 0
 
 
-def sys_at_exists_ok(cpu: Vcpu, dirfd: int, ptr: int, *_: int) -> int:
-    if ptr == 0:
+def _at_exists(cpu: Vcpu, dirfd: int, ptr: int, flags: int, allowed: int) -> int:
+    if flags & ~allowed:
+        return E.INVAL
+    if _empty_path(cpu, ptr, flags):
+        if s32(dirfd) != AT_FDCWD:
+            cpu.machine.fds.get(s32(dirfd))
         return 0
-    return 0 if cpu.machine.fs.exists(resolve_at(cpu, dirfd, ptr)) else E.NOENT
+    path, base = path_at(cpu, dirfd, ptr)
+    sandbox(cpu).access_at(path, base, follow=not flags & AT_SYMLINK_NOFOLLOW)
+    return 0
+
+
+def sys_fchmodat(cpu: Vcpu, dirfd: int, ptr: int, mode: int, *_: int) -> int:
+    return _at_exists(cpu, dirfd, ptr, 0, 0)
+
+
+def sys_fchownat(cpu: Vcpu, dirfd: int, ptr: int, owner: int, group: int, flags: int,
+                 *_: int) -> int:
+    return _at_exists(cpu, dirfd, ptr, flags, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
+
+
+def sys_utimensat(cpu: Vcpu, dirfd: int, ptr: int, times: int, flags: int, *_: int) -> int:
+    if ptr == 0:                                # futimens(dirfd)
+        cpu.machine.fds.get(s32(dirfd))
+        return 0
+    return _at_exists(cpu, dirfd, ptr, flags, AT_SYMLINK_NOFOLLOW | AT_EMPTY_PATH)
+
+
+def sys_futimesat(cpu: Vcpu, dirfd: int, ptr: int, *_: int) -> int:
+    return _at_exists(cpu, dirfd, ptr, 0, 0)

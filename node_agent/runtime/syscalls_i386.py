@@ -46,11 +46,11 @@ def _pwrite64(cpu: Vcpu, fd: int, buf: int, count: int, lo: int, hi: int, *_: in
 
 
 def _truncate64(cpu: Vcpu, ptr: int, lo: int, hi: int, *_: int) -> int:
-    return F.sys_truncate(cpu, ptr, (hi << 32) | lo)
+    return F.do_truncate(cpu, ptr, s64((hi << 32) | lo))
 
 
 def _ftruncate64(cpu: Vcpu, fd: int, lo: int, hi: int, *_: int) -> int:
-    return F.sys_ftruncate(cpu, fd, (hi << 32) | lo)
+    return F.do_ftruncate(cpu, fd, s64((hi << 32) | lo))
 
 
 def _futex(fmt: str) -> Handler:
@@ -87,7 +87,7 @@ def _echild(cpu: Vcpu, *_: int) -> int:
 
 TABLE: dict[int, Handler] = {
     1: P.sys_exit, 2: P.enosys, 3: F.sys_read, 4: F.sys_write, 5: F.sys_open, 6: F.sys_close,
-    7: _echild, 8: F.sys_creat, 10: F.sys_unlink, 11: P.enosys, 12: F.sys_chdir,
+    7: _echild, 8: F.sys_creat, 9: F.sys_link, 10: F.sys_unlink, 11: P.enosys, 12: F.sys_chdir,
     13: P.sys_time, 15: F.sys_exists_ok, 19: F.sys_lseek, 20: P.sys_getpid, 33: F.sys_access,
     36: P.zero, 37: P.sys_kill, 38: F.sys_rename, 39: F.sys_mkdir, 40: F.sys_rmdir,
     41: D.sys_dup, 42: D.sys_pipe, 45: P.sys_brk, 54: D.sys_ioctl, 55: D.sys_fcntl,
@@ -100,18 +100,19 @@ TABLE: dict[int, Handler] = {
     174: P.sys_rt_sigaction, 175: P.sys_rt_sigprocmask, 180: _pread64, 181: _pwrite64,
     182: F.sys_exists_ok, 183: F.sys_getcwd, 186: P.zero, 187: D.sys_sendfile, 190: P.enosys,
     191: P.sys_getrlimit, 192: _mmap2, 193: _truncate64, 194: _ftruncate64, 195: F.sys_stat,
-    196: F.sys_lstat, 197: F.sys_fstat, 198: F.sys_exists_ok, 199: P.zero, 200: P.zero,
+    196: F.sys_lstat, 197: F.sys_fstat, 198: F.sys_lexists_ok, 199: P.zero, 200: P.zero,
     201: P.zero, 202: P.zero, 205: P.zero, 207: D.sys_fsync, 212: F.sys_exists_ok,
     213: P.zero, 214: P.zero, 219: P.sys_madvise, 220: F.sys_getdents64, 221: D.sys_fcntl,
     224: P.sys_gettid, 238: P.sys_tkill, 240: _futex(TS32), 242: P.sys_sched_getaffinity,
     243: P.sys_set_thread_area, 252: P.sys_exit_group, 258: P.sys_set_tid_address,
     264: _clock_gettime(TS32), 266: _clock_getres(TS32), 267: _clock_nanosleep(TS32),
     270: P.sys_tgkill, 271: F.sys_exists_ok, 295: F.sys_openat, 296: F.sys_mkdirat,
-    298: F.sys_at_exists_ok, 300: F.sys_newfstatat, 301: F.sys_unlinkat, 302: F.sys_renameat,
-    304: F.sys_symlinkat, 305: F.sys_readlinkat, 306: F.sys_at_exists_ok,
-    307: F.sys_faccessat, 309: D.sys_poll, 311: P.zero, 320: F.sys_at_exists_ok,
-    330: D.sys_dup3, 331: D.sys_pipe2, 340: P.sys_prlimit64, 353: F.sys_renameat,
+    298: F.sys_fchownat, 300: F.sys_newfstatat, 301: F.sys_unlinkat, 302: F.sys_renameat,
+    303: F.sys_linkat,
+    304: F.sys_symlinkat, 305: F.sys_readlinkat, 306: F.sys_fchmodat,
+    307: F.sys_faccessat, 309: D.sys_poll, 311: P.zero, 320: F.sys_utimensat,
+    330: D.sys_dup3, 331: D.sys_pipe2, 340: P.sys_prlimit64, 353: F.sys_renameat2,
     355: P.sys_getrandom, 383: F.sys_statx, 384: P.sys_arch_prctl, 386: P.enosys,
     403: _clock_gettime(TS64), 406: _clock_getres(TS64), 407: _clock_nanosleep(TS64),
-    412: F.sys_at_exists_ok, 422: _futex(TS64), 435: P.enosys, 439: F.sys_faccessat,
+    412: F.sys_utimensat, 422: _futex(TS64), 435: P.enosys, 439: F.sys_faccessat2,
 }
