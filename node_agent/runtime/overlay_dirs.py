@@ -47,6 +47,10 @@ def lstat_at(dir_fd: int | None, name: str) -> os.stat_result | None:
         return os.lstat(name, dir_fd=dir_fd)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:   # e.g. the whiteout of a 252..255-byte name
+            return None
+        raise
 
 
 def dtype_of(mode: int) -> int:
