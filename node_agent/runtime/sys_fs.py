@@ -1,4 +1,10 @@
-"""File and directory syscalls (architecture-neutral; layouts come from the Abi)."""
+"""File and directory syscalls (architecture-neutral; layouts come from the Abi).
+
+Every path-taking call hands the guest's path (read with a PATH_MAX bound) and its base
+directory to one Sandbox method, which resolves and acts in a single step through held
+directory descriptors; nothing here resolves a path and acts on it later. chmod, chown and the
+utime family change nothing (the sandbox keeps no ownership or times of its own): they only
+check that the path exists, through the same walk."""
 
 from __future__ import annotations
 
@@ -26,7 +32,10 @@ def sandbox(cpu: Vcpu) -> Sandbox:
     """The partition's sandbox, bound to its spec's quota and open files on first use."""
     fs = cpu.machine.fs
     if not fs.bound:
-        fs.bind(cpu.machine.spec.disk_bytes, list(cpu.machine.fds.files.values()))
+        fds = cpu.machine.fds
+        with fds.lock:
+            files = list(fds.files.values())
+        fs.bind(cpu.machine.spec.disk_bytes, files)
     return fs
 
 
@@ -359,8 +368,6 @@ def sys_truncate(cpu: Vcpu, ptr: int, length: int, *_: int) -> int:
     return do_truncate(cpu, ptr, _long(cpu, length))
 
 
-# chmod/chown/utimes: the sandbox keeps no ownership or times of its own, so these succeed
-# when the path exists (following symlinks as the call would) and change nothing on the host.
 def sys_exists_ok(cpu: Vcpu, ptr: int, *_: int) -> int:
     """chmod/chown/utime/utimes: succeed when the path exists."""
     path, base = path_at(cpu, AT_FDCWD, ptr)

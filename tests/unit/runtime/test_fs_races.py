@@ -94,7 +94,9 @@ def test_symlink_swaps_never_reach_the_host(guest: GuestBuilder, tmp_path: Path,
         watcher.close()
     out = run.stdout.decode(errors="replace")
     assert run.status.exit_code == 0, (run.status, out, run.stderr[-400:])
-    assert "victim_rounds=" in out
+    counts = dict(item.split("=") for item in out.split())
+    assert int(counts["attacker_rounds"]) > 0 and int(counts["victim_rounds"]) > 0, out
+    assert run.status.unknown_syscalls == {}, "every call of the loop must reach the sandbox"
     after = Seen.of(canary)
     when = "after the run" if watcher.changed_after is None else \
         f"{watcher.changed_after:.3f}s into the run"
