@@ -92,11 +92,6 @@ def test_symlink_swaps_never_reach_the_host(guest: GuestBuilder, tmp_path: Path,
         run = run_machine(root, "/bin/race_paths", args, upper=upper, vcpus=vcpus)
     finally:
         watcher.close()
-    out = run.stdout.decode(errors="replace")
-    assert run.status.exit_code == 0, (run.status, out, run.stderr[-400:])
-    counts = dict(item.split("=") for item in out.split())
-    assert int(counts["attacker_rounds"]) > 0 and int(counts["victim_rounds"]) > 0, out
-    assert run.status.unknown_syscalls == {}, "every call of the loop must reach the sandbox"
     after = Seen.of(canary)
     when = "after the run" if watcher.changed_after is None else \
         f"{watcher.changed_after:.3f}s into the run"
@@ -104,3 +99,9 @@ def test_symlink_swaps_never_reach_the_host(guest: GuestBuilder, tmp_path: Path,
     assert os.listdir(outside) == ["canary"], "a file was created outside the root"
     assert sorted(os.listdir(base)) == neighbours, "a file was created next to the root"
     assert watcher.changed_after is None
+    # and the run was a real one: both sides ran, and every call reached the sandbox
+    out = run.stdout.decode(errors="replace")
+    assert run.status.exit_code == 0, (run.status, out, run.stderr[-400:])
+    counts = dict(item.split("=") for item in out.split())
+    assert int(counts["attacker_rounds"]) > 0 and int(counts["victim_rounds"]) > 0, out
+    assert run.status.unknown_syscalls == {}, run.status.unknown_syscalls
