@@ -12,6 +12,7 @@ from node_agent.runtime.console import BufferConsole
 from node_agent.runtime.machine import Machine
 from node_agent.runtime.spec import PartitionSpec
 from node_agent.runtime.upper_quota import ENTRY_COST
+from node_agent.runtime.workers import WorkerManager
 
 ARCHES = ["x86_64", "i386"]
 
@@ -58,3 +59,25 @@ def test_writes_stop_at_the_quota(guest: GuestBuilder, tmp_path: Path, arch: str
     held = sum(p.stat().st_size for p in upper.rglob("*") if p.is_file())
     assert held <= disk
     assert (upper / "data/blob").read_bytes() == blob
+
+
+def test_the_quota_crosses_into_a_worker_process(guest: GuestBuilder, tmp_path: Path) -> None:
+    """disk_bytes travels with the spec through the fork server to the worker's sandbox."""
+    blob = os.urandom(600 << 10)
+    root = make_root(tmp_path, guest("disk_fill", "x86_64"), "/bin/disk_fill", {"data/blob": blob})
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    manager = WorkerManager(tmp_path / "run")
+    try:
+        handle = manager.launch(PartitionSpec(name="fill", root=root, entrypoint="/bin/disk_fill",
+                                              args=("/data/blob",), memory_bytes=64 << 20,
+                                              upper=upper, disk_bytes=1 << 20), epoch=1)
+        status = handle.wait(60.0)
+        console = handle.read_console(0)[0].decode(errors="replace")
+    finally:
+        for left in manager.adopt():
+            if left.poll() is None:
+                left.stop(grace_s=2.0)
+        manager.close()
+    assert status is not None and status.exit_code == 0, (status, console[-400:])
+    assert "failures=0" in console
