@@ -1,4 +1,5 @@
-"""EtcdStore against a real 3-member etcd cluster whose members die, hang or lose quorum.
+"""EtcdStore against a real 3-member etcd cluster whose members die, hang or lose quorum,
+and a controller replica's API through a long stop of its only (or first) etcd member.
 
 Each test has a cluster of its own (etcd_cluster.py), faults go only to the members it
 started, and every wait is a condition with a deadline.
@@ -7,17 +8,24 @@ started, and every wait is a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 from etcd_cluster import EtcdCluster, Member, etcd_cluster
 from pyetcd import etcdrpc
+from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import agent_pb2_grpc, controller_pb2_grpc
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import types_pb2 as pb
 
 from controller.errors import StoreUnavailable
 from controller.etcd_server import free_port
+from controller.server import ControllerConfig, ControllerReplica
 from controller.store.etcd import Compare, EtcdStore, Op, WatchEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -355,3 +363,138 @@ def test_many_leases_share_one_keepalive_stream_across_a_member_failure(
     print(f"{count} keepalives on one stream: {one_round:.2f}s a round; "
           f"all renewed {recovered:.2f}s after the stream's member was killed")
     assert recovered < RECOVERY_S
+
+
+# -- (f) a stopped member costs the controller's API seconds, not minutes --------------------
+
+LEASE_TTL = 3  # the controller's default lease TTL (ControllerConfig.lease_ttl, --lease-ttl)
+API_BOUND_S = LEASE_TTL + 3.0  # the TTL, plus a margin for a loaded two-core box
+STOP_S = 12.0
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass
+class ApiProbe:
+    """A plaintext replica's public API and agent gateway: reads, and a registration
+    (a transaction and a lease grant) as the write."""
+
+    replica: ControllerReplica
+    api: controller_pb2_grpc.ControllerStub
+    gateway: agent_pb2_grpc.AgentGatewayStub
+
+    async def __call__(self) -> None:
+        await self.api.ListPartitions(cpb.ListPartitionsRequest(), timeout=2)
+        await self.api.ListNodes(cpb.ListNodesRequest(), timeout=2)
+        await self.gateway.Register(apb.RegisterRequest(node="probe", spec=pb.NodeSpec(
+            vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64])), timeout=2)
+
+    async def answered(self) -> bool:
+        try:
+            await self()
+        except grpc.aio.AioRpcError as err:
+            if err.code() not in RETRYABLE:
+                raise
+            return False
+        return True
+
+
+@contextlib.asynccontextmanager
+async def api_replica(endpoints: list[str]) -> AsyncIterator[ApiProbe]:
+    config = ControllerConfig(listen="127.0.0.1:0", etcd_endpoints=endpoints,
+                              prefix=f"/failover-{time.time_ns()}", lease_ttl=LEASE_TTL)
+    replica = ControllerReplica(config)
+    await replica.start()
+    try:
+        async with grpc.aio.insecure_channel(replica.address) as api, \
+                grpc.aio.insecure_channel(replica.agent_address) as agents:
+            yield ApiProbe(replica, controller_pb2_grpc.ControllerStub(api),
+                           agent_pb2_grpc.AgentGatewayStub(agents))
+    finally:
+        await replica.stop()
+
+
+async def until_answers(probe: ApiProbe, timeout: float) -> float:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not await probe.answered():
+        assert loop.time() - start < timeout, f"the API did not answer within {timeout:.0f}s"
+        await asyncio.sleep(0.05)
+    return loop.time() - start
+
+
+async def probe_through_stop(probe: ApiProbe, stopped_at: float) -> list[tuple[float, bool]]:
+    """Call the API over and over until the stop has lasted STOP_S: (time, answered)."""
+    loop = asyncio.get_running_loop()
+    seen: list[tuple[float, bool]] = []
+    while loop.time() - stopped_at < STOP_S:
+        ok = await probe.answered()
+        seen.append((loop.time() - stopped_at, ok))
+        if ok:
+            await asyncio.sleep(0.1)
+    return seen
+
+
+def test_the_api_answers_seconds_after_its_only_etcd_member_was_stopped(tmp_path: Path) -> None:
+    """SIGSTOP the only member for 12 s: every call meanwhile fails (a failover candidate
+    each time); after SIGCONT the API answers within the lease TTL plus a margin, reads,
+    writes and leadership alike. An endpoint that failed is never set aside for long, and
+    the last one never at all."""
+    cluster = EtcdCluster(tmp_path, size=1)
+    cluster.start()
+    (member,) = cluster.members
+
+    async def scenario() -> tuple[float, float, int]:
+        async with api_replica(cluster.endpoints) as probe:
+            await until(lambda: probe.replica.elector.leading, 10, "leadership")
+            await probe()
+            loop = asyncio.get_running_loop()
+            with cluster.paused(member):
+                seen = await probe_through_stop(probe, loop.time())
+            failed = [t for t, ok in seen if not ok]
+            assert failed and failed[-1] > STOP_S - 3, "the stop did not take effect"
+            answered = await until_answers(probe, 2 * API_BOUND_S)
+            leading = await until(lambda: probe.replica.elector.leading, 2 * API_BOUND_S,
+                                  "leadership")
+            assert probe.replica.etcd.current_endpoint == member.endpoint
+            for _ in range(5):
+                await probe()
+            return answered, leading, len(failed)
+
+    try:
+        answered, leading, failures = asyncio.run(scenario())
+    finally:
+        cluster.stop()
+    print(f"only member stopped {STOP_S:.0f}s ({failures} failed calls): the API answered "
+          f"{answered:.2f}s after SIGCONT, the replica led again after {leading:.2f}s")
+    assert answered < API_BOUND_S and leading < API_BOUND_S, (answered, leading)
+
+
+def test_a_stopped_first_member_costs_the_api_seconds(cluster: EtcdCluster) -> None:
+    """A 3-member cluster, the replica's first listed member (the raft leader) stopped for
+    12 s: the API answers again within seconds, keeps answering while the member stays
+    stopped, and after SIGCONT."""
+    members = leader_first(cluster)
+    first = members[0]
+
+    async def scenario() -> tuple[float, float]:
+        async with api_replica([m.endpoint for m in members]) as probe:
+            await until(lambda: probe.replica.elector.leading, 10, "leadership")
+            await probe()
+            loop = asyncio.get_running_loop()
+            with cluster.paused(first):
+                seen = await probe_through_stop(probe, loop.time())
+            answered = [t for t, ok in seen if ok]
+            assert answered, "the API never answered while the first member was stopped"
+            first_answer = answered[0]
+            # Once moved on, a stopped member costs no more outages: the longest stretch
+            # without an answer after the first one stays within the bound.
+            gaps = [b - a for a, b in zip(answered, answered[1:], strict=False)]
+            longest = max([*gaps, STOP_S - answered[-1]])
+            assert probe.replica.etcd.current_endpoint != first.endpoint
+            await until_answers(probe, API_BOUND_S)
+            return first_answer, longest
+
+    first_answer, longest = asyncio.run(scenario())
+    print(f"first member (leader) stopped {STOP_S:.0f}s: the API answered after "
+          f"{first_answer:.2f}s; longest stretch without an answer then {longest:.2f}s")
+    assert first_answer < API_BOUND_S and longest < API_BOUND_S, (first_answer, longest)
