@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,6 +56,9 @@ class ViridianGroup(click.Group):
 @click.option("--token", envvar="VIRIDIAN_TOKEN", metavar="ID.SECRET",
               help="Bearer token (default: the one `viridian up` saved for the address). "
               "Env: VIRIDIAN_TOKEN.")
+@click.option("--token-file", envvar="VIRIDIAN_TOKEN_FILE", metavar="FILE",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Read the token from FILE (e.g. a mounted secret). Env: VIRIDIAN_TOKEN_FILE.")
 @click.option("--ca", "ca_file", envvar="VIRIDIAN_CA", metavar="FILE",
               help="The cluster CA certificate (default: the one saved for the address). "
               "Env: VIRIDIAN_CA.")
@@ -63,8 +67,14 @@ class ViridianGroup(click.Group):
 @click.version_option(package_name="viridian", prog_name="viridian")
 @click.pass_context
 def cli(ctx: click.Context, controller: str, connect_timeout: float, token: str | None,
-        ca_file: str | None, insecure: bool) -> None:
+        token_file: Path | None, ca_file: str | None, insecure: bool) -> None:
     """Viridian: run emulated partitions on a cluster of nodes."""
+    if token_file is not None and not token:
+        try:
+            token = token_file.read_text().strip()
+        except OSError as err:
+            raise click.BadParameter(f"cannot read {token_file}: {err.strerror}",
+                                     param_hint="'--token-file'") from err
     addresses = parse_addresses(controller)
     if not addresses:
         raise click.BadParameter("no address given", param_hint="'--controller'")

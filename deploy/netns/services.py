@@ -260,9 +260,15 @@ class Processes:
         except subprocess.TimeoutExpired:
             return False
 
+    def completed(self, service: str) -> bool:
+        """A one-shot service (restart "no") that exited 0: done, as compose sees it."""
+        proc = self.procs.get(service)
+        return (proc is not None and self.services[service].restart == "no"
+                and proc.popen.poll() == 0)
+
     def wait_healthy(self, services: Sequence[str], timeout: float | None = None) -> None:
         deadline = time.monotonic() + (timeout or self.health_timeout)
-        pending = [s for s in services if s not in self.healthy]
+        pending = [s for s in services if s not in self.healthy and not self.completed(s)]
         while pending:
             self._fail_if_dead(pending)
             with ThreadPoolExecutor(max_workers=len(pending)) as pool:
@@ -271,7 +277,7 @@ class Processes:
                 if ok:
                     self.healthy.add(svc)
                     self._note(f"{svc}: healthy")
-            pending = [s for s in pending if not results[s]]
+            pending = [s for s in pending if not results[s] and not self.completed(s)]
             if not pending:
                 return
             if time.monotonic() > deadline:
@@ -287,7 +293,7 @@ class Processes:
     def _fail_if_dead(self, services: Sequence[str]) -> None:
         for svc in services:
             proc = self.procs.get(svc)
-            if proc is not None and proc.popen.poll() is not None:
+            if proc is not None and proc.popen.poll() is not None and not self.completed(svc):
                 raise ClusterError(f"{svc} exited with code {proc.popen.returncode} while "
                                    f"starting; log tail:\n{self.launcher.logs(svc)}")
 

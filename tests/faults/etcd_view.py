@@ -22,6 +22,8 @@ import grpc
 from pyetcd.etcdrpc import rpc_pb2, rpc_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller.security.pki import ETCD_NAME
+
 __all__ = ["Binding", "EtcdUnavailable", "EtcdView", "Snapshot", "prefix_end"]
 
 # Reconnect quickly after a member comes back (gRPC's default back-off grows to 120 s).
@@ -60,12 +62,18 @@ def prefix_end(prefix: bytes) -> bytes:
 
 class EtcdView:
     def __init__(self, endpoints: Sequence[str], prefix: str = "/viridian",
-                 timeout: float = 1.0) -> None:
+                 timeout: float = 1.0,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
         self.timeout = timeout
-        self._channels = [grpc.insecure_channel(e, options=CHANNEL_OPTIONS)
-                          for e in self.endpoints]
+        if credentials is None:
+            self._channels = [grpc.insecure_channel(e, options=CHANNEL_OPTIONS)
+                              for e in self.endpoints]
+        else:  # members are reached by address; their certificates name them by role
+            options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", ETCD_NAME)]
+            self._channels = [grpc.secure_channel(e, credentials, options=options)
+                              for e in self.endpoints]
         self._stubs = [rpc_pb2_grpc.KVStub(ch) for ch in self._channels]
         self._good = 0
         kinds = ("partitions", "bindings", "nodes", "node-leases")

@@ -51,7 +51,8 @@ class FaultCluster:
         self.fc = fc
         self.c = fc.c
         self.api = fc.api
-        self.view = EtcdView([f"{self.c.address(e)}:2379" for e in fc.etcds])
+        self.view = EtcdView([f"{self.c.address(e)}:2379" for e in fc.etcds],
+                             credentials=fc.etcd_tls())
         self.run_dirs = {n: fc.run_dir(n) for n in fc.nodes}
         self.checker = Checker(self.view.snapshot, self.workers, fc.nodes)
         self._serial = 0

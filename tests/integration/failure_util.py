@@ -33,6 +33,7 @@ for _p in (REPO / "deploy", REPO / "tests" / "integration", REPO):
 
 from netns_cluster import NetnsCluster  # noqa: E402
 
+from controller.embedded import open_channel  # noqa: E402
 from node_agent.runtime.forkserver import proc_starttime  # noqa: E402
 from node_agent.runtime.worker_console import read_ring  # noqa: E402
 
@@ -79,9 +80,9 @@ def wait_until(probe: Callable[[], T | None], what: str, timeout: float,
 class Api:
     """The public API with failover between controller addresses (as the CLI does it)."""
 
-    def __init__(self, addresses: Sequence[str]) -> None:
+    def __init__(self, addresses: Sequence[str], tls: tuple[bytes, str]) -> None:
         self.addresses = list(addresses)
-        self._channels = [grpc.insecure_channel(a) for a in self.addresses]
+        self._channels = [open_channel(a, *tls) for a in self.addresses]
         self._stubs = [cgrpc.ControllerStub(ch) for ch in self._channels]
         self._good = 0
 
@@ -212,7 +213,25 @@ class FailCluster:
         self.nodes = tuple(self.node_services) or NODES
         self.ctl_addrs = [f"{c.address(s)}:50051" for s in self.controllers]
         self.ctl = ",".join(self.ctl_addrs)
-        self.api = Api(self.ctl_addrs)
+        # The compose file's `certs` service wrote the cluster's certificates to this volume.
+        self.pki = c.run_dir / "volumes" / "pki"
+        self.api = Api(self.ctl_addrs, self.admin_tls())
+
+    def admin_tls(self) -> tuple[bytes, str]:
+        """(cluster CA, admin token) from the pki volume."""
+        admin = self.pki / "admin"
+        return (admin / "ca.pem").read_bytes(), (admin / "token").read_text().strip()
+
+    def cli_flags(self) -> list[str]:
+        """What the CLI needs to reach this cluster."""
+        admin = self.pki / "admin"
+        return ["--ca", str(admin / "ca.pem"), "--token-file", str(admin / "token")]
+
+    def etcd_tls(self) -> grpc.ChannelCredentials:
+        etcd = self.pki / "etcd-etcd"
+        return grpc.ssl_channel_credentials((etcd / "ca.pem").read_bytes(),
+                                            (etcd / "key.pem").read_bytes(),
+                                            (etcd / "cert.pem").read_bytes())
 
     # -- the host's view of the nodes --
     def run_dir(self, node: str) -> Path:
@@ -263,11 +282,16 @@ class FailCluster:
 
     # -- etcd --
     def etcdctl(self, *args: str, timeout: float = 5.0) -> subprocess.CompletedProcess[str]:
-        eps = ",".join(f"http://{self.c.address(e)}:2379" for e in self.etcds
+        eps = ",".join(f"https://{self.c.address(e)}:2379" for e in self.etcds
                        if self.c.pid(e) is not None)
+        etcd = self.pki / "etcd-etcd"
+        # The members' certificates name them by host name, not by these namespace
+        # addresses: the client certificate still has to be the cluster's.
+        tls = [f"--cacert={etcd / 'ca.pem'}", f"--cert={etcd / 'cert.pem'}",
+               f"--key={etcd / 'key.pem'}", "--insecure-skip-tls-verify"]
         return subprocess.run(
             [str(self.c.programs["etcdctl"]), f"--endpoints={eps}", "--command-timeout=2s",
-             *args], capture_output=True, text=True, timeout=timeout,
+             *tls, *args], capture_output=True, text=True, timeout=timeout,
             env={**os.environ, "ETCDCTL_API": "3"})
 
     def leader(self) -> str:
@@ -334,7 +358,7 @@ def cluster_up(run_dir: Path, compose: Path = COMPOSE,
             fc = FailCluster(c)
             fc.wait_nodes(dict.fromkeys(fc.nodes, "READY"), 30)
             for name, path in (images or {}).items():
-                res = run_cli(fc.ctl, "image", "push", name, str(path), insecure=True)
+                res = run_cli(fc.ctl, *fc.cli_flags(), "image", "push", name, str(path))
                 assert res.code == 0, str(res)
             yield fc
     finally:

@@ -90,7 +90,7 @@ def _failover_with_beats(fc: FailCluster, name: str, node: str, freeze: bool) ->
                    "old worker gone", 5)
         old_beats = beats(fc.console(node, name))
         wait_until(lambda: len(beats(fc.logs(name))) >= 3, "new copy beating", 10)
-        new_beats = beats(run_cli(fc.ctl, "logs", name, timeout=20, insecure=True).out)
+        new_beats = beats(run_cli(fc.ctl, *fc.cli_flags(), "logs", name, timeout=20).out)
         assert old_beats and new_beats
         gap_ms = (new_beats[0] - old_beats[-1]) / 1e6
         print(f"\n{'freeze' if freeze else 'cut'} {node}: Running on {new.status.node} "

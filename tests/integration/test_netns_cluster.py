@@ -46,8 +46,14 @@ def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
         assert c.leftovers() == []
 
 
-def node_states(address: str) -> dict[str, str]:
-    res = run_cli(address, "nodes", "-o", "json", timeout=20, insecure=True)
+def flags(c: NetnsCluster) -> list[str]:
+    """The CLI's credentials for the cluster (written by the compose file's certs service)."""
+    admin = c.run_dir / "volumes" / "pki" / "admin"
+    return ["--ca", str(admin / "ca.pem"), "--token-file", str(admin / "token")]
+
+
+def node_states(c: NetnsCluster, address: str) -> dict[str, str]:
+    res = run_cli(address, *flags(c), "nodes", "-o", "json", timeout=20)
     if res.code != 0:
         return {}
     return {n["name"]: n["status"]["state"].removeprefix("NODE_STATE_")
@@ -60,7 +66,7 @@ def wait_states(c: NetnsCluster, address: str, want: dict[str, str], timeout: fl
     last: dict[str, str] = {}
 
     def probe() -> bool:
-        last.update(node_states(address))
+        last.update(node_states(c, address))
         return all(last.get(n) == s for n, s in want.items())
 
     try:
@@ -84,7 +90,7 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
     ctl = ",".join(f"{c.address(s)}:50051" for s in ("controller-1", "controller-2"))
 
     # Every service has its own address, and names resolve inside the namespaces.
-    assert len({c.address(s) for s in c.selected}) == len(c.selected) == 8
+    assert len({c.address(s) for s in c.selected}) == len(c.selected) == 9  # certs too
     hosts = c.exec("node-1", ["python", "-c",
                               "import socket; print(socket.gethostbyname('controller-2'))"])
     assert hosts.stdout.strip() == c.address("controller-2"), hosts
@@ -93,9 +99,9 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
 
     # A real guest, pushed and run through the cluster from the host.
     hello = compile_guest(GUESTS / "hello.c", tmp_path / "hello")
-    ok(run_cli(ctl, "image", "push", "hello", str(hello), insecure=True))
-    res = run_cli(ctl, "run", "--image", "hello", "--env", "GREETING=hi", "--", "7", "a", "b",
-                  insecure=True)
+    ok(run_cli(ctl, *flags(c), "image", "push", "hello", str(hello)))
+    res = run_cli(ctl, *flags(c), "run", "--image", "hello", "--env", "GREETING=hi", "--",
+                  "7", "a", "b")
     assert res.code == 7, str(res)
     assert "arg1=7" in res.out and "arg3=b" in res.out and "GREETING=hi" in res.out, str(res)
 
@@ -103,18 +109,18 @@ def test_compose_cluster_in_namespaces(cluster: NetnsCluster, tmp_path: Path) ->
     c.kill("controller-1")
     assert c.pid("controller-1") is None
     t = time.monotonic()
-    nodes = json.loads(ok(run_cli(ctl, "nodes", "-o", "json", timeout=20, insecure=True)).out)
+    nodes = json.loads(ok(run_cli(ctl, *flags(c), "nodes", "-o", "json", timeout=20)).out)
     timings["CLI failover"] = time.monotonic() - t
     assert sorted(n["name"] for n in nodes) == list(NODES)
     # The agents that were on controller-1 reconnect to controller-2: all Ready again.
     timings["Ready via controller-2"] = wait_states(c, ctl, dict.fromkeys(NODES, "READY"), 30)
-    res = run_cli(ctl, "run", "--image", "hello", "--", "3", insecure=True)
+    res = run_cli(ctl, *flags(c), "run", "--image", "hello", "--", "3")
     assert res.code == 3 and "arg1=3" in res.out, str(res)
 
     # A network cut: node-3's link goes down; its lease lapses and it becomes NotReady.
     c.cut("node-3")
     timings["cut -> NotReady"] = wait_states(c, ctl, {"node-3": "NOT_READY"}, 10)
-    assert node_states(ctl)["node-1"] == "READY"
+    assert node_states(c, ctl)["node-1"] == "READY"
     c.restore("node-3")
     timings["restore -> Ready"] = wait_states(c, ctl, {"node-3": "READY"}, 30)
 
