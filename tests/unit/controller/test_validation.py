@@ -85,6 +85,8 @@ BAD_SPECS = [
     pytest.param("nl-image", {"image": "hello\n"}, "image", id="newline-in-an-image-name"),
     pytest.param("nul-image", {"image": "hel\0lo"}, "image", id="NUL-in-an-image-name"),
     pytest.param("nl-node", {"node": "node-1\n"}, "node", id="newline-in-the-old-node-pin"),
+    pytest.param("tiny-disk", {"disk_bytes": (1 << 20) - 1}, "disk", id="disk-under-1Mi"),
+    pytest.param("huge-disk", {"disk_bytes": (1 << 40) + 1}, "disk", id="disk-over-1Ti"),
 ]
 
 
@@ -125,6 +127,9 @@ def test_what_execve_and_kubernetes_accept_is_accepted(api: Api, elf: bytes) -> 
     items = create(api, "items-ok", args=["x"] * 2048, env={f"E{i}": "" for i in range(2048)},
                    desired_state=pb.DESIRED_STATE_OFF)
     assert len(items.spec.args) == 2048
+    for name, disk in (("disk-default", 0), ("disk-min", 1 << 20), ("disk-max", 1 << 40)):
+        assert create(api, name, disk_bytes=disk,
+                      desired_state=pb.DESIRED_STATE_OFF).spec.disk_bytes == disk
 
 
 def test_a_checkpoint_name_with_a_newline_is_refused(api: Api, elf: bytes) -> None:
