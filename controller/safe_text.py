@@ -38,12 +38,14 @@ def _escape(match: re.Match[str]) -> str:
 def has_controls(text: str) -> bool:
     """Whether `text` holds any character escape_controls would escape (tab and newline
     included)."""
-    return _ALL.search(text) is not None
+    return not text.isprintable() and _ALL.search(text) is not None
 
 
 def escape_controls(text: str, *, multiline: bool = False) -> str:
     """`text` with every control character shown as an escape; with `multiline`, tab and
     newline are kept."""
+    if text.isprintable():  # the common case, in C: no Cc, Cf, Zl or Zp character at all
+        return text
     pattern = _BUT_LINES if multiline else _ALL
     if pattern.search(text) is None:
         return text
