@@ -1,17 +1,36 @@
-"""i386 segment descriptors: a flat GDT per guest thread plus its TLS entries."""
+"""Segment descriptors: the flat GDT a partition starts with, and i386 TLS entries.
+
+Guests run at CPL 3 like a Linux process: the first thread starts at CPL 0 on the boot page,
+whose single ``iret`` loads the user code and stack segments below (RPL 3) and jumps to the
+ELF entry point. From then on the privileged instructions (cli/sti, hlt, lgdt, mov to/from
+CR*, rdmsr/wrmsr, invlpg, ...) raise a general protection fault, as for a Linux process.
+Every descriptor has its accessed bit set, so the CPU never writes to a GDT and the GDTs can
+be mapped read-only to the guest (it cannot forge a descriptor that leads back to CPL 0).
+Selectors follow the x86_64 kernel's (what a 32-bit process sees there too).
+"""
 
 from __future__ import annotations
 
 import struct
 
-__all__ = ["GDT_SIZE", "FLAT_DATA_SELECTOR", "TLS_MIN", "TLS_MAX", "descriptor",
-           "flat_gdt", "user_desc_to_descriptor"]
+__all__ = ["GDT_SIZE", "KERNEL_DS_SELECTOR", "USER_DS_SELECTOR", "USER_CS_SELECTOR",
+           "USER32_CS_SELECTOR", "TLS_MIN", "TLS_MAX", "descriptor", "flat_gdt",
+           "user_desc_to_descriptor", "boot_frame", "IRET64", "IRET32"]
 
 GDT_SIZE = 0x100          # 32 entries
-FLAT_CODE_ENTRY = 1
-FLAT_DATA_ENTRY = 2
-FLAT_DATA_SELECTOR = FLAT_DATA_ENTRY << 3      # ring 0: Unicorn runs at CPL 0
-TLS_MIN, TLS_MAX = 6, 8                        # Linux's GDT_ENTRY_TLS_MIN..MAX
+KERNEL_DS_ENTRY = 2       # the stack segment of the boot page's iret (CPL 0)
+USER32_CS_ENTRY = 4       # 32-bit user code
+USER_DS_ENTRY = 5         # user data and stack
+USER64_CS_ENTRY = 6       # 64-bit user code (x86_64 GDT only)
+KERNEL_DS_SELECTOR = KERNEL_DS_ENTRY << 3
+USER32_CS_SELECTOR = (USER32_CS_ENTRY << 3) | 3      # 0x23
+USER_DS_SELECTOR = (USER_DS_ENTRY << 3) | 3          # 0x2b
+USER_CS_SELECTOR = (USER64_CS_ENTRY << 3) | 3        # 0x33 (x86_64)
+TLS_MIN, TLS_MAX = 6, 8                        # Linux's GDT_ENTRY_TLS_MIN..MAX (i386)
+IRET64 = b"\x48\xcf"                           # iretq
+IRET32 = b"\xcf"                               # iret
+_ACCESSED = 0x01
+_CODE_DPL3, _DATA_DPL3, _DATA_DPL0 = 0xFB, 0xF3, 0x93   # present, S, type, accessed
 
 
 def descriptor(base: int, limit: int, access: int, flags: int) -> int:
@@ -19,11 +38,23 @@ def descriptor(base: int, limit: int, access: int, flags: int) -> int:
             | (((limit >> 16) & 0xF) << 48) | (flags << 52) | (((base >> 24) & 0xFF) << 56))
 
 
-def flat_gdt() -> bytes:
+def flat_gdt(arch: str) -> bytes:
+    """The GDT of a new partition: flat 4 GiB segments (64-bit code on x86_64)."""
     entries = [0] * (GDT_SIZE // 8)
-    entries[FLAT_CODE_ENTRY] = descriptor(0, 0xFFFFF, 0x9A, 0xC)
-    entries[FLAT_DATA_ENTRY] = descriptor(0, 0xFFFFF, 0x92, 0xC)
+    entries[KERNEL_DS_ENTRY] = descriptor(0, 0xFFFFF, _DATA_DPL0, 0xC)
+    entries[USER32_CS_ENTRY] = descriptor(0, 0xFFFFF, _CODE_DPL3, 0xC)
+    entries[USER_DS_ENTRY] = descriptor(0, 0xFFFFF, _DATA_DPL3, 0xC)
+    if arch == "x86_64":
+        entries[USER64_CS_ENTRY] = descriptor(0, 0xFFFFF, _CODE_DPL3, 0xA)   # L=1
     return struct.pack(f"<{len(entries)}Q", *entries)
+
+
+def boot_frame(arch: str, entry: int, sp: int) -> tuple[bytes, bytes]:
+    """(the boot page's code, the iret frame to place at the stack pointer) that start the
+    guest at ``entry`` with stack ``sp`` at CPL 3, interrupts flag set as on Linux."""
+    if arch == "x86_64":
+        return IRET64, struct.pack("<5Q", entry, USER_CS_SELECTOR, 0x202, sp, USER_DS_SELECTOR)
+    return IRET32, struct.pack("<5I", entry, USER32_CS_SELECTOR, 0x202, sp, USER_DS_SELECTOR)
 
 
 def user_desc_to_descriptor(base: int, limit: int, flags: int) -> int:
@@ -36,8 +67,8 @@ def user_desc_to_descriptor(base: int, limit: int, flags: int) -> int:
     useable = (flags >> 6) & 1
     if base == 0 and limit == 0 and read_exec_only and not_present:
         return 0
-    access = 0x10 | (3 << 5) | (contents << 2) | (0 if read_exec_only else 2)
+    access = 0x10 | (3 << 5) | (contents << 2) | (0 if read_exec_only else 2) | _ACCESSED
     if not not_present:
         access |= 0x80
     gflags = (limit_in_pages << 3) | (seg_32bit << 2) | useable
-    return descriptor(base, limit, access, gflags)
+    return descriptor(base, limit & 0xFFFFF, access, gflags)

@@ -16,9 +16,9 @@ from unicorn import x86_const as X
 from .abi import ABI_I386, ABI_X86_64
 from .files import ConsoleFile, FdTable
 from .fs import Sandbox
-from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, flat_gdt, user_desc_to_descriptor
+from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, boot_frame, flat_gdt, user_desc_to_descriptor
 from .loader import build_stack, load_image, read_image, validate_image
-from .memory import RESERVED, GuestFault, GuestMemory
+from .memory import GDT_AREA, GuestFault, GuestMemory
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
 from .syscall_common import BLOCK, E
 from .syscalls_i386 import TABLE as TABLE_I386
@@ -26,7 +26,12 @@ from .syscalls_x86_64 import TABLE as TABLE_X86_64
 from .threads import BLOCKED, GuestThread, Scheduler
 from .vcpu import QUANTUM, Vcpu
 
-__all__ = ["Machine", "validate_image"]
+__all__ = ["Machine", "validate_image", "MAX_UNKNOWN_TRACKED", "UNKNOWN_OTHERS"]
+
+#: Distinct unknown syscall numbers counted one by one; the guest picks the numbers, so
+#: every further number is summed under UNKNOWN_OTHERS (and reported once).
+MAX_UNKNOWN_TRACKED = 64
+UNKNOWN_OTHERS = -1
 
 
 class Machine:
@@ -44,7 +49,7 @@ class Machine:
         self.started = time.monotonic()
         self._stop_requested = False
         self.vcpus: list[Vcpu] = []
-        self._gdt_free = list(range(RESERVED // GDT_SIZE))
+        self._gdt_free = list(range(GDT_AREA // GDT_SIZE))
         self.sched = Scheduler(0)
         self.sched.on_done = self._halt_all
         self.mem: GuestMemory | None = None
@@ -149,6 +154,8 @@ class Machine:
         with self._lifecycle:
             if not self.sched.paused or self.sched.done:
                 raise RuntimeError("save_state needs a paused, running partition")
+            assert self.mem is not None
+            self.mem.populate_files()     # the state file holds their pages, not the files
             return save_machine(self, Path(path))
 
     def end_saved(self) -> None:
@@ -178,17 +185,21 @@ class Machine:
         argv = [spec.entrypoint, *spec.args]
         env = [f"{k}={v}" for k, v in spec.env]
         sp = build_stack(self.mem, image, phdr, argv, env)
+        # The first instruction is the boot page's iret: it drops to CPL 3 (gdt.py).
+        code, frame = boot_frame(image.arch, image.entry, sp)
+        self.mem.host_write(self.mem.boot, code)
+        self.mem.write(sp - len(frame), frame)
         self.fds = FdTable()
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
         self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
         main = self.sched.new_thread(first=True)
         assert main is not None
+        main.gdt = self.alloc_gdt()
         if self.arch == "x86_64":
-            main.pending = {X.UC_X86_REG_RIP: image.entry, X.UC_X86_REG_RSP: sp}
+            main.pending = {X.UC_X86_REG_RIP: self.mem.boot, X.UC_X86_REG_RSP: sp - len(frame)}
         else:
-            main.gdt = self.alloc_gdt()
-            main.pending = {X.UC_X86_REG_EIP: image.entry, X.UC_X86_REG_ESP: sp}
+            main.pending = {X.UC_X86_REG_EIP: self.mem.boot, X.UC_X86_REG_ESP: sp - len(frame)}
         self.vcpus = [Vcpu(self, i) for i in range(spec.vcpus)]
         self.sched.start(main)
         return None
@@ -261,11 +272,21 @@ class Machine:
 
     # -- services for syscalls ----------------------------------------------------------
     def unknown_syscall(self, nr: int) -> None:
+        """Count an ENOSYS; at most MAX_UNKNOWN_TRACKED numbers (and events), the rest
+        summed under UNKNOWN_OTHERS."""
+        message = None
         with self._unknown_lock:
-            first = nr not in self.unknown
+            if nr not in self.unknown and len(self.unknown) >= MAX_UNKNOWN_TRACKED:
+                if UNKNOWN_OTHERS not in self.unknown:
+                    message = (f"syscall {nr} ({self.arch}) returned ENOSYS; after "
+                               f"{MAX_UNKNOWN_TRACKED} distinct unknown syscalls, further "
+                               f"ones are counted together under {UNKNOWN_OTHERS}")
+                nr = UNKNOWN_OTHERS
+            elif nr not in self.unknown:
+                message = f"syscall {nr} ({self.arch}) returned ENOSYS"
             self.unknown[nr] = self.unknown.get(nr, 0) + 1
-        if first:
-            self.event("UnknownSyscall", f"syscall {nr} ({self.arch}) returned ENOSYS")
+        if message is not None:
+            self.event("UnknownSyscall", message)
 
     def event(self, reason: str, message: str) -> None:
         if self.on_event is not None:
@@ -315,12 +336,12 @@ class Machine:
                 raise OSError(11, "no free GDT slot")
             slot = self._gdt_free.pop(0)
         addr = self.mem.reserved + slot * GDT_SIZE
-        self.mem.write(addr, flat_gdt())
+        self.mem.host_write(addr, flat_gdt(self.arch))
         return addr
 
     def free_gdt(self, thread: GuestThread) -> None:
-        """Return an exited i386 thread's GDT slot."""
-        if thread.gdt and self.mem is not None:
+        """Return an exited i386 thread's GDT slot (x86_64 threads share the first one)."""
+        if thread.gdt and self.mem is not None and self.arch == "i386":
             with self.sched.cond:
                 self._gdt_free.append((thread.gdt - self.mem.reserved) // GDT_SIZE)
             thread.gdt = 0
@@ -331,7 +352,7 @@ class Machine:
         entry, base, limit, flags = struct.unpack("<iIII", self.mem.read(ptr, 16))
         if entry == -1:
             for candidate in range(TLS_MIN, TLS_MAX + 1):
-                if self.mem.u64(thread.gdt + 8 * candidate) == 0:
+                if self.mem.host_read(thread.gdt + 8 * candidate, 8) == bytes(8):
                     entry = candidate
                     break
             else:
@@ -340,5 +361,5 @@ class Machine:
         if not TLS_MIN <= entry <= TLS_MAX:
             return E.INVAL
         desc = user_desc_to_descriptor(base, limit, flags)
-        self.mem.put_u64(thread.gdt + 8 * entry, desc)
+        self.mem.host_write(thread.gdt + 8 * entry, struct.pack("<Q", desc))
         return 0

@@ -2,32 +2,64 @@
 
 Layout (guest-virtual addresses; Unicorn runs with paging off)::
 
-    base ........ image_end   the ELF's PT_LOAD segments (their own permissions)
+    base ........ image_end   the ELF's PT_LOAD segments and bss (their own permissions)
     image_end ... brk         the brk heap, grows up
-    ...           stack_low   anonymous mmap area, allocated top-down
+    ...           gap_low     anonymous and file mmap area, allocated top-down
+    gap_low ..... stack_low   the stack guard gap: never mapped in Unicorn, EFAULT for syscalls
     stack_low ... stack_top   the main thread's stack
-    stack_top ... top         a reserved page block (i386 per-vCPU GDTs)
+    stack_top ... boot        GDT_AREA: i386 per-thread GDTs, the x86_64 GDT (guest: read-only)
+    boot ........ top         the boot page: the iret that starts the guest at CPL 3 (R-X)
 
 All of it is one host mapping (MAP_NORESERVE), so untouched guest memory costs nothing.
+
+**The memory bound.** ``memory_bytes`` pays for everything the guest can touch: the image's
+segments and bss, the heap, every mmap and the stack. The guard gap is address space only
+(nothing can touch it), so the host memory a guest can make this mapping use is at most
+``memory_bytes`` rounded up to a page plus ``RESERVED`` (68 KiB: the GDTs and the boot page,
+written by the runtime only) — ``ALLOWANCE`` below. An image whose segments leave no room for
+the stack and one page of heap does not start (GuestMemory raises MemoryError; the partition
+fails with "cannot start: ...", where Linux's execve would return ENOMEM to its caller).
+
+**File mappings** are host mappings of the file itself (MAP_PRIVATE | MAP_FIXED over the
+guest range), so pages are read from the file only when touched, and they are inside this
+mapping (bounded and counted like any guest page). Only whole pages that exist in the file
+when it is mapped come from it; pages past its end stay anonymous zero pages (Linux would
+raise SIGBUS on touching them). A guest that shrinks a mapped file and then touches the lost
+pages gets SIGBUS as on Linux, here for the whole worker process ("worker died: signal 7").
+Unmapping, MAP_FIXED over, or brk over such a range puts anonymous memory back.
 """
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import ctypes.util
+import errno
 import mmap
+import os
 import struct
 import threading
 
 from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
-__all__ = ["GuestMemory", "GuestFault", "PAGE", "page_up", "page_down"]
+from .ranges import RangeSet
+
+__all__ = ["GuestMemory", "GuestFault", "PAGE", "page_up", "page_down", "RESERVED",
+           "GDT_AREA", "STACK_GUARD_GAP", "ALLOWANCE", "MAX_MAPPINGS", "format_size"]
 
 PAGE = 0x1000
-RESERVED = 0x10000
+GDT_AREA = 0x10000                  # 256 GDTs of 256 bytes
+BOOT_PAGE = PAGE
+RESERVED = GDT_AREA + BOOT_PAGE
+#: Linux's default stack_guard_gap (256 pages) below the main stack.
+STACK_GUARD_GAP = 256 * PAGE
+#: How far touched guest memory may exceed memory_bytes: the reserved block + page rounding.
+ALLOWANCE = RESERVED + PAGE
 MAX_STACK = 8 << 20
 I386_LIMIT = 0xFFFF0000
+#: Caps on guest-controlled bookkeeping (Linux: vm.max_map_count = 65530 mappings).
+MAX_MAPPINGS = 65530
+MAX_FILE_MAPPINGS = 4096            # each costs up to 3 host mappings in this process
+MAX_EXEC_RANGES = 256               # unicorn's mem_protect costs O(regions): 1000 take 70 s
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -36,7 +68,12 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_NORESERVE = 0x4000
+_MAP_FIXED = 0x10
 _MADV_DONTNEED = 4
+_MADV_POPULATE_READ = 22
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
+_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
 
 
 class GuestFault(Exception):
@@ -51,44 +88,101 @@ def page_down(n: int) -> int:
     return n & ~(PAGE - 1)
 
 
+def format_size(n: int) -> str:
+    """1.7Gi, 16Mi, 12Ki: how sizes are written to users."""
+    for unit, shift in (("Gi", 30), ("Mi", 20), ("Ki", 10)):
+        if n >= 1 << shift:
+            value = n / (1 << shift)
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.1f}{unit}"
+    return f"{n}B"
+
+
 class GuestMemory:
     """The guest's whole address space, backed by one host mapping."""
 
     def __init__(self, base: int, image_end: int, memory_bytes: int, bits: int) -> None:
         self.base = base
         self.image_end = page_up(image_end)
-        size = page_up(self.image_end - base + memory_bytes) + RESERVED
+        size = page_up(memory_bytes) + STACK_GUARD_GAP + RESERVED
         if bits == 32 and base + size > I386_LIMIT:
-            size = I386_LIMIT - base
+            size = page_down(I386_LIMIT - base)
         self.size = size
         self.top = base + size
+        self.boot = self.top - BOOT_PAGE
         self.stack_top = self.top - RESERVED
+        self.reserved = self.stack_top
         stack = min(MAX_STACK, page_down(memory_bytes // 4))
         self.stack_low = self.stack_top - stack
-        if self.stack_low <= self.image_end + PAGE:
-            raise MemoryError("partition memory too small for the image")
-        self.reserved = self.stack_top
+        self.gap_low = self.stack_low - STACK_GUARD_GAP
+        if self.gap_low < self.image_end + PAGE:
+            raise MemoryError(
+                f"the image's segments and bss need {format_size(self.image_end - base)}; "
+                f"the partition's {format_size(memory_bytes)} leave "
+                f"{format_size(max(0, self.gap_low - PAGE - base))} beside its "
+                f"{format_size(stack)} stack")
         self.brk_start = self.image_end
         self.brk = self.image_end
-        prot = mmap.PROT_READ | mmap.PROT_WRITE
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
-        host = _libc.mmap(None, size, prot, flags, -1, 0)
-        if host is None or host == ctypes.c_void_p(-1).value:
-            raise MemoryError(f"cannot reserve {size} bytes of guest memory")
+        host = _libc.mmap(None, size, _PROT_RW, _ANON, -1, 0)
+        if host is None or host == _MAP_FAILED:
+            raise MemoryError(f"cannot reserve {format_size(size)} of guest memory")
         self.host: int = host
         self.view = memoryview((ctypes.c_ubyte * size).from_address(host)).cast("B")
         self.lock = threading.Lock()
-        # Sorted, non-overlapping [start, end) of anonymous mmap allocations.
-        self._starts: list[int] = []
-        self._ends: list[int] = []
+        self._alloc = RangeSet(MAX_MAPPINGS)         # mmap allocations
+        self._files = RangeSet(MAX_FILE_MAPPINGS)    # host file mappings inside them
+        self._exec = RangeSet(MAX_EXEC_RANGES)       # made executable at run time
+        # What vCPUs still have to mem_protect: pieces in the order they became executable.
+        # Compacted to the ranges themselves (a new epoch: vCPUs re-apply all) when long.
+        self._exec_log: list[tuple[int, int]] = []
+        self._exec_epoch = 0
         self.exec_generation = 0
-        self.exec_ranges: list[tuple[int, int]] = []
         self.image_perms: list[tuple[int, int, int]] = []
 
-    # -- host/guest access -------------------------------------------------
+    # -- bookkeeping the state file saves (snapshot.py reads and assigns these) ------------
+    @property
+    def _starts(self) -> list[int]:
+        return self._alloc.starts
+
+    @_starts.setter
+    def _starts(self, value: list[int]) -> None:
+        self._alloc.starts = [int(v) for v in value]
+
+    @property
+    def _ends(self) -> list[int]:
+        return self._alloc.ends
+
+    @_ends.setter
+    def _ends(self, value: list[int]) -> None:
+        self._alloc.ends = [int(v) for v in value]
+
+    @property
+    def exec_ranges(self) -> list[tuple[int, int]]:
+        return self._exec.pairs()
+
+    @exec_ranges.setter
+    def exec_ranges(self, value: list[tuple[int, int]]) -> None:
+        self._exec.load(sorted((int(lo), int(hi)) for lo, hi in value))
+        self._exec_log = self._exec.pairs()
+        self._exec_epoch += 1
+
+    def exec_since(self, seen: tuple[int, int]) -> tuple[list[tuple[int, int]],
+                                                         tuple[int, int], int]:
+        """(pieces to make executable, the new ``seen`` mark, generation) for a vCPU that
+        applied the log up to ``seen`` = (epoch, index)."""
+        with self.lock:
+            epoch, index = seen
+            if epoch != self._exec_epoch:
+                index = 0
+            return (self._exec_log[index:], (self._exec_epoch, len(self._exec_log)),
+                    self.exec_generation)
+
+    # -- guest pointers (syscall arguments) ------------------------------------------------
     def _off(self, addr: int, n: int) -> int:
+        """Offset of a guest range in the mapping; GuestFault outside what the guest may
+        address through a syscall: below base, the guard gap, the reserved block."""
         off = addr - self.base
-        if off < 0 or n < 0 or off + n > self.size:
+        if off < 0 or n < 0 or addr + n > self.stack_top or \
+                (addr < self.stack_low and addr + n > self.gap_low):
             raise GuestFault(f"bad guest pointer 0x{addr:x}+{n}")
         return off
 
@@ -102,8 +196,8 @@ class GuestMemory:
 
     def read_cstr(self, addr: int, limit: int = 4096) -> bytes:
         off = self._off(addr, 1)
-        end = min(self.size, off + limit)
-        chunk = self.view[off:end]
+        end = self.gap_low if addr < self.gap_low else self.stack_top
+        chunk = self.view[off:min(end - self.base, off + limit)]
         idx = bytes(chunk).find(b"\0")
         if idx < 0:
             raise GuestFault(f"unterminated string at 0x{addr:x}")
@@ -121,30 +215,82 @@ class GuestMemory:
     def put_u64(self, addr: int, value: int) -> None:
         self.write(addr, struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF))
 
+    def copy(self, dst: int, src: int, n: int) -> None:
+        """Copy guest memory to guest memory without a host-side buffer (mremap)."""
+        doff, soff = self._off(dst, n), self._off(src, n)
+        ctypes.memmove(self.host + doff, self.host + soff, n)
+
+    # -- the runtime's own access (loader, GDTs, boot page) ---------------------------------
+    def host_view(self, addr: int, n: int) -> memoryview:
+        """A writable view of [addr, addr+n) anywhere in the mapping (not for guest pointers)."""
+        off = addr - self.base
+        if off < 0 or n < 0 or off + n > self.size:
+            raise GuestFault(f"bad runtime address 0x{addr:x}+{n}")
+        return self.view[off:off + n]
+
+    def host_read(self, addr: int, n: int) -> bytes:
+        return bytes(self.host_view(addr, n))
+
+    def host_write(self, addr: int, data: bytes) -> None:
+        self.host_view(addr, len(data))[:] = data
+
+    # -- zeroing and discarding --------------------------------------------------------------
     def zero(self, addr: int, n: int) -> None:
-        """Give [addr, addr+n) back to the host as zero pages (whole pages only)."""
-        off = self._off(addr, n)
+        """Give [addr, addr+n) back as zero pages: file-backed pages become anonymous again,
+        the rest is returned to the host (whole pages; partial pages are cleared)."""
+        off = addr - self.base
+        if off < 0 or n < 0 or off + n > self.size:
+            raise GuestFault(f"bad runtime address 0x{addr:x}+{n}")
         lo, hi = page_up(off), page_down(off + n)
         if hi > lo:
+            for flo, fhi in self._files.intersecting(self.base + lo, self.base + hi):
+                self._anonymous(flo, fhi - flo)
+            self._files.remove(self.base + lo, self.base + hi)
             _libc.madvise(self.host + lo, hi - lo, _MADV_DONTNEED)
         if lo > off:
             self.view[off:min(lo, off + n)] = bytes(min(lo, off + n) - off)
         if hi >= lo and off + n > hi:
             self.view[hi:off + n] = bytes(off + n - hi)
 
+    def _anonymous(self, addr: int, n: int) -> None:
+        """Replace a file-backed range with fresh anonymous pages (same host addresses)."""
+        at = self.host + addr - self.base
+        if _libc.mmap(at, n, _PROT_RW, _ANON | _MAP_FIXED, -1, 0) != at:
+            # A hole in the guest mapping would crash the worker: end the partition instead.
+            raise MemoryError(f"cannot replace a file mapping: {os.strerror(ctypes.get_errno())}")
+
+    def discard(self, addr: int, n: int) -> None:
+        """MADV_DONTNEED as Linux does it: anonymous pages read back as zero, pages of a file
+        mapping read back from the file."""
+        off = self._off(addr, n)
+        lo, hi = page_down(off), page_up(off + n)
+        if hi > lo:
+            _libc.madvise(self.host + lo, hi - lo, _MADV_DONTNEED)
+
     # -- Unicorn mappings --------------------------------------------------
     def unicorn_regions(self) -> list[tuple[int, int, int, int]]:
-        """(guest address, size, UC_PROT perms, host pointer) covering the whole space."""
+        """(guest address, size, UC_PROT perms, host pointer) of everything the guest may
+        touch: the guard gap is left out, the reserved block is not writable."""
         out: list[tuple[int, int, int, int]] = []
+
+        def region(lo: int, hi: int, perms: int) -> None:
+            if hi > lo:
+                out.append((lo, hi - lo, perms, self.host + lo - self.base))
+
         cursor = self.base
         for start, end, perms in self.image_perms:
-            if start > cursor:
-                out.append((cursor, start - cursor, UC_PROT_READ, self.host + cursor - self.base))
-            out.append((start, end - start, perms, self.host + start - self.base))
+            region(cursor, start, UC_PROT_READ)
+            region(start, end, perms)
             cursor = end
         rw = UC_PROT_READ | UC_PROT_WRITE
-        out.append((cursor, self.top - cursor, rw, self.host + cursor - self.base))
+        region(cursor, self.gap_low, rw)
+        region(self.stack_low, self.stack_top, rw)
+        region(self.stack_top, self.boot, UC_PROT_READ)
+        region(self.boot, self.top, UC_PROT_READ | UC_PROT_EXEC)
         return out
+
+    def in_guard_gap(self, addr: int) -> bool:
+        return self.gap_low <= addr < self.stack_low
 
     def set_image_perms(self, pages: dict[int, int]) -> None:
         """Record per-page permissions of the loaded image, coalesced into ranges."""
@@ -157,18 +303,35 @@ class GuestMemory:
                 ranges.append((page, page + PAGE, perms))
         self.image_perms = ranges
 
-    def make_executable(self, addr: int, length: int) -> None:
-        """Ask every vCPU to map [addr, addr+length) executable at its next syscall."""
+    def make_executable(self, addr: int, length: int) -> bool:
+        """Ask every vCPU to map [addr, addr+length) executable at its next syscall.
+
+        Only the heap, mmap area and stack can be made executable (never the image, whose
+        pages keep their ELF permissions, nor the gap or the reserved block). False when
+        that would need more than MAX_EXEC_RANGES separate ranges (mprotect: ENOMEM).
+        """
         lo, hi = page_down(addr), page_up(addr + length)
-        if lo < self.base or hi > self.top or hi <= lo:
-            return
         with self.lock:
-            self.exec_ranges.append((lo, hi))
-            self.exec_generation += 1
+            pieces: list[tuple[int, int]] = []
+            for zlo, zhi in ((self.image_end, self.gap_low), (self.stack_low, self.stack_top)):
+                plo, phi = max(lo, zlo), min(hi, zhi)
+                if phi <= plo:
+                    continue
+                new = self._exec.uncovered(plo, phi)
+                if new and not self._exec.add(plo, phi):
+                    return False
+                pieces += new
+            if pieces:
+                self._exec_log += pieces
+                if len(self._exec_log) > 4 * MAX_EXEC_RANGES:
+                    self._exec_log = self._exec.pairs()
+                    self._exec_epoch += 1
+                self.exec_generation += 1
+            return True
 
     # -- brk / mmap ------------------------------------------------------------
     def _lowest_mmap(self) -> int:
-        return self._starts[0] if self._starts else self.stack_low
+        return self._alloc.starts[0] if len(self._alloc) else self.gap_low
 
     def set_brk(self, new: int) -> int:
         with self.lock:
@@ -184,95 +347,124 @@ class GuestMemory:
 
     def mmap_anon(self, length: int, fixed: int | None = None) -> int | None:
         """Allocate (or claim, for MAP_FIXED) zeroed pages; None when out of memory."""
+        return self.mmap(length, fixed)
+
+    def mmap(self, length: int, fixed: int | None = None,
+             file: tuple[int, int] | None = None) -> int | None:
+        """Allocate (or claim, for MAP_FIXED) zeroed pages, then back them with ``file``
+        (host fd, page-aligned offset) if given; None when out of memory or mappings."""
         length = page_up(length)
         if length <= 0:
             return None
         with self.lock:
             if fixed is not None:
-                if fixed < page_up(self.brk) or fixed + length > self.stack_low:
+                if fixed & (PAGE - 1) or fixed < page_up(self.brk) or \
+                        fixed + length > self.gap_low:
                     return None
-                self._insert(fixed, fixed + length)
+                # remove() may split one range and add() may not merge: room for both
+                if len(self._alloc) + 2 > MAX_MAPPINGS or \
+                        not self._files.can_remove(fixed, fixed + length):
+                    return None
+                self._alloc.remove(fixed, fixed + length)
                 self.zero(fixed, length)
-                return fixed
-            hi = self.stack_low
-            for i in range(len(self._starts) - 1, -2, -1):
-                lo = self._ends[i] if i >= 0 else page_up(self.brk) + PAGE
-                if hi - lo >= length:
-                    addr = hi - length
-                    self._insert(addr, addr + length)
-                    return addr
-                if i >= 0:
-                    hi = self._starts[i]
-            return None
+                self._alloc.add(fixed, fixed + length)
+                addr = fixed
+            else:
+                found = self._free_top_down(length)
+                if found is None or not self._alloc.add(found, found + length):
+                    return None
+                addr = found
+            if file is not None and not self._map_file(addr, length, *file):
+                self._alloc.remove(addr, addr + length)
+                return None
+            return addr
+
+    def _free_top_down(self, length: int) -> int | None:
+        starts, ends = self._alloc.starts, self._alloc.ends
+        hi = self.gap_low
+        for i in range(len(starts) - 1, -2, -1):
+            lo = ends[i] if i >= 0 else page_up(self.brk) + PAGE
+            if hi - lo >= length:
+                return hi - length
+            if i >= 0:
+                hi = starts[i]
+        return None
+
+    def _map_file(self, addr: int, length: int, fd: int, offset: int) -> bool:
+        """Caller holds the lock; [addr, addr+length) is allocated and zero. Map the file's
+        pages (those that exist now) over it, lazily, copy-on-write."""
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            return False
+        n = min(length, page_up(size - offset)) if offset < size else 0
+        if n == 0:
+            return True
+        if not self._files.add(addr, addr + n):
+            return False
+        at = self.host + addr - self.base
+        if _libc.mmap(at, n, _PROT_RW, mmap.MAP_PRIVATE | _MAP_FIXED, fd, offset) != at:
+            self._anonymous(addr, n)          # a failed MAP_FIXED may have left a hole
+            self._files.remove(addr, addr + n)
+            return False
+        return True
+
+    def populate_files(self) -> None:
+        """Read every page of the file mappings in (before a save: the state file holds
+        memory only, so a restored guest must find the file's data in its pages)."""
+        with self.lock:
+            ranges = self._files.pairs()
+        for lo, hi in ranges:
+            at, n = self.host + lo - self.base, hi - lo
+            if _libc.madvise(at, n, _MADV_POPULATE_READ) == 0:
+                continue
+            if ctypes.get_errno() != errno.EINVAL:
+                continue                      # EFAULT: pages past a shrunk file's end
+            fd = os.open("/proc/self/mem", os.O_RDONLY | os.O_CLOEXEC)   # kernels < 5.14
+            try:
+                for page in range(at, at + n, 1 << 20):
+                    try:
+                        os.pread(fd, min(1 << 20, at + n - page), page)
+                    except OSError:
+                        pass
+            finally:
+                os.close(fd)
+
+    def file_backed(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return self._files.pairs()
 
     def munmap(self, addr: int, length: int) -> bool:
+        """False (ENOMEM, nothing changed) when splitting would exceed MAX_MAPPINGS."""
         addr, end = page_down(addr), page_up(addr + length)
         with self.lock:
             # Zero before the range can be handed out again: zeroing after the lock let a
             # concurrent mmap (another guest thread's stack, a malloc arena) get the range,
             # write to it and then lose what it wrote.
-            if self._remove(addr, end):
-                self.zero(addr, end - addr)
+            if not (self._alloc.can_remove(addr, end) and self._files.can_remove(addr, end)):
+                return False
+            for lo, hi in self._alloc.remove(addr, end) or ():
+                self.zero(lo, hi - lo)
         return True
 
     def is_mapped(self, addr: int, length: int) -> bool:
         with self.lock:
-            i = bisect.bisect_right(self._starts, addr) - 1
-            return i >= 0 and self._ends[i] >= addr + length
+            return self._alloc.covers(addr, addr + length)
 
     def resize(self, addr: int, old: int, new: int) -> int | None:
         """Grow or shrink an mmap allocation in place; None if it cannot grow in place."""
         old, new = page_up(old), page_up(new)
         if new <= old:
-            self.munmap(addr + new, old - new)
-            return addr
+            return addr if self.munmap(addr + new, old - new) else None
         with self.lock:
-            i = bisect.bisect_right(self._starts, addr) - 1
-            if i < 0 or self._ends[i] != addr + old:
+            span = self._alloc.containing(addr)
+            if span is None or span[1] != addr + old:
                 return None
-            limit = self._starts[i + 1] if i + 1 < len(self._starts) else self.stack_low
-            if addr + new > limit:
+            limit = self._alloc.next_start(span[1])
+            if addr + new > (self.gap_low if limit is None else limit):
                 return None
-            self._ends[i] = addr + new
-            self._merge()
+            self._alloc.grow(span[0], addr + new)
             return addr
-
-    def _insert(self, lo: int, hi: int) -> None:
-        self._remove(lo, hi)
-        i = bisect.bisect_left(self._starts, lo)
-        self._starts.insert(i, lo)
-        self._ends.insert(i, hi)
-        self._merge()
-
-    def _merge(self) -> None:
-        starts: list[int] = []
-        ends: list[int] = []
-        for s, e in zip(self._starts, self._ends, strict=True):
-            if starts and s <= ends[-1]:
-                ends[-1] = max(ends[-1], e)
-            else:
-                starts.append(s)
-                ends.append(e)
-        self._starts, self._ends = starts, ends
-
-    def _remove(self, lo: int, hi: int) -> bool:
-        starts: list[int] = []
-        ends: list[int] = []
-        changed = False
-        for s, e in zip(self._starts, self._ends, strict=True):
-            if e <= lo or s >= hi:
-                starts.append(s)
-                ends.append(e)
-                continue
-            changed = True
-            if s < lo:
-                starts.append(s)
-                ends.append(lo)
-            if e > hi:
-                starts.append(hi)
-                ends.append(e)
-        self._starts, self._ends = starts, ends
-        return changed
 
     def close(self) -> None:
         self.view.release()

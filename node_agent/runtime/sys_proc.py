@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 from .abi import clock_ns, read_timespec, write_timespec
+from .files import DeviceFile, HostFile
 from .gdt import GDT_SIZE
+from .memory import PAGE, page_up
 from .syscall_common import BLOCK, EXIT, E, s32
 
 if TYPE_CHECKING:
@@ -92,7 +94,7 @@ def do_clone(cpu: Vcpu, flags: int, stack: int, ptid: int, ctid: int, tls: int) 
         except OSError:
             machine.sched.thread_exit(child, 0)
             return E.AGAIN
-        cpu.mem.write(child.gdt, cpu.mem.read(parent.gdt, GDT_SIZE))
+        cpu.mem.host_write(child.gdt, cpu.mem.host_read(parent.gdt, GDT_SIZE))
         if flags & CLONE_SETTLS:
             machine.set_thread_area(child, tls)
     if flags & CLONE_PARENT_SETTID:
@@ -178,19 +180,40 @@ def sys_brk(cpu: Vcpu, addr: int, *_: int) -> int:
 
 
 def do_mmap(cpu: Vcpu, addr: int, length: int, prot: int, flags: int, fd: int, off: int) -> int:
+    """Anonymous memory, or a lazily read private copy of a regular file (memory.py).
+
+    MAP_SHARED is served as MAP_PRIVATE (the guest's writes never reach the file), as before.
+    /dev/zero maps anonymous memory; other non-regular files give ENODEV, a file not open
+    for reading EACCES, as on Linux.
+    """
     mem = cpu.mem
-    if length == 0 or length > mem.size:
-        return E.INVAL if length == 0 else E.NOMEM
+    if length == 0 or off & (PAGE - 1):
+        return E.INVAL
+    if length > mem.size:
+        return E.NOMEM
     fixed = addr if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) else None
-    file = None if flags & MAP_ANONYMOUS else cpu.machine.fds.get(s32(fd))
-    result = mem.mmap_anon(length, fixed)
+    if fixed is not None and fixed & (PAGE - 1):
+        return E.INVAL
+    backing: tuple[int, int] | None = None
+    if not flags & MAP_ANONYMOUS:
+        file = cpu.machine.fds.get(s32(fd))
+        if isinstance(file, DeviceFile) and file.gpath == "/dev/zero":
+            pass
+        elif not isinstance(file, HostFile):
+            return E.NODEV
+        elif not file.readable:
+            return E.ACCES
+        else:
+            if off + page_up(length) > 1 << 63:
+                return E.OVERFLOW
+            backing = (file.fd, off)
+    result = mem.mmap(length, fixed, backing)
     if result is None:
         return E.NOMEM
-    if file is not None:
-        data = file.pread(length, off)
-        mem.write(result, data)
     if prot & PROT_EXEC:
-        mem.make_executable(result, length)
+        if not mem.make_executable(result, length):
+            mem.munmap(result, length)
+            return E.NOMEM
         cpu.refresh_exec()
     return result
 
@@ -198,13 +221,13 @@ def do_mmap(cpu: Vcpu, addr: int, length: int, prot: int, flags: int, fd: int, o
 def sys_munmap(cpu: Vcpu, addr: int, length: int, *_: int) -> int:
     if addr & 0xFFF:
         return E.INVAL
-    cpu.mem.munmap(addr, length)
-    return 0
+    return 0 if cpu.mem.munmap(addr, length) else E.NOMEM
 
 
 def sys_mprotect(cpu: Vcpu, addr: int, length: int, prot: int, *_: int) -> int:
     if prot & PROT_EXEC:
-        cpu.mem.make_executable(addr, length)
+        if not cpu.mem.make_executable(addr, length):
+            return E.NOMEM
         cpu.refresh_exec()
     return 0
 
@@ -221,14 +244,17 @@ def sys_mremap(cpu: Vcpu, old: int, old_size: int, new_size: int, flags: int, *_
     new = mem.mmap_anon(new_size)
     if new is None:
         return E.NOMEM
-    mem.write(new, mem.read(old, min(old_size, new_size)))
+    mem.copy(new, old, min(old_size, new_size))
     mem.munmap(old, old_size)
     return new
 
 
 def sys_madvise(cpu: Vcpu, addr: int, length: int, advice: int, *_: int) -> int:
-    if advice == 4 and cpu.mem.is_mapped(addr, length):     # MADV_DONTNEED zeroes
-        cpu.mem.zero(addr, length)
+    if advice == 4:                              # MADV_DONTNEED: zero, or the file again
+        if addr & (PAGE - 1):
+            return E.INVAL
+        if cpu.mem.is_mapped(addr, page_up(length)):
+            cpu.mem.discard(addr, length)
     return 0
 
 

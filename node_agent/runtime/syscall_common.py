@@ -52,6 +52,8 @@ class E:
     LOOP = -errno.ELOOP
     NOTSUP = -errno.EOPNOTSUPP
     TIMEDOUT = -errno.ETIMEDOUT
+    NODEV = -errno.ENODEV
+    OVERFLOW = -errno.EOVERFLOW
 
 
 def s32(value: int) -> int:

@@ -139,7 +139,16 @@ class Scheduler:
         if deadline is not None:
             entry = (deadline, next(self._seq), thread, thread.token, timeout_result)
             heapq.heappush(self.timers, entry)
+            if len(self.timers) > 2 * MAX_THREADS:
+                self._drop_stale_timers()
             self.cond.notify_all()
+
+    def _drop_stale_timers(self) -> None:
+        """Timers of waits that ended early stay in the heap until their deadline; a guest
+        that waits with long timeouts and is woken at once would grow it without end. Each
+        thread has at most one live timer, so keeping only those bounds it."""
+        self.timers = [e for e in self.timers if e[2].token == e[3] and e[2].state == BLOCKED]
+        heapq.heapify(self.timers)
 
     def wake(self, thread: GuestThread, result: int) -> None:
         """Caller holds ``cond``."""

@@ -33,7 +33,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
-from .gdt import FLAT_DATA_SELECTOR, GDT_SIZE
+from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import GuestFault, GuestMemory
 from .syscall_common import BLOCK, EXIT, E, errno_of
 from .threads import RUNNING, GuestThread
@@ -92,6 +92,11 @@ class Vcpu:
         self._uch = uc._uch
         if self.is64:
             uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
+        # At CPL 3 the CPU faults every privileged instruction except port I/O, which this
+        # unicorn lets through (gen_check_io is a no-op): these hooks fault it instead. They
+        # run only when a guest executes in/out/ins/outs, so they cost nothing otherwise.
+        uc.hook_add(UC_HOOK_INSN, self._on_port_in, aux1=X.UC_X86_INS_IN)
+        uc.hook_add(UC_HOOK_INSN, self._on_port_out, aux1=X.UC_X86_INS_OUT)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
         ids = _ARGS64 if self.is64 else _ARGS32
@@ -103,6 +108,7 @@ class Vcpu:
         self._result_ptr = ctypes.addressof(self._result)
         self._mask = (1 << 64) - 1 if self.is64 else 0xFFFFFFFF
         self.exec_generation = 0
+        self._exec_seen = (-1, 0)       # (epoch, index) of memory.py's exec log applied
         self.thread: GuestThread | None = None
         self.run_started = 0.0
         self.stop_why: str | None = None
@@ -148,7 +154,7 @@ class Vcpu:
         self.thread = thread
         if thread.context is not None:
             uc.context_restore(thread.context)
-        if not self.is64 and thread.fresh:
+        if thread.fresh:
             self._load_segments(thread)
         thread.fresh = False
         for reg_id, value in thread.pending.items():
@@ -172,35 +178,32 @@ class Vcpu:
         if self.stop_why is None and thread.state == RUNNING and not paused and not kicked:
             if self.pc == 0:       # emu_start's `until` address: a jump to NULL
                 self.machine.sched.finish(None, "guest fault: execute at unmapped address 0x0")
-            elif self._after_hlt():
-                self.machine.sched.finish(
-                    None, f"guest fault: hlt executed at pc 0x{self.pc - 1:x}")
         # a kick (preemption, pause; maybe a late one) just requeues the thread
 
-    def _after_hlt(self) -> bool:
-        try:
-            return self.mem.read(self.pc - 1, 1) == b"\xf4"
-        except GuestFault:
-            return False
-
     def _load_segments(self, thread: GuestThread) -> None:
-        """First run of an i386 thread: its own GDT, flat SS/DS/ES, GS reloaded from that GDT.
+        """First run of a thread with a GDT of its own (every i386 thread; the x86_64 main
+        thread, whose GDT the others share through their copied context).
 
-        Later runs restore the whole context (GDTR and segment caches included).
+        The main thread starts at CPL 0 on the boot page (gdt.py): SS is the kernel data
+        segment its iret needs, DS/ES already the user's. An i386 clone child reloads GS from
+        its own GDT. Later runs restore the whole context (GDTR and segment caches included).
         """
-        self.uc.reg_write(X.UC_X86_REG_GDTR, (0, thread.gdt, GDT_SIZE - 1, 0))
+        if thread.gdt:
+            self.uc.reg_write(X.UC_X86_REG_GDTR, (0, thread.gdt, GDT_SIZE - 1, 0))
+        if self.is64:
+            return
         if thread.context is None:
-            for seg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
-                self.uc.reg_write(seg, FLAT_DATA_SELECTOR)
+            self.uc.reg_write(X.UC_X86_REG_SS, KERNEL_DS_SELECTOR)
+            for seg in (X.UC_X86_REG_DS, X.UC_X86_REG_ES):
+                self.uc.reg_write(seg, USER_DS_SELECTOR)
         gs = self.reg(X.UC_X86_REG_GS)
         if gs:
             self.uc.reg_write(X.UC_X86_REG_GS, gs)
 
     def _apply_exec(self) -> None:
-        with self.mem.lock:
-            ranges = list(self.mem.exec_ranges)
-            self.exec_generation = self.mem.exec_generation
-        for lo, hi in ranges:
+        """Map executable what became so since this vCPU last looked (memory.py's log)."""
+        pieces, self._exec_seen, self.exec_generation = self.mem.exec_since(self._exec_seen)
+        for lo, hi in pieces:
             self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL)
 
     def preempt(self, quantum: float) -> None:
@@ -267,6 +270,17 @@ class Vcpu:
         if self.machine.sched.runq:
             self.preempt(QUANTUM)
 
+    def _on_port_in(self, uc: Any, _port: int, _size: int, _user: Any) -> int:
+        self._protection_fault(uc)
+        return 0
+
+    def _on_port_out(self, uc: Any, _port: int, _size: int, _value: int, _user: Any) -> None:
+        self._protection_fault(uc)
+
+    def _protection_fault(self, uc: Any) -> None:
+        """Port I/O at CPL 3 with IOPL 0 and no I/O bitmap: #GP, as the CPU would raise."""
+        self._on_interrupt(uc, 13, None)
+
     def _on_interrupt(self, uc: Any, intno: int, _user: Any) -> None:
         if intno == 0x80 and not self.is64:
             self._syscall()
@@ -282,6 +296,8 @@ class Vcpu:
                        _user: Any) -> bool:
         what = _ACCESS.get(access, "bad memory access at")
         self.fault = f"guest fault: {what} 0x{address:x} at pc 0x{self.pc:x}"
+        if self.mem.in_guard_gap(address):
+            self.fault += " (stack overflow into the guard gap)"
         return False
 
     def _describe(self, exc: UcError) -> str:
