@@ -38,6 +38,10 @@ class GuestArgsCommand(click.Command):
         return rest
 
 
+#: What a partition gets without --disk (the agent's default; node_agent.runtime.spec).
+DEFAULT_DISK = 1 << 30
+
+
 def spec_options(*, image_required: bool, placement_only: bool = False) -> Callable[[F], F]:
     """Decorate a command with the spec flags; `placement_only` keeps those placement reads."""
 
@@ -66,6 +70,9 @@ def spec_options(*, image_required: bool, placement_only: bool = False) -> Calla
                              default="never", show_default=True),
                 click.option("--ha", is_flag=True,
                              help="Cold-restart elsewhere when its node is lost."),
+                click.option("--disk", type=SIZE,
+                             help="Writable-layer quota, e.g. 4Gi (default 1Gi); the guest "
+                             "gets ENOSPC beyond it."),
             ]
         for opt in reversed(opts):
             func = opt(func)
@@ -87,6 +94,7 @@ def build_spec(
     labels: Sequence[tuple[str, str]] = (),
     restart: str = "never",
     ha: bool = False,
+    disk: int | None = None,
     args: Sequence[str] = (),
     start: bool = True,
     stdin: bool = False,
@@ -109,4 +117,5 @@ def build_spec(
         placement_strategy=strategy or "",
         desired_state=types_pb2.DESIRED_STATE_RUNNING if start else types_pb2.DESIRED_STATE_OFF,
         stdin=stdin,
+        disk_bytes=disk or 0,
     )

@@ -10,6 +10,7 @@ import grpc
 
 from controller.cli.client import DEFAULT_CONTROLLER, ControllerClient, parse_addresses
 from controller.cli.errors import CliError, describe_rpc_error
+from controller.safe_text import escape_controls
 
 __all__ = ["cli", "get_client", "main"]
 
@@ -21,14 +22,15 @@ class ViridianGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {escape_controls(str(err))}", err=True)
             ctx.exit(err.exit_code)
         except grpc.RpcError as err:
             client = ctx.obj if isinstance(ctx.obj, ControllerClient) else None
             address = client.address if client and client.address else None
             if address is None and client is not None:
                 address = ", ".join(client.addresses)
-            click.echo(f"error: {describe_rpc_error(err, address)}", err=True)
+            # The details may carry an agent's text: never raw control characters.
+            click.echo(f"error: {escape_controls(describe_rpc_error(err, address))}", err=True)
             ctx.exit(1)
         finally:
             if isinstance(ctx.obj, ControllerClient):

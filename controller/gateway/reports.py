@@ -67,12 +67,21 @@ class ReportApplier:
         self.actions = actions
 
     async def record_event(self, node: str, ev: apb.AgentEvent) -> None:
-        """Record an event an agent sent, its text cleaned."""
+        """Record an event an agent sent, its text cleaned, attributed to the node. A node
+        speaks only about itself and its own partitions: an event naming a partition that
+        is neither bound to it nor last ran on it is recorded against the node instead."""
+        kind, obj = "Node", node
+        message = one_line(ev.message, MESSAGE_LIMIT)
+        if ev.partition:
+            name = one_line(ev.partition, NAME_LIMIT)
+            sp = self.store.cache.stored(ev.partition)
+            if sp is not None and node in (sp.binding_node, sp.partition.status.node):
+                kind, obj = "Partition", name
+            else:
+                message = one_line(f"about partition {name}: {message}", MESSAGE_LIMIT)
         await self.store.events.record(
-            "Partition" if ev.partition else "Node",
-            one_line(ev.partition, NAME_LIMIT) if ev.partition else node,
-            one_line(ev.reason, REASON_LIMIT), one_line(ev.message, MESSAGE_LIMIT),
-            warning=ev.type == "Warning",
+            kind, obj, one_line(ev.reason, REASON_LIMIT), message,
+            warning=ev.type == "Warning", source=f"node/{node}",
         )
 
     async def apply(self, node: str, report: apb.PartitionReport, session: NodeSession) -> None:

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["PartitionSpec", "ExitStatus", "Console", "ImageError", "STOP_EXIT_CODE"]
+__all__ = ["DEFAULT_DISK_BYTES", "PartitionSpec", "ExitStatus", "Console", "ImageError",
+           "STOP_EXIT_CODE"]
+
+#: The writable-layer quota when a partition names none (`--disk`).
+DEFAULT_DISK_BYTES = 1 << 30
 
 #: Exit code reported when the partition was halted through ``Machine.stop()`` (128 + SIGTERM).
 STOP_EXIT_CODE = 143
@@ -29,7 +33,7 @@ class PartitionSpec:
     memory_bytes: int = 256 << 20
     upper: Path | None = None
     cwd: str = "/"
-    disk_bytes: int = 1 << 30     # ceiling of the writable layer (upper_quota.py counts it)
+    disk_bytes: int = DEFAULT_DISK_BYTES  # ceiling of the writable layer (upper_quota.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.vcpus <= 4:

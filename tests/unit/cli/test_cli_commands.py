@@ -24,10 +24,11 @@ Phase = types_pb2.PartitionPhase
 def test_create_get_ls_json(invoke: Invoke, fake: FakeController) -> None:
     result = invoke("create", "web", "--image", "hello", "--vcpus", "2", "--memory", "128Mi",
                     "--env", "A=1", "--label", "app=web", "--restart", "always", "--ha",
-                    "--", "-v", "--port", "80")
+                    "--disk", "2Gi", "--", "-v", "--port", "80")
     assert result.exit_code == 0, result.stderr
     assert "web created" in result.stdout
     spec = fake.partitions["web"].spec
+    assert spec.disk_bytes == 2 << 30
     assert list(spec.args) == ["-v", "--port", "80"]
     assert spec.memory_bytes == 128 << 20 and spec.vcpus == 2 and spec.ha
     assert spec.restart_policy == types_pb2.RESTART_POLICY_ALWAYS
@@ -35,6 +36,7 @@ def test_create_get_ls_json(invoke: Invoke, fake: FakeController) -> None:
     got = invoke("get", "web")
     assert got.exit_code == 0
     assert "Phase:" in got.stdout and "Running" in got.stdout
+    assert "Disk:" in got.stdout and "2Gi" in got.stdout
 
     listed = invoke("ls", "-o", "json")
     data = json.loads(listed.stdout)
@@ -141,6 +143,29 @@ def test_image_push_directory_is_tarred(
     data = b"".join(r.chunk for r in fake.pushed[1:])
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert tar.extractfile("bin/app").read() == b"\x7fELF..."  # type: ignore[union-attr]
+
+
+def test_image_push_directory_emits_only_what_the_server_accepts(
+    invoke: Invoke, fake: FakeController, tmp_path: Path
+) -> None:
+    import os
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "app").write_bytes(b"\x7fELF...")
+    (tmp_path / "bin" / "app").chmod(0o4755)            # setuid: dropped, not pushed
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp").chmod(0o1777)
+    result = invoke("image", "push", "root", str(tmp_path), "--entrypoint", "/bin/app")
+    assert result.exit_code == 0, result.stderr
+    data = b"".join(r.chunk for r in fake.pushed[1:])
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        modes = {m.name: (m.mode, m.uid, m.uname) for m in tar.getmembers()}
+    assert modes["bin/app"] == (0o755, 0, "") and modes["tmp"] == (0o777, 0, "")
+    os.mkfifo(tmp_path / "tmp" / "pipe")
+    refused = invoke("image", "push", "root", str(tmp_path), "--entrypoint", "/bin/app")
+    assert refused.exit_code == 1
+    assert "member 'tmp/pipe': FIFOs are not allowed" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_image_push_rejects_other_files(invoke: Invoke, tmp_path: Path) -> None:
