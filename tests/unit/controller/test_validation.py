@@ -350,3 +350,22 @@ def test_a_huge_reason_from_an_agent_is_cut(api: Api, elf: bytes) -> None:
     finally:
         agent.close()
 
+
+
+def test_an_agent_speaks_only_about_its_own_partitions(api: Api) -> None:
+    """An event naming a partition the node does not hold is recorded against the node,
+    attributed to it: a node cannot put words in another partition's history."""
+    agent = FakeAgent(api, "gossip-node", 2, 4 * GI)
+    try:
+        agent.outgoing.put(apb.AgentMessage(event=apb.AgentEvent(
+            partition="someone-elses", reason="Crashed", message="it died", type="Warning")))
+
+        def recorded() -> list[pb.Event]:
+            events = api.stub.ListEvents(cpb.ListEventsRequest()).events
+            return [e for e in events if e.reason == "Crashed" and "it died" in e.message]
+
+        (event,) = wait_for(recorded, what="the agent's event")
+        assert (event.kind, event.object) == ("Node", "gossip-node")
+        assert "someone-elses" in event.message and event.source == "node/gossip-node"
+    finally:
+        agent.close()
