@@ -223,6 +223,11 @@ def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50
         cluster.start()
         print("Viridian is up:", flush=True)
         print(cluster.describe(), flush=True)
+        if insecure:
+            print("WARNING: --insecure: plaintext, no authentication", flush=True)
+        else:
+            print(f"TLS on every channel; admin credentials for {listen} saved for the CLI "
+                  f"(CA and certificates in {cluster.data_dir / 'pki'})", flush=True)
         print(f"Try: viridian --controller {listen} nodes    (Ctrl-C stops everything)",
               flush=True)
         while not stop.wait(0.5):
