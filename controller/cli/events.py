@@ -16,6 +16,7 @@ from controller.cli.params import output_option
 __all__ = ["COMMANDS", "EVENT_COLUMNS", "watch_line"]
 
 E = types_pb2.Event
+AUDIT = "Audit"  # the kind of audit records (controller.security.audit)
 
 EVENT_COLUMNS: list[Column[E]] = [
     Column("AGE", lambda e: age(e.time)),
@@ -49,13 +50,22 @@ def _print(event: E, output: str, shown: Sequence[Column[E]]) -> None:
 @click.option("--limit", type=click.IntRange(min=0), default=0,
               help="Only the newest N (0 = all kept).")
 @click.option("-w", "--watch", is_flag=True, help="Keep printing new events.")
+@click.option("--audit", is_flag=True,
+              help="The audit trail instead: who changed what, from where (kind Audit).")
 @output_option
 @click.pass_context
-def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, output: str) -> None:
-    """List recent events (oldest first)."""
+def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, audit: bool,
+               output: str) -> None:
+    """List recent events (oldest first); the audit trail is apart, under --audit."""
     stub = get_client(ctx).stub
-    request = controller_pb2.ListEventsRequest(object=obj, limit=limit)
-    events = list(stub.ListEvents(request).events)
+
+    def wanted(event: E) -> bool:
+        return (event.kind == AUDIT) == audit
+
+    request = controller_pb2.ListEventsRequest(object=obj)
+    events = [e for e in stub.ListEvents(request).events if wanted(e)]
+    if limit:
+        events = events[-limit:]
     if not watch:
         click.echo(render_list(events, EVENT_COLUMNS, output))
         return
@@ -70,7 +80,7 @@ def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, output: st
     call = stub.WatchEvents(controller_pb2.ListEventsRequest(object=obj))
     try:
         for event in call:
-            if event.id and event.id in seen:
+            if (event.id and event.id in seen) or not wanted(event):
                 continue
             seen.add(event.id)
             _print(event, output, shown)

@@ -344,3 +344,15 @@ def test_explain(invoke: Invoke, fake: FakeController) -> None:
     spec = fake.explain_requests[-1].dry_run
     assert (spec.memory_bytes, dict(spec.node_selector), spec.anti_affinity_group) == (
         8 << 30, {"zone": "a"}, "g")
+
+
+def test_audit_records_are_apart_from_events(invoke: Invoke, fake: FakeController) -> None:
+    fake.events.append(types_pb2.Event(id="9", kind="Audit", object="web", reason="StopPartition",
+                                       message="token:abc123(operator) from ipv4:10.0.0.9:5: "
+                                               "StopPartition web -> ok"))
+    plain = invoke("events")
+    assert plain.exit_code == 0 and "StopPartition" not in plain.stdout
+    audit = invoke("events", "--audit")
+    assert audit.exit_code == 0
+    assert "StopPartition" in audit.stdout and "abc123" in audit.stdout
+    assert "Scheduled" not in audit.stdout and "web" in audit.stdout
