@@ -179,6 +179,9 @@ class ControllerSession:
                               grpc.StatusCode.PERMISSION_DENIED):
                 raise RegisterRefused(err.details() or "invalid registration") from err
             self.outcome.why = f"register: {err.code().name} {err.details() or ''}".strip()
+            if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                self.outcome.why += (" (not an agent port: agents dial the controllers' "
+                                     "--agent-listen port, by default the API port + 1)")
             return None
         timing = Timing.from_reply(reply)
         self.outcome.timing = timing
