@@ -11,6 +11,7 @@ from typing import BinaryIO
 from .memory import (
     I386_LIMIT,
     PAGE,
+    X86_64_LIMIT,
     GuestMemory,
     format_size,
     page_down,
@@ -25,7 +26,6 @@ __all__ = ["validate_image", "ElfImage", "read_image", "load_image", "build_stac
 DYN_BASE = 0x400000
 #: Nothing is loaded below this (Linux's vm.mmap_min_addr): the NULL page stays unmapped.
 MIN_VADDR = 0x10000
-X86_64_LIMIT = 1 << 47              # end of the x86_64 user address space
 MAX_PHDRS_BYTES = 1 << 16           # Linux refuses more than 64 KiB of program headers
 _PF_X, _PF_W, _PF_R = 1, 2, 4
 PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_PHDR = 1, 2, 3, 6

@@ -56,6 +56,7 @@ STACK_GUARD_GAP = 256 * PAGE
 ALLOWANCE = RESERVED + PAGE
 MAX_STACK = 8 << 20
 I386_LIMIT = 0xFFFF0000
+X86_64_LIMIT = 1 << 47
 #: Caps on guest-controlled bookkeeping (Linux: vm.max_map_count = 65530 mappings).
 MAX_MAPPINGS = 65530
 MAX_FILE_MAPPINGS = 4096            # each costs up to 3 host mappings in this process
@@ -104,8 +105,9 @@ class GuestMemory:
         self.base = base
         self.image_end = page_up(image_end)
         size = page_up(memory_bytes) + STACK_GUARD_GAP + RESERVED
-        if bits == 32 and base + size > I386_LIMIT:
-            size = page_down(I386_LIMIT - base)
+        limit = I386_LIMIT if bits == 32 else X86_64_LIMIT
+        if base + size > limit:             # the user address space ends first
+            size = page_down(limit - base)
         self.size = size
         self.top = base + size
         self.boot = self.top - BOOT_PAGE

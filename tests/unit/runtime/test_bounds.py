@@ -95,6 +95,16 @@ def test_an_image_that_fits_runs(run_guest: Callable[..., Run], arch: str) -> No
     assert run.stdout == b"touched 1700 MiB of bss\n"
 
 
+def test_arguments_larger_than_a_quarter_of_the_stack_fail_with_one_line(
+        run_guest: Callable[..., Run]) -> None:
+    """As execve's E2BIG: argv + envp may take a quarter of the stack (16 MiB: 4 MiB stack)."""
+    run = run_guest("hello", "x" * (5 * MiB), memory=16 * MiB)
+    assert run.status.exit_code is None
+    assert run.status.failed_reason == (
+        "cannot start: the arguments and environment (5.0Mi) take more than a quarter of "
+        "the 4Mi stack")
+
+
 @pytest.mark.parametrize("arch", ARCHES)
 def test_touched_memory_never_exceeds_the_partition(guest: GuestBuilder, tmp_path: Path,
                                                      arch: str) -> None:
