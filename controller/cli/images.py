@@ -37,10 +37,28 @@ class ImageContent:
 
 
 def _tar_directory(root: Path) -> bytes:
+    """Tar a directory the way the server's checker (node_agent.runtime.archive) accepts:
+    no ownership, no setuid/setgid/sticky bits; a member it would refuse (a device node, a
+    FIFO, a name too long) stops the push here with the same one-line reason."""
+    from node_agent.runtime.archive import IMAGE_LIMITS, ArchiveError, MemberChecker
+
+    checker = MemberChecker(IMAGE_LIMITS)
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode &= 0o777
+        checker.admit(info)
+        return info
+
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(root.rglob("*")):
-            tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False)
+    try:
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(root.rglob("*")):
+                tar.add(path, arcname=path.relative_to(root).as_posix(), recursive=False,
+                        filter=clean)
+    except ArchiveError as err:
+        raise CliError(f"cannot push {root}: {err}") from None
     return buffer.getvalue()
 
 

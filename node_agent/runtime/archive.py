@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS, WH_PREFIX
 
@@ -88,7 +88,7 @@ class Kind(Enum):
     HARDLINK = "hard link"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Member:
     """An accepted member. ``index`` is its position among the archive's members (0-based),
     ``path`` its normalised relative path, ``target`` a symlink's text or a hard link's
@@ -338,6 +338,7 @@ def _walk(src: BinaryIO, limits: Limits, compressed: bool, visit: _Visit) -> Mem
         while True:
             with _reading():
                 info = tar.next()
+            cast(Any, tar).members.clear()  # tarfile keeps every header; the table suffices
             if info is None:
                 return checker.table
             member = checker.admit(info)
@@ -383,7 +384,7 @@ def read_file(src: BinaryIO, member: Member, limits: Limits = IMAGE_LIMITS, *,
     def visit(tar: tarfile.TarFile, info: tarfile.TarInfo, seen: Member) -> None:
         if seen.index == member.index and seen.kind is Kind.FILE:
             raise _Found(b"".join(_chunks(tar, info)))
-        _drain(tar, info, seen)
+        # other members' data is skipped by tarfile itself (validate read it already)
 
     try:
         _walk(src, limits, compressed, visit)
@@ -444,13 +445,33 @@ def _make_dir(parent: int, name: str, mode: int) -> None:
         os.close(fd)
 
 
-def _write_member(root_fd: int, tar: tarfile.TarFile, info: tarfile.TarInfo,
-                  member: Member) -> None:
-    parts = member.path.split("/")
-    try:
-        parent = _open_dirs(root_fd, parts[:-1], create=True)
+class _Writer:
+    """Writes accepted members under ``root_fd``. The handle on the last parent directory
+    is kept for the next member (archives list a directory's entries together); it stays
+    valid because an accepted archive never replaces or removes what it wrote."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.parent: tuple[list[str], int] | None = None
+
+    def _parent(self, parts: list[str]) -> int:
+        if self.parent is not None and self.parent[0] == parts:
+            return self.parent[1]
+        fd = _open_dirs(self.root_fd, parts, create=True)
+        self.close()
+        self.parent = (parts, fd)
+        return fd
+
+    def close(self) -> None:
+        if self.parent is not None:
+            os.close(self.parent[1])
+            self.parent = None
+
+    def visit(self, tar: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> None:
+        parts = member.path.split("/")
+        name = parts[-1]
         try:
-            name = parts[-1]
+            parent = self._parent(parts[:-1])
             if member.kind is Kind.FILE:
                 _write_new_file(parent, name, _chunks(tar, info), member.mode)
             elif member.kind is Kind.DIR:
@@ -459,17 +480,16 @@ def _write_member(root_fd: int, tar: tarfile.TarFile, info: tarfile.TarInfo,
                 os.symlink(member.target, name, dir_fd=parent)
             else:
                 target = member.target.split("/")
-                source = _open_dirs(root_fd, target[:-1], create=False)
+                source = _open_dirs(self.root_fd, target[:-1], create=False)
                 try:
                     os.link(target[-1], name, src_dir_fd=source, dst_dir_fd=parent,
                             follow_symlinks=False)
                 finally:
                     os.close(source)
-        finally:
-            os.close(parent)
-    except OSError as err:
-        reason = err.strerror or "write failed"
-        raise ArchiveError(f"member {_show(member.path)}: cannot be written: {reason}") from None
+        except OSError as err:
+            reason = err.strerror or "write failed"
+            raise ArchiveError(
+                f"member {_show(member.path)}: cannot be written: {reason}") from None
 
 
 def unpack(src: BinaryIO, root_fd: int, limits: Limits = IMAGE_LIMITS, *,
@@ -477,11 +497,11 @@ def unpack(src: BinaryIO, root_fd: int, limits: Limits = IMAGE_LIMITS, *,
     """Unpack the tar in ``src`` under directory handle ``root_fd`` (which should be empty),
     member by member. On ArchiveError part of the archive may be written: the caller
     removes the destination."""
-
-    def visit(tar: tarfile.TarFile, info: tarfile.TarInfo, member: Member) -> None:
-        _write_member(root_fd, tar, info, member)
-
-    return _walk(src, limits, compressed, visit)
+    writer = _Writer(root_fd)
+    try:
+        return _walk(src, limits, compressed, writer.visit)
+    finally:
+        writer.close()
 
 
 def place_file(root_fd: int, guest_path: str, data: bytes, mode: int) -> None:
