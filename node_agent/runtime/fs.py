@@ -196,7 +196,7 @@ class Sandbox:
                 continue
             parent = stack[i - 1].upper
             assert parent is not None
-            mode = 0o755 if level.lower is None else os.fstat(level.lower).st_mode & 0o7777
+            mode = 0o755 if level.lower is None else os.fstat(level.lower).st_mode & 0o777
             self.quota.reserve(ENTRY_COST)
             try:
                 os.mkdir(level.name, mode | 0o700, dir_fd=parent)
@@ -273,7 +273,7 @@ class Sandbox:
         elif stat.S_ISDIR(low.st_mode):
             self.quota.reserve(ENTRY_COST)
             try:
-                os.mkdir(name, (low.st_mode & 0o7777) | 0o700, dir_fd=up)
+                os.mkdir(name, (low.st_mode & 0o777) | 0o700, dir_fd=up)
             except BaseException:
                 self.quota.refund(ENTRY_COST)
                 raise
@@ -302,7 +302,7 @@ class Sandbox:
                         if sent <= 0:
                             break
                         offset += sent
-                    os.fchmod(dst, (st.st_mode & 0o7777) | 0o600)
+                    os.fchmod(dst, (st.st_mode & 0o777) | 0o600)
                 finally:
                     os.close(dst)
             except BaseException:
@@ -435,7 +435,7 @@ class Sandbox:
         self.quota.reserve(ENTRY_COST)
         try:
             os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_FILE,
-                             (mode & 0o7777) | 0o600, dir_fd=up))
+                             (mode & 0o777) | 0o600, dir_fd=up))
         except BaseException:
             self.quota.refund(ENTRY_COST)
             raise
@@ -516,7 +516,7 @@ class Sandbox:
             up = self._prepare_create(scope, node)
             self.quota.reserve(ENTRY_COST)
             try:
-                os.mkdir(entry.name, (mode & 0o7777) | 0o700, dir_fd=up)
+                os.mkdir(entry.name, (mode & 0o777) | 0o700, dir_fd=up)
             except BaseException:
                 self.quota.refund(ENTRY_COST)
                 raise

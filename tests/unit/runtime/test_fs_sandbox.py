@@ -238,3 +238,14 @@ def test_quota_stays_equal_to_a_fresh_count(box: Sandbox) -> None:
     box.mkdir("/gone", 0o755)
     box.remove("/gone", is_dir=True)
     assert box.quota.used() == _fresh_tally(box)
+
+
+def test_a_guest_cannot_leave_setuid_files_on_the_host(box: Sandbox, tmp_path: Path) -> None:
+    """The agent runs as root: a setuid or setgid file it writes for a guest would be a
+    root-owned setuid binary on the host. Special bits are never stored."""
+    f = box.open("/made", "/", os.O_CREAT | os.O_WRONLY, 0o6755)
+    f.close()
+    box.mkdir_at("/dir", "/", 0o3777)
+    for name in ("made", "dir"):
+        mode = os.lstat(tmp_path / "upper" / name).st_mode
+        assert mode & 0o7000 == 0, (name, oct(mode))
