@@ -2,11 +2,12 @@
 
 Layout (all integers little-endian)::
 
-    header   magic b"VIRIDIAN-STATE\\0\\0" (16 bytes) | u32 version (1) | u32 flags (0)
+    header   magic b"VIRIDIAN-STATE\\0\\0" (16 bytes) | u32 version (2) | u32 flags (0)
     section  tag (4 ASCII bytes) | u64 payload length | payload       ... repeated
     last     tag b"END!" with length 0: the file is complete
 
-Sections of version 1 (snapshot.py writes and reads them):
+Sections (snapshot.py writes and reads them; version 2 has version 1's sections, but guest
+memory is laid out as in docs/guest-bounds.md, so a version 1 file cannot be restored):
 
     META  JSON, UTF-8: arch, unicorn context size, memory layout and allocations, machine
           (cwd, umask, uptime, unknown-syscall counts, free i386 GDT slots), scheduler
@@ -39,7 +40,7 @@ from typing import BinaryIO
 __all__ = ["StateWriter", "StateReader", "StateError", "VERSION", "MAGIC"]
 
 MAGIC = b"VIRIDIAN-STATE\0\0"
-VERSION = 1
+VERSION = 2
 _HEAD = struct.Struct("<16sII")
 _SECTION = struct.Struct("<4sQ")
 _CHUNK = 1 << 30
