@@ -40,16 +40,9 @@ def _tar_directory(root: Path) -> bytes:
     """Tar a directory the way the server's checker (node_agent.runtime.archive) accepts:
     no ownership, no setuid/setgid/sticky bits; a member it would refuse (a device node, a
     FIFO, a name too long) stops the push here with the same one-line reason."""
-    from node_agent.runtime.archive import IMAGE_LIMITS, ArchiveError, MemberChecker
+    from node_agent.runtime.archive import IMAGE_LIMITS, ArchiveError, packing_filter
 
-    checker = MemberChecker(IMAGE_LIMITS)
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode &= 0o777
-        checker.admit(info)
-        return info
+    clean = packing_filter(IMAGE_LIMITS)
 
     buffer = io.BytesIO()
     try:

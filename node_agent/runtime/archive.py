@@ -52,6 +52,7 @@ from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS, WH_PREFIX
 __all__ = [
     "ArchiveError", "Limits", "IMAGE_LIMITS", "Kind", "Member", "MemberTable", "MemberChecker",
     "validate", "unpack", "read_file", "open_root", "place_file", "is_regular_file",
+    "packing_filter",
     "split_name",
 ]
 
@@ -269,6 +270,22 @@ class MemberChecker:
 # -- reading ------------------------------------------------------------------------------
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, ValueError, zlib.error, lzma.LZMAError,
                 RecursionError, UnicodeError)
+
+
+def packing_filter(limits: Limits) -> Callable[[tarfile.TarInfo], tarfile.TarInfo]:
+    """A `tarfile.add` filter for archives we write (a pushed directory, a saved writable
+    layer): no ownership, no special mode bits, and every member through the checker the
+    reading side applies, so we never write what we would refuse to read."""
+    checker = MemberChecker(limits)
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mode &= 0o777
+        checker.admit(info)
+        return info
+
+    return clean
 
 
 @contextmanager

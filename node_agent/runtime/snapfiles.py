@@ -14,7 +14,7 @@ import shutil
 import tarfile
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from .archive import ArchiveError, Limits, MemberChecker, open_root, unpack
+from .archive import ArchiveError, Limits, open_root, packing_filter, unpack
 from .files import (
     O_ACCMODE,
     ConsoleFile,
@@ -124,14 +124,7 @@ def write_upper(upper: str, out: BinaryIO) -> None:
     if total > UPPER_LIMIT:
         raise RuntimeError(f"upper layer holds {total} bytes, over the {UPPER_LIMIT} limit "
                            "for a state file")
-    checker = MemberChecker(UPPER_LIMITS)
-
-    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        info.mode &= 0o777
-        checker.admit(info)
-        return info
+    clean = packing_filter(UPPER_LIMITS)
 
     counted: Any = _Counted(out, UPPER_LIMIT)
     try:
