@@ -2,7 +2,8 @@
 
 Each record is an event of kind "Audit" (so `viridian events` shows it while events live,
 one hour) and a line on the `viridian.audit` logger (ship the controller's log for a lasting
-trail). Recording never delays or fails the call: it runs as a task.
+trail). Recording never delays or fails the call: it runs as a task. Calls refused for
+want of valid credentials are logged only, never written to etcd.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class Auditor:
         peer = context.peer()
         message = f"{principal} from {peer}: {call}{' ' + target if target else ''} -> {outcome}"
         log.info("%s", message)
+        if principal.kind == "anonymous":
+            # Refusals of callers with no valid credentials go to the log only: anyone who
+            # reaches the port could otherwise turn a flood of calls into etcd writes.
+            return
         task = asyncio.create_task(self._events.record(
             "Audit", target or call, call, message, warning=outcome != "ok",
             source=str(principal)))

@@ -222,3 +222,21 @@ def test_mutating_calls_are_audited_with_who_and_from_where(secure: Secure) -> N
     assert "PERMISSION_DENIED" in by_object["ghost-2"].message
     assert by_object["ghost-2"].source == f"token:{viewer_id}(viewer)"
     assert time.time() - by_object["ghost-1"].time.seconds < 60
+
+
+def test_calls_without_valid_credentials_are_not_written_to_etcd(secure: Secure) -> None:
+    """Anyone can reach the port: their refused calls must not become etcd writes."""
+    for token in ("", "abcdef.0123456789abcdef0123456789abcdef"):
+        code_of(lambda t=token: secure.stub(t).CordonNode(cpb.CordonNodeRequest(name="flood")))
+    # An authenticated refusal, recorded after the anonymous ones, proves the trail is live.
+    viewer = secure.token(pb.ROLE_VIEWER)
+    code_of(lambda: secure.stub(viewer).CordonNode(cpb.CordonNodeRequest(name="flood-marker")))
+    admin = secure.stub(secure.admin)
+
+    def audits() -> list[pb.Event]:
+        return [e for e in admin.ListEvents(cpb.ListEventsRequest()).events
+                if e.kind == "Audit" and e.object.startswith("flood")]
+
+    found = wait_for(lambda: [e for e in audits() if e.object == "flood-marker"] and audits(),
+                     what="the marker's audit record")
+    assert [e.object for e in found] == ["flood-marker"]
