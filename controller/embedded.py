@@ -26,8 +26,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.cli.credentials import forget_cluster, save_cluster
 from controller.etcd_server import EtcdProcess, EtcdStartError
+from controller.ports import default_agent_listen
 from controller.security.files import ClusterPki
-from controller.security.tls import controller_options
+from controller.security.tls import controller_options, token_credentials
 
 STOP_GRACE_S = 5.0
 DEFAULT_NODE_MEMORY = 8 << 30
@@ -61,10 +62,7 @@ class Cluster:
 
     @property
     def agent_address(self) -> str:
-        if self.agent_listen:
-            return self.agent_listen
-        host, _, port = self.listen.rpartition(":")
-        return f"{host}:{int(port) + 1}"
+        return self.agent_listen or default_agent_listen(self.listen)
 
     def ca_pem(self) -> bytes | None:
         return None if self.insecure else self.pki.ca().cert_pem
@@ -183,11 +181,8 @@ def open_channel(address: str, ca_pem: bytes | None, token: str = "") -> grpc.Ch
     """A channel to a controller's API: TLS pinned to ca_pem (with the token), or plaintext."""
     if ca_pem is None:
         return grpc.insecure_channel(address)
-    credentials = grpc.ssl_channel_credentials(ca_pem)
-    if token:
-        credentials = grpc.composite_channel_credentials(
-            credentials, grpc.access_token_call_credentials(token))
-    return grpc.secure_channel(address, credentials, options=controller_options())
+    return grpc.secure_channel(address, token_credentials(ca_pem, token),
+                               options=controller_options())
 
 
 def wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path,

@@ -30,6 +30,7 @@ from controller.loops.scheduling import SchedulingLoop
 from controller.partitions.actions import PartitionActions
 from controller.partitions.drain import DrainLoop
 from controller.partitions.eviction import NodeLifecycleLoop
+from controller.ports import default_agent_listen
 from controller.scheduler import SchedulerConfig
 from controller.security.audit import Auditor
 from controller.security.authz import Authenticator, AuthorizationInterceptor
@@ -68,11 +69,6 @@ class ControllerConfig:
     bootstrap_tokens: list[tuple[str, pb.Role.ValueType]] = field(default_factory=list)
 
 
-def default_agent_listen(listen: str) -> str:
-    host, _, port = listen.rpartition(":")
-    return f"{host}:{int(port) + 1}" if int(port) else f"{host}:0"
-
-
 class ControllerReplica:
     """One replica. build() binds the port; start() begins serving; stop() shuts down."""
 
@@ -98,7 +94,7 @@ class ControllerReplica:
         host = config.listen.rsplit(":", 1)[0]
         self.address = f"{host}:{self.port}"
         agent_listen = config.agent_listen or default_agent_listen(config.listen)
-        if agent_listen.endswith(":0") is False and agent_listen == config.listen:
+        if agent_listen == config.listen and not agent_listen.endswith(":0"):
             raise OSError("the agent port must differ from the API port")
         self.agent_port = self._bind(self.agent_server, agent_listen,
                                      require_client_cert=True)

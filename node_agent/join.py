@@ -13,7 +13,7 @@ from viridian.v1 import controller_pb2_grpc
 
 from controller.security.files import PkiDir, write_private
 from controller.security.pki import make_csr
-from controller.security.tls import controller_options
+from controller.security.tls import controller_options, token_credentials
 
 __all__ = ["JoinError", "join"]
 
@@ -31,8 +31,7 @@ def join(pki: PkiDir, node: str, addresses: list[str], token: str) -> None:
     except OSError as err:
         raise JoinError(f"joining needs the cluster CA at {pki.ca}: {err.strerror}") from err
     csr, key = make_csr(f"node:{node}")
-    credentials = grpc.composite_channel_credentials(
-        grpc.ssl_channel_credentials(ca_pem), grpc.access_token_call_credentials(token))
+    credentials = token_credentials(ca_pem, token)
     problems: list[str] = []
     for address in addresses:
         with grpc.secure_channel(address, credentials, options=controller_options()) as ch:

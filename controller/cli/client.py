@@ -16,6 +16,7 @@ from viridian.v1 import controller_pb2_grpc
 
 from controller.cli.credentials import lookup
 from controller.cli.errors import ConnectError
+from controller.security.tls import controller_options, token_credentials
 
 __all__ = [
     "DEFAULT_CONTROLLER",
@@ -45,20 +46,9 @@ class ChannelOptions:
 
     def open(self, address: str) -> grpc.Channel:
         if self.credentials is not None:
-            from controller.security.tls import controller_options
-
             return grpc.secure_channel(address, self.credentials,
                                        options=controller_options(self.options))
         return grpc.insecure_channel(address, options=list(self.options))
-
-
-def tls_credentials(ca_pem: bytes, token: str) -> grpc.ChannelCredentials:
-    """TLS pinned to `ca_pem`, plus the bearer token on every call (when there is one)."""
-    channel = grpc.ssl_channel_credentials(ca_pem)
-    if not token:
-        return channel
-    return grpc.composite_channel_credentials(
-        channel, grpc.access_token_call_credentials(token))
 
 
 # The standard health service every Viridian server registers. Any answer proves the server
@@ -116,7 +106,7 @@ class ControllerClient:
             return ChannelOptions(connect_timeout=self.connect_timeout)
         found = lookup(self.addresses, self.ca_file, self.token)
         return ChannelOptions(connect_timeout=self.connect_timeout,
-                              credentials=tls_credentials(found.ca_pem, found.token))
+                              credentials=token_credentials(found.ca_pem, found.token))
 
     def _connect(self) -> None:
         problems: list[str] = []

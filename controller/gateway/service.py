@@ -79,11 +79,6 @@ def _caller_may_act_for(node: str) -> bool:
     return caller.kind == "insecure" or caller.is_node(node)
 
 
-def _check_caller_is(node: str) -> None:
-    if not _caller_may_act_for(node):
-        raise PermissionDenied(f"{callers.current()} may not register as node {node!r}")
-
-
 class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
                  lease_ttl: int, advertise: str, dialer: Dialer | None = None) -> None:
@@ -104,7 +99,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     ) -> apb.RegisterResponse:
         name = request.node
         check_name("node", name)
-        _check_caller_is(name)
+        if not _caller_may_act_for(name):
+            raise PermissionDenied(f"{callers.current()} may not register as node {name!r}")
         check_node_registration(name, request.spec)
         lease, _ = await self.store.nodes.register(name, request.spec, self.advertise,
                                                    self.lease_ttl, len(request.running))

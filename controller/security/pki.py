@@ -22,13 +22,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controller.security.names import CONTROLLER_NAME, ETCD_NAME
+
 __all__ = [
     "CONTROLLER_NAME", "ETCD_NAME", "CertError", "KeyPair", "ca_fingerprint", "issue",
     "make_ca", "make_csr", "sign_csr",
 ]
 
-CONTROLLER_NAME = "viridian-controller"
-ETCD_NAME = "viridian-etcd"
 CA_DAYS = 3650
 LEAF_DAYS = 825
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import grpc
 
-from controller.security.pki import CONTROLLER_NAME
+from controller.security.names import CONTROLLER_NAME
 
-__all__ = ["Dialer", "TlsConfig", "TlsError", "controller_options"]
+__all__ = ["Dialer", "TlsConfig", "TlsError", "controller_options", "token_credentials"]
 
 
 class TlsError(ValueError):
@@ -55,6 +55,16 @@ def controller_options(options: Sequence[tuple[str, Any]] = ()) -> list[tuple[st
     """Channel options that check the controller role name instead of the dialled address
     (see controller.security.pki)."""
     return [*options, ("grpc.ssl_target_name_override", CONTROLLER_NAME)]
+
+
+def token_credentials(ca_pem: bytes, token: str) -> grpc.ChannelCredentials:
+    """TLS pinned to the cluster CA, plus `token` as a bearer credential on every call (when
+    there is one): what users and joining agents present on the API port."""
+    channel = grpc.ssl_channel_credentials(ca_pem)
+    if not token:
+        return channel
+    return grpc.composite_channel_credentials(
+        channel, grpc.access_token_call_credentials(token))
 
 
 class Dialer:
