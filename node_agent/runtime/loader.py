@@ -1,10 +1,12 @@
-"""ELF loading: validate a static x86_64/i386 image, place it in guest memory, build the stack."""
+"""ELF loading: validate an x86_64/i386 image, place it in guest memory, build the stack.
+
+program.py drives these pieces for a whole program (its interpreter, ``#!`` scripts)."""
 
 from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,13 +22,14 @@ from .memory import (
 )
 from .spec import ImageError
 
-__all__ = ["validate_image", "ElfImage", "read_image", "load_image", "build_stack",
-           "MIN_VADDR"]
+__all__ = ["validate_image", "ElfImage", "read_image", "parse_image", "load_image",
+           "copy_segments", "build_stack", "MIN_VADDR", "ET_EXEC", "ET_DYN"]
 
 DYN_BASE = 0x400000
 #: Nothing is loaded below this (Linux's vm.mmap_min_addr): the NULL page stays unmapped.
 MIN_VADDR = 0x10000
 MAX_PHDRS_BYTES = 1 << 16           # Linux refuses more than 64 KiB of program headers
+MAX_INTERP = 4096                   # PATH_MAX: Linux refuses a longer PT_INTERP
 _PF_X, _PF_W, _PF_R = 1, 2, 4
 PT_LOAD, PT_DYNAMIC, PT_INTERP, PT_PHDR = 1, 2, 3, 6
 ET_EXEC, ET_DYN = 2, 3
@@ -68,6 +71,8 @@ class ElfImage:
     arch: str                 # "x86_64" or "i386"
     entry: int                # already biased
     bias: int
+    etype: int                # ET_EXEC or ET_DYN
+    interp: str | None        # PT_INTERP: the dynamic loader's guest path, None when static
     phoff: int
     phentsize: int
     phnum: int
@@ -87,6 +92,11 @@ class ElfImage:
         """Bytes of guest memory the segments and bss occupy (whole pages, holes included)."""
         return self.high - self.low
 
+    def rebased(self, low: int) -> ElfImage:
+        """This ET_DYN image placed so that its lowest page starts at ``low``."""
+        bias = self.bias + low - self.low
+        return replace(self, bias=bias, entry=self.entry - self.bias + bias)
+
 
 def _bad(reason: str) -> ImageError:
     return ImageError(f"bad image: {reason}")
@@ -99,7 +109,9 @@ def _parse(stream: BinaryIO, file_size: int) -> ElfImage:
     past the file or wrap the address space: a wrong class/machine/type, program headers of
     the wrong size, more than 64 KiB of them or lying past the end of the file, a segment
     with p_filesz > p_memsz or whose data lies past the end of the file, a segment below
-    64 KiB or past the end of the user address space, overlapping segments, a dynamic ELF.
+    64 KiB or past the end of the user address space, overlapping segments, more than one
+    PT_INTERP or one that is not a NUL-terminated path of at most PATH_MAX bytes inside the
+    file, a dynamic section without an interpreter in an ET_EXEC.
     """
     ident = stream.read(64)
     if len(ident) < 16 or ident[:4] != b"\x7fELF":
@@ -134,12 +146,17 @@ def _parse(stream: BinaryIO, file_size: int) -> ElfImage:
         raise _bad("program headers lie past the end of the file")
     segments: list[tuple[int, int, int, int, int]] = []
     phdr_vaddr: int | None = None
+    interp_at: tuple[int, int] | None = None
+    has_dynamic = False
     for i in range(phnum):
         ptype, flags, offset, vaddr, filesz, memsz = layout.phdr_fields(raw, i * phentsize)
         if ptype == PT_INTERP:
-            raise _bad("not a static ELF (it needs a dynamic loader)")
-        if ptype == PT_DYNAMIC and etype == ET_EXEC:
-            raise _bad("not a static ELF (it has a dynamic section)")
+            if interp_at is not None:
+                raise _bad("more than one PT_INTERP")
+            if not 2 <= filesz <= MAX_INTERP or offset + filesz > file_size:
+                raise _bad("the PT_INTERP path is empty, too long or past the end of the file")
+            interp_at = (offset, filesz)
+        has_dynamic |= ptype == PT_DYNAMIC
         if ptype == PT_PHDR:
             phdr_vaddr = vaddr
         if ptype != PT_LOAD or memsz == 0:
@@ -151,6 +168,9 @@ def _parse(stream: BinaryIO, file_size: int) -> ElfImage:
         segments.append((vaddr, memsz, offset, filesz, flags))
     if not segments:
         raise _bad("no loadable segments")
+    if has_dynamic and etype == ET_EXEC and interp_at is None:
+        raise _bad("an ET_EXEC with a dynamic section but no interpreter (PT_INTERP)")
+    interp = None if interp_at is None else _read_interp(stream, *interp_at)
     ordered = sorted(segments)
     for (va, msz, *_), (vb, *_) in zip(ordered, ordered[1:], strict=False):
         if va + msz > vb:
@@ -167,11 +187,28 @@ def _parse(stream: BinaryIO, file_size: int) -> ElfImage:
         raise _bad("a segment ends past the end of the user address space")
     return ElfImage(arch=arch, entry=(entry + bias) % (1 << layout.bits), bias=bias,
                     phoff=phoff, phentsize=phentsize, phnum=phnum, phdr_vaddr=phdr_vaddr,
-                    segments=tuple(segments))
+                    segments=tuple(segments), etype=etype, interp=interp)
+
+
+def _read_interp(stream: BinaryIO, offset: int, size: int) -> str:
+    """The PT_INTERP path: NUL-terminated, no NUL inside (Linux: ENOEXEC otherwise)."""
+    stream.seek(offset)
+    raw = stream.read(size)
+    if len(raw) != size or raw[-1] != 0 or 0 in raw[:-1]:
+        raise _bad("the PT_INTERP path is not one NUL-terminated string")
+    return os.fsdecode(raw[:-1])
+
+
+def parse_image(stream: BinaryIO) -> ElfImage:
+    """Parse an open ELF file (at any position); ImageError when it cannot run."""
+    try:
+        return _parse(stream, os.fstat(stream.fileno()).st_size)
+    except OSError as exc:
+        raise ImageError(f"bad image: cannot read it: {exc.strerror}") from exc
 
 
 def read_image(path: Path) -> ElfImage:
-    """Parse ``path``; raise ImageError when it is not a runnable static ELF."""
+    """Parse ``path``; raise ImageError when it is not a runnable ELF executable."""
     try:
         with open(path, "rb") as fh:
             return _parse(fh, os.fstat(fh.fileno()).st_size)
@@ -180,41 +217,55 @@ def read_image(path: Path) -> ElfImage:
 
 
 def validate_image(path: Path) -> str:
-    """Return "x86_64" or "i386" for a static ELF executable; raise ImageError otherwise."""
+    """Return "x86_64" or "i386" for an ELF executable, static or dynamically linked (its
+    interpreter can only be looked for in the partition's root, at start); raise ImageError
+    otherwise."""
     return read_image(path).arch
 
 
-def load_image(image: ElfImage, path: Path, mem: GuestMemory) -> int:
-    """Copy the PT_LOAD segments into guest memory; return the guest address of the phdrs.
+def copy_segments(image: ElfImage, fd: int, mem: GuestMemory) -> dict[int, int]:
+    """Read the PT_LOAD segments straight into guest memory (no host copy of a segment);
+    return the UC_PROT permissions of every page they touch. The pages must be zero (bss).
 
-    The file is read straight into guest memory (no host copy of a segment). A file that
-    shrank since ``read_image`` checked it is an ImageError.
-    """
+    As Linux maps whole pages, a segment's first page also holds the file bytes before it
+    (ld.so finds its own ELF header there). A file that shrank since it was parsed is an
+    ImageError."""
     pages: dict[int, int] = {}
-    phdr_addr: int | None = None
-    try:
-        with open(path, "rb") as fh:
-            for vaddr, memsz, offset, filesz, flags in image.segments:
-                addr = vaddr + image.bias
-                if filesz:
-                    fh.seek(offset)
-                    view = mem.host_view(addr, filesz)
-                    while view:
-                        n = fh.readinto(view)
-                        if not n:
-                            raise _bad("the file changed while it was being loaded")
-                        view = view[n:]
-                perms = uc_perms(bool(flags & _PF_R), bool(flags & _PF_W), bool(flags & _PF_X))
-                for page in range(page_down(addr), page_up(addr + memsz), PAGE):
-                    pages[page] = pages.get(page, 0) | perms
-                if offset <= image.phoff < offset + filesz:
-                    phdr_addr = addr + image.phoff - offset
-    except OSError as exc:
-        raise ImageError(f"bad image: cannot read {path.name}: {exc.strerror}") from exc
-    mem.set_image_perms(pages)
+    for vaddr, memsz, offset, filesz, flags in image.segments:
+        addr = vaddr + image.bias
+        lead = addr % PAGE if filesz and offset % PAGE == addr % PAGE else 0
+        view, at = mem.host_view(addr - lead, filesz + lead), offset - lead
+        while view:
+            n = os.preadv(fd, [view], at)
+            if not n:
+                raise _bad("the file changed while it was being loaded")
+            view, at = view[n:], at + n
+        perms = uc_perms(bool(flags & _PF_R), bool(flags & _PF_W), bool(flags & _PF_X))
+        for page in range(page_down(addr), page_up(addr + memsz), PAGE):
+            pages[page] = pages.get(page, 0) | perms
+    return pages
+
+
+def phdr_address(image: ElfImage) -> int:
+    """Guest address of the program headers (AT_PHDR): PT_PHDR, else the loaded segment
+    holding them, else 0."""
     if image.phdr_vaddr is not None:
         return image.phdr_vaddr + image.bias
-    return phdr_addr or 0
+    for vaddr, _memsz, offset, filesz, _flags in image.segments:
+        if offset <= image.phoff < offset + filesz:
+            return vaddr + image.bias + image.phoff - offset
+    return 0
+
+
+def load_image(image: ElfImage, path: Path, mem: GuestMemory) -> int:
+    """Copy the program's segments into guest memory at their place in the image area (with
+    their ELF permissions); return the guest address of the phdrs."""
+    try:
+        with open(path, "rb") as fh:
+            mem.set_image_perms(copy_segments(image, fh.fileno(), mem))
+    except OSError as exc:
+        raise ImageError(f"bad image: cannot read {path.name}: {exc.strerror}") from exc
+    return phdr_address(image)
 
 
 # auxv keys
@@ -224,22 +275,30 @@ AT_UID, AT_EUID, AT_GID, AT_EGID, AT_PLATFORM, AT_HWCAP, AT_CLKTCK = 11, 12, 13,
 AT_SECURE, AT_RANDOM, AT_HWCAP2, AT_EXECFN = 23, 25, 26, 31
 
 
+#: AT_HWCAP on x86 is CPUID.1:EDX; these are the features of the CPU unicorn emulates
+#: (what its cpuid leaf 1 returns in EDX). glibc reads cpuid itself; this is for others.
+HWCAP_X86 = 0x078BFBFD
+
+
 def build_stack(mem: GuestMemory, image: ElfImage, phdr: int, argv: list[str],
-                env: list[str]) -> int:
+                env: list[str], *, base: int = 0, execfn: str | None = None) -> int:
     """Lay out argc/argv/envp/auxv below ``mem.stack_top``; return the initial stack pointer.
-    Raises MemoryError when their strings and pointers take more than a quarter of the
-    stack (Linux's execve: E2BIG)."""
+
+    ``base`` is where the interpreter was loaded (AT_BASE, 0 for a static program),
+    ``execfn`` the path execve was given (AT_EXECFN, default argv[0]). Raises MemoryError
+    when the strings and pointers take more than a quarter of the stack (execve: E2BIG)."""
     word = 8 if image.arch == "x86_64" else 4
-    size = sum(len(a.encode()) + 1 + word for a in argv + env)
+    execfn = (argv[0] if argv else "") if execfn is None else execfn
+    size = sum(len(os.fsencode(a)) + 1 + word for a in [*argv, *env, execfn])
     stack = mem.stack_top - mem.stack_low
     if size > stack // 4:
         raise MemoryError(f"the arguments and environment ({format_size(size)}) take more "
                           f"than a quarter of the {format_size(stack)} stack")
-    return _build_stack(mem, image, phdr, argv, env)
+    return _build_stack(mem, image, phdr, argv, env, base, execfn)
 
 
 def _build_stack(mem: GuestMemory, image: ElfImage, phdr: int, argv: list[str],
-                 env: list[str]) -> int:
+                 env: list[str], base: int, execfn_path: str) -> int:
     word = 8 if image.arch == "x86_64" else 4
     fmt = "<Q" if word == 8 else "<I"
     sp = mem.stack_top
@@ -250,17 +309,17 @@ def _build_stack(mem: GuestMemory, image: ElfImage, phdr: int, argv: list[str],
         mem.write(sp, data)
         return sp
 
-    execfn = push_bytes(argv[0].encode() + b"\0")
-    env_ptrs = [push_bytes(e.encode() + b"\0") for e in env]
-    arg_ptrs = [push_bytes(a.encode() + b"\0") for a in argv]
+    execfn = push_bytes(os.fsencode(execfn_path) + b"\0")
+    env_ptrs = [push_bytes(os.fsencode(e) + b"\0") for e in env]
+    arg_ptrs = [push_bytes(os.fsencode(a) + b"\0") for a in argv]
     platform = push_bytes(b"x86_64\0" if word == 8 else b"i686\0")
     sp &= ~15
     rand = push_bytes(os.urandom(16))
     auxv = [
         (AT_PHDR, phdr), (AT_PHENT, image.phentsize), (AT_PHNUM, image.phnum),
-        (AT_PAGESZ, PAGE), (AT_BASE, 0), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
+        (AT_PAGESZ, PAGE), (AT_BASE, base), (AT_FLAGS, 0), (AT_ENTRY, image.entry),
         (AT_UID, 0), (AT_EUID, 0), (AT_GID, 0), (AT_EGID, 0), (AT_PLATFORM, platform),
-        (AT_HWCAP, 0), (AT_CLKTCK, 100), (AT_SECURE, 0), (AT_RANDOM, rand),
+        (AT_HWCAP, HWCAP_X86), (AT_CLKTCK, 100), (AT_SECURE, 0), (AT_RANDOM, rand),
         (AT_HWCAP2, 0), (AT_EXECFN, execfn), (AT_NULL, 0),
     ]
     words: list[int] = [len(argv), *arg_ptrs, 0, *env_ptrs, 0]
