@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard proto/viridian/v1/*.proto)
 
-.PHONY: all venv demo test lint proto proto-check unit integration bench clean
+.PHONY: all venv demo test lint proto proto-check syscall-docs syscall-docs-check unit integration bench clean
 
 all: test
 
@@ -27,6 +27,14 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) tools/gen_proto.py --check
 
+## Regenerate docs/syscalls.md from the syscall tables.
+syscall-docs: $(STAMP)
+	$(PY) tools/gen_syscall_docs.py
+
+## Fail if docs/syscalls.md differs from what the tables produce.
+syscall-docs-check: $(STAMP)
+	$(PY) tools/gen_syscall_docs.py --check
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller node_agent tests bench tools deploy
 	$(VENV)/bin/mypy
@@ -37,7 +45,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(VENV)/bin/pytest -q tests/integration
 
-test: $(STAMP) proto-check lint
+test: $(STAMP) proto-check syscall-docs-check lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)

@@ -14,15 +14,15 @@ from pathlib import Path
 from unicorn import x86_const as X
 
 from .abi import ABI_I386, ABI_X86_64
-from .files import ConsoleFile, FdTable
+from .files import ConsoleFile
 from .fs import Sandbox
 from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, boot_frame, flat_gdt, user_desc_to_descriptor
 from .loader import build_stack, load_image, read_image, validate_image
 from .memory import GDT_AREA, GuestFault, GuestMemory
+from .process import Process
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
-from .syscall_common import BLOCK, E
-from .syscalls_i386 import TABLE as TABLE_I386
-from .syscalls_x86_64 import TABLE as TABLE_X86_64
+from .syscalls import tables
+from .syscalls.common import BLOCK, E
 from .threads import BLOCKED, GuestThread, Scheduler
 from .vcpu import QUANTUM, Vcpu
 
@@ -44,8 +44,7 @@ class Machine:
         self.on_event = on_event
         self.unknown: dict[int, int] = {}
         self._unknown_lock = threading.Lock()
-        self.cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-        self.umask = 0o022
+        self.init: Process | None = None     # pid 1: the entrypoint's process
         self.started = time.monotonic()
         self._stop_requested = False
         self.vcpus: list[Vcpu] = []
@@ -178,7 +177,7 @@ class Machine:
         image = read_image(Path(found[0]))
         self.arch = image.arch
         self.abi = ABI_X86_64 if image.arch == "x86_64" else ABI_I386
-        self.syscalls = TABLE_X86_64 if image.arch == "x86_64" else TABLE_I386
+        self.syscalls = tables(image.arch)
         self.mem = GuestMemory(image.low, image.high, spec.memory_bytes,
                                64 if image.arch == "x86_64" else 32)
         phdr = load_image(image, Path(found[0]), self.mem)
@@ -189,11 +188,12 @@ class Machine:
         code, frame = boot_frame(image.arch, image.entry, sp)
         self.mem.host_write(self.mem.boot, code)
         self.mem.write(sp - len(frame), frame)
-        self.fds = FdTable()
+        cwd = spec.cwd if spec.cwd.startswith("/") else "/"
+        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=spec.entrypoint)
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
-            self.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
+            self.init.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
         self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
-        main = self.sched.new_thread(first=True)
+        main = self.sched.new_thread(self.init, first=True)
         assert main is not None
         main.gdt = self.alloc_gdt()
         if self.arch == "x86_64":
@@ -258,8 +258,8 @@ class Machine:
                 vcpu.halt()
 
     def _cleanup(self) -> None:
-        if hasattr(self, "fds"):
-            self.fds.close_all()
+        if self.init is not None:
+            self.init.fds.close_all()
         with self._uc_lock:
             for vcpu in self.vcpus:
                 vcpu.close()

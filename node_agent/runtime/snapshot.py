@@ -32,10 +32,10 @@ from . import unicorn_build
 from .abi import ABI_I386, ABI_X86_64
 from .fs import Sandbox
 from .memory import PAGE, GuestMemory, _libc
+from .process import Process
 from .snapfiles import read_upper, restore_files, save_files, write_upper
 from .state import StateError, StateReader, StateWriter, write_all
-from .syscalls_i386 import TABLE as TABLE_I386
-from .syscalls_x86_64 import TABLE as TABLE_X86_64
+from .syscalls import tables
 from .threads import BLOCKED, RUNNABLE, GuestThread
 from .vcpu import Vcpu
 
@@ -157,7 +157,8 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
     """Write the paused machine's state to ``path`` atomically; returns timings/sizes."""
     mem = machine.mem
     sched = machine.sched
-    assert mem is not None
+    init = machine.init
+    assert mem is not None and init is not None
     t0 = time.monotonic()
     with sched.cond:
         now = sched.paused_at
@@ -170,7 +171,7 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
                        "brk_start": mem.brk_start, "brk": mem.brk, "starts": mem._starts,
                        "ends": mem._ends, "exec_generation": mem.exec_generation,
                        "exec_ranges": mem.exec_ranges, "image_perms": mem.image_perms},
-            "machine": {"cwd": machine.cwd, "umask": machine.umask,
+            "machine": {"cwd": init.cwd, "umask": init.umask,
                         "uptime": now - machine.started, "gdt_free": machine._gdt_free,
                         "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
                         "unknown": [[k, v] for k, v in machine.unknown.items()]},
@@ -178,7 +179,7 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
                       "runq": [t.tid for t in sched.runq],
                       "futexes": [[a, [t.tid for t in w]] for a, w in sched.futexes.items()],
                       "next_tid": max([999, *sched.threads]) + 1},
-            "files": save_files(machine.fds),
+            "files": save_files(init.fds),
         }
         contexts = [context_bytes(t.context) for t in threads if t.context is not None]
     writer = StateWriter(path)
@@ -219,7 +220,7 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     read_upper(src, length, machine.fs.upper)
     machine.arch = arch = str(meta["arch"])
     machine.abi = ABI_X86_64 if arch == "x86_64" else ABI_I386
-    machine.syscalls = TABLE_X86_64 if arch == "x86_64" else TABLE_I386
+    machine.syscalls = tables(arch)
     lay = meta["memory"]
     mem = GuestMemory(lay["base"], lay["image_end"], lay["memory_bytes"],
                       64 if arch == "x86_64" else 32)
@@ -233,18 +234,21 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     mem.exec_ranges = [(lo, hi) for lo, hi in lay["exec_ranges"]]
     mem.image_perms = [(a, b, p) for a, b, p in lay["image_perms"]]
     m = meta["machine"]
-    machine.cwd, machine.umask = m["cwd"], m["umask"]
+    machine.init = init = Process(pid=1, mem=mem, cwd=str(m["cwd"]), umask=int(m["umask"]),
+                                  exe=spec.entrypoint)
     machine.started = time.monotonic() - float(m["uptime"])
     machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
     machine._gdt_free = list(m["gdt_free"])
     machine.unknown = {int(k): int(v) for k, v in m["unknown"]}
-    machine.fds = restore_files(machine, meta["files"])
+    init.fds = restore_files(machine, meta["files"])
     machine.vcpus = [Vcpu(machine, i) for i in range(spec.vcpus)]
     _restore_threads(machine, meta["sched"], reader.read(b"CTXT"))
 
 
 def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) -> None:
     sched = machine.sched
+    init = machine.init
+    assert init is not None
     sched.result_reg = X.UC_X86_REG_RAX if machine.arch == "x86_64" else X.UC_X86_REG_EAX
     vcpu = machine.vcpus[0]
     size = _context_data(vcpu.uc.context_save())[1]
@@ -254,7 +258,7 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
     pos = 0
     with sched.cond:
         for rec in data["threads"]:
-            thread = GuestThread(tid=int(rec["tid"]), clear_tid=rec["clear_tid"],
+            thread = GuestThread(tid=int(rec["tid"]), process=init, clear_tid=rec["clear_tid"],
                                  gdt=rec["gdt"], fresh=rec["fresh"])
             thread.pending = {int(k): int(v) for k, v in rec["pending"]}
             if rec["context"]:

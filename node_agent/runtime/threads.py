@@ -16,7 +16,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .process import Process
 
 __all__ = ["GuestThread", "Scheduler", "RUNNING", "RUNNABLE", "BLOCKED", "DEAD"]
 
@@ -31,6 +34,7 @@ class GuestThread:
     """One guest thread: its saved CPU context and what it waits for."""
 
     tid: int
+    process: Process
     context: Any = None                      # UcContext once it has run
     pending: dict[int, int] = field(default_factory=dict)   # registers to write on resume
     state: str = RUNNABLE
@@ -64,12 +68,12 @@ class Scheduler:
         self.on_done: Callable[[], None] = lambda: None
 
     # -- lifecycle ------------------------------------------------------------
-    def new_thread(self, first: bool = False) -> GuestThread | None:
+    def new_thread(self, process: Process, first: bool = False) -> GuestThread | None:
         with self.cond:
             if len(self.threads) >= MAX_THREADS:
                 return None
             tid = 1 if first else next(self._tids)
-            thread = GuestThread(tid=tid)
+            thread = GuestThread(tid=tid, process=process)
             self.threads[tid] = thread
             return thread
 

@@ -35,7 +35,8 @@ from unicorn import x86_const as X
 
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import GuestFault, GuestMemory
-from .syscall_common import BLOCK, EXIT, E, errno_of
+from .syscalls.common import BLOCK, EXIT, E, errno_of
+from .task import Task
 from .threads import RUNNING, GuestThread
 
 try:  # the binding's loaded libunicorn, for batch register access without per-call wrappers
@@ -50,6 +51,8 @@ __all__ = ["Vcpu", "TCG_BUFFER"]
 
 TCG_BUFFER = 48 << 20
 QUANTUM = 0.02          # seconds a thread may keep its vCPU while others wait
+X87_CONTROL_WORD = 0x37F
+MXCSR_DEFAULT = 0x1F80
 _ARGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
            X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)
 _ARGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
@@ -114,6 +117,7 @@ class Vcpu:
         self.stop_why: str | None = None
         self.fault: str | None = None
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
+        self.task = Task(self, machine)  # what syscall handlers see of the calling thread
 
     # -- registers ------------------------------------------------------------------
     def reg(self, reg_id: int) -> int:
@@ -155,6 +159,8 @@ class Vcpu:
         if thread.context is not None:
             uc.context_restore(thread.context)
         if thread.fresh:
+            if thread.context is None:
+                self._reset_fpu()
             self._load_segments(thread)
         thread.fresh = False
         for reg_id, value in thread.pending.items():
@@ -199,6 +205,14 @@ class Vcpu:
         gs = self.reg(X.UC_X86_REG_GS)
         if gs:
             self.uc.reg_write(X.UC_X86_REG_GS, gs)
+
+    def _reset_fpu(self) -> None:
+        """A program's first instruction sees the FPU as Linux's execve leaves it: x87 control
+        word 0x37F (64-bit precision, all exceptions masked) and MXCSR 0x1F80 (all SSE
+        exceptions masked, round to nearest). Unicorn starts both at 0, which runs x87 math
+        at 24-bit precision and unmasks SSE exceptions."""
+        self.uc.reg_write(X.UC_X86_REG_FPCW, X87_CONTROL_WORD)
+        self.uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_DEFAULT)
 
     def _apply_exec(self) -> None:
         """Map executable what became so since this vCPU last looked (memory.py's log)."""
@@ -254,7 +268,7 @@ class Vcpu:
             result = E.NOSYS
         else:
             try:
-                result = handler(self, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
+                result = handler(self.task, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
             except OSError as exc:
                 result = errno_of(exc)
             except GuestFault:

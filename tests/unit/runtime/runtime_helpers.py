@@ -41,7 +41,7 @@ class GuestBuilder:
                 pytest.skip("gcc is not installed")
             target = self.out / f"{name}-{arch}"
             cmd = ["gcc", "-static", "-O2", "-pthread", "-w", "-o", str(target),
-                   str(GUESTS / f"{name}.c")]
+                   str(GUESTS / f"{name}.c"), "-lm"]
             if arch == "i386":
                 cmd.insert(1, "-m32")
             result = subprocess.run(cmd, capture_output=True, text=True)

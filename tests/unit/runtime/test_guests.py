@@ -195,3 +195,15 @@ def test_thread_slots_are_recycled(run_guest: Callable[..., Run], arch: str) -> 
     run = run_guest("manythreads", arch=arch, vcpus=2)
     assert run.status.exit_code == 0, (run.status, run.stdout)
     assert run.stdout == b"sum=359400\n"
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+def test_fpu_starts_as_linux_leaves_it_at_exec(run_guest: Callable[..., Run], arch: str) -> None:
+    """x87 control word 0x37F and MXCSR 0x1F80: double and long double at full precision."""
+    run = run_guest("fpu_state", arch=arch)
+    assert run.status.exit_code == 0, run.status
+    lines = run.stdout.decode().splitlines()
+    assert lines[0] == "cw=0x37f mxcsr=0x1f80"
+    assert lines[1] == "0.33333333333333331"
+    assert lines[2] == "0.333333333333333333342"
+    assert lines[4:] == ["round=1", "0.10000000000000001"]

@@ -5,55 +5,55 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING
 
-from .files import MAX_FDS, ConsoleFile, PipeBuffer, PipeEnd
-from .sys_fs import writable_file
-from .syscall_common import E, s32, s64
+from ..files import MAX_FDS, ConsoleFile, PipeBuffer, PipeEnd
+from .common import E, s32, s64
+from .io import writable_file
 
 if TYPE_CHECKING:
-    from .vcpu import Vcpu
+    from ..task import Task
 
 O_APPEND, O_CLOEXEC, O_CREAT, O_EXCL, O_TRUNC = 0o2000, 0o2000000, 0o100, 0o200, 0o1000
 O_ACCMODE = 3
 MAX_IO = 16 << 20
 
 
-def sys_sendfile(cpu: Vcpu, out_fd: int, in_fd: int, off_ptr: int, count: int, *_: int) -> int:
-    src = cpu.machine.fds.get(s32(in_fd))
-    dst = writable_file(cpu, out_fd)
+def sys_sendfile(t: Task, out_fd: int, in_fd: int, off_ptr: int, count: int, *_: int) -> int:
+    src = t.fds.get(s32(in_fd))
+    dst = writable_file(t, out_fd)
     if isinstance(src, (ConsoleFile, PipeEnd)):
         return E.INVAL                          # callers fall back to read/write
     count = min(count, MAX_IO)
     if off_ptr:
-        offset = cpu.mem.u64(off_ptr) if cpu.is64 else cpu.mem.u32(off_ptr)
+        offset = t.mem.u64(off_ptr) if t.is64 else t.mem.u32(off_ptr)
         data = src.pread(count, offset)
-        cpu.machine.abi.write_word(cpu.mem, off_ptr, offset + len(data))
+        t.abi.write_word(t.mem, off_ptr, offset + len(data))
     else:
         data = src.read(count)
     return dst.write(data) if data else 0
 
 
-def sys_dup(cpu: Vcpu, fd: int, *_: int) -> int:
-    fds = cpu.machine.fds
+def sys_dup(t: Task, fd: int, *_: int) -> int:
+    fds = t.fds
     return fds.add(fds.get(s32(fd)))
 
 
-def sys_dup3(cpu: Vcpu, old: int, new: int, flags: int, *_: int) -> int:
+def sys_dup3(t: Task, old: int, new: int, flags: int, *_: int) -> int:
     if s32(old) == s32(new):
         return E.INVAL
-    return cpu.machine.fds.dup_to(s32(old), s32(new), bool(flags & O_CLOEXEC))
+    return t.fds.dup_to(s32(old), s32(new), bool(flags & O_CLOEXEC))
 
 
-def sys_dup2(cpu: Vcpu, old: int, new: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(old))
-    return cpu.machine.fds.dup_to(s32(old), s32(new))
+def sys_dup2(t: Task, old: int, new: int, *_: int) -> int:
+    t.fds.get(s32(old))
+    return t.fds.dup_to(s32(old), s32(new))
 
 
-def sys_fcntl(cpu: Vcpu, fd: int, cmd: int, arg: int, *_: int) -> int:
-    fds = cpu.machine.fds
+def sys_fcntl(t: Task, fd: int, cmd: int, arg: int, *_: int) -> int:
+    fds = t.fds
     fd = s32(fd)
     file = fds.get(fd)
     if cmd in (0, 1030):                       # F_DUPFD, F_DUPFD_CLOEXEC
-        lowest = s64(arg) if cpu.is64 else s32(arg)
+        lowest = s64(arg) if t.is64 else s32(arg)
         if not 0 <= lowest < MAX_FDS:           # as Linux: EINVAL, never a negative fd
             return E.INVAL
         return fds.add(file, minimum=lowest, cloexec=cmd == 1030)
@@ -72,44 +72,44 @@ def sys_fcntl(cpu: Vcpu, fd: int, cmd: int, arg: int, *_: int) -> int:
     return E.INVAL
 
 
-def sys_ioctl(cpu: Vcpu, fd: int, req: int, arg: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(fd))
+def sys_ioctl(t: Task, fd: int, req: int, arg: int, *_: int) -> int:
+    t.fds.get(s32(fd))
     if req & 0xFFFFFFFF == 0x5421:             # FIONBIO
         return 0
     return E.NOTTY
 
 
-def sys_pipe2(cpu: Vcpu, fds_ptr: int, flags: int, *_: int) -> int:
+def sys_pipe2(t: Task, fds_ptr: int, flags: int, *_: int) -> int:
     buf = PipeBuffer()
-    fds = cpu.machine.fds
+    fds = t.fds
     cloexec = bool(flags & O_CLOEXEC)
     rfd = fds.add(PipeEnd(0, buf, False), cloexec=cloexec)
     wfd = fds.add(PipeEnd(0, buf, True), cloexec=cloexec)
-    cpu.mem.write(fds_ptr, struct.pack("<ii", rfd, wfd))
+    t.mem.write(fds_ptr, struct.pack("<ii", rfd, wfd))
     return 0
 
 
-def sys_pipe(cpu: Vcpu, fds_ptr: int, *_: int) -> int:
-    return sys_pipe2(cpu, fds_ptr, 0)
+def sys_pipe(t: Task, fds_ptr: int, *_: int) -> int:
+    return sys_pipe2(t, fds_ptr, 0)
 
 
-def sys_poll(cpu: Vcpu, fds_ptr: int, nfds: int, *_: int) -> int:
+def sys_poll(t: Task, fds_ptr: int, nfds: int, *_: int) -> int:
     if nfds > 1024:
         return E.INVAL
     ready = 0
     for i in range(nfds):
-        fd, events, _rev = struct.unpack("<ihh", cpu.mem.read(fds_ptr + 8 * i, 8))
+        fd, events, _rev = struct.unpack("<ihh", t.mem.read(fds_ptr + 8 * i, 8))
         if fd < 0:
             revents = 0
-        elif fd not in cpu.machine.fds.files:
+        elif fd not in t.fds.files:
             revents = 0x20                      # POLLNVAL
         else:
             revents = events & 0x5              # POLLIN | POLLOUT: always ready
         ready += bool(revents)
-        cpu.mem.write(fds_ptr + 8 * i + 6, struct.pack("<h", revents))
+        t.mem.write(fds_ptr + 8 * i + 6, struct.pack("<h", revents))
     return ready
 
 
-def sys_fsync(cpu: Vcpu, fd: int, *_: int) -> int:
-    cpu.machine.fds.get(s32(fd))
+def sys_fsync(t: Task, fd: int, *_: int) -> int:
+    t.fds.get(s32(fd))
     return 0

@@ -1,0 +1,224 @@
+"""The i386 syscall table (numbers from arch/x86/entry/syscalls/syscall_32.tbl)."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ..abi import TS64
+from . import fds as D
+from . import files as F
+from . import futex as FX
+from . import io as IO
+from . import memory as M
+from . import processes as P
+from . import signals as S
+from . import system as SY
+from . import time as T
+from .common import E, Handler, s32, s64
+from .table import Entry, dispatch, ok, partial, unsupported
+
+if TYPE_CHECKING:
+    from ..task import Task
+
+__all__ = ["TABLE", "ENTRIES"]
+TS32 = "<ii"
+
+
+def _clone(t: Task, flags: int, stack: int, ptid: int, tls: int, ctid: int, *_: int) -> int:
+    return P.do_clone(t, flags, stack, ptid, ctid, tls)
+
+
+def _mmap2(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, pg: int) -> int:
+    return M.do_mmap(t, addr, length, prot, flags, fd, pg * 4096)
+
+
+def _old_mmap(t: Task, ptr: int, *_: int) -> int:
+    addr, length, prot, flags, fd, off = struct.unpack("<6I", t.mem.read(ptr, 24))
+    return M.do_mmap(t, addr, length, prot, flags, fd, off)
+
+
+def _llseek(t: Task, fd: int, hi: int, lo: int, result: int, whence: int, *_: int) -> int:
+    pos = t.fds.get(s32(fd)).seek(s64((hi << 32) | lo), whence)
+    t.mem.put_u64(result, pos)
+    return 0
+
+
+def _pread64(t: Task, fd: int, buf: int, count: int, lo: int, hi: int, *_: int) -> int:
+    return IO.sys_pread64(t, fd, buf, count, (hi << 32) | lo)
+
+
+def _pwrite64(t: Task, fd: int, buf: int, count: int, lo: int, hi: int, *_: int) -> int:
+    return IO.sys_pwrite64(t, fd, buf, count, (hi << 32) | lo)
+
+
+def _truncate64(t: Task, ptr: int, lo: int, hi: int, *_: int) -> int:
+    return F.do_truncate(t, ptr, s64((hi << 32) | lo))
+
+
+def _ftruncate64(t: Task, fd: int, lo: int, hi: int, *_: int) -> int:
+    return F.do_ftruncate(t, fd, s64((hi << 32) | lo))
+
+
+def _futex(fmt: str) -> Handler:
+    def futex(t: Task, uaddr: int, op: int, val: int, tmo: int, uaddr2: int, val3: int) -> int:
+        return FX.do_futex(t, uaddr, op, val, tmo, uaddr2, val3, fmt)
+    return futex
+
+
+def _clock_gettime(fmt: str) -> Handler:
+    def clock_gettime(t: Task, clock: int, ptr: int, *_: int) -> int:
+        return T.do_clock_gettime(t, clock, ptr, fmt)
+    return clock_gettime
+
+
+def _clock_getres(fmt: str) -> Handler:
+    def clock_getres(t: Task, clock: int, ptr: int, *_: int) -> int:
+        return T.do_clock_getres(t, clock, ptr, fmt)
+    return clock_getres
+
+
+def _clock_nanosleep(fmt: str) -> Handler:
+    def clock_nanosleep(t: Task, clock: int, flags: int, req: int, *_: int) -> int:
+        return T.do_clock_nanosleep(t, clock, flags, req, fmt)
+    return clock_nanosleep
+
+
+def _nanosleep(t: Task, req: int, *_: int) -> int:
+    return T.do_nanosleep(t, req, TS32)
+
+
+def _echild(t: Task, *_: int) -> int:
+    return E.CHILD
+
+
+ENTRIES: tuple[Entry, ...] = (
+    ok(1, "exit", P.sys_exit),
+    unsupported(2, "fork", "one process per partition today"),
+    ok(3, "read", IO.sys_read),
+    ok(4, "write", IO.sys_write),
+    ok(5, "open", F.sys_open),
+    ok(6, "close", F.sys_close),
+    partial(7, "waitpid", _echild, "there are never children: ECHILD"),
+    ok(8, "creat", F.sys_creat),
+    ok(9, "link", F.sys_link),
+    ok(10, "unlink", F.sys_unlink),
+    unsupported(11, "execve", "one process per partition today"),
+    ok(12, "chdir", F.sys_chdir),
+    ok(13, "time", T.sys_time),
+    partial(15, "chmod", F.sys_exists_ok, "checks the path; modes are not stored"),
+    ok(19, "lseek", IO.sys_lseek),
+    ok(20, "getpid", P.sys_getpid, "the only process is pid 1"),
+    ok(33, "access", F.sys_access),
+    ok(36, "sync", P.zero, "nothing to flush: writes reach the host file at once"),
+    partial(37, "kill", S.sys_kill, "a signal to itself ends the partition with 128+N"),
+    ok(38, "rename", F.sys_rename),
+    ok(39, "mkdir", F.sys_mkdir),
+    ok(40, "rmdir", F.sys_rmdir),
+    ok(41, "dup", D.sys_dup),
+    partial(42, "pipe", D.sys_pipe, "never blocks: EAGAIN when empty or full (64 KiB)"),
+    ok(45, "brk", M.sys_brk),
+    partial(54, "ioctl", D.sys_ioctl, "FIONBIO only; everything else ENOTTY"),
+    partial(55, "fcntl", D.sys_fcntl, "record locks are always granted"),
+    partial(57, "setpgid", P.zero, "accepted; there are no process groups"),
+    partial(60, "umask", SY.sys_umask, "stored, not applied to new files"),
+    ok(63, "dup2", D.sys_dup2),
+    ok(64, "getppid", P.zero, "0: the only process is pid 1"),
+    ok(65, "getpgrp", P.sys_getpid),
+    ok(66, "setsid", P.sys_getpid),
+    ok(78, "gettimeofday", T.sys_gettimeofday),
+    ok(83, "symlink", F.sys_symlink),
+    ok(85, "readlink", F.sys_readlink),
+    partial(90, "mmap", _old_mmap, "MAP_SHARED file mappings are private copies"),
+    ok(91, "munmap", M.sys_munmap),
+    ok(92, "truncate", F.sys_truncate),
+    ok(93, "ftruncate", F.sys_ftruncate),
+    partial(94, "fchmod", D.sys_fsync, "checks the descriptor; modes are not stored"),
+    ok(116, "sysinfo", SY.sys_sysinfo),
+    ok(118, "fsync", D.sys_fsync),
+    ok(120, "clone", _clone),
+    ok(122, "uname", SY.sys_uname),
+    ok(125, "mprotect", M.sys_mprotect),
+    ok(133, "fchdir", F.sys_fchdir),
+    ok(140, "_llseek", _llseek),
+    ok(145, "readv", IO.sys_readv),
+    ok(146, "writev", IO.sys_writev),
+    ok(148, "fdatasync", D.sys_fsync),
+    ok(158, "sched_yield", SY.sys_sched_yield),
+    ok(162, "nanosleep", _nanosleep),
+    ok(163, "mremap", M.sys_mremap),
+    partial(168, "poll", D.sys_poll, "reports every descriptor ready; ignores the timeout"),
+    partial(172, "prctl", SY.sys_prctl, "PR_SET_NAME/PR_GET_NAME only"),
+    partial(174, "rt_sigaction", S.sys_rt_sigaction, "accepted, ignored: handlers never run"),
+    partial(175, "rt_sigprocmask", S.sys_rt_sigprocmask, "accepted, ignored: nothing is blocked"),
+    ok(180, "pread64", _pread64),
+    ok(181, "pwrite64", _pwrite64),
+    partial(182, "chown", F.sys_exists_ok, "checks the path; owners are not stored"),
+    ok(183, "getcwd", F.sys_getcwd),
+    partial(186, "sigaltstack", P.zero, "accepted, ignored: no signal delivery"),
+    ok(187, "sendfile", D.sys_sendfile),
+    unsupported(190, "vfork", "one process per partition today"),
+    partial(191, "ugetrlimit", SY.sys_getrlimit, "fixed limits; setting them is ignored"),
+    partial(192, "mmap2", _mmap2, "MAP_SHARED file mappings are private copies"),
+    ok(193, "truncate64", _truncate64),
+    ok(194, "ftruncate64", _ftruncate64),
+    ok(195, "stat64", F.sys_stat),
+    ok(196, "lstat64", F.sys_lstat),
+    ok(197, "fstat64", F.sys_fstat),
+    partial(198, "lchown32", F.sys_lexists_ok, "checks the path; owners are not stored"),
+    ok(199, "getuid32", P.zero, "the guest runs as uid 0"),
+    ok(200, "getgid32", P.zero, "the guest runs as gid 0"),
+    ok(201, "geteuid32", P.zero, "the guest runs as uid 0"),
+    ok(202, "getegid32", P.zero, "the guest runs as gid 0"),
+    ok(205, "getgroups32", P.zero, "no supplementary groups"),
+    partial(207, "fchown32", D.sys_fsync, "checks the descriptor; owners are not stored"),
+    partial(212, "chown32", F.sys_exists_ok, "checks the path; owners are not stored"),
+    partial(213, "setuid32", P.zero, "accepted; the identity stays 0"),
+    partial(214, "setgid32", P.zero, "accepted; the identity stays 0"),
+    partial(219, "madvise", M.sys_madvise, "MADV_DONTNEED only; other advice is accepted"),
+    ok(220, "getdents64", F.sys_getdents64),
+    partial(221, "fcntl64", D.sys_fcntl, "record locks are always granted"),
+    ok(224, "gettid", P.sys_gettid, "the main thread is 1"),
+    partial(238, "tkill", S.sys_tkill, "a signal ends the partition with 128+N"),
+    ok(240, "futex", _futex(TS32)),
+    ok(242, "sched_getaffinity", SY.sys_sched_getaffinity),
+    ok(243, "set_thread_area", P.sys_set_thread_area),
+    ok(252, "exit_group", P.sys_exit_group),
+    ok(258, "set_tid_address", P.sys_set_tid_address),
+    ok(264, "clock_settime", _clock_gettime(TS32)),
+    ok(266, "clock_getres", _clock_getres(TS32)),
+    ok(267, "clock_nanosleep", _clock_nanosleep(TS32)),
+    partial(270, "tgkill", S.sys_tgkill, "a signal ends the partition with 128+N"),
+    partial(271, "utimes", F.sys_exists_ok, "checks the path; times are not stored"),
+    ok(295, "openat", F.sys_openat),
+    ok(296, "mkdirat", F.sys_mkdirat),
+    partial(298, "fchownat", F.sys_fchownat, "checks the path; owners are not stored"),
+    ok(300, "fstatat64", F.sys_newfstatat),
+    ok(301, "unlinkat", F.sys_unlinkat),
+    ok(302, "renameat", F.sys_renameat),
+    ok(303, "linkat", F.sys_linkat),
+    ok(304, "symlinkat", F.sys_symlinkat),
+    ok(305, "readlinkat", F.sys_readlinkat),
+    partial(306, "fchmodat", F.sys_fchmodat, "checks the path; modes are not stored"),
+    ok(307, "faccessat", F.sys_faccessat),
+    partial(309, "ppoll", D.sys_poll, "reports every descriptor ready; ignores the timeout"),
+    partial(311, "set_robust_list", P.zero, "accepted; robust futexes not released"),
+    partial(320, "utimensat", F.sys_utimensat, "checks the path; times are not stored"),
+    ok(330, "dup3", D.sys_dup3),
+    partial(331, "pipe2", D.sys_pipe2, "never blocks: EAGAIN when empty or full (64 KiB)"),
+    partial(340, "prlimit64", SY.sys_prlimit64, "fixed limits; setting them is ignored"),
+    ok(353, "renameat2", F.sys_renameat2),
+    ok(355, "getrandom", SY.sys_getrandom),
+    ok(383, "statx", F.sys_statx),
+    ok(384, "arch_prctl", P.sys_arch_prctl),
+    unsupported(386, "rseq", "glibc falls back without restartable sequences"),
+    ok(403, "clock_gettime64", _clock_gettime(TS64)),
+    ok(406, "clock_getres_time64", _clock_getres(TS64)),
+    ok(407, "clock_nanosleep_time64", _clock_nanosleep(TS64)),
+    partial(412, "utimensat_time64", F.sys_utimensat, "checks the path; times are not stored"),
+    ok(422, "futex_time64", _futex(TS64)),
+    unsupported(435, "clone3", "glibc falls back to clone"),
+    ok(439, "faccessat2", F.sys_faccessat2),
+)
+
+TABLE: dict[int, Handler] = dispatch(ENTRIES)

@@ -1,0 +1,100 @@
+"""Address-space syscalls: brk, mmap, munmap, mprotect, mremap, madvise."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..files import DeviceFile, HostFile
+from ..memory import PAGE, page_up
+from .common import E, s32
+
+if TYPE_CHECKING:
+    from ..task import Task
+
+MAP_SHARED, MAP_FIXED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x1, 0x10, 0x20, 0x100000
+PROT_EXEC = 4
+
+
+
+# -- memory ---------------------------------------------------------------------------
+def sys_brk(t: Task, addr: int, *_: int) -> int:
+    return t.mem.set_brk(addr)
+
+
+def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off: int) -> int:
+    """Anonymous memory, or a lazily read private copy of a regular file (memory.py).
+
+    MAP_SHARED is served as MAP_PRIVATE (the guest's writes never reach the file), as before.
+    /dev/zero maps anonymous memory; other non-regular files give ENODEV, a file not open
+    for reading EACCES, as on Linux.
+    """
+    mem = t.mem
+    if length == 0 or off & (PAGE - 1):
+        return E.INVAL
+    if length > mem.size:
+        return E.NOMEM
+    fixed = addr if flags & (MAP_FIXED | MAP_FIXED_NOREPLACE) else None
+    if fixed is not None and fixed & (PAGE - 1):
+        return E.INVAL
+    backing: tuple[int, int] | None = None
+    if not flags & MAP_ANONYMOUS:
+        file = t.fds.get(s32(fd))
+        if isinstance(file, DeviceFile) and file.gpath == "/dev/zero":
+            pass
+        elif not isinstance(file, HostFile):
+            return E.NODEV
+        elif not file.readable:
+            return E.ACCES
+        else:
+            if off + page_up(length) > 1 << 63:
+                return E.OVERFLOW
+            backing = (file.fd, off)
+    result = mem.mmap(length, fixed, backing)
+    if result is None:
+        return E.NOMEM
+    if prot & PROT_EXEC:
+        if not mem.make_executable(result, length):
+            mem.munmap(result, length)
+            return E.NOMEM
+        t.refresh_exec()
+    return result
+
+
+def sys_munmap(t: Task, addr: int, length: int, *_: int) -> int:
+    if addr & 0xFFF:
+        return E.INVAL
+    return 0 if t.mem.munmap(addr, length) else E.NOMEM
+
+
+def sys_mprotect(t: Task, addr: int, length: int, prot: int, *_: int) -> int:
+    if prot & PROT_EXEC:
+        if not t.mem.make_executable(addr, length):
+            return E.NOMEM
+        t.refresh_exec()
+    return 0
+
+
+def sys_mremap(t: Task, old: int, old_size: int, new_size: int, flags: int, *_: int) -> int:
+    mem = t.mem
+    if not mem.is_mapped(old, old_size):
+        return E.FAULT
+    grown = mem.resize(old, old_size, new_size)
+    if grown is not None:
+        return grown
+    if not flags & 1:                            # MREMAP_MAYMOVE
+        return E.NOMEM
+    new = mem.mmap_anon(new_size)
+    if new is None:
+        return E.NOMEM
+    mem.copy(new, old, min(old_size, new_size))
+    mem.munmap(old, old_size)
+    return new
+
+
+def sys_madvise(t: Task, addr: int, length: int, advice: int, *_: int) -> int:
+    if advice == 4:                              # MADV_DONTNEED: zero, or the file again
+        if addr & (PAGE - 1):
+            return E.INVAL
+        if t.mem.is_mapped(addr, page_up(length)):
+            t.mem.discard(addr, length)
+    return 0

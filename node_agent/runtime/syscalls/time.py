@@ -1,0 +1,61 @@
+"""Clocks and sleeps: clock_gettime/getres, gettimeofday, time, nanosleep."""
+
+from __future__ import annotations
+
+import struct
+import time
+from typing import TYPE_CHECKING
+
+from ..abi import clock_ns, read_timespec, write_timespec
+from .common import BLOCK
+
+if TYPE_CHECKING:
+    from ..task import Task
+
+
+
+
+# -- time ---------------------------------------------------------------------------
+def do_clock_gettime(t: Task, clock: int, ptr: int, fmt: str) -> int:
+    write_timespec(t.mem, ptr, fmt, clock_ns(clock, t.kernel.mono_offset_ns))
+    return 0
+
+
+def do_clock_getres(t: Task, clock: int, ptr: int, fmt: str) -> int:
+    if ptr:
+        t.mem.write(ptr, struct.pack(fmt, 0, 1))
+    return 0
+
+
+def sys_gettimeofday(t: Task, tv: int, tz: int, *_: int) -> int:
+    if tv:
+        write_timespec(t.mem, tv, t.abi.ts_fmt, time.time_ns(), micro=True)
+    if tz:
+        t.mem.write(tz, bytes(8))
+    return 0
+
+
+def sys_time(t: Task, ptr: int, *_: int) -> int:
+    now = int(time.time())
+    if ptr:
+        t.abi.write_word(t.mem, ptr, now)
+    return now
+
+
+def _sleep(t: Task, seconds: float) -> int:
+    if seconds <= 0:
+        return 0
+    assert t.thread is not None
+    t.kernel.sched.sleep(t.thread, seconds)
+    return BLOCK
+
+
+def do_nanosleep(t: Task, req: int, fmt: str) -> int:
+    return _sleep(t, read_timespec(t.mem, req, fmt))
+
+
+def do_clock_nanosleep(t: Task, clock: int, flags: int, req: int, fmt: str) -> int:
+    value = read_timespec(t.mem, req, fmt)
+    if flags & 1:                                # TIMER_ABSTIME
+        value -= clock_ns(clock, t.kernel.mono_offset_ns) / 1e9
+    return _sleep(t, value)

@@ -1,0 +1,179 @@
+"""The x86_64 syscall table (numbers from arch/x86/entry/syscalls/syscall_64.tbl)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..abi import TS64
+from . import fds as D
+from . import files as F
+from . import futex as FX
+from . import io as IO
+from . import memory as M
+from . import processes as P
+from . import signals as S
+from . import system as SY
+from . import time as T
+from .common import E, Handler
+from .table import Entry, dispatch, ok, partial, unsupported
+
+if TYPE_CHECKING:
+    from ..task import Task
+
+__all__ = ["TABLE", "ENTRIES"]
+
+
+def _clone(t: Task, flags: int, stack: int, ptid: int, ctid: int, tls: int, *_: int) -> int:
+    return P.do_clone(t, flags, stack, ptid, ctid, tls)
+
+
+def _mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off: int) -> int:
+    return M.do_mmap(t, addr, length, prot, flags, fd, off)
+
+
+def _futex(t: Task, uaddr: int, op: int, val: int, tmo: int, uaddr2: int, val3: int) -> int:
+    return FX.do_futex(t, uaddr, op, val, tmo, uaddr2, val3, TS64)
+
+
+def _clock_gettime(t: Task, clock: int, ptr: int, *_: int) -> int:
+    return T.do_clock_gettime(t, clock, ptr, TS64)
+
+
+def _clock_getres(t: Task, clock: int, ptr: int, *_: int) -> int:
+    return T.do_clock_getres(t, clock, ptr, TS64)
+
+
+def _nanosleep(t: Task, req: int, *_: int) -> int:
+    return T.do_nanosleep(t, req, TS64)
+
+
+def _clock_nanosleep(t: Task, clock: int, flags: int, req: int, *_: int) -> int:
+    return T.do_clock_nanosleep(t, clock, flags, req, TS64)
+
+
+def _echild(t: Task, *_: int) -> int:
+    return E.CHILD
+
+
+ENTRIES: tuple[Entry, ...] = (
+    ok(0, "read", IO.sys_read),
+    ok(1, "write", IO.sys_write),
+    ok(2, "open", F.sys_open),
+    ok(3, "close", F.sys_close),
+    ok(4, "stat", F.sys_stat),
+    ok(5, "fstat", F.sys_fstat),
+    ok(6, "lstat", F.sys_lstat),
+    partial(7, "poll", D.sys_poll, "reports every descriptor ready; ignores the timeout"),
+    ok(8, "lseek", IO.sys_lseek),
+    partial(9, "mmap", _mmap, "MAP_SHARED file mappings are private copies"),
+    ok(10, "mprotect", M.sys_mprotect),
+    ok(11, "munmap", M.sys_munmap),
+    ok(12, "brk", M.sys_brk),
+    partial(13, "rt_sigaction", S.sys_rt_sigaction, "accepted, ignored: handlers never run"),
+    partial(14, "rt_sigprocmask", S.sys_rt_sigprocmask, "accepted, ignored: nothing is blocked"),
+    partial(16, "ioctl", D.sys_ioctl, "FIONBIO only; everything else ENOTTY"),
+    ok(17, "pread64", IO.sys_pread64),
+    ok(18, "pwrite64", IO.sys_pwrite64),
+    ok(19, "readv", IO.sys_readv),
+    ok(20, "writev", IO.sys_writev),
+    ok(21, "access", F.sys_access),
+    partial(22, "pipe", D.sys_pipe, "never blocks: EAGAIN when empty or full (64 KiB)"),
+    ok(24, "sched_yield", SY.sys_sched_yield),
+    ok(25, "mremap", M.sys_mremap),
+    partial(28, "madvise", M.sys_madvise, "MADV_DONTNEED only; other advice is accepted"),
+    ok(32, "dup", D.sys_dup),
+    ok(33, "dup2", D.sys_dup2),
+    ok(35, "nanosleep", _nanosleep),
+    ok(39, "getpid", P.sys_getpid, "the only process is pid 1"),
+    ok(40, "sendfile", D.sys_sendfile),
+    ok(56, "clone", _clone),
+    unsupported(57, "fork", "one process per partition today"),
+    unsupported(58, "vfork", "one process per partition today"),
+    unsupported(59, "execve", "one process per partition today"),
+    ok(60, "exit", P.sys_exit),
+    partial(61, "wait4", _echild, "there are never children: ECHILD"),
+    partial(62, "kill", S.sys_kill, "a signal to itself ends the partition with 128+N"),
+    ok(63, "uname", SY.sys_uname),
+    partial(72, "fcntl", D.sys_fcntl, "record locks are always granted"),
+    ok(74, "fsync", D.sys_fsync),
+    ok(75, "fdatasync", D.sys_fsync),
+    ok(76, "truncate", F.sys_truncate),
+    ok(77, "ftruncate", F.sys_ftruncate),
+    ok(79, "getcwd", F.sys_getcwd),
+    ok(80, "chdir", F.sys_chdir),
+    ok(81, "fchdir", F.sys_fchdir),
+    ok(82, "rename", F.sys_rename),
+    ok(83, "mkdir", F.sys_mkdir),
+    ok(84, "rmdir", F.sys_rmdir),
+    ok(85, "creat", F.sys_creat),
+    ok(86, "link", F.sys_link),
+    ok(87, "unlink", F.sys_unlink),
+    ok(88, "symlink", F.sys_symlink),
+    ok(89, "readlink", F.sys_readlink),
+    partial(90, "chmod", F.sys_exists_ok, "checks the path; modes are not stored"),
+    partial(91, "fchmod", D.sys_fsync, "checks the descriptor; modes are not stored"),
+    partial(92, "chown", F.sys_exists_ok, "checks the path; owners are not stored"),
+    partial(93, "fchown", D.sys_fsync, "checks the descriptor; owners are not stored"),
+    partial(94, "lchown", F.sys_lexists_ok, "checks the path; owners are not stored"),
+    partial(95, "umask", SY.sys_umask, "stored, not applied to new files"),
+    ok(96, "gettimeofday", T.sys_gettimeofday),
+    partial(97, "getrlimit", SY.sys_getrlimit, "fixed limits; setting them is ignored"),
+    ok(99, "sysinfo", SY.sys_sysinfo),
+    ok(102, "getuid", P.zero, "the guest runs as uid 0"),
+    ok(104, "getgid", P.zero, "the guest runs as gid 0"),
+    partial(105, "setuid", P.zero, "accepted; the identity stays 0"),
+    partial(106, "setgid", P.zero, "accepted; the identity stays 0"),
+    ok(107, "geteuid", P.zero, "the guest runs as uid 0"),
+    ok(108, "getegid", P.zero, "the guest runs as gid 0"),
+    partial(109, "setpgid", P.zero, "accepted; there are no process groups"),
+    ok(110, "getppid", P.zero, "0: the only process is pid 1"),
+    ok(111, "getpgrp", P.sys_getpid),
+    ok(112, "setsid", P.sys_getpid),
+    ok(115, "getgroups", P.zero, "no supplementary groups"),
+    partial(121, "getpgid", P.sys_getpid, "the one process group is 1"),
+    partial(124, "getsid", P.sys_getpid, "the one session is 1"),
+    partial(131, "sigaltstack", P.zero, "accepted, ignored: no signal delivery"),
+    partial(132, "utime", F.sys_exists_ok, "checks the path; times are not stored"),
+    partial(157, "prctl", SY.sys_prctl, "PR_SET_NAME/PR_GET_NAME only"),
+    ok(158, "arch_prctl", P.sys_arch_prctl),
+    ok(162, "sync", P.zero, "nothing to flush: writes reach the host file at once"),
+    ok(186, "gettid", P.sys_gettid, "the main thread is 1"),
+    partial(200, "tkill", S.sys_tkill, "a signal ends the partition with 128+N"),
+    ok(201, "time", T.sys_time),
+    ok(202, "futex", _futex),
+    ok(204, "sched_getaffinity", SY.sys_sched_getaffinity),
+    ok(217, "getdents64", F.sys_getdents64),
+    ok(218, "set_tid_address", P.sys_set_tid_address),
+    ok(228, "clock_gettime", _clock_gettime),
+    ok(229, "clock_getres", _clock_getres),
+    ok(230, "clock_nanosleep", _clock_nanosleep),
+    ok(231, "exit_group", P.sys_exit_group),
+    partial(234, "tgkill", S.sys_tgkill, "a signal ends the partition with 128+N"),
+    partial(235, "utimes", F.sys_exists_ok, "checks the path; times are not stored"),
+    ok(257, "openat", F.sys_openat),
+    ok(258, "mkdirat", F.sys_mkdirat),
+    partial(260, "fchownat", F.sys_fchownat, "checks the path; owners are not stored"),
+    ok(262, "newfstatat", F.sys_newfstatat),
+    ok(263, "unlinkat", F.sys_unlinkat),
+    ok(264, "renameat", F.sys_renameat),
+    ok(265, "linkat", F.sys_linkat),
+    ok(266, "symlinkat", F.sys_symlinkat),
+    ok(267, "readlinkat", F.sys_readlinkat),
+    partial(268, "fchmodat", F.sys_fchmodat, "checks the path; modes are not stored"),
+    ok(269, "faccessat", F.sys_faccessat),
+    partial(271, "ppoll", D.sys_poll, "reports every descriptor ready; ignores the timeout"),
+    partial(273, "set_robust_list", P.zero, "accepted; robust futexes not released"),
+    unsupported(274, "get_robust_list", "rarely used; glibc does not need it"),
+    partial(280, "utimensat", F.sys_utimensat, "checks the path; times are not stored"),
+    ok(292, "dup3", D.sys_dup3),
+    partial(293, "pipe2", D.sys_pipe2, "never blocks: EAGAIN when empty or full (64 KiB)"),
+    partial(302, "prlimit64", SY.sys_prlimit64, "fixed limits; setting them is ignored"),
+    ok(316, "renameat2", F.sys_renameat2),
+    ok(318, "getrandom", SY.sys_getrandom),
+    ok(332, "statx", F.sys_statx),
+    unsupported(334, "rseq", "glibc falls back without restartable sequences"),
+    unsupported(435, "clone3", "glibc falls back to clone"),
+    ok(439, "faccessat2", F.sys_faccessat2),
+)
+
+TABLE: dict[int, Handler] = dispatch(ENTRIES)

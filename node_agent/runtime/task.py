@@ -1,0 +1,90 @@
+"""The kernel boundary: what a syscall handler sees of the guest that called it.
+
+A handler gets a Task and the six raw argument registers. Through the Task it reaches the
+calling guest thread, that thread's process (memory, descriptors, working directory), and
+the partition-wide services (``kernel``: scheduler, filesystem, spec, events). It never
+touches the vCPU or Unicorn: the few things a handler needs from the CPU (the thread's TLS
+base, a copy of its registers for a new thread, giving up the vCPU) are methods here, which
+the vCPU implements. One Task per vCPU; it follows whichever thread the vCPU runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unicorn import x86_const as X
+
+if TYPE_CHECKING:
+    from .abi import Abi
+    from .files import FdTable
+    from .machine import Machine
+    from .memory import GuestMemory
+    from .process import Process
+    from .threads import GuestThread
+    from .vcpu import Vcpu
+
+__all__ = ["Task", "FS", "GS"]
+
+FS, GS = "fs", "gs"
+_BASES = {FS: X.UC_X86_REG_FS_BASE, GS: X.UC_X86_REG_GS_BASE}
+
+
+class Task:
+    """The calling thread as syscall handlers see it (see the module docstring)."""
+
+    __slots__ = ("_cpu", "kernel", "abi", "is64")
+
+    def __init__(self, cpu: Vcpu, kernel: Machine) -> None:
+        self._cpu = cpu
+        self.kernel = kernel
+        self.abi: Abi = kernel.abi
+        self.is64 = cpu.is64
+
+    # -- who is calling ----------------------------------------------------------------
+    @property
+    def thread(self) -> GuestThread:
+        thread = self._cpu.thread
+        assert thread is not None, "a syscall always has a calling thread"
+        return thread
+
+    @property
+    def process(self) -> Process:
+        return self.thread.process
+
+    @property
+    def mem(self) -> GuestMemory:
+        return self._cpu.mem
+
+    @property
+    def fds(self) -> FdTable:
+        return self.thread.process.fds
+
+    # -- the few CPU services a handler needs ---------------------------------------------
+    def segment_base(self, which: str) -> int:
+        """The calling thread's FS or GS base (arch_prctl ARCH_GET_FS/GS)."""
+        return self._cpu.reg(_BASES[which])
+
+    def set_segment_base(self, which: str, addr: int) -> None:
+        self._cpu.set_reg(_BASES[which], addr)
+
+    def copy_registers_to(self, child: GuestThread, stack: int, tls: int | None) -> None:
+        """Give ``child`` this thread's registers as they are at the syscall's return, with
+        0 as its result, ``stack`` (if non-zero) as its stack pointer and, on x86_64,
+        ``tls`` (if given) as its FS base: clone's new thread."""
+        cpu = self._cpu
+        child.context = cpu.uc.context_save()
+        # Inside the hook the saved context still points at the syscall instruction itself.
+        child.pending[cpu.pc_reg] = cpu.return_pc()
+        child.pending[cpu.ret_reg] = 0
+        if stack:
+            child.pending[cpu.sp_reg] = stack
+        if tls is not None and self.is64:
+            child.pending[X.UC_X86_REG_FS_BASE] = tls
+
+    def refresh_exec(self) -> None:
+        """Make pages the handler just made executable runnable on this vCPU now."""
+        self._cpu.refresh_exec()
+
+    def yield_cpu(self) -> None:
+        """Give the vCPU to a waiting thread when this syscall returns (sched_yield)."""
+        self._cpu.preempt(0.0)
