@@ -31,6 +31,8 @@ __all__ = ["Machine", "validate_image", "MAX_UNKNOWN_TRACKED", "UNKNOWN_OTHERS"]
 #: Distinct unknown syscall numbers counted one by one; the guest picks the numbers, so
 #: every further number is summed under UNKNOWN_OTHERS (and reported once).
 MAX_UNKNOWN_TRACKED = 64
+SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV",
+                13: "SIGPIPE", 15: "SIGTERM"}
 UNKNOWN_OTHERS = -1
 
 
@@ -45,6 +47,7 @@ class Machine:
         self.unknown: dict[int, int] = {}
         self._unknown_lock = threading.Lock()
         self.init: Process | None = None     # pid 1: the entrypoint's process
+        self.processes: dict[int, Process] = {}   # every live or zombie process, by pid
         self.started = time.monotonic()
         self._stop_requested = False
         self.vcpus: list[Vcpu] = []
@@ -189,7 +192,9 @@ class Machine:
         self.mem.host_write(self.mem.boot, code)
         self.mem.write(sp - len(frame), frame)
         cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=spec.entrypoint)
+        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=spec.entrypoint,
+                            argv=[spec.entrypoint, *spec.args])
+        self.processes = {1: self.init}
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.init.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
         self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
@@ -287,6 +292,17 @@ class Machine:
             self.unknown[nr] = self.unknown.get(nr, 0) + 1
         if message is not None:
             self.event("UnknownSyscall", message)
+
+    def raise_signal(self, thread: GuestThread, sig: int) -> None:
+        """Send ``sig`` to ``thread`` (SIGPIPE from a write, kill/tkill from the guest).
+
+        Without signal delivery every signal takes its default action on the partition: it
+        ends with 128+N."""
+        if sig == 0:
+            return
+        self.event("GuestSignal", f"guest received {SIGNAL_NAMES.get(sig, f'signal {sig}')}; "
+                   "terminating")
+        self.sched.finish(128 + sig)
 
     def event(self, reason: str, message: str) -> None:
         if self.on_event is not None:

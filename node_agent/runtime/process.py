@@ -1,12 +1,13 @@
 """A guest process: its address space, descriptor table, working directory and umask.
 
-A partition holds processes; each guest thread belongs to one. Syscall handlers reach the
-calling thread's process through their Task (task.py), never through the machine, so that
-everything a process owns is found in one place.
+A partition holds processes (``Machine.processes``, by pid); each guest thread belongs to
+one. Syscall handlers reach the calling thread's process through their Task (task.py),
+never through the machine, so that everything a process owns is found in one place.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from .files import FdTable
@@ -17,7 +18,7 @@ __all__ = ["Process"]
 
 @dataclass(eq=False)
 class Process:
-    """What the threads of one guest process share."""
+    """What the threads of one guest process share, and its place in the process tree."""
 
     pid: int
     mem: GuestMemory
@@ -25,3 +26,10 @@ class Process:
     cwd: str = "/"
     umask: int = 0o022
     exe: str = ""                      # guest path of the program it runs (/proc/self/exe)
+    argv: list[str] = field(default_factory=list)
+    ppid: int = 0
+    pgid: int = 1
+    sid: int = 1
+    started: float = field(default_factory=time.monotonic)
+    exit_status: int | None = None     # wait status once it is a zombie
+    children: list[Process] = field(default_factory=list)

@@ -235,7 +235,8 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     mem.image_perms = [(a, b, p) for a, b, p in lay["image_perms"]]
     m = meta["machine"]
     machine.init = init = Process(pid=1, mem=mem, cwd=str(m["cwd"]), umask=int(m["umask"]),
-                                  exe=spec.entrypoint)
+                                  exe=spec.entrypoint, argv=[spec.entrypoint, *spec.args])
+    machine.processes = {1: init}
     machine.started = time.monotonic() - float(m["uptime"])
     machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
     machine._gdt_free = list(m["gdt_free"])

@@ -59,6 +59,10 @@ class Task:
     def fds(self) -> FdTable:
         return self.thread.process.fds
 
+    def raise_signal(self, sig: int) -> None:
+        """Send ``sig`` to the calling thread (SIGPIPE, a signal to itself)."""
+        self.kernel.raise_signal(self.thread, sig)
+
     # -- the few CPU services a handler needs ---------------------------------------------
     def segment_base(self, which: str) -> int:
         """The calling thread's FS or GS base (arch_prctl ARCH_GET_FS/GS)."""

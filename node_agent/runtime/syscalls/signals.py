@@ -9,7 +9,6 @@ from .common import EXIT, E, s32
 if TYPE_CHECKING:
     from ..task import Task
 
-SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
 
 
 
@@ -28,9 +27,7 @@ def sys_rt_sigprocmask(t: Task, how: int, new: int, old: int, size: int, *_: int
 def _signal_self(t: Task, sig: int) -> int:
     if sig == 0:
         return 0
-    name = SIGNALS.get(sig, f"signal {sig}")
-    t.kernel.event("GuestSignal", f"guest sent itself {name}; terminating")
-    t.kernel.sched.finish(128 + sig)
+    t.raise_signal(sig)
     return EXIT
 
 
