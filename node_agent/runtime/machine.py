@@ -17,9 +17,10 @@ from .abi import ABI_I386, ABI_X86_64
 from .files import ConsoleFile
 from .fs import Sandbox
 from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, boot_frame, flat_gdt, user_desc_to_descriptor
-from .loader import build_stack, load_image, read_image, validate_image
+from .loader import validate_image
 from .memory import GDT_AREA, GuestFault, GuestMemory
 from .process import Process
+from .program import load_program
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
 from .syscalls import tables
 from .syscalls.common import BLOCK, E
@@ -173,27 +174,19 @@ class Machine:
             self._tmp_upper = tempfile.mkdtemp(prefix=f"viridian-{spec.name}-")
             upper = Path(self._tmp_upper)
         self.fs = Sandbox(spec.root, upper, spec.entrypoint)
-        gpath = self.fs.resolve(spec.entrypoint, "/")
-        found = self.fs.host_path(gpath)
-        if found is None:
-            return f"bad image: entrypoint {spec.entrypoint} not found in the root"
-        image = read_image(Path(found[0]))
-        self.arch = image.arch
-        self.abi = ABI_X86_64 if image.arch == "x86_64" else ABI_I386
-        self.syscalls = tables(image.arch)
-        self.mem = GuestMemory(image.low, image.high, spec.memory_bytes,
-                               64 if image.arch == "x86_64" else 32)
-        phdr = load_image(image, Path(found[0]), self.mem)
         argv = [spec.entrypoint, *spec.args]
         env = [f"{k}={v}" for k, v in spec.env]
-        sp = build_stack(self.mem, image, phdr, argv, env)
+        program = load_program(self.fs, spec.entrypoint, argv, env, spec.memory_bytes, "/")
+        self.fs.exe = program.exe
+        self.arch, self.mem, sp = program.arch, program.mem, program.sp
+        self.abi = ABI_X86_64 if program.arch == "x86_64" else ABI_I386
+        self.syscalls = tables(program.arch)
         # The first instruction is the boot page's iret: it drops to CPL 3 (gdt.py).
-        code, frame = boot_frame(image.arch, image.entry, sp)
+        code, frame = boot_frame(program.arch, program.entry, sp)
         self.mem.host_write(self.mem.boot, code)
         self.mem.write(sp - len(frame), frame)
         cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=spec.entrypoint,
-                            argv=[spec.entrypoint, *spec.args])
+        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=program.exe, argv=program.argv)
         self.processes = {1: self.init}
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.init.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)

@@ -62,6 +62,7 @@ class LoadedProgram:
     entry: int             # the first guest instruction (the interpreter's, if dynamic)
     sp: int                # initial stack pointer: argc is at sp
     exe: str               # guest path of the ELF actually run (/proc/self/exe)
+    argv: list[str]        # as the program sees it (a script's interpreter first)
     interp: str | None     # guest path of the interpreter, None for a static program
     interp_base: int       # where the interpreter was placed (AT_BASE), 0 when static
 
@@ -93,7 +94,7 @@ def parse_shebang(head: bytes, shown: str) -> tuple[str, str | None]:
     reads it from the file's first 256 bytes: spaces and tabs around both are dropped, the
     name ends at a space, tab or NUL, everything after it is one argument (up to a NUL), and
     a line with no newline whose name may have been cut short is ENOEXEC."""
-    buf = head[:BINPRM_BUF - 1]
+    buf = head.ljust(BINPRM_BUF, b"\0")[:BINPRM_BUF - 1]     # Linux's buffer is zeroed
     newline = buf.find(b"\n")
     if newline >= 0:
         line = buf[2:newline]
@@ -168,7 +169,7 @@ def _load_elf(fs: Sandbox, file: HostFile, argv: list[str], env: list[str],
             interp_file.close()
     return LoadedProgram(arch=image.arch, mem=mem,
                          entry=image.entry if interp is None else interp.entry, sp=sp,
-                         exe=file.gpath,
+                         exe=file.gpath, argv=argv,
                          interp=None if interp_file is None else interp_file.gpath,
                          interp_base=0 if interp is None else interp.low)
 

@@ -137,10 +137,13 @@ def test_missing_entrypoint_and_non_elf_fail_cleanly(tmp_path: Path) -> None:
     root = tmp_path / "root"
     root.mkdir()
     (root / "script.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "notes.txt").write_text("echo hi\n")
     assert "not found" in (run_machine(root, "/nope").status.failed_reason or "")
-    bad = run_machine(root, "/script.sh").status
+    bad = run_machine(root, "/notes.txt").status
     assert bad.exit_code is None
     assert (bad.failed_reason or "").startswith("bad image: not an ELF")
+    script = run_machine(root, "/script.sh").status       # its interpreter is not in the root
+    assert "/bin/sh not found in the root" in (script.failed_reason or "")
 
 
 def test_huge_memory_costs_only_touched_pages(run_guest: Callable[..., Run]) -> None:
