@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..abi import TS64
 from . import fds as D
 from . import files as F
+from . import fsinfo as FI
 from . import futex as FX
 from . import io as IO
 from . import memory as M
@@ -88,6 +89,15 @@ def _nanosleep(t: Task, req: int, *_: int) -> int:
     return T.do_nanosleep(t, req, TS32)
 
 
+def _fadvise64(t: Task, fd: int, lo: int, hi: int, length: int, advice: int, *_: int) -> int:
+    return FI.do_fadvise(t, fd, advice)
+
+
+def _fadvise64_64(t: Task, fd: int, lo: int, hi: int, len_lo: int, len_hi: int,
+                  advice: int) -> int:
+    return FI.do_fadvise(t, fd, advice)
+
+
 def _echild(t: Task, *_: int) -> int:
     return E.CHILD
 
@@ -134,6 +144,8 @@ ENTRIES: tuple[Entry, ...] = (
     ok(92, "truncate", F.sys_truncate),
     ok(93, "ftruncate", F.sys_ftruncate),
     partial(94, "fchmod", D.sys_fsync, "checks the descriptor; modes are not stored"),
+    partial(99, "statfs", FI.sys_statfs, "the overlay, sized by the disk quota"),
+    partial(100, "fstatfs", FI.sys_fstatfs, "the overlay, sized by the disk quota"),
     ok(116, "sysinfo", SY.sys_sysinfo),
     ok(118, "fsync", D.sys_fsync),
     ok(120, "clone", _clone),
@@ -179,17 +191,27 @@ ENTRIES: tuple[Entry, ...] = (
     ok(220, "getdents64", F.sys_getdents64),
     partial(221, "fcntl64", D.sys_fcntl, "record locks are always granted"),
     ok(224, "gettid", P.sys_gettid, "the main thread is 1"),
+    partial(229, "getxattr", FI.sys_getxattr, "no extended attributes are kept: ENODATA"),
+    partial(230, "lgetxattr", FI.sys_lgetxattr, "no extended attributes are kept: ENODATA"),
+    partial(231, "fgetxattr", FI.sys_fgetxattr, "no extended attributes are kept: ENODATA"),
+    partial(232, "listxattr", FI.sys_listxattr, "no extended attributes are kept: empty list"),
+    partial(233, "llistxattr", FI.sys_llistxattr, "no extended attributes are kept: empty list"),
+    partial(234, "flistxattr", FI.sys_flistxattr, "no extended attributes are kept: empty list"),
     partial(238, "tkill", S.sys_tkill, "a signal ends the partition with 128+N"),
     ok(240, "futex", _futex(TS32)),
     ok(242, "sched_getaffinity", SY.sys_sched_getaffinity),
     ok(243, "set_thread_area", P.sys_set_thread_area),
+    ok(250, "fadvise64", _fadvise64, "advice only: checked, then ignored"),
     ok(252, "exit_group", P.sys_exit_group),
     ok(258, "set_tid_address", P.sys_set_tid_address),
     ok(264, "clock_settime", _clock_gettime(TS32)),
     ok(266, "clock_getres", _clock_getres(TS32)),
     ok(267, "clock_nanosleep", _clock_nanosleep(TS32)),
+    partial(268, "statfs64", FI.sys_statfs64, "the overlay, sized by the disk quota"),
+    partial(269, "fstatfs64", FI.sys_fstatfs64, "the overlay, sized by the disk quota"),
     partial(270, "tgkill", S.sys_tgkill, "a signal ends the partition with 128+N"),
     partial(271, "utimes", F.sys_exists_ok, "checks the path; times are not stored"),
+    ok(272, "fadvise64_64", _fadvise64_64, "advice only: checked, then ignored"),
     ok(295, "openat", F.sys_openat),
     ok(296, "mkdirat", F.sys_mkdirat),
     partial(298, "fchownat", F.sys_fchownat, "checks the path; owners are not stored"),

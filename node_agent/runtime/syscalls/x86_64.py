@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from ..abi import TS64
 from . import fds as D
 from . import files as F
+from . import fsinfo as FI
 from . import futex as FX
 from . import io as IO
 from . import memory as M
@@ -49,6 +50,10 @@ def _nanosleep(t: Task, req: int, *_: int) -> int:
 
 def _clock_nanosleep(t: Task, clock: int, flags: int, req: int, *_: int) -> int:
     return T.do_clock_nanosleep(t, clock, flags, req, TS64)
+
+
+def _fadvise64(t: Task, fd: int, off: int, length: int, advice: int, *_: int) -> int:
+    return FI.do_fadvise(t, fd, advice)
 
 
 def _echild(t: Task, *_: int) -> int:
@@ -134,16 +139,25 @@ ENTRIES: tuple[Entry, ...] = (
     partial(124, "getsid", P.sys_getpid, "the one session is 1"),
     partial(131, "sigaltstack", P.zero, "accepted, ignored: no signal delivery"),
     partial(132, "utime", F.sys_exists_ok, "checks the path; times are not stored"),
+    partial(137, "statfs", FI.sys_statfs, "the overlay, sized by the disk quota"),
+    partial(138, "fstatfs", FI.sys_fstatfs, "the overlay, sized by the disk quota"),
     partial(157, "prctl", SY.sys_prctl, "PR_SET_NAME/PR_GET_NAME only"),
     ok(158, "arch_prctl", P.sys_arch_prctl),
     ok(162, "sync", P.zero, "nothing to flush: writes reach the host file at once"),
     ok(186, "gettid", P.sys_gettid, "the main thread is 1"),
+    partial(191, "getxattr", FI.sys_getxattr, "no extended attributes are kept: ENODATA"),
+    partial(192, "lgetxattr", FI.sys_lgetxattr, "no extended attributes are kept: ENODATA"),
+    partial(193, "fgetxattr", FI.sys_fgetxattr, "no extended attributes are kept: ENODATA"),
+    partial(194, "listxattr", FI.sys_listxattr, "no extended attributes are kept: empty list"),
+    partial(195, "llistxattr", FI.sys_llistxattr, "no extended attributes are kept: empty list"),
+    partial(196, "flistxattr", FI.sys_flistxattr, "no extended attributes are kept: empty list"),
     partial(200, "tkill", S.sys_tkill, "a signal ends the partition with 128+N"),
     ok(201, "time", T.sys_time),
     ok(202, "futex", _futex),
     ok(204, "sched_getaffinity", SY.sys_sched_getaffinity),
     ok(217, "getdents64", F.sys_getdents64),
     ok(218, "set_tid_address", P.sys_set_tid_address),
+    ok(221, "fadvise64", _fadvise64, "advice only: checked, then ignored"),
     ok(228, "clock_gettime", _clock_gettime),
     ok(229, "clock_getres", _clock_getres),
     ok(230, "clock_nanosleep", _clock_nanosleep),
