@@ -9,11 +9,15 @@ link, and files are modified only through descriptors opened ``O_NOFOLLOW``. No 
 built and acted on later, so a guest thread renaming a symlink to a host path over a file
 cannot redirect another thread's call to the host.
 
-The upper layer's size is bounded by an UpperQuota (upper_quota.py).
+The upper layer's size is bounded by an UpperQuota (upper_quota.py). Modes and owners the
+guest sets are kept in a MetaTable (metadata.py), never on the host inode. Paths under /proc
+are served by a ProcFs (procfs.py): generated, read-only, never the host's /proc.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
 import stat
@@ -21,10 +25,11 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .files import DeviceFile, DirFile, HostFile, OpenFile, StatInfo
+from .metadata import Meta, MetaTable, host_perm
 from .overlay_dirs import (
     EXE_LINK,
     NAME_MAX,
@@ -43,13 +48,14 @@ from .overlay_dirs import (
     merged_entries,
     scan_dir,
 )
+from .procfs import ProcFile, ProcFs, under_proc
 from .upper_quota import DEFAULT_DISK_BYTES, ENTRY_COST, UpperQuota
 
 __all__ = ["Sandbox", "VIRTUAL_DEVICES", "VIRTUAL_DIRS", "WH_PREFIX", "PATH_MAX"]
 
 PATH_MAX = 4096
 MAX_HOPS = 40
-RENAME_NOREPLACE = 1
+RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT = 1, 2, 4
 O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND = 3, 0o100, 0o200, 0o1000, 0o2000
 O_DIRECTORY, O_NOFOLLOW = 0o200000, 0o400000
 _O_FILE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC   # host flags for every guest file
@@ -85,6 +91,30 @@ def _open_root(path: Path, required: bool) -> int | None:
         return None
 
 
+def _key(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _keys(entry: Entry) -> list[tuple[int, int]]:
+    """The host inodes a name stands for (its upper and lower entries)."""
+    return [_key(st) for st in (entry.upper, entry.lower) if st is not None]
+
+
+def _fill_times(st: os.stat_result, times: tuple[int | None, int | None]) -> tuple[int, int]:
+    atime, mtime = times
+    return (st.st_atime_ns if atime is None else atime,
+            st.st_mtime_ns if mtime is None else mtime)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _renameat2(src_dir: int, src: str, dst_dir: int, dst: str, flags: int) -> None:
+    """renameat2(2), which os.rename cannot pass flags to."""
+    if _libc.renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), flags) != 0:
+        raise err(ctypes.get_errno())
+
+
 def _close_fds(fds: list[int | None]) -> None:
     for fd in fds:
         if fd is not None:
@@ -107,6 +137,8 @@ class Sandbox:
         self.quota = UpperQuota(upper_fd, DEFAULT_DISK_BYTES if disk_bytes is None
                                 else disk_bytes)
         self._limit_given = disk_bytes is not None
+        self.meta = MetaTable(upper_fd, self.quota)
+        self.procfs = ProcFs(self)
         self.bound = False
         weakref.finalize(self, _close_fds, [self._lower_fd, self._upper_fd])
 
@@ -157,7 +189,7 @@ class Sandbox:
                 continue
             if len(os.fsencode(comp)) > NAME_MAX:
                 raise err(errno.ENAMETOOLONG)
-            found = lookup(stack[-1], comp)
+            found = self._lookup(stack[-1], comp)
             last = not pending
             if found.is_link and (follow or not last):
                 hops += 1
@@ -180,12 +212,22 @@ class Sandbox:
             # the path ended in a directory (".", "..", a link to a directory): name it
             # from its parent, as every other node is named
             level = stack.pop()
-            entry = lookup(stack[-1], level.name)
+            entry = self._lookup(stack[-1], level.name)
         return Node(stack, entry)
+
+    def _lookup(self, level: Level, name: str) -> Entry:
+        """lookup(), except that everything under /proc comes from the ProcFs."""
+        gpath = level.child(name)
+        if under_proc(gpath):
+            kind = self.procfs.kind(gpath)
+            return Entry(level, name, gpath, None, None, False, kind)
+        return lookup(level, name)
 
     def _link_text(self, entry: Entry) -> str:
         if entry.virtual == "exe":
             return self.exe
+        if entry.virtual == "link":
+            return self.procfs.link(entry.gpath)
         return os.readlink(entry.name, dir_fd=entry.layer_fd)
 
     def _ensure_upper(self, scope: FdScope, stack: list[Level]) -> None:
@@ -194,24 +236,29 @@ class Sandbox:
             level = stack[i]
             if level.upper is not None:
                 continue
+            if under_proc(level.gpath):
+                raise err(errno.EACCES)
             parent = stack[i - 1].upper
             assert parent is not None
-            mode = 0o755 if level.lower is None else os.fstat(level.lower).st_mode & 0o777
+            mode = 0o755 if level.lower is None else os.fstat(level.lower).st_mode & 0o7777
             self.quota.reserve(ENTRY_COST)
             try:
-                os.mkdir(level.name, mode | 0o700, dir_fd=parent)
+                os.mkdir(level.name, host_perm(mode, True), dir_fd=parent)
             except FileExistsError:
                 self.quota.refund(ENTRY_COST)      # made by an earlier step of this call
+                level.upper = scope.open_dir(parent, level.name)
+                continue
             except BaseException:
                 self.quota.refund(ENTRY_COST)
                 raise
             level.upper = scope.open_dir(parent, level.name)
+            self.meta.created(os.fstat(level.upper), mode, level.gpath)
 
     def _prepare_create(self, scope: FdScope, node: Node) -> int:
         """The upper directory fd where ``node``'s name can be created (whiteout removed)."""
         entry = node.entry
         assert entry is not None
-        if entry.name.startswith(WH_PREFIX):
+        if entry.name.startswith(WH_PREFIX) or under_proc(entry.gpath):
             raise err(errno.EACCES)
         self._ensure_upper(scope, node.stack)
         up = entry.parent.upper
@@ -273,15 +320,19 @@ class Sandbox:
         elif stat.S_ISDIR(low.st_mode):
             self.quota.reserve(ENTRY_COST)
             try:
-                os.mkdir(name, (low.st_mode & 0o777) | 0o700, dir_fd=up)
+                os.mkdir(name, host_perm(low.st_mode, True), dir_fd=up)
             except BaseException:
                 self.quota.refund(ENTRY_COST)
                 raise
+            os.utime(name, ns=(low.st_atime_ns, low.st_mtime_ns), dir_fd=up,
+                     follow_symlinks=False)
         elif stat.S_ISREG(low.st_mode):
             self._copy_file(lower_dir, up, name)
         else:
             raise err(errno.EACCES)
         node.entry = lookup(entry.parent, name)
+        assert node.entry.upper is not None
+        self.meta.created(node.entry.upper, low.st_mode, node.entry.gpath)
         return node.entry
 
     def _copy_file(self, lower_dir: int, up: int, name: str) -> None:
@@ -302,7 +353,8 @@ class Sandbox:
                         if sent <= 0:
                             break
                         offset += sent
-                    os.fchmod(dst, (st.st_mode & 0o777) | 0o600)
+                    os.fchmod(dst, host_perm(st.st_mode, False))
+                    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
                 finally:
                     os.close(dst)
             except BaseException:
@@ -350,9 +402,19 @@ class Sandbox:
             return StatInfo.synthetic(stat.S_IFDIR | 0o555, ino=2)
         if entry.virtual == "exe":
             return StatInfo.synthetic(stat.S_IFLNK | 0o777, ino=3)
+        if entry.virtual is not None:
+            return self.procfs.info(entry.gpath)
         if entry.st is None:
             raise err(errno.ENOENT)
-        return StatInfo.from_host(entry.st)
+        return self.host_info(entry.st, entry.in_upper)
+
+    def host_info(self, st: os.stat_result, upper: bool) -> StatInfo:
+        """The guest's stat of a host inode: an upper one's mode and owner from the table."""
+        info = StatInfo.from_host(st)
+        if not upper:
+            return info
+        mode, uid, gid = self.meta.apply(st)
+        return replace(info, mode=mode, uid=uid, gid=gid)
 
     def stat_at(self, path: str, base: str, follow: bool = True) -> StatInfo:
         """stat (``follow``) or lstat of a guest path."""
@@ -397,6 +459,18 @@ class Sandbox:
             entry = node.entry
             if entry is not None and entry.virtual == "dev":
                 return DeviceFile(flags, entry.gpath, VIRTUAL_DEVICES[entry.gpath])
+            if entry is not None and under_proc(entry.gpath) and entry.exists:
+                if entry.is_dir:
+                    if flags & O_ACCMODE:
+                        raise err(errno.EISDIR)
+                    return DirFile(flags, entry.gpath, self.procfs.listing(entry.gpath),
+                                   self._info(node))
+                if flags & (O_ACCMODE | O_TRUNC):
+                    raise err(errno.EACCES)
+                if flags & O_DIRECTORY:
+                    raise err(errno.ENOTDIR)
+                return ProcFile(flags, entry.gpath, self.procfs.content(entry.gpath),
+                                self._info(node))
             if entry is None or entry.is_dir:
                 if flags & O_ACCMODE:
                     raise err(errno.EISDIR)
@@ -434,11 +508,16 @@ class Sandbox:
         name = node.entry.name
         self.quota.reserve(ENTRY_COST)
         try:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_FILE,
-                             (mode & 0o777) | 0o600, dir_fd=up))
+            fd = os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | _O_FILE,
+                         host_perm(mode, False), dir_fd=up)
         except BaseException:
             self.quota.refund(ENTRY_COST)
             raise
+        try:
+            os.fchmod(fd, host_perm(mode, False))      # the host umask may have cut bits
+            self.meta.created(os.fstat(fd), mode, node.entry.gpath)
+        finally:
+            os.close(fd)
         node.entry = lookup(node.entry.parent, name)
 
     def _truncate_entry(self, entry: Entry, length: int) -> None:
@@ -489,6 +568,8 @@ class Sandbox:
             else:
                 os.unlink(entry.name, dir_fd=up)
             self.quota.name_removed(entry.upper)
+            if entry.upper.st_nlink <= 1 or stat.S_ISDIR(entry.upper.st_mode):
+                self.meta.drop(entry.upper)
         if self._in_lower(entry):
             self._whiteout(scope, node)
 
@@ -516,12 +597,14 @@ class Sandbox:
             up = self._prepare_create(scope, node)
             self.quota.reserve(ENTRY_COST)
             try:
-                os.mkdir(entry.name, (mode & 0o777) | 0o700, dir_fd=up)
+                os.mkdir(entry.name, host_perm(mode, True), dir_fd=up)
             except BaseException:
                 self.quota.refund(ENTRY_COST)
                 raise
+            made = scope.open_dir(up, entry.name)
+            self.meta.created(os.fstat(made), mode, entry.gpath)
             if had_whiteout:
-                self._mark(scope.open_dir(up, entry.name), OPAQUE)
+                self._mark(made, OPAQUE)
 
     def symlink_at(self, target: str, path: str, base: str) -> None:
         if not target:
@@ -541,9 +624,15 @@ class Sandbox:
             except BaseException:
                 self.quota.refund(cost)
                 raise
+            made = lstat_at(up, entry.name)
+            if made is not None:
+                self.meta.drop(made)
 
-    def link_at(self, old: str, old_base: str, new: str, new_base: str, follow: bool) -> None:
-        """link(2)/linkat(2): a hard link in the upper layer (the source copied up first)."""
+    def link_at(self, old: str, old_base: str, new: str, new_base: str, follow: bool,
+                inode: tuple[int, int] | None = None) -> None:
+        """link(2)/linkat(2): a hard link in the upper layer (the source copied up first).
+        ``inode``: the source must be that host inode (linkat AT_EMPTY_PATH of an open file,
+        named by its guest path), else ENOENT."""
         with self._op() as scope:
             src = self._walk(scope, old, old_base, follow)
             dst = self._walk(scope, new, new_base, follow=False)
@@ -553,6 +642,8 @@ class Sandbox:
                 raise err(errno.ENOENT)
             if src.entry.virtual is not None:
                 raise err(errno.EXDEV)
+            if inode is not None and inode not in _keys(src.entry):
+                raise err(errno.ENOENT)
             if dst.entry is None or dst.entry.exists:
                 raise err(errno.EEXIST)
             source = self._copy_up(scope, src)
@@ -569,13 +660,132 @@ class Sandbox:
 
     def rename_at(self, old: str, old_base: str, new: str, new_base: str,
                   flags: int = 0) -> None:
-        """rename(2)/renameat2(2) (RENAME_NOREPLACE only) in the merged view."""
-        if flags & ~RENAME_NOREPLACE:
+        """rename(2)/renameat2(2) (RENAME_NOREPLACE, RENAME_EXCHANGE) in the merged view."""
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or \
+                flags & (RENAME_NOREPLACE | RENAME_EXCHANGE) == \
+                RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise err(errno.EINVAL)
         with self._op() as scope:
             src = self._walk(scope, old, old_base, follow=False)
             dst = self._walk(scope, new, new_base, follow=False)
-            self._rename(scope, src, dst, bool(flags & RENAME_NOREPLACE))
+            if flags & RENAME_EXCHANGE:
+                self._exchange(scope, src, dst)
+            else:
+                self._rename(scope, src, dst, bool(flags & RENAME_NOREPLACE))
+
+    def _exchange(self, scope: FdScope, a: Node, b: Node) -> None:
+        """RENAME_EXCHANGE: both names copied up whole, swapped by the host atomically; a
+        directory that lands on a name the lower layer also has is marked opaque."""
+        ae, be = a.entry, b.entry
+        if ae is None or be is None or ae.virtual is not None or be.virtual is not None:
+            raise err(errno.EBUSY)
+        if not ae.exists or not be.exists:
+            raise err(errno.ENOENT)
+        if ae.gpath == be.gpath:
+            return
+        if (be.gpath + "/").startswith(ae.gpath + "/") or \
+                (ae.gpath + "/").startswith(be.gpath + "/"):
+            raise err(errno.EINVAL)
+        for node in (a, b):
+            assert node.entry is not None
+            if node.entry.is_dir:
+                self._copy_tree_up(scope, node)
+            self._copy_up(scope, node)
+        # the second copy-up may have created parents the first walk saw as lower-only
+        ae = lookup(a.entry.parent, ae.name) if a.entry is not None else ae
+        be = lookup(b.entry.parent, be.name) if b.entry is not None else be
+        assert ae.parent.upper is not None and be.parent.upper is not None
+        _renameat2(ae.parent.upper, ae.name, be.parent.upper, be.name, RENAME_EXCHANGE)
+        for entry in (ae, be):
+            up = entry.parent.upper
+            assert up is not None
+            now = lstat_at(up, entry.name)
+            if now is not None and stat.S_ISDIR(now.st_mode) and self._in_lower(entry):
+                self._mark(scope.open_dir(up, entry.name), OPAQUE)
+
+    # -- metadata ------------------------------------------------------------------------
+    def change_at(self, path: str, base: str, follow: bool, perm: int | None = None,
+                  owner: tuple[int, int] | None = None,
+                  times: tuple[int | None, int | None] | None = None) -> None:
+        """chmod (``perm``), chown (``owner``: uid, gid, -1 keeps) and utimensat (``times``:
+        atime, mtime in ns, None keeps) of a guest path; a lower entry is copied up first."""
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow)
+            entry = node.entry
+            if entry is not None and not entry.exists:
+                raise err(errno.ENOENT)
+            if entry is None or entry.virtual is not None:
+                if perm is None and owner is None:
+                    return                  # touching the root or /proc: nothing to keep
+                raise err(errno.EPERM)
+            entry = self._copy_up(scope, node)
+            self._change(entry, perm, owner, times)
+
+    def change_file(self, file: OpenFile, perm: int | None = None,
+                    owner: tuple[int, int] | None = None,
+                    times: tuple[int | None, int | None] | None = None) -> None:
+        """fchmod/fchown/futimens of an open file: the entry its guest path names, if it is
+        still the file's inode (copied up if it is the lower one), else EPERM for a change
+        the sandbox cannot place. A directory is named by its path alone."""
+        with self._op() as scope:
+            if not isinstance(file, (HostFile, DirFile)) or under_proc(file.gpath):
+                if perm is None and owner is None:
+                    return
+                raise err(errno.EPERM)
+            node = self._walk(scope, file.gpath, "/", follow=False)
+            entry = node.entry
+            if entry is None or not entry.exists or entry.virtual is not None:
+                raise err(errno.EPERM)
+            if isinstance(file, HostFile):
+                if _key(os.fstat(file.fd)) not in _keys(entry):
+                    raise err(errno.EPERM)
+            elif not entry.is_dir:
+                raise err(errno.EPERM)
+            self._change(self._copy_up(scope, node), perm, owner, times)
+
+    def _change(self, entry: Entry, perm: int | None, owner: tuple[int, int] | None,
+                times: tuple[int | None, int | None] | None) -> None:
+        st, up = entry.upper, entry.parent.upper
+        assert st is not None and up is not None
+        is_dir, is_link = stat.S_ISDIR(st.st_mode), stat.S_ISLNK(st.st_mode)
+        old = self.meta.get(st) or Meta(st.st_mode & 0o7777, 0, 0)
+        new = old
+        if perm is not None and not is_link:
+            new = replace(new, perm=perm & 0o7777)
+        if owner is not None:
+            uid, gid = owner
+            new = replace(new, uid=old.uid if uid == -1 else uid,
+                          gid=old.gid if gid == -1 else gid)
+            if not is_dir and (uid != -1 or gid != -1):
+                # Linux drops setuid (and setgid of a group-executable file) on chown
+                kill = 0o4000 | (0o2000 if new.perm & 0o010 else 0)
+                new = replace(new, perm=new.perm & ~kill)
+        if is_link:
+            if times is not None:
+                os.utime(entry.name, ns=_fill_times(st, times), dir_fd=up,
+                         follow_symlinks=False)
+            if new != old:
+                self.meta.set(st, new, entry.gpath)
+            return
+        fd = os.open(entry.name, (os.O_RDONLY | os.O_DIRECTORY if is_dir else os.O_RDONLY)
+                     | _O_FILE, dir_fd=up)
+        try:
+            now = os.fstat(fd)
+            if _key(now) != _key(st):
+                raise err(errno.ENOENT)
+            if new.perm != old.perm:
+                os.fchmod(fd, host_perm(new.perm, is_dir))
+            if times is not None:
+                os.utime(fd, ns=_fill_times(now, times))
+            if new != old or self.meta.get(now) is None and new.perm != now.st_mode & 0o7777:
+                self.meta.set(now, new, entry.gpath)
+        finally:
+            os.close(fd)
+
+    def file_info(self, file: HostFile) -> StatInfo:
+        """fstat of an open file, with the mode and owner the guest gave its inode."""
+        st = os.fstat(file.fd)
+        return self.host_info(st, self.meta.get(st) is not None)
 
     def _rename(self, scope: FdScope, src: Node, dst: Node, noreplace: bool) -> None:
         se, de = src.entry, dst.entry

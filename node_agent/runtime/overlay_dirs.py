@@ -98,7 +98,7 @@ class Entry:
     upper: os.stat_result | None     # the upper layer's entry
     lower: os.stat_result | None     # the lower layer's entry, unless a whiteout hides it
     whiteout: bool                   # the upper layer holds .wh.NAME
-    virtual: str | None              # "dev", "dir" or "exe" for the runtime's own entries
+    virtual: str | None              # "dev", "dir", "exe", or "link"/"proc" (procfs.py)
 
     @property
     def st(self) -> os.stat_result | None:
@@ -119,7 +119,7 @@ class Entry:
     @property
     def is_link(self) -> bool:
         if self.virtual is not None:
-            return self.virtual == "exe"
+            return self.virtual in ("exe", "link")
         st = self.st
         return st is not None and stat.S_ISLNK(st.st_mode)
 

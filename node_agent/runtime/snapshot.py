@@ -188,6 +188,7 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
         writer.section(b"CTXT", b"".join(contexts))
         with writer.stream(b"MEMR") as fd:
             touched = _write_memory(mem, fd)
+        machine.fs.meta.compact()         # the guest's modes/owners travel in the layer
         with writer.stream(b"UPPR") as fd, os.fdopen(os.dup(fd), "wb") as out:
             write_upper(machine.fs.upper, out)
         writer.commit()

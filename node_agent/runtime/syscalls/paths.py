@@ -20,8 +20,6 @@ if TYPE_CHECKING:
 
 AT_FDCWD = -100
 
-
-
 def sandbox(t: Task) -> Sandbox:
     """The partition's sandbox, bound to its spec's quota and open files on first use."""
     fs = t.kernel.fs
@@ -30,6 +28,8 @@ def sandbox(t: Task) -> Sandbox:
         with fds.lock:
             files = list(fds.files.values())
         fs.bind(t.kernel.spec.disk_bytes, files)
+    fs.procfs.kernel = t.kernel
+    fs.procfs.caller(t.process.pid, t.thread.tid)
     return fs
 
 

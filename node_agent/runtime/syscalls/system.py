@@ -4,21 +4,23 @@ sysinfo."""
 from __future__ import annotations
 
 import os
+import resource
 import struct
 import time
+import weakref
 from typing import TYPE_CHECKING
 
-from .common import E
+from ..procfs import OSRELEASE, cpu_seconds, resident_bytes
+from .common import E, s32
 
 if TYPE_CHECKING:
+    from ..process import Process
     from ..task import Task
-
-
 
 
 # -- identity, limits, signals ----------------------------------------------------------
 def sys_uname(t: Task, buf: int, *_: int) -> int:
-    fields = [b"Linux", t.kernel.spec.name.encode()[:64], b"6.1.0-viridian",
+    fields = [b"Linux", t.kernel.spec.name.encode()[:64], OSRELEASE.encode(),
               b"#1 SMP PREEMPT_DYNAMIC", t.abi.name.encode(), b"(none)"]
     t.mem.write(buf, b"".join(f.ljust(65, b"\0") for f in fields))
     return 0
@@ -81,11 +83,131 @@ def sys_umask(t: Task, mask: int, *_: int) -> int:
 
 
 def sys_sysinfo(t: Task, ptr: int, *_: int) -> int:
-    mem = t.kernel.spec.memory_bytes
-    word = "Q" if t.abi.word == 8 else "I"
+    """struct sysinfo of the partition: its memory, what its processes touched (procfs.py),
+    its uptime, its runnable threads as the load and its process count."""
+    total, used = t.kernel.fs.procfs._memory() if t.kernel.fs.procfs.kernel is not None \
+        else (t.kernel.spec.memory_bytes, 0)
+    total = total or t.kernel.spec.memory_bytes
     uptime = int(time.monotonic() - t.kernel.started)
-    cap = (1 << (8 * t.abi.word)) - 1
-    data = struct.pack(f"<{word}3{word}6{word}H", uptime, 0, 0, 0, min(mem, cap),
-                       min(mem // 2, cap), 0, 0, 0, 0, 1)
-    t.mem.write(ptr, data + struct.pack(f"<{word}{word}I", 0, 0, 1))
+    load = min(t.kernel.fs.procfs._runnable(), 1 << 10) << 16
+    procs = min(len(t.kernel.processes) or 1, 0xFFFF)
+    word = t.abi.word
+    w = "Q" if word == 8 else "I"
+    cap = (1 << (8 * word)) - 1
+    head = struct.pack(f"<{w}3{w}6{w}H", min(uptime, cap), load, load, load, min(total, cap),
+                       min(total - used, cap), 0, 0, 0, 0, procs)
+    head += bytes(-len(head) % word)           # the padding before totalhigh
+    data = head + struct.pack(f"<{w}{w}I", 0, 0, 1)
+    data += bytes((64 if word == 4 else 112) - len(data))
+    t.mem.write(ptr, data)
+    return 0
+
+
+# -- accounting ----------------------------------------------------------------------------
+RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD = 0, -1, 1
+
+
+def _timeval(t: Task, seconds: float) -> bytes:
+    us = int(seconds * 1e6)
+    return struct.pack(f"<{'qq' if t.is64 else 'ii'}", us // 10**6, us % 10**6)
+
+
+def sys_getrusage(t: Task, who: int, ptr: int, *_: int) -> int:
+    """User/system time: the worker's host CPU time for RUSAGE_SELF (the partition's
+    emulation, a superset of the process's vCPU time) and the calling vCPU host thread's
+    for RUSAGE_THREAD; children are not counted yet. maxrss: the process's touched guest
+    pages (KiB)."""
+    who = s32(who)
+    if who == RUSAGE_CHILDREN:
+        user = system = 0.0
+        rss = 0
+    elif who in (RUSAGE_SELF, RUSAGE_THREAD):
+        user, system = cpu_seconds(resource.RUSAGE_THREAD if who == RUSAGE_THREAD
+                                   else resource.RUSAGE_SELF)
+        rss = resident_bytes(t.mem) // 1024
+    else:
+        return E.INVAL
+    word = "q" if t.is64 else "i"
+    rest = struct.pack(f"<14{word}", rss, *([0] * 13))
+    t.mem.write(ptr, _timeval(t, user) + _timeval(t, system) + rest)
+    return 0
+
+
+def sys_times(t: Task, ptr: int, *_: int) -> int:
+    """struct tms in clock ticks (100 Hz) from the worker's CPU time; returns ticks since
+    the partition started."""
+    user, system = cpu_seconds()
+    if ptr:
+        t.abi.write_word(t.mem, ptr, int(user * 100))
+        t.abi.write_word(t.mem, ptr + t.abi.word, int(system * 100))
+        t.abi.write_word(t.mem, ptr + 2 * t.abi.word, 0)
+        t.abi.write_word(t.mem, ptr + 3 * t.abi.word, 0)
+    return int((time.monotonic() - t.kernel.started) * 100) & ((1 << (8 * t.abi.word - 1)) - 1)
+
+
+def sys_personality(t: Task, persona: int, *_: int) -> int:
+    """Always PER_LINUX (0): the query 0xffffffff and PER_LINUX/PER_LINUX32 with any flags
+    are accepted (flags such as ADDR_NO_RANDOMIZE change nothing here)."""
+    persona &= 0xFFFFFFFF
+    if persona == 0xFFFFFFFF or persona & 0xFF in (0, 8):
+        return 0
+    return E.INVAL
+
+
+_IOPRIO: weakref.WeakKeyDictionary[Process, int] = weakref.WeakKeyDictionary()
+_NICE: weakref.WeakKeyDictionary[Process, int] = weakref.WeakKeyDictionary()
+IOPRIO_DEFAULT = (2 << 13) | 4                  # best effort, level 4
+
+
+def _target(t: Task, which: int, who: int, kinds: tuple[int, ...]) -> Process | int:
+    """The process ``who`` names (0: the caller) when ``which`` is kinds[0] (a process);
+    for a process group or a user (everything runs as uid 0) the caller stands for them."""
+    if which not in kinds:
+        return E.INVAL
+    who = s32(who)
+    if who == 0 or which != kinds[0]:
+        return t.process
+    found = t.kernel.processes.get(who)
+    return E.SRCH if found is None else found
+
+
+def sys_ioprio_get(t: Task, which: int, who: int, *_: int) -> int:
+    proc = _target(t, s32(which), who, (1, 2, 3))
+    return proc if isinstance(proc, int) else _IOPRIO.get(proc, IOPRIO_DEFAULT)
+
+
+def sys_ioprio_set(t: Task, which: int, who: int, prio: int, *_: int) -> int:
+    proc = _target(t, s32(which), who, (1, 2, 3))
+    if isinstance(proc, int):
+        return proc
+    prio &= 0xFFFF
+    if prio >> 13 > 3 or (prio >> 13 in (1, 2) and prio & 0x1FFF > 7):
+        return E.INVAL
+    _IOPRIO[proc] = prio if prio else IOPRIO_DEFAULT
+    return 0
+
+
+def sys_getpriority(t: Task, which: int, who: int, *_: int) -> int:
+    proc = _target(t, s32(which), who, (0, 1, 2))
+    return proc if isinstance(proc, int) else 20 - _NICE.get(proc, 0)
+
+
+def sys_setpriority(t: Task, which: int, who: int, prio: int, *_: int) -> int:
+    proc = _target(t, s32(which), who, (0, 1, 2))
+    if isinstance(proc, int):
+        return proc
+    _NICE[proc] = max(-20, min(19, s32(prio)))
+    return 0
+
+
+def sys_getresuid(t: Task, ruid: int, euid: int, suid: int, *_: int) -> int:
+    """getresuid/getresgid (32-bit ids): everything runs as 0."""
+    for ptr in (ruid, euid, suid):
+        t.mem.put_u32(ptr, 0)
+    return 0
+
+
+def sys_getresuid16(t: Task, ruid: int, euid: int, suid: int, *_: int) -> int:
+    for ptr in (ruid, euid, suid):
+        t.mem.write(ptr, b"\0\0")
     return 0
