@@ -173,7 +173,7 @@ def stop_workers(agents_dir: Path) -> None:
         manager = WorkerManager(workers)
         for handle in manager.adopt():
             if handle.poll() is None:
-                handle.stop(grace_s=1.0)
+                handle.stop(0.0, margin_s=1.0)  # Turn Off: the cluster is going away
         manager.close()
 
 

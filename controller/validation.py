@@ -18,6 +18,7 @@ follow the systems that already settled them (docs/lifecycle.md, "Input limits")
 - A tar image's entrypoint: at most PATH_MAX (4096) bytes, each component at most NAME_MAX
   (255), no control characters. An announced digest is "sha256:" and 64 lower-case hex digits.
 - A partition's disk: 0 (the default, 1 GiB) or 1 MiB..1 TiB.
+- A stop's grace (Shut Down): finite, 0..3600 s; unset means 10 s; not with force.
 - A node's declaration: 1..4096 vCPUs, 1 MiB..64 TiB of memory, allocation ratios finite and
   in (0, 64] or 0 (= the default), known architectures, an address "" or HOST:PORT (a DNS
   name, an IPv4 address or a bracketed IPv6 one; port 1..65535), a version and host
@@ -34,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import InvalidArgument
+from controller.partitions.events import DEFAULT_STOP_GRACE_S, MAX_STOP_GRACE_S
 from controller.safe_text import has_controls
 from controller.scheduler.units import format_size
 
@@ -148,6 +150,22 @@ def check_disk(disk_bytes: int) -> None:
     if disk_bytes and not MIN_DISK <= disk_bytes <= MAX_DISK:
         raise InvalidArgument(f"disk must be 0 (the default, 1Gi) or between 1Mi and 1Ti, "
                               f"got {format_size(disk_bytes)}")
+
+
+def stop_grace(grace_s: float | None, force: bool) -> float:
+    """The seconds a stop gives the guest between SIGTERM and turning it off: `force` is
+    Turn Off (0), unset (None) is the default Shut Down grace, else 0..MAX_STOP_GRACE_S."""
+    if force:
+        if grace_s is not None:
+            raise InvalidArgument("force turns the partition off at once; it takes no "
+                                  "grace_seconds (leave force unset for a Shut Down)")
+        return 0.0
+    if grace_s is None:
+        return DEFAULT_STOP_GRACE_S
+    if not (math.isfinite(grace_s) and 0.0 <= grace_s <= MAX_STOP_GRACE_S):
+        raise InvalidArgument(f"grace_seconds must be between 0 and {MAX_STOP_GRACE_S:g} "
+                              f"(an hour), got {grace_s!r}")
+    return grace_s
 
 
 def normalize_spec(spec: pb.PartitionSpec) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 P = pb
 K = apb.PartitionCommand
 POLL_S = 0.02
-STOP_GRACE_S = 3.0
-FENCE_GRACE_S = 0.5
+STOP_MARGIN_S = 3.0     # a stopped worker may take this long to end before SIGKILL
+FENCE_GRACE_S = 0.5     # the same for a fence: it must be quick
+MAX_STOP_GRACE_S = 3600.0
 SAVE_TIMEOUT_S = 120.0  # WorkerHandle.save's default: a save takes no longer
 LIFECYCLE = frozenset({K.KIND_PAUSE, K.KIND_RESUME, K.KIND_SAVE, K.KIND_CHECKPOINT})
 Pull = Callable[[pb.Image], Awaitable[bytes]]
@@ -51,6 +53,7 @@ class Local:
     report: apb.PartitionReport = field(default_factory=apb.PartitionReport)
     events_sent: int = 0
     stopping: bool = False   # a stop was asked for (STOP, FORGET or the fence)
+    stop_grace: float | None = None  # the grace of the STOP sent to its worker, if any
     saving: bool = False     # a save is under way; whoever runs it reports its end
     fenced: str = ""         # the fence's reason, once fenced
     forgotten: bool = False  # stopped because of a FORGET
@@ -257,8 +260,8 @@ class Supervisor:
         current = self.local.get(a.name) is lp
         if lp.stopping or not current:
             # Stopped, fenced or superseded while launching: it must not run on.
-            await asyncio.to_thread(lp.handle.stop, FENCE_GRACE_S if lp.fenced else
-                                    STOP_GRACE_S)
+            await asyncio.to_thread(lp.handle.stop, 0.0,
+                                    FENCE_GRACE_S if lp.fenced else STOP_MARGIN_S)
             status = lp.handle.poll()
             if current and lp.running and status is not None:
                 self._finish(lp, status)
@@ -286,7 +289,7 @@ class Supervisor:
             if old.task is not None and old.task is not asyncio.current_task():
                 await asyncio.wait([old.task])
             if old.handle is not None and old.handle.poll() is None:
-                await asyncio.to_thread(old.handle.stop, STOP_GRACE_S)
+                await asyncio.to_thread(old.handle.stop, 0.0, STOP_MARGIN_S)
         finally:
             self._retiring[key] -= 1
             if not self._retiring[key]:
@@ -325,7 +328,8 @@ class Supervisor:
             lp.stopping = True
             count += 1
             if lp.handle is not None:  # a launch under way stops it itself (_launch)
-                asyncio.create_task(asyncio.to_thread(lp.handle.stop, FENCE_GRACE_S))
+                # Turn Off, even during a Shut Down: a fenced guest must not run on.
+                asyncio.create_task(asyncio.to_thread(lp.handle.stop, 0.0, FENCE_GRACE_S))
         return count
 
     def stdin(self, s: apb.StdinData) -> None:
@@ -374,16 +378,20 @@ class Supervisor:
             self._announce(lp)
             return
         if c.kind == K.KIND_STOP:
-            self._stop(lp)
+            self._stop(lp, c.grace_seconds)
         elif c.kind in LIFECYCLE:
             self._lifecycle_command(lp, c)
 
-    def _stop(self, lp: Local) -> None:
-        if lp.stopping:
-            return  # a stop is under way; its end is reported
+    def _stop(self, lp: Local, grace: float) -> None:
+        """Shut Down with `grace` seconds between SIGTERM and turning it off (0: Turn Off).
+        A stop under way is only ever shortened (Turn Off while it shuts down)."""
+        grace = min(grace, MAX_STOP_GRACE_S) if math.isfinite(grace) and grace > 0 else 0.0
+        if lp.stopping and (lp.stop_grace is None or grace >= lp.stop_grace):
+            return  # a stop at least as quick is under way; its end is reported
         lp.stopping = True
-        if lp.handle is not None:  # a launch under way stops it itself
-            asyncio.create_task(asyncio.to_thread(lp.handle.stop, STOP_GRACE_S))
+        if lp.handle is not None:  # a launch under way stops it itself (at once)
+            lp.stop_grace = grace
+            asyncio.create_task(asyncio.to_thread(lp.handle.stop, grace, STOP_MARGIN_S))
 
     def _lifecycle_command(self, lp: Local, c: apb.PartitionCommand) -> None:
         op = (c.kind, c.checkpoint)

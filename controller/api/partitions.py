@@ -13,7 +13,7 @@ from controller.api.context import ApiContext
 from controller.errors import FailedPrecondition, InvalidArgument
 from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.partitions.machine import Delete, Start, Stop
-from controller.validation import check_name, normalize_spec
+from controller.validation import check_name, normalize_spec, stop_grace
 
 P = pb
 
@@ -113,7 +113,11 @@ class PartitionsApi:
     async def StopPartition(
         self, request: cpb.StopPartitionRequest, context: Context
     ) -> pb.Partition:
-        return (await self.ctx.actions.apply(request.name, Stop())).partition
+        """Shut Down (SIGTERM, then Turn Off after the grace) or, with force, Turn Off."""
+        grace = stop_grace(
+            request.grace_seconds if request.HasField("grace_seconds") else None,
+            request.force)
+        return (await self.ctx.actions.apply(request.name, Stop(grace))).partition
 
     @map_errors
     async def DeletePartition(

@@ -209,13 +209,31 @@ def start_cmd(ctx: click.Context, name: str, node: str, wait: bool,
 
 @click.command("stop")
 @click.argument("name")
+@click.option("--grace", type=DURATION, default=None, metavar="SECONDS",
+              help="Shut Down: send SIGTERM to every process of the guest and turn off "
+              "whatever still runs this long after (default 10s, at most 1h).")
+@click.option("--force", is_flag=True,
+              help="Turn Off: end the guest at once, like pulling the plug.")
 @click.option("--wait", is_flag=True, help="Wait until it is Off.")
-@click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
+@click.option("--timeout", type=DURATION,
+              help="With --wait: give up after this long (60s, or the grace + 30s).")
 @click.pass_context
-def stop_cmd(ctx: click.Context, name: str, wait: bool, timeout: float | None) -> None:
-    """Stop a partition (records desired state Off)."""
+def stop_cmd(ctx: click.Context, name: str, grace: float | None, force: bool, wait: bool,
+             timeout: float | None) -> None:
+    """Stop a partition (records desired state Off).
+
+    By default this is Hyper-V's Shut Down: the guest's processes get SIGTERM and 10
+    seconds (--grace) to end, then whatever still runs is turned off. --force is Turn Off:
+    the guest ends at once. A stop under way can be made quicker (--force), not longer.
+    """
+    if force and grace is not None:
+        raise CliError("--force and --grace do not go together: --force turns it off at "
+                       "once (Turn Off), --grace shuts it down (Shut Down)")
     _check_wait(wait, timeout)
-    part = get_client(ctx).stub.StopPartition(controller_pb2.StopPartitionRequest(name=name))
+    request = controller_pb2.StopPartitionRequest(name=name, force=force)
+    if grace is not None:
+        request.grace_seconds = grace
+    part = get_client(ctx).stub.StopPartition(request)
     if not wait:
         click.echo(f"partition {name} stop requested ({phase_name(part.status)})")
         return
@@ -225,6 +243,8 @@ def stop_cmd(ctx: click.Context, name: str, wait: bool, timeout: float | None) -
             raise CliError(f"partition {name} was deleted")
         return p.status.phase in (Phase.PARTITION_PHASE_OFF, Phase.PARTITION_PHASE_FAILED)
 
+    if timeout is None:  # the guest may use its whole grace
+        timeout = max(60.0, part.status.stop_grace_seconds + 30.0)
     final = _await(ctx, name, done, timeout, "Off")
     assert final is not None
     click.echo(f"partition {name} {phase_name(final.status)}")

@@ -2,7 +2,8 @@
 
 Level-triggered from the cache, by partition name: a partition bound to such a node that is
 Scheduled gets an Assignment; one whose phase or desired state calls for a command (STOP,
-SAVE, PAUSE, RESUME, checkpoints) gets it once per epoch. A copy that an agent was told to
+SAVE, PAUSE, RESUME, checkpoints) gets it once per epoch (a STOP again when its grace was
+shortened). A copy that an agent was told to
 run (or reported running) whose partition was deleted or re-bound (elsewhere, or at a new
 epoch) is told to FORGET exactly that epoch. Agents also report
 their inventory with every heartbeat (see inventory.py), which catches anything missed here.
@@ -95,10 +96,14 @@ class DispatchLoop(Loop):
                 session.send(apb.ControllerMessage(assign=self._assignment(p, epoch)))
                 return
         want = wanted_command(p)
-        if want is not None and session.commands.get(key) != want:
-            session.commands[key] = want
+        # A STOP carries the grace recorded with it (read from etcd, so a replica that takes
+        # over the session sends the same one); a shortened grace goes out again.
+        grace = p.status.stop_grace_seconds if want == KIND.KIND_STOP else 0.0
+        if want is not None and session.commands.get(key) != (want, grace):
+            session.commands[key] = (want, grace)
             session.send(apb.ControllerMessage(command=apb.PartitionCommand(
-                name=name, epoch=epoch, kind=want)))  # type: ignore[arg-type]
+                name=name, epoch=epoch, kind=want,  # type: ignore[arg-type]
+                grace_seconds=grace)))
         if p.status.phase in (P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED):
             for cp in p.status.checkpoints:
                 ck = (name, epoch, cp.name)

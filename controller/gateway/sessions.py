@@ -24,8 +24,9 @@ class NodeSession:
     # partition -> the epoch the agent was told to run (an assignment sent, or a copy it
     # reported): a copy whose binding no longer matches is told to FORGET that epoch
     assigned: dict[str, int] = field(default_factory=dict)
-    # (partition, epoch) -> the last lifecycle command sent (STOP, PAUSE, RESUME, SAVE)
-    commands: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (partition, epoch) -> the last lifecycle command sent (STOP, PAUSE, RESUME, SAVE) and
+    # its stop grace (a shorter grace for a stop under way is sent again: Turn Off)
+    commands: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
     checkpoints: set[tuple[str, int, str]] = field(default_factory=set)  # requested
     states: dict[str, asyncio.Queue[apb.StateData]] = field(default_factory=dict)
     consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)

@@ -12,6 +12,11 @@ from viridian.v1 import types_pb2 as pb
 P = pb
 C = apb.ReportCause
 MAX_CHECKPOINTS = 50
+# Shut Down: seconds from SIGTERM to every guest process until the guest is turned off.
+# The default is docker stop's (10 s): long enough for a service to flush and exit, short
+# enough that a stop is not mistaken for a hang. A grace above an hour is a typo.
+DEFAULT_STOP_GRACE_S = 10.0
+MAX_STOP_GRACE_S = 3600.0
 
 # Phases in which a partition holds a binding (and capacity) on its node.
 HOLDING = frozenset({
@@ -47,7 +52,9 @@ class Start:
 
 @dataclass(frozen=True)
 class Stop:
-    """The user stops it: wanted Off."""
+    """The user stops it: wanted Off. Shut Down gives the guest `grace_s` seconds between
+    SIGTERM and being turned off; 0 is Turn Off (at once)."""
+    grace_s: float = DEFAULT_STOP_GRACE_S
 
 
 @dataclass(frozen=True)

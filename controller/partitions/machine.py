@@ -19,6 +19,9 @@ bind); every transition that leaves HOLDING releases the binding.
                                                   ▼
                                   Saving ─(Saved report)─▶ Saved ─Start─▶ Pending
     Running|Paused|… ─Stop─▶ Stopping ─(report)─▶ Off
+        (status.stop_grace_seconds, set only while Stopping, is what the agent gives the
+        guest between SIGTERM and turning it off: the user's Shut Down grace, 0 for Turn
+        Off and for the controller's own stops — drains, checkpoint reverts)
     guest exit ─▶ Off | Failed | Pending (restart policy)
     NodeLost / Fenced ─▶ Lost | Pending (HA: cold start elsewhere)
 """
@@ -33,8 +36,10 @@ from viridian.v1 import types_pb2 as pb
 
 from controller.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from controller.partitions.events import (
+    DEFAULT_STOP_GRACE_S,
     HOLDING,
     MAX_CHECKPOINTS,
+    MAX_STOP_GRACE_S,
     STARTABLE,
     TRANSITIONAL,
     WANTS_GUEST,
@@ -67,12 +72,13 @@ P = pb
 C = apb.ReportCause
 # The vocabulary is importable from here too: callers name the machine, not its parts.
 __all__ = [
-    "HOLDING", "MAX_CHECKPOINTS", "STARTABLE", "TRANSITIONAL", "WANTS_GUEST",
+    "DEFAULT_STOP_GRACE_S", "HOLDING", "MAX_CHECKPOINTS", "MAX_STOP_GRACE_S", "STARTABLE",
+    "TRANSITIONAL", "WANTS_GUEST",
     "CheckpointApply", "CheckpointCreate", "CheckpointDelete", "CheckpointTaken", "Delete",
     "DrainMove", "DrainStop", "Event", "Move", "NodeLost", "Note", "Outcome", "Pause",
     "Placed", "Reported", "Resume", "Save", "Start", "Stop", "Unplaceable", "View",
     "created", "find_checkpoint", "live_migration_refused", "needs_placement", "phase_name",
-    "should_restart", "transition", "wanted_command",
+    "should_restart", "stop_words", "transition", "wanted_command",
 ]
 
 
@@ -135,6 +141,8 @@ def transition(view: View, event: Event, now: Timestamp) -> Outcome:
     out = Outcome(p)
     handler = _HANDLERS[type(event)]
     handler(view, p, event, now, out)
+    if p.status.phase != P.PARTITION_PHASE_STOPPING:
+        p.status.stop_grace_seconds = 0.0  # it describes the stop under way only
     if out.write or out.release or out.delete or out.bind:
         out.write = True
         p.status.updated_at.CopyFrom(now)
@@ -192,18 +200,30 @@ def _start(view: View, p: pb.Partition, ev: Start, now: Timestamp, out: Outcome)
              + (f" on node {ev.target_node}" if ev.target_node else ""))
 
 
+def stop_words(grace_s: float) -> str:
+    """Hyper-V's words for a stop with this grace."""
+    return f"Shut Down, grace {grace_s:g}s" if grace_s > 0 else "Turn Off"
+
+
 def _stop(view: View, p: pb.Partition, ev: Stop, now: Timestamp, out: Outcome) -> None:
     st = p.status
+    grace = max(0.0, ev.grace_s)  # the API refused anything else already
     p.spec.desired_state = P.DESIRED_STATE_OFF
     out.write = True
-    out.note("StopRequested", "stop requested")
+    out.note("StopRequested", f"stop requested ({stop_words(grace)})")
     if st.phase == P.PARTITION_PHASE_PENDING:
         st.phase = P.PARTITION_PHASE_OFF
         st.reason = "stopped before it was placed"
         st.target_node = ""
     elif st.phase in HOLDING and st.phase != P.PARTITION_PHASE_STOPPING:
         st.phase = P.PARTITION_PHASE_STOPPING
-        st.reason = "stop requested"
+        st.reason = f"stop requested ({stop_words(grace)})"
+        st.stop_grace_seconds = grace
+    elif st.phase == P.PARTITION_PHASE_STOPPING and grace < st.stop_grace_seconds:
+        # Turn Off while it shuts down: a stop under way may be shortened, never
+        # lengthened (the guest has had its SIGTERM and its turn-off time is set).
+        st.stop_grace_seconds = grace
+        st.reason = f"stop requested ({stop_words(grace)})"
 
 
 def _pause(view: View, p: pb.Partition, ev: Pause, now: Timestamp, out: Outcome) -> None:
@@ -325,9 +345,11 @@ def _checkpoint_apply(view: View, p: pb.Partition, ev: CheckpointApply, now: Tim
     out.write = True
     out.note("CheckpointApplied", f"reverted to checkpoint {cp.name}")
     if st.phase in HOLDING:
-        # Stop this run; the stop report places it again, restoring the checkpoint.
+        # Stop this run (Turn Off: its state is discarded); the stop report places it
+        # again, restoring the checkpoint.
         p.spec.desired_state = P.DESIRED_STATE_RUNNING
         st.phase = P.PARTITION_PHASE_STOPPING
+        st.stop_grace_seconds = 0.0
         return
     if st.phase == P.PARTITION_PHASE_PENDING and p.spec.desired_state in WANTS_GUEST:
         return  # it starts from the checkpoint's state
@@ -588,6 +610,7 @@ def _drain_stop(view: View, p: pb.Partition, ev: DrainStop, now: Timestamp,
             P.PARTITION_PHASE_STOPPING, P.PARTITION_PHASE_SAVING):
         return
     st.phase = P.PARTITION_PHASE_STOPPING
+    st.stop_grace_seconds = 0.0  # Turn Off, as before graceful stops existed
     st.target_node = ""
     st.reason = f"draining node {ev.node}: stopping to place it elsewhere"
     out.write = True

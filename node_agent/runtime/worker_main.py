@@ -4,7 +4,9 @@ The fork server forks, and the child calls `worker_entry()`; it never returns. F
 partition directory (see workers.py for the whole list):
 
   ctl.sock      control socket: requests are 1 op byte + u32 length + payload, reply b"k"
-                (ops: P ping, S stop, I stdin data, E stdin end-of-file). Lifecycle ops
+                (ops: P ping, S stop with an optional JSON payload {"grace": s} (Shut
+                Down: SIGTERM to every guest process, turned off s seconds later; none or 0:
+                at once), I stdin data, E stdin end-of-file). Lifecycle ops
                 take a JSON payload {"timeout": s, "path": state file} and reply b"k", or
                 b"e" + u32 length + UTF-8 message on failure: Z pause, R resume,
                 V save (pause, write the state, end the worker: status.json "saved"),
@@ -48,6 +50,7 @@ LIFECYCLE_OPS = (OP_PAUSE, OP_RESUME, OP_SAVE, OP_CHECKPOINT)
 FRAME = struct.Struct("<cI")
 MAX_EVENTS = 10_000
 MAX_FRAME = 1 << 20
+MAX_STOP_GRACE_S = 3600.0  # the controller refuses more; a bad payload stops at once
 
 
 class WorkerLimits:
@@ -62,7 +65,7 @@ class WorkerLimits:
 class _MachineLike(Protocol):
     def run(self) -> ExitStatus: ...
 
-    def stop(self) -> None: ...
+    def stop(self, grace: float = 0.0) -> None: ...
 
     def pause(self, timeout: float = 10.0) -> None: ...
 
@@ -114,7 +117,7 @@ class _Events:
 class _Control:
     """Serves ctl.sock on a daemon thread: stop requests and stdin for the guest."""
 
-    def __init__(self, path: Path, console: WorkerConsole, stop: Callable[[], None],
+    def __init__(self, path: Path, console: WorkerConsole, stop: Callable[[float], None],
                  lifecycle: Callable[[bytes, dict[str, Any]], Callable[[], None] | None]
                  ) -> None:
         self._console, self._stop, self._lifecycle = console, stop, lifecycle
@@ -151,7 +154,7 @@ class _Control:
                             after()
                     continue
                 if op == OP_STOP:
-                    self._stop()
+                    self._stop(stop_grace(payload))
                 elif op == OP_STDIN:
                     self._console.feed_stdin(payload)
                 elif op == OP_EOF:
@@ -168,6 +171,16 @@ class _Control:
         except Exception as exc:  # noqa: BLE001 - reported to the caller, never fatal
             msg = (str(exc) or type(exc).__name__).encode()[:4000]
             return b"e" + struct.pack("<I", len(msg)) + msg, None
+
+
+def stop_grace(payload: bytes) -> float:
+    """The grace an OP_STOP payload asks for; anything malformed means at once (0)."""
+    try:
+        grace = json.loads(payload or b"{}").get("grace", 0.0)
+        grace = float(grace)
+    except (ValueError, TypeError, AttributeError, OverflowError):
+        return 0.0
+    return min(grace, MAX_STOP_GRACE_S) if grace > 0.0 else 0.0  # NaN fails "> 0"
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes | None:
@@ -213,7 +226,7 @@ class _Watchdog:
                 self.fenced = ("fenced: the node agent's contact deadline with the "
                                f"controllers passed{late}")
                 self.events("Fenced", self.fenced)
-                self.machine.stop()
+                self.machine.stop(0.0)  # Turn Off: a fenced node lets no guest run on
                 return
             # Wake at the deadline (it may have moved by then), never sleep long.
             time.sleep(min(max(left, self.POLL_MIN_S), self.POLL_MAX_S))
@@ -284,18 +297,18 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
     stop_requested = threading.Event()
     machine: _MachineLike | None = None
 
-    def stop() -> None:
+    def stop(grace: float = 0.0) -> None:
         stop_requested.set()
-        console.close_stdin()  # a guest blocked reading stdin must wake up
         if machine is not None:
-            machine.stop()
+            machine.stop(grace)  # SIGTERM first (grace > 0), so that is what the guest sees
+        console.close_stdin()  # a guest blocked reading stdin must wake up
 
     def lifecycle(op: bytes, args: dict[str, Any]) -> Callable[[], None] | None:
         if machine is None:
             raise RuntimeError("the partition is not running yet")
         return _lifecycle_op(machine, op, args, events)
 
-    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop())
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: stop(0.0))
     _Control(pdir / "ctl.sock", console, stop, lifecycle)
     try:
         if restore is not None:
@@ -306,7 +319,7 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
     except Exception as exc:  # a bad image etc.: the partition fails, with the reason
         return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
     if stop_requested.is_set():
-        machine.stop()
+        machine.stop(0.0)  # stopped before the guest began: nothing to shut down
     watchdog = _Watchdog(machine, pdir.parent.parent / WATCHDOG_FILE, events)
     write_json_atomic(pdir / "ready", {"t": time.time(), "mono": time.monotonic()})
     try:

@@ -37,9 +37,11 @@ from .worker_console import read_ring
 from .worker_lifecycle import LifecycleMixin, WorkerError, _connect
 from .worker_main import FRAME, OP_EOF, OP_STDIN, OP_STOP, write_json_atomic
 
-__all__ = ["WorkerManager", "WorkerHandle", "WorkerError", "DEFAULT_MACHINE"]
+__all__ = ["WorkerManager", "WorkerHandle", "WorkerError", "DEFAULT_MACHINE", "STOP_MARGIN_S"]
 
 DEFAULT_MACHINE = "node_agent.runtime.machine:Machine"
+#: How long a worker may take to end once its guest is turned off, before SIGKILL.
+STOP_MARGIN_S = 3.0
 _ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -151,16 +153,22 @@ class WorkerHandle(LifecycleMixin):
                         return False
                     time.sleep(0.01)
 
-    def stop(self, grace_s: float = 5.0) -> None:
-        """Ask the guest to stop (Machine.stop); SIGKILL the worker if it outlives grace_s."""
+    def stop(self, grace_s: float = 0.0, margin_s: float = STOP_MARGIN_S) -> None:
+        """Stop the guest: Machine.stop(grace_s) in the worker (OP_STOP {"grace": s}):
+        SIGTERM to every guest process, turned off grace_s later (0: at once). SIGKILL the
+        worker if it outlives grace_s + margin_s. Blocks until the worker has ended."""
         if self.poll() is not None:
             return
-        deadline = time.monotonic() + grace_s
-        if not self._request(OP_STOP, timeout=min(grace_s, 2.0)) and self.alive():
+        grace_s = max(0.0, grace_s)
+        limit = grace_s + margin_s
+        deadline = time.monotonic() + limit
+        payload = json.dumps({"grace": grace_s}).encode()
+        if not self._request(OP_STOP, payload, timeout=min(margin_s, 2.0)) and self.alive():
+            # Not listening: the worker's SIGTERM handler turns the guest off at once.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
         if self.wait(max(0.0, deadline - time.monotonic())) is None and self.alive():
-            self._killed_after = grace_s
+            self._killed_after = limit
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
             self.wait(5.0)

@@ -639,6 +639,7 @@ class PartitionCommand(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     CHECKPOINT_FIELD_NUMBER: _builtins.int
     PURGE_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     epoch: _builtins.int
@@ -649,6 +650,8 @@ class PartitionCommand(_message.Message):
     """checkpoint name, for the checkpoint kinds"""
     purge: _builtins.bool
     """FORGET only: also delete its saved states (it was deleted)"""
+    grace_seconds: _builtins.float
+    """STOP only: seconds between SIGTERM to every guest process"""
     def __init__(
         self,
         *,
@@ -657,10 +660,11 @@ class PartitionCommand(_message.Message):
         kind: Global___PartitionCommand.Kind.ValueType = ...,
         checkpoint: _builtins.str = ...,
         purge: _builtins.bool = ...,
+        grace_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "epoch", b"epoch", "kind", b"kind", "name", b"name", "purge", b"purge"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "epoch", b"epoch", "grace_seconds", b"grace_seconds", "kind", b"kind", "name", b"name", "purge", b"purge"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

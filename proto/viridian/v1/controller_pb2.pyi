@@ -297,21 +297,39 @@ Global___CheckpointRequest: _TypeAlias = CheckpointRequest  # noqa: Y015
 
 @_typing.final
 class StopPartitionRequest(_message.Message):
+    """Hyper-V's Shut Down (the default) or Turn Off (force). Shut Down sends SIGTERM to every
+    process of the guest and turns off whatever still runs grace_seconds later; Turn Off ends
+    the guest at once. A stop already under way can be shortened (Turn Off while it shuts
+    down), never lengthened. Bad values are INVALID_ARGUMENT.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    GRACE_SECONDS_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
+    grace_seconds: _builtins.float
+    """Shut Down: seconds from SIGTERM to turning it off,"""
+    force: _builtins.bool
+    """0..3600; unset = 10 (as `docker stop`)
+    Turn Off: at once; not together with grace_seconds
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        grace_seconds: _builtins.float | None = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_seconds", b"_grace_seconds", "grace_seconds", b"grace_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_seconds", b"_grace_seconds", "force", b"force", "grace_seconds", b"grace_seconds", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__grace_seconds: _TypeAlias = _typing.Literal["grace_seconds"]  # noqa: Y015
+    _WhichOneofArgType__grace_seconds: _TypeAlias = _typing.Literal["_grace_seconds", b"_grace_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_seconds) -> _WhichOneofReturnType__grace_seconds | None: ...
 
 Global___StopPartitionRequest: _TypeAlias = StopPartitionRequest  # noqa: Y015
 

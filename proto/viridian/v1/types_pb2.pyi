@@ -476,6 +476,7 @@ class PartitionStatus(_message.Message):
     SAVED_STATE_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     TARGET_NODE_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_SECONDS_FIELD_NUMBER: _builtins.int
     phase: Global___PartitionPhase.ValueType
     """current phase"""
     node: _builtins.str
@@ -494,6 +495,11 @@ class PartitionStatus(_message.Message):
     """architecture of its image"""
     target_node: _builtins.str
     """the next placement must choose this node"""
+    stop_grace_seconds: _builtins.float
+    """(move, start --node); cleared once bound,
+    by an HA restart and by a drain
+    while Stopping: seconds the guest gets
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """when it was created"""
@@ -536,10 +542,11 @@ class PartitionStatus(_message.Message):
         saved_state: Global___StateRef | None = ...,
         checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
         target_node: _builtins.str = ...,
+        stop_grace_seconds: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "saved_state", b"saved_state", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "checkpoints", b"checkpoints", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "saved_state", b"saved_state", "started_at", b"started_at", "target_node", b"target_node", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "checkpoints", b"checkpoints", "created_at", b"created_at", "epoch", b"epoch", "exit_code", b"exit_code", "finished_at", b"finished_at", "has_exit_code", b"has_exit_code", "node", b"node", "phase", b"phase", "reason", b"reason", "restarts", b"restarts", "saved_state", b"saved_state", "started_at", b"started_at", "stop_grace_seconds", b"stop_grace_seconds", "target_node", b"target_node", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

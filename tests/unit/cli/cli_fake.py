@@ -97,6 +97,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.drain_fails = False
         self.explain_requests: list[c.ExplainPlacementRequest] = []
         self.deleted: list[str] = []
+        self.stop_requests: list[c.StopPartitionRequest] = []
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -165,6 +166,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         return self._put(part)
 
     def StopPartition(self, request: c.StopPartitionRequest, context: Any) -> Any:
+        self.stop_requests.append(request)
         part = self._find(request.name, context)
         part.spec.desired_state = types_pb2.DESIRED_STATE_OFF
         part.status.phase = Phase.PARTITION_PHASE_OFF
