@@ -226,7 +226,7 @@ class _Watchdog:
                 self.fenced = ("fenced: the node agent's contact deadline with the "
                                f"controllers passed{late}")
                 self.events("Fenced", self.fenced)
-                self.machine.stop(0.0)  # Turn Off: a fenced node lets no guest run on
+                self.machine.stop()  # Turn Off (grace 0): a fenced node lets no guest run on
                 return
             # Wake at the deadline (it may have moved by then), never sleep long.
             time.sleep(min(max(left, self.POLL_MIN_S), self.POLL_MAX_S))
@@ -299,8 +299,10 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
 
     def stop(grace: float = 0.0) -> None:
         stop_requested.set()
-        if machine is not None:
-            machine.stop(grace)  # SIGTERM first (grace > 0), so that is what the guest sees
+        if machine is not None and grace > 0:
+            machine.stop(grace)  # Shut Down: SIGTERM first, so that is what the guest sees
+        elif machine is not None:
+            machine.stop()  # Turn Off (grace 0): the plain call every Machine takes
         console.close_stdin()  # a guest blocked reading stdin must wake up
 
     def lifecycle(op: bytes, args: dict[str, Any]) -> Callable[[], None] | None:
@@ -319,7 +321,7 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
     except Exception as exc:  # a bad image etc.: the partition fails, with the reason
         return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
     if stop_requested.is_set():
-        machine.stop(0.0)  # stopped before the guest began: nothing to shut down
+        machine.stop()  # Turn Off: stopped before the guest began, nothing to shut down
     watchdog = _Watchdog(machine, pdir.parent.parent / WATCHDOG_FILE, events)
     write_json_atomic(pdir / "ready", {"t": time.time(), "mono": time.monotonic()})
     try:
