@@ -378,6 +378,7 @@ static int t_mkfifo(int argc, char **argv) {
     while ((r = read(fd, buf + got, sizeof buf - got)) > 0) got += r;
     printf("read '%.*s' then %zd\n", (int)got, buf, r);
     pthread_join(t, NULL);
+    close(fd);
     CALL("nonblocking writer, no reader", open("/tmp/fifo", O_WRONLY | O_NONBLOCK));
     return 0;
 }

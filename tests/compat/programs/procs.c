@@ -203,10 +203,10 @@ static int t_spawn(int argc, char **argv) {
     char *args[] = {"echo", "spawned", "echo", NULL};
     fflush(stdout);
     int r = posix_spawn(&pid, "/bin/echo", NULL, NULL, args, environ);
+    int st = 0;
+    if (r == 0) waitpid(pid, &st, 0);     /* print after the child's line: a fixed order */
     printf("posix_spawn: %d\n", r);
     if (r) return 1;
-    int st;
-    waitpid(pid, &st, 0);
     show("echo", st);
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
