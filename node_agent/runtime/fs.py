@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .files import DeviceFile, DirFile, HostFile, OpenFile, StatInfo
+from .files import DeviceFile, DirFile, FifoNode, HostFile, OpenFile, StatInfo
 from .metadata import Meta, MetaTable, host_perm
 from .overlay_dirs import (
     EXE_LINK,
@@ -488,6 +488,11 @@ class Sandbox:
                 raise err(errno.EEXIST)
             if entry.is_link:
                 raise err(errno.ELOOP)
+            special = entry.st
+            if special is not None and stat.S_ISFIFO(special.st_mode):   # never a host open
+                return FifoNode(flags, entry.gpath, (special.st_dev, special.st_ino))
+            if special is not None and stat.S_ISSOCK(special.st_mode):
+                raise err(errno.ENXIO)
             if flags & (O_ACCMODE | O_TRUNC):
                 entry = self._copy_up(scope, node)
             fd = os.open(entry.name, (flags & (O_ACCMODE | O_APPEND)) | _O_FILE,
@@ -605,6 +610,25 @@ class Sandbox:
             self.meta.created(os.fstat(made), mode, entry.gpath)
             if had_whiteout:
                 self._mark(made, OPAQUE)
+
+    def mknod_at(self, path: str, base: str, mode: int) -> None:
+        """mknod(2) of a FIFO or a socket node in the upper layer (no devices): only a name;
+        the runtime never opens it on the host (open gives a FifoNode, bind keys on it)."""
+        kind = stat.S_IFMT(mode)
+        if kind not in (stat.S_IFIFO, stat.S_IFSOCK):
+            raise err(errno.EPERM)
+        with self._op() as scope:
+            node = self._walk(scope, path, base, follow=False)
+            entry = node.entry
+            if entry is None or entry.exists:
+                raise err(errno.EEXIST)
+            up = self._prepare_create(scope, node)
+            self.quota.reserve(ENTRY_COST)
+            try:
+                os.mknod(entry.name, kind | (mode & 0o777), dir_fd=up)
+            except BaseException:
+                self.quota.refund(ENTRY_COST)
+                raise
 
     def symlink_at(self, target: str, path: str, base: str) -> None:
         if not target:

@@ -12,9 +12,11 @@ import dataclasses
 import os
 import shutil
 import tarfile
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .archive import ArchiveError, Limits, open_root, packing_filter, unpack
+from .eventfd import EventFd
 from .files import (
     O_ACCMODE,
     ConsoleFile,
@@ -28,6 +30,8 @@ from .files import (
     StatInfo,
 )
 from .fs import VIRTUAL_DEVICES
+from .sockets import UnixSocket, names_of
+from .syscalls.polling import EpollFile, Interest
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -41,62 +45,158 @@ _O_APPEND = 0o2000
 
 
 def save_files(fds: FdTable) -> dict[str, Any]:
-    """The fd table as JSON-able data (shared descriptions and pipe buffers kept shared)."""
-    descs: list[dict[str, Any]] = []
-    index: dict[int, int] = {}
-    pipes: list[PipeBuffer] = []
+    """The fd table as JSON-able data: shared descriptions stay shared, pipes keep their
+    pages, eventfds their counters, sockets their buffers, peers and pending connections,
+    epoll instances their interests (by description)."""
+    saver = _Saver()
     table: list[list[int]] = []
     with fds.lock:
         for fd, file in sorted(fds.files.items()):
-            if id(file) not in index:
-                index[id(file)] = len(descs)
-                descs.append(_describe(file, pipes))
-            table.append([fd, index[id(file)], int(fd in fds.cloexec)])
-    return {"descs": descs, "fds": table, "pipes": [bytes(p.data).hex() for p in pipes]}
+            table.append([fd, saver.desc(file), int(fd in fds.cloexec)])
+    return {"descs": saver.descs, "fds": table, "pipes": saver.pipes,
+            "sockets": saver.sockets, "format": FILES_FORMAT}
 
 
-def _describe(file: OpenFile, pipes: list[PipeBuffer]) -> dict[str, Any]:
-    rec: dict[str, Any] = {"flags": file.flags, "gpath": file.gpath}
-    if isinstance(file, ConsoleFile):
-        rec.update(kind="console", fd=file.fd)
-    elif isinstance(file, HostFile):
-        rec.update(kind="host", offset=os.lseek(file.fd, 0, os.SEEK_CUR))
-    elif isinstance(file, DirFile):
-        rec.update(kind="dir", pos=file.pos, entries=file.entries[2:],
-                   info=dataclasses.asdict(file.info))
-    elif isinstance(file, DeviceFile):
-        rec.update(kind="device")
-    elif isinstance(file, PipeEnd):
-        if file.buf not in pipes:
-            pipes.append(file.buf)
-        rec.update(kind="pipe", pipe=pipes.index(file.buf), write_end=file.write_end)
-    else:
-        raise RuntimeError(f"cannot save an open {type(file).__name__}")
-    return rec
+#: 2: pipes as lists of pages, eventfd/socket/epoll descriptions (1: pipes as one hex string)
+FILES_FORMAT = 2
+
+
+class _Saver:
+    def __init__(self) -> None:
+        self.descs: list[dict[str, Any]] = []
+        self.index: dict[int, int] = {}
+        self.pipes: list[list[str]] = []
+        self.pipe_index: dict[int, int] = {}
+        self.sockets: list[dict[str, Any]] = []
+        self.sock_index: dict[int, int] = {}
+
+    def desc(self, file: OpenFile) -> int:
+        if id(file) not in self.index:
+            self.index[id(file)] = len(self.descs)
+            self.descs.append({})
+            self.descs[self.index[id(file)]] = self._describe(file)
+        return self.index[id(file)]
+
+    def _describe(self, file: OpenFile) -> dict[str, Any]:
+        rec: dict[str, Any] = {"flags": file.flags, "gpath": file.gpath}
+        if isinstance(file, ConsoleFile):
+            rec.update(kind="console", fd=file.fd)
+        elif isinstance(file, HostFile):
+            rec.update(kind="host", offset=os.lseek(file.fd, 0, os.SEEK_CUR))
+        elif isinstance(file, DirFile):
+            rec.update(kind="dir", pos=file.pos, entries=file.entries[2:],
+                       info=dataclasses.asdict(file.info))
+        elif isinstance(file, DeviceFile):
+            rec.update(kind="device")
+        elif isinstance(file, PipeEnd):
+            rec.update(kind="pipe", pipe=self.pipe(file.buf), write_end=file.write_end)
+        elif isinstance(file, EventFd):
+            rec.update(kind="eventfd", count=file.count, semaphore=file.semaphore)
+        elif isinstance(file, UnixSocket):
+            rec.update(kind="socket", socket=self.socket(file))
+        elif isinstance(file, EpollFile):
+            rec.update(kind="epoll", interests=[
+                [fd, self.desc(i.file), i.events, i.data, int(i.armed)]
+                for fd, i in file.interests.items() if not i.file.released])
+        else:
+            raise RuntimeError(f"cannot save an open {type(file).__name__}")
+        return rec
+
+    def pipe(self, buf: PipeBuffer) -> int:
+        if id(buf) not in self.pipe_index:
+            self.pipe_index[id(buf)] = len(self.pipes)
+            self.pipes.append([bytes(page).hex() for page in buf.pages])
+        return self.pipe_index[id(buf)]
+
+    def socket(self, sock: UnixSocket) -> int:
+        if id(sock) in self.sock_index:
+            return self.sock_index[id(sock)]
+        index = self.sock_index[id(sock)] = len(self.sockets)
+        self.sockets.append({})
+        peer = sock.peer
+        rec = {"kind": sock.kind, "flags": sock.flags,
+               "name": None if sock.name is None else sock.name.hex(),
+               "abstract": sock.name is not None and sock.path_key is None,
+               "listening": sock.listening, "backlog_max": sock.backlog_max,
+               "connected": sock.connected, "peer_closed": sock.peer_closed,
+               "shut": [sock.shut_rd, sock.shut_wr], "stream": bytes(sock.stream).hex(),
+               "messages": [[d.hex(), None if n is None else n.hex()]
+                            for d, n in sock.messages],
+               "peer": None if peer is None or peer.released else self.socket(peer),
+               "backlog": [self.socket(s) for s in sock.backlog]}
+        self.sockets[index] = rec
+        return index
 
 
 def restore_files(machine: Machine, data: dict[str, Any]) -> FdTable:
     """Rebuild the fd table; host files are reopened by guest path with their offsets."""
+    cond = machine.sched.cond
     pipes: list[PipeBuffer] = []
-    for hexdata in data["pipes"]:
-        buf = PipeBuffer()
-        buf.data += bytes.fromhex(hexdata)
+    for saved in data["pipes"]:
+        buf = PipeBuffer(cond)
+        pages = [saved[i:i + 2 * PipeBuffer.PAGE] for i in range(0, len(saved),
+                                                                2 * PipeBuffer.PAGE)] \
+            if isinstance(saved, str) else saved          # format 1: one hex string
+        for page in pages:
+            buf.pages.append(bytearray(bytes.fromhex(page)))
+            buf.size += len(buf.pages[-1])
         pipes.append(buf)
-    files = [_reopen(machine, rec, pipes) for rec in data["descs"]]
+    sockets = _restore_sockets(machine, data.get("sockets", []))
+    files: list[OpenFile | None] = [None] * len(data["descs"])
+
+    def get(idx: int) -> OpenFile:
+        found = files[idx]
+        if found is None:
+            found = files[idx] = _reopen(machine, data["descs"][idx], pipes, sockets, get)
+        return found
+
     fds = FdTable()
     for fd, idx, cloexec in data["fds"]:
-        fds._install(fd, files[idx], bool(cloexec))
+        fds._install(fd, get(idx), bool(cloexec))
     return fds
 
 
-def _reopen(machine: Machine, rec: dict[str, Any], pipes: list[PipeBuffer]) -> OpenFile:
+def _restore_sockets(machine: Machine, recs: list[dict[str, Any]]) -> list[UnixSocket]:
+    names = names_of(machine)
+    cond = machine.sched.cond
+    made = [UnixSocket(int(r["kind"]), cond, names, int(r["flags"])) for r in recs]
+    for sock, rec in zip(made, recs, strict=True):
+        sock.name = None if rec["name"] is None else bytes.fromhex(rec["name"])
+        if sock.name is not None and rec["abstract"]:
+            names.abstract[sock.name] = sock
+        sock.listening, sock.backlog_max = bool(rec["listening"]), int(rec["backlog_max"])
+        sock.connected, sock.peer_closed = bool(rec["connected"]), bool(rec["peer_closed"])
+        sock.shut_rd, sock.shut_wr = (bool(v) for v in rec["shut"])
+        sock.stream += bytes.fromhex(rec["stream"])
+        for hexdata, sender in rec["messages"]:
+            msg = bytes.fromhex(hexdata)
+            sock.messages.append((msg, None if sender is None else bytes.fromhex(sender)))
+            sock.queued += len(msg)
+        sock.peer = None if rec["peer"] is None else made[int(rec["peer"])]
+        sock.backlog.extend(made[int(i)] for i in rec["backlog"])
+    return made
+
+
+def _reopen(machine: Machine, rec: dict[str, Any], pipes: list[PipeBuffer],
+            sockets: list[UnixSocket], get: Callable[[int], OpenFile]) -> OpenFile:
     kind, flags, gpath = rec["kind"], int(rec["flags"]), str(rec["gpath"])
     if kind == "console":
         return ConsoleFile(flags, machine.console, int(rec["fd"]))
     if kind == "device":
         return DeviceFile(flags, gpath, VIRTUAL_DEVICES[gpath])
     if kind == "pipe":
-        return PipeEnd(flags, pipes[int(rec["pipe"])], bool(rec["write_end"]))
+        return PipeEnd(flags, pipes[int(rec["pipe"])], bool(rec["write_end"]), gpath)
+    if kind == "eventfd":
+        return EventFd(flags, machine.sched.cond, int(rec["count"]), bool(rec["semaphore"]))
+    if kind == "socket":
+        return sockets[int(rec["socket"])]
+    if kind == "epoll":
+        ep = EpollFile(flags)
+        for fd, idx, events, value, armed in rec["interests"]:
+            interest = Interest(get(int(idx)), int(events), int(value))
+            interest.armed = bool(armed)
+            ep.interests[int(fd)] = interest
+        return ep
     if kind == "dir":
         entries = [(str(n), int(t), int(i)) for n, t, i in rec["entries"]]
         dfile = DirFile(flags, gpath, entries, StatInfo(**rec["info"]))

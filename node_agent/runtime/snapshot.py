@@ -38,6 +38,7 @@ from .state import StateError, StateReader, StateWriter, write_all
 from .syscalls import tables
 from .threads import BLOCKED, RUNNABLE, GuestThread
 from .vcpu import Vcpu
+from .waitq import restart_all
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -161,6 +162,7 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
     assert mem is not None and init is not None
     t0 = time.monotonic()
     with sched.cond:
+        restart_all(sched)    # I/O waits become retries (waitq.py): nothing of them to save
         now = sched.paused_at
         threads = sorted(sched.threads.values(), key=lambda t: t.tid)
         meta: dict[str, Any] = {

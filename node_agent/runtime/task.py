@@ -85,6 +85,17 @@ class Task:
         if tls is not None and self.is64:
             child.pending[X.UC_X86_REG_FS_BASE] = tls
 
+    def restart_registers(self, args: dict[int, int] | None = None) -> dict[int, int]:
+        """Registers that make the calling thread issue this syscall again when it next
+        runs (a blocking call woken to retry, as Linux restarts after -ERESTARTSYS), with
+        argument ``i`` (0-5) replaced by ``args[i]``; the result register holds the number."""
+        cpu = self._cpu
+        ids = cpu._ids                       # the number's and the six arguments' registers
+        regs = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: int(cpu._vals[0])}
+        for index, value in (args or {}).items():
+            regs[ids[index + 1]] = value
+        return regs
+
     def refresh_exec(self) -> None:
         """Make pages the handler just made executable runnable on this vCPU now."""
         self._cpu.refresh_exec()

@@ -41,6 +41,10 @@ def sys_openat(t: Task, dirfd: int, ptr: int, flags: int, mode: int, *_: int) ->
     flags &= 0xFFFFFFFF
     path, base = path_at(t, dirfd, ptr)
     file = sandbox(t).open(path, base, flags, create_mode(t, mode))
+    from ..files import FifoNode  # a FIFO: an in-partition pipe, never the host's
+    from .fds import open_fifo
+    if isinstance(file, FifoNode):
+        return open_fifo(t, file, flags)
     try:
         return t.fds.add(file, cloexec=bool(flags & O_CLOEXEC))
     except OSError:
