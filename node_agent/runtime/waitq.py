@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["Waiter", "WaitQueue", "park", "restart_all", "resume_deadline", "take_progress",
-           "keep_progress"]
+           "keep_progress", "interrupted_result"]
 
 BLOCK = 1 << 70          # syscalls.common.BLOCK (imported there from here would cycle)
 _PC_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_EIP)
@@ -170,6 +170,18 @@ def take_progress(t: Task, key: tuple[object, ...]) -> int:
     if saved is not None and saved[0] == key:
         return saved[1]
     return 0
+
+
+def interrupted_result(thread: GuestThread) -> int | None:
+    """Caller holds ``sched.cond``, about to end ``thread``'s wait for a signal: the count
+    its call must return instead of EINTR or a restart (a write that already moved bytes
+    returns them, as on Linux), or None when nothing moved."""
+    waiter = _WAITERS.get(thread)
+    if waiter is None or not waiter.live() or waiter.partial is None:
+        return None
+    _PROGRESS.pop(thread, None)
+    _WAITERS.pop(thread, None)
+    return waiter.partial
 
 
 def restart_all(sched: Scheduler) -> int:
