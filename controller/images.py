@@ -19,6 +19,10 @@ CHUNK_BYTES = 1 << 20  # below etcd's 1.5 MiB request limit
 ARCHES: dict[str, pb.Arch.ValueType] = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 
 
+#: Scripts an entrypoint may chain through before an ELF (as the runtime's loader allows).
+MAX_SCRIPTS = 4
+
+
 @dataclass(frozen=True)
 class CheckedImage:
     digest: str
@@ -36,7 +40,7 @@ def _elf_arch(content: bytes, what: str) -> pb.Arch.ValueType:
         try:
             arch = validate_image(Path(tmp.name))
         except ImageError as err:
-            raise InvalidArgument(f"{what} is not a static x86 ELF: {err}") from err
+            raise InvalidArgument(f"{what} is not an x86 ELF executable: {err}") from err
     return ARCHES[arch]
 
 
@@ -61,10 +65,22 @@ def check_image(name: str, fmt: str, entrypoint: str, content: bytes) -> Checked
     shown = repr(entrypoint) if len(entrypoint) <= 200 else repr(entrypoint[:200] + "...")
     try:
         table = validate(io.BytesIO(content), IMAGE_LIMITS)
-        member = table.regular_file(entrypoint)
-        if member is None:
-            raise InvalidArgument(f"entrypoint {shown} is not a regular file in the tar")
-        elf = read_file(io.BytesIO(content), member, IMAGE_LIMITS)
+        program, what = entrypoint, f"entrypoint {shown}"
+        # A #! script runs through its interpreter (as execve does, up to 4 scripts deep):
+        # the architecture is the first ELF's in that chain.
+        for _depth in range(MAX_SCRIPTS + 1):
+            member = table.regular_file(program)
+            if member is None:
+                raise InvalidArgument(f"{what} is not a regular file in the tar")
+            body = read_file(io.BytesIO(content), member, IMAGE_LIMITS)
+            if not body.startswith(b"#!"):
+                return CheckedImage(digest, _elf_arch(body, what), entrypoint)
+            words = body[2:256].split(b"\n", 1)[0].split()
+            if not words or not words[0].startswith(b"/"):
+                raise InvalidArgument(f"{what} is a script without an absolute interpreter")
+            program = words[0].decode("utf-8", "replace")
+            what = f"the interpreter {program!r} of entrypoint {shown}"
     except ArchiveError as err:
         raise InvalidArgument(f"image {name!r} refused: {err}") from None
-    return CheckedImage(digest, _elf_arch(elf, f"entrypoint {shown}"), entrypoint)
+    raise InvalidArgument(f"entrypoint {shown} names more than {MAX_SCRIPTS} scripts in a "
+                          "chain")

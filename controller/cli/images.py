@@ -56,7 +56,7 @@ def _tar_directory(root: Path) -> bytes:
 
 
 def load_image(path: Path, entrypoint: str | None) -> ImageContent:
-    """Read PATH as an image: a static ELF file, a .tar file, or a directory (tarred here)."""
+    """Read PATH as an image: an ELF file, a .tar file, or a directory (tarred here)."""
     if path.is_dir():
         if not entrypoint:
             raise click.UsageError("a directory image needs --entrypoint /path/in/guest")
@@ -73,7 +73,7 @@ def load_image(path: Path, entrypoint: str | None) -> ImageContent:
         if not entrypoint:
             raise click.UsageError("a tar image needs --entrypoint /path/in/guest")
         return ImageContent("tar", data, entrypoint)
-    raise CliError(f"{path} is not a static ELF file, a .tar file or a directory")
+    raise CliError(f"{path} is not an ELF file, a .tar file or a directory")
 
 
 def _is_tar(data: bytes) -> bool:
@@ -131,7 +131,7 @@ def image_group() -> None:
 @click.option("--entrypoint", help="For a tar image or a directory: guest path of the ELF.")
 @click.pass_context
 def push_cmd(ctx: click.Context, name: str, path: Path, entrypoint: str | None) -> None:
-    """Upload PATH (static ELF, .tar, or directory) as image NAME."""
+    """Upload PATH (an ELF file, a .tar, or a directory) as image NAME."""
     image = load_image(path, entrypoint)
     stub = get_client(ctx).stub
     if sys.stderr.isatty():

@@ -173,7 +173,7 @@ def test_image_push_rejects_other_files(invoke: Invoke, tmp_path: Path) -> None:
     path.write_text("hi")
     result = invoke("image", "push", "x", str(path))
     assert result.exit_code == 1
-    assert "is not a static ELF file, a .tar file or a directory" in result.stderr
+    assert "is not an ELF file, a .tar file or a directory" in result.stderr
 
 
 def test_image_ls_and_rm(invoke: Invoke, fake: FakeController) -> None:
