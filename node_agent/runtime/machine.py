@@ -18,9 +18,11 @@ from .files import ConsoleFile
 from .fs import Sandbox
 from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, boot_frame, flat_gdt, user_desc_to_descriptor
 from .loader import validate_image
-from .memory import GDT_AREA, GuestFault, GuestMemory
+from .memory import ALLOWANCE, GDT_AREA, GuestFault, GuestMemory, format_size
 from .process import Process
+from .proctable import ProcessTable, signal_status
 from .program import load_program
+from .signals import SI_KERNEL, SI_USER, SigInfo, send
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
 from .syscalls import tables
 from .syscalls.common import BLOCK, E
@@ -32,9 +34,10 @@ __all__ = ["Machine", "validate_image", "MAX_UNKNOWN_TRACKED", "UNKNOWN_OTHERS"]
 #: Distinct unknown syscall numbers counted one by one; the guest picks the numbers, so
 #: every further number is summed under UNKNOWN_OTHERS (and reported once).
 MAX_UNKNOWN_TRACKED = 64
-SIGNAL_NAMES = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV",
-                13: "SIGPIPE", 15: "SIGTERM"}
 UNKNOWN_OTHERS = -1
+SIGKILL, SIGTERM, SIGCHLD = 9, 15, 17
+#: How often the partition-wide memory bound is measured while several processes live.
+MEMORY_CHECK_S = 0.2
 
 
 class Machine:
@@ -52,16 +55,28 @@ class Machine:
         self.started = time.monotonic()
         self._stop_requested = False
         self.vcpus: list[Vcpu] = []
-        self._gdt_free = list(range(GDT_AREA // GDT_SIZE))
         self.sched = Scheduler(0)
         self.sched.on_done = self._halt_all
-        self.mem: GuestMemory | None = None
+        self.procs = ProcessTable(self)
+        self._dead_mems: list[GuestMemory] = []    # ended address spaces vCPUs still map
+        self._mem: GuestMemory | None = None   # pid 1's address space (see ``mem``)
         self._tmp_upper: str | None = None
         self._restore_from: Path | None = None
         self._saved = False
         self._lifecycle = threading.Lock()     # serialises pause/resume/save
         self._uc_lock = threading.Lock()       # no emu_stop on a Unicorn being freed
         self.mono_offset_ns = 0                # guest CLOCK_MONOTONIC - host's (restore)
+
+    @property
+    def mem(self) -> GuestMemory | None:
+        """pid 1's address space (it changes when pid 1 execs)."""
+        return self.init.mem if self.init is not None else self._mem
+
+    @mem.setter
+    def mem(self, value: GuestMemory | None) -> None:
+        self._mem = value
+        if self.init is not None and value is not None:
+            self.init.mem = value
 
     @classmethod
     def restore(cls, spec: PartitionSpec, console: Console, state: Path,
@@ -87,6 +102,8 @@ class Machine:
             return ExitStatus(None, failure, dict(self.unknown))
         threads = [threading.Thread(target=v.run, name=f"{self.spec.name}-vcpu{v.index}",
                                     daemon=True) for v in self.vcpus]
+        threads.append(threading.Thread(target=self._watch_memory, daemon=True,
+                                        name=f"{self.spec.name}-memory"))
         for t in threads:
             t.start()
         self._tick()
@@ -99,10 +116,25 @@ class Machine:
             return ExitStatus(STOP_EXIT_CODE, None, dict(self.unknown))
         return ExitStatus(self.sched.exit_code, self.sched.failed_reason, dict(self.unknown))
 
-    def stop(self) -> None:
-        """Ask every vCPU to halt; ``run`` then returns exit code 143 (thread-safe)."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop the partition (thread-safe). With ``grace`` > 0 it is Hyper-V's Shut Down:
+        SIGTERM to every process, and whatever still runs ``grace`` seconds later is turned
+        off; with 0 it is Turn Off, at once. ``run`` then returns exit code 143, or pid 1's
+        own status if it ended within the grace period."""
         self._stop_requested = True
-        self.sched.finish(STOP_EXIT_CODE)
+        if grace <= 0:
+            self.sched.finish(STOP_EXIT_CODE)
+            return
+        with self.sched.cond:
+            live = [p for p in self.processes.values() if p.exit_status is None]
+        if not live:                    # not started yet (or already ending): nothing to ask
+            self.sched.finish(STOP_EXIT_CODE)
+            return
+        for process in live:
+            self.signal_process(process, SIGTERM)
+        timer = threading.Timer(grace, self.sched.finish, args=(STOP_EXIT_CODE,))
+        timer.daemon = True
+        timer.start()
 
     def pause(self, timeout: float = 10.0) -> None:
         """Stop every vCPU at an instruction boundary and park all guest threads.
@@ -186,14 +218,15 @@ class Machine:
         self.mem.host_write(self.mem.boot, code)
         self.mem.write(sp - len(frame), frame)
         cwd = spec.cwd if spec.cwd.startswith("/") else "/"
-        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=program.exe, argv=program.argv)
+        self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=program.exe, argv=program.argv,
+                            gdt_free=list(range(GDT_AREA // GDT_SIZE)))
         self.processes = {1: self.init}
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.init.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
         self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
         main = self.sched.new_thread(self.init, first=True)
         assert main is not None
-        main.gdt = self.alloc_gdt()
+        main.gdt = self.alloc_gdt(self.init)
         if self.arch == "x86_64":
             main.pending = {X.UC_X86_REG_RIP: self.mem.boot, X.UC_X86_REG_RSP: sp - len(frame)}
         else:
@@ -221,7 +254,7 @@ class Machine:
         sched = self.sched
         with sched.cond:
             while not sched.done:
-                deadline = sched.timers[0][0] if sched.timers else None
+                deadline = sched.next_deadline()
                 timeout = 0.5 if deadline is None else max(deadline - time.monotonic(), 0.0005)
                 timeout = min(timeout, self._preempt())
                 sched.cond.wait(timeout)
@@ -250,21 +283,61 @@ class Machine:
                 due = min(due, QUANTUM - used)
         return max(due, 0.001)
 
+    def _watch_memory(self) -> None:
+        """The memory bound counts every process. One process cannot pass it (its address
+        space is the partition's size), but a fork shares pages copy-on-write and the
+        processes may then write them apart: while more than one process lives, this
+        measures what they hold together every MEMORY_CHECK_S and, past the bound, kills
+        the process holding the most memory of its own with SIGKILL, as Linux's OOM
+        killer does inside a memory cgroup (pid 1 too: then the partition fails)."""
+        budget = self.spec.memory_bytes + ALLOWANCE
+        while True:
+            with self.sched.cond:
+                if self.sched.done:
+                    return
+                self.sched.cond.wait(MEMORY_CHECK_S)
+                if self.sched.done or self.sched.paused:
+                    continue
+                live = [p for p in self.processes.values() if p.exit_status is None]
+            if len(live) < 2:
+                continue
+            try:
+                used = self.procs.memory_in_use()
+                if used <= budget:
+                    continue
+                victim = max(live, key=lambda p: (p.mem.private_bytes(), p.pid))
+            except (OSError, ValueError):
+                continue                     # an address space closed meanwhile: next time
+            self.event("OutOfMemory",
+                       f"the partition's processes hold {format_size(used)}, more than its "
+                       f"{format_size(self.spec.memory_bytes)}: killed pid {victim.pid} "
+                       f"({victim.exe})")
+            if victim.pid == 1:
+                self.procs.exit_process(victim, signal_status(SIGKILL),
+                                        reason="out of memory: pid 1 was killed")
+            else:
+                self.signal_process(victim, SIGKILL)
+
     def _halt_all(self) -> None:
         with self._uc_lock:
             for vcpu in self.vcpus:
                 vcpu.halt()
 
     def _cleanup(self) -> None:
-        if self.init is not None:
-            self.init.fds.close_all()
+        for process in list(self.processes.values()):
+            process.fds.close_all()
         with self._uc_lock:
             for vcpu in self.vcpus:
                 vcpu.close()
             self.vcpus = []
+        others = {id(p.mem): p.mem for p in self.processes.values() if p.mem is not self.mem}
+        others.update((id(m), m) for m in self._dead_mems if m is not self.mem)
+        for mem in others.values():
+            mem.close()
+        self._dead_mems = []
         if self.mem is not None:
             self.mem.close()
-            self.mem = None
+        self._mem = None
         if self._tmp_upper is not None:
             shutil.rmtree(self._tmp_upper, ignore_errors=True)
 
@@ -287,15 +360,57 @@ class Machine:
             self.event("UnknownSyscall", message)
 
     def raise_signal(self, thread: GuestThread, sig: int) -> None:
-        """Send ``sig`` to ``thread`` (SIGPIPE from a write, kill/tkill from the guest).
+        """Send ``sig`` to ``thread`` (SIGPIPE from a write): signals.py queues it and the
+        thread delivers it (handler or default action) when its syscall returns."""
+        send(self, thread.process, thread, SigInfo(sig, SI_USER, pid=thread.process.pid),
+             current=thread)
 
-        Without signal delivery every signal takes its default action on the partition: it
-        ends with 128+N."""
-        if sig == 0:
-            return
-        self.event("GuestSignal", f"guest received {SIGNAL_NAMES.get(sig, f'signal {sig}')}; "
-                   "terminating")
-        self.sched.finish(128 + sig)
+    def signal_process(self, process: Process, sig: int) -> None:
+        """Send ``sig`` to ``process`` from the kernel: one of its threads that does not
+        block it takes it (handler or default action, signals.py)."""
+        if sig:
+            send(self, process, None, SigInfo(sig, SI_KERNEL))
+
+    def child_changed(self, parent: Process, child: Process) -> None:
+        """A child of ``parent`` ended: SIGCHLD (ignored by default) with CLD_EXITED,
+        CLD_KILLED or CLD_DUMPED, its pid and status."""
+        status = child.exit_status or 0
+        if status & 0x7F:
+            code, value = (3 if status & 0x80 else 2), status & 0x7F
+        else:
+            code, value = 1, (status >> 8) & 0xFF
+        send(self, parent, None, SigInfo(SIGCHLD, code, pid=child.pid, status=value,
+                                         kind="chld"))
+
+    @property
+    def is64(self) -> bool:
+        return self.arch == "x86_64"
+
+    def kick_thread(self, thread: GuestThread) -> None:
+        """Make the vCPU running ``thread`` (if any) stop at its next block boundary."""
+        with self._uc_lock:
+            for vcpu in self.vcpus:
+                if vcpu.thread is thread:
+                    vcpu.kick()
+
+    def retire_memory(self, mem: GuestMemory) -> None:
+        """An address space lost a user (exit, execve): once no live process uses it, every
+        vCPU drops its Unicorn instance for it and its host mapping is released."""
+        with self.sched.cond:
+            if any(p.mem is mem and p.exit_status is None for p in self.processes.values()):
+                return
+            if mem is self.mem or mem in self._dead_mems:
+                return
+            self._dead_mems.append(mem)
+        self.collect_memory()
+
+    def collect_memory(self) -> None:
+        """Release the retired address spaces no vCPU is running any more."""
+        with self._uc_lock:
+            for mem in list(self._dead_mems):
+                if all(vcpu.drop_space(mem) for vcpu in self.vcpus):
+                    self._dead_mems.remove(mem)
+                    mem.close()
 
     def event(self, reason: str, message: str) -> None:
         if self.on_event is not None:
@@ -328,8 +443,7 @@ class Machine:
                     return
                 thread.stdin_wait = None
                 try:
-                    assert self.mem is not None
-                    self.mem.write(buf, data)
+                    thread.process.mem.write(buf, data)
                     result = len(data)
                 except GuestFault:
                     result = E.FAULT
@@ -338,37 +452,41 @@ class Machine:
         threading.Thread(target=reader, name=f"{self.spec.name}-stdin", daemon=True).start()
         return BLOCK
 
-    def alloc_gdt(self) -> int:
-        assert self.mem is not None
+    def alloc_gdt(self, process: Process) -> int:
+        """A GDT of its own in ``process``'s address space (every i386 thread; the x86_64
+        main thread, whose GDT the process's other threads share)."""
+        mem = process.mem
         with self.sched.cond:
-            if not self._gdt_free:
+            if not process.gdt_free:
                 raise OSError(11, "no free GDT slot")
-            slot = self._gdt_free.pop(0)
-        addr = self.mem.reserved + slot * GDT_SIZE
-        self.mem.host_write(addr, flat_gdt(self.arch))
+            slot = process.gdt_free.pop(0)
+        addr = mem.reserved + slot * GDT_SIZE
+        mem.host_write(addr, flat_gdt(self.arch))
         return addr
 
     def free_gdt(self, thread: GuestThread) -> None:
         """Return an exited i386 thread's GDT slot (x86_64 threads share the first one)."""
-        if thread.gdt and self.mem is not None and self.arch == "i386":
+        if thread.gdt and self.arch == "i386":
             with self.sched.cond:
-                self._gdt_free.append((thread.gdt - self.mem.reserved) // GDT_SIZE)
+                slot = (thread.gdt - thread.process.mem.reserved) // GDT_SIZE
+                if slot not in thread.process.gdt_free:
+                    thread.process.gdt_free.append(slot)
             thread.gdt = 0
 
     def set_thread_area(self, thread: GuestThread, ptr: int) -> int:
         """i386 set_thread_area: write a TLS descriptor into ``thread``'s own GDT."""
-        assert self.mem is not None
-        entry, base, limit, flags = struct.unpack("<iIII", self.mem.read(ptr, 16))
+        mem = thread.process.mem
+        entry, base, limit, flags = struct.unpack("<iIII", mem.read(ptr, 16))
         if entry == -1:
             for candidate in range(TLS_MIN, TLS_MAX + 1):
-                if self.mem.host_read(thread.gdt + 8 * candidate, 8) == bytes(8):
+                if mem.host_read(thread.gdt + 8 * candidate, 8) == bytes(8):
                     entry = candidate
                     break
             else:
                 return -16                                    # ESRCH-like: EBUSY
-            self.mem.put_u32(ptr, entry)
+            mem.put_u32(ptr, entry)
         if not TLS_MIN <= entry <= TLS_MAX:
             return E.INVAL
         desc = user_desc_to_descriptor(base, limit, flags)
-        self.mem.host_write(thread.gdt + 8 * entry, struct.pack("<Q", desc))
+        mem.host_write(thread.gdt + 8 * entry, struct.pack("<Q", desc))
         return 0

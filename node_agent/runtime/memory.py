@@ -12,6 +12,14 @@ Layout (guest-virtual addresses; Unicorn runs with paging off)::
 
 All of it is one host mapping (MAP_NORESERVE), so untouched guest memory costs nothing.
 
+**Copy-on-write fork.** The mapping is a MAP_SHARED view of a memfd sized like it. The first
+fork *freezes* that memfd: the parent's view becomes MAP_PRIVATE over it (same host
+addresses, same contents) and the child maps it MAP_PRIVATE too, so the kernel copies a page
+only when one of them writes it; nothing is copied at the fork itself. A frozen memfd never
+changes again: zeroing a range of a frozen address space maps fresh anonymous pages there
+(``_anon``). A later fork of the same process copies only what it wrote since it froze
+(its private pages, found with /proc/self/pagemap) and its anonymous and file-backed ranges.
+
 **The memory bound.** ``memory_bytes`` pays for everything the guest can touch: the image's
 segments and bss, the heap, every mmap and the stack. The guard gap is address space only
 (nothing can touch it), so the host memory a guest can make this mapping use is at most
@@ -36,6 +44,7 @@ import ctypes.util
 import errno
 import mmap
 import os
+import re
 import struct
 import threading
 
@@ -68,6 +77,9 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+_libc.msync.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MS_SYNC = 4
 _MAP_NORESERVE = 0x4000
 _MAP_FIXED = 0x10
 _MADV_DONTNEED = 4
@@ -75,6 +87,10 @@ _MADV_POPULATE_READ = 22
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
 _ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+_SHARED = mmap.MAP_SHARED | _MAP_NORESERVE
+_PRIVATE = mmap.MAP_PRIVATE
+_PUNCH_HOLE = 0x02 | 0x01                 # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+_MADV_REMOVE = 9
 
 
 class GuestFault(Exception):
@@ -103,6 +119,9 @@ class GuestMemory:
 
     def __init__(self, base: int, image_end: int, memory_bytes: int, bits: int) -> None:
         self.base = base
+        self.uid = 0                        # futex key space (the process table numbers them)
+        self.memory_bytes = memory_bytes
+        self.bits = bits
         self.image_end = page_up(image_end)
         size = page_up(memory_bytes) + STACK_GUARD_GAP + RESERVED
         limit = I386_LIMIT if bits == 32 else X86_64_LIMIT
@@ -124,10 +143,20 @@ class GuestMemory:
                 f"{format_size(stack)} stack")
         self.brk_start = self.image_end
         self.brk = self.image_end
-        host = _libc.mmap(None, size, _PROT_RW, _ANON, -1, 0)
+        self._memfd = os.memfd_create("viridian-guest", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(self._memfd, size)
+            host = _libc.mmap(None, size, _PROT_RW, _SHARED, self._memfd, 0)
+        except OSError:
+            host = None
         if host is None or host == _MAP_FAILED:
+            os.close(self._memfd)
             raise MemoryError(f"cannot reserve {format_size(size)} of guest memory")
         self.host: int = host
+        self._frozen = False                         # the memfd is shared with a fork
+        #: MAP_SHARED file ranges: [lo, hi, host fd (our own dup), file offset of lo]
+        self._shared: list[list[int]] = []
+        self._anon = RangeSet(MAX_MAPPINGS)          # frozen: ranges on fresh anonymous pages
         self.view = memoryview((ctypes.c_ubyte * size).from_address(host)).cast("B")
         self.lock = threading.Lock()
         self._alloc = RangeSet(MAX_MAPPINGS)         # mmap allocations
@@ -177,6 +206,12 @@ class GuestMemory:
                 index = 0
             return (self._exec_log[index:], (self._exec_epoch, len(self._exec_log)),
                     self.exec_generation)
+
+    def futex_key(self, addr: int) -> int:
+        """The scheduler's key for a futex at ``addr`` of this address space: the address
+        itself for the first address space (saved states keep plain addresses), above the
+        user address range for the others, so processes never wake each other's waiters."""
+        return addr | (self.uid << 48)
 
     # -- guest pointers (syscall arguments) ------------------------------------------------
     def _off(self, addr: int, n: int) -> int:
@@ -245,29 +280,101 @@ class GuestMemory:
             raise GuestFault(f"bad runtime address 0x{addr:x}+{n}")
         lo, hi = page_up(off), page_down(off + n)
         if hi > lo:
-            for flo, fhi in self._files.intersecting(self.base + lo, self.base + hi):
-                self._anonymous(flo, fhi - flo)
-            self._files.remove(self.base + lo, self.base + hi)
-            _libc.madvise(self.host + lo, hi - lo, _MADV_DONTNEED)
+            if self._frozen:
+                self._fresh(self.base + lo, hi - lo)
+            else:
+                for flo, fhi in self._files.intersecting(self.base + lo, self.base + hi):
+                    self._anonymous(flo, fhi - flo)
+                self._forget_files(self.base + lo, self.base + hi)
+                self._punch(lo, hi - lo)
         if lo > off:
             self.view[off:min(lo, off + n)] = bytes(min(lo, off + n) - off)
         if hi >= lo and off + n > hi:
             self.view[hi:off + n] = bytes(off + n - hi)
 
     def _anonymous(self, addr: int, n: int) -> None:
-        """Replace a file-backed range with fresh anonymous pages (same host addresses)."""
+        """Replace a file-backed range with zero pages of the guest's own memory (same host
+        addresses): the memfd's, or fresh anonymous ones once it is frozen."""
+        if self._frozen:
+            self._fresh(addr, n)
+            return
+        off = addr - self.base
+        self._remap(addr, n, _SHARED | _MAP_FIXED, self._memfd, off, "replace a file mapping")
+        self._punch(off, n)
+
+    def _fresh(self, addr: int, n: int) -> None:
+        """Frozen: fresh anonymous zero pages over [addr, addr+n) (file mappings included)."""
+        self._remap(addr, n, _ANON | _MAP_FIXED, -1, 0, "zero memory")
+        self._forget_files(addr, addr + n)
+        if not self._anon.add(addr, addr + n):
+            raise MemoryError("too many separate zeroed ranges after fork")
+
+    def _forget_files(self, lo: int, hi: int) -> None:
+        """[lo, hi) is no longer file-backed: drop it from the file and shared records."""
+        self._files.remove(lo, hi)
+        kept: list[list[int]] = []
+        for slo, shi, fd, off in self._shared:
+            if shi <= lo or slo >= hi:
+                kept.append([slo, shi, fd, off])
+                continue
+            if slo < lo:
+                kept.append([slo, lo, os.dup(fd), off])
+            if shi > hi:
+                kept.append([hi, shi, os.dup(fd), off + hi - slo])
+            os.close(fd)
+        self._shared = kept
+
+    def shared_ranges(self) -> list[tuple[int, int]]:
+        """Guest ranges mapped MAP_SHARED from a file (writes reach the file)."""
+        with self.lock:
+            return [(lo, hi) for lo, hi, _, _ in self._shared]
+
+    def msync(self, addr: int, length: int) -> bool:
+        """msync: flush the MAP_SHARED file pages of [addr, addr+length); False (ENOMEM)
+        when part of the range is not mapped."""
+        lo, hi = page_down(addr), page_up(addr + length)
+        with self.lock:
+            if not (self._alloc.covers(lo, hi) or
+                    (lo >= self.base and hi <= page_up(self.brk))):
+                return False
+            for slo, shi, _, _ in self._shared:
+                a, b = max(lo, slo), min(hi, shi)
+                if b > a:
+                    _libc.msync(self.host + a - self.base, b - a, _MS_SYNC)
+        return True
+
+    def _remap(self, addr: int, n: int, flags: int, fd: int, offset: int, what: str) -> None:
         at = self.host + addr - self.base
-        if _libc.mmap(at, n, _PROT_RW, _ANON | _MAP_FIXED, -1, 0) != at:
+        if _libc.mmap(at, n, _PROT_RW, flags, fd, offset) != at:
             # A hole in the guest mapping would crash the worker: end the partition instead.
-            raise MemoryError(f"cannot replace a file mapping: {os.strerror(ctypes.get_errno())}")
+            raise MemoryError(f"cannot {what}: {os.strerror(ctypes.get_errno())}")
+
+    def _punch(self, off: int, n: int) -> None:
+        """Unfrozen: give [off, off+n) of the memfd back as zero pages (hole punching)."""
+        if _libc.fallocate(self._memfd, _PUNCH_HOLE, off, n) != 0:
+            _libc.madvise(self.host + off, n, _MADV_REMOVE)
 
     def discard(self, addr: int, n: int) -> None:
         """MADV_DONTNEED as Linux does it: anonymous pages read back as zero, pages of a file
         mapping read back from the file."""
         off = self._off(addr, n)
         lo, hi = page_down(off), page_up(off + n)
-        if hi > lo:
-            _libc.madvise(self.host + lo, hi - lo, _MADV_DONTNEED)
+        if hi <= lo:
+            return
+        with self.lock:
+            glo, ghi = self.base + lo, self.base + hi
+            files = self._files.intersecting(glo, ghi)
+            for flo, fhi in files:                       # back to the file's data
+                _libc.madvise(self.host + flo - self.base, fhi - flo, _MADV_DONTNEED)
+            rest = RangeSet(MAX_MAPPINGS)
+            rest.load(files)
+            for plo, phi in rest.uncovered(glo, ghi):
+                if not self._frozen:
+                    self._punch(plo - self.base, phi - plo)
+                elif self._anon.covers(plo, phi):
+                    _libc.madvise(self.host + plo - self.base, phi - plo, _MADV_DONTNEED)
+                else:
+                    self._fresh(plo, phi - plo)
 
     # -- Unicorn mappings --------------------------------------------------
     def unicorn_regions(self) -> list[tuple[int, int, int, int]]:
@@ -352,9 +459,11 @@ class GuestMemory:
         return self.mmap(length, fixed)
 
     def mmap(self, length: int, fixed: int | None = None,
-             file: tuple[int, int] | None = None) -> int | None:
+             file: tuple[int, int] | None = None, shared: bool = False) -> int | None:
         """Allocate (or claim, for MAP_FIXED) zeroed pages, then back them with ``file``
-        (host fd, page-aligned offset) if given; None when out of memory or mappings."""
+        (host fd, page-aligned offset) if given — MAP_SHARED with ``shared``, so writes
+        reach the file and every other mapping of it; None when out of memory or
+        mappings."""
         length = page_up(length)
         if length <= 0:
             return None
@@ -376,7 +485,7 @@ class GuestMemory:
                 if found is None or not self._alloc.add(found, found + length):
                     return None
                 addr = found
-            if file is not None and not self._map_file(addr, length, *file):
+            if file is not None and not self._map_file(addr, length, *file, shared=shared):
                 self._alloc.remove(addr, addr + length)
                 return None
             return addr
@@ -392,7 +501,8 @@ class GuestMemory:
                 hi = starts[i]
         return None
 
-    def _map_file(self, addr: int, length: int, fd: int, offset: int) -> bool:
+    def _map_file(self, addr: int, length: int, fd: int, offset: int,
+                  shared: bool = False) -> bool:
         """Caller holds the lock; [addr, addr+length) is allocated and zero. Map the file's
         pages (those that exist now) over it, lazily, copy-on-write."""
         try:
@@ -404,11 +514,15 @@ class GuestMemory:
             return True
         if not self._files.add(addr, addr + n):
             return False
+        self._anon.remove(addr, addr + n)     # frozen: the file replaces fresh zero pages
         at = self.host + addr - self.base
-        if _libc.mmap(at, n, _PROT_RW, mmap.MAP_PRIVATE | _MAP_FIXED, fd, offset) != at:
+        kind = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        if _libc.mmap(at, n, _PROT_RW, kind | _MAP_FIXED, fd, offset) != at:
             self._anonymous(addr, n)          # a failed MAP_FIXED may have left a hole
-            self._files.remove(addr, addr + n)
+            self._forget_files(addr, addr + n)
             return False
+        if shared:
+            self._shared.append([addr, addr + n, os.dup(fd), offset])
         return True
 
     def populate_files(self) -> None:
@@ -468,9 +582,173 @@ class GuestMemory:
             self._alloc.grow(span[0], addr + new)
             return addr
 
+    # -- fork --------------------------------------------------------------------------
+    def _freeze(self) -> None:
+        """Caller holds the lock. From now on this address space is MAP_PRIVATE over its
+        memfd (same addresses and contents), so the memfd can be shared with a child."""
+        if self._frozen:
+            return
+        for lo, hi in self._files.uncovered(self.base, self.top):
+            self._remap(lo, hi - lo, _PRIVATE | _MAP_FIXED, self._memfd, lo - self.base,
+                        "freeze memory for fork")
+        self._frozen = True
+
+    def clone(self) -> GuestMemory:
+        """fork: a new address space with this one's layout, bookkeeping and contents,
+        copy-on-write (see the module docstring): pages are shared until either side
+        writes them, except what this one wrote since an earlier fork, its zeroed ranges
+        and its file mappings, which are copied now."""
+        self.populate_files()
+        child = GuestMemory.__new__(GuestMemory)
+        with self.lock:
+            self._freeze()
+            child.__dict__.update({k: v for k, v in self.__dict__.items()
+                                   if k in _LAYOUT_FIELDS})
+            child._memfd = os.dup(self._memfd)
+            host = _libc.mmap(None, self.size, _PROT_RW, _PRIVATE | _MAP_NORESERVE,
+                              child._memfd, 0)
+            if host is None or host == _MAP_FAILED:
+                os.close(child._memfd)
+                raise MemoryError("cannot map the child's memory")
+            child.host = host
+            child.view = memoryview((ctypes.c_ubyte * self.size).from_address(host)).cast("B")
+            child.lock = threading.Lock()
+            child._frozen = True
+            child._alloc = RangeSet(MAX_MAPPINGS)
+            child._alloc.load(self._alloc.pairs())
+            child._files = RangeSet(MAX_FILE_MAPPINGS)
+            child._exec = RangeSet(MAX_EXEC_RANGES)
+            child._exec.load(self._exec.pairs())
+            child._exec_log = self._exec.pairs()
+            child._exec_epoch = 0
+            child.exec_generation = 1 if child._exec_log else 0
+            child.image_perms = list(self.image_perms)
+            child._anon = RangeSet(MAX_MAPPINGS)
+            child._shared = []
+            own = RangeSet(2 * MAX_MAPPINGS)
+            for lo, hi in self._anon.pairs() + self._files.pairs():
+                own.add(lo, hi)
+            shared = RangeSet(MAX_FILE_MAPPINGS)
+            shared.load(sorted((lo, hi) for lo, hi, _, _ in self._shared))
+            for lo, hi in own.pairs():                 # ranges not on the memfd: copied
+                child._fresh(lo, hi - lo)
+                for plo, phi in shared.uncovered(lo, hi):
+                    for rlo, rhi in _page_runs(self.host + plo - self.base, phi - plo,
+                                               _TOUCHED):
+                        self._copy_to(child, plo - self.base + rlo, rhi - rlo)
+            for lo, hi, fd, off in self._shared:      # MAP_SHARED stays shared with the file
+                child._files.add(lo, hi)
+                child._anon.remove(lo, hi)
+                at = child.host + lo - self.base
+                if _libc.mmap(at, hi - lo, _PROT_RW, mmap.MAP_SHARED | _MAP_FIXED, fd,
+                              off) != at:
+                    raise MemoryError("cannot share a file mapping with the child")
+                child._shared.append([lo, hi, os.dup(fd), off])
+            for slo, shi in self._spans():          # on the memfd: only the pages written
+                for lo, hi in own.uncovered(slo, shi):
+                    for rlo, rhi in _page_runs(self.host + lo - self.base, hi - lo,
+                                               _PRIVATE_PAGE):
+                        self._copy_to(child, lo - self.base + rlo, rhi - rlo)
+        return child
+
+    def _spans(self) -> list[tuple[int, int]]:
+        """Caller holds the lock: guest ranges the guest can have touched (the image and
+        heap, every mmap allocation, the stack and the reserved block)."""
+        return [(self.base, page_up(self.brk)), *self._alloc.pairs(),
+                (self.stack_low, self.top)]
+
+    def _copy_to(self, child: GuestMemory, off: int, n: int) -> None:
+        ctypes.memmove(child.host + off, self.host + off, n)
+
+    def touched_runs(self) -> list[tuple[int, int]]:
+        """(offset, length) of every page run this address space holds data in: written
+        through the memfd (its own or, after a fork, shared), or private to it."""
+        with self.lock:
+            found = RangeSet(1 << 62)
+            for lo, hi in _data_runs(self._memfd, self.size):
+                found.add(lo, hi)
+            for slo, shi in self._spans():
+                for lo, hi in _page_runs(self.host + slo - self.base, shi - slo, _TOUCHED):
+                    found.add(slo - self.base + lo, slo - self.base + hi)
+        return [(lo, hi - lo) for lo, hi in found.pairs()]
+
+    def private_bytes(self) -> int:
+        """Bytes of memory only this address space holds: pages it wrote after a fork,
+        anonymous and file-backed pages it touched (the memfd's pages are counted by
+        ``shared_bytes``, once for every address space that shares it)."""
+        with self.lock:
+            return sum(hi - lo for slo, shi in self._spans()
+                       for lo, hi in _page_runs(self.host + slo - self.base, shi - slo,
+                                                _PRIVATE_PAGE))
+
+    def shared_key(self) -> tuple[int, int]:
+        """Identifies the memfd (device, inode): address spaces with the same key share it."""
+        st = os.fstat(self._memfd)
+        return st.st_dev, st.st_ino
+
+    def shared_bytes(self) -> int:
+        """Bytes the memfd holds (its written pages, whoever wrote them)."""
+        return os.fstat(self._memfd).st_blocks * 512
+
     def close(self) -> None:
+        """Unmap the guest's memory (once; later calls do nothing)."""
+        if self.host == 0:
+            return
         self.view.release()
         _libc.munmap(self.host, self.size)
+        self.host = 0
+        os.close(self._memfd)
+        for _, _, fd, _ in self._shared:
+            os.close(fd)
+        self._shared = []
+
+
+_PAGEMAP_CHUNK = 1 << 15                           # pages per read (256 KiB of entries)
+#: pagemap entry top byte -> b"1"/b"0": bit 63 present, 62 swapped, 61 file page/shared.
+_TOUCHED = bytes(0x31 if b & 0xC0 else 0x30 for b in range(256))
+_PRIVATE_PAGE = bytes(0x31 if b & 0xC0 and not b & 0x20 else 0x30 for b in range(256))
+_RUN = re.compile(b"1+")
+#: What a child's GuestMemory copies from its parent as is (the rest is built in clone).
+_LAYOUT_FIELDS = frozenset({"base", "uid", "memory_bytes", "bits", "image_end", "size", "top",
+                            "boot", "stack_top", "reserved", "stack_low", "gap_low",
+                            "brk_start", "brk"})
+
+
+def _page_runs(host: int, length: int, table: bytes) -> list[tuple[int, int]]:
+    """Byte ranges (relative to ``host``) of the pages of [host, host+length) whose
+    /proc/self/pagemap entry ``table`` maps to b"1" (_TOUCHED: present or swapped;
+    _PRIVATE_PAGE: and not a file/shared page, i.e. written by this process since it
+    mapped it). Translating each entry's top byte finds the runs with a regular expression
+    instead of a Python loop per page."""
+    first = host // PAGE
+    count = page_up(length) // PAGE
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        flags = bytearray()
+        for chunk in range(0, count, _PAGEMAP_CHUNK):
+            n = min(_PAGEMAP_CHUNK, count - chunk)
+            raw = os.pread(fd, 8 * n, 8 * (first + chunk))
+            flags += raw[7::8].translate(table)
+    finally:
+        os.close(fd)
+    return [(m.start() * PAGE, m.end() * PAGE) for m in _RUN.finditer(flags)]
+
+
+def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of the page-rounded data extents of a memfd (SEEK_DATA/SEEK_HOLE)."""
+    runs: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:             # no data past pos
+                break
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        runs.append((page_down(start), min(page_up(end), size)))
+        pos = end
+    return runs
 
 
 def uc_perms(readable: bool, writable: bool, executable: bool) -> int:

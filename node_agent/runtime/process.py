@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from .files import FdTable
 from .memory import GuestMemory
+from .signals import SignalActions
 
 __all__ = ["Process"]
 
@@ -32,4 +33,9 @@ class Process:
     sid: int = 1
     started: float = field(default_factory=time.monotonic)
     exit_status: int | None = None     # wait status once it is a zombie
+    ended: float | None = None
     children: list[Process] = field(default_factory=list)
+    #: i386 (and the x86_64 main thread): free per-thread GDT slots in this address space
+    gdt_free: list[int] = field(default_factory=list)
+    #: signal actions, the process-wide pending set and timers (signals.py)
+    signals: SignalActions = field(default_factory=SignalActions)

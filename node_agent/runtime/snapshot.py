@@ -18,7 +18,6 @@ Console output is written straight through to the console ring (no buffer to flu
 from __future__ import annotations
 
 import ctypes
-import itertools
 import json
 import os
 import tempfile
@@ -33,10 +32,11 @@ from .abi import ABI_I386, ABI_X86_64
 from .fs import Sandbox
 from .memory import PAGE, GuestMemory, _libc
 from .process import Process
+from .signals import ERESTARTSYS, refresh
 from .snapfiles import read_upper, restore_files, save_files, write_upper
 from .state import StateError, StateReader, StateWriter, write_all
 from .syscalls import tables
-from .threads import BLOCKED, RUNNABLE, GuestThread
+from .threads import BLOCKED, PID_MAX, RUNNABLE, GuestThread
 from .vcpu import Vcpu
 from .waitq import restart_all
 
@@ -48,31 +48,15 @@ __all__ = ["save_machine", "restore_machine", "touched_runs", "context_bytes"]
 _ZERO = ctypes.create_string_buffer(PAGE)
 _libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _libc.memcmp.restype = ctypes.c_int
-_PRESENT = bytes(1 if b & 0xC0 else 0 for b in range(256))   # pagemap bits 63/62, top byte
-_PAGEMAP_CHUNK = 1 << 17                                      # pages per pagemap read
 
 
 # -- memory ---------------------------------------------------------------------------
 def touched_runs(mem: GuestMemory) -> list[tuple[int, int]]:
-    """(offset into the mapping, length) of every present or swapped, non-zero page run."""
-    npages = mem.size // PAGE
-    first = mem.host // PAGE
-    flags = bytearray()
-    fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        for start in range(0, npages, _PAGEMAP_CHUNK):
-            n = min(_PAGEMAP_CHUNK, npages - start)
-            flags += os.pread(fd, n * 8, (first + start) * 8)[7::8]
-    finally:
-        os.close(fd)
-    present = bytes(flags.translate(_PRESENT))
+    """(offset into the mapping, length) of every non-zero page run the guest holds."""
     runs: list[tuple[int, int]] = []
-    pos = present.find(1)
-    while pos >= 0:
-        end = present.find(0, pos)
-        end = npages if end < 0 else end
+    for pos, length in mem.touched_runs():
         run_start = -1
-        for page in range(pos, end):
+        for page in range(pos // PAGE, (pos + length) // PAGE):
             zero = _libc.memcmp(mem.host + page * PAGE, _ZERO, PAGE) == 0
             if not zero and run_start < 0:
                 run_start = page
@@ -80,8 +64,7 @@ def touched_runs(mem: GuestMemory) -> list[tuple[int, int]]:
                 runs.append((run_start * PAGE, (page - run_start) * PAGE))
                 run_start = -1
         if run_start >= 0:
-            runs.append((run_start * PAGE, (end - run_start) * PAGE))
-        pos = present.find(1, end)
+            runs.append((run_start * PAGE, pos + length - run_start * PAGE))
     return runs
 
 
@@ -151,6 +134,7 @@ def _thread_record(machine: Machine, thread: GuestThread, now: float) -> dict[st
         "timer": None if timer is None else [max(timer[0] - now, 0.0), timer[1]],
         "stdin": list(thread.stdin_wait) if thread.stdin_wait and thread.state == BLOCKED
         else None,
+        "sig": thread.sig.save(), "intr": thread.intr_result,
     }
 
 
@@ -160,6 +144,9 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
     sched = machine.sched
     init = machine.init
     assert mem is not None and init is not None
+    if len(machine.processes) > 1:
+        raise RuntimeError("saving a partition that runs more than one process is not "
+                           "supported yet (one process per saved state)")
     t0 = time.monotonic()
     with sched.cond:
         restart_all(sched)    # I/O waits become retries (waitq.py): nothing of them to save
@@ -168,19 +155,20 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
         meta: dict[str, Any] = {
             "arch": machine.arch, "vcpus": machine.spec.vcpus,
             "unicorn": unicorn_build.build_info().get("lib_sha256"),
-            "memory": {"base": mem.base, "image_end": mem.image_end,
+            "memory": {"base": mem.base, "image_end": mem.image_end, "uid": mem.uid,
                        "memory_bytes": machine.spec.memory_bytes, "size": mem.size,
                        "brk_start": mem.brk_start, "brk": mem.brk, "starts": mem._starts,
                        "ends": mem._ends, "exec_generation": mem.exec_generation,
                        "exec_ranges": mem.exec_ranges, "image_perms": mem.image_perms},
             "machine": {"cwd": init.cwd, "umask": init.umask,
-                        "uptime": now - machine.started, "gdt_free": machine._gdt_free,
+                        "uptime": now - machine.started, "gdt_free": init.gdt_free,
                         "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
-                        "unknown": [[k, v] for k, v in machine.unknown.items()]},
+                        "unknown": [[k, v] for k, v in machine.unknown.items()],
+                        "signals": init.signals.save(now)},
             "sched": {"threads": [_thread_record(machine, t, now) for t in threads],
                       "runq": [t.tid for t in sched.runq],
                       "futexes": [[a, [t.tid for t in w]] for a, w in sched.futexes.items()],
-                      "next_tid": max([999, *sched.threads]) + 1},
+                      "next_tid": sched._next_id},
             "files": save_files(init.fds),
         }
         contexts = [context_bytes(t.context) for t in threads if t.context is not None]
@@ -234,6 +222,7 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     mem.brk_start, mem.brk = lay["brk_start"], lay["brk"]
     mem._starts, mem._ends = list(lay["starts"]), list(lay["ends"])
     mem.exec_generation = lay["exec_generation"]
+    mem.uid = int(lay.get("uid", 0))
     mem.exec_ranges = [(lo, hi) for lo, hi in lay["exec_ranges"]]
     mem.image_perms = [(a, b, p) for a, b, p in lay["image_perms"]]
     m = meta["machine"]
@@ -242,9 +231,10 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     machine.processes = {1: init}
     machine.started = time.monotonic() - float(m["uptime"])
     machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
-    machine._gdt_free = list(m["gdt_free"])
+    init.gdt_free = [int(slot) for slot in m["gdt_free"]]
     machine.unknown = {int(k): int(v) for k, v in m["unknown"]}
     init.fds = restore_files(machine, meta["files"])
+    init.signals.restore(m.get("signals", {}), init, machine)   # armed timers count on
     machine.vcpus = [Vcpu(machine, i) for i in range(spec.vcpus)]
     _restore_threads(machine, meta["sched"], reader.read(b"CTXT"))
 
@@ -265,6 +255,7 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
             thread = GuestThread(tid=int(rec["tid"]), process=init, clear_tid=rec["clear_tid"],
                                  gdt=rec["gdt"], fresh=rec["fresh"])
             thread.pending = {int(k): int(v) for k, v in rec["pending"]}
+            thread.sig.restore(rec.get("sig", {}))
             if rec["context"]:
                 thread.context = _context_from(vcpu, contexts[pos:pos + size])
                 pos += size
@@ -274,14 +265,18 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
             if thread.state == BLOCKED and rec["timer"] is not None:
                 remaining, result = rec["timer"]
                 sched.block(thread, now + remaining, int(result))
+            intr = rec.get("intr", ERESTARTSYS)
+            thread.intr_result = None if intr is None else int(intr)
             if thread.state == BLOCKED and rec["stdin"] is not None:
                 stdin_waits.append((thread, *rec["stdin"]))
             by_tid[thread.tid] = thread
             sched.threads[thread.tid] = thread
+        for thread in by_tid.values():
+            refresh(thread)
         for tid in data["runq"]:
             sched.runq.append(by_tid[tid])
         for addr, tids in data["futexes"]:
             sched.futexes[int(addr)] = [by_tid[t] for t in tids]
-        sched._tids = itertools.count(int(data["next_tid"]))
+        sched._next_id = min(max(int(data["next_tid"]), 2), PID_MAX - 1)
     for thread, buf, count in stdin_waits:
         machine.read_stdin(thread, buf, count)

@@ -84,6 +84,10 @@ class Task:
             child.pending[cpu.sp_reg] = stack
         if tls is not None and self.is64:
             child.pending[X.UC_X86_REG_FS_BASE] = tls
+        # A new thread inherits the signal mask; a forked child also the alternate stack.
+        parent = self.thread.sig
+        same = child.process is self.thread.process
+        child.sig = parent.clone_thread() if same else parent.fork_copy()
 
     def restart_registers(self, args: dict[int, int] | None = None) -> dict[int, int]:
         """Registers that make the calling thread issue this syscall again when it next
@@ -95,6 +99,41 @@ class Task:
         for index, value in (args or {}).items():
             regs[ids[index + 1]] = value
         return regs
+
+    def start_program(self, pc: int, sp: int) -> None:
+        """execve: the calling thread's next run starts a new program at ``pc`` with stack
+        ``sp`` and every other register cleared, on its process's (new) address space."""
+        cpu = self._cpu
+        thread = self.thread
+        thread.pending = {reg: 0 for reg in cpu.general_regs}
+        thread.pending[cpu.pc_reg] = pc
+        thread.pending[cpu.sp_reg] = sp
+        thread.reset_context = True
+        thread.sig.reset_on_exec()
+
+    def arm_restart(self) -> None:
+        """Before parking: a wake-up with threads.RESTART runs this syscall again (same
+        number and arguments) instead of returning a result."""
+        cpu = self._cpu
+        self.thread.restart = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: cpu.syscall_nr}
+
+    # -- signal delivery: the thread's registers as a signal frame holds them --------------
+    def get_regs(self) -> dict[str, int]:
+        """General registers, pc ("rip"/"eip"), "eflags", segment selectors ("cs", "ss",
+        "ds", "es", "fs", "gs") and, on x86_64, "fs_base"/"gs_base"."""
+        return self._cpu.regs_dict()
+
+    def set_regs(self, regs: dict[str, int]) -> None:
+        """Write the named registers (get_regs's names); the caller sanitizes them."""
+        self._cpu.write_regs(regs)
+
+    def get_fpu(self) -> bytes:
+        """The x87/SSE state as a 512-byte fxsave image."""
+        return self._cpu.fpu_image()
+
+    def set_fpu(self, image: bytes) -> None:
+        """Load a 512-byte fxsave image (reserved MXCSR bits are dropped)."""
+        self._cpu.load_fpu_image(image)
 
     def refresh_exec(self) -> None:
         """Make pages the handler just made executable runnable on this vCPU now."""

@@ -16,7 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .signals import ERESTARTSYS, ThreadSignals, wakes_wait
 
 if TYPE_CHECKING:
     from .process import Process
@@ -26,7 +28,12 @@ __all__ = ["GuestThread", "Scheduler", "RUNNING", "RUNNABLE", "BLOCKED", "DEAD"]
 RUNNING, RUNNABLE, BLOCKED, DEAD = "running", "runnable", "blocked", "dead"
 ETIMEDOUT = 110
 EAGAIN = 11
-MAX_THREADS = 256
+#: Guest threads of all processes of a partition together.
+MAX_THREADS = 1024
+#: pids and tids share one number space, as on Linux; numbers wrap below this.
+PID_MAX = 32768
+#: A wake-up result meaning "run the syscall again" (wait4 after a child changed state).
+RESTART = 1 << 72
 
 
 @dataclass(eq=False)
@@ -46,6 +53,19 @@ class GuestThread:
     futex_addr: int | None = None
     futex_bitset: int = 0xFFFFFFFF
     stdin_wait: tuple[int, int] | None = None     # (buf, count) while blocked reading stdin
+    restart: dict[int, int] | None = None    # registers that re-issue the blocked syscall
+    sig: ThreadSignals = field(default_factory=ThreadSignals)   # mask, pending (signals.py)
+    sig_dirty: bool = False                  # a signal (or sigreturn) may need delivery
+    intr_result: int | None = ERESTARTSYS    # a signal ends the wait with this (None: never)
+    reset_context: bool = False              # execve: start from the boot page next time
+
+
+class Alarm(Protocol):
+    """A process timer (signals.Timer): ``fire`` runs at ``deadline``, under ``cond``."""
+
+    deadline: float | None
+
+    def fire(self, now: float) -> None: ...
 
 
 class Scheduler:
@@ -58,8 +78,10 @@ class Scheduler:
         self.threads: dict[int, GuestThread] = {}
         self.futexes: dict[int, list[GuestThread]] = {}
         self.timers: list[tuple[float, int, GuestThread, int, int]] = []
+        self.alarms: list[tuple[float, int, Alarm]] = []     # signal timers (add_alarm)
         self._seq = itertools.count()
-        self._tids = itertools.count(1000)
+        self._next_id = 2                        # the next pid/tid to try (1 is init)
+        self.taken_ids: Callable[[int], bool] = lambda _id: False   # zombie pids (proctable)
         self.done = False
         self.paused = False                      # take() hands out nothing, timers stand still
         self.paused_at = 0.0
@@ -68,11 +90,26 @@ class Scheduler:
         self.on_done: Callable[[], None] = lambda: None
 
     # -- lifecycle ------------------------------------------------------------
-    def new_thread(self, process: Process, first: bool = False) -> GuestThread | None:
+    def alloc_id(self) -> int | None:
+        """Caller holds ``cond``. The next free pid/tid (threads and zombies hold theirs)."""
+        for _ in range(PID_MAX):
+            candidate = self._next_id
+            self._next_id = candidate + 1 if candidate + 1 < PID_MAX else 2
+            if candidate not in self.threads and not self.taken_ids(candidate):
+                return candidate
+        return None
+
+    def new_thread(self, process: Process, first: bool = False,
+                   tid: int | None = None) -> GuestThread | None:
+        """A thread of ``process``: tid 1 for the first, ``tid`` when given (a new process's
+        main thread has its pid), else the next free number."""
         with self.cond:
             if len(self.threads) >= MAX_THREADS:
                 return None
-            tid = 1 if first else next(self._tids)
+            if tid is None:
+                tid = 1 if first else self.alloc_id()
+                if tid is None:
+                    return None
             thread = GuestThread(tid=tid, process=process)
             self.threads[tid] = thread
             return thread
@@ -119,7 +156,8 @@ class Scheduler:
                     thread.state = RUNNING
                     thread.on_cpu = True
                     return thread
-                wait = self.timers[0][0] - time.monotonic() if self.timers else None
+                deadline = self.next_deadline()
+                wait = None if deadline is None else deadline - time.monotonic()
                 self.cond.wait(timeout=None if wait is None else max(wait, 0.0005))
 
     def release(self, thread: GuestThread) -> None:
@@ -136,10 +174,18 @@ class Scheduler:
         return bool(self.runq)
 
     # -- blocking -----------------------------------------------------------------
-    def block(self, thread: GuestThread, deadline: float | None, timeout_result: int) -> None:
-        """Caller holds ``cond``. Mark ``thread`` blocked, optionally until ``deadline``."""
+    def block(self, thread: GuestThread, deadline: float | None, timeout_result: int,
+              restart: int | None = ERESTARTSYS) -> None:
+        """Caller holds ``cond``. Mark ``thread`` blocked, optionally until ``deadline``.
+
+        A signal the thread takes ends the wait early with ``restart`` (signals.py: Linux's
+        -ERESTART* codes), None for a wait no signal ends (vfork's parent)."""
         thread.state = BLOCKED
         thread.token += 1
+        thread.intr_result = restart
+        if restart is not None and thread.sig_dirty and wakes_wait(thread):
+            self.interrupt(thread)             # the signal came before the wait began
+            return
         if deadline is not None:
             entry = (deadline, next(self._seq), thread, thread.token, timeout_result)
             heapq.heappush(self.timers, entry)
@@ -154,16 +200,52 @@ class Scheduler:
         self.timers = [e for e in self.timers if e[2].token == e[3] and e[2].state == BLOCKED]
         heapq.heapify(self.timers)
 
-    def wake(self, thread: GuestThread, result: int) -> None:
-        """Caller holds ``cond``."""
+    def wake(self, thread: GuestThread, result: int | None) -> None:
+        """Caller holds ``cond``. ``result`` None leaves the registers alone (SIGCONT)."""
         if thread.state != BLOCKED:
             return
         self._unwait(thread)
-        thread.pending[self.result_reg] = result
+        if result == RESTART and thread.restart is not None:
+            thread.pending.update(thread.restart)
+        elif result is not None:
+            thread.pending[self.result_reg] = result
+        thread.restart = None
+        thread.sig.waiting = 0
         thread.state = RUNNABLE
         if not thread.on_cpu:
             self.runq.append(thread)
             self.cond.notify_all()
+
+    def interrupt(self, thread: GuestThread, result: int | None = None) -> bool:
+        """Caller holds ``cond``. A signal ends ``thread``'s wait: it resumes with its
+        wait's restart code (or ``result``), which delivery turns into EINTR or a restart
+        of the call. False if it is not in an interruptible wait."""
+        if thread.state != BLOCKED or thread.sig.parked or thread.intr_result is None:
+            return False
+        code = thread.intr_result if result is None else result
+        timer = self.live_timer(thread)
+        thread.sig.wait_left = 0.0 if timer is None else max(timer[0] - time.monotonic(), 0.0)
+        thread.sig.interrupted = code
+        thread.sig.waiting = 0
+        thread.sig_dirty = True
+        self.wake(thread, code)
+        return True
+
+    def add_alarm(self, alarm: Alarm) -> None:
+        """Caller holds ``cond``: call ``alarm.fire(now)`` at ``alarm.deadline``. Entries
+        whose alarm has since been re-armed or cancelled are skipped when they come due."""
+        if alarm.deadline is None:
+            return
+        heapq.heappush(self.alarms, (alarm.deadline, next(self._seq), alarm))
+        if len(self.alarms) > 4 * MAX_THREADS:
+            self.alarms = [e for e in self.alarms if e[2].deadline == e[0]]
+            heapq.heapify(self.alarms)
+        self.cond.notify_all()
+
+    def next_deadline(self) -> float | None:
+        """Caller holds ``cond``: the earliest wait timeout or alarm."""
+        due = [heap[0][0] for heap in (self.timers, self.alarms) if heap]
+        return min(due) if due else None
 
     def sleep(self, thread: GuestThread, seconds: float) -> None:
         with self.cond:
@@ -181,6 +263,10 @@ class Scheduler:
             delta = now - self.paused_at
             self.timers = [(d + delta, s, t, k, r) for d, s, t, k, r in self.timers]
             heapq.heapify(self.timers)
+            self.alarms = [(d + delta, s, a) for d, s, a in self.alarms if a.deadline == d]
+            for _, _, alarm in self.alarms:
+                alarm.deadline = (alarm.deadline or 0.0) + delta
+            heapq.heapify(self.alarms)
         self.paused = paused
         self.cond.notify_all()
 
@@ -199,6 +285,10 @@ class Scheduler:
             _, _, thread, token, result = heapq.heappop(self.timers)
             if thread.token == token and thread.state == BLOCKED:
                 self.wake(thread, result)
+        while self.alarms and self.alarms[0][0] <= now:
+            deadline, _, alarm = heapq.heappop(self.alarms)
+            if alarm.deadline == deadline:
+                alarm.fire(now)
 
     # -- futex ------------------------------------------------------------------
     def futex_wait(self, thread: GuestThread, addr: int, expected: int,

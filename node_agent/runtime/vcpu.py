@@ -35,6 +35,8 @@ from unicorn import x86_const as X
 
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import GuestFault, GuestMemory
+from .sigframe import pack_fxsave, unpack_fxsave
+from .signals import SI_KERNEL, SIGBUS, SIGFPE, SIGILL, SIGSEGV, SIGTRAP, deliver, fault_signal
 from .syscalls.common import BLOCK, EXIT, E, errno_of
 from .task import Task
 from .threads import RUNNING, GuestThread
@@ -51,18 +53,38 @@ __all__ = ["Vcpu", "TCG_BUFFER"]
 
 TCG_BUFFER = 48 << 20
 QUANTUM = 0.02          # seconds a thread may keep its vCPU while others wait
+#: Unicorn instances (address spaces) a vCPU keeps; each costs about 3 MiB plus its code.
+MAX_SPACES = 16
 X87_CONTROL_WORD = 0x37F
 MXCSR_DEFAULT = 0x1F80
 _ARGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
            X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)
 _ARGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
            X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP)
+_GPR64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
+          X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_R8,
+          X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12,
+          X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
+          X.UC_X86_REG_GS_BASE)
+_GPR32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
+          X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP, X.UC_X86_REG_GS)
 _ACCESS = {
     UC_MEM_READ_UNMAPPED: "read from unmapped address", UC_MEM_WRITE_UNMAPPED:
     "write to unmapped address", UC_MEM_FETCH_UNMAPPED: "execute at unmapped address",
     UC_MEM_READ_PROT: "read from protected address", UC_MEM_WRITE_PROT:
     "write to read-only address", UC_MEM_FETCH_PROT: "execute non-executable address",
 }
+#: CPU exception -> (signal, si_code) as Linux's traps.c sends them
+_FAULT_SIGNALS = {0: (SIGFPE, 1), 1: (SIGTRAP, 1), 3: (SIGTRAP, SI_KERNEL),
+                  6: (SIGILL, 2), 12: (SIGBUS, SI_KERNEL), 16: (SIGFPE, 0),
+                  17: (SIGBUS, 1), 19: (SIGFPE, 0)}
+_SEGS = {"cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS,
+         "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
+_NAMED64 = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12",
+    "r13", "r14", "r15", "rip", "eflags", "fs_base", "gs_base")}
+_NAMED32 = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
+    "eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")}
 _MEM_ERRORS = {UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
                UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT}
 _EXCEPTIONS = {0: "division error", 1: "debug trap", 3: "breakpoint (int3)", 4: "overflow",
@@ -70,6 +92,26 @@ _EXCEPTIONS = {0: "division error", 1: "debug trap", 3: "breakpoint (int3)", 4: 
                8: "double fault", 12: "stack fault", 13: "general protection fault",
                14: "page fault", 16: "x87 floating-point error", 17: "alignment check",
                19: "SIMD floating-point error"}
+
+
+class _Space:
+    """A Unicorn instance mapping one address space, and how much of its exec log it
+    applied."""
+
+    __slots__ = ("mem", "uc", "exec_generation", "exec_seen")
+
+    def __init__(self, mem: GuestMemory, uc: Any) -> None:
+        self.mem = mem
+        self.uc = uc
+        self.exec_generation = 0
+        self.exec_seen = (-1, 0)        # (epoch, index) of memory.py's exec log applied
+
+
+def _close_uc(uc: Any) -> None:
+    """Release a Unicorn instance now (before the guest memory it maps is unmapped)."""
+    finalizer = getattr(uc, "_Uc__finalizer", None)
+    if finalizer is not None:
+        finalizer()
 
 
 class Vcpu:
@@ -83,25 +125,17 @@ class Vcpu:
         self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
         self.ret_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
         self.flags_reg = X.UC_X86_REG_EFLAGS
+        self.general_regs = _GPR64 if self.is64 else _GPR32
         self.table = machine.syscalls
         mem = machine.mem
         assert mem is not None
+        # One Unicorn instance per address space this vCPU has run (a process's memory; a
+        # vfork child shares its parent's): switching processes switches instances.
+        self._spaces: dict[int, _Space] = {}
+        self._space = self._space_for(mem)
         self.mem: GuestMemory = mem
-        uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
-        uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
-        for addr, size, perms, host in self.mem.unicorn_regions():
-            uc.mem_map_ptr(addr, size, perms, host)
-        self.uc = uc
-        self._uch = uc._uch
-        if self.is64:
-            uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
-        # At CPL 3 the CPU faults every privileged instruction except port I/O, which this
-        # unicorn lets through (gen_check_io is a no-op): these hooks fault it instead. They
-        # run only when a guest executes in/out/ins/outs, so they cost nothing otherwise.
-        uc.hook_add(UC_HOOK_INSN, self._on_port_in, aux1=X.UC_X86_INS_IN)
-        uc.hook_add(UC_HOOK_INSN, self._on_port_out, aux1=X.UC_X86_INS_OUT)
-        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
-        uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
+        self.uc = self._space.uc
+        self._uch = self.uc._uch
         ids = _ARGS64 if self.is64 else _ARGS32
         self._ids = (ctypes.c_int * 7)(*ids)
         self._vals = (ctypes.c_uint64 * 7)()
@@ -110,14 +144,74 @@ class Vcpu:
         self._result = ctypes.c_uint64()
         self._result_ptr = ctypes.addressof(self._result)
         self._mask = (1 << 64) - 1 if self.is64 else 0xFFFFFFFF
-        self.exec_generation = 0
-        self._exec_seen = (-1, 0)       # (epoch, index) of memory.py's exec log applied
         self.thread: GuestThread | None = None
         self.run_started = 0.0
         self.stop_why: str | None = None
         self.fault: str | None = None
+        self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.task = Task(self, machine)  # what syscall handlers see of the calling thread
+
+    # -- address spaces -------------------------------------------------------------
+    def _space_for(self, mem: GuestMemory) -> _Space:
+        space = self._spaces.get(id(mem))
+        if space is None or space.mem is not mem:
+            uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
+            uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
+            for addr, size, perms, host in mem.unicorn_regions():
+                uc.mem_map_ptr(addr, size, perms, host)
+            if self.is64:
+                uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
+            # At CPL 3 the CPU faults every privileged instruction except port I/O, which this
+            # unicorn lets through (gen_check_io is a no-op): these hooks fault it instead.
+            # They run only when a guest executes in/out/ins/outs, so they cost nothing else.
+            uc.hook_add(UC_HOOK_INSN, self._on_port_in, aux1=X.UC_X86_INS_IN)
+            uc.hook_add(UC_HOOK_INSN, self._on_port_out, aux1=X.UC_X86_INS_OUT)
+            uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+            uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
+            space = _Space(mem, uc)
+            self._evict_spaces()
+        else:
+            del self._spaces[id(mem)]           # re-inserted last: most recently used
+        self._spaces[id(mem)] = space
+        return space
+
+    def _evict_spaces(self) -> None:
+        """Keep at most MAX_SPACES Unicorn instances: close the least recently used (its
+        process gets a fresh one, and translates its code again, when it next runs here)."""
+        while len(self._spaces) >= MAX_SPACES:
+            key = next(iter(self._spaces))
+            space = self._spaces.pop(key)
+            if space is self._space:            # bound now (not running): keep it last
+                self._spaces[key] = space
+                if len(self._spaces) == 1:
+                    return
+                continue
+            _close_uc(space.uc)
+
+    def _bind(self, mem: GuestMemory) -> None:
+        """Run on ``mem``'s Unicorn instance from now on (vCPU thread, not emulating)."""
+        if self.mem is mem and self._space.mem is mem and self._space.uc is not None:
+            return
+        with self.machine._uc_lock:
+            self._space = self._space_for(mem)
+            self.mem = mem
+            self.uc = self._space.uc
+            self._uch = self.uc._uch
+
+    def drop_space(self, mem: GuestMemory) -> bool:
+        """Close the Unicorn instance for ``mem`` unless it is running now (caller holds the
+        machine's _uc_lock). True when this vCPU no longer has one."""
+        space = self._spaces.get(id(mem))
+        if space is None or space.mem is not mem:
+            return True
+        if self.thread is not None and self._space is space:
+            return False
+        del self._spaces[id(mem)]
+        if self._space is space:
+            self._space = _Space(mem, None)      # bound to nothing until the next _bind
+        _close_uc(space.uc)
+        return True
 
     # -- registers ------------------------------------------------------------------
     def reg(self, reg_id: int) -> int:
@@ -125,6 +219,57 @@ class Vcpu:
 
     def set_reg(self, reg_id: int, value: int) -> None:
         self.uc.reg_write(reg_id, value)
+
+    def regs_dict(self) -> dict[str, int]:
+        """The general registers, pc, flags and segment selectors (bases on x86_64)."""
+        names = _NAMED64 if self.is64 else _NAMED32
+        out = {n: int(self.uc.reg_read(r)) for n, r in names.items()}
+        out.update((n, int(self.uc.reg_read(r))) for n, r in _SEGS.items())
+        return out
+
+    def write_regs(self, regs: dict[str, int]) -> None:
+        """Write the named registers; a segment selector the CPU refuses loads as 0."""
+        names = _NAMED64 if self.is64 else _NAMED32
+        for name, value in regs.items():
+            if name in _SEGS:
+                if int(self.uc.reg_read(_SEGS[name])) != value & 0xFFFF:
+                    try:
+                        self.uc.reg_write(_SEGS[name], value & 0xFFFF)
+                    except UcError:
+                        self.uc.reg_write(_SEGS[name], 0)
+            elif name in names:
+                self.uc.reg_write(names[name], value & self._mask)
+
+    def fpu_image(self) -> bytes:
+        """The x87/SSE state as fxsave would store it (ST(i) in stack order)."""
+        uc = self.uc
+        fsw = int(uc.reg_read(X.UC_X86_REG_FPSW))
+        top = (fsw >> 11) & 7
+        st = [uc.reg_read(X.UC_X86_REG_FP0 + ((top + i) & 7)) for i in range(8)]
+        xmm = [int(uc.reg_read(X.UC_X86_REG_XMM0 + i)) for i in range(16 if self.is64 else 8)]
+        return pack_fxsave(int(uc.reg_read(X.UC_X86_REG_FPCW)), fsw,
+                           int(uc.reg_read(X.UC_X86_REG_FPTAG)),
+                           [(int(m), int(e)) for m, e in st],
+                           int(uc.reg_read(X.UC_X86_REG_MXCSR)), xmm)
+
+    def load_fpu_image(self, data: bytes) -> None:
+        """Load an fxsave image (the inverse of fpu_image; reserved MXCSR bits dropped)."""
+        uc = self.uc
+        v = unpack_fxsave(data, 16 if self.is64 else 8)
+        uc.reg_write(X.UC_X86_REG_FPCW, v["fcw"])
+        uc.reg_write(X.UC_X86_REG_FPSW, v["fsw"])
+        uc.reg_write(X.UC_X86_REG_FPTAG, v["ftag"])
+        top = (v["fsw"] >> 11) & 7
+        for i, (mant, exp) in enumerate(v["st"]):
+            uc.reg_write(X.UC_X86_REG_FP0 + ((top + i) & 7), (mant, exp))
+        uc.reg_write(X.UC_X86_REG_MXCSR, v["mxcsr"])
+        for i, value in enumerate(v["xmm"]):
+            uc.reg_write(X.UC_X86_REG_XMM0 + i, value)
+
+    @property
+    def syscall_nr(self) -> int:
+        """Inside a syscall hook: the number of the call being handled."""
+        return int(self._vals[0])
 
     @property
     def pc(self) -> int:
@@ -151,8 +296,11 @@ class Vcpu:
             finally:
                 self.thread = None
             sched.release(thread)
+            if self.machine._dead_mems:
+                self.machine.collect_memory()
 
     def _run_thread(self, thread: GuestThread) -> None:
+        self._bind(thread.process.mem)
         uc = self.uc
         self.run_started = time.monotonic()
         self.thread = thread
@@ -166,18 +314,40 @@ class Vcpu:
         for reg_id, value in thread.pending.items():
             uc.reg_write(reg_id, value)
         thread.pending.clear()
-        if self.mem.exec_generation != self.exec_generation:
+        if self.mem.exec_generation != self._space.exec_generation:
             self._apply_exec()
         self.stop_why = None
         self.fault = None
         self.run_started = time.monotonic()
-        paused = self.machine.sched.paused
+        sched = self.machine.sched
+        paused = sched.paused
         kicks = self.kicks
-        if not paused:           # a pause that raced with take(): do not start at all
-            uc.emu_start(self.pc, 0)
-            paused = self.machine.sched.paused
+        while True:              # signal work (delivery, sigreturn) between runs
+            if thread.sig_dirty:
+                deliver(self.task)
+            # a pause that raced with take(): do not start at all
+            if not paused and thread.state == RUNNING and not sched.done:
+                self.stop_why = None
+                try:
+                    uc.emu_start(self.pc, 0)
+                except UcError as exc:
+                    if not self._fault_signal(thread, exc):
+                        raise
+                paused = sched.paused
+                if (self.stop_why is None and thread.state == RUNNING and not paused
+                        and self.kicks == kicks and self.pc == 0
+                        and fault_signal(self.task, SIGSEGV, 1, 0, 14, 0x14, 0)):
+                    continue                     # a jump to NULL, taken by a handler
+            if (self.stop_why == "signal" and thread.state == RUNNING and not paused
+                    and self.kicks == kicks and not sched.done):
+                continue
+            break
         kicked = self.kicks != kicks
-        if thread.context is None:
+        if thread.reset_context:        # execve: the next run starts the new program
+            thread.reset_context = False
+            thread.context = None
+            thread.fresh = True
+        elif thread.context is None:
             thread.context = uc.context_save()
         else:
             uc.context_update(thread.context)
@@ -216,7 +386,8 @@ class Vcpu:
 
     def _apply_exec(self) -> None:
         """Map executable what became so since this vCPU last looked (memory.py's log)."""
-        pieces, self._exec_seen, self.exec_generation = self.mem.exec_since(self._exec_seen)
+        space = self._space
+        pieces, space.exec_seen, space.exec_generation = self.mem.exec_since(space.exec_seen)
         for lo, hi in pieces:
             self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL)
 
@@ -245,14 +416,14 @@ class Vcpu:
 
     def refresh_exec(self) -> None:
         """Apply new executable ranges now (called from this vCPU's own syscall hook)."""
-        if self.mem.exec_generation != self.exec_generation:
+        if self.mem.exec_generation != self._space.exec_generation:
             self._apply_exec()
 
     def close(self) -> None:
         """Release the Unicorn instance now (before guest memory is unmapped)."""
-        finalizer = getattr(self.uc, "_Uc__finalizer", None)
-        if finalizer is not None:
-            finalizer()
+        for space in self._spaces.values():
+            _close_uc(space.uc)
+        self._spaces.clear()
 
     # -- hooks ------------------------------------------------------------------------
     def _on_syscall64(self, uc: Any, _user: Any) -> None:
@@ -277,10 +448,16 @@ class Vcpu:
                 result = E.INVAL
         if result == BLOCK or result == EXIT:
             self.stop_why = "block" if result == BLOCK else "exit"
+            if result == BLOCK and self.thread is not None:
+                self.thread.sig.syscall_nr = nr          # a signal may restart it
             self.uc.emu_stop()
             return
         self._result.value = result & self._mask
         _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
+        if self.thread is not None and self.thread.sig_dirty:   # deliver before returning
+            self.stop_why = "signal"
+            self.uc.emu_stop()
+            return
         if self.machine.sched.runq:
             self.preempt(QUANTUM)
 
@@ -302,6 +479,8 @@ class Vcpu:
         what = _EXCEPTIONS.get(intno, f"cpu exception {intno}")
         if intno == 0x80:
             what = "int 0x80 from 64-bit code (unsupported)"
+        elif self._exception_signal(intno):
+            return
         self.stop_why = "fault"
         self.machine.sched.finish(None, f"guest fault: {what} at pc 0x{self.pc:x}")
         uc.emu_stop()
@@ -309,10 +488,41 @@ class Vcpu:
     def _on_bad_memory(self, uc: Any, access: int, address: int, size: int, value: int,
                        _user: Any) -> bool:
         what = _ACCESS.get(access, "bad memory access at")
+        self.fault_access = (access, address)
         self.fault = f"guest fault: {what} 0x{address:x} at pc 0x{self.pc:x}"
         if self.mem.in_guard_gap(address):
             self.fault += " (stack overflow into the guard gap)"
         return False
+
+    def _exception_signal(self, intno: int) -> bool:
+        """A CPU exception the thread's handler takes (SIGFPE, SIGILL, SIGTRAP, SIGBUS, or
+        SIGSEGV for the rest): queue it and stop; False when it is fatal."""
+        sig, code = _FAULT_SIGNALS.get(intno, (SIGSEGV, SI_KERNEL))
+        addr = self.pc if sig in (SIGFPE, SIGILL) else 0
+        if self.thread is None or not fault_signal(self.task, sig, code, addr, intno, 0, 0):
+            return False
+        self.stop_why = "signal"
+        self.uc.emu_stop()
+        return True
+
+    def _fault_signal(self, thread: GuestThread, exc: UcError) -> bool:
+        """emu_start failed on a memory fault or an invalid instruction: True when the
+        thread's SIGSEGV/SIGILL handler takes it (delivered before it runs again)."""
+        if exc.errno in _MEM_ERRORS and self.fault_access is not None:
+            access, addr = self.fault_access
+            self.fault_access = None
+            prot = access in (UC_MEM_READ_PROT, UC_MEM_WRITE_PROT, UC_MEM_FETCH_PROT)
+            write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
+            fetch = access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT)
+            err = 4 | (1 if prot else 0) | (2 if write else 0) | (0x10 if fetch else 0)
+            taken = fault_signal(self.task, SIGSEGV, 2 if prot else 1, addr, 14, err, addr)
+        elif exc.errno == UC_ERR_INSN_INVALID:
+            taken = fault_signal(self.task, SIGILL, 2, self.pc, 6, 0, 0)
+        else:
+            return False
+        if taken:
+            self.stop_why = "signal"
+        return taken
 
     def _describe(self, exc: UcError) -> str:
         if exc.errno in _MEM_ERRORS and self.fault:

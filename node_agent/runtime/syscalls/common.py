@@ -54,6 +54,8 @@ class E:
     TIMEDOUT = -errno.ETIMEDOUT
     NODEV = -errno.ENODEV
     OVERFLOW = -errno.EOVERFLOW
+    NOEXEC = -errno.ENOEXEC
+    TOOBIG = -errno.E2BIG
 
 
 def s32(value: int) -> int:

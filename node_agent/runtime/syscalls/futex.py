@@ -35,15 +35,19 @@ def do_futex(t: Task, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, 
             return E.INVAL
         deadline = _futex_deadline(t, timeout, fmt, cmd == 9, bool(op & 256))
         assert t.thread is not None
-        rc = sched.futex_wait(t.thread, uaddr, val, t.mem.u32, deadline, bitset)
+        mem = t.mem
+        rc = sched.futex_wait(t.thread, mem.futex_key(uaddr), val,
+                              lambda _key: mem.u32(uaddr), deadline, bitset)
         return BLOCK if rc == 0 else rc
     if cmd in (1, 10):                           # FUTEX_WAKE, FUTEX_WAKE_BITSET
-        return sched.futex_wake(uaddr, val, 0xFFFFFFFF if cmd == 1 else val3 & 0xFFFFFFFF)
+        return sched.futex_wake(t.mem.futex_key(uaddr), val,
+                                0xFFFFFFFF if cmd == 1 else val3 & 0xFFFFFFFF)
     if cmd in (3, 4):                            # FUTEX_REQUEUE, FUTEX_CMP_REQUEUE
         with sched.cond:
             if cmd == 4 and t.mem.u32(uaddr) != val3 & 0xFFFFFFFF:
                 return E.AGAIN
-            return sched.futex_requeue(uaddr, val, timeout & 0x7FFFFFFF, uaddr2)
+            return sched.futex_requeue(t.mem.futex_key(uaddr), val, timeout & 0x7FFFFFFF,
+                                       t.mem.futex_key(uaddr2))
     if cmd == 5:                                 # FUTEX_WAKE_OP
         with sched.cond:
             old = t.mem.u32(uaddr2)
@@ -53,10 +57,10 @@ def do_futex(t: Task, uaddr: int, op: int, val: int, timeout: int, uaddr2: int, 
                 oparg = 1 << oparg
             new = [oparg, old + oparg, old | oparg, old & ~oparg, old ^ oparg][kind & 7]
             t.mem.put_u32(uaddr2, new)
-            woken = sched.futex_wake(uaddr, val)
+            woken = sched.futex_wake(t.mem.futex_key(uaddr), val)
             hit = [old == cmparg, old != cmparg, old < cmparg, old <= cmparg, old > cmparg,
                    old >= cmparg][cmp] if cmp < 6 else False
             if hit:
-                woken += sched.futex_wake(uaddr2, timeout & 0x7FFFFFFF)
+                woken += sched.futex_wake(t.mem.futex_key(uaddr2), timeout & 0x7FFFFFFF)
             return woken
     return E.NOSYS

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
     from ..task import Task
 
 MAP_SHARED, MAP_FIXED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x1, 0x10, 0x20, 0x100000
-PROT_EXEC = 4
+PROT_WRITE, PROT_EXEC = 2, 4
+MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
 
 
 
@@ -22,11 +23,14 @@ def sys_brk(t: Task, addr: int, *_: int) -> int:
 
 
 def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off: int) -> int:
-    """Anonymous memory, or a lazily read private copy of a regular file (memory.py).
+    """Anonymous memory, or a regular file's pages, read lazily (memory.py).
 
-    MAP_SHARED is served as MAP_PRIVATE (the guest's writes never reach the file), as before.
-    /dev/zero maps anonymous memory; other non-regular files give ENODEV, a file not open
-    for reading EACCES, as on Linux.
+    MAP_SHARED of a file open for reading and writing maps the file itself: the guest's
+    writes reach it, read() and every other mapping. MAP_SHARED of a file open read-only
+    (it cannot be written through this mapping: PROT_WRITE gives EACCES, as on Linux) is
+    served as MAP_PRIVATE, whose untouched pages still follow the file. /dev/zero maps
+    anonymous memory; other non-regular files give ENODEV, a file not open for reading
+    EACCES, as on Linux.
     """
     mem = t.mem
     if length == 0 or off & (PAGE - 1):
@@ -37,6 +41,7 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
     if fixed is not None and fixed & (PAGE - 1):
         return E.INVAL
     backing: tuple[int, int] | None = None
+    shared = False
     if not flags & MAP_ANONYMOUS:
         file = t.fds.get(s32(fd))
         if isinstance(file, DeviceFile) and file.gpath == "/dev/zero":
@@ -48,8 +53,11 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
         else:
             if off + page_up(length) > 1 << 63:
                 return E.OVERFLOW
+            if flags & MAP_SHARED and prot & PROT_WRITE and not file.writable:
+                return E.ACCES
             backing = (file.fd, off)
-    result = mem.mmap(length, fixed, backing)
+            shared = bool(flags & MAP_SHARED) and file.writable
+    result = mem.mmap(length, fixed, backing, shared)
     if result is None:
         return E.NOMEM
     if prot & PROT_EXEC:
@@ -98,3 +106,10 @@ def sys_madvise(t: Task, addr: int, length: int, advice: int, *_: int) -> int:
         if t.mem.is_mapped(addr, page_up(length)):
             t.mem.discard(addr, length)
     return 0
+
+
+def sys_msync(t: Task, addr: int, length: int, flags: int, *_: int) -> int:
+    if addr & (PAGE - 1) or flags & ~(MS_ASYNC | MS_INVALIDATE | MS_SYNC) or \
+            (flags & MS_ASYNC and flags & MS_SYNC):
+        return E.INVAL
+    return 0 if t.mem.msync(addr, length) else E.NOMEM

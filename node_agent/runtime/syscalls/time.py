@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..abi import clock_ns, read_timespec, write_timespec
+from ..signals import ERESTART_RESTARTBLOCK, ERESTARTNOHAND
 from .common import BLOCK
 
 if TYPE_CHECKING:
@@ -42,20 +43,26 @@ def sys_time(t: Task, ptr: int, *_: int) -> int:
     return now
 
 
-def _sleep(t: Task, seconds: float) -> int:
+def _sleep(t: Task, seconds: float, rem: int = 0, fmt: str = "", absolute: bool = False) -> int:
+    """Park the caller; a signal handler ends the sleep with EINTR (the time left written
+    to ``rem``), as Linux's -ERESTART_RESTARTBLOCK (-ERESTARTNOHAND for an absolute one)."""
     if seconds <= 0:
         return 0
-    assert t.thread is not None
-    t.kernel.sched.sleep(t.thread, seconds)
+    sched = t.kernel.sched
+    with sched.cond:
+        sched.block(t.thread, time.monotonic() + seconds, 0,
+                    restart=ERESTARTNOHAND if absolute else ERESTART_RESTARTBLOCK)
+        t.thread.sig.rem = (rem, fmt) if rem and not absolute else None
     return BLOCK
 
 
-def do_nanosleep(t: Task, req: int, fmt: str) -> int:
-    return _sleep(t, read_timespec(t.mem, req, fmt))
+def do_nanosleep(t: Task, req: int, fmt: str, rem: int = 0) -> int:
+    return _sleep(t, read_timespec(t.mem, req, fmt), rem, fmt)
 
 
-def do_clock_nanosleep(t: Task, clock: int, flags: int, req: int, fmt: str) -> int:
+def do_clock_nanosleep(t: Task, clock: int, flags: int, req: int, fmt: str,
+                       rem: int = 0) -> int:
     value = read_timespec(t.mem, req, fmt)
     if flags & 1:                                # TIMER_ABSTIME
         value -= clock_ns(clock, t.kernel.mono_offset_ns) / 1e9
-    return _sleep(t, value)
+    return _sleep(t, value, rem, fmt, bool(flags & 1))

@@ -1,0 +1,330 @@
+"""The partition's process table: fork, execve, exit, wait, process groups and sessions.
+
+Every guest process of a partition lives in this one host process and shares its
+scheduler, so all their threads share the partition's vCPUs. pids and tids come from one
+number space (threads.py ``alloc_id``); a process's main thread has its pid. A process that
+ends stays a zombie holding its pid and wait status until its parent reaps it; its children
+go to pid 1. When pid 1 ends, the partition ends with its exit status.
+
+Everything here runs under the scheduler's lock (``sched.cond``) except what may block on
+other locks: closing descriptors and releasing memory happen after it is dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .files import FdTable
+from .gdt import GDT_SIZE
+from .memory import GuestMemory
+from .process import Process
+from .threads import BLOCKED, DEAD, RESTART, GuestThread
+
+if TYPE_CHECKING:
+    from .machine import Machine
+
+__all__ = ["ProcessTable", "MAX_PROCESSES", "WaitRequest", "exit_status", "signal_status"]
+
+#: Processes (live and zombie) a partition may hold: a fork bomb gets EAGAIN past this.
+MAX_PROCESSES = 512
+WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
+P_ALL, P_PID, P_PGID = 0, 1, 2
+SIGCHLD = 17
+CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+ECHILD, EINVAL, EPERM, ESRCH, EAGAIN = 10, 22, 1, 3, 11
+
+
+def exit_status(code: int) -> int:
+    """The wait status of a process that called exit(code)."""
+    return (code & 0xFF) << 8
+
+
+def signal_status(sig: int, core: bool = False) -> int:
+    """The wait status of a process killed by ``sig``."""
+    return (sig & 0x7F) | (0x80 if core else 0)
+
+
+@dataclass(frozen=True)
+class WaitRequest:
+    """What wait4/waitpid/waitid asked for: which children, and what to do on a match."""
+
+    kind: int              # P_ALL, P_PID or P_PGID
+    ident: int             # the pid or pgid (P_PID/P_PGID)
+    options: int
+
+
+class ProcessTable:
+    """Process lifecycle for one partition (the kernel side of fork/exec/exit/wait)."""
+
+    def __init__(self, machine: Machine) -> None:
+        self.machine = machine
+        self.sched = machine.sched
+        self.limit = MAX_PROCESSES
+        self.sched.taken_ids = lambda pid: pid in machine.processes
+        self._waiters: dict[int, list[tuple[GuestThread, int]]] = {}   # pid -> wait4 callers
+        self._vfork: dict[int, tuple[GuestThread, int]] = {}           # child pid -> parent
+        self._space_uids = 0
+
+    def new_space_uid(self) -> int:
+        """A number for a new address space's futex keys (memory.py ``futex_key``)."""
+        self._space_uids += 1
+        return self._space_uids
+
+    @property
+    def processes(self) -> dict[int, Process]:
+        return self.machine.processes
+
+    # -- fork ----------------------------------------------------------------------------
+    def fork(self, parent_thread: GuestThread,
+             share_memory: bool) -> tuple[Process, GuestThread] | int:
+        """A new process copying ``parent_thread``'s process (its memory unless
+        ``share_memory``: CLONE_VM). Returns (child, its main thread) or a negative errno.
+        The child's thread is not started; the caller sets its registers first."""
+        parent = parent_thread.process
+        if len(self.processes) >= self.limit:
+            return -EAGAIN
+        mem = parent.mem if share_memory else None
+        if mem is None:                 # copy-on-write; Machine._watch_memory bounds the sum
+            try:
+                mem = parent.mem.clone()
+            except MemoryError:
+                return -12
+            mem.uid = self.new_space_uid()
+        with self.sched.cond:
+            pid = self.sched.alloc_id()
+            if pid is None or len(self.processes) >= self.limit:
+                if not share_memory:
+                    mem.close()
+                return -EAGAIN
+            child = Process(pid=pid, mem=mem, fds=_fork_fds(parent), cwd=parent.cwd,
+                            umask=parent.umask, exe=parent.exe, argv=list(parent.argv),
+                            ppid=parent.pid, pgid=parent.pgid, sid=parent.sid)
+            child.gdt_free = list(parent.gdt_free)
+            if not share_memory and self.machine.arch == "i386":
+                # the parent's other threads do not exist in the child: their GDTs are free
+                for other in self.threads_of(parent):
+                    if other is not parent_thread and other.gdt:
+                        child.gdt_free.append((other.gdt - mem.reserved) // GDT_SIZE)
+                child.gdt_free.sort()
+            child.signals = parent.signals.fork_copy()
+            thread = self.sched.new_thread(child, tid=pid)
+            if thread is None:
+                if not share_memory:
+                    mem.close()
+                return -EAGAIN
+            thread.gdt = parent_thread.gdt
+            self.processes[pid] = child
+            parent.children.append(child)
+        return child, thread
+
+    def memory_in_use(self) -> int:
+        """Bytes of guest memory the partition's live processes hold: each shared memfd
+        once, plus every address space's private pages."""
+        shared: dict[tuple[int, int], int] = {}
+        private = 0
+        seen: set[int] = set()
+        for proc in list(self.processes.values()):
+            if proc.exit_status is not None or id(proc.mem) in seen:
+                continue
+            seen.add(id(proc.mem))
+            shared[proc.mem.shared_key()] = proc.mem.shared_bytes()
+            private += proc.mem.private_bytes()
+        return sum(shared.values()) + private
+
+    def vfork_wait(self, parent_thread: GuestThread, child: Process) -> None:
+        """Caller holds ``sched.cond``: park the vfork parent until the child execs or
+        ends (its result, the child's pid, is set then)."""
+        self.sched.block(parent_thread, None, 0, restart=None)   # no signal ends it
+        self._vfork[child.pid] = (parent_thread, parent_thread.token)
+
+    def _release_vfork(self, child: Process) -> None:
+        """Caller holds ``sched.cond``."""
+        entry = self._vfork.pop(child.pid, None)
+        if entry is not None:
+            thread, token = entry
+            if thread.state == BLOCKED and thread.token == token:
+                self.sched.wake(thread, child.pid)
+
+    # -- exec ---------------------------------------------------------------------------
+    def exec_done(self, thread: GuestThread, old_mem: GuestMemory) -> None:
+        """After execve replaced ``thread``'s process image: end its other threads, let a
+        vfork parent go on, and release the old memory unless someone still uses it."""
+        process = thread.process
+        with self.sched.cond:
+            for other in self.threads_of(process):
+                if other is not thread:
+                    self._kill_thread(other)
+            self._release_vfork(process)
+        self.machine.retire_memory(old_mem)
+
+    # -- exit ---------------------------------------------------------------------------
+    def threads_of(self, process: Process) -> list[GuestThread]:
+        """Caller holds ``sched.cond``."""
+        return [t for t in self.sched.threads.values() if t.process is process]
+
+    def thread_exit(self, thread: GuestThread, code: int) -> None:
+        """exit(2): the thread ends; its process ends with ``code`` if it was the last."""
+        with self.sched.cond:
+            self._kill_thread(thread)
+            last = not self.threads_of(thread.process)
+        if last:
+            self.exit_process(thread.process, exit_status(code))
+
+    def exit_process(self, process: Process, wait_status: int,
+                     reason: str | None = None) -> None:
+        """End every thread of ``process`` and make it a zombie with ``wait_status``
+        (exit_group, a fatal signal, the last thread's exit). pid 1 ends the partition:
+        with its exit code, or as failed with ``reason`` when one is given."""
+        with self.sched.cond:
+            if process.exit_status is not None:
+                return
+            process.exit_status = wait_status
+            process.ended = time.monotonic()
+            for thread in self.threads_of(process):
+                self._kill_thread(thread)
+            self._release_vfork(process)
+            init = self.processes.get(1)
+            for child in process.children:
+                child.ppid = 1
+                if init is not None and init is not process:
+                    init.children.append(child)
+                    if child.exit_status is not None:
+                        self._wake_waiters(1)
+            process.children = []
+            parent = self.processes.get(process.ppid)
+            if process.pid != 1:
+                self._wake_waiters(process.ppid)
+        process.fds.close_all()
+        if process.pid == 1:
+            if reason is not None:
+                self.sched.finish(None, reason)
+            elif wait_status & 0x7F:
+                self.sched.finish(128 + (wait_status & 0x7F))
+            else:
+                self.sched.finish((wait_status >> 8) & 0xFF)
+            return
+        self.machine.retire_memory(process.mem)
+        if parent is not None and parent.exit_status is None:
+            self.machine.child_changed(parent, process)
+
+    def _kill_thread(self, thread: GuestThread) -> None:
+        """Caller holds ``sched.cond``: the thread never runs again."""
+        if thread.state == DEAD:
+            return
+        thread.state = DEAD
+        thread.token += 1                     # stale timers and wait-queue entries
+        self.sched._unwait(thread)
+        self.sched.threads.pop(thread.tid, None)
+        try:
+            self.sched.runq.remove(thread)
+        except ValueError:
+            pass
+        if thread.on_cpu:
+            self.machine.kick_thread(thread)
+        if thread.gdt and not self.machine.is64:
+            thread.process.gdt_free.append(thread.gdt)
+            thread.gdt = 0
+
+    # -- wait ---------------------------------------------------------------------------
+    def wait(self, thread: GuestThread, request: WaitRequest) -> Process | int:
+        """Caller holds ``sched.cond``. The child to report (reaped unless WNOWAIT), 0 for
+        WNOHANG with none ready, -ECHILD without a matching child, or -1 after parking
+        ``thread`` until a child changes state (it then re-issues the call)."""
+        parent = thread.process
+        matching = [c for c in parent.children if self._matches(c, request)]
+        if not matching:
+            return -ECHILD
+        for child in matching:
+            if child.exit_status is not None:
+                if not request.options & WNOWAIT:
+                    parent.children.remove(child)
+                    self.processes.pop(child.pid, None)
+                return child
+        if request.options & WNOHANG:
+            return 0
+        self.sched.block(thread, None, 0)
+        self._waiters.setdefault(parent.pid, []).append((thread, thread.token))
+        return -1
+
+    def _matches(self, child: Process, request: WaitRequest) -> bool:
+        if request.kind == P_PID:
+            return child.pid == request.ident
+        if request.kind == P_PGID:
+            return child.pgid == request.ident
+        return True
+
+    def _wake_waiters(self, pid: int) -> None:
+        """Caller holds ``sched.cond``: every wait4 caller of ``pid`` runs its call again."""
+        for thread, token in self._waiters.pop(pid, []):
+            if thread.state == BLOCKED and thread.token == token:
+                self.sched.wake(thread, RESTART)
+
+    # -- groups and sessions ----------------------------------------------------------------
+    def setpgid(self, caller: Process, pid: int, pgid: int) -> int:
+        with self.sched.cond:
+            target = caller if pid == 0 else self.processes.get(pid)
+            if target is None or target.exit_status is not None:
+                return -ESRCH
+            if target is not caller and target not in caller.children:
+                return -ESRCH
+            if pgid < 0:
+                return -EINVAL
+            pgid = pgid or target.pid
+            if target.sid == target.pid:
+                return -EPERM                   # a session leader cannot move
+            if pgid != target.pid and not any(
+                    p.pgid == pgid and p.sid == target.sid for p in self.processes.values()):
+                return -EPERM
+            target.pgid = pgid
+            return 0
+
+    def setsid(self, caller: Process) -> int:
+        with self.sched.cond:
+            if any(p.pgid == caller.pid for p in self.processes.values() if p is not caller):
+                return -EPERM
+            if caller.pgid == caller.pid:
+                return -EPERM
+            caller.sid = caller.pgid = caller.pid
+            return caller.pid
+
+    def lookup(self, pid: int) -> Process | None:
+        """A live process by pid (zombies are not signalled)."""
+        proc = self.processes.get(pid)
+        return proc if proc is not None and proc.exit_status is None else None
+
+    def group(self, pgid: int) -> list[Process]:
+        with self.sched.cond:
+            return [p for p in self.processes.values()
+                    if p.pgid == pgid and p.exit_status is None]
+
+
+def _fork_fds(parent: Process) -> FdTable:
+    """The child's descriptor table: the same open descriptions (fork_copy when the
+    descriptor layer offers it), so offsets and pipe ends are shared as on Linux."""
+    fork_copy = getattr(parent.fds, "fork_copy", None)
+    if fork_copy is not None:
+        copied: FdTable = fork_copy()
+        return copied
+    table = FdTable()
+    with parent.fds.lock:
+        for fd, file in parent.fds.files.items():
+            table._install(fd, file, fd in parent.fds.cloexec)
+    return table
+
+
+def pack_siginfo_child(is64: bool, child: Process) -> bytes:
+    """waitid's siginfo_t for a child that ended (SIGCHLD, CLD_EXITED/KILLED/DUMPED)."""
+    status = child.exit_status or 0
+    if status & 0x7F:
+        code = CLD_DUMPED if status & 0x80 else CLD_KILLED
+        value = status & 0x7F
+    else:
+        code, value = CLD_EXITED, (status >> 8) & 0xFF
+    if is64:
+        head = struct.pack("<iii4xiii", SIGCHLD, 0, code, child.pid, 0, value)
+    else:
+        head = struct.pack("<iiiiii", SIGCHLD, 0, code, child.pid, 0, value)
+    return head.ljust(128, b"\0")
