@@ -47,6 +47,7 @@ import os
 import re
 import struct
 import threading
+from typing import Any, BinaryIO
 
 from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
@@ -690,6 +691,118 @@ class GuestMemory:
         """Bytes the memfd holds (its written pages, whoever wrote them)."""
         return os.fstat(self._memfd).st_blocks * 512
 
+    # -- saved states ----------------------------------------------------------------------
+    def layout(self) -> dict[str, Any]:
+        """The bookkeeping a saved state needs to rebuild this address space (JSON-able)."""
+        with self.lock:
+            return {"base": self.base, "image_end": self.image_end, "uid": self.uid,
+                    "memory_bytes": self.memory_bytes, "bits": self.bits, "size": self.size,
+                    "brk_start": self.brk_start, "brk": self.brk, "starts": self._starts,
+                    "ends": self._ends, "exec_generation": self.exec_generation,
+                    "exec_ranges": self.exec_ranges, "image_perms": self.image_perms,
+                    "frozen": self._frozen, "anon": self._anon.pairs(),
+                    "own": sorted(self._files.pairs())}
+
+    def save_shared(self, out: int) -> int:
+        """Write the memfd's data (what every address space sharing it starts from) to the
+        descriptor ``out`` as runs: u64 count, (u64 offset, u64 length) each, then bytes."""
+        view_at = _libc.mmap(None, self.size, mmap.PROT_READ, _SHARED, self._memfd, 0)
+        if view_at is None or view_at == _MAP_FAILED:
+            raise MemoryError("cannot map guest memory to save it")
+        try:
+            runs = _nonzero(view_at, _data_runs(self._memfd, self.size))
+            write_all_fd(out, len(runs).to_bytes(8, "little") + b"".join(
+                lo.to_bytes(8, "little") + (hi - lo).to_bytes(8, "little") for lo, hi in runs))
+            for lo, hi in runs:
+                for pos in range(lo, hi, 1 << 24):
+                    write_all_fd(out, ctypes.string_at(view_at + pos, min(hi - pos, 1 << 24)))
+        finally:
+            _libc.munmap(view_at, self.size)
+        return sum(hi - lo for lo, hi in runs)
+
+    def save_own(self, out: int) -> int:
+        """Write what this address space holds beyond its memfd (file-backed and zeroed
+        ranges, and after a fork the pages it wrote) to ``out`` in save_shared's format,
+        all-zero pages left out."""
+        self.populate_files()
+        with self.lock:
+            runs: list[tuple[int, int]] = []
+            own = RangeSet(2 * MAX_MAPPINGS)
+            for lo, hi in self._anon.pairs() + self._files.pairs():
+                own.add(lo, hi)
+            for lo, hi in own.pairs():
+                runs += [(lo - self.base + a, lo - self.base + b)
+                         for a, b in _page_runs(self.host + lo - self.base, hi - lo, _TOUCHED)]
+            if self._frozen:
+                for slo, shi in self._spans():
+                    for lo, hi in own.uncovered(slo, shi):
+                        runs += [(lo - self.base + a, lo - self.base + b) for a, b in
+                                 _page_runs(self.host + lo - self.base, hi - lo,
+                                            _PRIVATE_PAGE)]
+            runs = _nonzero(self.host, sorted(runs))
+            write_all_fd(out, len(runs).to_bytes(8, "little") + b"".join(
+                lo.to_bytes(8, "little") + (hi - lo).to_bytes(8, "little") for lo, hi in runs))
+            for lo, hi in runs:
+                write_all_fd(out, self.view[lo:hi])
+        return sum(hi - lo for lo, hi in runs)
+
+    @staticmethod
+    def load_shared(size: int, src: BinaryIO, length: int) -> int:
+        """A new memfd of ``size`` holding the runs save_shared wrote (``length`` bytes of
+        ``src``); the caller owns the returned descriptor."""
+        memfd = os.memfd_create("viridian-guest", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memfd, size)
+            for lo, n in _read_runs(src, length, size):
+                done = 0
+                while done < n:
+                    chunk = src.read(min(n - done, 1 << 24))
+                    if not chunk:
+                        raise ValueError("memory section is truncated")
+                    os.pwrite(memfd, chunk, lo + done)
+                    done += len(chunk)
+        except BaseException:
+            os.close(memfd)
+            raise
+        return memfd
+
+    @classmethod
+    def restore(cls, layout: dict[str, Any], memfd: int, src: BinaryIO,
+                length: int) -> GuestMemory:
+        """Rebuild an address space from its ``layout``, its (restored) memfd — shared
+        with the others that shared it when saved, MAP_PRIVATE if it was frozen — and its
+        own pages (``length`` bytes of ``src``, save_own's format)."""
+        mem = cls(int(layout["base"]), int(layout["image_end"]), int(layout["memory_bytes"]),
+                  int(layout.get("bits", 64)))
+        if mem.size != int(layout["size"]):
+            mem.close()
+            raise ValueError("guest memory layout differs from the saved one")
+        with mem.lock:
+            frozen = bool(layout.get("frozen", False))
+            os.close(mem._memfd)
+            mem._memfd = os.dup(memfd)
+            kind = (_PRIVATE if frozen else _SHARED) | _MAP_FIXED
+            mem._remap(mem.base, mem.size, kind, mem._memfd, 0, "restore guest memory")
+            mem._frozen = frozen
+            for lo, hi in layout.get("anon", []) + layout.get("own", []):
+                if frozen:
+                    mem._fresh(int(lo), int(hi) - int(lo))
+            mem.brk_start, mem.brk = int(layout["brk_start"]), int(layout["brk"])
+            mem._starts, mem._ends = list(layout["starts"]), list(layout["ends"])
+            mem.exec_generation = int(layout["exec_generation"])
+            mem.uid = int(layout.get("uid", 0))
+            mem.image_perms = [(int(a), int(b), int(c)) for a, b, c in layout["image_perms"]]
+        mem.exec_ranges = [(int(lo), int(hi)) for lo, hi in layout["exec_ranges"]]
+        for lo, n in _read_runs(src, length, mem.size):
+            view = mem.view[lo:lo + n]
+            while view:
+                got = src.readinto(view)  # type: ignore[attr-defined]
+                if not got:
+                    mem.close()
+                    raise ValueError("memory section is truncated")
+                view = view[got:]
+        return mem
+
     def close(self) -> None:
         """Unmap the guest's memory (once; later calls do nothing)."""
         if self.host == 0:
@@ -732,6 +845,54 @@ def _page_runs(host: int, length: int, table: bytes) -> list[tuple[int, int]]:
     finally:
         os.close(fd)
     return [(m.start() * PAGE, m.end() * PAGE) for m in _RUN.finditer(flags)]
+
+
+def write_all_fd(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view[:1 << 30]):]
+
+
+def _read_runs(src: BinaryIO, length: int, size: int) -> list[tuple[int, int]]:
+    """The (offset, length) table at the head of a runs section, checked against the
+    section's ``length`` and the address space's ``size`` (a state file is hostile)."""
+    head = src.read(8)
+    if len(head) != 8:
+        raise ValueError("memory section is truncated")
+    count = int.from_bytes(head, "little")
+    if 8 + 16 * count > length:
+        raise ValueError("memory section's run table is longer than the section")
+    table = src.read(16 * count)
+    runs = [(int.from_bytes(table[16 * i:16 * i + 8], "little"),
+             int.from_bytes(table[16 * i + 8:16 * i + 16], "little")) for i in range(count)]
+    total = 8 + 16 * count
+    for lo, n in runs:
+        if lo < 0 or n < 0 or lo + n > size:
+            raise ValueError(f"memory run 0x{lo:x}+{n} is outside guest memory")
+        total += n
+    if total != length:
+        raise ValueError("memory section's runs do not add up to its length")
+    return runs
+
+
+_ZERO_PAGE = bytes(PAGE)
+
+
+def _nonzero(host: int, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``runs`` (offsets from ``host``) without their all-zero pages."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in runs:
+        start = -1
+        for page in range(lo, hi, PAGE):
+            zero = ctypes.string_at(host + page, PAGE) == _ZERO_PAGE
+            if not zero and start < 0:
+                start = page
+            elif zero and start >= 0:
+                out.append((start, page))
+                start = -1
+        if start >= 0:
+            out.append((start, hi))
+    return out
 
 
 def _data_runs(fd: int, size: int) -> list[tuple[int, int]]:

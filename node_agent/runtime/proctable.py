@@ -15,18 +15,19 @@ from __future__ import annotations
 import struct
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .files import FdTable
 from .gdt import GDT_SIZE
 from .memory import GuestMemory
 from .process import Process
-from .threads import BLOCKED, DEAD, RESTART, GuestThread
+from .threads import BLOCKED, DEAD, PID_MAX, RESTART, GuestThread
 
 if TYPE_CHECKING:
     from .machine import Machine
 
-__all__ = ["ProcessTable", "MAX_PROCESSES", "WaitRequest", "exit_status", "signal_status"]
+__all__ = ["ProcessTable", "MAX_PROCESSES", "WaitRequest", "exit_status", "signal_status",
+           "save_processes", "restore_processes", "restore_vfork_waits"]
 
 #: Processes (live and zombie) a partition may hold: a fork bomb gets EAGAIN past this.
 MAX_PROCESSES = 512
@@ -328,3 +329,75 @@ def pack_siginfo_child(is64: bool, child: Process) -> bytes:
     else:
         head = struct.pack("<iiiiii", SIGCHLD, 0, code, child.pid, 0, value)
     return head.ljust(128, b"\0")
+
+
+# -- saved states ----------------------------------------------------------------------------
+def save_processes(table: ProcessTable, now: float, space_of: dict[int, int],
+                   fds_of: dict[int, int]) -> dict[str, Any]:
+    """Caller holds ``sched.cond`` (the partition is paused). The process tree as JSON-able
+    data; ``space_of``/``fds_of`` map id(address space)/id(fd table) to their index in the
+    state file. wait4 callers are turned into retries first (they park again on resume), so
+    only vfork parents are recorded as waiting."""
+    for pid in list(table._waiters):
+        table._wake_waiters(pid)
+    records = []
+    for proc in sorted(table.processes.values(), key=lambda p: p.pid):
+        live = proc.exit_status is None
+        records.append({
+            "pid": proc.pid, "ppid": proc.ppid, "pgid": proc.pgid, "sid": proc.sid,
+            "cwd": proc.cwd, "umask": proc.umask, "exe": proc.exe, "argv": proc.argv,
+            "gdt_free": proc.gdt_free, "exit_status": proc.exit_status,
+            "children": [c.pid for c in proc.children],
+            "age": now - proc.started,
+            "space": space_of[id(proc.mem)] if live else None,
+            "fds": fds_of[id(proc.fds)] if live else None,
+            "signals": proc.signals.save(now) if live else {},
+        })
+    vfork = [[child, thread.tid] for child, (thread, token) in table._vfork.items()
+             if thread.state == BLOCKED and thread.token == token]
+    return {"processes": records, "vfork": vfork, "space_uids": table._space_uids}
+
+
+def restore_processes(table: ProcessTable, data: dict[str, Any], spaces: list[GuestMemory],
+                      fd_tables: list[FdTable], placeholder: GuestMemory) -> None:
+    """Rebuild the process tree (save_processes's data); zombies get ``placeholder`` as
+    their (unused) address space. Signal state is restored by the caller once the
+    processes exist (its timers need the machine)."""
+    machine = table.machine
+    procs: dict[int, Process] = {}
+    now = time.monotonic()
+    for rec in data["processes"]:
+        pid = int(rec["pid"])
+        if not 1 <= pid < PID_MAX or pid in procs:
+            raise ValueError(f"process {pid} is not a valid pid or is listed twice")
+        live = rec["exit_status"] is None
+        space, fds = rec.get("space"), rec.get("fds")
+        if live and not (isinstance(space, int) and 0 <= space < len(spaces) and
+                         isinstance(fds, int) and 0 <= fds < len(fd_tables)):
+            raise ValueError(f"process {pid} names an address space or fd table not saved")
+        proc = Process(pid=pid, mem=spaces[space] if live else placeholder,
+                       fds=fd_tables[fds] if live else FdTable(),
+                       cwd=str(rec["cwd"]), umask=int(rec["umask"]) & 0o777,
+                       exe=str(rec["exe"]), argv=[str(a) for a in rec["argv"]],
+                       ppid=int(rec["ppid"]), pgid=int(rec["pgid"]), sid=int(rec["sid"]),
+                       started=now - float(rec.get("age", 0.0)),
+                       exit_status=None if live else int(rec["exit_status"]),
+                       gdt_free=[int(s) for s in rec["gdt_free"]])
+        procs[pid] = proc
+    if 1 not in procs:
+        raise ValueError("the saved state has no pid 1")
+    for rec in data["processes"]:
+        procs[int(rec["pid"])].children = [procs[int(c)] for c in rec["children"]
+                                           if int(c) in procs]
+    machine.processes = procs
+    machine.init = procs[1]
+    table._space_uids = int(data.get("space_uids", 0))
+
+
+def restore_vfork_waits(table: ProcessTable, data: dict[str, Any],
+                        threads: dict[int, GuestThread]) -> None:
+    """Caller holds ``sched.cond``: vfork parents wait for their children again."""
+    for child, tid in data.get("vfork", []):
+        thread = threads.get(int(tid))
+        if thread is not None and thread.state == BLOCKED:
+            table._vfork[int(child)] = (thread, thread.token)

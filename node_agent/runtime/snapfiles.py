@@ -45,15 +45,26 @@ _O_APPEND = 0o2000
 
 
 def save_files(fds: FdTable) -> dict[str, Any]:
-    """The fd table as JSON-able data: shared descriptions stay shared, pipes keep their
-    pages, eventfds their counters, sockets their buffers, peers and pending connections,
-    epoll instances their interests (by description)."""
+    """One fd table as JSON-able data (save_fd_tables with one table)."""
+    data = save_fd_tables([fds])
+    data["fds"] = data.pop("tables")[0]
+    return data
+
+
+def save_fd_tables(tables: list[FdTable]) -> dict[str, Any]:
+    """Every process's fd table as JSON-able data: descriptions shared between tables
+    (after fork) or within one (dup) stay shared, pipes keep their pages, eventfds their
+    counters, sockets their buffers, peers and pending connections, epoll instances their
+    interests (by description)."""
     saver = _Saver()
-    table: list[list[int]] = []
-    with fds.lock:
-        for fd, file in sorted(fds.files.items()):
-            table.append([fd, saver.desc(file), int(fd in fds.cloexec)])
-    return {"descs": saver.descs, "fds": table, "pipes": saver.pipes,
+    out: list[list[list[int]]] = []
+    for fds in tables:
+        table: list[list[int]] = []
+        with fds.lock:
+            for fd, file in sorted(fds.files.items()):
+                table.append([fd, saver.desc(file), int(fd in fds.cloexec)])
+        out.append(table)
+    return {"descs": saver.descs, "tables": out, "pipes": saver.pipes,
             "sockets": saver.sockets, "format": FILES_FORMAT}
 
 
@@ -129,7 +140,13 @@ class _Saver:
 
 
 def restore_files(machine: Machine, data: dict[str, Any]) -> FdTable:
-    """Rebuild the fd table; host files are reopened by guest path with their offsets."""
+    """Rebuild one fd table (save_files's data)."""
+    return restore_fd_tables(machine, data)[0]
+
+
+def restore_fd_tables(machine: Machine, data: dict[str, Any]) -> list[FdTable]:
+    """Rebuild the fd tables (save_fd_tables's data, in its order); host files are reopened
+    by guest path with their offsets."""
     cond = machine.sched.cond
     pipes: list[PipeBuffer] = []
     for saved in data["pipes"]:
@@ -150,10 +167,15 @@ def restore_files(machine: Machine, data: dict[str, Any]) -> FdTable:
             found = files[idx] = _reopen(machine, data["descs"][idx], pipes, sockets, get)
         return found
 
-    fds = FdTable()
-    for fd, idx, cloexec in data["fds"]:
-        fds._install(fd, get(idx), bool(cloexec))
-    return fds
+    tables: list[FdTable] = []
+    for saved in data["tables"] if "tables" in data else [data["fds"]]:
+        fds = FdTable()
+        for fd, idx, cloexec in saved:
+            if not 0 <= int(idx) < len(files):
+                raise ValueError(f"fd {fd} names description {idx}, which is not saved")
+            fds._install(int(fd), get(int(idx)), bool(cloexec))
+        tables.append(fds)
+    return tables
 
 
 def _restore_sockets(machine: Machine, recs: list[dict[str, Any]]) -> list[UnixSocket]:

@@ -29,12 +29,14 @@ from unicorn import x86_const as X
 
 from . import unicorn_build
 from .abi import ABI_I386, ABI_X86_64
+from .files import FdTable
 from .fs import Sandbox
-from .memory import PAGE, GuestMemory, _libc
+from .memory import GuestMemory
 from .process import Process
+from .proctable import restore_processes, restore_vfork_waits, save_processes
 from .signals import ERESTARTSYS, refresh
-from .snapfiles import read_upper, restore_files, save_files, write_upper
-from .state import StateError, StateReader, StateWriter, write_all
+from .snapfiles import read_upper, restore_fd_tables, restore_files, save_fd_tables, write_upper
+from .state import StateError, StateReader, StateWriter
 from .syscalls import tables
 from .threads import BLOCKED, PID_MAX, RUNNABLE, GuestThread
 from .vcpu import Vcpu
@@ -43,42 +45,11 @@ from .waitq import restart_all
 if TYPE_CHECKING:
     from .machine import Machine
 
-__all__ = ["save_machine", "restore_machine", "touched_runs", "context_bytes"]
-
-_ZERO = ctypes.create_string_buffer(PAGE)
-_libc.memcmp.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
-_libc.memcmp.restype = ctypes.c_int
+__all__ = ["save_machine", "restore_machine", "context_bytes"]
 
 
-# -- memory ---------------------------------------------------------------------------
-def touched_runs(mem: GuestMemory) -> list[tuple[int, int]]:
-    """(offset into the mapping, length) of every non-zero page run the guest holds."""
-    runs: list[tuple[int, int]] = []
-    for pos, length in mem.touched_runs():
-        run_start = -1
-        for page in range(pos // PAGE, (pos + length) // PAGE):
-            zero = _libc.memcmp(mem.host + page * PAGE, _ZERO, PAGE) == 0
-            if not zero and run_start < 0:
-                run_start = page
-            elif zero and run_start >= 0:
-                runs.append((run_start * PAGE, (page - run_start) * PAGE))
-                run_start = -1
-        if run_start >= 0:
-            runs.append((run_start * PAGE, pos + length - run_start * PAGE))
-    return runs
 
-
-def _write_memory(mem: GuestMemory, fd: int) -> int:
-    runs = touched_runs(mem)
-    table = [len(runs).to_bytes(8, "little")]
-    for off, length in runs:
-        table.append((mem.base + off).to_bytes(8, "little") + length.to_bytes(8, "little"))
-    write_all(fd, b"".join(table))
-    for off, length in runs:
-        write_all(fd, mem.view[off:off + length])
-    return sum(length for _, length in runs)
-
-
+# -- memory (version 2 files) ---------------------------------------------------------
 def _read_memory(mem: GuestMemory, reader: StateReader) -> None:
     src, length = reader.open_section(b"MEMR")
     count = int.from_bytes(src.read(8), "little")
@@ -126,7 +97,9 @@ def _thread_record(machine: Machine, thread: GuestThread, now: float) -> dict[st
     sched = machine.sched
     timer = sched.live_timer(thread)
     return {
-        "tid": thread.tid, "state": thread.state, "fresh": thread.fresh,
+        "tid": thread.tid, "pid": thread.process.pid, "state": thread.state,
+        "fresh": thread.fresh, "restart": None if thread.restart is None
+        else [[k, v] for k, v in thread.restart.items()],
         "clear_tid": thread.clear_tid, "gdt": thread.gdt,
         "pending": [[k, v] for k, v in thread.pending.items()],
         "context": thread.context is not None,
@@ -139,45 +112,66 @@ def _thread_record(machine: Machine, thread: GuestThread, now: float) -> dict[st
 
 
 def save_machine(machine: Machine, path: Path) -> dict[str, float]:
-    """Write the paused machine's state to ``path`` atomically; returns timings/sizes."""
-    mem = machine.mem
+    """Write the paused machine's state to ``path`` atomically; returns timings/sizes.
+
+    Sections: META (JSON: the machine, every address space's layout, the process tree, the
+    fd tables, the threads), CTXT (CPU contexts), one G### per memfd shared by address
+    spaces (what they share copy-on-write, saved once), one M### per address space (what
+    it holds beyond that), UPPR (the writable layer)."""
     sched = machine.sched
-    init = machine.init
-    assert mem is not None and init is not None
-    if len(machine.processes) > 1:
-        raise RuntimeError("saving a partition that runs more than one process is not "
-                           "supported yet (one process per saved state)")
     t0 = time.monotonic()
     with sched.cond:
         restart_all(sched)    # I/O waits become retries (waitq.py): nothing of them to save
         now = sched.paused_at
+        live = [p for p in sorted(machine.processes.values(), key=lambda p: p.pid)
+                if p.exit_status is None]
+        spaces: list[GuestMemory] = []
+        tables: list[FdTable] = []
+        space_of: dict[int, int] = {}
+        fds_of: dict[int, int] = {}
+        for proc in live:
+            if id(proc.mem) not in space_of:
+                space_of[id(proc.mem)] = len(spaces)
+                spaces.append(proc.mem)
+            if id(proc.fds) not in fds_of:
+                fds_of[id(proc.fds)] = len(tables)
+                tables.append(proc.fds)
+        groups: dict[tuple[int, int], int] = {}
+        group_of: list[int] = []
+        for mem in spaces:
+            group_of.append(groups.setdefault(mem.shared_key(), len(groups)))
+        procs = save_processes(machine.procs, now, space_of, fds_of)
         threads = sorted(sched.threads.values(), key=lambda t: t.tid)
         meta: dict[str, Any] = {
             "arch": machine.arch, "vcpus": machine.spec.vcpus,
             "unicorn": unicorn_build.build_info().get("lib_sha256"),
-            "memory": {"base": mem.base, "image_end": mem.image_end, "uid": mem.uid,
-                       "memory_bytes": machine.spec.memory_bytes, "size": mem.size,
-                       "brk_start": mem.brk_start, "brk": mem.brk, "starts": mem._starts,
-                       "ends": mem._ends, "exec_generation": mem.exec_generation,
-                       "exec_ranges": mem.exec_ranges, "image_perms": mem.image_perms},
-            "machine": {"cwd": init.cwd, "umask": init.umask,
-                        "uptime": now - machine.started, "gdt_free": init.gdt_free,
+            "machine": {"uptime": now - machine.started,
                         "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
-                        "unknown": [[k, v] for k, v in machine.unknown.items()],
-                        "signals": init.signals.save(now)},
+                        "unknown": [[k, v] for k, v in machine.unknown.items()]},
+            "spaces": [dict(mem.layout(), group=group_of[i]) for i, mem in enumerate(spaces)],
+            "groups": len(groups),
+            "procs": procs,
             "sched": {"threads": [_thread_record(machine, t, now) for t in threads],
                       "runq": [t.tid for t in sched.runq],
                       "futexes": [[a, [t.tid for t in w]] for a, w in sched.futexes.items()],
                       "next_tid": sched._next_id},
-            "files": save_files(init.fds),
+            "files": save_fd_tables(tables),
         }
         contexts = [context_bytes(t.context) for t in threads if t.context is not None]
     writer = StateWriter(path)
+    touched = 0
     try:
         writer.section(b"META", json.dumps(meta).encode())
         writer.section(b"CTXT", b"".join(contexts))
-        with writer.stream(b"MEMR") as fd:
-            touched = _write_memory(mem, fd)
+        written: set[int] = set()
+        for index, mem in enumerate(spaces):
+            if group_of[index] not in written:
+                written.add(group_of[index])
+                with writer.stream(_tag("G", group_of[index])) as fd:
+                    touched += mem.save_shared(fd)
+        for index, mem in enumerate(spaces):
+            with writer.stream(_tag("M", index)) as fd:
+                touched += mem.save_own(fd)
         machine.fs.meta.compact()         # the guest's modes/owners travel in the layer
         with writer.stream(b"UPPR") as fd, os.fdopen(os.dup(fd), "wb") as out:
             write_upper(machine.fs.upper, out)
@@ -187,6 +181,12 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
         raise
     return {"seconds": time.monotonic() - t0, "touched": touched,
             "bytes": path.stat().st_size}
+
+
+def _tag(kind: str, index: int) -> bytes:
+    if not 0 <= index < 1000:
+        raise StateError(f"more than 1000 address spaces to save ({index})")
+    return f"{kind}{index:03d}".encode()
 
 
 # -- restore --------------------------------------------------------------------------------
@@ -212,11 +212,63 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     machine.arch = arch = str(meta["arch"])
     machine.abi = ABI_X86_64 if arch == "x86_64" else ABI_I386
     machine.syscalls = tables(arch)
+    if reader.version == 2:
+        _restore_v2_process(machine, meta, reader)
+    else:
+        _restore_processes(machine, meta, reader)
+    m = meta["machine"]
+    machine.started = time.monotonic() - float(m["uptime"])
+    machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
+    machine.unknown = {int(k): int(v) for k, v in m["unknown"]}
+    machine.vcpus = [Vcpu(machine, i) for i in range(spec.vcpus)]
+    _restore_threads(machine, meta["sched"], reader.read(b"CTXT"))
+    with machine.sched.cond:
+        restore_vfork_waits(machine.procs, meta.get("procs", {}),
+                            dict(machine.sched.threads))
+
+
+def _restore_processes(machine: Machine, meta: dict[str, Any], reader: StateReader) -> None:
+    """Version 3: every address space (sharing restored memfds as they shared them when
+    saved), the fd tables, the process tree and its signal state."""
+    layouts = meta["spaces"]
+    groups: dict[int, int] = {}
+    spaces: list[GuestMemory] = []
+    try:
+        for index, layout in enumerate(layouts):
+            group = int(layout["group"])
+            if not 0 <= group < int(meta["groups"]):
+                raise StateError(f"address space {index} names memory group {group}")
+            if group not in groups:
+                src, length = reader.open_section(_tag("G", group))
+                groups[group] = GuestMemory.load_shared(int(layout["size"]), src, length)
+            src, length = reader.open_section(_tag("M", index))
+            spaces.append(GuestMemory.restore(layout, groups[group], src, length))
+    except ValueError as exc:
+        for mem in spaces:
+            mem.close()
+        raise StateError(str(exc)) from exc
+    finally:
+        for fd in groups.values():
+            os.close(fd)
+    if not spaces:
+        raise StateError("the saved state has no address space")
+    placeholder = spaces[0]
+    fd_tables = restore_fd_tables(machine, meta["files"])
+    restore_processes(machine.procs, meta["procs"], spaces, fd_tables, placeholder)
+    for rec in meta["procs"]["processes"]:
+        proc = machine.processes[int(rec["pid"])]
+        if proc.exit_status is None:
+            proc.signals.restore(rec.get("signals", {}), proc, machine)
+
+
+def _restore_v2_process(machine: Machine, meta: dict[str, Any], reader: StateReader) -> None:
+    """Version 2 (one process): its memory, fd table and signal state."""
+    spec = machine.spec
     lay = meta["memory"]
     mem = GuestMemory(lay["base"], lay["image_end"], lay["memory_bytes"],
-                      64 if arch == "x86_64" else 32)
-    machine.mem = mem
+                      64 if machine.arch == "x86_64" else 32)
     if mem.size != lay["size"]:
+        mem.close()
         raise StateError("guest memory layout differs from the saved one")
     _read_memory(mem, reader)
     mem.brk_start, mem.brk = lay["brk_start"], lay["brk"]
@@ -229,20 +281,13 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     machine.init = init = Process(pid=1, mem=mem, cwd=str(m["cwd"]), umask=int(m["umask"]),
                                   exe=spec.entrypoint, argv=[spec.entrypoint, *spec.args])
     machine.processes = {1: init}
-    machine.started = time.monotonic() - float(m["uptime"])
-    machine.mono_offset_ns = int(m.get("mono_ns", time.monotonic_ns())) - time.monotonic_ns()
     init.gdt_free = [int(slot) for slot in m["gdt_free"]]
-    machine.unknown = {int(k): int(v) for k, v in m["unknown"]}
     init.fds = restore_files(machine, meta["files"])
     init.signals.restore(m.get("signals", {}), init, machine)   # armed timers count on
-    machine.vcpus = [Vcpu(machine, i) for i in range(spec.vcpus)]
-    _restore_threads(machine, meta["sched"], reader.read(b"CTXT"))
 
 
 def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) -> None:
     sched = machine.sched
-    init = machine.init
-    assert init is not None
     sched.result_reg = X.UC_X86_REG_RAX if machine.arch == "x86_64" else X.UC_X86_REG_EAX
     vcpu = machine.vcpus[0]
     size = _context_data(vcpu.uc.context_save())[1]
@@ -252,8 +297,14 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
     pos = 0
     with sched.cond:
         for rec in data["threads"]:
-            thread = GuestThread(tid=int(rec["tid"]), process=init, clear_tid=rec["clear_tid"],
-                                 gdt=rec["gdt"], fresh=rec["fresh"])
+            owner = machine.processes.get(int(rec.get("pid", 1)))
+            if owner is None or owner.exit_status is not None:
+                raise StateError(f"thread {rec['tid']} belongs to no live process")
+            thread = GuestThread(tid=int(rec["tid"]), process=owner,
+                                 clear_tid=rec["clear_tid"], gdt=rec["gdt"],
+                                 fresh=rec["fresh"])
+            if rec.get("restart") is not None:
+                thread.restart = {int(k): int(v) for k, v in rec["restart"]}
             thread.pending = {int(k): int(v) for k, v in rec["pending"]}
             thread.sig.restore(rec.get("sig", {}))
             if rec["context"]:

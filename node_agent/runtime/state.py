@@ -2,24 +2,29 @@
 
 Layout (all integers little-endian)::
 
-    header   magic b"VIRIDIAN-STATE\\0\\0" (16 bytes) | u32 version (2) | u32 flags (0)
+    header   magic b"VIRIDIAN-STATE\\0\\0" (16 bytes) | u32 version (3) | u32 flags (0)
     section  tag (4 ASCII bytes) | u64 payload length | payload       ... repeated
     last     tag b"END!" with length 0: the file is complete
 
-Sections (snapshot.py writes and reads them; version 2 has version 1's sections, but guest
-memory is laid out as in docs/guest-bounds.md, so a version 1 file cannot be restored):
+Sections (snapshot.py writes and reads them). Version 3 holds every process of the
+partition; version 2 (one process: META "memory", one MEMR section) is still read.
 
-    META  JSON, UTF-8: arch, unicorn context size, memory layout and allocations, machine
-          (cwd, umask, uptime, unknown-syscall counts, free i386 GDT slots), scheduler
-          (threads: tid, state, pending registers, futex wait, remaining timeout, stdin wait,
-          clear_child_tid, GDT address; run queue order; next tid), open files (kind, guest
-          path, flags, offset, pipe contents, directory entries), the fd table.
+    META  JSON, UTF-8: arch, machine (uptime, clock, unknown-syscall counts), every address
+          space's layout (memory.py ``layout``: allocations, brk, exec ranges, whether it
+          was frozen by a fork, its zeroed and file-backed ranges, its memory group), the
+          process tree (proctable.py: pid, ppid, pgid, sid, cwd, umask, exe, argv, zombie
+          status, children, signal actions and timers, which address space and fd table),
+          the fd tables with their shared descriptions (snapfiles.py), the threads (tid,
+          process, state, pending registers, futex wait, remaining timeout, stdin wait,
+          signal mask and pending set, clear_child_tid, GDT address; run queue; next id).
           No host path is stored: files are reopened by guest path on restore.
     CTXT  the Unicorn CPU context of every thread that has run (META order), each
           ``context_size`` bytes: CPUX86State up to end_reset_fields (all registers, FS/GS
           bases, GDTR, segment caches, x87/SSE state).
-    MEMR  u64 run count, then (u64 guest address, u64 byte length) per run, then the runs'
-          bytes in the same order: every present, non-zero page of guest memory.
+    G###  one per memory group (a memfd that address spaces share copy-on-write after a
+          fork): u64 run count, (u64 offset, u64 length) per run, then the runs' bytes.
+    M###  one per address space, same format: what it holds beyond its group's memfd
+          (pages it wrote after a fork, its zeroed and file-backed ranges).
     UPPR  the partition's writable upper layer as a POSIX tar (so another node sees it).
 
 No compression: guest pages are written straight from the guest mapping (zero-copy) and read
@@ -40,7 +45,9 @@ from typing import BinaryIO
 __all__ = ["StateWriter", "StateReader", "StateError", "VERSION", "MAGIC"]
 
 MAGIC = b"VIRIDIAN-STATE\0\0"
-VERSION = 2
+VERSION = 3
+#: Versions this runtime reads: 2 is one process (META "memory", MEMR), 3 any number.
+READABLE = (2, 3)
 _HEAD = struct.Struct("<16sII")
 _SECTION = struct.Struct("<4sQ")
 _CHUNK = 1 << 30
@@ -115,8 +122,10 @@ class StateReader:
         if len(head) < _HEAD.size or head[:16] != MAGIC:
             raise StateError("not a Viridian state file")
         _, version, _ = _HEAD.unpack(head)
-        if version != VERSION:
-            raise StateError(f"state file version {version} (this runtime reads {VERSION})")
+        if version not in READABLE:
+            raise StateError(f"state file version {version} (this runtime reads "
+                             f"{', '.join(map(str, READABLE))})")
+        self.version = version
         size = os.fstat(self.file.fileno()).st_size
         pos = _HEAD.size
         while True:

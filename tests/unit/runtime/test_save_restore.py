@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc t
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sr_*.c guests (x86_64, and sr_checksum also -m32) plus /input.txt and /data."""
     root = tmp_path_factory.mktemp("sr-root")
-    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem"):
+    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
     m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
@@ -145,6 +145,18 @@ def test_multithreaded_checksum_survives_save_and_restore_elsewhere(
                                             MIDWAY)
     assert final_line(combined) == final_line(reference)
     assert final_line(reference).startswith(b"final=")
+
+
+@pytest.mark.parametrize("vcpus", [1, 2])
+def test_process_tree_mid_pipeline_survives_save_and_restore_elsewhere(
+        nodes: Callable[[str], Node], root: Path, vcpus: int) -> None:
+    """Saved while a producer child writes through a pipe to its parent, with a zombie and
+    a blocked pending signal in the tree: the restored run ends exactly as an
+    uninterrupted one (same sum, count, exit codes)."""
+    reference, combined = _save_and_restore(nodes, root, "sr_pipeline", ("20000",),
+                                            MIDWAY, vcpus=vcpus)
+    assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
+    assert final_line(combined) == final_line(reference)
 
 
 def test_32bit_checksum_survives_save_and_restore(nodes: Callable[[str], Node],
