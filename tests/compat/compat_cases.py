@@ -71,8 +71,8 @@ QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default
 
 # Why cases fail today (measured against the runtime when the marker was set).
 ORPHAN = "an orphan is not reparented: its getppid() keeps the dead parent's pid"
-SPAWN_I386 = ("i386: posix_spawn fails with ENOEXEC (8) and system() exits 127 "
-              "(clone(CLONE_VM|CLONE_VFORK) path)")
+SPAWN_I386 = ("a partition runs one architecture: this i386 program's system()/posix_spawn "
+              "runs the root's x86_64 /bin/sh, which gives ENOEXEC (8) here; Linux runs both")
 INIT = ("a default-action signal sent to pid 1 ends the partition; Linux drops it for init "
         "(as in any container)")
 ACCERR = "a store to a PROT_READ mapping does not fault (no SIGSEGV/SEGV_ACCERR)"
