@@ -1,5 +1,6 @@
 """`make demo`: start the embedded cluster, build and push guest programs, run partitions
-across both nodes (a 4-vCPU multi-threaded one, a 32-bit one), show the cluster, tear down.
+across both nodes (a 4-vCPU multi-threaded one, a 32-bit one, a busybox shell running a
+pipeline), show the cluster, tear down.
 
 Every step is a real `viridian` command, printed before it runs.
 """
@@ -7,6 +8,7 @@ Every step is a real `viridian` command, printed before it runs.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -35,12 +37,12 @@ class Demo:
 
     def viridian(self, *args: str, check: bool = True, show: bool = True) -> int:
         if show:
-            print(f"\n$ viridian {' '.join(args)}", flush=True)
+            print(f"\n$ viridian {shlex.join(args)}", flush=True)
         code = subprocess.call(
             [sys.executable, "-m", "controller.cli", "--controller", self.address, *args]
         )
         if check and code != 0:
-            raise SystemExit(f"demo: `viridian {' '.join(args)}` exited with {code}")
+            raise SystemExit(f"demo: `viridian {shlex.join(args)}` exited with {code}")
         return code
 
     def quiet(self, *args: str) -> str:
@@ -94,6 +96,26 @@ class Demo:
             os.killpg(self.up.pid, signal.SIGKILL)
             self.up.wait()
 
+    def shell_demo(self) -> None:
+        """A partition as a small Linux machine: busybox's shell runs a pipeline (fork,
+        execve, pipes, wait) and lists its own processes through /proc."""
+        busybox = Path("/bin/busybox")
+        if not busybox.exists():
+            print("demo: no busybox (apt-get install busybox-static); skipping the shell "
+                  "guest", flush=True)
+            return
+        root = self.work / "shell-root"
+        (root / "bin").mkdir(parents=True, exist_ok=True)
+        shutil.copy(busybox, root / "bin" / "busybox")
+        for applet in ("sh", "seq", "sort", "head", "ps", "wc", "echo"):
+            link = root / "bin" / applet
+            if not link.is_symlink():
+                link.symlink_to("busybox")
+        self.viridian("image", "push", "shell", str(root), "--entrypoint", "/bin/sh")
+        self.viridian("run", "--rm", "--image", "shell", "--env", "PATH=/bin", "--",
+                      "-c", "seq 1 1000 | sort -rn | head -3; "
+                      "echo \"$(seq 1 5 | wc -l) lines through a pipe\"; ps -o pid,comm")
+
     def run(self) -> None:
         started = time.monotonic()
         binaries = self.build()
@@ -111,6 +133,7 @@ class Demo:
                                  "GREETING=hello-from-i386", "--", "3", "thirty-two-bit",
                                  check=False)
             print(f"   (the guest's exit code came back: {code})", flush=True)
+        self.shell_demo()
         self.viridian("create", "too-big", "--image", "hello", "--memory", "60Gi")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and self.quiet("ls").count("Running") < 4:
