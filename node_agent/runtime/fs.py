@@ -48,7 +48,7 @@ from .overlay_dirs import (
     merged_entries,
     scan_dir,
 )
-from .procfs import ProcFile, ProcFs, under_proc
+from .procfs import ProcDir, ProcFile, ProcFs, under_proc
 from .upper_quota import DEFAULT_DISK_BYTES, ENTRY_COST, UpperQuota
 
 __all__ = ["Sandbox", "VIRTUAL_DEVICES", "VIRTUAL_DIRS", "WH_PREFIX", "PATH_MAX"]
@@ -463,8 +463,7 @@ class Sandbox:
                 if entry.is_dir:
                     if flags & O_ACCMODE:
                         raise err(errno.EISDIR)
-                    return DirFile(flags, entry.gpath, self.procfs.listing(entry.gpath),
-                                   self._info(node))
+                    return ProcDir(flags, entry.gpath, self.procfs, self._info(node))
                 if flags & (O_ACCMODE | O_TRUNC):
                     raise err(errno.EACCES)
                 if flags & O_DIRECTORY:

@@ -39,3 +39,9 @@ class Process:
     gdt_free: list[int] = field(default_factory=list)
     #: signal actions, the process-wide pending set and timers (signals.py)
     signals: SignalActions = field(default_factory=SignalActions)
+    #: its name (/proc comm, PR_SET_NAME): the executed file's name; "" until set
+    comm: str = ""
+    #: names other threads gave themselves with PR_SET_NAME (tid -> name)
+    thread_comm: dict[int, str] = field(default_factory=dict)
+    #: personality(2): the execution domain and its flags (inherited across fork)
+    personality: int = 0

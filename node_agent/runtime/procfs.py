@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .files import DirFile, FdTable, HostFile, OpenFile, PipeEnd, StatInfo
+from .signals import SIG_DFL, SIG_IGN, bit
+from .vmas import PROT_R, PROT_W, PROT_X, Region, vmas_of
 
 if TYPE_CHECKING:
     from .fs import Sandbox
@@ -32,11 +34,12 @@ if TYPE_CHECKING:
     from .memory import GuestMemory
     from .process import Process
 
-__all__ = ["ProcFs", "ProcFile", "under_proc", "resident_bytes", "cpu_seconds",
-           "OSRELEASE", "OSTYPE"]
+__all__ = ["ProcFs", "ProcFile", "ProcDir", "under_proc", "resident_bytes", "cpu_seconds",
+           "thread_comm", "exec_comm", "OSRELEASE", "OSTYPE"]
 
 OSTYPE, OSRELEASE = "Linux", "6.1.0-viridian"
 HZ = 100
+PF_EXITING, PF_RANDOMIZE = 0x4, 0x400000
 PAGE = 4096
 _PID_FILES = ("stat", "status", "cmdline", "environ", "maps", "comm", "statm", "mounts")
 _PID_LINKS = ("exe", "cwd", "root")
@@ -82,6 +85,20 @@ class ProcFile(OpenFile):
 
     def stat(self) -> StatInfo:
         return self.info
+
+
+class ProcDir(DirFile):
+    """An open /proc directory: listed again whenever it is read from its start, so that
+    /proc/<pid>/fd shows the descriptor table as it is at getdents time (including the
+    descriptor that holds this directory), as Linux's readdir does."""
+
+    def __init__(self, flags: int, gpath: str, procfs: ProcFs, info: StatInfo) -> None:
+        super().__init__(flags, gpath, procfs.listing(gpath), info)
+        self.procfs = procfs
+
+    def refresh(self) -> None:
+        if self.pos == 0 and self.procfs.kind(self.gpath) == "dir":
+            self.entries = [*self.entries[:2], *self.procfs.listing(self.gpath)]
 
 
 @dataclass(frozen=True)
@@ -294,11 +311,11 @@ class ProcFs:
         if name == "environ":
             return b""
         if name == "comm":
-            return _comm(proc).encode() + b"\n"
+            return thread_comm(proc, ref.tid).encode("utf-8", "surrogateescape") + b"\n"
         if name == "mounts":
             return self._mounts()
         if name == "maps":
-            return _maps(proc.mem)
+            return _maps(proc.mem, proc)
         if name == "statm":
             size = _mapped_bytes(proc.mem) // PAGE
             rss = resident_bytes(proc.mem) // PAGE
@@ -414,36 +431,85 @@ class ProcFs:
         running = any(t.state in ("running", "runnable") for t in threads)
         return ("R" if running else "S"), max(len(threads), 1)
 
+    def _thread(self, proc: Process, tid: int | None) -> Any:
+        """The guest thread ``tid`` of ``proc`` (its main thread for None), or None."""
+        want = proc.pid if tid is None else tid
+        threads = self._threads(proc.pid)
+        return next((t for t in threads if int(t.tid) == want), threads[0] if threads else None)
+
+    def _signals(self, proc: Process, tid: int | None) -> tuple[int, int, int, int]:
+        """(pending, blocked, ignored, caught) signal masks, as /proc shows them."""
+        thread = self._thread(proc, tid)
+        sig = getattr(proc, "signals", None)
+        pending = blocked = ignored = caught = 0
+        if sig is not None:
+            for n in list(sig.pending):
+                pending |= bit(n)
+            for n, action in enumerate(sig.actions[1:], start=1):
+                if action.handler == SIG_IGN:
+                    ignored |= bit(n)
+                elif action.handler != SIG_DFL:
+                    caught |= bit(n)
+        if thread is not None:
+            blocked = int(thread.sig.blocked)
+            for n in list(thread.sig.pending):
+                pending |= bit(n)
+        return pending, blocked, ignored, caught
+
     def _pid_stat(self, proc: Process, tid: int | None) -> bytes:
+        """The 52 fields of proc(5) /proc/<pid>/stat."""
         state, nthreads = self._state(proc, tid)
         mem = proc.mem
-        user, system = cpu_seconds()
         kernel = self.kernel
+        now = time.monotonic()
+        age = max(0.0, (proc.ended or now) - proc.started)
+        user, system = cpu_seconds()
+        user, system = min(user, age * self._vcpus()), min(system, age * self._vcpus())
         started = 0.0 if kernel is None else max(0.0, proc.started - kernel.started)
-        fields = [tid or proc.pid, f"({_comm(proc)})", state, proc.ppid, proc.pgid, proc.sid,
-                  0, -1, 0x400000, 0, 0, 0, 0, int(user * HZ), int(system * HZ), 0, 0,
-                  20, 0, nthreads, 0, int(started * HZ), _mapped_bytes(mem),
-                  resident_bytes(mem) // PAGE, (1 << 64) - 1, mem.base, mem.image_end,
-                  mem.stack_top, 0, 0, 0, 0, 0, 0, 0, 0, 0, 17, 0, 0, 0, 0, 0,
-                  mem.image_end, max(mem.brk, mem.image_end), mem.brk_start,
-                  mem.stack_top, mem.stack_top, mem.stack_top, mem.stack_top, 0]
-        return (" ".join(str(f) for f in fields) + "\n").encode()
+        zombie = state == "Z"
+        layout = vmas_of(mem).layout
+        pending, blocked, ignored, caught = self._signals(proc, tid)
+        flags = PF_RANDOMIZE | (PF_EXITING if zombie else 0)
+
+        def mm(name: str, fallback: int) -> int:
+            return 0 if zombie else layout.get(name, fallback)
+
+        fields = [
+            tid or proc.pid, f"({thread_comm(proc, tid)})", state, proc.ppid, proc.pgid,
+            proc.sid, 0, -1, flags,                             # tty_nr, tpgid, flags
+            0, 0, 0, 0,                                         # minflt .. cmajflt
+            int(user * HZ), int(system * HZ), 0, 0, 20, 0,      # times, priority, nice
+            nthreads, 0, int(started * HZ),                     # itrealvalue, starttime
+            0 if zombie else _mapped_bytes(mem),
+            0 if zombie else resident_bytes(mem) // PAGE, (1 << 64) - 1,
+            mm("start_code", mem.base), mm("end_code", mem.image_end),
+            mm("start_stack", mem.stack_top), 0, 0,             # kstkesp, kstkeip hidden
+            pending & 0xFFFFFFFF, blocked & 0xFFFFFFFF, ignored & 0xFFFFFFFF,
+            caught & 0xFFFFFFFF, 0, 0, 0, 17, 0, 0, 0, 0, 0, 0,  # .. exit_signal .. cguest
+            mm("start_data", mem.image_end), mm("end_data", mem.image_end),
+            0 if zombie else mem.brk_start, mm("arg_start", 0), mm("arg_end", 0),
+            mm("env_start", 0), mm("env_end", 0),
+            proc.exit_status if zombie and proc.exit_status is not None else 0]
+        text = " ".join(str(f) for f in fields) + "\n"
+        return text.encode("utf-8", "surrogateescape")
 
     def _status(self, proc: Process, tid: int | None) -> bytes:
         state, nthreads = self._state(proc, tid)
         names = {"R": "R (running)", "S": "S (sleeping)", "Z": "Z (zombie)"}
         vm = _mapped_bytes(proc.mem) // 1024
         rss = resident_bytes(proc.mem) // 1024
-        rows = [("Name", _comm(proc)), ("Umask", f"{proc.umask:04o}"),
+        pending, blocked, ignored, caught = self._signals(proc, tid)
+        rows = [("Name", thread_comm(proc, tid)), ("Umask", f"{proc.umask:04o}"),
                 ("State", names[state]), ("Tgid", proc.pid), ("Ngid", 0),
                 ("Pid", tid or proc.pid), ("PPid", proc.ppid), ("TracerPid", 0),
                 ("Uid", "0\t0\t0\t0"), ("Gid", "0\t0\t0\t0"), ("FDSize", 1024),
                 ("Groups", ""), ("VmPeak", f"{vm} kB"), ("VmSize", f"{vm} kB"),
                 ("VmHWM", f"{rss} kB"), ("VmRSS", f"{rss} kB"), ("Threads", nthreads),
-                ("SigQ", "0/0"), ("SigPnd", "0" * 16), ("ShdPnd", "0" * 16),
-                ("SigBlk", "0" * 16), ("SigIgn", "0" * 16), ("SigCgt", "0" * 16),
+                ("SigQ", "0/0"), ("SigPnd", f"{pending:016x}"), ("ShdPnd", "0" * 16),
+                ("SigBlk", f"{blocked:016x}"), ("SigIgn", f"{ignored:016x}"),
+                ("SigCgt", f"{caught:016x}"),
                 ("Cpus_allowed_list", f"0-{self._vcpus() - 1}")]
-        return "".join(f"{k}:\t{v}\n" for k, v in rows).encode()
+        return "".join(f"{k}:\t{v}\n" for k, v in rows).encode("utf-8", "surrogateescape")
 
 
 class _Boot:
@@ -452,11 +518,23 @@ class _Boot:
     def __init__(self, exe: str) -> None:
         self.pid, self.exe, self.cwd, self.argv = 1, exe, "/", [exe]
         self.fds = FdTable()
+        self.comm, self.thread_comm = "", dict[int, str]()
 
 
-def _comm(proc: Process) -> str:
-    name = (proc.argv[0] if proc.argv else proc.exe) or "init"
-    return name.rsplit("/", 1)[-1][:15]
+def thread_comm(proc: Process, tid: int | None = None) -> str:
+    """The name /proc shows for ``proc`` (or its thread ``tid``): what PR_SET_NAME or the
+    last execve set, else the basename of its first argument."""
+    if tid is not None and tid in proc.thread_comm:
+        return proc.thread_comm[tid]
+    if proc.comm:
+        return proc.comm
+    return exec_comm((proc.argv[0] if proc.argv else proc.exe) or "init")
+
+
+def exec_comm(path: str) -> str:
+    """The name execve gives a process: the executed path's last component, 15 bytes."""
+    raw = path.rstrip("/").rsplit("/", 1)[-1].encode("utf-8", "surrogateescape")[:15]
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _fd_text(file: OpenFile) -> str:
@@ -472,28 +550,38 @@ def _fd_text(file: OpenFile) -> str:
     return f"anon_inode:[{kind}]"
 
 
-def _maps(mem: GuestMemory) -> bytes:
-    rows: list[tuple[int, int, str, str]] = []
-    cursor = mem.base
-    for lo, hi, bits in mem.image_perms:
-        text = ("r" if bits & 1 else "-") + ("w" if bits & 2 else "-") + \
-            ("x" if bits & 4 else "-")
-        rows.append((lo, hi, text + "p", ""))
-        cursor = hi
-    if not mem.image_perms:
-        rows.append((mem.base, mem.image_end, "r-xp", ""))
-        cursor = mem.image_end
-    if mem.brk > cursor:
-        rows.append((mem.brk_start, max(mem.brk_start, (mem.brk + PAGE - 1) & ~(PAGE - 1)),
-                     "rw-p", "[heap]"))
+def _maps(mem: GuestMemory, proc: Process | None = None) -> bytes:
+    """/proc/<pid>/maps: the image as its ELF segments (exe path and file offset), the
+    heap, the mmap area as the guest mapped it (file, offset, permissions; what vmas.py
+    does not know is anonymous rw-p), the stack."""
+    vm = vmas_of(mem)
+    rows: list[tuple[Region, str]] = []
+    image = vm.within(mem.base, mem.image_end)
+    if image:
+        rows += [(r, r.path) for r in image]
+    else:
+        for lo, hi, bits in mem.image_perms or [(mem.base, mem.image_end, 5)]:
+            prot = (PROT_R if bits & 1 else 0) | (PROT_W if bits & 2 else 0) | \
+                (PROT_X if bits & 4 else 0)
+            rows.append((Region(lo, hi, prot), ""))
+    heap_hi = (mem.brk + PAGE - 1) & ~(PAGE - 1)
+    if heap_hi > mem.brk_start:
+        rows.append((Region(mem.brk_start, heap_hi, PROT_R | PROT_W), "[heap]"))
     for lo, hi in _allocs(mem):
-        rows.append((lo, hi, "rw-p", ""))
-    rows.append((mem.stack_low, mem.stack_top, "rw-p", "[stack]"))
-    width = 8 if mem.top <= 1 << 32 else 12
+        cursor = lo
+        for r in vm.within(lo, hi):
+            if r.lo > cursor:
+                rows.append((Region(cursor, r.lo, PROT_R | PROT_W), ""))
+            rows.append((r, r.path))
+            cursor = r.hi
+        if hi > cursor:
+            rows.append((Region(cursor, hi, PROT_R | PROT_W), ""))
+    rows.append((Region(mem.stack_low, mem.stack_top, PROT_R | PROT_W), "[stack]"))
     out = []
-    for lo, hi, text, label in rows:
-        if hi <= lo:
+    for r, label in rows:
+        if r.hi <= r.lo:
             continue
-        head = f"{lo:0{width}x}-{hi:0{width}x} {text} 00000000 00:00 0"
-        out.append(f"{head:<73}{label}".rstrip() + "\n")
-    return "".join(out).encode()
+        head = (f"{r.lo:08x}-{r.hi:08x} {r.perms()} {r.offset:08x} "
+                f"{(r.dev >> 8) & 0xFFF:02x}:{r.dev & 0xFF:02x} {r.ino}")
+        out.append((f"{head:<72} {label}" if label else head) + "\n")
+    return "".join(out).encode("utf-8", "surrogateescape")

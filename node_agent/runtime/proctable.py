@@ -22,6 +22,7 @@ from .gdt import GDT_SIZE
 from .memory import GuestMemory
 from .process import Process
 from .threads import BLOCKED, DEAD, PID_MAX, RESTART, GuestThread
+from .vmas import inherit as inherit_vmas
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -111,6 +112,10 @@ class ProcessTable:
                         child.gdt_free.append((other.gdt - mem.reserved) // GDT_SIZE)
                 child.gdt_free.sort()
             child.signals = parent.signals.fork_copy()
+            child.comm = parent.thread_comm.get(parent_thread.tid, parent.comm)
+            child.personality = parent.personality
+            if not share_memory:
+                inherit_vmas(parent.mem, mem)
             thread = self.sched.new_thread(child, tid=pid)
             if thread is None:
                 if not share_memory:

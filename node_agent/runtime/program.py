@@ -34,6 +34,7 @@ from .loader import (
 )
 from .memory import PAGE, GuestMemory
 from .spec import ImageError
+from .vmas import record_elf, record_layout
 
 __all__ = ["load_program", "LoadedProgram", "ExecError", "MAX_SCRIPT_DEPTH"]
 
@@ -161,6 +162,7 @@ def _load_elf(fs: Sandbox, file: HostFile, argv: list[str], env: list[str],
                 interp = _place_interp(interp, interp_file, mem)
             sp = build_stack(mem, image, phdr_address(image), argv, env,
                              base=0 if interp is None else interp.low, execfn=execfn)
+            _remember(mem, image, file, interp, interp_file, sp)
         except BaseException:
             mem.close()
             raise
@@ -172,6 +174,16 @@ def _load_elf(fs: Sandbox, file: HostFile, argv: list[str], env: list[str],
                          exe=file.gpath, argv=argv,
                          interp=None if interp_file is None else interp_file.gpath,
                          interp_base=0 if interp is None else interp.low)
+
+
+def _remember(mem: GuestMemory, image: ElfImage, file: HostFile, interp: ElfImage | None,
+              interp_file: HostFile | None, sp: int) -> None:
+    """What /proc/<pid>/maps and stat show of the new program (vmas.py)."""
+    for elf, src in ((image, file), (interp, interp_file)):
+        if elf is not None and src is not None:
+            info = src.stat()
+            record_elf(mem, elf, src.gpath, info.dev, info.ino)
+    record_layout(mem, image, sp)
 
 
 def _check_interp(image: ElfImage, interp: ElfImage, gpath: str) -> None:

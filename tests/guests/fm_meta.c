@@ -115,6 +115,7 @@ int main(int argc, char **argv) {
     printf("fallocate: %d\n", fallocate(g, 0, 0, 100000));
     fstat(g, &st);
     printf("size: %lld\n", (long long)st.st_size);
+    printf("fallocate blocks: %d\n", st.st_blocks >= 100000 / 512);
     printf("keep size: %d\n", fallocate(g, FALLOC_FL_KEEP_SIZE, 0, 500000));
     fstat(g, &st);
     printf("size: %lld\n", (long long)st.st_size);

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ..abi import TS64, pack_statx
 from ..files import DirFile, HostFile, OpenFile, StatInfo
+from ..procfs import ProcDir
 from .common import E, s32, s64
 from .io import writable_file
 from .paths import path_at, read_path, sandbox
@@ -115,6 +116,8 @@ def sys_getdents64(t: Task, fd: int, buf: int, count: int, *_: int) -> int:
     file = t.fds.get(s32(fd))
     if not isinstance(file, DirFile):
         return E.NOTDIR
+    if isinstance(file, ProcDir):
+        file.refresh()                          # /proc/<pid>/fd as it is now
     out = bytearray()
     while file.pos < len(file.entries):
         name, dtype, ino = file.entries[file.pos]
@@ -443,9 +446,11 @@ def sys_utime(t: Task, ptr: int, buf: int, *_: int) -> int:
 
 # -- fallocate ----------------------------------------------------------------------------
 def do_fallocate(t: Task, fd: int, mode: int, offset: int, length: int) -> int:
-    """Mode 0 grows the file to offset+length through the quota (ENOSPC past it);
-    KEEP_SIZE reserves nothing (the quota counts sizes, not blocks); PUNCH_HOLE and
-    ZERO_RANGE zero the range (the host punches a hole where it can)."""
+    """Mode 0 grows the file to offset+length through the quota (ENOSPC past it), then
+    has the host filesystem allocate the range, so st_blocks counts it as on Linux; KEEP_SIZE
+    allocates only below the file's size (the quota counts sizes, not blocks: nothing past
+    the end may take host disk); PUNCH_HOLE and ZERO_RANGE zero the range (the host punches
+    a hole, or zeroes it allocated, where it can)."""
     file = writable_file(t, fd)
     known = FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE
     if mode & ~known or (mode & FALLOC_FL_PUNCH_HOLE and not mode & FALLOC_FL_KEEP_SIZE) \
@@ -462,11 +467,27 @@ def do_fallocate(t: Task, fd: int, mode: int, offset: int, length: int) -> int:
     if not file.writable:
         return E.BADF
     size = os.fstat(file.fd).st_size
-    if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+    zeroed = bool(mode & FALLOC_FL_ZERO_RANGE) and _host_fallocate(
+        file.fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, size, length)
+    if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE) and not zeroed:
         _zero_range(file.fd, offset, min(offset + length, size))
     if not mode & FALLOC_FL_KEEP_SIZE and offset + length > size:
         file.truncate(offset + length)
+        size = offset + length
+    if not mode & FALLOC_FL_PUNCH_HOLE:         # allocated, as Linux leaves the range
+        _host_fallocate(file.fd, FALLOC_FL_KEEP_SIZE, offset, size, length)
     return 0
+
+
+def _host_fallocate(fd: int, mode: int, offset: int, size: int, length: int) -> bool:
+    """The host's fallocate over [offset, min(offset+length, size)): never past the file's
+    end, where the quota would not see it. False where the host filesystem cannot (the
+    range then stays as it is)."""
+    end = min(offset + length, size)
+    if end <= offset:
+        return True
+    _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    return bool(_libc.fallocate(fd, mode, offset, end - offset) == 0)
 
 
 def _zero_range(fd: int, start: int, end: int) -> None:

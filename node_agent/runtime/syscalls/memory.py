@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ..files import DeviceFile, HostFile
+from ..files import DeviceFile, HostFile, OpenFile
 from ..memory import PAGE, page_up
+from ..vmas import Region, vmas_of
 from .common import E, s32
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
     if fixed is not None and fixed & (PAGE - 1):
         return E.INVAL
     backing: tuple[int, int] | None = None
+    source: HostFile | None = None
     shared = False
     if not flags & MAP_ANONYMOUS:
         file = t.fds.get(s32(fd))
@@ -55,7 +58,7 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
                 return E.OVERFLOW
             if flags & MAP_SHARED and prot & PROT_WRITE and not file.writable:
                 return E.ACCES
-            backing = (file.fd, off)
+            backing, source = (file.fd, off), file
             shared = bool(flags & MAP_SHARED) and file.writable
     result = mem.mmap(length, fixed, backing, shared)
     if result is None:
@@ -65,13 +68,31 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
             mem.munmap(result, length)
             return E.NOMEM
         t.refresh_exec()
+    _remember(t, result, length, prot, flags, source, off)
     return result
+
+
+def _remember(t: Task, addr: int, length: int, prot: int, flags: int,
+              file: OpenFile | None, off: int) -> None:
+    """What /proc/<pid>/maps shows of a new mapping (vmas.py)."""
+    region = Region(addr, addr + page_up(length), prot & 7, shared=bool(flags & MAP_SHARED))
+    if file is not None:
+        try:
+            info = file.stat()
+        except OSError:
+            info = None
+        if info is not None:
+            region = replace(region, path=file.gpath, offset=off, dev=info.dev, ino=info.ino)
+    vmas_of(t.mem).map(region)
 
 
 def sys_munmap(t: Task, addr: int, length: int, *_: int) -> int:
     if addr & 0xFFF:
         return E.INVAL
-    return 0 if t.mem.munmap(addr, length) else E.NOMEM
+    if not t.mem.munmap(addr, length):
+        return E.NOMEM
+    vmas_of(t.mem).unmap(addr, addr + page_up(length))
+    return 0
 
 
 def sys_mprotect(t: Task, addr: int, length: int, prot: int, *_: int) -> int:
@@ -79,6 +100,8 @@ def sys_mprotect(t: Task, addr: int, length: int, prot: int, *_: int) -> int:
         if not t.mem.make_executable(addr, length):
             return E.NOMEM
         t.refresh_exec()
+    if not addr & (PAGE - 1):
+        vmas_of(t.mem).protect(addr, addr + page_up(length), prot & 7)
     return 0
 
 
@@ -88,6 +111,7 @@ def sys_mremap(t: Task, old: int, old_size: int, new_size: int, flags: int, *_: 
         return E.FAULT
     grown = mem.resize(old, old_size, new_size)
     if grown is not None:
+        vmas_of(mem).move(old, page_up(old_size), old, page_up(new_size))
         return grown
     if not flags & 1:                            # MREMAP_MAYMOVE
         return E.NOMEM
@@ -96,6 +120,7 @@ def sys_mremap(t: Task, old: int, old_size: int, new_size: int, flags: int, *_: 
         return E.NOMEM
     mem.copy(new, old, min(old_size, new_size))
     mem.munmap(old, old_size)
+    vmas_of(mem).move(old, page_up(old_size), new, page_up(new_size))
     return new
 
 

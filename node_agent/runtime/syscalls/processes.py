@@ -13,6 +13,7 @@ from ..spec import ImageError
 from ..task import FS, GS
 from .common import BLOCK, EXIT, E, s32
 from .paths import path_at, read_path
+from .system import exec_comm, exec_personality
 
 if TYPE_CHECKING:
     from ..task import Task
@@ -217,6 +218,8 @@ def _execve(t: Task, path: str, argv_ptr: int, envp_ptr: int) -> int:
     thread = t.thread
     process.mem = program.mem
     process.exe, process.argv = program.exe, program.argv
+    process.comm, process.thread_comm = exec_comm(path), {}
+    process.personality = exec_personality(process.personality, program.arch)
     process.gdt_free = list(range(GDT_AREA // GDT_SIZE))
     close_on_exec = getattr(process.fds, "close_on_exec", None)
     if close_on_exec is not None:

@@ -10,12 +10,15 @@ import time
 import weakref
 from typing import TYPE_CHECKING
 
-from ..procfs import OSRELEASE, cpu_seconds, resident_bytes
+from ..memory import GuestFault
+from ..procfs import OSRELEASE, cpu_seconds, exec_comm, resident_bytes, thread_comm
 from .common import E, s32
 
 if TYPE_CHECKING:
     from ..process import Process
     from ..task import Task
+
+__all__ = ["exec_comm", "exec_personality"]
 
 
 # -- identity, limits, signals ----------------------------------------------------------
@@ -68,12 +71,40 @@ def sys_getrlimit(t: Task, resource: int, ptr: int, *_: int) -> int:
 
 
 def sys_prctl(t: Task, option: int, arg: int, *_: int) -> int:
+    """PR_SET_NAME names the calling thread (16 bytes with the NUL, as Linux cuts it; the
+    main thread's name is the process's /proc comm); PR_GET_NAME reads it back."""
+    proc = t.process
+    tid = int(t.thread.tid)
     if option == 15:                            # PR_SET_NAME
+        name = _guest_name(t, arg)
+        if name is None:
+            return E.FAULT
+        if tid == proc.pid:
+            proc.comm = name
+        else:
+            if len(proc.thread_comm) >= 1024 and tid not in proc.thread_comm:
+                proc.thread_comm.pop(next(iter(proc.thread_comm)))
+            proc.thread_comm[tid] = name
         return 0
     if option == 16:                            # PR_GET_NAME
-        t.mem.write(arg, t.kernel.spec.name.encode()[:15].ljust(16, b"\0"))
+        name = thread_comm(proc, tid)
+        t.mem.write(arg, name.encode("utf-8", "surrogateescape")[:15].ljust(16, b"\0"))
         return 0
     return E.INVAL
+
+
+def _guest_name(t: Task, ptr: int) -> str | None:
+    """Up to 15 bytes of the NUL-terminated name at ``ptr`` (None: a bad pointer)."""
+    data = b""
+    for i in range(16):
+        try:
+            byte = t.mem.read(ptr + i, 1)
+        except GuestFault:
+            return None if i == 0 else data[:15].decode("utf-8", "surrogateescape")
+        if byte == b"\0":
+            break
+        data += byte
+    return data[:15].decode("utf-8", "surrogateescape")
 
 
 def sys_umask(t: Task, mask: int, *_: int) -> int:
@@ -145,13 +176,23 @@ def sys_times(t: Task, ptr: int, *_: int) -> int:
     return int((time.monotonic() - t.kernel.started) * 100) & ((1 << (8 * t.abi.word - 1)) - 1)
 
 
+READ_IMPLIES_EXEC = 0x0400000
+
+
 def sys_personality(t: Task, persona: int, *_: int) -> int:
-    """Always PER_LINUX (0): the query 0xffffffff and PER_LINUX/PER_LINUX32 with any flags
-    are accepted (flags such as ADDR_NO_RANDOMIZE change nothing here)."""
+    """Set the calling process's persona unless it is 0xffffffff (a query); return the
+    previous one. Kept per process, inherited by fork; the flags change nothing here."""
     persona &= 0xFFFFFFFF
-    if persona == 0xFFFFFFFF or persona & 0xFF in (0, 8):
-        return 0
-    return E.INVAL
+    old = t.process.personality
+    if persona != 0xFFFFFFFF:
+        t.process.personality = persona
+    return old
+
+
+def exec_personality(persona: int, arch: str) -> int:
+    """The persona after execve: an x86_64 program loses READ_IMPLIES_EXEC (Linux's
+    set_personality_64bit); the rest is kept."""
+    return persona & ~READ_IMPLIES_EXEC if arch == "x86_64" else persona
 
 
 _IOPRIO: weakref.WeakKeyDictionary[Process, int] = weakref.WeakKeyDictionary()

@@ -70,6 +70,7 @@ def test_metadata_links_rename_fallocate(run_guest: Callable[..., Run], tmp_path
     assert got["c is dir"].startswith("mode=755")
     assert got["exchange into self"] == "-1 errno=22"
     assert got["fallocate"] == "0"
+    assert got["fallocate blocks"] == "1"      # the host allocated them: st_blocks counts
     assert got["size"] == "100000"                    # KEEP_SIZE left it
     assert got["punched"] == "0 0 x"
     assert got["bad mode"] == "-1 errno=95"

@@ -137,3 +137,52 @@ def test_proc_links_never_reach_the_host(tmp_path: Path) -> None:
                  "/proc/self/fd/0/x", "/proc/sys/kernel/../../../proc/../etc/shadow"):
         run = run_machine(root, "/bin/busybox", ("cat", path), memory=MEMORY)
         assert run.status.exit_code == 1 and run.stdout == b"", (path, run)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "i386"])
+def test_stat_maps_fd_comm_personality(run_guest: Callable[..., Run], arch: str) -> None:
+    """/proc/self/stat has Linux's 52 fields with the program's layout (code, stack,
+    arguments, environment, brk) and a zombie's exit code; a name with spaces and
+    parentheses stays parseable after the last ')'; maps names the exe and a mapped file
+    with its offset and the permissions mprotect set; /proc/self/fd lists the directory's
+    own descriptor; personality is kept per process, inherited by fork and kept by exec,
+    whose comm is the executed file's name."""
+    blob = bytes(range(256)) * 64
+    got = _lines(run_guest("proc_view", arch=arch, memory=MEMORY,
+                           files={"data/blob": blob}))
+    assert got["fields"] == "52"
+    assert got["code in start/end_code"] == "1"
+    assert got["startstack below argv"] == "1"     # argc sits below the strings
+    assert got["arg_start is argv[0]"] == "1" and got["args"] == "1"
+    assert got["env_start is envp[0]"] == "1"
+    assert got["start_brk <= sbrk"] == "1"
+    assert got["exit_code"] == "0"
+    assert got["comm in stat"] == "(a (b) c) d)"
+    assert got["state after comm"] == "R"
+    assert got["fields with odd comm"] == "52"
+    assert got["PR_GET_NAME"] == "a (b) c) d"
+    assert got["file map"] == "r--p 1000 /data/blob"
+    assert got["file map 2nd page"] == "r--p 1000 /data/blob"     # one line, both pages
+    assert got["anon"] == "rw-p 0 "
+    assert got["anon protected"] == "r--p 0 "
+    assert got["unmapped"] == "none"
+    assert re.fullmatch(r"r-xp [0-9a-f]+ /bin/proc_view", got["code"])
+    assert got["stack"] == "rw-p 0 [stack]"
+    assert got["fd dir lists itself"] == "1"
+    assert got["personality old"] == "0"
+    assert got["personality now"] == "0x40000"
+    assert got["child personality"] == "0x40000"
+    assert got["exec comm"] == "proc_view"
+    assert got["exec personality"] == "0x40000"
+    assert got["exec child status"] == "0"
+    assert got["zombie state"] == "Z"
+    assert got["zombie exit_code"] == str(3 << 8)
+
+
+def test_busybox_ps_lists_itself(tmp_path: Path) -> None:
+    """busybox sh runs ps as a forked applet that names itself with PR_SET_NAME: ps shows
+    its own process as "ps", a child of the shell."""
+    out = _busybox(tmp_path, "sh", "-c", "ps -o pid,ppid,comm; true")
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert ["1", "0", "busybox"] in rows
+    assert any(r[1:] == ["1", "ps"] for r in rows), out
