@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -211,12 +212,26 @@ class Reference:
         try:
             done = subprocess.run(argv, input=case.stdin, capture_output=True,
                                   timeout=case.timeout, env={"STAGE": str(self.stage),
-                                                             "PATH": os.environ["PATH"]})
+                                                             "PATH": os.environ["PATH"]},
+                                  preexec_fn=_default_signals)
         except subprocess.TimeoutExpired as exc:
             return Outcome(None, exc.stdout or b"", exc.stderr or b"",
                            f"timeout after {case.timeout:g}s", time.monotonic() - t0)
         code = done.returncode if done.returncode >= 0 else 128 - done.returncode
         return Outcome(code, done.stdout, done.stderr, "", time.monotonic() - t0)
+
+
+def _default_signals() -> None:
+    """In the reference's child, before exec: every signal at its default action and none
+    blocked, as a partition's pid 1 starts. Otherwise the reference inherits whatever the
+    test run was started with (a background job of a non-interactive shell ignores SIGINT
+    and SIGQUIT, nohup SIGHUP), and traps and /proc/self/status differ for no reason."""
+    for sig in range(1, signal.NSIG):
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass                                   # SIGKILL, SIGSTOP, glibc's own
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def normalise(case: Case, data: bytes) -> bytes:
