@@ -283,7 +283,7 @@ def test_bad_shebang_lines_are_enoexec(line: bytes) -> None:
 # -- Debian's own programs --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def debian_root(tmp_path_factory: pytest.TempPathFactory) -> DynRoot:
-    tools = [Path(p) for p in ("/bin/ls", "/usr/bin/sort", "/bin/sed", "/bin/cat")]
+    tools = [Path(p) for p in ("/bin/ls", "/usr/bin/sort", "/bin/sed", "/bin/cat", "/bin/bash")]
     if not all(p.exists() for p in tools):
         pytest.skip("coreutils/sed are not installed")
     root = DynRoot(tmp_path_factory.mktemp("debian") / "root")
@@ -303,7 +303,10 @@ def debian_root(tmp_path_factory: pytest.TempPathFactory) -> DynRoot:
     ["/usr/bin/sort", "-r", "data/fruit.txt"],
     ["/bin/sed", "-e", "s/a/A/g;2d", "data/fruit.txt"],
     ["/bin/cat", "data/fruit.txt", "data/notes.md"],
-], ids=["ls", "ls-a", "sort-k2", "sort-r", "sed", "cat"])
+    ["/bin/bash", "-c", "for f in data/*; do echo \"$f\"; done | /usr/bin/sort -r; "
+     "/bin/cat data/fruit.txt | /bin/sed -n 2p; x=$(/bin/ls data | /usr/bin/sort | "
+     "/bin/sed -n 1p); echo \"first=$x $((6 * 7))\"; (exit 3); echo \"rc=$?\""],
+], ids=["ls", "ls-a", "sort-k2", "sort-r", "sed", "cat", "bash-pipelines"])
 def test_debian_programs_match_native(debian_root: DynRoot, argv: list[str]) -> None:
     run = _ok(run_machine(debian_root.root, argv[0], tuple(argv[1:]), cwd="/",
                           env=(("LC_ALL", "C"),)))
