@@ -22,7 +22,7 @@ from .memory import ALLOWANCE, GDT_AREA, GuestFault, GuestMemory, format_size
 from .process import Process
 from .proctable import ProcessTable, signal_status
 from .program import load_program
-from .signals import SI_KERNEL, SI_USER, SigInfo, send
+from .signals import SI_KERNEL, SI_USER, SIG_DFL, SIG_IGN, SigInfo, send
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
 from .syscalls import tables
 from .syscalls.common import BLOCK, E
@@ -120,7 +120,9 @@ class Machine:
         """Stop the partition (thread-safe). With ``grace`` > 0 it is Hyper-V's Shut Down:
         SIGTERM to every process, and whatever still runs ``grace`` seconds later is turned
         off; with 0 it is Turn Off, at once. ``run`` then returns exit code 143, or pid 1's
-        own status if it ended within the grace period."""
+        own status if it ended within the grace period. pid 1 is init: a SIGTERM it has no
+        handler for does nothing to it (signals.init_discards), so when it is the only
+        process and has none, nothing can react and the partition is turned off at once."""
         self._stop_requested = True
         if grace <= 0:
             self.sched.finish(STOP_EXIT_CODE)
@@ -132,6 +134,13 @@ class Machine:
             return
         for process in live:
             self.signal_process(process, SIGTERM)
+        with self.sched.cond:
+            alone = [p for p in self.processes.values() if p.exit_status is None]
+            deaf = (len(alone) == 1 and alone[0].pid == 1
+                    and alone[0].signals.actions[SIGTERM].handler in (SIG_DFL, SIG_IGN))
+        if deaf:
+            self.sched.finish(STOP_EXIT_CODE)
+            return
         timer = threading.Timer(grace, self.sched.finish, args=(STOP_EXIT_CODE,))
         timer.daemon = True
         timer.start()
@@ -366,10 +375,11 @@ class Machine:
              current=thread)
 
     def signal_process(self, process: Process, sig: int) -> None:
-        """Send ``sig`` to ``process`` from the kernel: one of its threads that does not
-        block it takes it (handler or default action, signals.py)."""
+        """Send ``sig`` to ``process`` from outside the partition (Shut Down, the OOM kill):
+        one of its threads that does not block it takes it (handler or default action,
+        signals.py); pid 1 gets only SIGKILL, SIGSTOP and what it has a handler for."""
         if sig:
-            send(self, process, None, SigInfo(sig, SI_KERNEL))
+            send(self, process, None, SigInfo(sig, SI_KERNEL), external=True)
 
     def child_changed(self, parent: Process, child: Process) -> None:
         """A child of ``parent`` ended: SIGCHLD (ignored by default) with CLD_EXITED,

@@ -47,14 +47,17 @@ import os
 import re
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from unicorn import UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
+from . import vmas
 from .ranges import RangeSet
 
 __all__ = ["GuestMemory", "GuestFault", "PAGE", "page_up", "page_down", "RESERVED",
-           "GDT_AREA", "STACK_GUARD_GAP", "ALLOWANCE", "MAX_MAPPINGS", "format_size"]
+           "GDT_AREA", "STACK_GUARD_GAP", "ALLOWANCE", "MAX_MAPPINGS", "MAX_PROT_RANGES",
+           "MAX_UC_REGIONS", "format_size"]
 
 PAGE = 0x1000
 GDT_AREA = 0x10000                  # 256 GDTs of 256 bytes
@@ -70,7 +73,18 @@ X86_64_LIMIT = 1 << 47
 #: Caps on guest-controlled bookkeeping (Linux: vm.max_map_count = 65530 mappings).
 MAX_MAPPINGS = 65530
 MAX_FILE_MAPPINGS = 4096            # each costs up to 3 host mappings in this process
-MAX_EXEC_RANGES = 256               # unicorn's mem_protect costs O(regions): 1000 take 70 s
+#: Ranges whose permissions differ from read-write (mprotect, mmap's prot, executable pages):
+#: unicorn's mem_protect costs O(regions) and it never merges regions (a protect at 1000
+#: regions takes ~40 ms, mapping 1000 regions ~1 s), so they are capped. Past the cap a change
+#: that only takes permissions away is not enforced (the range keeps its wider permissions,
+#: as before protections were enforced) and one that adds any gives ENOMEM.
+MAX_EXEC_RANGES = 256
+MAX_PROT_RANGES = MAX_EXEC_RANGES
+#: A vCPU's Unicorn instance whose regions pass this is rebuilt from the current
+#: permissions (vcpu.py): every applied change splits up to two more regions.
+MAX_UC_REGIONS = 3 * MAX_PROT_RANGES
+_RW = UC_PROT_READ | UC_PROT_WRITE
+_ALL = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -162,10 +176,12 @@ class GuestMemory:
         self.lock = threading.Lock()
         self._alloc = RangeSet(MAX_MAPPINGS)         # mmap allocations
         self._files = RangeSet(MAX_FILE_MAPPINGS)    # host file mappings inside them
-        self._exec = RangeSet(MAX_EXEC_RANGES)       # made executable at run time
-        # What vCPUs still have to mem_protect: pieces in the order they became executable.
-        # Compacted to the ranges themselves (a new epoch: vCPUs re-apply all) when long.
-        self._exec_log: list[tuple[int, int]] = []
+        # Heap, mmap area and stack ranges whose permissions are not read-write (UC_PROT
+        # bits): sorted, disjoint, at most MAX_PROT_RANGES (``protect``).
+        self._perms: list[tuple[int, int, int]] = []
+        # What vCPUs still have to mem_protect: (lo, hi, perms) in the order they changed.
+        # Emptied when long (a new epoch: vCPUs rebuild their instance from ``_perms``).
+        self._exec_log: list[tuple[int, int, int]] = []
         self._exec_epoch = 0
         self.exec_generation = 0
         self.image_perms: list[tuple[int, int, int]] = []
@@ -189,24 +205,48 @@ class GuestMemory:
 
     @property
     def exec_ranges(self) -> list[tuple[int, int]]:
-        return self._exec.pairs()
+        """The executable ranges of the heap, mmap area and stack (coalesced)."""
+        out: list[tuple[int, int]] = []
+        for lo, hi, perms in self._perms:
+            if perms & UC_PROT_EXEC:
+                if out and out[-1][1] == lo:
+                    out[-1] = (out[-1][0], hi)
+                else:
+                    out.append((lo, hi))
+        return out
 
     @exec_ranges.setter
     def exec_ranges(self, value: list[tuple[int, int]]) -> None:
-        self._exec.load(sorted((int(lo), int(hi)) for lo, hi in value))
-        self._exec_log = self._exec.pairs()
-        self._exec_epoch += 1
+        """Load executable (read-write-execute) ranges: a saved state's."""
+        self.perm_ranges = [(int(lo), int(hi), _ALL) for lo, hi in value]
 
-    def exec_since(self, seen: tuple[int, int]) -> tuple[list[tuple[int, int]],
+    @property
+    def perm_ranges(self) -> list[tuple[int, int, int]]:
+        """Every range whose permissions are not read-write, with its UC_PROT bits."""
+        return list(self._perms)
+
+    @perm_ranges.setter
+    def perm_ranges(self, value: list[tuple[int, int, int]]) -> None:
+        ranges = sorted((int(lo), int(hi), int(p) & _ALL) for lo, hi, p in value)
+        merged: list[tuple[int, int, int]] = []
+        for lo, hi, perms in ranges:
+            if hi <= lo or perms == _RW or (merged and lo < merged[-1][1]):
+                continue
+            merged.append((lo, hi, perms))
+        self._perms = merged[:MAX_PROT_RANGES]
+        self._exec_log = []
+        self._exec_epoch += 1
+        self.exec_generation += 1
+
+    def exec_since(self, seen: tuple[int, int]) -> tuple[list[tuple[int, int, int]] | None,
                                                          tuple[int, int], int]:
-        """(pieces to make executable, the new ``seen`` mark, generation) for a vCPU that
-        applied the log up to ``seen`` = (epoch, index)."""
+        """(changes to mem_protect, the new ``seen`` mark, generation) for a vCPU that
+        applied the log up to ``seen`` = (epoch, index); None instead of the changes when
+        the log was emptied since: the vCPU maps the current permissions afresh."""
         with self.lock:
             epoch, index = seen
-            if epoch != self._exec_epoch:
-                index = 0
-            return (self._exec_log[index:], (self._exec_epoch, len(self._exec_log)),
-                    self.exec_generation)
+            changes = None if epoch != self._exec_epoch else self._exec_log[index:]
+            return changes, (self._exec_epoch, len(self._exec_log)), self.exec_generation
 
     def futex_key(self, addr: int) -> int:
         """The scheduler's key for a futex at ``addr`` of this address space: the address
@@ -378,14 +418,35 @@ class GuestMemory:
                     self._fresh(plo, phi - plo)
 
     # -- Unicorn mappings --------------------------------------------------
+    def unicorn_layout(self) -> tuple[list[tuple[int, int, int, int]], tuple[int, int], int]:
+        """``unicorn_regions`` with the log mark and generation they include (a new
+        Unicorn instance maps these, then applies only later changes)."""
+        with self.lock:
+            return (self.unicorn_regions(), (self._exec_epoch, len(self._exec_log)),
+                    self.exec_generation)
+
     def unicorn_regions(self) -> list[tuple[int, int, int, int]]:
         """(guest address, size, UC_PROT perms, host pointer) of everything the guest may
-        touch: the guard gap is left out, the reserved block is not writable."""
+        touch: the guard gap is left out, the reserved block is not writable; heap, mmap
+        area and stack ranges with other permissions (``protect``) are regions of their
+        own."""
         out: list[tuple[int, int, int, int]] = []
 
-        def region(lo: int, hi: int, perms: int) -> None:
+        def plain(lo: int, hi: int, perms: int) -> None:
             if hi > lo:
                 out.append((lo, hi - lo, perms, self.host + lo - self.base))
+
+        def region(lo: int, hi: int, perms: int) -> None:
+            if perms != _RW:
+                plain(lo, hi, perms)
+                return
+            for plo, phi, pperms in self._perms:
+                if phi <= lo or plo >= hi:
+                    continue
+                plain(lo, max(plo, lo), _RW)
+                plain(max(plo, lo), min(phi, hi), pperms)
+                lo = min(phi, hi)
+            plain(lo, hi, _RW)
 
         cursor = self.base
         for start, end, perms in self.image_perms:
@@ -414,30 +475,65 @@ class GuestMemory:
         self.image_perms = ranges
 
     def make_executable(self, addr: int, length: int) -> bool:
-        """Ask every vCPU to map [addr, addr+length) executable at its next syscall.
+        """Ask every vCPU to map [addr, addr+length) executable (keeping its other
+        permissions) at its next syscall; see ``protect``."""
+        return self._change_perms(addr, length, lambda perms: perms | _ALL & ~UC_PROT_WRITE)
 
-        Only the heap, mmap area and stack can be made executable (never the image, whose
-        pages keep their ELF permissions, nor the gap or the reserved block). False when
-        that would need more than MAX_EXEC_RANGES separate ranges (mprotect: ENOMEM).
+    def protect(self, addr: int, length: int, prot: int) -> bool:
+        """mprotect (and mmap's prot): give [addr, addr+length) exactly the permissions
+        ``prot`` (PROT_READ 1, PROT_WRITE 2, PROT_EXEC 4; write or execute imply read, as
+        on x86). Every vCPU applies them at its next syscall or resume.
+
+        Only the heap, mmap area and stack change (never the image, whose pages keep
+        their ELF permissions, nor the gap or the reserved block). Past MAX_PROT_RANGES
+        ranges, False (mprotect: ENOMEM) if the change adds a permission somewhere; one
+        that only takes permissions away is then left undone (True).
         """
+        perms = uc_perms(bool(prot & 1), bool(prot & 2), bool(prot & 4))
+        return self._change_perms(addr, length, lambda _: perms)
+
+    def _change_perms(self, addr: int, length: int, how: Callable[[int], int]) -> bool:
         lo, hi = page_down(addr), page_up(addr + length)
         with self.lock:
-            pieces: list[tuple[int, int]] = []
-            for zlo, zhi in ((self.image_end, self.gap_low), (self.stack_low, self.stack_top)):
-                plo, phi = max(lo, zlo), min(hi, zhi)
-                if phi <= plo:
-                    continue
-                new = self._exec.uncovered(plo, phi)
-                if new and not self._exec.add(plo, phi):
-                    return False
-                pieces += new
-            if pieces:
-                self._exec_log += pieces
-                if len(self._exec_log) > 4 * MAX_EXEC_RANGES:
-                    self._exec_log = self._exec.pairs()
-                    self._exec_epoch += 1
-                self.exec_generation += 1
+            pieces = [(max(lo, zlo), min(hi, zhi)) for zlo, zhi in
+                      ((self.image_end, self.gap_low), (self.stack_low, self.stack_top))
+                      if min(hi, zhi) > max(lo, zlo)]
+            changes: list[tuple[int, int, int]] = []
+            widens = False
+            for plo, phi in pieces:
+                for clo, chi, old in self._perms_in(plo, phi):
+                    new = how(old)
+                    if new != old:
+                        changes.append((clo, chi, new))
+                        widens = widens or bool(new & ~old)
+            if not changes:
+                return True
+            ranges = self._perms
+            for clo, chi, new in changes:
+                ranges = _set_range(ranges, clo, chi, new)
+            if len(ranges) > MAX_PROT_RANGES:
+                return not widens
+            self._perms = ranges
+            self._exec_log += changes
+            if len(self._exec_log) > 4 * MAX_PROT_RANGES:
+                self._exec_log = []
+                self._exec_epoch += 1
+            self.exec_generation += 1
             return True
+
+    def _perms_in(self, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """Caller holds the lock: [lo, hi) cut into pieces of equal permissions."""
+        out: list[tuple[int, int, int]] = []
+        for plo, phi, perms in self._perms:
+            if phi <= lo or plo >= hi:
+                continue
+            if plo > lo:
+                out.append((lo, plo, _RW))
+            out.append((max(plo, lo), min(phi, hi), perms))
+            lo = min(phi, hi)
+        if hi > lo:
+            out.append((lo, hi, _RW))
+        return out
 
     # -- brk / mmap ------------------------------------------------------------
     def _lowest_mmap(self) -> int:
@@ -562,6 +658,7 @@ class GuestMemory:
                 return False
             for lo, hi in self._alloc.remove(addr, end) or ():
                 self.zero(lo, hi - lo)
+        self.protect(addr, end - addr, 3)     # unmapped memory reads back as read-write
         return True
 
     def is_mapped(self, addr: int, length: int) -> bool:
@@ -618,11 +715,10 @@ class GuestMemory:
             child._alloc = RangeSet(MAX_MAPPINGS)
             child._alloc.load(self._alloc.pairs())
             child._files = RangeSet(MAX_FILE_MAPPINGS)
-            child._exec = RangeSet(MAX_EXEC_RANGES)
-            child._exec.load(self._exec.pairs())
-            child._exec_log = self._exec.pairs()
+            child._perms = list(self._perms)          # a new instance maps them at once
+            child._exec_log = []
             child._exec_epoch = 0
-            child.exec_generation = 1 if child._exec_log else 0
+            child.exec_generation = 0
             child.image_perms = list(self.image_perms)
             child._anon = RangeSet(MAX_MAPPINGS)
             child._shared = []
@@ -699,9 +795,10 @@ class GuestMemory:
                     "memory_bytes": self.memory_bytes, "bits": self.bits, "size": self.size,
                     "brk_start": self.brk_start, "brk": self.brk, "starts": self._starts,
                     "ends": self._ends, "exec_generation": self.exec_generation,
-                    "exec_ranges": self.exec_ranges, "image_perms": self.image_perms,
+                    "exec_ranges": self.exec_ranges, "perm_ranges": self.perm_ranges,
+                    "image_perms": self.image_perms,
                     "frozen": self._frozen, "anon": self._anon.pairs(),
-                    "own": sorted(self._files.pairs())}
+                    "own": sorted(self._files.pairs()), "vmas": vmas.dump(self)}
 
     def save_shared(self, out: int) -> int:
         """Write the memfd's data (what every address space sharing it starts from) to the
@@ -792,7 +889,11 @@ class GuestMemory:
             mem.exec_generation = int(layout["exec_generation"])
             mem.uid = int(layout.get("uid", 0))
             mem.image_perms = [(int(a), int(b), int(c)) for a, b, c in layout["image_perms"]]
-        mem.exec_ranges = [(int(lo), int(hi)) for lo, hi in layout["exec_ranges"]]
+        if "perm_ranges" in layout:
+            mem.perm_ranges = [(int(lo), int(hi), int(p)) for lo, hi, p in layout["perm_ranges"]]
+        else:                                      # saved before protections were kept
+            mem.exec_ranges = [(int(lo), int(hi)) for lo, hi in layout["exec_ranges"]]
+        vmas.load(mem, layout.get("vmas"))
         for lo, n in _read_runs(src, length, mem.size):
             view = mem.view[lo:lo + n]
             while view:
@@ -919,3 +1020,28 @@ def uc_perms(readable: bool, writable: bool, executable: bool) -> int:
     if executable:
         perms |= UC_PROT_EXEC
     return perms
+
+
+def _set_range(ranges: list[tuple[int, int, int]], lo: int, hi: int,
+               perms: int) -> list[tuple[int, int, int]]:
+    """``ranges`` (sorted, disjoint, never read-write) with [lo, hi) set to ``perms``;
+    neighbours with equal permissions merged."""
+    out: list[tuple[int, int, int]] = []
+    for plo, phi, pperms in ranges:
+        if phi <= lo or plo >= hi:
+            out.append((plo, phi, pperms))
+            continue
+        if plo < lo:
+            out.append((plo, lo, pperms))
+        if phi > hi:
+            out.append((hi, phi, pperms))
+    if perms != _RW:
+        out.append((lo, hi, perms))
+    out.sort()
+    merged: list[tuple[int, int, int]] = []
+    for plo, phi, pperms in out:
+        if merged and merged[-1][1] == plo and merged[-1][2] == pperms:
+            merged[-1] = (merged[-1][0], phi, pperms)
+        else:
+            merged.append((plo, phi, pperms))
+    return merged

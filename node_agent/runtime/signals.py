@@ -42,8 +42,8 @@ __all__ = ["SignalActions", "ThreadSignals", "Action", "Timer", "SigInfo", "send
            "deliver", "fault_signal", "signal_name", "NSIG", "SIG_DFL", "SIG_IGN", "bit",
            "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK",
            "UNBLOCKABLE", "wakes_wait", "refresh", "take", "terminate", "deliverable",
-           "default_action", "SS_AUTODISARM", "SI_USER", "SI_KERNEL", "SI_QUEUE", "SI_TIMER",
-           "SI_TKILL"]
+           "default_action", "init_discards", "SS_AUTODISARM", "SI_USER", "SI_KERNEL",
+           "SI_QUEUE", "SI_TIMER", "SI_TKILL"]
 
 NSIG = 64
 SIG_DFL, SIG_IGN = 0, 1
@@ -385,10 +385,22 @@ def _pick(kernel: Machine, process: Process, sig: int) -> GuestThread | None:
     return None
 
 
+def init_discards(process: Process, sig: int, external: bool = False) -> bool:
+    """pid 1 is the partition's init, as a container's pid 1 is its pid namespace's: a
+    signal it has no handler for (SIG_DFL) is discarded, SIGKILL and SIGSTOP included,
+    unless it comes from outside the partition (``external``: the runtime's Shut Down or
+    OOM kill, as from an ancestor namespace), which still delivers SIGKILL and SIGSTOP.
+    CPU faults do not come through here: they still kill pid 1 (fault_signal)."""
+    if process.pid != 1 or process.signals.actions[sig].handler != SIG_DFL:
+        return False
+    return not (external and sig in (SIGKILL, SIGSTOP))
+
+
 def send(kernel: Machine, process: Process, thread: GuestThread | None, info: SigInfo,
-         current: GuestThread | None = None) -> bool:
+         current: GuestThread | None = None, external: bool = False) -> bool:
     """Generate a signal for ``process`` (``thread`` None) or one of its threads; ``current``
-    is the sending thread (it notices at its syscall return). True if it was queued."""
+    is the sending thread (it notices at its syscall return); ``external``: sent from
+    outside the partition (init_discards). True if it was queued."""
     sig = info.signo
     if not 1 <= sig <= NSIG or process.exit_status is not None:
         return False
@@ -397,6 +409,8 @@ def send(kernel: Machine, process: Process, thread: GuestThread | None, info: Si
         ps = process.signals
         threads = _threads_of(kernel, process)
         if sig == SIGKILL:
+            if init_discards(process, sig, external):
+                return False
             terminate(kernel, process, SIGKILL, False)
             return True
         if sig == SIGCONT:
@@ -408,8 +422,8 @@ def send(kernel: Machine, process: Process, thread: GuestThread | None, info: Si
             blocked = bool(thread.sig.blocked & bit(sig))
         else:
             blocked = bool(threads) and all(th.sig.blocked & bit(sig) for th in threads)
-        if ps.ignored(sig) and not blocked:
-            return False
+        if not blocked and (ps.ignored(sig) or init_discards(process, sig, external)):
+            return False                  # a blocked one waits: its action may change
         queue = thread.sig.pending if thread is not None else ps.pending
         infos = queue.get(sig, [])
         if infos and (sig < 32 or sum(len(q) for q in ps.pending.values()) >= MAX_QUEUED):
@@ -619,6 +633,8 @@ def deliver(t: Task) -> None:
             what = default_action(sig)
             if what == "ignore":
                 continue
+            if thread.process.pid == 1 and sig != SIGSTOP and info.kind != "fault":
+                continue                      # init: queued while blocked, still discarded
             if what == "stop":
                 with sched.cond:
                     _stop(kernel, thread.process, thread)

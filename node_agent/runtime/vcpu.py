@@ -27,14 +27,13 @@ from unicorn import (
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_32,
     UC_MODE_64,
-    UC_PROT_ALL,
     Uc,
     UcError,
 )
 from unicorn import x86_const as X
 
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
-from .memory import GuestFault, GuestMemory
+from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
 from .sigframe import pack_fxsave, unpack_fxsave
 from .signals import SI_KERNEL, SIGBUS, SIGFPE, SIGILL, SIGSEGV, SIGTRAP, deliver, fault_signal
 from .syscalls.common import BLOCK, EXIT, E, errno_of
@@ -94,17 +93,76 @@ _EXCEPTIONS = {0: "division error", 1: "debug trap", 3: "breakpoint (int3)", 4: 
                19: "SIMD floating-point error"}
 
 
+#: div ecx with ecx = 0: the #DE the probe below raises.
+_DIVIDE_BY_ZERO = bytes.fromhex("31d231c9b801000000f7f1")
+_in_flight_offsets: dict[int, int | None] = {}
+
+
+def _in_flight_offset(mode: int) -> int | None:
+    """Where a Unicorn context holds QEMU's "exception in flight" (env->old_exception),
+    found by raising #DE: the int that goes from -1 to 0 and, set back to -1, lets a second
+    #DE be reported as 0 again (not 8). None if that cannot be found (then nothing is reset).
+
+    unicorn hands CPU exceptions to the interrupt hook without delivering them, so the field
+    stays set: the next contributory exception (#DE, #GP...) would be reported as a double
+    fault (8) and the one after as a triple fault.
+    """
+    if mode in _in_flight_offsets:
+        return _in_flight_offsets[mode]
+    found: int | None = None
+    uc = Uc(UC_ARCH_X86, mode)
+    try:
+        uc.ctl_set_tcg_buffer_size(4 << 20)
+        uc.mem_map(0x1000, 0x1000)
+        uc.mem_write(0x1000, _DIVIDE_BY_ZERO)
+        seen: list[int] = []
+
+        def hook(uc: Any, intno: int, _user: Any) -> None:
+            seen.append(intno)
+            uc.emu_stop()
+
+        uc.hook_add(UC_HOOK_INTR, hook)
+        end = 0x1000 + len(_DIVIDE_BY_ZERO)
+        before = bytes(uc.context_save())
+        uc.emu_start(0x1000, end)
+        after = bytes(uc.context_save())
+        for off in range(0, min(len(before), len(after)) - 3, 4):
+            if before[off:off + 4] != b"\xff" * 4 or after[off:off + 4] != bytes(4):
+                continue
+            context = uc.context_save()
+            _set_int(context, off, -1)
+            uc.context_restore(context)
+            seen.clear()
+            uc.emu_start(0x1000, end)
+            if seen == [0]:
+                found = off
+                break
+    except UcError:
+        found = None
+    finally:
+        _close_uc(uc)
+    _in_flight_offsets[mode] = found
+    return found
+
+
+def _set_int(context: Any, offset: int, value: int) -> None:
+    address = ctypes.cast(context.context, ctypes.c_void_p).value
+    assert address is not None
+    ctypes.c_int32.from_address(address + offset).value = value
+
+
 class _Space:
     """A Unicorn instance mapping one address space, and how much of its exec log it
     applied."""
 
-    __slots__ = ("mem", "uc", "exec_generation", "exec_seen")
+    __slots__ = ("mem", "uc", "exec_generation", "exec_seen", "regions")
 
     def __init__(self, mem: GuestMemory, uc: Any) -> None:
         self.mem = mem
         self.uc = uc
         self.exec_generation = 0
-        self.exec_seen = (-1, 0)        # (epoch, index) of memory.py's exec log applied
+        self.exec_seen = (-1, 0)        # (epoch, index) of memory.py's permission log applied
+        self.regions = 0                # Unicorn regions mapped (they are never merged)
 
 
 def _close_uc(uc: Any) -> None:
@@ -150,6 +208,7 @@ class Vcpu:
         self.fault: str | None = None
         self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
+        self.exception_taken = False    # a CPU exception went to a handler: see below
         self.task = Task(self, machine)  # what syscall handlers see of the calling thread
 
     # -- address spaces -------------------------------------------------------------
@@ -158,7 +217,8 @@ class Vcpu:
         if space is None or space.mem is not mem:
             uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
             uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
-            for addr, size, perms, host in mem.unicorn_regions():
+            regions, seen, generation = mem.unicorn_layout()
+            for addr, size, perms, host in regions:
                 uc.mem_map_ptr(addr, size, perms, host)
             if self.is64:
                 uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
@@ -170,6 +230,8 @@ class Vcpu:
             uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
             uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
             space = _Space(mem, uc)
+            space.exec_seen, space.exec_generation = seen, generation
+            space.regions = len(regions)
             self._evict_spaces()
         else:
             del self._spaces[id(mem)]           # re-inserted last: most recently used
@@ -314,8 +376,6 @@ class Vcpu:
         for reg_id, value in thread.pending.items():
             uc.reg_write(reg_id, value)
         thread.pending.clear()
-        if self.mem.exec_generation != self._space.exec_generation:
-            self._apply_exec()
         self.stop_why = None
         self.fault = None
         self.run_started = time.monotonic()
@@ -325,6 +385,9 @@ class Vcpu:
         while True:              # signal work (delivery, sigreturn) between runs
             if thread.sig_dirty:
                 deliver(self.task)
+            if self.mem.exec_generation != self._space.exec_generation:
+                self._apply_exec()               # permissions changed (mprotect, mmap...)
+                uc = self.uc
             # a pause that raced with take(): do not start at all
             if not paused and thread.state == RUNNING and not sched.done:
                 self.stop_why = None
@@ -333,6 +396,8 @@ class Vcpu:
                 except UcError as exc:
                     if not self._fault_signal(thread, exc):
                         raise
+                if self.exception_taken:
+                    self._end_exception()
                 paused = sched.paused
                 if (self.stop_why is None and thread.state == RUNNING and not paused
                         and self.kicks == kicks and self.pc == 0
@@ -385,11 +450,32 @@ class Vcpu:
         self.uc.reg_write(X.UC_X86_REG_MXCSR, MXCSR_DEFAULT)
 
     def _apply_exec(self) -> None:
-        """Map executable what became so since this vCPU last looked (memory.py's log)."""
+        """Apply the permission changes since this vCPU last looked (memory.py's log), or,
+        when the log was emptied since or the instance has too many regions, rebuild the
+        instance from the current permissions. Outside emulation only."""
         space = self._space
-        pieces, space.exec_seen, space.exec_generation = self.mem.exec_since(space.exec_seen)
-        for lo, hi in pieces:
-            self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL)
+        changes, seen, generation = self.mem.exec_since(space.exec_seen)
+        if changes is None or space.regions + 2 * len(changes) > MAX_UC_REGIONS:
+            self._rebuild_space()
+            return
+        for lo, hi, perms in changes:
+            self.uc.mem_protect(lo, hi - lo, perms)
+        space.regions += 2 * len(changes)
+        space.exec_seen, space.exec_generation = seen, generation
+
+    def _rebuild_space(self) -> None:
+        """A new Unicorn instance for the bound address space, mapping its permissions as
+        they are now, with this one's CPU state (its translated code is lost)."""
+        context = self.uc.context_save()
+        mem = self.mem
+        with self.machine._uc_lock:
+            old = self._spaces.pop(id(mem), None)
+            self._space = self._space_for(mem)
+            self.uc = self._space.uc
+            self._uch = self.uc._uch
+            if old is not None:
+                _close_uc(old.uc)
+        self.uc.context_restore(context)
 
     def preempt(self, quantum: float) -> None:
         """From this vCPU's syscall hook: switch threads if the current one used ``quantum``.
@@ -415,9 +501,8 @@ class Vcpu:
         self.uc.emu_stop()
 
     def refresh_exec(self) -> None:
-        """Apply new executable ranges now (called from this vCPU's own syscall hook)."""
-        if self.mem.exec_generation != self._space.exec_generation:
-            self._apply_exec()
+        """Nothing: new permissions apply when the syscall returns (``_syscall`` stops
+        emulation for them; ``_run_thread`` applies them before resuming)."""
 
     def close(self) -> None:
         """Release the Unicorn instance now (before guest memory is unmapped)."""
@@ -454,8 +539,10 @@ class Vcpu:
             return
         self._result.value = result & self._mask
         _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
-        if self.thread is not None and self.thread.sig_dirty:   # deliver before returning
-            self.stop_why = "signal"
+        if self.thread is not None and (self.thread.sig_dirty      # deliver before returning
+                                        or self.mem.exec_generation
+                                        != self._space.exec_generation):
+            self.stop_why = "signal"              # (or apply new permissions first)
             self.uc.emu_stop()
             return
         if self.machine.sched.runq:
@@ -501,9 +588,20 @@ class Vcpu:
         addr = self.pc if sig in (SIGFPE, SIGILL) else 0
         if self.thread is None or not fault_signal(self.task, sig, code, addr, intno, 0, 0):
             return False
+        self.exception_taken = True
         self.stop_why = "signal"
         self.uc.emu_stop()
         return True
+
+    def _end_exception(self) -> None:
+        """The exception a handler took is over for the CPU too (``_in_flight_offset``):
+        otherwise the guest's next #DE or #GP would be a double fault."""
+        self.exception_taken = False
+        offset = _in_flight_offset(UC_MODE_64 if self.is64 else UC_MODE_32)
+        if offset is not None:
+            context = self.uc.context_save()
+            _set_int(context, offset, -1)
+            self.uc.context_restore(context)
 
     def _fault_signal(self, thread: GuestThread, exc: UcError) -> bool:
         """emu_start failed on a memory fault or an invalid instruction: True when the

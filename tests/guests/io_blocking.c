@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -426,14 +427,24 @@ static int nonblock(void) {
     return 0;
 }
 
+/* SIGPIPE's default action ends a writer; pid 1 (init) has it discarded and sees EPIPE. */
 static int epipe(void) {
     int q[2];
     pipe(q);
     close(q[0]);
     printf("writing\n");
     fflush(stdout);
-    write(q[1], "x", 1);
-    printf("still alive\n");
+    pid_t child = fork();
+    if (child == 0) {
+        write(q[1], "x", 1);
+        _exit(0);
+    }
+    int status;
+    waitpid(child, &status, 0);
+    printf("child: signaled %d sig %d\n", WIFSIGNALED(status), WTERMSIG(status));
+    errno = 0;
+    ssize_t r = write(q[1], "x", 1);
+    printf("pid 1: write %zd %s\n", r, strerrorname_np(errno));
     return 0;
 }
 

@@ -44,7 +44,8 @@ def test_turn_off_is_prompt_and_shut_down_ends_off(cluster: ClusterHandle) -> No
     assert took < 5.0, took  # the CLI's start-up included; the stop itself is at once
     assert "stop requested (Turn Off)" in _messages(cluster, name)
 
-    # Shut Down with a grace: SIGTERM ends the sleeper (no handler), and it is Off.
+    # Shut Down with a grace: the sleeper is a lone pid 1 without a SIGTERM handler (init
+    # ignores it), so nothing can react and it is turned Off at once.
     assert cluster.cli("start", name, "--wait", "--timeout", "20s").code == 0
     wait_for(lambda: "sleeping 3600" in cluster.cli("logs", name).out, "the new run")
     began = time.monotonic()

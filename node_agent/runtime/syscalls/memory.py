@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 MAP_SHARED, MAP_FIXED, MAP_ANONYMOUS, MAP_FIXED_NOREPLACE = 0x1, 0x10, 0x20, 0x100000
 PROT_WRITE, PROT_EXEC = 2, 4
+PROT_GROWS = 0x01000000 | 0x02000000              # PROT_GROWSDOWN, PROT_GROWSUP
 MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
 
 
@@ -63,11 +64,9 @@ def do_mmap(t: Task, addr: int, length: int, prot: int, flags: int, fd: int, off
     result = mem.mmap(length, fixed, backing, shared)
     if result is None:
         return E.NOMEM
-    if prot & PROT_EXEC:
-        if not mem.make_executable(result, length):
-            mem.munmap(result, length)
-            return E.NOMEM
-        t.refresh_exec()
+    if not mem.protect(result, length, prot):       # memory.py: capped ranges
+        mem.munmap(result, length)
+        return E.NOMEM
     _remember(t, result, length, prot, flags, source, off)
     return result
 
@@ -96,10 +95,12 @@ def sys_munmap(t: Task, addr: int, length: int, *_: int) -> int:
 
 
 def sys_mprotect(t: Task, addr: int, length: int, prot: int, *_: int) -> int:
-    if prot & PROT_EXEC:
-        if not t.mem.make_executable(addr, length):
-            return E.NOMEM
-        t.refresh_exec()
+    """The heap, mmap area and stack get exactly ``prot`` (a store to a read-only page
+    faults: SIGSEGV, SEGV_ACCERR); the image keeps its ELF permissions (memory.py)."""
+    if addr & (PAGE - 1) or prot & ~(7 | PROT_GROWS):
+        return E.INVAL
+    if not t.mem.protect(addr, length, prot & 7):
+        return E.NOMEM
     if not addr & (PAGE - 1):
         vmas_of(t.mem).protect(addr, addr + page_up(length), prot & 7)
     return 0

@@ -115,30 +115,40 @@ static int t_getppid(int argc, char **argv) {
     return 0;
 }
 
+/* The middle process waits until the grandchild has read its first parent, so the check
+ * does not depend on which of them runs first after the fork (on Linux either may). */
 static int t_orphan(int argc, char **argv) {
-    int fds[2];
+    int fds[2], seen[2];
     pipe(fds);
+    pipe(seen);
     fflush(stdout);
     pid_t mid = fork();
     if (mid < 0) { printf("fork: %s\n", ename(errno)); return 1; }
     if (mid == 0) {
+        pid_t me = getpid();
         pid_t gc = fork();
         if (gc == 0) {
             pid_t first = getppid();
+            write(seen[1], "s", 1);
             double end = now_s() + 5;
             while (getppid() == first && now_s() < end) usleep(1000);
-            char msg[64];
-            int n = snprintf(msg, sizeof msg, "reparented: %d\n", getppid() != first);
+            char msg[80];
+            int n = snprintf(msg, sizeof msg, "first parent is the middle: %d, reparented: %d, "
+                             "to pid 1: %d\n", first == me, getppid() != first,
+                             getppid() == 1);
             write(fds[1], msg, n);
             _exit(0);
         }
+        char c;
+        read(seen[0], &c, 1);
         _exit(0);
     }
     close(fds[1]);
+    close(seen[1]);
     int st;
     waitpid(mid, &st, 0);
     show("middle", st);
-    char buf[64];
+    char buf[128];
     int n = read(fds[0], buf, sizeof buf);
     if (n > 0) fwrite(buf, 1, n, stdout);
     return 0;

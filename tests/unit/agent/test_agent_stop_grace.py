@@ -158,7 +158,7 @@ def test_supervisor_passes_the_grace_and_turns_off_on_a_shorter_stop(
     run_node(node_factory, body)
 
 
-# -- the real Machine on real guests: true whether or not guests can handle SIGTERM yet ---
+# -- the real Machine on real guests ---------------------------------------------------
 
 @pytest.fixture(scope="module")
 def guest_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -184,8 +184,9 @@ def manager(tmp_path: Path) -> Iterator[WorkerManager]:
 @pytest.mark.parametrize("guest", ["worker_stdin", "stop_ignore_term"])
 def test_shut_down_of_a_real_guest_ends_off_within_grace_and_margin(
         manager: WorkerManager, guest_root: Path, guest: str) -> None:
-    """SIGTERM's default action ends worker_stdin at once; stop_ignore_term (once SIG_IGN
-    is honoured) runs on until the grace ends. Either way: exit code 143, no kill, in time."""
+    """Both are a lone pid 1 without a SIGTERM handler (worker_stdin has none,
+    stop_ignore_term ignores it): pid 1 is init, so SIGTERM does nothing to it and the
+    machine turns off at once instead of waiting out the grace. Exit code 143, no kill."""
     handle = launch(manager, guest.replace("_", "-"), guest_root, f"/{guest}", stdin=True)
     began = time.monotonic()
     handle.stop(1.0)
