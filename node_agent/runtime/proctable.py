@@ -357,6 +357,8 @@ def save_processes(table: ProcessTable, now: float, space_of: dict[int, int],
             "space": space_of[id(proc.mem)] if live else None,
             "fds": fds_of[id(proc.fds)] if live else None,
             "signals": proc.signals.save(now) if live else {},
+            "comm": proc.comm, "thread_comm": [[t, n] for t, n in proc.thread_comm.items()],
+            "personality": proc.personality,
         })
     vfork = [[child, thread.tid] for child, (thread, token) in table._vfork.items()
              if thread.state == BLOCKED and thread.token == token]
@@ -387,7 +389,10 @@ def restore_processes(table: ProcessTable, data: dict[str, Any], spaces: list[Gu
                        ppid=int(rec["ppid"]), pgid=int(rec["pgid"]), sid=int(rec["sid"]),
                        started=now - float(rec.get("age", 0.0)),
                        exit_status=None if live else int(rec["exit_status"]),
-                       gdt_free=[int(s) for s in rec["gdt_free"]])
+                       gdt_free=[int(s) for s in rec["gdt_free"]],
+                       comm=str(rec.get("comm", ""))[:15],
+                       personality=int(rec.get("personality", 0)) & 0xFFFFFFFF)
+        proc.thread_comm = {int(t): str(n)[:15] for t, n in rec.get("thread_comm", [])}
         procs[pid] = proc
     if 1 not in procs:
         raise ValueError("the saved state has no pid 1")

@@ -211,3 +211,31 @@ def _down(n: int) -> int:
 
 def _up(n: int) -> int:
     return (n + _PAGE - 1) & ~(_PAGE - 1)
+
+
+def dump(mem: GuestMemory) -> dict[str, object]:
+    """The regions and layout of ``mem`` as JSON-able data (saved states)."""
+    vmas = vmas_of(mem)
+    with vmas.lock:
+        return {"regions": [[r.lo, r.hi, r.prot, int(r.shared), r.path, r.offset, r.dev, r.ino]
+                            for r in vmas.regions],
+                "layout": dict(vmas.layout)}
+
+
+def load(mem: GuestMemory, data: object) -> None:
+    """Apply dump's data to ``mem`` (a saved state is hostile: wrong shapes are ignored,
+    at most MAX_REGIONS regions; they only ever feed /proc)."""
+    if not isinstance(data, dict):
+        return
+    regions: list[Region] = []
+    for rec in data.get("regions", [])[:MAX_REGIONS]:
+        try:
+            lo, hi, prot, shared, path, offset, dev, ino = rec
+            regions.append(Region(int(lo), int(hi), int(prot) & 7, bool(shared), str(path),
+                                  int(offset), int(dev), int(ino)))
+        except (TypeError, ValueError):
+            continue
+    regions.sort(key=lambda r: r.lo)
+    layout = {str(k): int(v) for k, v in dict(data.get("layout", {})).items()
+              if isinstance(v, int)}
+    _SPACES[mem] = Vmas(regions, layout)
