@@ -5,8 +5,9 @@ Run by the Makefile as `.venv/bin/python tools/build_unicorn.py`, before `pip in
 1. If the installed unicorn already carries our marker for this patch: nothing to do.
 2. If .cache/wheels/<patch sha256[:16]>/ holds a wheel: force-reinstall it (no build).
 3. Else download the sdist into .cache/ (reused if present), unpack it, apply
-   tools/patches/unicorn-2.1.4-notdirty.patch, then unicorn-2.1.4-asyncstop.patch and
-   unicorn-2.1.4-tlbsize.patch, build
+   tools/patches/unicorn-2.1.4-notdirty.patch, then unicorn-2.1.4-asyncstop.patch,
+   unicorn-2.1.4-tlbsize.patch, unicorn-2.1.4-atomic.patch and unicorn-2.1.4-fpexcept.patch,
+   build
    libunicorn for x86 only with cmake + ninja (installed from PyPI into the venv when
    missing), drop the library into the sdist's prebuilt/ directory (its setup.py then
    packs it instead of building all architectures), add the marker file
@@ -36,7 +37,7 @@ VERSION = "2.1.4"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 PATCHES = [ROOT / "tools" / "patches" / f"unicorn-{VERSION}-{name}.patch"
-           for name in ("notdirty", "asyncstop", "tlbsize", "atomic")]
+           for name in ("notdirty", "asyncstop", "tlbsize", "atomic", "fpexcept")]
 PATCH = PATCHES[0]
 SDIST = CACHE / f"unicorn-{VERSION}.tar.gz"
 MARKER = "_viridian_patched"
@@ -160,6 +161,8 @@ def build_wheel(patch_sha: str, out_dir: Path) -> Path:
              f"-DCMAKE_MAKE_PROGRAM={ninja}", "-DCMAKE_BUILD_TYPE=Release",
              "-DUNICORN_ARCH=x86", "-DUNICORN_BUILD_TESTS=off"])
         run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2)])
+        # a library that does not load (e.g. an undefined symbol) must fall back too
+        run([sys.executable, "-c", f"import ctypes; ctypes.CDLL({str(build / LIB)!r})"])
         shutil.copy2(build / LIB, src / "prebuilt" / LIB)
         marker = {"unicorn": VERSION, "patch": ",".join(p.name for p in PATCHES),
                   "patch_sha256": patch_sha,

@@ -58,6 +58,7 @@ GUEST_CASES: list[tuple[str, str, list[str]]] = [
     ("unknown", "x86_64", []), ("unknown", "i386", []),
     ("compute", "x86_64", ["200000"]), ("compute", "i386", ["200000"]),
     ("fpu_state", "x86_64", []), ("fpu_state", "i386", []),
+    ("fpu_flags", "x86_64", []), ("fpu_flags", "i386", []),
 ]
 
 
