@@ -16,6 +16,7 @@ Used by tests/compat/test_compat.py and bench/compat.py; needs root (chroot, mou
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shutil
@@ -231,6 +232,12 @@ def _default_signals() -> None:
             signal.signal(sig, signal.SIG_DFL)
         except (OSError, ValueError, RuntimeError):
             pass                                   # SIGKILL, SIGSTOP, glibc's own
+    # glibc refuses to touch its own 32 and 33 (SIGCANCEL, SIGSETXID): the kernel's
+    # rt_sigaction does not (struct kernel_sigaction: handler, flags, restorer, mask).
+    libc = ctypes.CDLL(None, use_errno=True)
+    default = ctypes.create_string_buffer(32)      # SIG_DFL, no flags, no mask
+    for sig in (32, 33):
+        libc.syscall(13, sig, default, None, 8)    # x86_64 rt_sigaction (the runner is x86_64)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
