@@ -58,6 +58,7 @@ class Machine:
         self.sched = Scheduler(0)
         self.sched.on_done = self._halt_all
         self.procs = ProcessTable(self)
+        self._ended = threading.Event()         # set when the partition ends (sched.finish)
         self._dead_mems: list[GuestMemory] = []    # ended address spaces vCPUs still map
         self._mem: GuestMemory | None = None   # pid 1's address space (see ``mem``)
         self._tmp_upper: str | None = None
@@ -300,12 +301,13 @@ class Machine:
         the process holding the most memory of its own with SIGKILL, as Linux's OOM
         killer does inside a memory cgroup (pid 1 too: then the partition fails)."""
         budget = self.spec.memory_bytes + ALLOWANCE
-        while True:
+        # Not sched.cond.wait: every scheduling event notifies it, and a pipeline would
+        # then be measured thousands of times a second instead of every MEMORY_CHECK_S.
+        while not self._ended.wait(MEMORY_CHECK_S):
             with self.sched.cond:
                 if self.sched.done:
                     return
-                self.sched.cond.wait(MEMORY_CHECK_S)
-                if self.sched.done or self.sched.paused:
+                if self.sched.paused:
                     continue
                 live = [p for p in self.processes.values() if p.exit_status is None]
             if len(live) < 2:
@@ -328,6 +330,7 @@ class Machine:
                 self.signal_process(victim, SIGKILL)
 
     def _halt_all(self) -> None:
+        self._ended.set()
         with self._uc_lock:
             for vcpu in self.vcpus:
                 vcpu.halt()
