@@ -45,3 +45,12 @@ class Process:
     thread_comm: dict[int, str] = field(default_factory=dict)
     #: personality(2): the execution domain and its flags (inherited across fork)
     personality: int = 0
+
+    @property
+    def is64(self) -> bool:
+        """An x86_64 process (else i386): its address space says, and execve may change it."""
+        return self.mem.bits == 64
+
+    @property
+    def arch(self) -> str:
+        return "x86_64" if self.mem.bits == 64 else "i386"

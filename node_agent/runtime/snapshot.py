@@ -25,10 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unicorn import x86_const as X
-
 from . import unicorn_build
-from .abi import ABI_I386, ABI_X86_64
 from .files import FdTable
 from .fs import Sandbox
 from .memory import GuestMemory
@@ -37,7 +34,6 @@ from .proctable import restore_processes, restore_vfork_waits, save_processes
 from .signals import ERESTARTSYS, refresh
 from .snapfiles import read_upper, restore_fd_tables, restore_files, save_fd_tables, write_upper
 from .state import StateError, StateReader, StateWriter
-from .syscalls import tables
 from .threads import BLOCKED, PID_MAX, RUNNABLE, GuestThread
 from .vcpu import Vcpu
 from .waitq import restart_all
@@ -209,9 +205,7 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     machine.fs = Sandbox(spec.root, upper, spec.entrypoint)
     src, length = reader.open_section(b"UPPR")
     read_upper(src, length, machine.fs.upper)
-    machine.arch = arch = str(meta["arch"])
-    machine.abi = ABI_X86_64 if arch == "x86_64" else ABI_I386
-    machine.syscalls = tables(arch)
+    machine.arch = str(meta["arch"])
     if reader.version == 2:
         _restore_v2_process(machine, meta, reader)
     else:
@@ -288,7 +282,6 @@ def _restore_v2_process(machine: Machine, meta: dict[str, Any], reader: StateRea
 
 def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) -> None:
     sched = machine.sched
-    sched.result_reg = X.UC_X86_REG_RAX if machine.arch == "x86_64" else X.UC_X86_REG_EAX
     vcpu = machine.vcpus[0]
     size = _context_data(vcpu.uc.context_save())[1]
     by_tid: dict[int, GuestThread] = {}

@@ -66,7 +66,7 @@ class Waiter:
                 pass
         _RESUMED.add(self.thread)
         regs = dict(self.restart)
-        result = regs.pop(self.sched.result_reg)
+        result = regs.pop(self.thread.result_reg)
         self.sched.wake(self.thread, result)
         self.thread.pending.update(regs)
         _WAITERS.pop(self.thread, None)
@@ -199,7 +199,7 @@ def restart_all(sched: Scheduler) -> int:
                 thread.state != BLOCKED:
             pc_reg = next(reg for reg in regs if reg in _PC_REGS)
             pending[pc_reg] = regs[pc_reg] + 2
-            pending[sched.result_reg] = moved
+            pending[thread.result_reg] = moved
             _PROGRESS.pop(thread, None)
         _RETRIES.pop(thread, None)
     for thread, waiter in list(_WAITERS.items()):

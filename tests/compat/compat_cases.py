@@ -70,8 +70,6 @@ QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default
              "sent to init, and qemu-user, re-raising it on itself to die, then hangs")
 
 # Why cases fail today (measured against the runtime when the marker was set).
-SPAWN_I386 = ("a partition runs one architecture: this i386 program's system()/posix_spawn "
-              "runs the root's x86_64 /bin/sh, which gives ENOEXEC (8) here; Linux runs both")
 X87 = ("x87 transcendental instructions (f2xm1, fyl2x...) lose precision: expl/logl differ "
        "from Linux in the last digits")
 
@@ -142,8 +140,8 @@ PROCESSES: list[Case] = [
     *prog("procs", "orphan", "processes"),
     *prog("procs", "setsid", "processes"),
     *prog("procs", "killpg", "processes"),
-    *prog("procs", "system", "processes", gap_i386=SPAWN_I386),
-    *prog("procs", "spawn", "processes", gap_i386=SPAWN_I386,
+    *prog("procs", "system", "processes"),
+    *prog("procs", "spawn", "processes",
           reference="native", reason=QEMU_VFORK),
 ]
 

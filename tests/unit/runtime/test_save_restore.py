@@ -29,16 +29,18 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc t
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sr_*.c guests (x86_64, and sr_checksum also -m32) plus /input.txt and /data."""
+    """The sr_*.c guests (x86_64; sr_checksum and sr_pipeline also -m32) plus /input.txt and
+    /data."""
     root = tmp_path_factory.mktemp("sr-root")
     for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
-    m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
-                          str(root / "sr_checksum32"), str(GUESTS / "sr_checksum.c")],
-                         capture_output=True)
-    if m32.returncode != 0:
-        (root / "sr_checksum32").unlink(missing_ok=True)
+    for name in ("sr_checksum", "sr_pipeline"):
+        m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
+                              str(root / f"{name}32"), str(GUESTS / f"{name}.c")],
+                             capture_output=True)
+        if m32.returncode != 0:
+            (root / f"{name}32").unlink(missing_ok=True)
     (root / "input.txt").write_bytes(bytes((i * 37 + 11) % 251 for i in range(30000)))
     (root / "data").mkdir()
     return root
@@ -155,6 +157,22 @@ def test_process_tree_mid_pipeline_survives_save_and_restore_elsewhere(
     uninterrupted one (same sum, count, exit codes)."""
     reference, combined = _save_and_restore(nodes, root, "sr_pipeline", ("20000",),
                                             MIDWAY, vcpus=vcpus)
+    assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
+    assert final_line(combined) == final_line(reference)
+
+
+@pytest.mark.parametrize("parent, producer", [("sr_pipeline", "/sr_pipeline32"),
+                                              ("sr_pipeline32", "/sr_pipeline")])
+def test_mixed_architecture_tree_survives_save_and_restore(
+        nodes: Callable[[str], Node], root: Path, parent: str, producer: str) -> None:
+    """An x86_64 parent whose child execs an i386 producer (and the reverse), saved while
+    both run on the partition's vCPUs: the restored run ends as an uninterrupted one."""
+    if not (root / "sr_pipeline32").exists():
+        pytest.skip("gcc cannot build -m32 guests here")
+    reference, combined = _save_and_restore(nodes, root, parent, ("20000", producer),
+                                            MIDWAY, vcpus=2)
+    other = b"32-bit" if producer.endswith("32") else b"64-bit"
+    assert other in reference, "the producer did not run as the other architecture"
     assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
     assert final_line(combined) == final_line(reference)
 
