@@ -144,7 +144,9 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
             "machine": {"uptime": now - machine.started,
                         "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
                         "unknown": [[k, v] for k, v in machine.unknown.items()]},
-            "spaces": [dict(mem.layout(), group=group_of[i]) for i, mem in enumerate(spaces)],
+            "spaces": [dict(mem.layout(), group=group_of[i],
+                            shared_files=_shared_files(machine, mem))
+                       for i, mem in enumerate(spaces)],
             "groups": len(groups),
             "procs": procs,
             "sched": {"threads": [_thread_record(machine, t, now) for t in threads],
@@ -237,6 +239,7 @@ def _restore_processes(machine: Machine, meta: dict[str, Any], reader: StateRead
                 groups[group] = GuestMemory.load_shared(int(layout["size"]), src, length)
             src, length = reader.open_section(_tag("M", index))
             spaces.append(GuestMemory.restore(layout, groups[group], src, length))
+            _map_shared_files(machine, spaces[-1], layout.get("shared_files", []))
     except ValueError as exc:
         for mem in spaces:
             mem.close()
@@ -253,6 +256,39 @@ def _restore_processes(machine: Machine, meta: dict[str, Any], reader: StateRead
         proc = machine.processes[int(rec["pid"])]
         if proc.exit_status is None:
             proc.signals.restore(rec.get("signals", {}), proc, machine)
+
+
+def _shared_files(machine: Machine, mem: GuestMemory) -> list[list[Any]]:
+    """[lo, hi, offset, guest path] of ``mem``'s MAP_SHARED file ranges whose file is in the
+    writable layer (where every writable open is): the restore maps them again. A file with
+    no name left is not listed; its pages come back as ordinary memory."""
+    upper = os.path.realpath(machine.fs.upper)
+    out: list[list[Any]] = []
+    for lo, hi, off, host in mem.shared_files():
+        if host and os.path.commonpath([upper, host]) == upper and host != upper:
+            out.append([lo, hi, off, "/" + os.path.relpath(host, upper)])
+    return out
+
+
+def _map_shared_files(machine: Machine, mem: GuestMemory, ranges: list[Any]) -> None:
+    """Map a restored space's MAP_SHARED file ranges again (the upper layer is restored by
+    now), so that the guest's later writes reach the file as before the save."""
+    for lo, hi, off, gpath in ranges:
+        found = machine.fs.host_path(str(gpath))
+        mapped = False
+        if found is not None and found[1]:
+            try:
+                fd = os.open(found[0], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    mapped = mem.map_shared_file(int(lo), int(hi), fd, int(off))
+                finally:
+                    os.close(fd)
+        if not mapped:
+            machine.event("SharedMappingLost", f"the MAP_SHARED mapping of {gpath} comes back "
+                          "as ordinary memory: its file could not be mapped again")
 
 
 def _restore_v2_process(machine: Machine, meta: dict[str, Any], reader: StateReader) -> None:

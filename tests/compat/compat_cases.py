@@ -68,6 +68,13 @@ QEMU_VFORK = ("qemu-user runs vfork and CLONE_VFORK as a fork: the child's store
 QEMU_ZSH = "zsh-static as pid 1 under qemu-user hangs once it forks or takes a signal"
 QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default-action signal "
              "sent to init, and qemu-user, re-raising it on itself to die, then hangs")
+QEMU_CTRUNC = "qemu-user does not report MSG_CTRUNC when SCM_RIGHTS descriptors are cut off"
+QEMU_SIGNAL32 = ("qemu-user hangs delivering to a handler installed with i386 signal(2) (no "
+                 "SA_RESTORER)")
+QEMU_OLDMASK = ("qemu-user's i386 sigprocmask(SIG_SETMASK) replaces the whole mask; Linux "
+                "replaces only the low 32 signals")
+QEMU_SIGSUSPEND32 = ("qemu-user reads i386 sigsuspend's mask through a pointer (EFAULT); "
+                     "Linux takes it by value as the third argument")
 
 # Why cases fail today (measured against the runtime when the marker was set).
 X87 = ("x87 transcendental instructions (f2xm1, fyl2x...) lose precision: expl/logl differ "
@@ -166,6 +173,13 @@ SIGNALS: list[Case] = [
           reference="native", reason=QEMU_INIT),
     *prog("signals", "default", "signals", "15", reference="native", reason=QEMU_INIT),
     *prog("signals", "child_status", "signals"),
+    *prog("legacy32", "sigaction", "signals", archs=("i386",)),
+    *prog("legacy32", "signal", "signals", archs=("i386",), reference="native",
+          reason=QEMU_SIGNAL32),
+    *prog("legacy32", "masks", "signals", archs=("i386",), reference="native",
+          reason=QEMU_OLDMASK),
+    *prog("legacy32", "sigsuspend", "signals", archs=("i386",), timeout=5,
+          reference="native", reason=QEMU_SIGSUSPEND32),
     sh("kill-self", "signals", "echo before; kill -TERM $$; echo after",
        reference="native", reason=QEMU_INIT),
     sh("kill-child", "signals", "sh -c 'kill -KILL $$'; echo rc=$?"),
@@ -195,6 +209,10 @@ BLOCKING: list[Case] = [
     *prog("blockio", "unix_bind", "blocking-io", timeout=3),
     *prog("blockio", "mkfifo", "blocking-io"),
     *prog("blockio", "pipe2nb", "blocking-io"),
+    *prog("unixfd", "dgram", "blocking-io"),
+    *prog("unixfd", "stream", "blocking-io", reference="native", reason=QEMU_CTRUNC),
+    *prog("unixfd", "fork", "blocking-io"),
+    *prog("unixfd", "unreceived", "blocking-io"),
 ]
 
 FILES: list[Case] = [

@@ -32,7 +32,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The sr_*.c guests (x86_64; sr_checksum and sr_pipeline also -m32) plus /input.txt and
     /data."""
     root = tmp_path_factory.mktemp("sr-root")
-    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline"):
+    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline", "sr_rights",
+                 "sr_shared"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
     for name in ("sr_checksum", "sr_pipeline"):
@@ -174,6 +175,28 @@ def test_mixed_architecture_tree_survives_save_and_restore(
     other = b"32-bit" if producer.endswith("32") else b"64-bit"
     assert other in reference, "the producer did not run as the other architecture"
     assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
+    assert final_line(combined) == final_line(reference)
+
+
+def test_descriptors_in_flight_survive_save_and_restore(nodes: Callable[[str], Node],
+                                                        root: Path) -> None:
+    """Saved while an SCM_RIGHTS message (a pipe's write end, a file with its offset) waits
+    unreceived and its sender closed its own copies: the restored receiver gets working
+    descriptors, and the pipe reaches EOF once the passed end is closed."""
+    reference, combined = _save_and_restore(nodes, root, "sr_rights", (), b"in flight",
+                                            vcpus=1)
+    assert final_line(reference) == b"final=[through the pipe] eof=0 file=[travels]"
+    assert final_line(combined) == final_line(reference)
+
+
+def test_shared_file_mappings_stay_shared_after_restore(nodes: Callable[[str], Node],
+                                                        root: Path) -> None:
+    """MAP_SHARED mappings of a file in the writable layer are mapped again on restore: a
+    write after it reaches the other mapping and the file; an unlinked file's mapping keeps
+    its data as ordinary memory."""
+    reference, combined = _save_and_restore(nodes, root, "sr_shared", (), b"mapped a",
+                                            vcpus=1)
+    assert final_line(reference) == b"final second mapping R file BR orphan O"
     assert final_line(combined) == final_line(reference)
 
 
