@@ -36,7 +36,7 @@ from .snapfiles import read_upper, restore_fd_tables, restore_files, save_fd_tab
 from .state import StateError, StateReader, StateWriter
 from .threads import BLOCKED, PID_MAX, RUNNABLE, GuestThread
 from .vcpu import Vcpu
-from .waitq import restart_all
+from .waitq import restart_all, restore_deadline, saved_deadline
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -104,6 +104,7 @@ def _thread_record(machine: Machine, thread: GuestThread, now: float) -> dict[st
         "stdin": list(thread.stdin_wait) if thread.stdin_wait and thread.state == BLOCKED
         else None,
         "sig": thread.sig.save(), "intr": thread.intr_result,
+        "deadline": saved_deadline(thread, now),
     }
 
 
@@ -345,6 +346,7 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
             if thread.state == BLOCKED and rec["timer"] is not None:
                 remaining, result = rec["timer"]
                 sched.block(thread, now + remaining, int(result))
+            restore_deadline(thread, rec.get("deadline"), now)
             intr = rec.get("intr", ERESTARTSYS)
             thread.intr_result = None if intr is None else int(intr)
             if thread.state == BLOCKED and rec["stdin"] is not None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["Waiter", "WaitQueue", "park", "restart_all", "resume_deadline", "take_progress",
-           "keep_progress", "interrupted_result"]
+           "keep_progress", "interrupted_result", "saved_deadline", "restore_deadline"]
 
 BLOCK = 1 << 70          # syscalls.common.BLOCK (imported there from here would cycle)
 _PC_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_EIP)
@@ -155,6 +155,31 @@ def resume_deadline(t: Task, key: tuple[object, ...], timeout: float | None) -> 
     if saved is not None and resumed and saved[0] == key:
         return saved[1]
     return None if timeout is None else time.monotonic() + timeout
+
+
+def saved_deadline(thread: GuestThread, now: float) -> list[object] | None:
+    """For a saved state: [the call's key, seconds left] of a woken wait that will retry
+    (restart_all woke it), so that the restored retry keeps its deadline instead of
+    waiting its whole timeout again (Linux's restart_block). None when there is none, or
+    the key is not plain data."""
+    saved = _DEADLINES.get(thread)
+    if saved is None or thread not in _RESUMED:
+        return None
+    key, deadline = saved
+    if not all(isinstance(part, (int, str)) for part in key):
+        return None
+    return [list(key), max(deadline - now, 0.0)]
+
+
+def restore_deadline(thread: GuestThread, record: object, now: float) -> None:
+    """The inverse of saved_deadline, on a restored thread (a malformed record is dropped:
+    the retry then waits its whole timeout)."""
+    if not (isinstance(record, list) and len(record) == 2 and isinstance(record[0], list)
+            and isinstance(record[1], (int, float))):
+        return
+    key = tuple(part for part in record[0] if isinstance(part, (int, str)))
+    _DEADLINES[thread] = (key, now + min(max(float(record[1]), 0.0), 1e9))
+    _RESUMED.add(thread)
 
 
 def keep_progress(t: Task, key: tuple[object, ...], done: int) -> None:

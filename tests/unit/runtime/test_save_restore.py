@@ -33,7 +33,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     /data."""
     root = tmp_path_factory.mktemp("sr-root")
     for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline", "sr_rights",
-                 "sr_shared"):
+                 "sr_shared", "sr_poll"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
     for name in ("sr_checksum", "sr_pipeline"):
@@ -198,6 +198,24 @@ def test_shared_file_mappings_stay_shared_after_restore(nodes: Callable[[str], N
                                             vcpus=1)
     assert final_line(reference) == b"final second mapping R file BR orphan O"
     assert final_line(combined) == final_line(reference)
+
+
+def test_a_wait_keeps_its_deadline_across_save_and_restore(nodes: Callable[[str], Node],
+                                                           root: Path) -> None:
+    """A poll(3 s) saved 2 s in ends about 1 s after the restore (guest clock), not 3 s."""
+    a, b = nodes("a"), nodes("b")
+    handle = a.mgr.launch(a.spec(root, "part", "sr_poll"), 1)
+    wait_for(lambda: b"polling" in console(handle), "the poll to start")
+    time.sleep(2.0)                 # places the save two seconds into the three-second wait
+    state = a.base / "part.state"
+    handle.save(state)
+    status = handle.poll()
+    assert status is not None and status.saved, status
+    before = console(handle)
+    a.close()
+    restored = b.mgr.launch(b.spec(root, "part", "sr_poll"), 2, restore=state)
+    out = before + finish(restored)
+    assert final_line(out) == b"poll=0 waited-under-4s=1 waited-2.9s-or-more=1"
 
 
 def test_32bit_checksum_survives_save_and_restore(nodes: Callable[[str], Node],
