@@ -27,11 +27,10 @@ from .vmas import inherit as inherit_vmas
 if TYPE_CHECKING:
     from .machine import Machine
 
-__all__ = ["ProcessTable", "MAX_PROCESSES", "WaitRequest", "exit_status", "signal_status",
+__all__ = ["ProcessTable", "WaitRequest", "exit_status", "signal_status",
            "save_processes", "restore_processes", "restore_vfork_waits"]
 
 #: Processes (live and zombie) a partition may hold: a fork bomb gets EAGAIN past this.
-MAX_PROCESSES = 512
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 P_ALL, P_PID, P_PGID = 0, 1, 2
 SIGCHLD = 17
@@ -64,7 +63,7 @@ class ProcessTable:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.sched = machine.sched
-        self.limit = MAX_PROCESSES
+        self.limit = machine.spec.max_processes     # fork/clone past it: EAGAIN
         self.sched.taken_ids = lambda pid: pid in machine.processes
         self._waiters: dict[int, list[tuple[GuestThread, int]]] = {}   # pid -> wait4 callers
         self._vfork: dict[int, tuple[GuestThread, int]] = {}           # child pid -> parent
