@@ -68,6 +68,8 @@ _ACCESS = {
 _FAULT_SIGNALS = {0: (SIGFPE, 1), 1: (SIGTRAP, 1), 3: (SIGTRAP, SI_KERNEL),
                   6: (SIGILL, 2), 12: (SIGBUS, SI_KERNEL), 16: (SIGFPE, 0),
                   17: (SIGBUS, 1), 19: (SIGFPE, 0)}
+#: unmasked flags (IE, ZE, OE, DE|UE, PE) -> FPE_FLTINV, FLTDIV, FLTOVF, FLTUND, FLTRES
+_FPE_CODES = ((0x01, 7), (0x04, 3), (0x08, 4), (0x12, 5), (0x20, 6))
 _SEGS = {"cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS, "ds": X.UC_X86_REG_DS,
          "es": X.UC_X86_REG_ES, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 _NAMED64 = {n: getattr(X, f"UC_X86_REG_{n.upper()}") for n in (
@@ -590,6 +592,8 @@ class Vcpu:
         """A CPU exception the thread's handler takes (SIGFPE, SIGILL, SIGTRAP, SIGBUS, or
         SIGSEGV for the rest): queue it and stop; False when it is fatal."""
         sig, code = _FAULT_SIGNALS.get(intno, (SIGSEGV, SI_KERNEL))
+        if intno in (16, 19):
+            code = self._fpu_exception_code(intno)
         addr = self.pc if sig in (SIGFPE, SIGILL) else 0
         if self.thread is None or not fault_signal(self.task, sig, code, addr, intno, 0, 0):
             return False
@@ -597,6 +601,20 @@ class Vcpu:
         self.stop_why = "signal"
         self.uc.emu_stop()
         return True
+
+    def _fpu_exception_code(self, intno: int) -> int:
+        """si_code of an x87 (#MF, 16) or SSE (#XM, 19) exception, from the flags the
+        instruction left unmasked, in the order of Linux's fpu__exception_code."""
+        if intno == 16:
+            err = (int(self.uc.reg_read(X.UC_X86_REG_FPSW))
+                   & ~int(self.uc.reg_read(X.UC_X86_REG_FPCW)))
+        else:
+            mxcsr = int(self.uc.reg_read(X.UC_X86_REG_MXCSR))
+            err = mxcsr & ~(mxcsr >> 7)
+        for bits, code in _FPE_CODES:
+            if err & bits:
+                return code
+        return 0
 
     def _end_exception(self) -> None:
         """The exception a handler took is over for the CPU too (``_in_flight_offset``):
