@@ -480,14 +480,7 @@ def terminate(kernel: Machine, process: Process, sig: int, core: bool, detail: s
     if process.pid == 1:
         kernel.event("GuestSignal", f"pid 1 received {name}; terminating")
     reason = f"killed by {name}{detail}" if core else None
-    procs = getattr(kernel, "procs", None)
-    hook = getattr(kernel, "exit_process", None) or getattr(procs, "exit_process", None)
-    if hook is not None:
-        hook(process, sig | (0x80 if core else 0), reason=reason)
-    elif reason is not None:
-        kernel.sched.finish(None, reason)
-    else:
-        kernel.sched.finish(128 + sig)
+    kernel.procs.exit_process(process, sig | (0x80 if core else 0), reason=reason)
 
 
 # -- delivery -----------------------------------------------------------------------

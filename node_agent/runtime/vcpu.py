@@ -36,7 +36,18 @@ from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
 from .registers import ARGS32, ARGS64, GPR32, GPR64
 from .sigframe import pack_fxsave, unpack_fxsave
-from .signals import SI_KERNEL, SIGBUS, SIGFPE, SIGILL, SIGSEGV, SIGTRAP, deliver, fault_signal
+from .signals import (
+    SI_KERNEL,
+    SIGBUS,
+    SIGFPE,
+    SIGILL,
+    SIGSEGV,
+    SIGTRAP,
+    deliver,
+    fault_signal,
+    signal_name,
+    terminate,
+)
 from .syscalls import tables
 from .syscalls.common import BLOCK, EXIT, E, errno_of
 from .task import Task
@@ -358,7 +369,9 @@ class Vcpu:
             try:
                 self._run_thread(thread)
             except UcError as exc:
-                sched.finish(None, self._describe(exc))
+                sig = SIGILL if exc.errno == UC_ERR_INSN_INVALID else \
+                    SIGSEGV if exc.errno in _MEM_ERRORS else 0
+                self._fatal(sig, self._describe(exc))
             except Exception as exc:  # a runtime bug must end the partition, not the agent
                 self.machine.log_error(traceback.format_exc())
                 sched.finish(None, f"runtime error: {exc!r}")
@@ -425,7 +438,7 @@ class Vcpu:
             uc.context_update(thread.context)
         if self.stop_why is None and thread.state == RUNNING and not paused and not kicked:
             if self.pc == 0:       # emu_start's `until` address: a jump to NULL
-                self.machine.sched.finish(None, "guest fault: execute at unmapped address 0x0")
+                self._fatal(SIGSEGV, "guest fault: execute at unmapped address 0x0")
         # a kick (preemption, pause; maybe a late one) just requeues the thread
 
     def _load_segments(self, thread: GuestThread) -> None:
@@ -576,7 +589,11 @@ class Vcpu:
         elif self._exception_signal(intno):
             return
         self.stop_why = "fault"
-        self.machine.sched.finish(None, f"guest fault: {what} at pc 0x{self.pc:x}")
+        description = f"guest fault: {what} at pc 0x{self.pc:x}"
+        if intno == 0x80:
+            self.machine.sched.finish(None, description)     # the runtime's limit, not a fault
+        else:
+            self._fatal(_FAULT_SIGNALS.get(intno, (SIGSEGV, 0))[0], description)
         uc.emu_stop()
 
     def _on_bad_memory(self, uc: Any, access: int, address: int, size: int, value: int,
@@ -644,6 +661,20 @@ class Vcpu:
         if taken:
             self.stop_why = "signal"
         return taken
+
+    def _fatal(self, sig: int, description: str) -> None:
+        """A CPU fault no handler takes (``sig``: its signal; 0 for an emulator error that
+        is not the guest's doing). In pid 1 it fails the partition (``description`` names
+        it); any other process dies of the signal with a core-dump status, as on Linux, and
+        the partition goes on (its parent sees WTERMSIG; an event names it)."""
+        thread = self.thread
+        if thread is None or thread.process.pid == 1 or not sig:
+            self.machine.sched.finish(None, description)
+            return
+        process = thread.process
+        self.machine.event("ProcessFault", f"pid {process.pid} ({process.comm or process.exe}) "
+                           f"{description}: killed by {signal_name(sig)}")
+        terminate(self.machine, process, sig, True)
 
     def _describe(self, exc: UcError) -> str:
         if exc.errno in _MEM_ERRORS and self.fault:

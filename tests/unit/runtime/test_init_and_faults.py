@@ -77,6 +77,22 @@ def test_children_cannot_kill_pid_1_but_die_of_their_own_signals(
         "abort in a child: signaled 1 sig 6"]
 
 
+@pytest.mark.parametrize("arch", ARCHES)
+def test_a_cpu_fault_kills_only_the_child_that_made_it(run_guest: Callable[..., Run],
+                                                      arch: str) -> None:
+    """A child's unhandled SIGSEGV/SIGILL/SIGFPE (NULL write, ud2, division by zero, a
+    jump to NULL) ends that child with the signal; pid 1 reaps it and the partition runs
+    on (it used to fail the whole partition). Each death is an event naming the fault."""
+    run = run_guest("child_faults", arch=arch)
+    assert run.status.exit_code == 0, run.status
+    assert run.stdout.decode().splitlines() == [
+        "null-write: signaled=1 sig=11", "ud2: signaled=1 sig=4", "divide: signaled=1 sig=8",
+        "jump-null: signaled=1 sig=11", "parent goes on"]
+    faults = [m for r, m in run.events if r == "ProcessFault"]
+    assert len(faults) == 4 and "killed by SIGSEGV" in faults[0], faults
+    assert "killed by SIGILL" in faults[1] and "killed by SIGFPE" in faults[2], faults
+
+
 def test_a_cpu_fault_still_kills_pid_1(run_guest: Callable[..., Run]) -> None:
     run = run_guest(GUEST, "fault")
     assert run.status.exit_code is None
