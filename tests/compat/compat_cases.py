@@ -66,12 +66,19 @@ QEMU_PS = "under qemu-user processes show as the emulator (ld.so) in /proc"
 QEMU_VFORK = ("qemu-user runs vfork and CLONE_VFORK as a fork: the child's stores and "
               "posix_spawn's exec error are lost to the parent")
 QEMU_ZSH = "zsh-static as pid 1 under qemu-user hangs once it forks or takes a signal"
+QEMU_NOCLDSTOP = ("qemu-user sends SIGCHLD for a stopped or continued child even when the "
+                  "parent's SIGCHLD action has SA_NOCLDSTOP")
 QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default-action signal "
              "sent to init, and qemu-user, re-raising it on itself to die, then hangs")
 
 # Why cases fail today (measured against the runtime when the marker was set).
 SPAWN_I386 = ("a partition runs one architecture: this i386 program's system()/posix_spawn "
               "runs the root's x86_64 /bin/sh, which gives ENOEXEC (8) here; Linux runs both")
+ACCOUNTING = ("no per-process CPU accounting: wait4/waitid's rusage is zero, RUSAGE_CHILDREN and "
+              "times()'s children stay zero, /proc/PID/stat shows the worker's CPU time")
+JOB_CONTROL = ("stopped and continued children are not reported by wait4/waitid, nor signalled "
+               "to the parent")
+POLL_MASKS = "ppoll, pselect6 and epoll_pwait ignore their signal mask"
 X87 = ("x87 transcendental instructions (f2xm1, fyl2x...) lose precision: expl/logl differ "
        "from Linux in the last digits")
 
@@ -145,6 +152,12 @@ PROCESSES: list[Case] = [
     *prog("procs", "system", "processes", gap_i386=SPAWN_I386),
     *prog("procs", "spawn", "processes", gap_i386=SPAWN_I386,
           reference="native", reason=QEMU_VFORK),
+    *prog("procs", "rusage", "processes", gap=ACCOUNTING),
+    *prog("procs", "rusage_tree", "processes", gap=ACCOUNTING),
+    *prog("procs", "stop_wait", "processes", gap=JOB_CONTROL),
+    *prog("procs", "stop_waitid", "processes", gap=JOB_CONTROL),
+    *prog("procs", "stop_sigchld", "processes", gap=JOB_CONTROL, reference="native",
+          reason=QEMU_NOCLDSTOP),
 ]
 
 SIGNALS: list[Case] = [
@@ -168,6 +181,7 @@ SIGNALS: list[Case] = [
           reference="native", reason=QEMU_INIT),
     *prog("signals", "default", "signals", "15", reference="native", reason=QEMU_INIT),
     *prog("signals", "child_status", "signals"),
+    *prog("signals", "pollmask", "signals", gap=POLL_MASKS),
     sh("kill-self", "signals", "echo before; kill -TERM $$; echo after",
        reference="native", reason=QEMU_INIT),
     sh("kill-child", "signals", "sh -c 'kill -KILL $$'; echo rc=$?"),
@@ -224,6 +238,8 @@ PROCFS: list[Case] = [
     *prog("procfs", "cwd", "proc"),
     *prog("procfs", "rusage", "proc"),
     *prog("procfs", "times", "proc"),
+    *prog("procfs", "stat_times", "proc", gap=ACCOUNTING, reference="native",
+          reason=QEMU_PROC),
     *prog("procfs", "personality", "proc"),
     *prog("procfs", "resuid", "proc"),
     sh("meminfo", "proc", "grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo",

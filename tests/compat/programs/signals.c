@@ -1,9 +1,12 @@
 /* Signals: handlers and their flags, masks, timers, waits, faults, EINTR, SIGPIPE. */
 #include "common.h"
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/select.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 
@@ -355,6 +358,87 @@ static int t_child_status(int argc, char **argv) {
     return 0;
 }
 
+/* -- ppoll, pselect6, epoll_pwait: the mask replaces the thread's for the wait ---------- */
+static volatile sig_atomic_t usr2_in_handler = -1;
+static void on_masked(int sig) {
+    hits++;
+    sigset_t m;
+    sigprocmask(SIG_BLOCK, NULL, &m);
+    usr2_in_handler = sigismember(&m, SIGUSR2);
+}
+
+static int mask_pipe[2], mask_ep = -1;
+
+/* which: 0 ppoll, 1 pselect, 2 epoll_pwait, each waiting for mask_pipe to be readable. */
+static int masked_wait(int which, const sigset_t *mask, int ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    if (which == 0) {
+        struct pollfd pfd = {.fd = mask_pipe[0], .events = POLLIN};
+        return ppoll(&pfd, 1, &ts, mask);
+    }
+    if (which == 1) {
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(mask_pipe[0], &rd);
+        return pselect(mask_pipe[0] + 1, &rd, NULL, NULL, &ts, mask);
+    }
+    struct epoll_event ev;
+    return epoll_pwait(mask_ep, &ev, 1, ms, mask);
+}
+
+static void show_wait(const char *what, int r, int e) {
+    sigset_t now, pend;
+    sigprocmask(SIG_BLOCK, NULL, &now);
+    sigpending(&pend);
+    printf("  %s: %d %s hits %d; after: USR1 blocked %d USR2 blocked %d USR1 pending %d\n",
+           what, r, r < 0 ? ename(e) : "", hits, sigismember(&now, SIGUSR1),
+           sigismember(&now, SIGUSR2), sigismember(&pend, SIGUSR1));
+}
+
+static int t_pollmask(int argc, char **argv) {
+    const char *names[] = {"ppoll", "pselect6", "epoll_pwait"};
+    setup(SIGUSR1, on_masked, SA_RESTART);      /* SA_RESTART: these still give EINTR */
+    setup(SIGALRM, on_masked, SA_RESTART);
+    pipe(mask_pipe);
+    mask_ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = mask_pipe[0]};
+    epoll_ctl(mask_ep, EPOLL_CTL_ADD, mask_pipe[0], &ev);
+    sigset_t orig, temp, keep;
+    sigemptyset(&orig);
+    sigaddset(&orig, SIGUSR1);
+    sigaddset(&orig, SIGALRM);
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    keep = orig;
+    sigemptyset(&temp);
+    sigaddset(&temp, SIGUSR2);                  /* unblocks USR1 and ALRM, blocks USR2 */
+    for (int which = 0; which < 3; which++) {
+        printf("%s:\n", names[which]);
+        hits = 0;
+        usr2_in_handler = -1;
+        raise(SIGUSR1);                         /* pending, blocked by the thread's mask */
+        int r = masked_wait(which, &keep, 30), e = errno;
+        show_wait("mask keeps it blocked", r, e);
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("mask unblocks it", r, e);
+        printf("  handler ran with the call's mask: %d\n", usr2_in_handler);
+        raise(SIGUSR1);
+        write(mask_pipe[1], "x", 1);            /* ready and a signal: ready wins */
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("ready fd and pending signal", r, e);
+        char c;
+        read(mask_pipe[0], &c, 1);
+        r = masked_wait(which, &temp, 0), e = errno;
+        show_wait("zero timeout, pending signal", r, e);
+        struct itimerval it = {.it_interval = {0, 0}, .it_value = {0, 30000}};
+        setitimer(ITIMER_REAL, &it, NULL);      /* SIGALRM arrives during the wait */
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("signal during the wait", r, e);
+        r = masked_wait(which, NULL, 30), e = errno;
+        show_wait("no mask", r, e);
+    }
+    return 0;
+}
+
 static struct subtest tests[] = {
     {"handler", t_handler}, {"siginfo", t_siginfo}, {"resethand", t_resethand},
     {"nodefer", t_nodefer}, {"pending", t_pending}, {"ignored", t_ignored},
@@ -362,5 +446,6 @@ static struct subtest tests[] = {
     {"sigsuspend", t_sigsuspend}, {"sigtimedwait", t_sigtimedwait},
     {"siglongjmp", t_siglongjmp}, {"segv", t_segv}, {"fpe", t_fpe}, {"eintr", t_eintr},
     {"sigpipe", t_sigpipe}, {"default", t_default}, {"child_status", t_child_status},
+    {"pollmask", t_pollmask},
 };
 RUN_SUBTESTS(tests)
