@@ -32,6 +32,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from .accounting import CpuMeter
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
 from .sigframe import pack_fxsave, unpack_fxsave
@@ -210,6 +211,7 @@ class Vcpu:
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.exception_taken = False    # a CPU exception went to a handler: see below
         self.task = Task(self, machine)  # what syscall handlers see of the calling thread
+        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
 
     # -- address spaces -------------------------------------------------------------
     def _space_for(self, mem: GuestMemory) -> _Space:
@@ -356,6 +358,7 @@ class Vcpu:
                 self.machine.log_error(traceback.format_exc())
                 sched.finish(None, f"runtime error: {exc!r}")
             finally:
+                self.meter.stop()
                 self.thread = None
             sched.release(thread)
             if self.machine._dead_mems:
@@ -379,12 +382,15 @@ class Vcpu:
         self.stop_why = None
         self.fault = None
         self.run_started = time.monotonic()
+        self.meter.start(thread)
         sched = self.machine.sched
         paused = sched.paused
         kicks = self.kicks
         while True:              # signal work (delivery, sigreturn) between runs
             if thread.sig_dirty:
+                began = time.monotonic()
                 deliver(self.task)
+                self.meter.system += time.monotonic() - began
             if self.mem.exec_generation != self._space.exec_generation:
                 self._apply_exec()               # permissions changed (mprotect, mmap...)
                 uc = self.uc
@@ -515,6 +521,7 @@ class Vcpu:
         self._syscall()
 
     def _syscall(self) -> None:
+        began = time.monotonic()
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
         nr = vals[0]
@@ -531,6 +538,7 @@ class Vcpu:
                 result = E.FAULT
             except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
                 result = E.INVAL
+        self.meter.system += time.monotonic() - began
         if result == BLOCK or result == EXIT:
             self.stop_why = "block" if result == BLOCK else "exit"
             if result == BLOCK and self.thread is not None:

@@ -74,11 +74,6 @@ QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default
 # Why cases fail today (measured against the runtime when the marker was set).
 SPAWN_I386 = ("a partition runs one architecture: this i386 program's system()/posix_spawn "
               "runs the root's x86_64 /bin/sh, which gives ENOEXEC (8) here; Linux runs both")
-ACCOUNTING = ("no per-process CPU accounting: wait4/waitid's rusage is zero, RUSAGE_CHILDREN and "
-              "times()'s children stay zero, /proc/PID/stat shows the worker's CPU time")
-JOB_CONTROL = ("stopped and continued children are not reported by wait4/waitid, nor signalled "
-               "to the parent")
-POLL_MASKS = "ppoll, pselect6 and epoll_pwait ignore their signal mask"
 X87 = ("x87 transcendental instructions (f2xm1, fyl2x...) lose precision: expl/logl differ "
        "from Linux in the last digits")
 
@@ -152,11 +147,11 @@ PROCESSES: list[Case] = [
     *prog("procs", "system", "processes", gap_i386=SPAWN_I386),
     *prog("procs", "spawn", "processes", gap_i386=SPAWN_I386,
           reference="native", reason=QEMU_VFORK),
-    *prog("procs", "rusage", "processes", gap=ACCOUNTING),
-    *prog("procs", "rusage_tree", "processes", gap=ACCOUNTING),
-    *prog("procs", "stop_wait", "processes", gap=JOB_CONTROL),
-    *prog("procs", "stop_waitid", "processes", gap=JOB_CONTROL),
-    *prog("procs", "stop_sigchld", "processes", gap=JOB_CONTROL, reference="native",
+    *prog("procs", "rusage", "processes"),
+    *prog("procs", "rusage_tree", "processes"),
+    *prog("procs", "stop_wait", "processes"),
+    *prog("procs", "stop_waitid", "processes"),
+    *prog("procs", "stop_sigchld", "processes", reference="native",
           reason=QEMU_NOCLDSTOP),
 ]
 
@@ -181,7 +176,8 @@ SIGNALS: list[Case] = [
           reference="native", reason=QEMU_INIT),
     *prog("signals", "default", "signals", "15", reference="native", reason=QEMU_INIT),
     *prog("signals", "child_status", "signals"),
-    *prog("signals", "pollmask", "signals", gap=POLL_MASKS),
+    *prog("signals", "pollmask", "signals"),
+    *prog("signals", "stop_waits", "signals"),
     sh("kill-self", "signals", "echo before; kill -TERM $$; echo after",
        reference="native", reason=QEMU_INIT),
     sh("kill-child", "signals", "sh -c 'kill -KILL $$'; echo rc=$?"),
@@ -238,7 +234,7 @@ PROCFS: list[Case] = [
     *prog("procfs", "cwd", "proc"),
     *prog("procfs", "rusage", "proc"),
     *prog("procfs", "times", "proc"),
-    *prog("procfs", "stat_times", "proc", gap=ACCOUNTING, reference="native",
+    *prog("procfs", "stat_times", "proc", reference="native",
           reason=QEMU_PROC),
     *prog("procfs", "personality", "proc"),
     *prog("procfs", "resuid", "proc"),

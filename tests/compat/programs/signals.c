@@ -439,6 +439,50 @@ static int t_pollmask(int argc, char **argv) {
     return 0;
 }
 
+/* A child blocked in select, poll or pselect is stopped and continued (no handler: the call
+ * runs again, on the sets and timeout it was given), then data arrives. */
+static int t_stop_waits(int argc, char **argv) {
+    int data[2], ready[2];
+    pipe(data);
+    pipe(ready);
+    for (int which = 0; which < 3; which++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid < 0) { printf("fork: %s\n", ename(errno)); return 1; }
+        if (pid == 0) {
+            fd_set rd;
+            FD_ZERO(&rd);
+            FD_SET(data[0], &rd);
+            struct timeval tv = {5, 0};
+            struct timespec ts = {5, 0};
+            struct pollfd pfd = {.fd = data[0], .events = POLLIN};
+            write(ready[1], "r", 1);
+            int r;
+            if (which == 0) r = select(data[0] + 1, &rd, NULL, NULL, &tv);
+            else if (which == 1) r = pselect(data[0] + 1, &rd, NULL, NULL, &ts, NULL);
+            else r = poll(&pfd, 1, 5000);
+            int set = which == 2 ? pfd.revents == POLLIN : FD_ISSET(data[0], &rd);
+            printf("%s after stop and continue: %d %s, fd ready %d\n",
+                   which == 0 ? "select" : which == 1 ? "pselect" : "poll", r,
+                   r < 0 ? ename(errno) : "", set);
+            char c;
+            read(data[0], &c, 1);
+            _exit(0);
+        }
+        char c;
+        read(ready[0], &c, 1);
+        usleep(50000);
+        int st;
+        kill(pid, SIGSTOP);
+        waitpid(pid, &st, WUNTRACED);
+        kill(pid, SIGCONT);
+        usleep(50000);
+        write(data[1], "d", 1);
+        waitpid(pid, &st, 0);
+    }
+    return 0;
+}
+
 static struct subtest tests[] = {
     {"handler", t_handler}, {"siginfo", t_siginfo}, {"resethand", t_resethand},
     {"nodefer", t_nodefer}, {"pending", t_pending}, {"ignored", t_ignored},
@@ -446,6 +490,6 @@ static struct subtest tests[] = {
     {"sigsuspend", t_sigsuspend}, {"sigtimedwait", t_sigtimedwait},
     {"siglongjmp", t_siglongjmp}, {"segv", t_segv}, {"fpe", t_fpe}, {"eintr", t_eintr},
     {"sigpipe", t_sigpipe}, {"default", t_default}, {"child_status", t_child_status},
-    {"pollmask", t_pollmask},
+    {"pollmask", t_pollmask}, {"stop_waits", t_stop_waits},
 };
 RUN_SUBTESTS(tests)
