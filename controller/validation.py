@@ -63,6 +63,7 @@ PATH_MAX = 4096
 NAME_MAX = 255
 MIN_DISK = 1 << 20
 MAX_DISK = 1 << 40
+MAX_PROCESSES = 4096          # node_agent.runtime.spec.MAX_PROCESS_LIMIT
 MAX_NODE_VCPUS = 4096
 MAX_NODE_MEMORY = 64 << 40
 MAX_RATIO = 64.0
@@ -188,6 +189,9 @@ def normalize_spec(spec: pb.PartitionSpec) -> None:
     if spec.memory_bytes % 4096:
         raise InvalidArgument("memory must be a multiple of 4Ki (the guest page size)")
     check_disk(spec.disk_bytes)
+    if spec.max_processes > MAX_PROCESSES:
+        raise InvalidArgument(f"max_processes must be 0 (the default, 512) or between 1 and "
+                              f"{MAX_PROCESSES}, got {spec.max_processes}")
     if spec.placement_strategy not in STRATEGIES:
         raise InvalidArgument(
             f"unknown placement strategy {shown(spec.placement_strategy)}: "

@@ -26,7 +26,12 @@ from node_agent import reports
 from node_agent.consoles import stream_console
 from node_agent.images import ImageCache
 from node_agent.reports import Cause
-from node_agent.runtime.spec import DEFAULT_DISK_BYTES, ExitStatus, PartitionSpec
+from node_agent.runtime.spec import (
+    DEFAULT_DISK_BYTES,
+    DEFAULT_MAX_PROCESSES,
+    ExitStatus,
+    PartitionSpec,
+)
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
 from node_agent.saved_states import PullState, SavedStates
 from node_agent.states import StateStore
@@ -239,6 +244,7 @@ class Supervisor:
                 args=tuple(a.spec.args), env=tuple(sorted(a.spec.env.items())),
                 vcpus=a.spec.vcpus or 1, memory_bytes=a.spec.memory_bytes or (64 << 20),
                 upper=upper, disk_bytes=a.spec.disk_bytes or DEFAULT_DISK_BYTES,
+                max_processes=a.spec.max_processes or DEFAULT_MAX_PROCESSES,
             )
             restore = await self.saved.fetch(a.name, a.restore) if a.restore.digest else None
             if lp.stopping:

@@ -6,11 +6,11 @@ Run by the Makefile as `.venv/bin/python tools/build_unicorn.py`, before `pip in
 2. If .cache/wheels/<patch sha256[:16]>/ holds a wheel: force-reinstall it (no build).
 3. Else download the sdist into .cache/ (reused if present), unpack it, apply
    tools/patches/unicorn-2.1.4-notdirty.patch, then unicorn-2.1.4-asyncstop.patch,
-   unicorn-2.1.4-tlbsize.patch, unicorn-2.1.4-atomic.patch and unicorn-2.1.4-fpexcept.patch,
-   build
-   libunicorn for x86 only with cmake + ninja (installed from PyPI into the venv when
-   missing), drop the library into the sdist's prebuilt/ directory (its setup.py then
-   packs it instead of building all architectures), add the marker file
+   unicorn-2.1.4-tlbsize.patch, unicorn-2.1.4-atomic.patch, unicorn-2.1.4-fpexcept.patch and
+   unicorn-2.1.4-x87precise.patch, build libunicorn for x86 only with cmake + ninja
+   (installed from PyPI into the venv when missing), drop the library into the sdist's
+   prebuilt/ directory (its setup.py then packs it instead of building all
+   architectures), add the marker file
    `unicorn/_viridian_patched`, build a wheel, cache it and force-reinstall it.
 Any failure installs the stock wheel and prints one loud warning line.
 
@@ -37,7 +37,8 @@ VERSION = "2.1.4"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".cache"
 PATCHES = [ROOT / "tools" / "patches" / f"unicorn-{VERSION}-{name}.patch"
-           for name in ("notdirty", "asyncstop", "tlbsize", "atomic", "fpexcept")]
+           for name in ("notdirty", "asyncstop", "tlbsize", "atomic", "fpexcept",
+                        "x87precise")]
 PATCH = PATCHES[0]
 SDIST = CACHE / f"unicorn-{VERSION}.tar.gz"
 MARKER = "_viridian_patched"

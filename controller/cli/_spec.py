@@ -40,6 +40,8 @@ class GuestArgsCommand(click.Command):
 
 #: What a partition gets without --disk (the agent's default; node_agent.runtime.spec).
 DEFAULT_DISK = 1 << 30
+#: ... and without --max-processes.
+DEFAULT_MAX_PROCESSES = 512
 
 
 def spec_options(*, image_required: bool, placement_only: bool = False) -> Callable[[F], F]:
@@ -73,6 +75,10 @@ def spec_options(*, image_required: bool, placement_only: bool = False) -> Calla
                 click.option("--disk", type=SIZE,
                              help="Writable-layer quota, e.g. 4Gi (default 1Gi); the guest "
                              "gets ENOSPC beyond it."),
+                click.option("--max-processes", "max_processes",
+                             type=click.IntRange(min=1, max=4096),
+                             help="Processes the partition may hold at once, pid 1 included "
+                             "(default 512); fork gets EAGAIN beyond it."),
             ]
         for opt in reversed(opts):
             func = opt(func)
@@ -95,6 +101,7 @@ def build_spec(
     restart: str = "never",
     ha: bool = False,
     disk: int | None = None,
+    max_processes: int | None = None,
     args: Sequence[str] = (),
     start: bool = True,
     stdin: bool = False,
@@ -118,4 +125,5 @@ def build_spec(
         desired_state=types_pb2.DESIRED_STATE_RUNNING if start else types_pb2.DESIRED_STATE_OFF,
         stdin=stdin,
         disk_bytes=disk or 0,
+        max_processes=max_processes or 0,
     )

@@ -9,7 +9,13 @@ from typing import BinaryIO
 import click
 from viridian.v1 import controller_pb2, types_pb2
 
-from controller.cli._spec import DEFAULT_DISK, GuestArgsCommand, build_spec, spec_options
+from controller.cli._spec import (
+    DEFAULT_DISK,
+    DEFAULT_MAX_PROCESSES,
+    GuestArgsCommand,
+    build_spec,
+    spec_options,
+)
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
 from controller.cli.client import cancel
@@ -91,6 +97,7 @@ PARTITION_FIELDS: list[Column[P]] = [
     Column("vCPUs", lambda p: str(p.spec.vcpus)),
     Column("Memory", lambda p: format_size(p.spec.memory_bytes)),
     Column("Disk", lambda p: format_size(p.spec.disk_bytes or DEFAULT_DISK)),
+    Column("Max processes", lambda p: str(p.spec.max_processes or DEFAULT_MAX_PROCESSES)),
     Column("Restart", _restart),
     Column("Restarts", lambda p: str(p.status.restarts)),
     Column("HA", lambda p: "yes" if p.spec.ha else "no"),

@@ -9,8 +9,9 @@ unpacks. The rules, member by member and in archive order:
   and repeated or trailing slashes are dropped; a name that is only the root (``./``) must be
   a directory and is otherwise ignored.
 * Allowed types: regular files, directories, symlinks, and hard links whose target is an
-  earlier regular file (or a hard link to one) of the same archive. Device nodes, FIFOs and
-  anything else are refused, as is a setuid or setgid bit on any member.
+  earlier regular file (or a hard link to one) of the same archive; FIFOs only where the
+  limits allow them (a saved writable layer). Device nodes and anything else are refused, as
+  is a setuid or setgid bit on any member.
 * One entry per path: a second entry for a path already present is refused (a file over a
   directory or the reverse included). The only exception is a directory entry for a
   directory that an earlier member's path created implicitly.
@@ -77,6 +78,9 @@ class Limits:
 
     max_members: int = 100_000
     max_bytes: int = 1 << 30
+    #: FIFOs are allowed (a saved writable layer, where a guest's mkfifo left them: only a
+    #: name, never opened on the host); an image refuses them.
+    fifos: bool = False
 
 
 IMAGE_LIMITS = Limits()
@@ -87,6 +91,7 @@ class Kind(Enum):
     DIR = "directory"
     SYMLINK = "symlink"
     HARDLINK = "hard link"
+    FIFO = "FIFO"
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +144,7 @@ def split_name(name: str, what: str) -> list[str]:
     return parts
 
 
-def _kind_of(info: tarfile.TarInfo, what: str) -> Kind:
+def _kind_of(info: tarfile.TarInfo, what: str, fifos: bool) -> Kind:
     if info.isreg():                      # regular, contiguous and sparse files
         return Kind.FILE
     if info.isdir():
@@ -151,6 +156,8 @@ def _kind_of(info: tarfile.TarInfo, what: str) -> Kind:
     if info.ischr() or info.isblk():
         raise ArchiveError(f"{what}: device nodes are not allowed")
     if info.isfifo():
+        if fifos:
+            return Kind.FIFO
         raise ArchiveError(f"{what}: FIFOs are not allowed")
     raise ArchiveError(f"{what}: unsupported member type {info.type!r}")
 
@@ -194,6 +201,8 @@ class MemberTable:
             return ("dir", "")
         if member.kind is Kind.SYMLINK:
             return ("link", member.target)
+        if member.kind is Kind.FIFO:
+            return ("other", "")
         return ("file", "")
 
     def regular_file(self, guest_path: str) -> Member | None:
@@ -224,7 +233,7 @@ class MemberChecker:
             raise ArchiveError(f"more than {self.limits.max_members} members")
         what = f"member {_show(info.name)}"
         parts = split_name(info.name, what)
-        kind = _kind_of(info, what)
+        kind = _kind_of(info, what, self.limits.fifos)
         if info.mode & (stat.S_ISUID | stat.S_ISGID):
             raise ArchiveError(f"{what}: setuid and setgid bits are not allowed")
         if not parts:
@@ -495,6 +504,8 @@ class _Writer:
                 _make_dir(parent, name, member.mode)
             elif member.kind is Kind.SYMLINK:
                 os.symlink(member.target, name, dir_fd=parent)
+            elif member.kind is Kind.FIFO:
+                os.mkfifo(name, member.mode | 0o600, dir_fd=parent)
             else:
                 target = member.target.split("/")
                 source = _open_dirs(self.root_fd, target[:-1], create=False)

@@ -538,6 +538,18 @@ class FdTable:
         return child
 
 
+def hold_files(files: list[OpenFile]) -> None:
+    """Take a reference to each of ``files`` without a descriptor (SCM_RIGHTS in flight)."""
+    with _REFS:
+        for file in files:
+            file.refs += 1
+
+
+def release_files(files: list[OpenFile]) -> None:
+    """Drop references hold_files took (a message received or thrown away)."""
+    _release(list(files))
+
+
 def _release(files: list[OpenFile | None]) -> None:
     """Drop one reference to each of ``files``; close those that lost their last one."""
     for file in files:

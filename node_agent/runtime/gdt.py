@@ -15,7 +15,8 @@ import struct
 
 __all__ = ["GDT_SIZE", "KERNEL_DS_SELECTOR", "USER_DS_SELECTOR", "USER_CS_SELECTOR",
            "USER32_CS_SELECTOR", "TLS_MIN", "TLS_MAX", "descriptor", "flat_gdt",
-           "user_desc_to_descriptor", "boot_frame", "IRET64", "IRET32"]
+           "user_desc_to_descriptor", "boot_frame", "IRET64", "IRET32", "SIGRETURN32_OFFSET",
+           "RT_SIGRETURN32_OFFSET"]
 
 GDT_SIZE = 0x100          # 32 entries
 KERNEL_DS_ENTRY = 2       # the stack segment of the boot page's iret (CPL 0)
@@ -49,12 +50,25 @@ def flat_gdt(arch: str) -> bytes:
     return struct.pack(f"<{len(entries)}Q", *entries)
 
 
+#: i386 signal return trampolines on the boot page (what Linux's vDSO provides as
+#: __kernel_sigreturn and __kernel_rt_sigreturn): a handler installed without SA_RESTORER
+#: (signal(2), sigaction(2) from old binaries) returns through them.
+SIGRETURN32_OFFSET, RT_SIGRETURN32_OFFSET = 0x100, 0x110
+_SIGRETURN32 = bytes.fromhex("58b877000000cd80")     # pop eax; mov eax, 119; int 0x80
+_RT_SIGRETURN32 = bytes.fromhex("b8ad000000cd80")    # mov eax, 173; int 0x80
+
+
 def boot_frame(arch: str, entry: int, sp: int) -> tuple[bytes, bytes]:
     """(the boot page's code, the iret frame to place at the stack pointer) that start the
-    guest at ``entry`` with stack ``sp`` at CPL 3, interrupts flag set as on Linux."""
+    guest at ``entry`` with stack ``sp`` at CPL 3, interrupts flag set as on Linux. The i386
+    page also holds the signal return trampolines."""
     if arch == "x86_64":
         return IRET64, struct.pack("<5Q", entry, USER_CS_SELECTOR, 0x202, sp, USER_DS_SELECTOR)
-    return IRET32, struct.pack("<5I", entry, USER32_CS_SELECTOR, 0x202, sp, USER_DS_SELECTOR)
+    code = bytearray(IRET32.ljust(RT_SIGRETURN32_OFFSET + len(_RT_SIGRETURN32), b"\xcc"))
+    code[SIGRETURN32_OFFSET:SIGRETURN32_OFFSET + len(_SIGRETURN32)] = _SIGRETURN32
+    code[RT_SIGRETURN32_OFFSET:] = _RT_SIGRETURN32
+    return bytes(code), struct.pack("<5I", entry, USER32_CS_SELECTOR, 0x202, sp,
+                                    USER_DS_SELECTOR)
 
 
 def user_desc_to_descriptor(base: int, limit: int, flags: int) -> int:

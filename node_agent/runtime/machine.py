@@ -11,9 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from unicorn import x86_const as X
-
-from .abi import ABI_I386, ABI_X86_64
 from .files import ConsoleFile
 from .fs import Sandbox
 from .gdt import GDT_SIZE, TLS_MAX, TLS_MIN, boot_frame, flat_gdt, user_desc_to_descriptor
@@ -22,9 +19,9 @@ from .memory import ALLOWANCE, GDT_AREA, GuestFault, GuestMemory, format_size
 from .process import Process
 from .proctable import ProcessTable, signal_status
 from .program import load_program
+from .registers import start_registers
 from .signals import SI_KERNEL, SI_USER, SIG_DFL, SIG_IGN, SigInfo, send
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
-from .syscalls import tables
 from .syscalls.common import BLOCK, E
 from .threads import BLOCKED, GuestThread, Scheduler
 from .vcpu import QUANTUM, Vcpu
@@ -55,7 +52,7 @@ class Machine:
         self.started = time.monotonic()
         self._stop_requested = False
         self.vcpus: list[Vcpu] = []
-        self.sched = Scheduler(0)
+        self.sched = Scheduler()
         self.sched.on_done = self._halt_all
         self.procs = ProcessTable(self)
         self._ended = threading.Event()         # set when the partition ends (sched.finish)
@@ -221,8 +218,6 @@ class Machine:
         program = load_program(self.fs, spec.entrypoint, argv, env, spec.memory_bytes, "/")
         self.fs.exe = program.exe
         self.arch, self.mem, sp = program.arch, program.mem, program.sp
-        self.abi = ABI_X86_64 if program.arch == "x86_64" else ABI_I386
-        self.syscalls = tables(program.arch)
         # The first instruction is the boot page's iret: it drops to CPL 3 (gdt.py).
         code, frame = boot_frame(program.arch, program.entry, sp)
         self.mem.host_write(self.mem.boot, code)
@@ -233,14 +228,10 @@ class Machine:
         self.processes = {1: self.init}
         for fd, flags in ((0, 0), (1, 1), (2, 1)):
             self.init.fds.add(ConsoleFile(flags, self.console, fd), minimum=fd)
-        self.sched.result_reg = X.UC_X86_REG_RAX if self.arch == "x86_64" else X.UC_X86_REG_EAX
         main = self.sched.new_thread(self.init, first=True)
         assert main is not None
         main.gdt = self.alloc_gdt(self.init)
-        if self.arch == "x86_64":
-            main.pending = {X.UC_X86_REG_RIP: self.mem.boot, X.UC_X86_REG_RSP: sp - len(frame)}
-        else:
-            main.pending = {X.UC_X86_REG_EIP: self.mem.boot, X.UC_X86_REG_ESP: sp - len(frame)}
+        main.pending = start_registers(self.init.is64, self.mem.boot, sp - len(frame))
         self.vcpus = [Vcpu(self, i) for i in range(spec.vcpus)]
         self.sched.start(main)
         return None
@@ -354,19 +345,19 @@ class Machine:
             shutil.rmtree(self._tmp_upper, ignore_errors=True)
 
     # -- services for syscalls ----------------------------------------------------------
-    def unknown_syscall(self, nr: int) -> None:
-        """Count an ENOSYS; at most MAX_UNKNOWN_TRACKED numbers (and events), the rest
-        summed under UNKNOWN_OTHERS."""
+    def unknown_syscall(self, nr: int, arch: str) -> None:
+        """Count an ENOSYS (of an ``arch`` process); at most MAX_UNKNOWN_TRACKED numbers
+        (and events), the rest summed under UNKNOWN_OTHERS."""
         message = None
         with self._unknown_lock:
             if nr not in self.unknown and len(self.unknown) >= MAX_UNKNOWN_TRACKED:
                 if UNKNOWN_OTHERS not in self.unknown:
-                    message = (f"syscall {nr} ({self.arch}) returned ENOSYS; after "
+                    message = (f"syscall {nr} ({arch}) returned ENOSYS; after "
                                f"{MAX_UNKNOWN_TRACKED} distinct unknown syscalls, further "
                                f"ones are counted together under {UNKNOWN_OTHERS}")
                 nr = UNKNOWN_OTHERS
             elif nr not in self.unknown:
-                message = f"syscall {nr} ({self.arch}) returned ENOSYS"
+                message = f"syscall {nr} ({arch}) returned ENOSYS"
             self.unknown[nr] = self.unknown.get(nr, 0) + 1
         if message is not None:
             self.event("UnknownSyscall", message)
@@ -394,10 +385,6 @@ class Machine:
             code, value = 1, (status >> 8) & 0xFF
         send(self, parent, None, SigInfo(SIGCHLD, code, pid=child.pid, status=value,
                                          kind="chld"))
-
-    @property
-    def is64(self) -> bool:
-        return self.arch == "x86_64"
 
     def kick_thread(self, thread: GuestThread) -> None:
         """Make the vCPU running ``thread`` (if any) stop at its next block boundary."""
@@ -474,12 +461,12 @@ class Machine:
                 raise OSError(11, "no free GDT slot")
             slot = process.gdt_free.pop(0)
         addr = mem.reserved + slot * GDT_SIZE
-        mem.host_write(addr, flat_gdt(self.arch))
+        mem.host_write(addr, flat_gdt(process.arch))
         return addr
 
     def free_gdt(self, thread: GuestThread) -> None:
         """Return an exited i386 thread's GDT slot (x86_64 threads share the first one)."""
-        if thread.gdt and self.arch == "i386":
+        if thread.gdt and not thread.process.is64:
             with self.sched.cond:
                 slot = (thread.gdt - thread.process.mem.reserved) // GDT_SIZE
                 if slot not in thread.process.gdt_free:

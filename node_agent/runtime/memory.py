@@ -370,6 +370,33 @@ class GuestMemory:
         with self.lock:
             return [(lo, hi) for lo, hi, _, _ in self._shared]
 
+    def shared_files(self) -> list[tuple[int, int, int, str]]:
+        """(lo, hi, file offset, the mapped file's host path now) of every MAP_SHARED file
+        range, for a saved state; the path is "" once the file has no name left."""
+        with self.lock:
+            out = []
+            for lo, hi, fd, off in self._shared:
+                try:
+                    path = "" if os.fstat(fd).st_nlink == 0 else \
+                        os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    path = ""
+                out.append((lo, hi, off, path))
+            return out
+
+    def map_shared_file(self, lo: int, hi: int, fd: int, offset: int) -> bool:
+        """A restore: map [lo, hi) MAP_SHARED from ``fd`` at ``offset`` again, over the
+        saved pages (which are the file's). False when the range or offset is not one a
+        mapping can have (the pages then stay ordinary memory)."""
+        if lo % PAGE or hi % PAGE or offset % PAGE or offset < 0 or \
+                not page_up(self.brk) <= lo < hi <= self.gap_low:
+            return False
+        with self.lock:
+            if not self._alloc.covers(lo, hi):
+                return False
+            self.zero(lo, hi - lo)
+            return self._map_file(lo, hi - lo, fd, offset, shared=True)
+
     def msync(self, addr: int, length: int) -> bool:
         """msync: flush the MAP_SHARED file pages of [addr, addr+length); False (ENOMEM)
         when part of the range is not mapped."""

@@ -53,3 +53,12 @@ class Process:
     #: peak resident size seen (KiB), and the largest of its reaped descendants'
     maxrss: int = 0
     cmaxrss: int = 0
+
+    @property
+    def is64(self) -> bool:
+        """An x86_64 process (else i386): its address space says, and execve may change it."""
+        return self.mem.bits == 64
+
+    @property
+    def arch(self) -> str:
+        return "x86_64" if self.mem.bits == 64 else "i386"

@@ -30,11 +30,10 @@ from .vmas import inherit as inherit_vmas
 if TYPE_CHECKING:
     from .machine import Machine
 
-__all__ = ["ProcessTable", "MAX_PROCESSES", "WaitRequest", "WaitReport", "exit_status",
-           "signal_status", "save_processes", "restore_processes", "restore_vfork_waits"]
+__all__ = ["ProcessTable", "WaitRequest", "WaitReport", "exit_status", "signal_status",
+           "save_processes", "restore_processes", "restore_vfork_waits"]
 
 #: Processes (live and zombie) a partition may hold: a fork bomb gets EAGAIN past this.
-MAX_PROCESSES = 512
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
 WSTOPPED = WUNTRACED
 P_ALL, P_PID, P_PGID = 0, 1, 2
@@ -92,7 +91,7 @@ class ProcessTable:
     def __init__(self, machine: Machine) -> None:
         self.machine = machine
         self.sched = machine.sched
-        self.limit = MAX_PROCESSES
+        self.limit = machine.spec.max_processes     # fork/clone past it: EAGAIN
         self.sched.taken_ids = lambda pid: pid in machine.processes
         self._waiters: dict[int, list[tuple[GuestThread, int]]] = {}   # pid -> wait4 callers
         self._vfork: dict[int, tuple[GuestThread, int]] = {}           # child pid -> parent
@@ -129,11 +128,11 @@ class ProcessTable:
                 if not share_memory:
                     mem.close()
                 return -EAGAIN
-            child = Process(pid=pid, mem=mem, fds=_fork_fds(parent), cwd=parent.cwd,
+            child = Process(pid=pid, mem=mem, fds=parent.fds.fork_copy(), cwd=parent.cwd,
                             umask=parent.umask, exe=parent.exe, argv=list(parent.argv),
                             ppid=parent.pid, pgid=parent.pgid, sid=parent.sid)
             child.gdt_free = list(parent.gdt_free)
-            if not share_memory and self.machine.arch == "i386":
+            if not share_memory and not parent.is64:
                 # the parent's other threads do not exist in the child: their GDTs are free
                 for other in self.threads_of(parent):
                     if other is not parent_thread and other.gdt:
@@ -190,6 +189,7 @@ class ProcessTable:
         with self.sched.cond:
             for other in self.threads_of(process):
                 if other is not thread:
+                    other.gdt = 0             # it was in the old address space, now gone
                     self._kill_thread(other)
             self._release_vfork(process)
         self.machine.retire_memory(old_mem)
@@ -261,9 +261,7 @@ class ProcessTable:
             pass
         if thread.on_cpu:
             self.machine.kick_thread(thread)
-        if thread.gdt and not self.machine.is64:
-            thread.process.gdt_free.append(thread.gdt)
-            thread.gdt = 0
+        self.machine.free_gdt(thread)
 
     # -- wait ---------------------------------------------------------------------------
     def wait(self, thread: GuestThread, request: WaitRequest) -> WaitReport | int:
@@ -379,18 +377,6 @@ class ProcessTable:
                     if p.pgid == pgid and p.exit_status is None]
 
 
-def _fork_fds(parent: Process) -> FdTable:
-    """The child's descriptor table: the same open descriptions (fork_copy when the
-    descriptor layer offers it), so offsets and pipe ends are shared as on Linux."""
-    fork_copy = getattr(parent.fds, "fork_copy", None)
-    if fork_copy is not None:
-        copied: FdTable = fork_copy()
-        return copied
-    table = FdTable()
-    with parent.fds.lock:
-        for fd, file in parent.fds.files.items():
-            table._install(fd, file, fd in parent.fds.cloexec)
-    return table
 
 
 def pack_siginfo_child(is64: bool, report: WaitReport) -> bytes:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .gdt import RT_SIGRETURN32_OFFSET, SIGRETURN32_OFFSET
 from .memory import GuestFault
 from .sigframe import (
     REDZONE,
@@ -607,8 +608,11 @@ def _setup_frame(t: Task, sig: int, info: SigInfo, action: Action,
         ts.trap = None
     rt = is64 or bool(action.flags & SA_SIGINFO)
     mask = ts.saved_mask if ts.saved_mask is not None else ts.blocked
-    spec = FrameSpec(sig, info, action.handler, action.restorer if action.flags & SA_RESTORER
-                     else 0, rt, mask, frame_stack, trap)
+    if action.flags & SA_RESTORER:
+        restorer = action.restorer
+    else:       # i386: the boot page's trampoline, as Linux's vDSO (x86_64 refuses below)
+        restorer = t.mem.boot + (RT_SIGRETURN32_OFFSET if rt else SIGRETURN32_OFFSET)
+    spec = FrameSpec(sig, info, action.handler, restorer, rt, mask, frame_stack, trap)
     try:
         if is64 and not action.flags & SA_RESTORER:
             raise GuestFault("x86_64 signal handler without SA_RESTORER")
@@ -625,8 +629,8 @@ def _setup_frame(t: Task, sig: int, info: SigInfo, action: Action,
         ts.saved_mask = None
         ts.blocked |= action.mask | (0 if action.flags & SA_NODEFER else bit(sig))
         ts.blocked &= ~UNBLOCKABLE
-        if action.flags & SA_RESETHAND:
-            thread.process.signals.actions[sig] = Action()
+        if action.flags & SA_RESETHAND:    # the handler only: flags and mask stay (Linux)
+            thread.process.signals.actions[sig] = replace(action, handler=SIG_DFL)
     return True
 
 

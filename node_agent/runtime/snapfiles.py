@@ -9,6 +9,7 @@ on restore by the strict unpacker of archive.py.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import shutil
 import tarfile
@@ -28,6 +29,7 @@ from .files import (
     PipeBuffer,
     PipeEnd,
     StatInfo,
+    hold_files,
 )
 from .fs import VIRTUAL_DEVICES
 from .sockets import UnixSocket, names_of
@@ -40,7 +42,7 @@ __all__ = ["save_files", "restore_files", "write_upper", "read_upper", "UPPER_LI
 
 UPPER_LIMIT = 4 << 30          # bytes of the layer's tar stream in a state file
 UPPER_MEMBERS = 1_000_000      # files, directories and links in it
-UPPER_LIMITS = Limits(max_members=UPPER_MEMBERS, max_bytes=UPPER_LIMIT)
+UPPER_LIMITS = Limits(max_members=UPPER_MEMBERS, max_bytes=UPPER_LIMIT, fifos=True)
 _O_APPEND = 0o2000
 
 
@@ -131,8 +133,11 @@ class _Saver:
                "listening": sock.listening, "backlog_max": sock.backlog_max,
                "connected": sock.connected, "peer_closed": sock.peer_closed,
                "shut": [sock.shut_rd, sock.shut_wr], "stream": bytes(sock.stream).hex(),
-               "messages": [[d.hex(), None if n is None else n.hex()]
-                            for d, n in sock.messages],
+               "messages": [[d.hex(), None if n is None else n.hex(),
+                             [self.desc(f) for f in files]]
+                            for d, n, files in sock.messages],
+               "marks": [[start, end, [self.desc(f) for f in files]]
+                         for start, end, files in sock.marks],
                "peer": None if peer is None or peer.released else self.socket(peer),
                "backlog": [self.socket(s) for s in sock.backlog]}
         self.sockets[index] = rec
@@ -167,15 +172,38 @@ def restore_fd_tables(machine: Machine, data: dict[str, Any]) -> list[FdTable]:
             found = files[idx] = _reopen(machine, data["descs"][idx], pipes, sockets, get)
         return found
 
+    def described(idx: object) -> OpenFile:
+        if not isinstance(idx, int) or not 0 <= idx < len(files):
+            raise ValueError(f"a saved reference names description {idx}, which is not saved")
+        return get(idx)
+
     tables: list[FdTable] = []
     for saved in data["tables"] if "tables" in data else [data["fds"]]:
         fds = FdTable()
         for fd, idx, cloexec in saved:
-            if not 0 <= int(idx) < len(files):
-                raise ValueError(f"fd {fd} names description {idx}, which is not saved")
-            fds._install(int(fd), get(int(idx)), bool(cloexec))
+            fds._install(int(fd), described(idx), bool(cloexec))
         tables.append(fds)
+    _restore_in_flight(sockets, data.get("sockets", []), described)
     return tables
+
+
+def _restore_in_flight(sockets: list[UnixSocket], recs: list[dict[str, Any]],
+                       described: Callable[[object], OpenFile]) -> None:
+    """Descriptions passed with SCM_RIGHTS and not yet received (each holds a reference)."""
+    for sock, rec in zip(sockets, recs, strict=True):
+        for i, (_data, _sender, *rights) in enumerate(rec["messages"]):
+            if rights and rights[0]:
+                passed = [described(idx) for idx in rights[0]]
+                hold_files(passed)
+                data, sender, _ = sock.messages[i]
+                sock.messages[i] = (data, sender, passed)
+        for start, end, idxs in rec.get("marks", []):
+            if not 0 <= int(start) < int(end) <= len(sock.stream):
+                raise ValueError(f"passed descriptors at bytes {start}-{end} of a stream of "
+                                 f"{len(sock.stream)}")
+            passed = [described(idx) for idx in idxs]
+            hold_files(passed)
+            sock.marks.append((int(start), int(end), passed))
 
 
 def _restore_sockets(machine: Machine, recs: list[dict[str, Any]]) -> list[UnixSocket]:
@@ -190,9 +218,9 @@ def _restore_sockets(machine: Machine, recs: list[dict[str, Any]]) -> list[UnixS
         sock.connected, sock.peer_closed = bool(rec["connected"]), bool(rec["peer_closed"])
         sock.shut_rd, sock.shut_wr = (bool(v) for v in rec["shut"])
         sock.stream += bytes.fromhex(rec["stream"])
-        for hexdata, sender in rec["messages"]:
+        for hexdata, sender, *_rights in rec["messages"]:
             msg = bytes.fromhex(hexdata)
-            sock.messages.append((msg, None if sender is None else bytes.fromhex(sender)))
+            sock.messages.append((msg, None if sender is None else bytes.fromhex(sender), []))
             sock.queued += len(msg)
         sock.peer = None if rec["peer"] is None else made[int(rec["peer"])]
         sock.backlog.extend(made[int(i)] for i in rec["backlog"])
@@ -255,6 +283,10 @@ def write_upper(upper: str, out: BinaryIO) -> None:
                 tar.add(os.path.join(upper, entry), arcname=entry, filter=clean)
     except ArchiveError as err:
         raise RuntimeError(f"the writable layer cannot be saved: {err}") from None
+    except OSError as err:       # a path past PATH_MAX (a guest can build one): no host path
+        reason = ("a path in it is longer than 4095 bytes" if err.errno == errno.ENAMETOOLONG
+                  else err.strerror or "unreadable")
+        raise RuntimeError(f"the writable layer cannot be saved: {reason}") from None
 
 
 def read_upper(src: BinaryIO, length: int, upper: str) -> None:

@@ -25,10 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unicorn import x86_const as X
-
 from . import unicorn_build
-from .abi import ABI_I386, ABI_X86_64
 from .files import FdTable
 from .fs import Sandbox
 from .memory import GuestMemory
@@ -37,10 +34,9 @@ from .proctable import restore_processes, restore_vfork_waits, save_processes
 from .signals import ERESTARTSYS, refresh
 from .snapfiles import read_upper, restore_fd_tables, restore_files, save_fd_tables, write_upper
 from .state import StateError, StateReader, StateWriter
-from .syscalls import tables
 from .threads import BLOCKED, PID_MAX, RUNNABLE, GuestThread
 from .vcpu import Vcpu
-from .waitq import restart_all
+from .waitq import restart_all, restore_deadline, saved_deadline
 
 if TYPE_CHECKING:
     from .machine import Machine
@@ -108,6 +104,7 @@ def _thread_record(machine: Machine, thread: GuestThread, now: float) -> dict[st
         "stdin": list(thread.stdin_wait) if thread.stdin_wait and thread.state == BLOCKED
         else None,
         "sig": thread.sig.save(), "intr": thread.intr_result,
+        "deadline": saved_deadline(thread, now),
     }
 
 
@@ -148,7 +145,9 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
             "machine": {"uptime": now - machine.started,
                         "mono_ns": int(now * 1e9) + machine.mono_offset_ns,
                         "unknown": [[k, v] for k, v in machine.unknown.items()]},
-            "spaces": [dict(mem.layout(), group=group_of[i]) for i, mem in enumerate(spaces)],
+            "spaces": [dict(mem.layout(), group=group_of[i],
+                            shared_files=_shared_files(machine, mem))
+                       for i, mem in enumerate(spaces)],
             "groups": len(groups),
             "procs": procs,
             "sched": {"threads": [_thread_record(machine, t, now) for t in threads],
@@ -209,9 +208,7 @@ def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> Non
     machine.fs = Sandbox(spec.root, upper, spec.entrypoint)
     src, length = reader.open_section(b"UPPR")
     read_upper(src, length, machine.fs.upper)
-    machine.arch = arch = str(meta["arch"])
-    machine.abi = ABI_X86_64 if arch == "x86_64" else ABI_I386
-    machine.syscalls = tables(arch)
+    machine.arch = str(meta["arch"])
     if reader.version == 2:
         _restore_v2_process(machine, meta, reader)
     else:
@@ -243,6 +240,7 @@ def _restore_processes(machine: Machine, meta: dict[str, Any], reader: StateRead
                 groups[group] = GuestMemory.load_shared(int(layout["size"]), src, length)
             src, length = reader.open_section(_tag("M", index))
             spaces.append(GuestMemory.restore(layout, groups[group], src, length))
+            _map_shared_files(machine, spaces[-1], layout.get("shared_files", []))
     except ValueError as exc:
         for mem in spaces:
             mem.close()
@@ -259,6 +257,39 @@ def _restore_processes(machine: Machine, meta: dict[str, Any], reader: StateRead
         proc = machine.processes[int(rec["pid"])]
         if proc.exit_status is None:
             proc.signals.restore(rec.get("signals", {}), proc, machine)
+
+
+def _shared_files(machine: Machine, mem: GuestMemory) -> list[list[Any]]:
+    """[lo, hi, offset, guest path] of ``mem``'s MAP_SHARED file ranges whose file is in the
+    writable layer (where every writable open is): the restore maps them again. A file with
+    no name left is not listed; its pages come back as ordinary memory."""
+    upper = os.path.realpath(machine.fs.upper)
+    out: list[list[Any]] = []
+    for lo, hi, off, host in mem.shared_files():
+        if host and os.path.commonpath([upper, host]) == upper and host != upper:
+            out.append([lo, hi, off, "/" + os.path.relpath(host, upper)])
+    return out
+
+
+def _map_shared_files(machine: Machine, mem: GuestMemory, ranges: list[Any]) -> None:
+    """Map a restored space's MAP_SHARED file ranges again (the upper layer is restored by
+    now), so that the guest's later writes reach the file as before the save."""
+    for lo, hi, off, gpath in ranges:
+        found = machine.fs.host_path(str(gpath))
+        mapped = False
+        if found is not None and found[1]:
+            try:
+                fd = os.open(found[0], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    mapped = mem.map_shared_file(int(lo), int(hi), fd, int(off))
+                finally:
+                    os.close(fd)
+        if not mapped:
+            machine.event("SharedMappingLost", f"the MAP_SHARED mapping of {gpath} comes back "
+                          "as ordinary memory: its file could not be mapped again")
 
 
 def _restore_v2_process(machine: Machine, meta: dict[str, Any], reader: StateReader) -> None:
@@ -288,7 +319,6 @@ def _restore_v2_process(machine: Machine, meta: dict[str, Any], reader: StateRea
 
 def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) -> None:
     sched = machine.sched
-    sched.result_reg = X.UC_X86_REG_RAX if machine.arch == "x86_64" else X.UC_X86_REG_EAX
     vcpu = machine.vcpus[0]
     size = _context_data(vcpu.uc.context_save())[1]
     by_tid: dict[int, GuestThread] = {}
@@ -316,6 +346,7 @@ def _restore_threads(machine: Machine, data: dict[str, Any], contexts: bytes) ->
             if thread.state == BLOCKED and rec["timer"] is not None:
                 remaining, result = rec["timer"]
                 sched.block(thread, now + remaining, int(result))
+            restore_deadline(thread, rec.get("deadline"), now)
             intr = rec.get("intr", ERESTARTSYS)
             thread.intr_result = None if intr is None else int(intr)
             if thread.state == BLOCKED and rec["stdin"] is not None:

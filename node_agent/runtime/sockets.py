@@ -26,6 +26,7 @@ from .files import (
     POLLWRNORM,
     OpenFile,
     StatInfo,
+    release_files,
 )
 from .waitq import WaitQueue
 
@@ -38,6 +39,8 @@ SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET = 1, 2, 5
 LIMIT = 212992                 # Linux's default socket buffer (net.core.wmem_default)
 MAX_MESSAGES = 256             # queued datagrams per socket (net.unix.max_dgram_qlen 512)
 MAX_BACKLOG = 4096
+MAX_RIGHTS = 253               # descriptors in one SCM_RIGHTS message (Linux's SCM_MAX_FD)
+MAX_MARKS = 256                # SCM_RIGHTS sends queued on one stream socket
 S_IFSOCK = 0o140000
 
 
@@ -90,7 +93,12 @@ class UnixSocket(OpenFile):
         self.shut_rd = False
         self.shut_wr = False
         self.stream = bytearray()             # SOCK_STREAM incoming bytes
-        self.messages: deque[tuple[bytes, bytes | None]] = deque()   # (data, sender name)
+        #: (data, sender name, descriptions sent with it): datagram and seqpacket
+        self.messages: deque[tuple[bytes, bytes | None, list[OpenFile]]] = deque()
+        #: SOCK_STREAM: descriptions sent with SCM_RIGHTS, with the [start, end) offsets in
+        #: ``stream`` of their send's bytes. As Linux's stream read, a read takes them when
+        #: it reaches those bytes and ends with that send's last byte.
+        self.marks: deque[tuple[int, int, list[OpenFile]]] = deque()
         self.queued = 0                       # bytes in ``messages``
         self.backlog: deque[UnixSocket] = deque()
         self.backlog_max = 0
@@ -181,7 +189,11 @@ class UnixSocket(OpenFile):
     def write(self, data: bytes) -> int:
         return self.send(data, None)
 
-    def send(self, data: bytes, target: UnixSocket | None) -> int:
+    def send(self, data: bytes, target: UnixSocket | None,
+             rights: list[OpenFile] | None = None) -> int:
+        """Queue ``data`` (all of it, or for a stream what fits) for the peer or ``target``;
+        ``rights`` (descriptions, each already holding a reference) travel with it and are
+        the receiver's to release once the send succeeded."""
         with self.cond:
             if self.kind == SOCK_STREAM:
                 if target is not None:
@@ -192,7 +204,12 @@ class UnixSocket(OpenFile):
                     return 0
                 if room <= 0:
                     raise _err(errno.EAGAIN)
+                if rights and len(peer.marks) >= MAX_MARKS:
+                    raise _err(errno.ETOOMANYREFS)
                 moved = min(room, len(data))
+                if rights:
+                    start = len(peer.stream)
+                    peer.marks.append((start, start + moved, rights))
                 peer.stream += data[:moved]
                 self._wake()
                 return moved
@@ -218,41 +235,55 @@ class UnixSocket(OpenFile):
                 raise _err(errno.EMSGSIZE)
             if dest.queued + len(data) > LIMIT or len(dest.messages) >= MAX_MESSAGES:
                 raise _err(errno.EAGAIN)
-            dest.messages.append((bytes(data), self.name))
+            dest.messages.append((bytes(data), self.name, rights or []))
             dest.queued += len(data)
             dest.queue.wake_all()
             self._wake()
             return len(data)
 
     def read(self, n: int) -> bytes:
-        return self.recv(n, False)[0]
+        if n == 0:
+            return b""                  # read(2) of nothing returns at once (recv waits)
+        data, _full, _sender, rights = self.recv(n, False)
+        release_files(rights)           # read(2) on a socket drops passed descriptors
+        return data
 
-    def recv(self, n: int, peek: bool) -> tuple[bytes, int, bytes | None]:
-        """(data, its full length before truncation, sender name)."""
+    def recv(self, n: int, peek: bool) -> tuple[bytes, int, bytes | None, list[OpenFile]]:
+        """(data, its full length before truncation, sender name, descriptions passed with
+        it: the caller installs them and releases the references they hold; none on a
+        peek)."""
         with self.cond:
             if self.kind == SOCK_STREAM:
                 if self.stream:
+                    rights: list[OpenFile] = []
+                    marks = self.marks
+                    if marks and marks[0][0] < n:
+                        n = min(n, marks[0][1])
+                        if not peek:
+                            rights = marks.popleft()[2]
                     out = bytes(self.stream[:n])
                     if not peek:
                         del self.stream[:n]
+                        for i, (start, end, files) in enumerate(marks):
+                            marks[i] = (start - len(out), end - len(out), files)
                         self._wake()
-                    return out, len(out), None
+                    return out, len(out), None, rights
                 if self.listening or not self.connected:
                     raise _err(errno.EINVAL if self.listening else errno.ENOTCONN)
-                if self._eof() or not n:
-                    return b"", 0, None
-                raise _err(errno.EAGAIN)
+                if self._eof():
+                    return b"", 0, None, []
+                raise _err(errno.EAGAIN)    # even for 0 bytes: Linux's read target is 1
             if self.messages:
-                data, sender = self.messages[0]
+                data, sender, passed = self.messages[0]
                 if not peek:
                     self.messages.popleft()
                     self.queued -= len(data)
                     self._wake()
-                return data[:n], len(data), sender
+                return data[:n], len(data), sender, [] if peek else passed
             if self.kind == SOCK_SEQPACKET and not self.connected:
                 raise _err(errno.ENOTCONN)
             if self._eof():
-                return b"", 0, None
+                return b"", 0, None, []
             raise _err(errno.EAGAIN)
 
     def _eof(self) -> bool:
@@ -333,6 +364,10 @@ class UnixSocket(OpenFile):
             if peer is not None and peer.peer is self:
                 peer.peer_closed = True
             self.stream.clear()
+            in_flight = [f for _, _, files in self.marks for f in files]
+            in_flight += [f for _, _, files in self.messages for f in files]
+            self.marks.clear()
             self.messages.clear()
             self.queued = 0
             self._wake()
+        release_files(in_flight)        # descriptions nobody will receive now

@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["DEFAULT_DISK_BYTES", "PartitionSpec", "ExitStatus", "Console", "ImageError",
-           "STOP_EXIT_CODE"]
+__all__ = ["DEFAULT_DISK_BYTES", "DEFAULT_MAX_PROCESSES", "MAX_PROCESS_LIMIT", "PartitionSpec",
+           "ExitStatus", "Console", "ImageError", "STOP_EXIT_CODE"]
 
 #: The writable-layer quota when a partition names none (`--disk`).
 DEFAULT_DISK_BYTES = 1 << 30
+#: Processes a partition may hold at once when it names no limit (`--max-processes`);
+#: MAX_PROCESS_LIMIT bounds what it may name (every process holds at least one thread of the
+#: partition's 1024, zombies aside).
+DEFAULT_MAX_PROCESSES = 512
+MAX_PROCESS_LIMIT = 4096
 
 #: Exit code reported when the partition was halted through ``Machine.stop()`` (128 + SIGTERM).
 STOP_EXIT_CODE = 143
@@ -34,6 +39,7 @@ class PartitionSpec:
     upper: Path | None = None
     cwd: str = "/"
     disk_bytes: int = DEFAULT_DISK_BYTES  # ceiling of the writable layer (upper_quota.py)
+    max_processes: int = DEFAULT_MAX_PROCESSES  # fork/clone past it: EAGAIN (proctable.py)
 
     def __post_init__(self) -> None:
         if not 1 <= self.vcpus <= 4:
@@ -43,6 +49,10 @@ class PartitionSpec:
         if isinstance(self.disk_bytes, bool) or not isinstance(self.disk_bytes, int) \
                 or self.disk_bytes <= 0:
             raise ValueError(f"disk_bytes must be a positive integer, got {self.disk_bytes!r}")
+        if isinstance(self.max_processes, bool) or not isinstance(self.max_processes, int) \
+                or not 1 <= self.max_processes <= MAX_PROCESS_LIMIT:
+            raise ValueError(f"max_processes must be 1..{MAX_PROCESS_LIMIT}, "
+                             f"got {self.max_processes!r}")
         if not self.entrypoint.startswith("/"):
             raise ValueError(f"entrypoint must be an absolute guest path: {self.entrypoint!r}")
 

@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING
 
 from unicorn import x86_const as X
 
+from .abi import ABI_I386, ABI_X86_64
+from .registers import start_registers
+
 if TYPE_CHECKING:
     from .abi import Abi
     from .files import FdTable
@@ -37,8 +40,13 @@ class Task:
     def __init__(self, cpu: Vcpu, kernel: Machine) -> None:
         self._cpu = cpu
         self.kernel = kernel
-        self.abi: Abi = kernel.abi
-        self.is64 = cpu.is64
+        self.abi: Abi = ABI_X86_64
+        self.is64 = True
+
+    def use_arch(self, is64: bool) -> None:
+        """The vCPU switched to a process of the other architecture (vcpu._use_arch)."""
+        self.is64 = is64
+        self.abi = ABI_X86_64 if is64 else ABI_I386
 
     # -- who is calling ----------------------------------------------------------------
     @property
@@ -100,14 +108,12 @@ class Task:
             regs[ids[index + 1]] = value
         return regs
 
-    def start_program(self, pc: int, sp: int) -> None:
-        """execve: the calling thread's next run starts a new program at ``pc`` with stack
-        ``sp`` and every other register cleared, on its process's (new) address space."""
-        cpu = self._cpu
+    def start_program(self, pc: int, sp: int, is64: bool) -> None:
+        """execve: the calling thread's next run starts a new program (x86_64 or i386:
+        ``is64``) at ``pc`` with stack ``sp`` and every other register cleared, on its
+        process's (new) address space."""
         thread = self.thread
-        thread.pending = {reg: 0 for reg in cpu.general_regs}
-        thread.pending[cpu.pc_reg] = pc
-        thread.pending[cpu.sp_reg] = sp
+        thread.pending = start_registers(is64, pc, sp)
         thread.reset_context = True
         thread.sig.reset_on_exec()
 

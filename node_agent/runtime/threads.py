@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .registers import result_reg as result_reg_of
 from .signals import ERESTARTSYS, ThreadSignals, wakes_wait
 
 if TYPE_CHECKING:
@@ -61,6 +62,11 @@ class GuestThread:
     utime: float = 0.0                       # CPU seconds used (accounting.py)
     stime: float = 0.0
 
+    @property
+    def result_reg(self) -> int:
+        """Where its syscalls' results go (its process's architecture)."""
+        return result_reg_of(self.process.is64)
+
 
 class Alarm(Protocol):
     """A process timer (signals.Timer): ``fire`` runs at ``deadline``, under ``cond``."""
@@ -73,9 +79,8 @@ class Alarm(Protocol):
 class Scheduler:
     """Run queue, futex wait queues and timers, all under one condition variable."""
 
-    def __init__(self, result_reg: int) -> None:
+    def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.result_reg = result_reg
         self.runq: deque[GuestThread] = deque()
         self.threads: dict[int, GuestThread] = {}
         self.futexes: dict[int, list[GuestThread]] = {}
@@ -210,7 +215,7 @@ class Scheduler:
         if result == RESTART and thread.restart is not None:
             thread.pending.update(thread.restart)
         elif result is not None:
-            thread.pending[self.result_reg] = result
+            thread.pending[thread.result_reg] = result
         thread.restart = None
         thread.sig.waiting = 0
         thread.state = RUNNABLE

@@ -35,8 +35,10 @@ from unicorn import x86_const as X
 from .accounting import CpuMeter
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
+from .registers import ARGS32, ARGS64, GPR32, GPR64
 from .sigframe import pack_fxsave, unpack_fxsave
 from .signals import SI_KERNEL, SIGBUS, SIGFPE, SIGILL, SIGSEGV, SIGTRAP, deliver, fault_signal
+from .syscalls import tables
 from .syscalls.common import BLOCK, EXIT, E, errno_of
 from .task import Task
 from .threads import RUNNING, GuestThread
@@ -57,17 +59,6 @@ QUANTUM = 0.02          # seconds a thread may keep its vCPU while others wait
 MAX_SPACES = 16
 X87_CONTROL_WORD = 0x37F
 MXCSR_DEFAULT = 0x1F80
-_ARGS64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RDI, X.UC_X86_REG_RSI, X.UC_X86_REG_RDX,
-           X.UC_X86_REG_R10, X.UC_X86_REG_R8, X.UC_X86_REG_R9)
-_ARGS32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
-           X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP)
-_GPR64 = (X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX,
-          X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_RBP, X.UC_X86_REG_R8,
-          X.UC_X86_REG_R9, X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12,
-          X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
-          X.UC_X86_REG_GS_BASE)
-_GPR32 = (X.UC_X86_REG_EAX, X.UC_X86_REG_EBX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX,
-          X.UC_X86_REG_ESI, X.UC_X86_REG_EDI, X.UC_X86_REG_EBP, X.UC_X86_REG_GS)
 _ACCESS = {
     UC_MEM_READ_UNMAPPED: "read from unmapped address", UC_MEM_WRITE_UNMAPPED:
     "write to unmapped address", UC_MEM_FETCH_UNMAPPED: "execute at unmapped address",
@@ -179,30 +170,25 @@ class Vcpu:
     def __init__(self, machine: Machine, index: int) -> None:
         self.machine = machine
         self.index = index
-        self.is64 = machine.arch == "x86_64"
-        self.pc_reg = X.UC_X86_REG_RIP if self.is64 else X.UC_X86_REG_EIP
-        self.sp_reg = X.UC_X86_REG_RSP if self.is64 else X.UC_X86_REG_ESP
-        self.ret_reg = X.UC_X86_REG_RAX if self.is64 else X.UC_X86_REG_EAX
         self.flags_reg = X.UC_X86_REG_EFLAGS
-        self.general_regs = _GPR64 if self.is64 else _GPR32
-        self.table = machine.syscalls
-        mem = machine.mem
-        assert mem is not None
-        # One Unicorn instance per address space this vCPU has run (a process's memory; a
-        # vfork child shares its parent's): switching processes switches instances.
-        self._spaces: dict[int, _Space] = {}
-        self._space = self._space_for(mem)
-        self.mem: GuestMemory = mem
-        self.uc = self._space.uc
-        self._uch = self.uc._uch
-        ids = _ARGS64 if self.is64 else _ARGS32
-        self._ids = (ctypes.c_int * 7)(*ids)
+        self._ids = (ctypes.c_int * 7)()         # the syscall number's and arguments' registers
         self._vals = (ctypes.c_uint64 * 7)()
         base = ctypes.addressof(self._vals)
         self._ptrs = (ctypes.c_void_p * 7)(*[base + 8 * i for i in range(7)])
         self._result = ctypes.c_uint64()
         self._result_ptr = ctypes.addressof(self._result)
-        self._mask = (1 << 64) - 1 if self.is64 else 0xFFFFFFFF
+        self.task = Task(self, machine)  # what syscall handlers see of the calling thread
+        mem = machine.mem
+        assert mem is not None
+        self._use_arch(mem.bits == 64)
+        # One Unicorn instance per address space this vCPU has run (a process's memory; a
+        # vfork child shares its parent's): switching processes switches instances. Each
+        # instance runs in its space's mode: an i386 and an x86_64 process can share a vCPU.
+        self._spaces: dict[int, _Space] = {}
+        self._space = self._space_for(mem)
+        self.mem: GuestMemory = mem
+        self.uc = self._space.uc
+        self._uch = self.uc._uch
         self.thread: GuestThread | None = None
         self.run_started = 0.0
         self.stop_why: str | None = None
@@ -210,19 +196,36 @@ class Vcpu:
         self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.exception_taken = False    # a CPU exception went to a handler: see below
-        self.task = Task(self, machine)  # what syscall handlers see of the calling thread
         self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
+
+    def _use_arch(self, is64: bool) -> None:
+        """Take the bound address space's architecture: its registers, syscall table and
+        ABI (a vCPU runs x86_64 and i386 processes in turn, as Linux's compat mode does)."""
+        self.is64 = is64
+        self.pc_reg = X.UC_X86_REG_RIP if is64 else X.UC_X86_REG_EIP
+        self.sp_reg = X.UC_X86_REG_RSP if is64 else X.UC_X86_REG_ESP
+        self.ret_reg = X.UC_X86_REG_RAX if is64 else X.UC_X86_REG_EAX
+        self.general_regs = GPR64 if is64 else GPR32
+        self.table = tables("x86_64" if is64 else "i386")
+        for i, reg in enumerate(ARGS64 if is64 else ARGS32):
+            self._ids[i] = reg
+        # A 32-bit register read fills only the low half of its slot: clear what an x86_64
+        # process left in the high halves.
+        ctypes.memset(self._vals, 0, ctypes.sizeof(self._vals))
+        self._mask = (1 << 64) - 1 if is64 else 0xFFFFFFFF
+        self.task.use_arch(is64)
 
     # -- address spaces -------------------------------------------------------------
     def _space_for(self, mem: GuestMemory) -> _Space:
         space = self._spaces.get(id(mem))
         if space is None or space.mem is not mem:
-            uc = Uc(UC_ARCH_X86, UC_MODE_64 if self.is64 else UC_MODE_32)
+            is64 = mem.bits == 64
+            uc = Uc(UC_ARCH_X86, UC_MODE_64 if is64 else UC_MODE_32)
             uc.ctl_set_tcg_buffer_size(TCG_BUFFER)
             regions, seen, generation = mem.unicorn_layout()
             for addr, size, perms, host in regions:
                 uc.mem_map_ptr(addr, size, perms, host)
-            if self.is64:
+            if is64:
                 uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
             # At CPL 3 the CPU faults every privileged instruction except port I/O, which this
             # unicorn lets through (gen_check_io is a no-op): these hooks fault it instead.
@@ -262,6 +265,8 @@ class Vcpu:
             self.mem = mem
             self.uc = self._space.uc
             self._uch = self.uc._uch
+            if (mem.bits == 64) != self.is64:
+                self._use_arch(mem.bits == 64)
 
     def drop_space(self, mem: GuestMemory) -> bool:
         """Close the Unicorn instance for ``mem`` unless it is running now (caller holds the
@@ -527,7 +532,7 @@ class Vcpu:
         nr = vals[0]
         handler = self.table.get(nr)
         if handler is None:
-            self.machine.unknown_syscall(nr)
+            self.machine.unknown_syscall(nr, "x86_64" if self.is64 else "i386")
             result = E.NOSYS
         else:
             try:

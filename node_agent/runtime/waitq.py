@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["Waiter", "WaitQueue", "park", "restart_all", "resume_deadline", "take_progress",
-           "keep_progress", "interrupted_result", "put_back"]
+           "keep_progress", "interrupted_result", "saved_deadline", "restore_deadline",
+           "put_back"]
 
 BLOCK = 1 << 70          # syscalls.common.BLOCK (imported there from here would cycle)
 _PC_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_EIP)
@@ -67,7 +68,7 @@ class Waiter:
                 pass
         _RESUMED.add(self.thread)
         regs = dict(self.restart)
-        result = regs.pop(self.sched.result_reg)
+        result = regs.pop(self.thread.result_reg)
         self.sched.wake(self.thread, result)
         self.thread.pending.update(regs)
         _WAITERS.pop(self.thread, None)
@@ -160,6 +161,31 @@ def resume_deadline(t: Task, key: tuple[object, ...], timeout: float | None) -> 
     return None if timeout is None else time.monotonic() + timeout
 
 
+def saved_deadline(thread: GuestThread, now: float) -> list[object] | None:
+    """For a saved state: [the call's key, seconds left] of a woken wait that will retry
+    (restart_all woke it), so that the restored retry keeps its deadline instead of
+    waiting its whole timeout again (Linux's restart_block). None when there is none, or
+    the key is not plain data."""
+    saved = _DEADLINES.get(thread)
+    if saved is None or thread not in _RESUMED:
+        return None
+    key, deadline = saved
+    if not all(isinstance(part, (int, str)) for part in key):
+        return None
+    return [list(key), max(deadline - now, 0.0)]
+
+
+def restore_deadline(thread: GuestThread, record: object, now: float) -> None:
+    """The inverse of saved_deadline, on a restored thread (a malformed record is dropped:
+    the retry then waits its whole timeout)."""
+    if not (isinstance(record, list) and len(record) == 2 and isinstance(record[0], list)
+            and isinstance(record[1], (int, float))):
+        return
+    key = tuple(part for part in record[0] if isinstance(part, (int, str)))
+    _DEADLINES[thread] = (key, now + min(max(float(record[1]), 0.0), 1e9))
+    _RESUMED.add(thread)
+
+
 def keep_progress(t: Task, key: tuple[object, ...], done: int) -> None:
     """Remember that the call named ``key`` (its retry's arguments) already moved ``done``
     bytes, so the retry returns the whole count (a blocking write split around a wait)."""
@@ -216,7 +242,7 @@ def restart_all(sched: Scheduler) -> int:
                 thread.state != BLOCKED:
             pc_reg = next(reg for reg in regs if reg in _PC_REGS)
             pending[pc_reg] = regs[pc_reg] + 2
-            pending[sched.result_reg] = moved
+            pending[thread.result_reg] = moved
             _PROGRESS.pop(thread, None)
         _RETRIES.pop(thread, None)
     for thread, waiter in list(_WAITERS.items()):

@@ -223,9 +223,6 @@ def _execve(t: Task, path: str, argv_ptr: int, envp_ptr: int) -> int:
         return E.NOEXEC
     except MemoryError:
         return E.NOMEM
-    if program.arch != kernel.arch:
-        program.mem.close()
-        return E.NOEXEC                          # one architecture per partition
     program.mem.uid = kernel.procs.new_space_uid()
     old = process.mem
     thread = t.thread
@@ -234,21 +231,14 @@ def _execve(t: Task, path: str, argv_ptr: int, envp_ptr: int) -> int:
     process.comm, process.thread_comm = exec_comm(path), {}
     process.personality = exec_personality(process.personality, program.arch)
     process.gdt_free = list(range(GDT_AREA // GDT_SIZE))
-    close_on_exec = getattr(process.fds, "close_on_exec", None)
-    if close_on_exec is not None:
-        close_on_exec()
-    else:
-        for fd in sorted(process.fds.cloexec):
-            process.fds.close(fd)
-    reset = getattr(getattr(process, "signals", None), "reset_on_exec", None)
-    if reset is not None:
-        reset()
+    process.fds.close_on_exec()
+    process.signals.reset_on_exec()
     thread.clear_tid = 0
     thread.gdt = kernel.alloc_gdt(process)
     code, frame = boot_frame(program.arch, program.entry, program.sp)
     program.mem.host_write(program.mem.boot, code)
     program.mem.write(program.sp - len(frame), frame)
-    t.start_program(program.mem.boot, program.sp - len(frame))
+    t.start_program(program.mem.boot, program.sp - len(frame), program.arch == "x86_64")
     kernel.procs.exec_done(thread, old)
     return BLOCK
 

@@ -16,6 +16,8 @@ from ..sigframe import SS_DISABLE, SS_ONSTACK
 from ..signals import (
     ERESTARTNOHAND,
     NSIG,
+    SA_NODEFER,
+    SA_RESETHAND,
     SI_QUEUE,
     SI_TKILL,
     SI_USER,
@@ -59,14 +61,31 @@ def _died(t: Task) -> bool:
 
 # -- actions and masks ------------------------------------------------------------------
 def sys_rt_sigaction(t: Task, sig: int, act: int, oact: int, size: int, *_: int) -> int:
-    sig = s32(sig)
-    if size != 8 or not 1 <= sig <= NSIG or (act and sig in (SIGKILL, SIGSTOP)):
+    if size != 8:
         return E.INVAL
     layout = "<QQQQ" if t.is64 else "<IIIQ"       # handler, flags, restorer, mask
+    return _sigaction(t, sig, act, oact, layout, (0, 1, 2, 3), (1 << 64) - 1)
+
+
+def sys_sigaction(t: Task, sig: int, act: int, oact: int, *_: int) -> int:
+    """i386 sigaction: struct old_sigaction, a 32-bit mask (the rt mask's upper half is
+    neither set nor reported)."""
+    # struct old_sigaction: handler, mask, flags, restorer
+    return _sigaction(t, sig, act, oact, "<IIII", (0, 2, 3, 1), 0xFFFFFFFF)
+
+
+def _sigaction(t: Task, sig: int, act: int, oact: int, layout: str,
+               order: tuple[int, int, int, int], width: int) -> int:
+    """Both forms: ``order`` gives the struct positions of handler, flags, restorer and mask,
+    ``width`` the signals the mask field holds."""
+    sig = s32(sig)
+    if not 1 <= sig <= NSIG or (act and sig in (SIGKILL, SIGSTOP)):
+        return E.INVAL
     new = None
     if act:
-        raw = t.mem.read(act, struct.calcsize(layout))
-        handler, flags, restorer, mask = struct.unpack(layout, raw)
+        raw = struct.unpack(layout, t.mem.read(act, struct.calcsize(layout)))
+        handler, flags, restorer, mask = (raw[i] for i in order)
+        mask &= width
         new = Action(handler, flags & 0xFFFFFFFF, mask & ~UNBLOCKABLE & ((1 << NSIG) - 1),
                      restorer)
     sched = t.kernel.sched
@@ -74,52 +93,108 @@ def sys_rt_sigaction(t: Task, sig: int, act: int, oact: int, size: int, *_: int)
         ps = t.process.signals
         old = ps.actions[sig]
         if oact:
-            t.mem.write(oact, struct.pack(layout, old.handler, old.flags, old.restorer, old.mask))
+            fields = [0, 0, 0, 0]
+            for i, value in zip(order, (old.handler, old.flags, old.restorer,
+                                        old.mask & width), strict=True):
+                fields[i] = value
+            t.mem.write(oact, struct.pack(layout, *fields))
         if new is not None:
-            ps.actions[sig] = new
-            if ps.ignored(sig):                    # POSIX: pending instances are discarded
-                ps.pending.pop(sig, None)
-                for th in sched.threads.values():
-                    if th.process is t.process:
-                        th.sig.pending.pop(sig, None)
+            _install(t, sig, new)
     return 0
+
+
+def _install(t: Task, sig: int, new: Action) -> None:
+    """Caller holds sched.cond: ``new`` becomes ``sig``'s action in the calling process."""
+    ps = t.process.signals
+    ps.actions[sig] = new
+    if ps.ignored(sig):                    # POSIX: pending instances are discarded
+        ps.pending.pop(sig, None)
+        for th in t.kernel.sched.threads.values():
+            if th.process is t.process:
+                th.sig.pending.pop(sig, None)
+
+
+def sys_signal(t: Task, sig: int, handler: int, *_: int) -> int:
+    """i386 signal(2): System V semantics (SA_RESETHAND | SA_NODEFER); the old handler."""
+    sig = s32(sig)
+    if not 1 <= sig <= NSIG or sig in (SIGKILL, SIGSTOP):
+        return E.INVAL
+    with t.kernel.sched.cond:
+        old = t.process.signals.actions[sig].handler
+        _install(t, sig, Action(handler, SA_RESETHAND | SA_NODEFER))
+    return old
 
 
 def sys_rt_sigprocmask(t: Task, how: int, new: int, old: int, size: int, *_: int) -> int:
     if size != 8:
         return E.INVAL
+    value = _sigset(t, new, size) if new else None
+    if old:
+        t.mem.put_u64(old, t.thread.sig.blocked)
+    return _set_mask(t, how, value, (1 << 64) - 1)
+
+
+def sys_sigprocmask(t: Task, how: int, new: int, old: int, *_: int) -> int:
+    """i386 sigprocmask: a 32-bit set; SIG_SETMASK replaces only the low 32 signals."""
+    value = t.mem.u32(new) if new else None
+    if old:
+        t.mem.put_u32(old, t.thread.sig.blocked & 0xFFFFFFFF)
+    return _set_mask(t, how, value, 0xFFFFFFFF)
+
+
+def _set_mask(t: Task, how: int, value: int | None, width: int) -> int:
+    """SIG_BLOCK / SIG_UNBLOCK / SIG_SETMASK ``value`` (None: only read); SIG_SETMASK
+    replaces the signals in ``width``."""
     ts = t.thread.sig
-    value = _sigset(t, new, size) if new else 0
     current = ts.blocked
-    if new:
+    if value is not None:
         if how == 0:                              # SIG_BLOCK
             current |= value
         elif how == 1:                            # SIG_UNBLOCK
             current &= ~value
         elif how == 2:                            # SIG_SETMASK
-            current = value
+            current = (current & ~width) | value
         else:
             return E.INVAL
-    if old:
-        t.mem.put_u64(old, ts.blocked)
     with t.kernel.sched.cond:
         ts.blocked = current & ~UNBLOCKABLE
         refresh(t.thread)
     return 0
 
 
+def sys_sgetmask(t: Task, *_: int) -> int:
+    """i386 sgetmask: the low 32 signals of the calling thread's mask."""
+    return t.thread.sig.blocked & 0xFFFFFFFF
+
+
+def sys_ssetmask(t: Task, mask: int, *_: int) -> int:
+    """i386 ssetmask: replace the low 32 signals of the mask; the old ones."""
+    old = t.thread.sig.blocked & 0xFFFFFFFF
+    _set_mask(t, 2, mask & 0xFFFFFFFF, 0xFFFFFFFF)
+    return old
+
+
 def sys_rt_sigpending(t: Task, ptr: int, size: int, *_: int) -> int:
     if size > 8:
         return E.INVAL
+    t.mem.write(ptr, _pending_blocked(t).to_bytes(8, "little")[:size])
+    return 0
+
+
+def sys_sigpending(t: Task, ptr: int, *_: int) -> int:
+    """i386 sigpending: the low 32 signals."""
+    t.mem.put_u32(ptr, _pending_blocked(t) & 0xFFFFFFFF)
+    return 0
+
+
+def _pending_blocked(t: Task) -> int:
     with t.kernel.sched.cond:
         ts = t.thread.sig
         pending = 0
         for queue in (ts.pending, t.process.signals.pending):
             for sig in queue:
                 pending |= bit(sig)
-        pending &= ts.blocked
-    t.mem.write(ptr, pending.to_bytes(8, "little")[:size])
-    return 0
+        return pending & ts.blocked
 
 
 def sys_sigaltstack(t: Task, ss: int, old: int, *_: int) -> int:
@@ -246,7 +321,15 @@ def sys_pause(t: Task, *_: int) -> int:
 
 
 def sys_rt_sigsuspend(t: Task, ptr: int, size: int, *_: int) -> int:
-    mask = _sigset(t, ptr, size)
+    return _sigsuspend(t, _sigset(t, ptr, size))
+
+
+def sys_sigsuspend(t: Task, _unused1: int, _unused2: int, mask: int, *_: int) -> int:
+    """i386 sigsuspend: the (32-bit) mask is the third argument, by value."""
+    return _sigsuspend(t, mask & 0xFFFFFFFF)
+
+
+def _sigsuspend(t: Task, mask: int) -> int:
     sched = t.kernel.sched
     ts = t.thread.sig
     with sched.cond:

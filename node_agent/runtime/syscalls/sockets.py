@@ -9,9 +9,9 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..files import O_NONBLOCK
-from ..sockets import SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, UnixSocket, names_of
-from .common import E, Handler, s32
+from ..files import O_NONBLOCK, OpenFile, hold_files, release_files
+from ..sockets import MAX_RIGHTS, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_STREAM, UnixSocket, names_of
+from .common import BLOCK, E, Handler, s32
 from .io import MAX_IO, blocking_call, check_buffer, write_stream
 from .paths import sandbox
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
 AF_UNIX = 1
 SOCK_NONBLOCK, SOCK_CLOEXEC = O_NONBLOCK, 0o2000000
 MSG_PEEK, MSG_TRUNC, MSG_DONTWAIT, MSG_WAITALL, MSG_NOSIGNAL = 2, 0x20, 0x40, 0x100, 0x4000
+MSG_CTRUNC, MSG_CMSG_CLOEXEC = 0x8, 0x40000000
 SOL_SOCKET = 1
+SCM_RIGHTS, SCM_CREDENTIALS = 1, 2
 SO_TYPE, SO_ERROR, SO_SNDBUF, SO_RCVBUF, SO_PEERCRED, SO_ACCEPTCONN, SO_DOMAIN, SO_PROTOCOL = \
     3, 4, 7, 8, 17, 30, 39, 38
 SUN_PATH = 108
@@ -255,19 +257,42 @@ def sys_setsockopt(t: Task, fd: int, level: int, name: int, val: int, length: in
 
 # -- data -----------------------------------------------------------------------------------
 def _send(t: Task, fd: int, data: bytes, flags: int, addr: int, alen: int,
-          key: tuple[object, ...], retry: tuple[int, int] | None) -> int:
+          key: tuple[object, ...], retry: tuple[int, int] | None,
+          rights: list[OpenFile] | None = None) -> int:
     sock = _sock(t, fd)
     nonblock = bool(flags & MSG_DONTWAIT)
     signal = not flags & MSG_NOSIGNAL
+    target = None
     if addr and sock.kind == SOCK_DGRAM:
         target = _lookup(t, _address(t, addr, alen))
-        return blocking_call(t, sock, lambda: sock.send(data, target), nonblock,
-                             [target.queue])
-    if addr and sock.kind != SOCK_DGRAM:
+    elif addr and sock.kind != SOCK_DGRAM:
         return -errno.EISCONN if sock.connected else -errno.EOPNOTSUPP
-    if not sock.connected and sock.kind != SOCK_DGRAM:
+    elif not sock.connected and sock.kind != SOCK_DGRAM:
         return -errno.ENOTCONN
+    if rights:
+        return _send_rights(t, sock, data, target, rights, nonblock)
+    if target is not None:
+        dest = target
+        return blocking_call(t, sock, lambda: sock.send(data, dest), nonblock, [dest.queue])
     return write_stream(t, sock, data, key, retry, nonblock, signal)
+
+
+def _send_rights(t: Task, sock: UnixSocket, data: bytes, target: UnixSocket | None,
+                 rights: list[OpenFile], nonblock: bool) -> int:
+    """A send carrying SCM_RIGHTS: one attempt (a stream may take only part of ``data``, the
+    descriptions going with its first byte); they hold a reference while in flight, dropped
+    again when nothing was queued (an error, a wait that will retry the whole call)."""
+    queues = None if target is None else [target.queue]
+    hold_files(rights)
+    try:
+        result = blocking_call(t, sock, lambda: sock.send(data, target, rights), nonblock,
+                               queues)
+    except BaseException:
+        release_files(rights)
+        raise
+    if result < 0 or result == BLOCK or (result == 0 and sock.kind == SOCK_STREAM):
+        release_files(rights)
+    return result
 
 
 def sys_sendto(t: Task, fd: int, buf: int, count: int, flags: int, addr: int,
@@ -282,13 +307,18 @@ def sys_send(t: Task, fd: int, buf: int, count: int, flags: int, *_: int) -> int
 
 
 def _recv(t: Task, fd: int, n: int, flags: int,
-          deliver: Callable[[bytes, int, bytes | None], int]) -> int:
+          deliver: Callable[[bytes, int, bytes | None, list[OpenFile]], int]) -> int:
+    """Receive into ``deliver``, which installs or drops the passed descriptions (each
+    holding a reference the caller must release)."""
     sock = _sock(t, fd)
     peek = bool(flags & MSG_PEEK)
 
     def attempt() -> int:
-        data, full, sender = sock.recv(n, peek)
-        return deliver(data, full, sender)
+        data, full, sender, rights = sock.recv(n, peek)
+        try:
+            return deliver(data, full, sender, rights)
+        finally:
+            release_files(rights)
 
     return blocking_call(t, sock, attempt, bool(flags & MSG_DONTWAIT))
 
@@ -300,8 +330,8 @@ def sys_recvfrom(t: Task, fd: int, buf: int, count: int, flags: int, addr: int,
     if len_ptr:
         t.mem.u32(len_ptr)
 
-    def deliver(data: bytes, full: int, sender: bytes | None) -> int:
-        t.mem.write(buf, data)
+    def deliver(data: bytes, full: int, sender: bytes | None, _rights: list[OpenFile]) -> int:
+        t.mem.write(buf, data)                  # passed descriptors are dropped, as on Linux
         _put_address(t, addr, len_ptr, sender)
         return full if flags & MSG_TRUNC else len(data)
 
@@ -322,31 +352,96 @@ def _msghdr(t: Task, ptr: int) -> tuple[int, int, int, int, int, int, int]:
     return name, namelen, iov, iovlen, control, controllen, mflags
 
 
+def _cmsg_header(t: Task) -> tuple[int, int]:
+    """(size of struct cmsghdr, alignment of control data) for the caller's ABI."""
+    return (16, 8) if t.is64 else (12, 4)
+
+
+def _align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def _rights_from(t: Task, control: int, length: int) -> list[OpenFile]:
+    """The descriptions named by a sendmsg's SCM_RIGHTS messages (EBADF for a bad one,
+    EINVAL for a malformed control buffer or more than MAX_RIGHTS)."""
+    head, align = _cmsg_header(t)
+    length = min(length, 1 << 16)
+    raw = t.mem.read(control, length) if control and length else b""
+    files: list[OpenFile] = []
+    pos = 0
+    while pos + head <= len(raw):
+        clen = int.from_bytes(raw[pos:pos + head - 8], "little")
+        level, kind = struct.unpack_from("<ii", raw, pos + head - 8)
+        if clen < head or pos + clen > len(raw):
+            raise OSError(errno.EINVAL, "malformed control message")
+        if level == SOL_SOCKET and kind == SCM_RIGHTS:
+            count = (clen - head) // 4
+            if len(files) + count > MAX_RIGHTS:
+                raise OSError(errno.EINVAL, "too many descriptors in one message")
+            for (fd,) in struct.iter_unpack("<i", raw[pos + head:pos + head + 4 * count]):
+                files.append(t.fds.get(fd))
+        elif not (level == SOL_SOCKET and kind == SCM_CREDENTIALS):
+            raise OSError(errno.EINVAL, "unsupported control message")
+        pos += _align(clen, align)
+    return files
+
+
 def sys_sendmsg(t: Task, fd: int, msg: int, flags: int, *_: int) -> int:
-    name, namelen, iov, iovlen, _control, _clen, _mflags = _msghdr(t, msg)
+    name, namelen, iov, iovlen, control, clen, _mflags = _msghdr(t, msg)
+    rights = _rights_from(t, control, clen)
     parts = []
     room = MAX_IO
     for base, length in t.abi.iovecs(t.mem, iov, iovlen):
         parts.append(t.mem.read(base, min(length, room)))
         room -= len(parts[-1])
     data = b"".join(parts)
-    return _send(t, fd, data, flags, name, namelen if name else 0, ("sendmsg", fd, msg), None)
+    return _send(t, fd, data, flags, name, namelen if name else 0, ("sendmsg", fd, msg), None,
+                 rights)
+
+
+def _install_rights(t: Task, control: int, clen: int, rights: list[OpenFile],
+                    cloexec: bool) -> tuple[int, int]:
+    """Give the caller descriptors for ``rights`` in one SCM_RIGHTS message, as many as the
+    control buffer holds (and the fd table takes). (control bytes used, MSG_CTRUNC or 0)."""
+    if not rights:
+        return 0, 0
+    head, align = _cmsg_header(t)
+    room = (clen - head) // 4 if control and clen > head else 0
+    fds: list[int] = []
+    for file in rights[:max(room, 0)]:
+        try:
+            fds.append(t.fds.add(file, cloexec=cloexec))
+        except OSError:                          # EMFILE: the rest are dropped
+            break
+    truncated = MSG_CTRUNC if len(fds) < len(rights) else 0
+    if not fds:
+        return 0, truncated
+    size = head + 4 * len(fds)
+    t.mem.write(control, size.to_bytes(head - 8, "little")
+                + struct.pack("<ii", SOL_SOCKET, SCM_RIGHTS)
+                + struct.pack(f"<{len(fds)}i", *fds))
+    return min(_align(size, align), clen), truncated
 
 
 def sys_recvmsg(t: Task, fd: int, msg: int, flags: int, *_: int) -> int:
-    name, namelen, iov, iovlen, _control, _clen, _mflags = _msghdr(t, msg)
+    name, namelen, iov, iovlen, control, clen, _mflags = _msghdr(t, msg)
     vecs = t.abi.iovecs(t.mem, iov, iovlen)
     for base, length in vecs:
         check_buffer(t, base, length)
+    if control and clen > 0:
+        check_buffer(t, control, min(clen, 1 << 16))
     total = min(sum(length for _, length in vecs), MAX_IO)
 
-    def deliver(data: bytes, full: int, sender: bytes | None) -> int:
+    def deliver(data: bytes, full: int, sender: bytes | None, rights: list[OpenFile]) -> int:
         pos = 0
         for base, length in vecs:
             piece = data[pos:pos + length]
             t.mem.write(base, piece)
             pos += len(piece)
         out_flags = MSG_TRUNC if full > len(data) and _sock(t, fd).kind != SOCK_STREAM else 0
+        used, truncated = _install_rights(t, control, clen, rights,
+                                          bool(flags & MSG_CMSG_CLOEXEC))
+        out_flags |= truncated
         if name:
             encoded = _encode(sender)
             t.mem.write(name, encoded[:max(namelen, 0)])
@@ -355,11 +450,11 @@ def sys_recvmsg(t: Task, fd: int, msg: int, flags: int, *_: int) -> int:
             sender_len = 0
         if t.is64:
             t.mem.put_u32(msg + 8, sender_len)
-            t.mem.write(msg + 40, struct.pack("<Q", 0))       # no control messages
+            t.mem.write(msg + 40, struct.pack("<Q", used))
             t.mem.put_u32(msg + 48, out_flags)
         else:
             t.mem.put_u32(msg + 4, sender_len)
-            t.mem.put_u32(msg + 20, 0)
+            t.mem.put_u32(msg + 20, used)
             t.mem.put_u32(msg + 24, out_flags)
         return full if flags & MSG_TRUNC else len(data)
 

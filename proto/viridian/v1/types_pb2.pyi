@@ -299,6 +299,7 @@ class PartitionSpec(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PROCESSES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """name of a pushed image"""
     vcpus: _builtins.int
@@ -337,6 +338,8 @@ class PartitionSpec(_message.Message):
 
     disk_bytes: _builtins.int
     """writable-layer quota; 0 = the default, 1 GiB"""
+    max_processes: _builtins.int
+    """processes at once (fork: EAGAIN); 0 = 512"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv[1:] given to the entrypoint"""
@@ -372,10 +375,11 @@ class PartitionSpec(_message.Message):
         stdin: _builtins.bool = ...,
         node: _builtins.str = ...,
         disk_bytes: _builtins.int = ...,
+        max_processes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "disk_bytes", b"disk_bytes", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "disk_bytes", b"disk_bytes", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,11 +24,11 @@ Phase = types_pb2.PartitionPhase
 def test_create_get_ls_json(invoke: Invoke, fake: FakeController) -> None:
     result = invoke("create", "web", "--image", "hello", "--vcpus", "2", "--memory", "128Mi",
                     "--env", "A=1", "--label", "app=web", "--restart", "always", "--ha",
-                    "--disk", "2Gi", "--", "-v", "--port", "80")
+                    "--disk", "2Gi", "--max-processes", "64", "--", "-v", "--port", "80")
     assert result.exit_code == 0, result.stderr
     assert "web created" in result.stdout
     spec = fake.partitions["web"].spec
-    assert spec.disk_bytes == 2 << 30
+    assert spec.disk_bytes == 2 << 30 and spec.max_processes == 64
     assert list(spec.args) == ["-v", "--port", "80"]
     assert spec.memory_bytes == 128 << 20 and spec.vcpus == 2 and spec.ha
     assert spec.restart_policy == types_pb2.RESTART_POLICY_ALWAYS
@@ -37,6 +37,7 @@ def test_create_get_ls_json(invoke: Invoke, fake: FakeController) -> None:
     assert got.exit_code == 0
     assert "Phase:" in got.stdout and "Running" in got.stdout
     assert "Disk:" in got.stdout and "2Gi" in got.stdout
+    assert "Max processes:" in got.stdout and "64" in got.stdout
 
     listed = invoke("ls", "-o", "json")
     data = json.loads(listed.stdout)

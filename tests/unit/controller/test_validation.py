@@ -87,6 +87,8 @@ BAD_SPECS = [
     pytest.param("nl-node", {"node": "node-1\n"}, "node", id="newline-in-the-old-node-pin"),
     pytest.param("tiny-disk", {"disk_bytes": (1 << 20) - 1}, "disk", id="disk-under-1Mi"),
     pytest.param("huge-disk", {"disk_bytes": (1 << 40) + 1}, "disk", id="disk-over-1Ti"),
+    pytest.param("many-procs", {"max_processes": 4097}, "max_processes",
+                 id="process-limit-over-4096"),
 ]
 
 
@@ -130,6 +132,9 @@ def test_what_execve_and_kubernetes_accept_is_accepted(api: Api, elf: bytes) -> 
     for name, disk in (("disk-default", 0), ("disk-min", 1 << 20), ("disk-max", 1 << 40)):
         assert create(api, name, disk_bytes=disk,
                       desired_state=pb.DESIRED_STATE_OFF).spec.disk_bytes == disk
+    for name, limit in (("procs-default", 0), ("procs-one", 1), ("procs-max", 4096)):
+        assert create(api, name, max_processes=limit,
+                      desired_state=pb.DESIRED_STATE_OFF).spec.max_processes == limit
 
 
 def test_a_checkpoint_name_with_a_newline_is_refused(api: Api, elf: bytes) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from node_agent.runtime.console import BufferConsole
 from node_agent.runtime.machine import Machine
-from node_agent.runtime.spec import ExitStatus, PartitionSpec
+from node_agent.runtime.spec import DEFAULT_MAX_PROCESSES, ExitStatus, PartitionSpec
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
 BUSYBOX = Path("/bin/busybox")
@@ -69,9 +69,11 @@ def make_root(tmp: Path, binary: Path, guest_path: str,
 def run_machine(root: Path, entrypoint: str, args: tuple[str, ...] = (), *,
                 upper: Path | None = None, vcpus: int = 1, memory: int = 64 << 20,
                 env: tuple[tuple[str, str], ...] = (), stdin: bytes = b"",
-                cwd: str = "/", control: Callable[[Machine], None] | None = None) -> Run:
+                cwd: str = "/", control: Callable[[Machine], None] | None = None,
+                max_processes: int = DEFAULT_MAX_PROCESSES) -> Run:
     spec = PartitionSpec(name="test-part", root=root, entrypoint=entrypoint, args=args, env=env,
-                         vcpus=vcpus, memory_bytes=memory, upper=upper, cwd=cwd)
+                         vcpus=vcpus, memory_bytes=memory, upper=upper, cwd=cwd,
+                         max_processes=max_processes)
     console = BufferConsole(stdin)
     events: list[tuple[str, str]] = []
     machine = Machine(spec, console, lambda r, m: events.append((r, m)))

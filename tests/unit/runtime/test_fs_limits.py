@@ -61,6 +61,26 @@ def test_writes_stop_at_the_quota(guest: GuestBuilder, tmp_path: Path, arch: str
     assert (upper / "data/blob").read_bytes() == blob
 
 
+def test_the_process_limit_crosses_into_a_worker_process(guest: GuestBuilder,
+                                                         tmp_path: Path) -> None:
+    """max_processes travels with the spec through the fork server to the worker."""
+    root = make_root(tmp_path, guest("proc_tree", "x86_64"), "/bin/proc_tree")
+    manager = WorkerManager(tmp_path / "run")
+    try:
+        handle = manager.launch(PartitionSpec(name="bomb", root=root, entrypoint="/bin/proc_tree",
+                                              args=("bomb",), memory_bytes=64 << 20,
+                                              max_processes=10), epoch=1)
+        status = handle.wait(60.0)
+        console = handle.read_console(0)[0].decode(errors="replace")
+    finally:
+        for left in manager.adopt():
+            if left.poll() is None:
+                left.stop(grace_s=2.0)
+        manager.close()
+    assert status is not None and status.exit_code == 0, (status, console[-400:])
+    assert "bomb: made 9, then EAGAIN=1" in console
+
+
 def test_the_quota_crosses_into_a_worker_process(guest: GuestBuilder, tmp_path: Path) -> None:
     """disk_bytes travels with the spec through the fork server to the worker's sandbox."""
     blob = os.urandom(600 << 10)

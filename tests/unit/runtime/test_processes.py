@@ -11,7 +11,7 @@ import pytest
 from runtime_helpers import BUSYBOX, GuestBuilder, Run, make_root, run_machine
 
 from node_agent.runtime.machine import Machine
-from node_agent.runtime.proctable import MAX_PROCESSES
+from node_agent.runtime.spec import DEFAULT_MAX_PROCESSES
 from node_agent.runtime.vcpu import MAX_SPACES
 
 ARCHES = ["x86_64", "i386"]
@@ -54,14 +54,19 @@ def test_process_tree_orphans_groups_waitid_exec_errors(run_guest: Callable[...,
                           "not executable format: -1 errno=8"]  # ENOEXEC
 
 
-def test_fork_bomb_gets_eagain_and_the_partition_lives_on(run_guest: Callable[..., Run]) -> None:
-    run = run_guest("proc_tree", "bomb", vcpus=2, memory=256 << 20)
+@pytest.mark.parametrize("limit", [None, 40])
+def test_fork_bomb_gets_eagain_and_the_partition_lives_on(run_guest: Callable[..., Run],
+                                                          limit: int | None) -> None:
+    """The partition's process limit (512 by default, else its spec's) counts pid 1: the
+    bomb makes exactly limit - 1 children, then gets EAGAIN."""
+    kwargs = {} if limit is None else {"max_processes": limit}
+    run = run_guest("proc_tree", "bomb", vcpus=2, memory=256 << 20, **kwargs)
     assert run.status.exit_code == 0, run.status
     assert run.stdout.decode().splitlines() == [
-        "bomb: made some=1 stopped by EAGAIN=1 under limit=1",
+        f"bomb: made {(limit or DEFAULT_MAX_PROCESSES) - 1}, then EAGAIN=1",
         "bomb reaped all=1",
     ]
-    assert MAX_PROCESSES == 512
+    assert DEFAULT_MAX_PROCESSES == 512
 
 
 def test_exited_processes_release_their_memory_and_unicorn_instances(

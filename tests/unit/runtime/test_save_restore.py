@@ -29,16 +29,19 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc t
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sr_*.c guests (x86_64, and sr_checksum also -m32) plus /input.txt and /data."""
+    """The sr_*.c guests (x86_64; sr_checksum and sr_pipeline also -m32) plus /input.txt and
+    /data."""
     root = tmp_path_factory.mktemp("sr-root")
-    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline"):
+    for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline", "sr_rights",
+                 "sr_shared", "sr_poll"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
-    m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
-                          str(root / "sr_checksum32"), str(GUESTS / "sr_checksum.c")],
-                         capture_output=True)
-    if m32.returncode != 0:
-        (root / "sr_checksum32").unlink(missing_ok=True)
+    for name in ("sr_checksum", "sr_pipeline"):
+        m32 = subprocess.run(["gcc", "-m32", "-O2", "-static", "-pthread", "-w", "-o",
+                              str(root / f"{name}32"), str(GUESTS / f"{name}.c")],
+                             capture_output=True)
+        if m32.returncode != 0:
+            (root / f"{name}32").unlink(missing_ok=True)
     (root / "input.txt").write_bytes(bytes((i * 37 + 11) % 251 for i in range(30000)))
     (root / "data").mkdir()
     return root
@@ -157,6 +160,62 @@ def test_process_tree_mid_pipeline_survives_save_and_restore_elsewhere(
                                             MIDWAY, vcpus=vcpus)
     assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
     assert final_line(combined) == final_line(reference)
+
+
+@pytest.mark.parametrize("parent, producer", [("sr_pipeline", "/sr_pipeline32"),
+                                              ("sr_pipeline32", "/sr_pipeline")])
+def test_mixed_architecture_tree_survives_save_and_restore(
+        nodes: Callable[[str], Node], root: Path, parent: str, producer: str) -> None:
+    """An x86_64 parent whose child execs an i386 producer (and the reverse), saved while
+    both run on the partition's vCPUs: the restored run ends as an uninterrupted one."""
+    if not (root / "sr_pipeline32").exists():
+        pytest.skip("gcc cannot build -m32 guests here")
+    reference, combined = _save_and_restore(nodes, root, parent, ("20000", producer),
+                                            MIDWAY, vcpus=2)
+    other = b"32-bit" if producer.endswith("32") else b"64-bit"
+    assert other in reference, "the producer did not run as the other architecture"
+    assert re.fullmatch(rb"final=\d+ count=20000 producer=0 zombie=7", final_line(reference))
+    assert final_line(combined) == final_line(reference)
+
+
+def test_descriptors_in_flight_survive_save_and_restore(nodes: Callable[[str], Node],
+                                                        root: Path) -> None:
+    """Saved while an SCM_RIGHTS message (a pipe's write end, a file with its offset) waits
+    unreceived and its sender closed its own copies: the restored receiver gets working
+    descriptors, and the pipe reaches EOF once the passed end is closed."""
+    reference, combined = _save_and_restore(nodes, root, "sr_rights", (), b"in flight",
+                                            vcpus=1)
+    assert final_line(reference) == b"final=[through the pipe] eof=0 file=[travels]"
+    assert final_line(combined) == final_line(reference)
+
+
+def test_shared_file_mappings_stay_shared_after_restore(nodes: Callable[[str], Node],
+                                                        root: Path) -> None:
+    """MAP_SHARED mappings of a file in the writable layer are mapped again on restore: a
+    write after it reaches the other mapping and the file; an unlinked file's mapping keeps
+    its data as ordinary memory."""
+    reference, combined = _save_and_restore(nodes, root, "sr_shared", (), b"mapped a",
+                                            vcpus=1)
+    assert final_line(reference) == b"final second mapping R file BR orphan O"
+    assert final_line(combined) == final_line(reference)
+
+
+def test_a_wait_keeps_its_deadline_across_save_and_restore(nodes: Callable[[str], Node],
+                                                           root: Path) -> None:
+    """A poll(3 s) saved 2 s in ends about 1 s after the restore (guest clock), not 3 s."""
+    a, b = nodes("a"), nodes("b")
+    handle = a.mgr.launch(a.spec(root, "part", "sr_poll"), 1)
+    wait_for(lambda: b"polling" in console(handle), "the poll to start")
+    time.sleep(2.0)                 # places the save two seconds into the three-second wait
+    state = a.base / "part.state"
+    handle.save(state)
+    status = handle.poll()
+    assert status is not None and status.saved, status
+    before = console(handle)
+    a.close()
+    restored = b.mgr.launch(b.spec(root, "part", "sr_poll"), 2, restore=state)
+    out = before + finish(restored)
+    assert final_line(out) == b"poll=0 waited-under-4s=1 waited-2.9s-or-more=1"
 
 
 def test_32bit_checksum_survives_save_and_restore(nodes: Callable[[str], Node],
