@@ -45,6 +45,14 @@ class Process:
     thread_comm: dict[int, str] = field(default_factory=dict)
     #: personality(2): the execution domain and its flags (inherited across fork)
     personality: int = 0
+    #: CPU seconds its threads used (user, system) and its reaped children's (accounting.py)
+    utime: float = 0.0
+    stime: float = 0.0
+    cutime: float = 0.0
+    cstime: float = 0.0
+    #: peak resident size seen (KiB), and the largest of its reaped descendants'
+    maxrss: int = 0
+    cmaxrss: int = 0
 
     @property
     def is64(self) -> bool:

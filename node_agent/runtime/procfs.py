@@ -24,6 +24,7 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import accounting
 from .files import DirFile, FdTable, HostFile, OpenFile, PipeEnd, StatInfo
 from .signals import SIG_DFL, SIG_IGN, bit
 from .vmas import PROT_R, PROT_W, PROT_X, Region, vmas_of
@@ -116,6 +117,10 @@ def cpu_seconds(kind: int = resource.RUSAGE_SELF) -> tuple[float, float]:
     return ru.ru_utime, ru.ru_stime
 
 
+#: the top bytes of pagemap entries with "present" or "swapped" set (bits 63, 62)
+_PRESENT = bytes(range(0x40, 0x100))
+
+
 def resident_bytes(mem: GuestMemory) -> int:
     """Bytes of ``mem`` the guest has touched: present pages of the image, heap, mmap
     allocations and stack, read from this process's pagemap (allocated ranges only)."""
@@ -132,8 +137,8 @@ def resident_bytes(mem: GuestMemory) -> int:
             n = (hi - lo) // PAGE
             for start in range(0, n, 1 << 16):
                 count = min(1 << 16, n - start)
-                raw = os.pread(fd, count * 8, (first + start) * 8)
-                pages += sum(1 for b in raw[7::8] if b & 0xC0)
+                high = os.pread(fd, count * 8, (first + start) * 8)[7::8]
+                pages += len(high) - len(high.translate(None, _PRESENT))
     except OSError:
         return sum(hi - lo for lo, hi in ranges)
     finally:
@@ -428,6 +433,9 @@ class ProcFs:
             threads = [t for t in threads if int(t.tid) == tid] or threads[:1]
         if getattr(proc, "exit_status", None) is not None:
             return "Z", 0
+        signals = getattr(proc, "signals", None)
+        if signals is not None and signals.stopped:
+            return "T", max(len(threads), 1)
         running = any(t.state in ("running", "runnable") for t in threads)
         return ("R" if running else "S"), max(len(threads), 1)
 
@@ -461,10 +469,7 @@ class ProcFs:
         state, nthreads = self._state(proc, tid)
         mem = proc.mem
         kernel = self.kernel
-        now = time.monotonic()
-        age = max(0.0, (proc.ended or now) - proc.started)
-        user, system = cpu_seconds()
-        user, system = min(user, age * self._vcpus()), min(system, age * self._vcpus())
+        user, system = self._cpu_times(proc, tid)
         started = 0.0 if kernel is None else max(0.0, proc.started - kernel.started)
         zombie = state == "Z"
         layout = vmas_of(mem).layout
@@ -478,7 +483,9 @@ class ProcFs:
             tid or proc.pid, f"({thread_comm(proc, tid)})", state, proc.ppid, proc.pgid,
             proc.sid, 0, -1, flags,                             # tty_nr, tpgid, flags
             0, 0, 0, 0,                                         # minflt .. cmajflt
-            int(user * HZ), int(system * HZ), 0, 0, 20, 0,      # times, priority, nice
+            int(user * HZ), int(system * HZ),                   # utime, stime
+            int(getattr(proc, "cutime", 0.0) * HZ), int(getattr(proc, "cstime", 0.0) * HZ),
+            20, 0,                                              # priority, nice
             nthreads, 0, int(started * HZ),                     # itrealvalue, starttime
             0 if zombie else _mapped_bytes(mem),
             0 if zombie else resident_bytes(mem) // PAGE, (1 << 64) - 1,
@@ -493,9 +500,21 @@ class ProcFs:
         text = " ".join(str(f) for f in fields) + "\n"
         return text.encode("utf-8", "surrogateescape")
 
+    def _cpu_times(self, proc: Process, tid: int | None) -> tuple[float, float]:
+        """(user, system) seconds of ``proc``'s threads, or of its thread ``tid``."""
+        kernel = self.kernel
+        if kernel is None or not hasattr(proc, "utime"):
+            return 0.0, 0.0
+        if tid is not None:
+            thread = self._thread(proc, tid)
+            if thread is not None and int(thread.tid) == tid:
+                return accounting.thread_times(kernel, thread)
+        return accounting.process_times(kernel, proc)
+
     def _status(self, proc: Process, tid: int | None) -> bytes:
         state, nthreads = self._state(proc, tid)
-        names = {"R": "R (running)", "S": "S (sleeping)", "Z": "Z (zombie)"}
+        names = {"R": "R (running)", "S": "S (sleeping)", "Z": "Z (zombie)",
+                 "T": "T (stopped)"}
         vm = _mapped_bytes(proc.mem) // 1024
         rss = resident_bytes(proc.mem) // 1024
         pending, blocked, ignored, caught = self._signals(proc, tid)

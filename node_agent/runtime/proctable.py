@@ -17,24 +17,30 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import accounting
 from .files import FdTable
 from .gdt import GDT_SIZE
 from .memory import GuestMemory
 from .process import Process
+from .procfs import resident_bytes
+from .signals import SA_NOCLDSTOP, SIG_IGN, SigInfo, send
 from .threads import BLOCKED, DEAD, PID_MAX, RESTART, GuestThread
 from .vmas import inherit as inherit_vmas
 
 if TYPE_CHECKING:
     from .machine import Machine
 
-__all__ = ["ProcessTable", "WaitRequest", "exit_status", "signal_status",
+__all__ = ["ProcessTable", "WaitRequest", "WaitReport", "exit_status", "signal_status",
            "save_processes", "restore_processes", "restore_vfork_waits"]
 
 #: Processes (live and zombie) a partition may hold: a fork bomb gets EAGAIN past this.
 WNOHANG, WUNTRACED, WEXITED, WCONTINUED, WNOWAIT = 1, 2, 4, 8, 0x01000000
+WSTOPPED = WUNTRACED
 P_ALL, P_PID, P_PGID = 0, 1, 2
-SIGCHLD = 17
-CLD_EXITED, CLD_KILLED, CLD_DUMPED = 1, 2, 3
+SIGCHLD, SIGCONT = 17, 18
+CLD_EXITED, CLD_KILLED, CLD_DUMPED, CLD_STOPPED, CLD_CONTINUED = 1, 2, 3, 5, 6
+#: wait4's status word of a continued child (WIFCONTINUED)
+CONTINUED_STATUS = 0xFFFF
 ECHILD, EINVAL, EPERM, ESRCH, EAGAIN = 10, 22, 1, 3, 11
 
 
@@ -55,6 +61,28 @@ class WaitRequest:
     kind: int              # P_ALL, P_PID or P_PGID
     ident: int             # the pid or pgid (P_PID/P_PGID)
     options: int
+
+
+@dataclass(frozen=True)
+class WaitReport:
+    """What a wait call reports of one child: the change (``code``: CLD_EXITED, CLD_KILLED,
+    CLD_DUMPED, CLD_STOPPED or CLD_CONTINUED), wait4's status word, waitid's si_status,
+    and its rusage (the child's CPU seconds and its reaped children's; peak RSS in KiB)."""
+
+    child: Process
+    code: int
+    status: int
+    value: int
+    utime: float
+    stime: float
+    maxrss: int
+
+
+def _ended(status: int) -> tuple[int, int]:
+    """(si_code, si_status) of a child that ended with wait status ``status``."""
+    if status & 0x7F:
+        return (CLD_DUMPED if status & 0x80 else CLD_KILLED), status & 0x7F
+    return CLD_EXITED, (status >> 8) & 0xFF
 
 
 class ProcessTable:
@@ -184,9 +212,12 @@ class ProcessTable:
         """End every thread of ``process`` and make it a zombie with ``wait_status``
         (exit_group, a fatal signal, the last thread's exit). pid 1 ends the partition:
         with its exit code, or as failed with ``reason`` when one is given."""
+        rss = resident_bytes(process.mem) // 1024 if process.exit_status is None else 0
         with self.sched.cond:
             if process.exit_status is not None:
                 return
+            accounting.charge_running(self.machine, process)   # before the parent can reap
+            accounting.note_rss(process, rss)
             process.exit_status = wait_status
             process.ended = time.monotonic()
             for thread in self.threads_of(process):
@@ -233,25 +264,66 @@ class ProcessTable:
         self.machine.free_gdt(thread)
 
     # -- wait ---------------------------------------------------------------------------
-    def wait(self, thread: GuestThread, request: WaitRequest) -> Process | int:
-        """Caller holds ``sched.cond``. The child to report (reaped unless WNOWAIT), 0 for
-        WNOHANG with none ready, -ECHILD without a matching child, or -1 after parking
-        ``thread`` until a child changes state (it then re-issues the call)."""
+    def wait(self, thread: GuestThread, request: WaitRequest) -> WaitReport | int:
+        """Caller holds ``sched.cond``. The report of a child that changed as ``request``
+        asks (WEXITED: it ended, and is reaped unless WNOWAIT; WSTOPPED: it stopped;
+        WCONTINUED: it was continued; a stop or continue is reported once unless WNOWAIT),
+        0 for WNOHANG with none ready, -ECHILD without a child that could be reported, or
+        -1 after parking ``thread`` until a child changes state (it then re-issues the
+        call). Children are looked at oldest first, as Linux does."""
         parent = thread.process
-        matching = [c for c in parent.children if self._matches(c, request)]
-        if not matching:
-            return -ECHILD
-        for child in matching:
+        options = request.options
+        keep = bool(options & WNOWAIT)
+        eligible = False
+        for child in [c for c in parent.children if self._matches(c, request)]:
             if child.exit_status is not None:
-                if not request.options & WNOWAIT:
+                if not options & WEXITED:
+                    continue                    # an ended child is not what it waits for
+                report = self._report(child, *_ended(child.exit_status), child.exit_status)
+                if not keep:
                     parent.children.remove(child)
                     self.processes.pop(child.pid, None)
-                return child
-        if request.options & WNOHANG:
+                    accounting.reap(parent, child)
+                return report
+            eligible = True
+            ps = child.signals
+            if options & WSTOPPED and ps.stopped and ps.stop_report:
+                sig = ps.stop_report
+                if not keep:
+                    ps.stop_report = 0
+                return self._report(child, CLD_STOPPED, sig, 0x7F | (sig << 8))
+            if options & WCONTINUED and ps.cont_report:
+                if not keep:
+                    ps.cont_report = False
+                return self._report(child, CLD_CONTINUED, SIGCONT, CONTINUED_STATUS)
+        if not eligible:
+            return -ECHILD
+        if options & WNOHANG:
             return 0
         self.sched.block(thread, None, 0)
         self._waiters.setdefault(parent.pid, []).append((thread, thread.token))
         return -1
+
+    def _report(self, child: Process, code: int, value: int, status: int) -> WaitReport:
+        """Caller holds ``sched.cond``: ``child``'s report with its rusage (its own CPU
+        time and its reaped children's, as Linux's wait gives RUSAGE_BOTH)."""
+        user, system = accounting.process_times(self.machine, child)
+        return WaitReport(child, code, status, value, user + child.cutime,
+                          system + child.cstime, max(child.maxrss, child.cmaxrss))
+
+    def job_changed(self, process: Process, code: int, sig: int) -> None:
+        """Caller holds ``sched.cond``: ``process`` stopped (CLD_STOPPED, by ``sig``) or was
+        continued (CLD_CONTINUED). Its parent's waiters look again, and the parent gets
+        SIGCHLD unless its SIGCHLD action is SIG_IGN or has SA_NOCLDSTOP (as Linux's
+        do_notify_parent_cldstop)."""
+        parent = self.processes.get(process.ppid)
+        if parent is None or parent.exit_status is not None or process.pid == 1:
+            return
+        self._wake_waiters(parent.pid)
+        action = parent.signals.actions[SIGCHLD]
+        if action.handler != SIG_IGN and not action.flags & SA_NOCLDSTOP:
+            send(self.machine, parent, None,
+                 SigInfo(SIGCHLD, code, pid=process.pid, status=sig, kind="chld"))
 
     def _matches(self, child: Process, request: WaitRequest) -> bool:
         if request.kind == P_PID:
@@ -307,18 +379,14 @@ class ProcessTable:
 
 
 
-def pack_siginfo_child(is64: bool, child: Process) -> bytes:
-    """waitid's siginfo_t for a child that ended (SIGCHLD, CLD_EXITED/KILLED/DUMPED)."""
-    status = child.exit_status or 0
-    if status & 0x7F:
-        code = CLD_DUMPED if status & 0x80 else CLD_KILLED
-        value = status & 0x7F
-    else:
-        code, value = CLD_EXITED, (status >> 8) & 0xFF
+def pack_siginfo_child(is64: bool, report: WaitReport) -> bytes:
+    """waitid's siginfo_t for a child's report (SIGCHLD, its CLD_* code, pid and status)."""
     if is64:
-        head = struct.pack("<iii4xiii", SIGCHLD, 0, code, child.pid, 0, value)
+        head = struct.pack("<iii4xiii", SIGCHLD, 0, report.code, report.child.pid, 0,
+                           report.value)
     else:
-        head = struct.pack("<iiiiii", SIGCHLD, 0, code, child.pid, 0, value)
+        head = struct.pack("<iiiiii", SIGCHLD, 0, report.code, report.child.pid, 0,
+                           report.value)
     return head.ljust(128, b"\0")
 
 
@@ -345,6 +413,8 @@ def save_processes(table: ProcessTable, now: float, space_of: dict[int, int],
             "signals": proc.signals.save(now) if live else {},
             "comm": proc.comm, "thread_comm": [[t, n] for t, n in proc.thread_comm.items()],
             "personality": proc.personality,
+            "cpu": [proc.utime, proc.stime, proc.cutime, proc.cstime, proc.maxrss,
+                    proc.cmaxrss],
         })
     vfork = [[child, thread.tid] for child, (thread, token) in table._vfork.items()
              if thread.state == BLOCKED and thread.token == token]
@@ -379,6 +449,11 @@ def restore_processes(table: ProcessTable, data: dict[str, Any], spaces: list[Gu
                        comm=str(rec.get("comm", ""))[:15],
                        personality=int(rec.get("personality", 0)) & 0xFFFFFFFF)
         proc.thread_comm = {int(t): str(n)[:15] for t, n in rec.get("thread_comm", [])}
+        cpu = rec.get("cpu")               # absent from states saved before accounting
+        if cpu is not None:
+            proc.utime, proc.stime, proc.cutime, proc.cstime = (max(float(v), 0.0)
+                                                                for v in cpu[:4])
+            proc.maxrss, proc.cmaxrss = (max(int(v), 0) for v in cpu[4:6])
         procs[pid] = proc
     if 1 not in procs:
         raise ValueError("the saved state has no pid 1")

@@ -44,20 +44,21 @@ __all__ = ["SignalActions", "ThreadSignals", "Action", "Timer", "SigInfo", "send
            "ERESTARTSYS", "ERESTARTNOINTR", "ERESTARTNOHAND", "ERESTART_RESTARTBLOCK",
            "UNBLOCKABLE", "wakes_wait", "refresh", "take", "terminate", "deliverable",
            "default_action", "init_discards", "SS_AUTODISARM", "SI_USER", "SI_KERNEL",
-           "SI_QUEUE", "SI_TIMER", "SI_TKILL"]
+           "SI_QUEUE", "SI_TIMER", "SI_TKILL", "SA_NOCLDSTOP", "CLD_STOPPED", "CLD_CONTINUED"]
 
 NSIG = 64
 SIG_DFL, SIG_IGN = 0, 1
 SIGHUP, SIGINT, SIGQUIT, SIGILL, SIGTRAP, SIGABRT, SIGBUS, SIGFPE = 1, 2, 3, 4, 5, 6, 7, 8
 SIGKILL, SIGSEGV, SIGPIPE, SIGALRM, SIGCHLD, SIGCONT, SIGSTOP = 9, 11, 13, 14, 17, 18, 19
 SIGTSTP, SIGTTIN, SIGTTOU, SIGVTALRM, SIGPROF = 20, 21, 22, 26, 27
-SA_SIGINFO, SA_RESTORER, SA_ONSTACK = 0x4, 0x04000000, 0x08000000
+SA_NOCLDSTOP, SA_SIGINFO, SA_RESTORER, SA_ONSTACK = 0x1, 0x4, 0x04000000, 0x08000000
 SA_RESTART, SA_NODEFER, SA_RESETHAND = 0x10000000, 0x40000000, 0x80000000
 SS_AUTODISARM = 1 << 31
 SI_USER, SI_KERNEL, SI_QUEUE, SI_TIMER, SI_TKILL = 0, 0x80, -1, -2, -6
 ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = -512, -513, -514, -516
 RESTART_CODES = (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
 EINTR = -4
+CLD_STOPPED, CLD_CONTINUED = 5, 6
 MAX_QUEUED = 1024                  # queued real-time signals per process (RLIMIT_SIGPENDING)
 MAX_NESTED = 64                    # frames built in one delivery
 
@@ -215,6 +216,10 @@ class SignalActions:
     itimers: dict[int, Timer] = field(default_factory=dict)     # ITIMER_REAL/VIRTUAL/PROF
     timers: dict[int, Timer] = field(default_factory=dict)      # timer_create ids
     stopped: bool = False
+    #: for the parent's wait: the signal that stopped it, until reported (0: nothing)...
+    stop_report: int = 0
+    #: ...and whether a SIGCONT continued it since, until reported (WCONTINUED)
+    cont_report: bool = False
     _restored_timers: bool = False
 
     def ignored(self, sig: int) -> bool:
@@ -240,6 +245,7 @@ class SignalActions:
         return {"actions": [[i, a.handler, a.flags, a.mask, a.restorer]
                             for i, a in enumerate(self.actions) if a != Action()],
                 "pending": _save_pending(self.pending), "stopped": self.stopped,
+                "stop_report": self.stop_report, "cont_report": self.cont_report,
                 "itimers": [[w, t.save(now)] for w, t in self.itimers.items()
                             if t.deadline is not None],
                 "timers": [t.save(now) for t in self.timers.values()]}
@@ -254,6 +260,8 @@ class SignalActions:
                                               int(restorer))
         self.pending = _load_pending(data.get("pending", []))
         self.stopped = bool(data.get("stopped", False))
+        self.stop_report = int(data.get("stop_report", 0))
+        self.cont_report = bool(data.get("cont_report", False))
         if process is None:
             return
         self.itimers = {int(w): Timer.restore(process, t) for w, t in data.get("itimers", [])}
@@ -276,7 +284,9 @@ class ThreadSignals:
     blocked: int = 0
     pending: dict[int, list[SigInfo]] = field(default_factory=dict)
     altstack: tuple[int, int, int] = (0, SS_DISABLE, 0)      # ss_sp, ss_flags, ss_size
-    saved_mask: int | None = None       # rt_sigsuspend's mask to restore after delivery
+    #: the mask to restore once a signal is delivered or the call returns, while
+    #: rt_sigsuspend, ppoll, pselect6 or epoll_pwait has its own mask in place
+    saved_mask: int | None = None
     waiting: int = 0                    # rt_sigtimedwait's set while it waits
     interrupted: int = 0                # the restart code a signal woke its wait with
     syscall_nr: int = -1                # the syscall it blocked in (restart)
@@ -345,7 +355,7 @@ def refresh(thread: GuestThread) -> None:
     """Caller holds the condition: recompute ``sig_dirty`` after a mask or queue change."""
     ts = thread.sig
     thread.sig_dirty = bool(deliverable(thread) or ts.sigreturn or ts.trap
-                            or thread.process.signals.stopped)
+                            or ts.saved_mask is not None or thread.process.signals.stopped)
 
 
 def wakes_wait(thread: GuestThread) -> bool:
@@ -441,7 +451,8 @@ def send(kernel: Machine, process: Process, thread: GuestThread | None, info: Si
 
 
 def _continue(kernel: Machine, process: Process) -> None:
-    """SIGCONT: drop pending stop signals; resume a stopped process's threads."""
+    """SIGCONT: drop pending stop signals; resume a stopped process's threads (its parent
+    can then see it continued: WCONTINUED, SIGCHLD with CLD_CONTINUED)."""
     ps = process.signals
     for queue in [ps.pending, *(th.sig.pending for th in _threads_of(kernel, process))]:
         for sig in _STOP:
@@ -449,19 +460,36 @@ def _continue(kernel: Machine, process: Process) -> None:
     if not ps.stopped:
         return
     ps.stopped = False
+    ps.stop_report, ps.cont_report = 0, True     # a stop not yet waited for is lost
     for th in _threads_of(kernel, process):
         if th.sig.parked:
             th.sig.parked = False
             kernel.sched.wake(th, None)
         refresh(th)
+    _job_changed(kernel, process, CLD_CONTINUED, SIGCONT)
 
 
-def _stop(kernel: Machine, process: Process, current: GuestThread) -> None:
-    process.signals.stopped = True
+def _stop(kernel: Machine, process: Process, current: GuestThread, sig: int) -> None:
+    """The default action of stop signal ``sig``: every thread of ``process`` parks at its
+    next delivery; its parent can see it stopped (WUNTRACED, SIGCHLD with CLD_STOPPED)."""
+    ps = process.signals
+    if ps.stopped:
+        return
+    ps.stopped = True
+    ps.stop_report, ps.cont_report = sig, False
     for th in _threads_of(kernel, process):
         th.sig_dirty = True
         if th.on_cpu and th is not current:
             kernel.kick_thread(th)
+    _job_changed(kernel, process, CLD_STOPPED, sig)
+
+
+def _job_changed(kernel: Machine, process: Process, code: int, sig: int) -> None:
+    """Tell the process table (its parent's waiters, SIGCHLD) that ``process`` stopped or
+    continued."""
+    hook = getattr(getattr(kernel, "procs", None), "job_changed", None)
+    if hook is not None:
+        hook(process, code, sig)
 
 
 def _park(thread: GuestThread) -> None:
@@ -519,6 +547,9 @@ def _restart(t: Task, regs: dict[str, int], code: int, handler: bool, flags: int
     """An interrupted wait: make the syscall return EINTR, or run it again."""
     ts = t.thread.sig
     pc, ax = ("rip", "rax") if t.is64 else ("eip", "eax")
+    if code not in RESTART_CODES:           # a plain error (epoll_wait's EINTR): returned
+        ts.rem = None
+        return
     if handler and (code in (ERESTARTNOHAND, ERESTART_RESTARTBLOCK)
                     or (code == ERESTARTSYS and not flags & SA_RESTART)):
         regs[ax] = EINTR
@@ -607,6 +638,15 @@ def deliver(t: Task) -> None:
         _sigreturn(t)
     with sched.cond:
         code, ts.interrupted = ts.interrupted, 0
+        if code:
+            from .waitq import put_back
+
+            put_back(thread)                   # what the wait changed (select's sets)
+        elif ts.saved_mask is not None:
+            # A call with a mask of its own (ppoll...) ended without a signal: it timed
+            # out, or was woken to retry (it puts its mask back then). Signals are taken
+            # with the thread's own mask again, as Linux restores it on return.
+            ts.blocked, ts.saved_mask = ts.saved_mask, None
     regs: dict[str, int] | None = None
     for _ in range(MAX_NESTED):
         with sched.cond:
@@ -634,7 +674,7 @@ def deliver(t: Task) -> None:
                 continue                      # init: queued while blocked, still discarded
             if what == "stop":
                 with sched.cond:
-                    _stop(kernel, thread.process, thread)
+                    _stop(kernel, thread.process, thread, sig)
                 continue                      # the next round parks this thread
             terminate(kernel, thread.process, sig, what == "core")
             return

@@ -59,6 +59,8 @@ class GuestThread:
     sig_dirty: bool = False                  # a signal (or sigreturn) may need delivery
     intr_result: int | None = ERESTARTSYS    # a signal ends the wait with this (None: never)
     reset_context: bool = False              # execve: start from the boot page next time
+    utime: float = 0.0                       # CPU seconds used (accounting.py)
+    stime: float = 0.0
 
     @property
     def result_reg(self) -> int:

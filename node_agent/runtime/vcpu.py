@@ -32,6 +32,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from .accounting import CpuMeter
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
 from .registers import ARGS32, ARGS64, GPR32, GPR64
@@ -208,6 +209,7 @@ class Vcpu:
         self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.exception_taken = False    # a CPU exception went to a handler: see below
+        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
 
     def _use_arch(self, is64: bool) -> None:
         """Take the bound address space's architecture: its registers, syscall table and
@@ -376,6 +378,7 @@ class Vcpu:
                 self.machine.log_error(traceback.format_exc())
                 sched.finish(None, f"runtime error: {exc!r}")
             finally:
+                self.meter.stop()
                 self.thread = None
             sched.release(thread)
             if self.machine._dead_mems:
@@ -399,12 +402,15 @@ class Vcpu:
         self.stop_why = None
         self.fault = None
         self.run_started = time.monotonic()
+        self.meter.start(thread)
         sched = self.machine.sched
         paused = sched.paused
         kicks = self.kicks
         while True:              # signal work (delivery, sigreturn) between runs
             if thread.sig_dirty:
+                began = time.monotonic()
                 deliver(self.task)
+                self.meter.system += time.monotonic() - began
             if self.mem.exec_generation != self._space.exec_generation:
                 self._apply_exec()               # permissions changed (mprotect, mmap...)
                 uc = self.uc
@@ -535,6 +541,7 @@ class Vcpu:
         self._syscall()
 
     def _syscall(self) -> None:
+        began = time.monotonic()
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
         nr = vals[0]
@@ -551,6 +558,7 @@ class Vcpu:
                 result = E.FAULT
             except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
                 result = E.INVAL
+        self.meter.system += time.monotonic() - began
         if result == BLOCK or result == EXIT:
             self.stop_why = "block" if result == BLOCK else "exit"
             if result == BLOCK and self.thread is not None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from unicorn import x86_const as X
 
 from .memory import GuestFault
+from .signals import ERESTARTSYS
 from .threads import BLOCKED, GuestThread, Scheduler
 
 if TYPE_CHECKING:
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
     from .task import Task
 
 __all__ = ["Waiter", "WaitQueue", "park", "restart_all", "resume_deadline", "take_progress",
-           "keep_progress", "interrupted_result", "saved_deadline", "restore_deadline"]
+           "keep_progress", "interrupted_result", "saved_deadline", "restore_deadline",
+           "put_back"]
 
 BLOCK = 1 << 70          # syscalls.common.BLOCK (imported there from here would cycle)
 _PC_REGS = (X.UC_X86_REG_RIP, X.UC_X86_REG_EIP)
@@ -122,17 +124,19 @@ _RETRIES: weakref.WeakKeyDictionary[GuestThread, tuple[dict[int, int], int]] = \
 def park(t: Task, queues: Iterable[WaitQueue], deadline: float | None = None,
          timeout_result: int = 0, key: tuple[object, ...] = (),
          restore: list[tuple[GuestMemory, int, bytes]] | None = None,
-         args: dict[int, int] | None = None, partial: int | None = None) -> int:
+         args: dict[int, int] | None = None, partial: int | None = None,
+         intr: int | None = ERESTARTSYS) -> int:
     """Caller holds ``sched.cond``. Park the calling thread on ``queues`` until one of them
     wakes it (then it retries the call) or ``deadline`` passes (then the call returns
     ``timeout_result``). ``key`` names the call so that its retry finds the same deadline
     (``resume_deadline``); ``args`` replaces argument registers for the retry; ``partial``
     is what the call returns if the wait is interrupted (a save) after moving that many
-    bytes. Returns BLOCK."""
+    bytes; ``intr`` is the code a signal ends the wait with (threads.py ``block``'s
+    ``restart``). Returns BLOCK."""
     sched = t.kernel.sched
     thread = t.thread
     restart = t.restart_registers(args)
-    sched.block(thread, deadline, timeout_result)
+    sched.block(thread, deadline, timeout_result, intr)
     waiter = Waiter(sched, thread, restart, restore or [], partial)
     for queue in queues:
         queue.add(waiter)
@@ -207,6 +211,20 @@ def interrupted_result(thread: GuestThread) -> int | None:
     _PROGRESS.pop(thread, None)
     _WAITERS.pop(thread, None)
     return waiter.partial
+
+
+def put_back(thread: GuestThread) -> None:
+    """Caller holds ``sched.cond``; a signal ended ``thread``'s wait: put back the guest
+    memory its call changed for the wait (select's sets and timeout), so that the call
+    returns EINTR with them as they were, or runs again on them, as on Linux."""
+    waiter = _WAITERS.pop(thread, None)
+    if waiter is None or waiter.token != thread.token:
+        return
+    for mem, addr, data in waiter.restore:
+        try:
+            mem.write(addr, data)
+        except GuestFault:
+            pass
 
 
 def restart_all(sched: Scheduler) -> int:

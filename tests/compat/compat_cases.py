@@ -66,6 +66,8 @@ QEMU_PS = "under qemu-user processes show as the emulator (ld.so) in /proc"
 QEMU_VFORK = ("qemu-user runs vfork and CLONE_VFORK as a fork: the child's stores and "
               "posix_spawn's exec error are lost to the parent")
 QEMU_ZSH = "zsh-static as pid 1 under qemu-user hangs once it forks or takes a signal"
+QEMU_NOCLDSTOP = ("qemu-user sends SIGCHLD for a stopped or continued child even when the "
+                  "parent's SIGCHLD action has SA_NOCLDSTOP")
 QEMU_INIT = ("the guest is pid 1 (as in a partition): the kernel drops a default-action signal "
              "sent to init, and qemu-user, re-raising it on itself to die, then hangs")
 QEMU_CTRUNC = "qemu-user does not report MSG_CTRUNC when SCM_RIGHTS descriptors are cut off"
@@ -149,6 +151,12 @@ PROCESSES: list[Case] = [
     *prog("procs", "system", "processes"),
     *prog("procs", "spawn", "processes",
           reference="native", reason=QEMU_VFORK),
+    *prog("procs", "rusage", "processes"),
+    *prog("procs", "rusage_tree", "processes"),
+    *prog("procs", "stop_wait", "processes"),
+    *prog("procs", "stop_waitid", "processes"),
+    *prog("procs", "stop_sigchld", "processes", reference="native",
+          reason=QEMU_NOCLDSTOP),
 ]
 
 SIGNALS: list[Case] = [
@@ -172,6 +180,8 @@ SIGNALS: list[Case] = [
           reference="native", reason=QEMU_INIT),
     *prog("signals", "default", "signals", "15", reference="native", reason=QEMU_INIT),
     *prog("signals", "child_status", "signals"),
+    *prog("signals", "pollmask", "signals"),
+    *prog("signals", "stop_waits", "signals"),
     *prog("legacy32", "sigaction", "signals", archs=("i386",)),
     *prog("legacy32", "signal", "signals", archs=("i386",), reference="native",
           reason=QEMU_SIGNAL32),
@@ -239,6 +249,8 @@ PROCFS: list[Case] = [
     *prog("procfs", "cwd", "proc"),
     *prog("procfs", "rusage", "proc"),
     *prog("procfs", "times", "proc"),
+    *prog("procfs", "stat_times", "proc", reference="native",
+          reason=QEMU_PROC),
     *prog("procfs", "personality", "proc"),
     *prog("procfs", "resuid", "proc"),
     sh("meminfo", "proc", "grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import waitq
@@ -27,8 +28,9 @@ from ..files import (
     HostFile,
     OpenFile,
 )
+from ..signals import EINTR, ERESTARTNOHAND, NSIG, UNBLOCKABLE, refresh, wakes_wait
 from ..waitq import WaitQueue
-from .common import E, s32
+from .common import BLOCK, E, s32
 
 if TYPE_CHECKING:
     from ..memory import GuestMemory
@@ -64,12 +66,52 @@ def _timespec(t: Task, ptr: int, fmt: str) -> float | None:
     return None if not ptr else read_timespec(t.mem, ptr, fmt)
 
 
-def _with_mask(t: Task, sigmask: int, size: int) -> None:
-    """ppoll/pselect6's temporary signal mask: checked, not applied (no masks yet)."""
-    if sigmask and size != 8:
-        raise OSError(22, "bad sigset size")
-    if sigmask:
-        t.mem.read(sigmask, 8)
+def _with_mask(t: Task, sigmask: int, size: int, call: Callable[[], int]) -> int:
+    """Run ``call`` (a poll, select or epoll wait) with the signal mask at ``sigmask`` in
+    place of the thread's, as ppoll, pselect6 and epoll_pwait do (NULL: the thread's own).
+
+    As rt_sigsuspend does, the thread's mask is kept in ``saved_mask``. A call that returns
+    puts it back at once. A call that waits keeps the temporary mask while it waits: a
+    signal it unblocks ends the wait with EINTR and its handler runs with that mask in
+    place, the frame holding the thread's own to restore on return (signals.py
+    ``_setup_frame``); a wait that times out or is woken to retry gets the thread's mask
+    back before anything is delivered (signals.py ``deliver``), and a retry applies the
+    call's mask again."""
+    if not sigmask:
+        return call()
+    if size != 8:
+        return E.INVAL
+    mask = t.mem.u64(sigmask) & ((1 << NSIG) - 1) & ~UNBLOCKABLE
+    thread = t.thread
+    ts = thread.sig
+    with t.kernel.sched.cond:
+        if ts.saved_mask is None:
+            ts.saved_mask = ts.blocked
+        ts.blocked = mask
+        refresh(thread)
+    result = E.FAULT
+    try:
+        result = call()
+    finally:
+        if result != BLOCK:
+            with t.kernel.sched.cond:
+                if ts.saved_mask is not None:
+                    ts.blocked, ts.saved_mask = ts.saved_mask, None
+                refresh(thread)
+    return result
+
+
+def _interrupt(t: Task, code: int) -> int | None:
+    """Caller holds ``sched.cond``. A signal the thread takes with its mask as it is now
+    (the call's, for ppoll...) is pending: end the call for it as if it had waited and
+    been interrupted (EINTR once a handler runs, or the call runs again), leaving the
+    guest's memory as it is. None when no such signal is pending."""
+    thread = t.thread
+    if not wakes_wait(thread):
+        return None
+    thread.sig_dirty = True
+    t.kernel.sched.block(thread, None, 0, restart=code)     # ends at once: interrupted
+    return BLOCK
 
 
 # -- poll ------------------------------------------------------------------------------------
@@ -98,9 +140,14 @@ def _do_poll(t: Task, fds_ptr: int, nfds: int, timeout: float | None) -> int:
             ready += bool(revents)
         if nfds:
             t.mem.write(fds_ptr, bytes(out))
-        if ready or (deadline is not None and deadline <= time.monotonic()):
+        if ready:
             return ready
-        return waitq.park(t, _queues(polled), deadline, 0, key)
+        interrupted = _interrupt(t, ERESTARTNOHAND)     # Linux: a signal before a timeout
+        if interrupted is not None:
+            return interrupted
+        if deadline is not None and deadline <= time.monotonic():
+            return 0
+        return waitq.park(t, _queues(polled), deadline, 0, key, intr=ERESTARTNOHAND)
 
 
 def s16(value: int) -> int:
@@ -114,8 +161,9 @@ def sys_poll(t: Task, fds_ptr: int, nfds: int, timeout: int, *_: int) -> int:
 
 def _ppoll(t: Task, fds_ptr: int, nfds: int, tsp: int, sigmask: int, size: int,
            fmt: str) -> int:
-    _with_mask(t, sigmask, size)
-    return _do_poll(t, fds_ptr, nfds & 0xFFFFFFFF, _timespec(t, tsp, fmt))
+    timeout = _timespec(t, tsp, fmt)
+    return _with_mask(t, sigmask, size,
+                      lambda: _do_poll(t, fds_ptr, nfds & 0xFFFFFFFF, timeout))
 
 
 def sys_ppoll(t: Task, fds_ptr: int, nfds: int, tsp: int, sigmask: int, size: int,
@@ -174,6 +222,10 @@ def _do_select(t: Task, n: int, ptrs: tuple[int, int, int], timeout: float | Non
                     out[fd // 8] |= 1 << (fd % 8)
                     ready += 1
             results.append(bytes(out))
+        if not ready:
+            interrupted = _interrupt(t, ERESTARTNOHAND)   # the sets are left as they are
+            if interrupted is not None:
+                return interrupted
         expired = deadline is not None and deadline <= time.monotonic()
         if ready or expired:
             for ptr, result in zip(ptrs, results, strict=True):
@@ -191,7 +243,8 @@ def _do_select(t: Task, n: int, ptrs: tuple[int, int, int], timeout: float | Non
         if tv_ptr and deadline is not None:
             t.mem.write(tv_ptr, struct.pack(tv_fmt, 0, 0))   # what a timeout leaves there
             restore.append((t.mem, tv_ptr, _encode(tv_fmt, timeout or 0.0)))
-        return waitq.park(t, _queues(list(wanted.values())), deadline, 0, key, restore)
+        return waitq.park(t, _queues(list(wanted.values())), deadline, 0, key, restore,
+                          intr=ERESTARTNOHAND)
 
 
 def _encode(fmt: str, seconds: float) -> bytes:
@@ -241,11 +294,14 @@ def sys_old_select(t: Task, args: int, *_: int) -> int:
 
 
 def _pselect(t: Task, n: int, rd: int, wr: int, ex: int, tsp: int, sig: int, fmt: str) -> int:
+    """pselect6: its sixth argument points to {const sigset_t *ss; size_t ss_len}."""
+    timeout = _timespec(t, tsp, fmt)
+    mask = size = 0
     if sig:
         mask, size = t.abi.read_words(t.mem, sig, 2)
-        _with_mask(t, mask, size)
-    timeout = _timespec(t, tsp, fmt)
-    return _do_select(t, n, (rd, wr, ex), timeout, 0, "", ("pselect", n, rd, wr, ex, tsp))
+    key = ("pselect", n, rd, wr, ex, tsp)
+    return _with_mask(t, mask, size,
+                      lambda: _do_select(t, n, (rd, wr, ex), timeout, 0, "", key))
 
 
 def sys_pselect6(t: Task, n: int, rd: int, wr: int, ex: int, tsp: int, sig: int) -> int:
@@ -395,8 +451,12 @@ def _epoll_wait(t: Task, epfd: int, events: int, maxevents: int,
             t.mem.write(events, bytes(out))
             return len(ready)
         if deadline is not None and deadline <= time.monotonic():
-            return 0
-        return waitq.park(t, ep.wait_queues(), deadline, 0, key)
+            return 0                            # Linux: a timeout before a signal
+        interrupted = _interrupt(t, EINTR)
+        if interrupted is not None:
+            return interrupted
+        # epoll_wait is never restarted: a signal ends it with EINTR, handler or not
+        return waitq.park(t, ep.wait_queues(), deadline, 0, key, intr=EINTR)
 
 
 def sys_epoll_wait(t: Task, epfd: int, events: int, maxevents: int, timeout: int,
@@ -407,12 +467,13 @@ def sys_epoll_wait(t: Task, epfd: int, events: int, maxevents: int, timeout: int
 
 def sys_epoll_pwait(t: Task, epfd: int, events: int, maxevents: int, timeout: int,
                     sigmask: int, size: int) -> int:
-    _with_mask(t, sigmask, size)
-    return sys_epoll_wait(t, epfd, events, maxevents, timeout)
+    return _with_mask(t, sigmask, size,
+                      lambda: sys_epoll_wait(t, epfd, events, maxevents, timeout))
 
 
 def sys_epoll_pwait2(t: Task, epfd: int, events: int, maxevents: int, tsp: int,
                      sigmask: int, size: int) -> int:
-    _with_mask(t, sigmask, size)
-    return _epoll_wait(t, epfd, events, maxevents, _timespec(t, tsp, TS64),
-                       ("epoll_pwait2", epfd, events, maxevents, tsp))
+    timeout = _timespec(t, tsp, TS64)
+    key = ("epoll_pwait2", epfd, events, maxevents, tsp)
+    return _with_mask(t, sigmask, size,
+                      lambda: _epoll_wait(t, epfd, events, maxevents, timeout, key))

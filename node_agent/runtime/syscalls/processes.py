@@ -5,9 +5,22 @@ from __future__ import annotations
 import errno
 from typing import TYPE_CHECKING
 
+from .. import accounting
 from ..gdt import GDT_SIZE, boot_frame
 from ..memory import GDT_AREA, GuestFault
-from ..proctable import P_ALL, P_PGID, P_PID, WEXITED, WaitRequest, exit_status, pack_siginfo_child
+from ..procfs import resident_bytes
+from ..proctable import (
+    P_ALL,
+    P_PGID,
+    P_PID,
+    WEXITED,
+    WNOWAIT,
+    WSTOPPED,
+    WaitReport,
+    WaitRequest,
+    exit_status,
+    pack_siginfo_child,
+)
 from ..program import ExecError, load_program
 from ..spec import ImageError
 from ..task import FS, GS
@@ -231,34 +244,46 @@ def _execve(t: Task, path: str, argv_ptr: int, envp_ptr: int) -> int:
 
 
 # -- wait -----------------------------------------------------------------------------
-def _rusage(t: Task, ptr: int) -> None:
-    """struct rusage: all zero (no per-process CPU accounting yet)."""
-    if ptr:
-        t.mem.write(ptr, bytes(18 * t.abi.word))
+def _rusage(t: Task, ptr: int, report: WaitReport) -> None:
+    """The reported child's struct rusage: its CPU time and its reaped children's, and its
+    peak resident size (measured now if it still runs)."""
+    if not ptr:
+        return
+    maxrss = report.maxrss
+    child = report.child
+    if child.exit_status is None:
+        maxrss = max(maxrss, accounting.note_rss(child, resident_bytes(child.mem) // 1024))
+    t.mem.write(ptr, accounting.rusage(t.is64, report.utime, report.stime, maxrss))
+
+
+def _wait(t: Task, request: WaitRequest) -> WaitReport | int:
+    """The process table's wait, parking the caller (BLOCK) until a child changes."""
+    with t.kernel.sched.cond:
+        found = t.kernel.procs.wait(t.thread, request)
+        if found == -1:
+            t.arm_restart()
+            return BLOCK
+        return found
 
 
 def sys_wait4(t: Task, pid: int, status_ptr: int, options: int, rusage: int, *_: int) -> int:
     pid = s32(pid)
     if options & ~(WNOHANG | WUNTRACED | WCONTINUED | WALL | WCLONE | WNOTHREAD):
         return E.INVAL
+    options |= WEXITED                          # wait4 always reports ended children
     if pid == -1:
         request = WaitRequest(P_ALL, 0, options)
     elif pid > 0:
         request = WaitRequest(P_PID, pid, options)
     else:
         request = WaitRequest(P_PGID, t.process.pgid if pid == 0 else -pid, options)
-    sched = t.kernel.sched
-    with sched.cond:
-        found = t.kernel.procs.wait(t.thread, request)
-        if isinstance(found, int):
-            if found == -1:
-                t.arm_restart()
-                return BLOCK
-            return found
-        if status_ptr:
-            t.mem.put_u32(status_ptr, found.exit_status or 0)
-    _rusage(t, rusage)
-    return found.pid
+    found = _wait(t, request)
+    if isinstance(found, int):
+        return found
+    if status_ptr:
+        t.mem.put_u32(status_ptr, found.status)
+    _rusage(t, rusage, found)
+    return found.child.pid
 
 
 def sys_waitpid(t: Task, pid: int, status_ptr: int, options: int, *_: int) -> int:
@@ -268,24 +293,20 @@ def sys_waitpid(t: Task, pid: int, status_ptr: int, options: int, *_: int) -> in
 def sys_waitid(t: Task, idtype: int, ident: int, infop: int, options: int, rusage: int,
                *_: int) -> int:
     idtype, ident = s32(idtype), s32(ident)
-    if idtype not in (P_ALL, P_PID, P_PGID) or not options & (WEXITED | WUNTRACED |
-                                                              WCONTINUED):
+    events = WEXITED | WSTOPPED | WCONTINUED
+    if idtype not in (P_ALL, P_PID, P_PGID) or not options & events or options & ~(
+            events | WNOHANG | WNOWAIT | WALL | WCLONE | WNOTHREAD):
         return E.INVAL
     if idtype == P_PGID and ident == 0:
         ident = t.process.pgid
-    sched = t.kernel.sched
-    with sched.cond:
-        found = t.kernel.procs.wait(t.thread, WaitRequest(idtype, ident, options))
-        if isinstance(found, int):
-            if found == -1:
-                t.arm_restart()
-                return BLOCK
-            if found == 0 and infop:
-                t.mem.write(infop, bytes(128))
-            return found
-        if infop:
-            t.mem.write(infop, pack_siginfo_child(t.is64, found))
-    _rusage(t, rusage)
+    found = _wait(t, WaitRequest(idtype, ident, options))
+    if isinstance(found, int):
+        if found == 0 and infop:
+            t.mem.write(infop, bytes(128))
+        return found
+    if infop:
+        t.mem.write(infop, pack_siginfo_child(t.is64, found))
+    _rusage(t, rusage, found)
     return 0
 
 

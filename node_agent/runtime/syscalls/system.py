@@ -4,14 +4,14 @@ sysinfo."""
 from __future__ import annotations
 
 import os
-import resource
 import struct
 import time
 import weakref
 from typing import TYPE_CHECKING
 
+from .. import accounting
 from ..memory import GuestFault
-from ..procfs import OSRELEASE, cpu_seconds, exec_comm, resident_bytes, thread_comm
+from ..procfs import OSRELEASE, exec_comm, resident_bytes, thread_comm
 from .common import E, s32
 
 if TYPE_CHECKING:
@@ -138,41 +138,35 @@ def sys_sysinfo(t: Task, ptr: int, *_: int) -> int:
 RUSAGE_SELF, RUSAGE_CHILDREN, RUSAGE_THREAD = 0, -1, 1
 
 
-def _timeval(t: Task, seconds: float) -> bytes:
-    us = int(seconds * 1e6)
-    return struct.pack(f"<{'qq' if t.is64 else 'ii'}", us // 10**6, us % 10**6)
-
-
 def sys_getrusage(t: Task, who: int, ptr: int, *_: int) -> int:
-    """User/system time: the worker's host CPU time for RUSAGE_SELF (the partition's
-    emulation, a superset of the process's vCPU time) and the calling vCPU host thread's
-    for RUSAGE_THREAD; children are not counted yet. maxrss: the process's touched guest
-    pages (KiB)."""
+    """ru_utime/ru_stime: the CPU time of the calling process's threads (RUSAGE_SELF), of
+    the calling thread (RUSAGE_THREAD), or of the reaped children and their reaped
+    descendants (RUSAGE_CHILDREN), as accounting.py measures it. ru_maxrss (KiB): the
+    process's peak resident size (its touched guest pages), or the largest child's."""
     who = s32(who)
+    process = t.process
     if who == RUSAGE_CHILDREN:
-        user = system = 0.0
-        rss = 0
+        user, system, rss = process.cutime, process.cstime, process.cmaxrss
     elif who in (RUSAGE_SELF, RUSAGE_THREAD):
-        user, system = cpu_seconds(resource.RUSAGE_THREAD if who == RUSAGE_THREAD
-                                   else resource.RUSAGE_SELF)
-        rss = resident_bytes(t.mem) // 1024
+        if who == RUSAGE_SELF:
+            user, system = accounting.process_times(t.kernel, process)
+        else:
+            user, system = accounting.thread_times(t.kernel, t.thread)
+        rss = accounting.note_rss(process, resident_bytes(t.mem) // 1024)
     else:
         return E.INVAL
-    word = "q" if t.is64 else "i"
-    rest = struct.pack(f"<14{word}", rss, *([0] * 13))
-    t.mem.write(ptr, _timeval(t, user) + _timeval(t, system) + rest)
+    t.mem.write(ptr, accounting.rusage(t.is64, user, system, rss))
     return 0
 
 
 def sys_times(t: Task, ptr: int, *_: int) -> int:
-    """struct tms in clock ticks (100 Hz) from the worker's CPU time; returns ticks since
-    the partition started."""
-    user, system = cpu_seconds()
+    """struct tms in clock ticks (100 Hz): the calling process's user and system time and
+    its reaped children's (accounting.py); returns ticks since the partition started."""
     if ptr:
-        t.abi.write_word(t.mem, ptr, int(user * 100))
-        t.abi.write_word(t.mem, ptr + t.abi.word, int(system * 100))
-        t.abi.write_word(t.mem, ptr + 2 * t.abi.word, 0)
-        t.abi.write_word(t.mem, ptr + 3 * t.abi.word, 0)
+        process = t.process
+        user, system = accounting.process_times(t.kernel, process)
+        for i, seconds in enumerate((user, system, process.cutime, process.cstime)):
+            t.abi.write_word(t.mem, ptr + i * t.abi.word, int(seconds * accounting.HZ))
     return int((time.monotonic() - t.kernel.started) * 100) & ((1 << (8 * t.abi.word - 1)) - 1)
 
 

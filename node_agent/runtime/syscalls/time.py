@@ -6,6 +6,7 @@ import struct
 import time
 from typing import TYPE_CHECKING
 
+from .. import accounting
 from ..abi import clock_ns, read_timespec, write_timespec
 from ..signals import ERESTART_RESTARTBLOCK, ERESTARTNOHAND
 from .common import BLOCK
@@ -13,12 +14,26 @@ from .common import BLOCK
 if TYPE_CHECKING:
     from ..task import Task
 
+CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID = 2, 3
+
 
 
 
 # -- time ---------------------------------------------------------------------------
+def _clock_ns(t: Task, clock: int) -> int:
+    """The guest's clock ``clock`` now: the CPU-time clocks are the calling process's or
+    thread's user + system time (accounting.py), the others abi.clock_ns's."""
+    if clock in (CLOCK_PROCESS_CPUTIME_ID, CLOCK_THREAD_CPUTIME_ID):
+        if clock == CLOCK_PROCESS_CPUTIME_ID:
+            user, system = accounting.process_times(t.kernel, t.process)
+        else:
+            user, system = accounting.thread_times(t.kernel, t.thread)
+        return int((user + system) * 1e9)
+    return clock_ns(clock, t.kernel.mono_offset_ns)
+
+
 def do_clock_gettime(t: Task, clock: int, ptr: int, fmt: str) -> int:
-    write_timespec(t.mem, ptr, fmt, clock_ns(clock, t.kernel.mono_offset_ns))
+    write_timespec(t.mem, ptr, fmt, _clock_ns(t, clock))
     return 0
 
 
@@ -64,5 +79,5 @@ def do_clock_nanosleep(t: Task, clock: int, flags: int, req: int, fmt: str,
                        rem: int = 0) -> int:
     value = read_timespec(t.mem, req, fmt)
     if flags & 1:                                # TIMER_ABSTIME
-        value -= clock_ns(clock, t.kernel.mono_offset_ns) / 1e9
+        value -= _clock_ns(t, clock) / 1e9
     return _sleep(t, value, rem, fmt, bool(flags & 1))

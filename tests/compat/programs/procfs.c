@@ -188,9 +188,53 @@ static int t_resuid(int argc, char **argv) {
     return 0;
 }
 
+/* Fields 14-17 of /proc/PID/stat (utime, stime, cutime, cstime), in clock ticks. */
+static int stat_times(const char *path, long out[4]) {
+    if (slurp(path) < 0) return -1;
+    char *t = strrchr(text, ')');
+    int field = 2;
+    for (t = strtok(t + 1, " \n"); t; t = strtok(NULL, " \n")) {
+        field++;
+        if (field >= 14 && field <= 17) out[field - 14] = atol(t);
+    }
+    return 0;
+}
+
+static int t_stat_times(int argc, char **argv) {
+    int fds[2];
+    pipe(fds);
+    long own[4], kid[4], task[4];
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0) { printf("fork: %s\n", ename(errno)); return 1; }
+    if (pid == 0) {
+        volatile unsigned long x = 0;
+        double end = now_s() + 0.3;
+        while (now_s() < end)
+            for (int i = 0; i < 100000; i++) x += i;
+        write(fds[1], "x", 1);
+        for (;;) pause();
+    }
+    char c, path[64];
+    read(fds[0], &c, 1);
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    stat_times(path, kid);
+    snprintf(path, sizeof path, "/proc/%d/task/%d/stat", (int)pid, (int)pid);
+    stat_times(path, task);
+    printf("child utime > 0: %d task utime > 0: %d\n", kid[0] > 0, task[0] > 0);
+    stat_times("/proc/self/stat", own);
+    printf("own cutime before reaping: %ld\n", own[2]);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    stat_times("/proc/self/stat", own);
+    printf("own cutime after reaping > 0: %d\n", own[2] > 0);
+    return 0;
+}
+
 static struct subtest tests[] = {
     {"stat", t_stat}, {"status", t_status}, {"cmdline", t_cmdline}, {"maps", t_maps},
     {"fd", t_fd}, {"exe", t_exe}, {"cwd", t_cwd}, {"rusage", t_rusage}, {"times", t_times},
-    {"personality", t_personality}, {"resuid", t_resuid},
+    {"personality", t_personality}, {"resuid", t_resuid}, {"stat_times", t_stat_times},
 };
 RUN_SUBTESTS(tests)

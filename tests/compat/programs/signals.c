@@ -1,9 +1,12 @@
 /* Signals: handlers and their flags, masks, timers, waits, faults, EINTR, SIGPIPE. */
 #include "common.h"
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/mman.h>
+#include <sys/select.h>
 #include <sys/time.h>
 #include <sys/wait.h>
 
@@ -355,6 +358,131 @@ static int t_child_status(int argc, char **argv) {
     return 0;
 }
 
+/* -- ppoll, pselect6, epoll_pwait: the mask replaces the thread's for the wait ---------- */
+static volatile sig_atomic_t usr2_in_handler = -1;
+static void on_masked(int sig) {
+    hits++;
+    sigset_t m;
+    sigprocmask(SIG_BLOCK, NULL, &m);
+    usr2_in_handler = sigismember(&m, SIGUSR2);
+}
+
+static int mask_pipe[2], mask_ep = -1;
+
+/* which: 0 ppoll, 1 pselect, 2 epoll_pwait, each waiting for mask_pipe to be readable. */
+static int masked_wait(int which, const sigset_t *mask, int ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    if (which == 0) {
+        struct pollfd pfd = {.fd = mask_pipe[0], .events = POLLIN};
+        return ppoll(&pfd, 1, &ts, mask);
+    }
+    if (which == 1) {
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(mask_pipe[0], &rd);
+        return pselect(mask_pipe[0] + 1, &rd, NULL, NULL, &ts, mask);
+    }
+    struct epoll_event ev;
+    return epoll_pwait(mask_ep, &ev, 1, ms, mask);
+}
+
+static void show_wait(const char *what, int r, int e) {
+    sigset_t now, pend;
+    sigprocmask(SIG_BLOCK, NULL, &now);
+    sigpending(&pend);
+    printf("  %s: %d %s hits %d; after: USR1 blocked %d USR2 blocked %d USR1 pending %d\n",
+           what, r, r < 0 ? ename(e) : "", hits, sigismember(&now, SIGUSR1),
+           sigismember(&now, SIGUSR2), sigismember(&pend, SIGUSR1));
+}
+
+static int t_pollmask(int argc, char **argv) {
+    const char *names[] = {"ppoll", "pselect6", "epoll_pwait"};
+    setup(SIGUSR1, on_masked, SA_RESTART);      /* SA_RESTART: these still give EINTR */
+    setup(SIGALRM, on_masked, SA_RESTART);
+    pipe(mask_pipe);
+    mask_ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = mask_pipe[0]};
+    epoll_ctl(mask_ep, EPOLL_CTL_ADD, mask_pipe[0], &ev);
+    sigset_t orig, temp, keep;
+    sigemptyset(&orig);
+    sigaddset(&orig, SIGUSR1);
+    sigaddset(&orig, SIGALRM);
+    sigprocmask(SIG_SETMASK, &orig, NULL);
+    keep = orig;
+    sigemptyset(&temp);
+    sigaddset(&temp, SIGUSR2);                  /* unblocks USR1 and ALRM, blocks USR2 */
+    for (int which = 0; which < 3; which++) {
+        printf("%s:\n", names[which]);
+        hits = 0;
+        usr2_in_handler = -1;
+        raise(SIGUSR1);                         /* pending, blocked by the thread's mask */
+        int r = masked_wait(which, &keep, 30), e = errno;
+        show_wait("mask keeps it blocked", r, e);
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("mask unblocks it", r, e);
+        printf("  handler ran with the call's mask: %d\n", usr2_in_handler);
+        raise(SIGUSR1);
+        write(mask_pipe[1], "x", 1);            /* ready and a signal: ready wins */
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("ready fd and pending signal", r, e);
+        char c;
+        read(mask_pipe[0], &c, 1);
+        r = masked_wait(which, &temp, 0), e = errno;
+        show_wait("zero timeout, pending signal", r, e);
+        struct itimerval it = {.it_interval = {0, 0}, .it_value = {0, 30000}};
+        setitimer(ITIMER_REAL, &it, NULL);      /* SIGALRM arrives during the wait */
+        r = masked_wait(which, &temp, 5000), e = errno;
+        show_wait("signal during the wait", r, e);
+        r = masked_wait(which, NULL, 30), e = errno;
+        show_wait("no mask", r, e);
+    }
+    return 0;
+}
+
+/* A child blocked in select, poll or pselect is stopped and continued (no handler: the call
+ * runs again, on the sets and timeout it was given), then data arrives. */
+static int t_stop_waits(int argc, char **argv) {
+    int data[2], ready[2];
+    pipe(data);
+    pipe(ready);
+    for (int which = 0; which < 3; which++) {
+        fflush(stdout);
+        pid_t pid = fork();
+        if (pid < 0) { printf("fork: %s\n", ename(errno)); return 1; }
+        if (pid == 0) {
+            fd_set rd;
+            FD_ZERO(&rd);
+            FD_SET(data[0], &rd);
+            struct timeval tv = {5, 0};
+            struct timespec ts = {5, 0};
+            struct pollfd pfd = {.fd = data[0], .events = POLLIN};
+            write(ready[1], "r", 1);
+            int r;
+            if (which == 0) r = select(data[0] + 1, &rd, NULL, NULL, &tv);
+            else if (which == 1) r = pselect(data[0] + 1, &rd, NULL, NULL, &ts, NULL);
+            else r = poll(&pfd, 1, 5000);
+            int set = which == 2 ? pfd.revents == POLLIN : FD_ISSET(data[0], &rd);
+            printf("%s after stop and continue: %d %s, fd ready %d\n",
+                   which == 0 ? "select" : which == 1 ? "pselect" : "poll", r,
+                   r < 0 ? ename(errno) : "", set);
+            char c;
+            read(data[0], &c, 1);
+            _exit(0);
+        }
+        char c;
+        read(ready[0], &c, 1);
+        usleep(50000);
+        int st;
+        kill(pid, SIGSTOP);
+        waitpid(pid, &st, WUNTRACED);
+        kill(pid, SIGCONT);
+        usleep(50000);
+        write(data[1], "d", 1);
+        waitpid(pid, &st, 0);
+    }
+    return 0;
+}
+
 static struct subtest tests[] = {
     {"handler", t_handler}, {"siginfo", t_siginfo}, {"resethand", t_resethand},
     {"nodefer", t_nodefer}, {"pending", t_pending}, {"ignored", t_ignored},
@@ -362,5 +490,6 @@ static struct subtest tests[] = {
     {"sigsuspend", t_sigsuspend}, {"sigtimedwait", t_sigtimedwait},
     {"siglongjmp", t_siglongjmp}, {"segv", t_segv}, {"fpe", t_fpe}, {"eintr", t_eintr},
     {"sigpipe", t_sigpipe}, {"default", t_default}, {"child_status", t_child_status},
+    {"pollmask", t_pollmask}, {"stop_waits", t_stop_waits},
 };
 RUN_SUBTESTS(tests)
