@@ -52,7 +52,7 @@ from .signals import (
 from .syscalls import tables
 from .syscalls.common import BLOCK, EXIT, E, errno_of
 from .task import Task
-from .threads import RUNNING, GuestThread
+from .threads import DEAD, RUNNING, GuestThread
 
 try:  # the binding's loaded libunicorn, for batch register access without per-call wrappers
     from unicorn.unicorn_py3.unicorn import uclib as _uclib
@@ -269,17 +269,28 @@ class Vcpu:
                 continue
             _close_uc(space.uc)
 
-    def _bind(self, mem: GuestMemory) -> None:
-        """Run on ``mem``'s Unicorn instance from now on (vCPU thread, not emulating)."""
-        if self.mem is mem and self._space.mem is mem and self._space.uc is not None:
-            return
+    def _bind(self, thread: GuestThread) -> bool:
+        """Take ``thread`` and run on its address space's Unicorn instance from now on
+        (vCPU thread, not emulating); False when it was killed since ``take`` handed it out.
+
+        One step under the machine's ``_uc_lock``, which ``Machine.collect_memory`` holds to
+        drop instances and unmap retired address spaces: a vCPU that has taken a thread
+        (``self.thread`` set) keeps its instance, and a thread whose process died in
+        between (its memory maybe unmapped already) is never run."""
         with self.machine._uc_lock:
+            mem = thread.process.mem
+            if thread.state == DEAD or mem.host == 0:
+                return False
+            self.thread = thread
+            if self.mem is mem and self._space.mem is mem and self._space.uc is not None:
+                return True
             self._space = self._space_for(mem)
             self.mem = mem
             self.uc = self._space.uc
             self._uch = self.uc._uch
             if (mem.bits == 64) != self.is64:
                 self._use_arch(mem.bits == 64)
+            return True
 
     def drop_space(self, mem: GuestMemory) -> bool:
         """Close the Unicorn instance for ``mem`` unless it is running now (caller holds the
@@ -385,10 +396,10 @@ class Vcpu:
                 self.machine.collect_memory()
 
     def _run_thread(self, thread: GuestThread) -> None:
-        self._bind(thread.process.mem)
+        if not self._bind(thread):
+            return                       # killed meanwhile: release() drops it
         uc = self.uc
         self.run_started = time.monotonic()
-        self.thread = thread
         if thread.context is not None:
             uc.context_restore(thread.context)
         if thread.fresh:
