@@ -378,7 +378,14 @@ def _notify(kernel: Machine, thread: GuestThread, sig: int, current: GuestThread
         if ts.waiting & bit(sig):
             kernel.sched.interrupt(thread, ERESTARTNOINTR)    # sigtimedwait takes it
         elif not ts.blocked & bit(sig):
-            kernel.sched.interrupt(thread)
+            moved = None
+            if thread.intr_result is not None:
+                from .waitq import interrupted_result
+
+                # a blocking write that already moved bytes returns that count (Linux's
+                # pipe and stream writes), with or without SA_RESTART: no EINTR, no retry
+                moved = interrupted_result(thread)
+            kernel.sched.interrupt(thread, moved)
     elif thread.on_cpu and thread is not current:
         kernel.kick_thread(thread)
 

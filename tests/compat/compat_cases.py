@@ -218,6 +218,7 @@ BLOCKING: list[Case] = [
     *prog("blockio", "unix_bind", "blocking-io", timeout=3),
     *prog("blockio", "mkfifo", "blocking-io"),
     *prog("blockio", "pipe2nb", "blocking-io"),
+    *prog("blockio", "write_intr", "blocking-io", timeout=5),
     *prog("unixfd", "dgram", "blocking-io"),
     *prog("unixfd", "stream", "blocking-io", reference="native", reason=QEMU_CTRUNC),
     *prog("unixfd", "fork", "blocking-io"),

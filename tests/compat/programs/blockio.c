@@ -11,6 +11,7 @@
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 
 static int p[2];
@@ -399,11 +400,43 @@ static int t_pipe2nb(int argc, char **argv) {
     return 0;
 }
 
+static void on_intr(int sig) { (void)sig; }
+
+/* A blocking pipe write a signal interrupts after it moved 64 KiB returns that count (not
+ * EINTR, and not a restart), with and without SA_RESTART; one that moved nothing gets EINTR
+ * or restarts. */
+static int t_write_intr(int argc, char **argv) {
+    static char buf[100000];
+    for (int restart = 0; restart < 2; restart++) {
+        int p[2];
+        pipe(p);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_intr;
+        sa.sa_flags = restart ? SA_RESTART : 0;
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = {{0, 0}, {0, 200000}};
+        setitimer(ITIMER_REAL, &it, NULL);
+        errno = 0;
+        long r = write(p[1], buf, sizeof buf);
+        printf("SA_RESTART=%d: write %ld %s\n", restart, r, ename(errno));
+        if (!restart) {                  /* the pipe is full now: nothing moves, then EINTR */
+            setitimer(ITIMER_REAL, &it, NULL);
+            errno = 0;
+            r = write(p[1], buf, 10);
+            printf("full pipe: write %ld %s\n", r, ename(errno));
+        }
+        close(p[0]);
+        close(p[1]);
+    }
+    return 0;
+}
+
 static struct subtest tests[] = {
     {"pipe1m", t_pipe1m}, {"readblock", t_readblock}, {"writeblock", t_writeblock},
     {"pipebuf", t_pipebuf}, {"poll", t_poll}, {"pollhup", t_pollhup}, {"select", t_select},
     {"epoll", t_epoll}, {"eventfd", t_eventfd}, {"sp_stream", t_sp_stream},
     {"sp_dgram", t_sp_dgram}, {"unix_bind", t_unix_bind}, {"mkfifo", t_mkfifo},
-    {"pipe2nb", t_pipe2nb},
+    {"pipe2nb", t_pipe2nb}, {"write_intr", t_write_intr},
 };
 RUN_SUBTESTS(tests)
