@@ -8,7 +8,12 @@ from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
-from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unimplemented,
+)
 from controller.grpc_errors import Context, map_errors
 from controller.images import CHUNK_BYTES, MAX_IMAGE_BYTES, check_image
 from controller.scheduler.units import format_size
@@ -98,3 +103,7 @@ class ImagesApi:
         await self.ctx.store.images.delete(request.name)
         await self.ctx.store.events.record("Image", request.name, "Deleted", "deleted")
         return cpb.DeleteImageResponse()
+
+    @map_errors
+    async def TagImage(self, request: cpb.TagImageRequest, context: Context) -> pb.Image:
+        raise Unimplemented("image tags are not available yet")

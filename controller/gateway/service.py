@@ -266,6 +266,12 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         for chunk in chunks:
             yield apb.ImageChunk(data=chunk)
 
+    async def ReplicateBlob(
+        self, request: apb.ReplicateBlobRequest, context: Context
+    ) -> apb.ReplicateBlobResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob replication is not available yet")
+        raise AssertionError("unreachable")
+
     def _image_bound_to(self, digest: str, node: str) -> bool:
         cache = self.store.cache
         for name in cache.bound_to(node):

@@ -36,7 +36,8 @@ _READ = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "
 _WRITE = {"CreatePartition", "StartPartition", "StopPartition", "DeletePartition",
           "SendStdin", "PausePartition", "ResumePartition", "SavePartition", "MovePartition",
           "CreateCheckpoint", "ApplyCheckpoint", "DeleteCheckpoint", "CordonNode",
-          "UncordonNode", "DrainNode", "RemoveNode", "PushImage", "DeleteImage"}
+          "UncordonNode", "DrainNode", "RemoveNode", "PushImage", "DeleteImage",
+          "TagImage"}
 _ADMIN = {"CreateToken", "ListTokens", "DeleteToken"}
 
 #: Methods whose calls are audited (everything that changes the cluster).
@@ -72,7 +73,8 @@ _ROLE_GRANTS: dict[pb.Role.ValueType, set[Permission]] = {
 }
 
 #: What a controller certificate may call on another replica's agent port.
-_RELAYS = {_GATEWAY + "PullState", _CONTROLLER + "PartitionLogs"}
+_RELAYS = {_GATEWAY + "PullState", _GATEWAY + "PullImage", _GATEWAY + "ReplicateBlob",
+           _CONTROLLER + "PartitionLogs"}
 
 
 def allowed(principal: Principal, method: str, permission: Permission,

@@ -49,6 +49,11 @@ class AgentGatewayStub:
                 request_serializer=viridian_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_agent__pb2.ImageChunk.FromString,
                 _registered_method=True)
+        self.ReplicateBlob = channel.unary_unary(
+                '/viridian.v1.AgentGateway/ReplicateBlob',
+                request_serializer=viridian_dot_v1_dot_agent__pb2.ReplicateBlobRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_agent__pb2.ReplicateBlobResponse.FromString,
+                _registered_method=True)
         self.PullState = channel.unary_stream(
                 '/viridian.v1.AgentGateway/PullState',
                 request_serializer=viridian_dot_v1_dot_agent__pb2.PullStateRequest.SerializeToString,
@@ -74,7 +79,15 @@ class AgentGatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PullImage(self, request, context):
-        """Fetch an image's content by digest; the agent verifies the sha256.
+        """Fetch an image's content by digest from `offset` (resume); the agent verifies the
+        sha256. Also used between controller replicas (local_only) to copy a blob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplicateBlob(self, request, context):
+        """Controller replicas only: fetch this blob from the named peer if missing here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -105,6 +118,11 @@ def add_AgentGatewayServicer_to_server(servicer, server):
                     servicer.PullImage,
                     request_deserializer=viridian_dot_v1_dot_agent__pb2.PullImageRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_agent__pb2.ImageChunk.SerializeToString,
+            ),
+            'ReplicateBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplicateBlob,
+                    request_deserializer=viridian_dot_v1_dot_agent__pb2.ReplicateBlobRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_agent__pb2.ReplicateBlobResponse.SerializeToString,
             ),
             'PullState': grpc.unary_stream_rpc_method_handler(
                     servicer.PullState,
@@ -193,6 +211,33 @@ class AgentGateway:
             '/viridian.v1.AgentGateway/PullImage',
             viridian_dot_v1_dot_agent__pb2.PullImageRequest.SerializeToString,
             viridian_dot_v1_dot_agent__pb2.ImageChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplicateBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.AgentGateway/ReplicateBlob',
+            viridian_dot_v1_dot_agent__pb2.ReplicateBlobRequest.SerializeToString,
+            viridian_dot_v1_dot_agent__pb2.ReplicateBlobResponse.FromString,
             options,
             channel_credentials,
             insecure,

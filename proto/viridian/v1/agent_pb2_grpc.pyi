@@ -38,7 +38,11 @@ class AgentGatewayStub:
     Session: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]
     """One long-lived stream per agent: status and heartbeats up, assignments and commands down."""
     PullImage: _grpc.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImageChunk]
-    """Fetch an image's content by digest; the agent verifies the sha256."""
+    """Fetch an image's content by digest from `offset` (resume); the agent verifies the
+    sha256. Also used between controller replicas (local_only) to copy a blob.
+    """
+    ReplicateBlob: _grpc.UnaryUnaryMultiCallable[_agent_pb2.ReplicateBlobRequest, _agent_pb2.ReplicateBlobResponse]
+    """Controller replicas only: fetch this blob from the named peer if missing here."""
     PullState: _grpc.UnaryStreamMultiCallable[_agent_pb2.PullStateRequest, _agent_pb2.StateChunk]
     """Fetch a saved state from the node that holds it, relayed by the controller; verified by
     sha256 by the receiving agent.
@@ -52,7 +56,11 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     Session: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControllerMessage]  # type: ignore[assignment]
     """One long-lived stream per agent: status and heartbeats up, assignments and commands down."""
     PullImage: _aio.UnaryStreamMultiCallable[_agent_pb2.PullImageRequest, _agent_pb2.ImageChunk]  # type: ignore[assignment]
-    """Fetch an image's content by digest; the agent verifies the sha256."""
+    """Fetch an image's content by digest from `offset` (resume); the agent verifies the
+    sha256. Also used between controller replicas (local_only) to copy a blob.
+    """
+    ReplicateBlob: _aio.UnaryUnaryMultiCallable[_agent_pb2.ReplicateBlobRequest, _agent_pb2.ReplicateBlobResponse]  # type: ignore[assignment]
+    """Controller replicas only: fetch this blob from the named peer if missing here."""
     PullState: _aio.UnaryStreamMultiCallable[_agent_pb2.PullStateRequest, _agent_pb2.StateChunk]  # type: ignore[assignment]
     """Fetch a saved state from the node that holds it, relayed by the controller; verified by
     sha256 by the receiving agent.
@@ -81,7 +89,17 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_pb2.PullImageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ImageChunk], _abc.AsyncIterator[_agent_pb2.ImageChunk]]:
-        """Fetch an image's content by digest; the agent verifies the sha256."""
+        """Fetch an image's content by digest from `offset` (resume); the agent verifies the
+        sha256. Also used between controller replicas (local_only) to copy a blob.
+        """
+
+    @_abc_1.abstractmethod
+    def ReplicateBlob(
+        self,
+        request: _agent_pb2.ReplicateBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.ReplicateBlobResponse, _abc.Awaitable[_agent_pb2.ReplicateBlobResponse]]:
+        """Controller replicas only: fetch this blob from the named peer if missing here."""
 
     @_abc_1.abstractmethod
     def PullState(

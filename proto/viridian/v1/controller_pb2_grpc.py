@@ -165,6 +165,11 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.DeleteImageRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_controller__pb2.DeleteImageResponse.FromString,
                 _registered_method=True)
+        self.TagImage = channel.unary_unary(
+                '/viridian.v1.Controller/TagImage',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.TagImageRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Image.FromString,
+                _registered_method=True)
         self.ListEvents = channel.unary_unary(
                 '/viridian.v1.Controller/ListEvents',
                 request_serializer=viridian_dot_v1_dot_controller__pb2.ListEventsRequest.SerializeToString,
@@ -384,6 +389,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TagImage(self, request, context):
+        """NOT_FOUND (source)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListEvents(self, request, context):
         """Events
         """
@@ -564,6 +576,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.DeleteImage,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.DeleteImageRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_controller__pb2.DeleteImageResponse.SerializeToString,
+            ),
+            'TagImage': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagImage,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.TagImageRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Image.SerializeToString,
             ),
             'ListEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListEvents,
@@ -1303,6 +1320,33 @@ class Controller:
             '/viridian.v1.Controller/DeleteImage',
             viridian_dot_v1_dot_controller__pb2.DeleteImageRequest.SerializeToString,
             viridian_dot_v1_dot_controller__pb2.DeleteImageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagImage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/TagImage',
+            viridian_dot_v1_dot_controller__pb2.TagImageRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Image.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,6 +89,8 @@ class ControllerStub:
     ListImages: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]
     DeleteImage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.DeleteImageRequest, _controller_pb2.DeleteImageResponse]
     """FAILED_PRECONDITION if in use"""
+    TagImage: _grpc.UnaryUnaryMultiCallable[_controller_pb2.TagImageRequest, _types_pb2.Image]
+    """NOT_FOUND (source)"""
     ListEvents: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]
     """Events"""
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]
@@ -160,6 +162,8 @@ class ControllerAsyncStub(ControllerStub):
     ListImages: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]  # type: ignore[assignment]
     DeleteImage: _aio.UnaryUnaryMultiCallable[_controller_pb2.DeleteImageRequest, _controller_pb2.DeleteImageResponse]  # type: ignore[assignment]
     """FAILED_PRECONDITION if in use"""
+    TagImage: _aio.UnaryUnaryMultiCallable[_controller_pb2.TagImageRequest, _types_pb2.Image]  # type: ignore[assignment]
+    """NOT_FOUND (source)"""
     ListEvents: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListEventsRequest, _controller_pb2.ListEventsResponse]  # type: ignore[assignment]
     """Events"""
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]  # type: ignore[assignment]
@@ -384,6 +388,14 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.DeleteImageResponse, _abc.Awaitable[_controller_pb2.DeleteImageResponse]]:
         """FAILED_PRECONDITION if in use"""
+
+    @_abc_1.abstractmethod
+    def TagImage(
+        self,
+        request: _controller_pb2.TagImageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Image, _abc.Awaitable[_types_pb2.Image]]:
+        """NOT_FOUND (source)"""
 
     @_abc_1.abstractmethod
     def ListEvents(

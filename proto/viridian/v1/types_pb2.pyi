@@ -300,8 +300,11 @@ class PartitionSpec(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     DISK_BYTES_FIELD_NUMBER: _builtins.int
     MAX_PROCESSES_FIELD_NUMBER: _builtins.int
+    IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
+    WORKDIR_FIELD_NUMBER: _builtins.int
+    ENTRYPOINT_FIELD_NUMBER: _builtins.int
     image: _builtins.str
-    """name of a pushed image"""
+    """image reference: NAME[:TAG] or NAME@sha256:HEX"""
     vcpus: _builtins.int
     """virtual processors, 1..4"""
     memory_bytes: _builtins.int
@@ -340,6 +343,12 @@ class PartitionSpec(_message.Message):
     """writable-layer quota; 0 = the default, 1 GiB"""
     max_processes: _builtins.int
     """processes at once (fork: EAGAIN); 0 = 512"""
+    image_digest: _builtins.str
+    """content the reference named at create (pinned)"""
+    workdir: _builtins.str
+    """overrides the image's working directory"""
+    entrypoint: _builtins.str
+    """overrides the image's entrypoint (and its"""
     @_builtins.property
     def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """argv[1:] given to the entrypoint"""
@@ -376,10 +385,13 @@ class PartitionSpec(_message.Message):
         node: _builtins.str = ...,
         disk_bytes: _builtins.int = ...,
         max_processes: _builtins.int = ...,
+        image_digest: _builtins.str = ...,
+        workdir: _builtins.str = ...,
+        entrypoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "disk_bytes", b"disk_bytes", "env", b"env", "ha", b"ha", "image", b"image", "labels", b"labels", "max_per_node", b"max_per_node", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anti_affinity_group", b"anti_affinity_group", "args", b"args", "desired_state", b"desired_state", "disk_bytes", b"disk_bytes", "entrypoint", b"entrypoint", "env", b"env", "ha", b"ha", "image", b"image", "image_digest", b"image_digest", "labels", b"labels", "max_per_node", b"max_per_node", "max_processes", b"max_processes", "memory_bytes", b"memory_bytes", "node", b"node", "node_selector", b"node_selector", "placement_strategy", b"placement_strategy", "restart_policy", b"restart_policy", "stdin", b"stdin", "vcpus", b"vcpus", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -988,6 +1000,13 @@ class Image(_message.Message):
     ENTRYPOINT_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    ENTRY_ARGS_FIELD_NUMBER: _builtins.int
+    CMD_FIELD_NUMBER: _builtins.int
+    ENV_FIELD_NUMBER: _builtins.int
+    WORKDIR_FIELD_NUMBER: _builtins.int
+    USED_BY_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """unique image name"""
     digest: _builtins.str
@@ -1000,9 +1019,33 @@ class Image(_message.Message):
     """absolute guest path of the ELF to run"""
     format: _builtins.str
     """"elf" (a single file) or "tar" (a root filesystem)"""
+    tag: _builtins.str
+    """tag of this record ("latest" by default)"""
+    workdir: _builtins.str
+    """guest working directory ("" = /)"""
+    source: _builtins.str
+    """"elf", "tar", "directory", "oci" or "docker" """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """when it was pushed"""
+
+    @_builtins.property
+    def entry_args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """argv[1:] fixed by the image (OCI Entrypoint[1:])"""
+
+    @_builtins.property
+    def cmd(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """default arguments after entry_args (OCI Cmd);"""
+
+    @_builtins.property
+    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """replaced by a partition's own args
+        "KEY=VALUE" defaults; a partition's env wins
+        """
+
+    @_builtins.property
+    def used_by(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """partitions created from this content (ListImages)"""
 
     def __init__(
         self,
@@ -1014,10 +1057,17 @@ class Image(_message.Message):
         entrypoint: _builtins.str = ...,
         format: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        tag: _builtins.str = ...,
+        entry_args: _abc.Iterable[_builtins.str] | None = ...,
+        cmd: _abc.Iterable[_builtins.str] | None = ...,
+        env: _abc.Iterable[_builtins.str] | None = ...,
+        workdir: _builtins.str = ...,
+        used_by: _abc.Iterable[_builtins.str] | None = ...,
+        source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "created_at", b"created_at", "digest", b"digest", "entrypoint", b"entrypoint", "format", b"format", "name", b"name", "size_bytes", b"size_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arch", b"arch", "cmd", b"cmd", "created_at", b"created_at", "digest", b"digest", "entry_args", b"entry_args", "entrypoint", b"entrypoint", "env", b"env", "format", b"format", "name", b"name", "size_bytes", b"size_bytes", "source", b"source", "tag", b"tag", "used_by", b"used_by", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
