@@ -129,9 +129,9 @@ class RegistryBlobStore:
             buf = bytearray()
             async for data in resp.content.iter_chunked(CHUNK):
                 buf += data
-                if len(buf) >= CHUNK:
-                    yield bytes(buf)
-                    buf.clear()
+                while len(buf) >= CHUNK:
+                    yield bytes(buf[:CHUNK])
+                    del buf[:CHUNK]
             if buf:
                 yield bytes(buf)
 
