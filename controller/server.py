@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller import malloc
 from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
@@ -257,6 +258,9 @@ def run_controller(config: ControllerConfig) -> int:
         level=os.environ.get("VIRIDIAN_LOG", "INFO"),
         format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
     )
+    tuning = os.environ.get("VIRIDIAN_MALLOC_TUNE", "1")  # 0: off; mmap: bench comparison
+    if tuning != "0":
+        malloc.tune(malloc.SMALL_MMAP if tuning == "mmap" else malloc.DEFAULT)
     if config.tls is None:
         log.warning("serving WITHOUT TLS or authentication (--insecure): anyone who reaches "
                     "%s can control the cluster", config.listen)

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import json
 import re
+import shutil
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -68,13 +69,17 @@ class RegistryBlobStore:
         self._added: dict[str, float] = {}  # digest -> when this replica stored or touched it
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.spool_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self._prepare)
         ssl_ctx: ssl.SSLContext | bool = True
         if self._ca is not None:
             ssl_ctx = ssl.create_default_context(cafile=str(self._ca))
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=ssl_ctx),
             timeout=aiohttp.ClientTimeout(sock_connect=self._timeout, sock_read=self._timeout))
+
+    def _prepare(self) -> None:
+        shutil.rmtree(self.spool_dir, ignore_errors=True)  # pushes a crash interrupted
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
 
     async def close(self) -> None:
         if self._session is not None:
