@@ -12,13 +12,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import errno
 from collections.abc import AsyncIterator
 
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
-from controller.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from controller.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from controller.grpc_errors import Context, map_errors
 from controller.images.checks import check_image
 from controller.images.refs import DEFAULT_TAG, Reference
@@ -35,6 +41,8 @@ from controller.validation import (
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 5000
+PAGE_BYTES = 2 << 20   # a page ends early past this size: far below gRPC's 4 MiB limit
+MAX_USED_BY = 1000     # partition names listed per image (sorted; the first ones)
 SOURCES = ("", "elf", "tar", "directory", "oci", "docker")
 
 
@@ -80,6 +88,16 @@ class ImagesApi:
     async def PushImage(
         self, request_iterator: AsyncIterator[cpb.PushImageRequest], context: Context
     ) -> pb.Image:
+        try:
+            return await self._push(request_iterator)
+        except OSError as err:  # the spool's disk: one line, no host path
+            if err.errno == errno.ENOSPC:
+                raise ResourceExhausted("no space left in the controller's blob store") \
+                    from None
+            raise Unavailable(f"the controller's blob store failed: "
+                              f"{err.strerror or type(err).__name__}") from None
+
+    async def _push(self, request_iterator: AsyncIterator[cpb.PushImageRequest]) -> pb.Image:
         backend = self.ctx.images
         limit = backend.max_bytes
         header: cpb.ImageHeader | None = None
@@ -172,16 +190,20 @@ class ImagesApi:
         records = sorted(cache.images.values(), key=lambda i: (i.name, i.tag))
         if after is not None:
             records = [i for i in records if (i.name, i.tag) > after]
-        page, more = records[:size], len(records) > size
         users = cache.image_users()
-        out = []
-        for record in page:
+        out: list[pb.Image] = []
+        total = 0
+        for record in records:
+            if len(out) == size or (out and total > PAGE_BYTES):
+                break
             image = pb.Image()
             image.CopyFrom(record)
-            image.used_by.extend(users.get(image.digest, []))
+            image.used_by.extend(users.get(image.digest, [])[:MAX_USED_BY])
+            total += image.ByteSize()
             out.append(image)
+        more = len(out) < len(records)
         return cpb.ListImagesResponse(
-            images=out, next_page_token=_page_token(page[-1]) if more else "")
+            images=out, next_page_token=_page_token(out[-1]) if more else "")
 
     @map_errors
     async def DeleteImage(

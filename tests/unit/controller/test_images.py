@@ -18,6 +18,7 @@ import grpc
 import pytest
 from inproc import Api, FakeAgent, code_of, compile_hello, create, push, replica, wait_for
 from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import agent_pb2_grpc, controller_pb2_grpc
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
@@ -269,3 +270,38 @@ def test_replicas_copy_blobs_and_a_replica_without_one_fetches_it(
         events = a.stub.ListEvents(cpb.ListEventsRequest(object="hello2:latest")).events
         assert [e.reason for e in events] == ["ReplicationDelayed", "Pushed"]
         assert events[0].type == "Warning" and "127.0.0.1:1" in events[0].message
+
+
+def test_replication_over_mutual_tls_and_only_for_controllers(
+        etcd_endpoint: str, prefix: str, tmp_path: Path, elf: bytes) -> None:
+    from controller.embedded import open_channel
+    from controller.security.files import ClusterPki
+    from controller.security.tls import controller_options
+
+    pki = ClusterPki(tmp_path / "pki")
+    _, admin = pki.admin()
+    dirs = {"a": tmp_path / "a", "b": tmp_path / "b"}
+    certs = {k: pki.controller(f"ctl-{k}", []) for k in dirs}
+    pki.write_bootstrap(certs["a"], [(admin, "admin")])
+    pki.write_bootstrap(certs["b"], [(admin, "admin")])
+
+    def secure(k: str) -> dict[str, object]:
+        return {"tls": certs[k].tls(), "ca": certs[k].ca_keypair(),
+                "bootstrap_tokens": certs[k].bootstrap_tokens()}
+
+    with running(etcd_endpoint, prefix, dirs["a"], **secure("a")) as a, \
+            running(etcd_endpoint, prefix, dirs["b"], **secure("b")) as b:
+        wait_for(lambda: len(a.replica.cache.replicas) == 2, what="both replicas known")
+        stub = controller_pb2_grpc.ControllerStub(
+            open_channel(a.address, pki.ca().cert_pem, admin))
+        image = push(stub, "hello", elf)
+        assert image.digest[7:] in blob_files(dirs["b"])  # copied over mutual TLS
+        node = agent_pb2_grpc.AgentGatewayStub(grpc.secure_channel(
+            b.replica.agent_address, pki.node("n1").tls().channel_credentials(),
+            options=controller_options()))
+        code, _ = code_of(lambda: node.ReplicateBlob(apb.ReplicateBlobRequest(
+            digest=image.digest, source=a.replica.agent_advertise)))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
+        code, _ = code_of(lambda: list(node.PullImage(apb.PullImageRequest(
+            digest=image.digest, local_only=True))))
+        assert code == grpc.StatusCode.PERMISSION_DENIED
