@@ -246,13 +246,36 @@ def test_replicas_copy_blobs_and_a_replica_without_one_fetches_it(
         image = push_tar(a, "app", content)
         hexd = image.digest[7:]
         assert hexd in blob_files(a_dir) and hexd in blob_files(b_dir)  # copied at push
-        # B loses its copy: a local-only pull says so, a node's pull fetches it from A
+        # B loses its copy: a local-only pull says so, a node's pull fetches it from A (B's
+        # background catch-up held off meanwhile)
+        b.run(b.replica.image_gc.stop())
         (b_dir / "blobs" / "sha256" / hexd).unlink()
         code, _ = code_of(lambda: pull(b, image.digest, local_only=True))
         assert code == grpc.StatusCode.NOT_FOUND
         assert b"".join(pull(b, image.digest, offset=5)) == content[5:]
         assert hexd in blob_files(b_dir)
+        # lost again, and asked for by three nodes at once: one copy from A serves them all
+        served: list[bool] = []
+        backend = a.replica.images
+        real_read = backend.read
+
+        def counting(digest: str, offset: int, local_only: bool):  # type: ignore[no-untyped-def]
+            served.append(local_only)
+            return real_read(digest, offset, local_only)
+
+        backend.read = counting  # type: ignore[method-assign]
+        (b_dir / "blobs" / "sha256" / hexd).unlink()
+        results: list[bytes] = []
+        threads = [threading.Thread(target=lambda: results.append(b"".join(pull(b, image.digest))))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        backend.read = real_read  # type: ignore[method-assign]
+        assert results == [content] * 3 and served == [True]
         # lost again: the background catch-up restores it without being asked
+        b.loop.call_soon_threadsafe(b.replica.image_gc.start)
         (b_dir / "blobs" / "sha256" / hexd).unlink()
         wait_for(lambda: hexd in blob_files(b_dir), what="catch-up from the peer")
     with running(etcd_endpoint, prefix, a_dir) as a:
@@ -305,3 +328,18 @@ def test_replication_over_mutual_tls_and_only_for_controllers(
         code, _ = code_of(lambda: list(node.PullImage(apb.PullImageRequest(
             digest=image.digest, local_only=True))))
         assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_the_size_limit_is_the_replicas_and_refused_early(
+        etcd_endpoint: str, prefix: str, tmp_path: Path, elf: bytes) -> None:
+    data = tmp_path / "small"
+    with running(etcd_endpoint, prefix, data, max_image_bytes=len(elf) + 10) as api:
+        def announced() -> Iterator[cpb.PushImageRequest]:
+            yield cpb.PushImageRequest(header=cpb.ImageHeader(name="big", size_bytes=8 << 30))
+
+        code, msg = code_of(lambda: api.stub.PushImage(announced()))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in msg
+        code, msg = code_of(lambda: push(api.stub, "big", elf + b"\0" * 11))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in msg
+        assert push(api.stub, "fits", elf).size_bytes == len(elf)
+        assert uploads(data) == [] and len(blob_files(data)) == 1
