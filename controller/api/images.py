@@ -209,27 +209,33 @@ class ImagesApi:
     async def DeleteImage(
         self, request: cpb.DeleteImageRequest, context: Context
     ) -> cpb.DeleteImageResponse:
-        records = await records_of(self.ctx.store, request.name)  # NOT_FOUND first
-        digests = {r.digest for r in records}
-        if not request.force:
-            # In use: a partition pinned to content that no other tag keeps.
-            kept = {i.digest for i in await self.ctx.store.images.read_all()
-                    if (i.name, i.tag) not in {(r.name, r.tag) for r in records}}
-            users = [
-                sp.partition.name
-                for sp in await self.ctx.store.partitions.read_all()
-                if sp.partition.spec.image_digest in digests - kept
-            ]
-            if users:
-                raise FailedPrecondition(
-                    f"image {request.name!r} is used by partitions: "
-                    f"{', '.join(sorted(users)[:10])}"
-                    + (f" and {len(users) - 10} more" if len(users) > 10 else "")
-                    + " (--force deletes it anyway; they keep running)")
-        revision = await self.ctx.store.images.delete(records)
+        store = self.ctx.store
+        records = await records_of(store, request.name)  # NOT_FOUND first
+        deleted = {(r.name, r.tag) for r in records}
+        # Content no other tag keeps: in use while partitions are pinned to it.
+        kept = {i.digest for i in await store.images.read_all()
+                if (i.name, i.tag) not in deleted}
+        orphaned = {r.digest for r in records} - kept
+        revisions = {d: await store.images.content_revision(d) for d in sorted(orphaned)}
+        users = [sp.partition.name for sp in await store.partitions.read_all()
+                 if sp.partition.spec.image_digest in orphaned]
+        if users and not request.force:
+            raise FailedPrecondition(
+                f"image {request.name!r} is used by partitions: "
+                f"{', '.join(sorted(users)[:10])}"
+                + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+                + " (--force deletes it anyway; they keep running)")
+        revision = await store.images.delete(records)
+        if request.force:
+            # Forced: the content goes now (partitions pinned to it would otherwise keep it
+            # for the GC); unless a push of the same content re-recorded it meanwhile.
+            for digest, rev in revisions.items():
+                if rev:
+                    revision = max(revision, await store.images.delete_content(
+                        digest, rev, fenced=False))
         for r in records:
-            await self.ctx.store.events.record(
+            await store.events.record(
                 "Image", f"{r.name}:{r.tag}", "Deleted",
                 f"{r.digest[:19]}" + (" (forced)" if request.force else ""))
-        await self.ctx.store.cache.wait_for_revision(revision)
+        await store.cache.wait_for_revision(revision)
         return cpb.DeleteImageResponse()

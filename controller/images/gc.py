@@ -1,11 +1,13 @@
 """Garbage collection of image content, and replicas catching up on blobs they lack.
 
 Runs on every replica, periodically and whenever content records change:
-- the leader deletes content records that no tag record has named for `grace_s` (an image
-  removed, or a blob filed by a push that failed before its records were written);
+- the leader deletes content records that no tag record and no partition (pinned to its
+  digest at create) has named for `grace_s` (an image removed, a tag moved to new content
+  and the last partition on the old one deleted);
 - every replica deletes the blobs of its local store that no content record has named for
-  `grace_s` and that were not stored or touched in that time (a shared registry store is
-  swept by the leader only);
+  `grace_s` and that were not stored or touched in that time (content deleted by the GC or
+  a forced `image rm`, a blob filed by a push that failed before its records were written;
+  a shared registry store is swept by the leader only);
 - a replica with peers fetches the blobs content records name that it lacks.
 The grace keeps a push that has filed its blob but not yet written its records safe, and
 lets `image rm` followed by a push of the same content skip the upload.
@@ -64,6 +66,7 @@ class ImageGc(Loop):
 
     async def _collect(self, contents: dict[str, tuple[pb.Image, int]], now: float) -> None:
         named = {i.digest for i in await self.store.images.read_all()}
+        named.update(self.store.cache.image_users())  # pinned by partitions
         for digest in list(self._unnamed_since):
             if digest in named or digest not in contents:
                 del self._unnamed_since[digest]

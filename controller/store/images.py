@@ -2,10 +2,10 @@
 
 - images/NAME:TAG -> pb.Image: a tag record (name, tag, digest, entrypoint, OCI config).
 - contents/DIGEST -> pb.Image: a content record (digest, size, arch, format, entrypoint and
-  configuration of its latest push; no name or tag). Which
-  images reference a content is derived from the tag records; the leader deletes a content
-  record no tag record has named for the GC grace (controller/images/gc.py), and every
-  replica then deletes its copy of the blob.
+  configuration of its latest push; no name or tag). Who references a content is derived:
+  the tag records naming it and the partitions pinned to it (spec.image_digest). The leader
+  deletes a content record neither has named for the GC grace (controller/images/gc.py); a
+  forced `image rm` deletes it at once. Every replica then deletes its copy of the blob.
 
 A push writes its tag record and its content record in one transaction; a tag compares the
 content record's revision, so the GC cannot delete content that a new tag just named.
@@ -100,9 +100,17 @@ class ImageStore:
         kv = await self._etcd.get(self._keys.content(digest))
         return decode(pb.Image, kv.value) if kv is not None else None
 
-    async def delete_content(self, digest: str, mod_revision: int) -> bool:
-        """Leader only: delete a content record unchanged since it was read."""
+    async def content_revision(self, digest: str) -> int:
+        """The content record's mod revision (0: absent)."""
+        kv = await self._etcd.get(self._keys.content(digest))
+        return kv.mod_revision if kv is not None else 0
+
+    async def delete_content(self, digest: str, mod_revision: int, fenced: bool = True
+                             ) -> int:
+        """Delete a content record unchanged since it was read (a push of the same content
+        since re-put it: then it stays). The GC's deletions carry the leader fence; a forced
+        `image rm` deletes at once, from any replica. Returns the revision, 0 if it stayed."""
         key = self._keys.content(digest)
-        res = await self._etcd.txn([self._leader.fence(), Compare(key, mod_revision)],
-                                   [Op.delete(key)])
-        return res.succeeded
+        compares = [self._leader.fence()] if fenced else []
+        res = await self._etcd.txn([*compares, Compare(key, mod_revision)], [Op.delete(key)])
+        return res.revision if res.succeeded else 0

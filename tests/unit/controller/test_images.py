@@ -343,3 +343,21 @@ def test_the_size_limit_is_the_replicas_and_refused_early(
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit" in msg
         assert push(api.stub, "fits", elf).size_bytes == len(elf)
         assert uploads(data) == [] and len(blob_files(data)) == 1
+
+
+def test_content_a_partition_is_pinned_to_outlives_its_tag(api: Api, elf: bytes,
+                                                           tmp_path: Path) -> None:
+    data = tmp_path / "ctl"
+    old = push(api.stub, "hello", elf)
+    create(api, "pinned", desired_state=pb.DESIRED_STATE_OFF)
+    new = push(api.stub, "hello", elf + b"\0" * 8)  # the tag moves to new content
+    # a GC pass after the grace: an unused image pushed later is collected by then
+    probe = push(api.stub, "probe", elf + b"\0" * 4)
+    api.stub.DeleteImage(cpb.DeleteImageRequest(name="probe"))
+    wait_for(lambda: probe.digest not in etcd_keys(api, "contents"), what="probe collected")
+    assert set(etcd_keys(api, "contents")) == {old.digest, new.digest}
+    assert old.digest[7:] in blob_files(data)
+    assert b"".join(pull(api, old.digest)) == elf  # a restart elsewhere can still pull it
+    api.stub.DeletePartition(cpb.DeletePartitionRequest(name="pinned"))
+    wait_for(lambda: etcd_keys(api, "contents") == [new.digest], what="old content collected")
+    wait_for(lambda: blob_files(data) == [new.digest[7:]], what="old blob swept")
