@@ -26,6 +26,9 @@ from controller.store import Store
 
 log = logging.getLogger(__name__)
 REPLICATE_TIMEOUT_S = 3600.0  # a peer copying a blob of gigabytes
+RESUMES = 3
+RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 
 
 class BlobPeers:
@@ -72,12 +75,23 @@ class BlobPeers:
                        f"provide it ({'; '.join(errors)[:400]})")
 
     async def _copy_from(self, address: str, digest: str) -> None:
+        """Copy one blob from a peer, resuming from the bytes already received when the
+        stream breaks (up to RESUMES times); the digest is verified at the end."""
         async with self.dialer.aio_channel(address) as channel:
             stub = agent_pb2_grpc.AgentGatewayStub(channel)
-            call: Any = stub.PullImage(apb.PullImageRequest(digest=digest, local_only=True))
             async with await self.blobs.spool() as spool:
-                async for chunk in call:
-                    await spool.write(chunk.data)
+                for attempt in range(RESUMES + 1):
+                    call: Any = stub.PullImage(apb.PullImageRequest(
+                        digest=digest, offset=spool.size, local_only=True))
+                    try:
+                        async for chunk in call:
+                            await spool.write(chunk.data)
+                        break
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() not in RESUMABLE or attempt == RESUMES:
+                            raise
+                        log.info("copy of %s from %s broke at %d bytes (%s); resuming",
+                                 digest[:19], address, spool.size, err.code().name)
                 await spool.commit(digest)  # verifies the digest
 
     async def replicate(self, digest: str, size: int) -> tuple[int, list[str]]:

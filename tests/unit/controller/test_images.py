@@ -28,9 +28,9 @@ GRACE_S = 0.5
 
 
 @contextmanager
-def running(etcd_endpoint: str, prefix: str, data_dir: Path, **settings: object
-            ) -> Iterator[Api]:
-    gen = replica(etcd_endpoint, prefix, data_dir=data_dir, image_gc_grace_s=GRACE_S,
+def running(etcd_endpoint: str, prefix: str, data_dir: Path, grace_s: float = GRACE_S,
+            **settings: object) -> Iterator[Api]:
+    gen = replica(etcd_endpoint, prefix, data_dir=data_dir, image_gc_grace_s=grace_s,
                   identity=f"replica-{data_dir.name}", **settings)
     api = next(gen)
     try:
@@ -361,3 +361,53 @@ def test_content_a_partition_is_pinned_to_outlives_its_tag(api: Api, elf: bytes,
     api.stub.DeletePartition(cpb.DeletePartitionRequest(name="pinned"))
     wait_for(lambda: etcd_keys(api, "contents") == [new.digest], what="old content collected")
     wait_for(lambda: blob_files(data) == [new.digest[7:]], what="old blob swept")
+
+
+class FlakyPeer(agent_pb2_grpc.AgentGatewayServicer):
+    """A peer replica whose first PullImage stream breaks after `cut` bytes."""
+
+    def __init__(self, content: bytes, cut: int) -> None:
+        self.content, self.cut = content, cut
+        self.offsets: list[int] = []
+
+    def PullImage(self, request: apb.PullImageRequest, context: grpc.ServicerContext
+                  ) -> Iterator[apb.ImageChunk]:
+        self.offsets.append(request.offset)
+        first = len(self.offsets) == 1
+        for at in range(request.offset, len(self.content), 1 << 20):
+            if first and at >= self.cut:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset")
+            yield apb.ImageChunk(data=self.content[at:at + (1 << 20)])
+
+
+def test_a_copy_from_a_peer_resumes_where_it_broke(etcd_endpoint: str, prefix: str,
+                                                   tmp_path: Path) -> None:
+    """(A long GC grace: the copied blob has no content record, the sweep must not race.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    content = os.urandom((5 << 20) + 3)
+    digest = "sha256:" + hashlib.sha256(content).hexdigest()
+    peer = FlakyPeer(content, 2 << 20)
+    server = grpc.server(ThreadPoolExecutor(2))
+    agent_pb2_grpc.add_AgentGatewayServicer_to_server(peer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with running(etcd_endpoint, prefix, tmp_path / "ctl", grace_s=600) as api:
+            _copy_twice(api, tmp_path, peer, port, content, digest)
+    finally:
+        server.stop(None)
+
+
+def _copy_twice(api: Api, tmp_path: Path, peer: FlakyPeer, port: int, content: bytes,
+                digest: str) -> None:
+    reply = api.gateway.ReplicateBlob(apb.ReplicateBlobRequest(
+        digest=digest, source=f"127.0.0.1:{port}", size_bytes=len(content)))
+    assert reply.present and peer.offsets == [0, 2 << 20]
+    assert (tmp_path / "ctl" / "blobs" / "sha256" / digest[7:]).read_bytes() == content
+    # a peer sending other bytes than the digest says: refused, nothing kept
+    bad = "sha256:" + hashlib.sha256(b"x").hexdigest()
+    code, msg = code_of(lambda: api.gateway.ReplicateBlob(apb.ReplicateBlobRequest(
+        digest=bad, source=f"127.0.0.1:{port}")))
+    assert code == grpc.StatusCode.NOT_FOUND and "does not match" in msg
+    assert blob_files(tmp_path / "ctl") == [digest[7:]] and uploads(tmp_path / "ctl") == []
