@@ -74,7 +74,8 @@ class Cluster:
         """The controller's command line (also used to restart it)."""
         assert self.etcd is not None
         args = ["controller", "--listen", self.listen, "--agent-listen", self.agent_address,
-                "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl)]
+                "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl),
+                "--data-dir", str(self.data_dir / "controller")]
         if self.insecure:
             return [*args, "--insecure"]
         host = self.listen.rsplit(":", 1)[0]

@@ -49,6 +49,14 @@ class PermissionDenied(ViridianError):
     pass
 
 
+class OutOfRange(ViridianError):
+    pass
+
+
+class Unavailable(ViridianError):
+    """A dependency other than etcd (a blob registry, a peer replica) did not answer."""
+
+
 class StoreError(ViridianError):
     pass
 

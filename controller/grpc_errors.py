@@ -23,6 +23,8 @@ CODES: tuple[tuple[type[e.ViridianError], grpc.StatusCode], ...] = (
     (e.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (e.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.Conflict, grpc.StatusCode.ABORTED),
     (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )

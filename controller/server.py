@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,10 +23,18 @@ from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller import malloc
 from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
 from controller.gateway.sessions import SessionRegistry
+from controller.images.backend import ImageBackend
+from controller.images.blobstore import BlobStore
+from controller.images.checks import MAX_IMAGE_BYTES
+from controller.images.gc import DEFAULT_GRACE_S, ImageGc
+from controller.images.local import LocalBlobStore
+from controller.images.peers import BlobPeers
+from controller.images.registry import RegistryBlobStore
 from controller.leader import LeaderElector
 from controller.loops.scheduling import SchedulingLoop
 from controller.partitions.actions import PartitionActions
@@ -38,6 +48,7 @@ from controller.security.pki import KeyPair
 from controller.security.tls import Dialer, TlsConfig
 from controller.security.tokens import parse_token, secret_digest
 from controller.store import EtcdStore, Store, now_ts
+from controller.store.replicas import ReplicaPresence
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
@@ -67,6 +78,11 @@ class ControllerConfig:
     ca: KeyPair | None = None       # signs node certificates at join
     etcd_tls: TlsConfig | None = None
     bootstrap_tokens: list[tuple[str, pb.Role.ValueType]] = field(default_factory=list)
+    data_dir: Path | None = None    # blobs (and push spools) live under it; None: a temp dir
+    blob_registry: str = ""         # an OCI registry URL for blobs instead of data_dir/blobs
+    blob_registry_ca: Path | None = None
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    image_gc_grace_s: float = DEFAULT_GRACE_S
 
 
 class ControllerReplica:
@@ -103,14 +119,30 @@ class ControllerReplica:
         self.agent_advertise = config.agent_advertise or _with_port(
             config.advertise, self.agent_port) or self.agent_address
         dialer = Dialer(config.tls)
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if config.data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="viridian-controller-")
+        data_dir = config.data_dir or Path(self._tmp.name if self._tmp else ".")
+        self.blobs: BlobStore
+        peers: BlobPeers | None = None
+        if config.blob_registry:
+            self.blobs = RegistryBlobStore(config.blob_registry, data_dir / "uploads",
+                                           config.blob_registry_ca)
+        else:
+            self.blobs = LocalBlobStore(data_dir / "blobs")
+            peers = BlobPeers(self.store, self.blobs, dialer, self.agent_advertise)
+        self.images = ImageBackend(self.blobs, peers, config.max_image_bytes)
+        self.image_gc = ImageGc(self.store, self.blobs, peers, config.image_gc_grace_s)
+        self.presence = ReplicaPresence(self.etcd, self.store.keys, self.identity,
+                                        self.agent_advertise, config.lease_ttl)
         self.ctx = ApiContext(self.store, self.actions, self.sessions, config.scheduler,
-                              self.agent_advertise, dialer, config.ca)
+                              self.agent_advertise, self.images, dialer, config.ca)
         service = ControllerService(self.ctx)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
-                         self.agent_advertise, dialer),
+                         self.agent_advertise, self.images, dialer),
             self.agent_server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -172,8 +204,12 @@ class ControllerReplica:
         await self.drains.stop()
 
     async def start(self) -> None:
+        await self.blobs.start()
         await self.cache.start()
         await self._bootstrap_tokens()
+        await self.presence.announce()
+        self.presence.start()
+        self.image_gc.start()
         self.dispatch.start()
         self.elector.start()
         await self.server.start()
@@ -192,8 +228,13 @@ class ControllerReplica:
         await asyncio.gather(self.server.stop(GRACE_S), self.agent_server.stop(GRACE_S))
         await self.elector.stop()
         await self.dispatch.stop()
+        await self.image_gc.stop()
+        await self.presence.stop()
         await self.cache.stop()
+        await self.blobs.close()
         self.store.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 def _with_port(address: str, port: int) -> str:
@@ -217,6 +258,9 @@ def run_controller(config: ControllerConfig) -> int:
         level=os.environ.get("VIRIDIAN_LOG", "INFO"),
         format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
     )
+    tuning = os.environ.get("VIRIDIAN_MALLOC_TUNE", "1")  # 0: off; mmap: bench comparison
+    if tuning != "0":
+        malloc.tune(malloc.SMALL_MMAP if tuning == "mmap" else malloc.DEFAULT)
     if config.tls is None:
         log.warning("serving WITHOUT TLS or authentication (--insecure): anyone who reaches "
                     "%s can control the cluster", config.listen)

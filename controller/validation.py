@@ -17,6 +17,8 @@ follow the systems that already settled them (docs/lifecycle.md, "Input limits")
   well under the 2 MiB a guest stack leaves for them today.
 - A tar image's entrypoint: at most PATH_MAX (4096) bytes, each component at most NAME_MAX
   (255), no control characters. An announced digest is "sha256:" and 64 lower-case hex digits.
+- An image reference: NAME, NAME:TAG or NAME@sha256:HEX; NAME a DNS-1123 label, TAG at
+  most 128 of [A-Za-z0-9_.-] not starting with "." or "-" (Docker's tag grammar).
 - A partition's disk: 0 (the default, 1 GiB) or 1 MiB..1 TiB.
 - A stop's grace (Shut Down): finite, 0..3600 s; unset means 10 s; not with force.
 - A node's declaration: 1..4096 vCPUs, 1 MiB..64 TiB of memory, allocation ratios finite and
@@ -45,6 +47,7 @@ HOSTNAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
                       r"(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*")
 LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # Docker's tag grammar
 PORT = re.compile(r"[0-9]{1,5}")
 VERSION = re.compile(r"[A-Za-z0-9][-A-Za-z0-9_.+~]{0,63}")
 HOST_ARCH = re.compile(r"[A-Za-z0-9_]{1,32}")
@@ -173,7 +176,18 @@ def normalize_spec(spec: pb.PartitionSpec) -> None:
     """Fill defaults and refuse what no node could ever run. Mutates spec."""
     if not spec.image:
         raise InvalidArgument("an image is required")
-    check_name("image", spec.image)
+    split_image_reference(spec.image)
+    if spec.image_digest and not DIGEST.fullmatch(spec.image_digest):
+        raise InvalidArgument(f"image digest {shown(spec.image_digest)} is not sha256: "
+                              "followed by 64 lower-case hex digits")
+    if spec.workdir:
+        check_entrypoint(spec.workdir, "working directory")
+        if not spec.workdir.startswith("/"):
+            raise InvalidArgument(f"working directory {shown(spec.workdir)} is not absolute")
+    if spec.entrypoint:
+        check_entrypoint(spec.entrypoint)
+        if not spec.entrypoint.startswith("/"):
+            raise InvalidArgument(f"entrypoint {shown(spec.entrypoint)} is not absolute")
     if spec.node:  # deprecated; still looked up as the first placement's target
         check_name("node", spec.node)
     if spec.vcpus == 0:
@@ -213,15 +227,39 @@ def normalize_spec(spec: pb.PartitionSpec) -> None:
 # -- images ----------------------------------------------------------------------------------
 
 
-def check_entrypoint(path: str) -> None:
+def check_entrypoint(path: str, what: str = "entrypoint") -> None:
     if len(path.encode()) > PATH_MAX:
-        raise InvalidArgument(f"entrypoint longer than {PATH_MAX} bytes (PATH_MAX)")
+        raise InvalidArgument(f"{what} longer than {PATH_MAX} bytes (PATH_MAX)")
     if has_controls(path):
-        raise InvalidArgument(f"entrypoint {shown(path)} contains control characters")
+        raise InvalidArgument(f"{what} {shown(path)} contains control characters")
     for part in path.split("/"):
         if len(part.encode()) > NAME_MAX:
-            raise InvalidArgument(f"entrypoint component {shown(part)} is longer than "
+            raise InvalidArgument(f"{what} component {shown(part)} is longer than "
                                   f"{NAME_MAX} bytes (NAME_MAX)")
+
+
+def check_tag(tag: str) -> None:
+    if not TAG.fullmatch(tag):
+        raise InvalidArgument(f"invalid image tag {shown(tag)}: at most 128 of A-Z a-z 0-9 "
+                              "_ . -, not starting with . or -")
+
+
+def split_image_reference(text: str) -> tuple[str, str, str]:
+    """(name, tag, digest) of NAME, NAME:TAG or NAME@sha256:HEX; the tag is "latest" when
+    neither is given, "" with a digest."""
+    name, at, digest = text.partition("@")
+    if at:
+        if not DIGEST.fullmatch(digest):
+            raise InvalidArgument(f"invalid image reference {shown(text)}: the digest must be "
+                                  "sha256: followed by 64 lower-case hex digits")
+        check_name("image", name)
+        return name, "", digest
+    name, colon, tag = text.partition(":")
+    check_name("image", name)
+    if not colon:
+        return name, "latest", ""
+    check_tag(tag)
+    return name, tag, ""
 
 
 def check_image_header(name: str, fmt: str, entrypoint: str, digest: str) -> None:

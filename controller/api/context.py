@@ -11,6 +11,7 @@ from viridian.v1 import controller_pb2_grpc
 
 from controller.errors import FailedPrecondition
 from controller.gateway.sessions import SessionRegistry
+from controller.images.backend import ImageBackend
 from controller.partitions.actions import PartitionActions
 from controller.scheduler import SchedulerConfig
 from controller.security.pki import KeyPair
@@ -25,8 +26,21 @@ class ApiContext:
     sessions: SessionRegistry
     scheduler: SchedulerConfig
     advertise: str                  # this replica's agent-port address (session holder)
+    images: ImageBackend            # the blob store image bytes live in
     dialer: Dialer = field(default_factory=lambda: Dialer(None))
     ca: KeyPair | None = None       # signs node certificates at join; None: joins refused
+
+    async def require_content(self, name: str) -> None:
+        """A partition about to (re)start elsewhere needs its pinned image content: refused
+        with the reason when a forced `image rm` deleted it (and the GC collected it)."""
+        sp = await self.store.partitions.get(name)
+        digest = sp.partition.spec.image_digest
+        if digest and digest not in self.store.cache.contents and \
+                await self.store.images.content(digest) is None:
+            raise FailedPrecondition(
+                f"the image content partition {name!r} was created from ({digest[:19]}, "
+                f"{sp.partition.spec.image}) was deleted (image rm --force): it cannot start "
+                "on a node that does not hold it; recreate the partition from a pushed image")
 
     def delete_state(self, partition: str, checkpoint: str, node: str) -> None:
         """Ask the node holding a checkpoint's state file to delete it (best effort: a node

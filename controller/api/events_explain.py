@@ -10,6 +10,7 @@ from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.grpc_errors import Context, map_errors, map_stream_errors
+from controller.images.resolve import resolve
 from controller.placement import explanation, request_for, snapshot_of
 from controller.scheduler import explain
 from controller.validation import normalize_spec
@@ -58,7 +59,7 @@ class EventsExplainApi:
             spec = pb.PartitionSpec()
             spec.CopyFrom(request.dry_run)
             normalize_spec(spec)
-            image = await self.ctx.store.images.get(spec.image)
+            image = await resolve(self.ctx.store, spec.image)
             req = request_for("dry-run", spec, image.arch)
             current = ""
         snapshot = snapshot_of(self.ctx.store.cache, exclude=request.name)

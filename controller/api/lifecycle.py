@@ -48,6 +48,7 @@ class LifecycleApi:
         self, request: cpb.MovePartitionRequest, context: Context
     ) -> pb.Partition:
         node = await self.ctx.store.nodes.get(request.to_node)  # NOT_FOUND first
+        await self.ctx.require_content(request.name)
         out = await self.ctx.actions.apply(request.name, Move(node.name))
         p = out.partition
         holder = p.status.saved_state.node if p.status.phase == P.PARTITION_PHASE_SAVED else ""

@@ -12,6 +12,7 @@ from viridian.v1 import types_pb2 as pb
 from controller.api.context import ApiContext
 from controller.errors import FailedPrecondition, InvalidArgument
 from controller.grpc_errors import Context, map_errors, map_stream_errors
+from controller.images.resolve import resolve
 from controller.partitions.machine import Delete, Start, Stop
 from controller.validation import check_name, normalize_spec, stop_grace
 
@@ -35,8 +36,10 @@ class PartitionsApi:
         spec.ClearField("node")
         if target:
             await self.ctx.store.nodes.get(target)  # NOT_FOUND for an unknown node
-        store = self.ctx.store
-        image = store.cache.images.get(spec.image) or await store.images.get(spec.image)
+        # The reference is resolved once, here: the partition is pinned to that content, so
+        # retagging never changes what it runs (or what a restart or move pulls).
+        image = await resolve(self.ctx.store, spec.image)
+        spec.image_digest = image.digest
         return await self.ctx.actions.create(request.name, spec, image.arch, target)
 
     @map_errors
@@ -106,6 +109,7 @@ class PartitionsApi:
     ) -> pb.Partition:
         if request.node:
             await self.ctx.store.nodes.get(request.node)  # NOT_FOUND for an unknown node
+        await self.ctx.require_content(request.name)
         out = await self.ctx.actions.apply(request.name, Start(request.node))
         return out.partition
 

@@ -77,9 +77,20 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> No
               help="ca.pem, cert.pem, key.pem [, ca-key.pem to sign node joins, tokens to "
               "bootstrap] (see `viridian certs`).")
 @click.option("--insecure", is_flag=True, help="Plaintext, no authentication.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where this replica keeps image blobs (default: "
+              "<data>/controller-<listen port>).")
+@click.option("--blob-registry", default="", metavar="URL",
+              help="Keep image blobs in this OCI registry (http[s]://host:port) instead of "
+              "the data dir.")
+@click.option("--blob-registry-ca", type=click.Path(dir_okay=False, path_type=Path),
+              help="CA certificate (PEM) the blob registry's TLS certificate is checked with.")
+@click.option("--max-image-size", type=SIZE, default=None,
+              help="Largest image a push may send (default 8Gi).")
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
-                   insecure: bool) -> None:
+                   insecure: bool, data_dir: Path | None, blob_registry: str,
+                   blob_registry_ca: Path | None, max_image_size: int | None) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
@@ -92,7 +103,15 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
     )
 
     config = ControllerConfig(listen=listen, etcd_endpoints=endpoints,
-                              agent_listen=agent_listen, advertise=advertise)
+                              agent_listen=agent_listen, advertise=advertise,
+                              data_dir=data_dir or default_data_dir() /
+                              f"controller-{listen.rsplit(':', 1)[-1]}",
+                              blob_registry=blob_registry, blob_registry_ca=blob_registry_ca)
+    if blob_registry and not blob_registry.startswith(("http://", "https://")):
+        raise click.BadParameter("expected http://HOST:PORT or https://HOST:PORT",
+                                 param_hint="'--blob-registry'")
+    if max_image_size is not None:
+        config.max_image_bytes = max_image_size
     if lease_ttl is not None:
         config.lease_ttl = lease_ttl
     if prefix is not None:

@@ -19,11 +19,35 @@ from viridian.v1 import types_pb2 as pb
 from controller.gateway.sessions import NodeSession, SessionRegistry
 from controller.loops.base import Loop
 from controller.partitions.machine import WANTS_GUEST, wanted_command
-from controller.store import Store
+from controller.store import ClusterCache, Store
 
 log = logging.getLogger(__name__)
 P = pb
 KIND = apb.PartitionCommand
+
+
+def image_for(cache: ClusterCache, spec: pb.PartitionSpec) -> pb.Image:
+    """The image a partition runs: the content it was pinned to at create (retagging its
+    reference changes nothing), with the entrypoint and configuration of the tag it was
+    created from if that still names the content, else of any tag that does, else of the
+    content record (its last push). Content deleted by a forced `image rm` leaves only the
+    digest: the node's pull then fails with NOT_FOUND and says so."""
+    digest = spec.image_digest
+    name, _, tag = spec.image.partition("@")[0].partition(":")
+    if not digest:  # created before images were pinned: the reference as it is now
+        return cache.images.get(f"{name}:{tag or 'latest'}") or pb.Image(name=name)
+    exact = cache.images.get(f"{name}:{tag or 'latest'}")
+    if exact is not None and exact.digest == digest:
+        return exact
+    for image in cache.images.values():
+        if image.digest == digest and image.name == name:
+            return image
+    content = cache.contents.get(digest)
+    image = pb.Image()
+    if content is not None:
+        image.CopyFrom(content)
+    image.name, image.digest = name, digest
+    return image
 
 
 class DispatchLoop(Loop):
@@ -126,8 +150,8 @@ class DispatchLoop(Loop):
                 session.forget(name, 0, purge=True)
 
     def _assignment(self, p: pb.Partition, epoch: int) -> apb.Assignment:
-        image = self.cache.images.get(p.spec.image) or pb.Image(name=p.spec.image)
-        a = apb.Assignment(name=p.name, epoch=epoch, spec=p.spec, image=image)
+        a = apb.Assignment(name=p.name, epoch=epoch, spec=p.spec,
+                           image=image_for(self.cache, p.spec))
         if p.status.saved_state.digest:
             a.restore.CopyFrom(p.status.saved_state)
         return a

@@ -24,16 +24,19 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import PermissionDenied, StoreError
+from controller.errors import NotFound, PermissionDenied, StoreError, ViridianError
+from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
-from controller.grpc_errors import Context, map_errors
+from controller.grpc_errors import Context, map_errors, status_of
+from controller.images.backend import ImageBackend
+from controller.images.blobstore import DIGEST
 from controller.partitions.actions import PartitionActions
 from controller.security import principal as callers
 from controller.security.tls import Dialer
 from controller.store import Store
-from controller.validation import check_name, check_node_registration
+from controller.validation import check_address, check_name, check_node_registration
 
 log = logging.getLogger(__name__)
 P = pb
@@ -81,8 +84,10 @@ def _caller_may_act_for(node: str) -> bool:
 
 class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
-                 lease_ttl: int, advertise: str, dialer: Dialer | None = None) -> None:
+                 lease_ttl: int, advertise: str, images: ImageBackend,
+                 dialer: Dialer | None = None) -> None:
         self.store = store
+        self.images = images
         self.dialer = dialer or Dialer(None)
         self.sessions = sessions
         self.timings = Timings(lease_ttl)
@@ -249,35 +254,65 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     async def PullImage(
         self, request: apb.PullImageRequest, context: Context
     ) -> AsyncIterator[apb.ImageChunk]:
+        """Stream a blob from `offset` in chunks of 1 MiB, read as the client takes them
+        (gRPC flow control: each yield waits for the transport, nothing is read ahead). A
+        replica that lacks the blob fetches it from a peer first, unless local_only (what a
+        peer asks: it must not bounce the request on)."""
         caller = callers.current()
-        if caller.kind == "node" and not self._image_bound_to(request.digest, caller.name):
+        digest = request.digest
+        if not DIGEST.fullmatch(digest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"invalid digest {digest[:80]!r}: expected sha256: followed "
+                                "by 64 lower-case hex digits")
+            return
+        if caller.kind == "node" and not self._image_bound_to(digest, caller.name):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"no partition bound to node {caller.name!r} uses image "
-                                f"content {request.digest[:80]!r}")
+                                f"content {digest!r}")
+            return
+        if request.local_only and caller.kind not in ("controller", "insecure"):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "local_only pulls are for controller replicas")
             return
         try:
-            chunks = await self.store.images.read_blob(request.digest)
-        except StoreError as err:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-            return
-        if not chunks:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no image content {request.digest}")
-            return
-        for chunk in chunks:
-            yield apb.ImageChunk(data=chunk)
+            async for data in self.images.read(digest, request.offset, request.local_only):
+                yield apb.ImageChunk(data=data)
+        except NotFound as err:
+            deleted = digest not in self.store.cache.contents
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(err) + (
+                " (no image names this content any more: deleted with image rm --force)"
+                if deleted and not request.local_only else ""))
+        except (ViridianError, OSError) as err:
+            code = status_of(err) if isinstance(err, ViridianError) else \
+                grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(err))
 
     async def ReplicateBlob(
         self, request: apb.ReplicateBlobRequest, context: Context
     ) -> apb.ReplicateBlobResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob replication is not available yet")
-        raise AssertionError("unreachable")
+        """A peer replica stored a blob: copy it here from `source` (controllers only)."""
+        caller = callers.current()
+        if caller.kind not in ("controller", "insecure"):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{caller} may not ask for blob replication")
+        if not DIGEST.fullmatch(request.digest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"invalid digest {request.digest[:80]!r}")
+        peers = self.images.peers
+        if peers is None:  # a shared store: every replica already sees it
+            return apb.ReplicateBlobResponse(present=await self.images.blobs.has(request.digest))
+        try:
+            check_address(request.source)
+            await peers.fetch(request.digest, request.source)
+        except ViridianError as err:
+            await context.abort(status_of(err), str(err))
+        return apb.ReplicateBlobResponse(present=True)
 
     def _image_bound_to(self, digest: str, node: str) -> bool:
         cache = self.store.cache
         for name in cache.bound_to(node):
             cached = cache.partitions.get(name)
-            image = cache.images.get(cached.partition.spec.image) if cached else None
-            if image is not None and image.digest == digest:
+            if cached is not None and image_for(cache, cached.partition.spec).digest == digest:
                 return True
         return False
 

@@ -40,7 +40,7 @@ class Store:
         self.partitions = PartitionStore(etcd, self.keys, self.events, self.leader,
                                          self.cache)
         self.nodes = NodeStore(etcd, self.keys, self.events, self.leader)
-        self.images = ImageStore(etcd, self.keys)
+        self.images = ImageStore(etcd, self.keys, self.leader)
         self.tokens = TokenStore(etcd, self.keys)
 
     def close(self) -> None:

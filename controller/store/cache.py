@@ -36,7 +36,7 @@ class CachedPartition:
 
 class ClusterCache:
     KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
-             "drains", "evictions", "tokens")
+             "contents", "drains", "evictions", "tokens", "replicas")
     DELETED_KEPT = 10000  # last values of deleted partitions kept for dispatch's clean-up
 
     def __init__(self, etcd: EtcdStore, keys: Keys) -> None:
@@ -47,7 +47,9 @@ class ClusterCache:
         self.partitions: dict[str, CachedPartition] = {}
         self.bindings: dict[str, KV] = {}
         self.allocations: dict[str, Allocation] = {}
-        self.images: dict[str, pb.Image] = {}
+        self.images: dict[str, pb.Image] = {}     # "NAME:TAG" -> tag record
+        self.contents: dict[str, pb.Image] = {}   # digest -> content record
+        self.replicas: dict[str, str] = {}        # identity -> agent-port address
         self.drains: dict[str, tuple[pb.NodeOperation, int]] = {}     # node -> (op, revision)
         self.evictions: dict[str, tuple[pb.NodeOperation, int]] = {}
         self.tokens: dict[str, pb.Token] = {}   # id -> token (authorization reads these)
@@ -108,9 +110,9 @@ class ClusterCache:
             await asyncio.sleep(0.2)
 
     async def _load(self) -> None:
-        # Only the kinds the cache keeps (not blobs or events), in pages, all at the revision
-        # of the first page: one range of the whole prefix exceeds gRPC's 4 MiB message
-        # limit at about 35,000 partitions (and with any image's blob chunks).
+        # Only the kinds the cache keeps (not events), in pages, all at the revision of the
+        # first page: one range of the whole prefix exceeds gRPC's 4 MiB message limit at
+        # about 35,000 partitions.
         loaded: list[KV] = []
         revision = 0
         for kind in self.KINDS:
@@ -121,8 +123,8 @@ class ClusterCache:
         # (an empty one made every partition look deleted, and every node leaseless).
         before = {name: c.partition for name, c in self.partitions.items()}
         for target in (self.nodes, self.node_leases, self.partitions, self.bindings,
-                       self.allocations, self.images, self.drains, self.evictions,
-                       self.tokens):
+                       self.allocations, self.images, self.contents, self.drains,
+                       self.evictions, self.tokens, self.replicas):
             target.clear()
         for kv in loaded:
             self._apply(WatchEvent(False, kv))
@@ -184,6 +186,12 @@ class ClusterCache:
         elif kind == "images":
             self._put_or_pop(self.images, name,
                              None if ev.deleted else decode(pb.Image, kv.value))
+        elif kind == "contents":
+            self._put_or_pop(self.contents, name,
+                             None if ev.deleted else decode(pb.Image, kv.value))
+        elif kind == "replicas":
+            self._put_or_pop(self.replicas, name,
+                             None if ev.deleted else kv.value.decode(errors="replace"))
         elif kind in ("drains", "evictions"):
             target = self.drains if kind == "drains" else self.evictions
             self._put_or_pop(target, name, None if ev.deleted else
@@ -234,6 +242,15 @@ class ClusterCache:
             sp.binding_revision = binding.mod_revision
             p.status.epoch = binding.mod_revision
         return sp
+
+    def image_users(self) -> dict[str, list[str]]:
+        """digest -> names of the partitions pinned to it (sorted)."""
+        users: dict[str, list[str]] = {}
+        for name in sorted(self.partitions):
+            digest = self.partitions[name].partition.spec.image_digest
+            if digest:
+                users.setdefault(digest, []).append(name)
+        return users
 
     def bound_to(self, node: str) -> list[str]:
         """Names of the partitions bound to node (from its allocation record)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 # Kinds with one key per object directly under the prefix ("<prefix>/<kind>/<name>").
 KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
-         "drains", "evictions", "events", "blobs", "tokens")
+         "contents", "drains", "evictions", "events", "tokens", "replicas")
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,23 @@ class Keys:
     def images(self) -> str:
         return self._p("images")
 
-    def image(self, name: str) -> str:
-        return self.images + name
+    def image(self, name_tag: str) -> str:
+        """A tag record: images/NAME:TAG."""
+        return self.images + name_tag
 
-    def blob_prefix(self, digest: str) -> str:
-        return self._p("blobs") + digest + "/"
+    @property
+    def contents(self) -> str:
+        return self._p("contents")
 
-    def blob_chunk(self, digest: str, index: int) -> str:
-        return f"{self.blob_prefix(digest)}{index:08d}"
+    def content(self, digest: str) -> str:
+        return self.contents + digest
+
+    @property
+    def replicas(self) -> str:
+        return self._p("replicas")
+
+    def replica(self, identity: str) -> str:
+        return self.replicas + identity
 
     @property
     def events(self) -> str:

@@ -73,11 +73,11 @@ class ArchiveError(ValueError):
 class Limits:
     """Bounds on one archive: members, and bytes (uncompressed stream and total file size).
 
-    The defaults are the image bounds (a pushed image is at most 256 MiB, compressed or not).
+    The defaults are the image bounds (a pushed image is at most 8 GiB, compressed or not).
     """
 
     max_members: int = 100_000
-    max_bytes: int = 1 << 30
+    max_bytes: int = 8 << 30
     #: FIFOs are allowed (a saved writable layer, where a guest's mkfifo left them: only a
     #: name, never opened on the host); an image refuses them.
     fifos: bool = False

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 from runtime_helpers import GuestBuilder, run_machine
 
 from controller.errors import InvalidArgument
-from controller.images import check_image
+from controller.images import CheckedImage
+from controller.images import check_image as check_image_file
 from node_agent.images import ImageCache, ImagePullError
 from node_agent.runtime.archive import (
     ArchiveError,
@@ -42,6 +43,15 @@ from node_agent.runtime.archive import (
 )
 from node_agent.runtime.fs import Sandbox
 from node_agent.runtime.snapfiles import read_upper, write_upper
+
+
+def check_image(name: str, fmt: str, entrypoint: str, content: bytes) -> CheckedImage:
+    """The push check, from a file as the controller runs it."""
+    with tempfile.NamedTemporaryFile(prefix="pushed-") as f:
+        f.write(content)
+        f.flush()
+        return check_image_file(name, fmt, entrypoint, Path(f.name))
+
 
 BUSYBOX = Path("/bin/busybox")
 
