@@ -93,6 +93,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
             arch=types_pb2.ARCH_X86_64, format="elf", created_at=now_ts(60))}
         self.image_pages: list[c.ListImagesRequest] = []
         self.image_page_size = 0            # > 0: pages of at most this many, whatever asked
+        self.image_page_stuck = False       # a broken server: the same token, page after page
         self.delete_image_requests: list[c.DeleteImageRequest] = []
         self.nodes = {n.name: n for n in (make_node("node-1", zone="a"), make_node("node-2"))}
         self.events = [types_pb2.Event(id="1", time=now_ts(5), kind="Partition", object="web",
@@ -280,6 +281,8 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
 
     def ListImages(self, request: c.ListImagesRequest, context: Any) -> Any:
         self.image_pages.append(request)
+        if self.image_page_stuck:
+            return c.ListImagesResponse(next_page_token="same")
         images = []
         for _, image in sorted(self.images.items()):
             image = _copy(image)             # with its users filled in
