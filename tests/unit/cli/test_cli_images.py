@@ -15,8 +15,16 @@ from click.testing import Result
 from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.image_upload import CHUNK_SIZE, requests
-from tests.oci_build import Dir, File, Image, Symlink, Whiteout, write_docker_save, \
-    write_oci_archive, write_oci_layout
+from tests.oci_build import (
+    Dir,
+    File,
+    Image,
+    Symlink,
+    Whiteout,
+    write_docker_save,
+    write_oci_archive,
+    write_oci_layout,
+)
 
 Invoke = Callable[..., Result]
 ELF = b"\x7fELF" + b"\0" * 60
