@@ -102,6 +102,8 @@ class Image:
     tags: list[str] = field(default_factory=lambda: ["test:latest"])
     #: Replace the config's rootfs.diff_ids (to test a mismatch).
     diff_ids: list[str] | None = None
+    #: Zero bytes after each layer's tar (a decompression bomb when gzip'd).
+    padding: int = 0
 
 
 def _info(entry: Entry) -> tuple[tarfile.TarInfo, bytes]:
@@ -132,13 +134,19 @@ def _info(entry: Entry) -> tuple[tarfile.TarInfo, bytes]:
     return info, data
 
 
-def write_layer(entries: Sequence[Entry], dest: Path, *, compress: bool) -> tuple[str, str]:
-    """Write one layer tar (gzip if ``compress``) to ``dest``; returns (blob digest, diff id)."""
+def write_layer(entries: Sequence[Entry], dest: Path, *, compress: bool,
+                padding: int = 0) -> tuple[str, str]:
+    """Write one layer tar (gzip if ``compress``) to ``dest``, followed by ``padding`` zero
+    bytes; returns (blob digest, diff id)."""
     plain = dest.with_name(dest.name + ".plain")
     with tarfile.open(plain, "w", format=tarfile.PAX_FORMAT) as tar:
         for entry in entries:
             info, data = _info(entry)
             tar.addfile(info, io.BytesIO(data) if info.isreg() else None)
+    with open(plain, "ab") as f:
+        for _ in range(padding // (1 << 20)):
+            f.write(bytes(1 << 20))
+        f.write(bytes(padding % (1 << 20)))
     diff_id = sha256_file(plain)
     if compress:
         with open(plain, "rb") as src, gzip.open(dest, "wb") as out:
@@ -183,7 +191,8 @@ def _write_image_blobs(image: Image, blobs: Path) -> dict[str, Any]:
     layers, diff_ids = [], []
     for entries in image.layers:
         tmp = blobs / ".layer"
-        digest, diff_id = write_layer(entries, tmp, compress=image.gzip)
+        digest, diff_id = write_layer(entries, tmp, compress=image.gzip,
+                                      padding=image.padding)
         tmp.replace(blobs / digest.split(":")[1])
         layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar"
                        + ("+gzip" if image.gzip else ""),
@@ -260,7 +269,8 @@ def write_docker_save(dest: Path, images: Image | Sequence[Image]) -> Path:
             names, diff_ids = [], []
             for entries in image.layers:
                 tmp_layer = root / ".layer"
-                _, diff_id = write_layer(entries, tmp_layer, compress=image.gzip)
+                _, diff_id = write_layer(entries, tmp_layer, compress=image.gzip,
+                                         padding=image.padding)
                 layer_dir = root / diff_id.split(":")[1]
                 layer_dir.mkdir(exist_ok=True)
                 tmp_layer.replace(layer_dir / "layer.tar")

@@ -84,6 +84,7 @@ class ImportLimits:
     """Bounds on one import."""
 
     max_bytes: int = 8 << 30         # the root's files, summed over every layer written
+    max_layer_bytes: int = 9 << 30   # one layer's uncompressed tar stream (headers, padding)
     max_members: int = 1_000_000     # layer entries, summed over layers
     max_layers: int = 256
     max_json: int = 4 << 20          # index, manifest and config documents
@@ -319,6 +320,14 @@ def _strings(value: Any, what: str) -> list[str]:
     return list(value)
 
 
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise OciError(f"{what}: manifests is not a list")
+    return value
+
+
 def _normal_ref(ref: str) -> str:
     """"busybox" -> "busybox:latest"; "docker.io/library/x:1" -> "x:1"."""
     for prefix in ("docker.io/", "index.docker.io/"):
@@ -381,7 +390,7 @@ def _diff_ids(config: dict[str, Any], count: int) -> list[str]:
 def _pick_oci(src: _Source, arch: str | None, ref: str | None,
               limits: ImportLimits) -> _Chosen:
     index = _read_json(src, "index.json", limits, "index.json")
-    tops = [_descriptor(d, "index.json") for d in index.get("manifests") or []]
+    tops = [_descriptor(d, "index.json") for d in _list(index.get("manifests"), "index.json")]
     if ref is not None:
         names = {d.digest: [d.annotations.get("org.opencontainers.image.ref.name", ""),
                             d.annotations.get("io.containerd.image.name", "")] for d in tops}
@@ -401,7 +410,7 @@ def _pick_oci(src: _Source, arch: str | None, ref: str | None,
                 raise OciError("image indexes nested too deeply")
             nested = _blob_json(src, desc, limits, f"index {desc.digest[:19]}")
             pending += [(_descriptor(d, f"index {desc.digest[:19]}"), depth + 1)
-                        for d in nested.get("manifests") or []]
+                        for d in _list(nested.get("manifests"), "image index")]
         elif desc.media_type in _MANIFEST_TYPES or not desc.media_type:
             if desc.annotations.get("vnd.docker.reference.type") == "attestation-manifest":
                 continue
@@ -414,10 +423,10 @@ def _pick_oci(src: _Source, arch: str | None, ref: str | None,
     for desc in leaves:
         plat = desc.platform
         if plat:
-            label = f"{plat.get('os', '?')}/{plat.get('architecture', '?')}"
-            seen_platforms.append(label)
-            if plat.get("os") == "linux" and plat.get("architecture") in ARCHES:
-                options.append((ARCHES[str(plat["architecture"])], desc))
+            os_name, cpu = str(plat.get("os", "?")), str(plat.get("architecture", "?"))
+            seen_platforms.append(_show(f"{os_name}/{cpu}").strip("'\""))
+            if os_name == "linux" and cpu in ARCHES:
+                options.append((ARCHES[cpu], desc))
         else:
             options.append(("", desc))
     notes: list[str] = []
@@ -596,8 +605,9 @@ class _Root:
             parts = split_name(info.name, label.split(": ", 1)[1])
             base = parts[-1] if parts else ""
             if base.startswith(WHITEOUT):
-                self._whiteout(parts, touched)
-                continue
+                if base == OPAQUE or not base.startswith(WHITEOUT + WHITEOUT):
+                    self._whiteout(parts, touched)
+                continue                  # other .wh..wh. names are aufs bookkeeping
             if info.ischr() or info.isblk():
                 self.devices += 1
                 continue
@@ -776,7 +786,7 @@ def _apply_layer(root: _Root, src: _Source, index: int, layer: tuple[str, str | 
         raw = _Hashing(f, alg, size if size is not None else 1 << 62, what)
         plain = _decompressor(raw, what)
         diff_alg = diff_id.partition(":")[0]
-        uncompressed = _Hashing(plain, diff_alg, limits.max_bytes + (1 << 30),
+        uncompressed = _Hashing(plain, diff_alg, limits.max_layer_bytes,
                                 f"{what} (uncompressed)")
         tar = tarfile.open(fileobj=cast(IO[bytes], uncompressed), mode="r|")
         root.apply(tar, what)

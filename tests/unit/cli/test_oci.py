@@ -4,6 +4,7 @@ applied in order with whiteouts and opaque directories, and hostile inputs refus
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import tarfile
@@ -271,11 +272,13 @@ def test_size_and_count_limits(tmp_path: Path) -> None:
         import_image(layout, tmp_path / "o.tar", arch=None, ref=None,
                      limits=ImportLimits(max_layers=1))
     # A gzip bomb: a small blob inflating past the bound is cut off while it is read.
-    bomb = write_oci_layout(tmp_path / "bomb", Image([[File("z", bytes(1 << 20))]],
-                                                     cmd=["/z"]))
-    with pytest.raises(OciError, match="larger than"):
+    bomb = write_oci_layout(tmp_path / "bomb", Image([[File("z", b"z")]], cmd=["/z"],
+                                                     padding=64 << 20))
+    assert _first_layer_blob(bomb).stat().st_size < 1 << 20
+    with pytest.raises(OciError, match=r"layer 1 \(uncompressed\) is larger than 4194304"):
         import_image(bomb, tmp_path / "o.tar", arch=None, ref=None,
-                     limits=ImportLimits(max_bytes=0))
+                     limits=ImportLimits(max_layer_bytes=4 << 20))
+    import_image(bomb, tmp_path / "o.tar", arch=None, ref=None)   # within the defaults
 
 
 def test_layout_files_may_not_point_outside(tmp_path: Path) -> None:
@@ -303,6 +306,15 @@ def test_garbage_inputs_give_one_line(tmp_path: Path, content: bytes) -> None:
     assert "\n" not in str(err.value)
 
 
+def test_whiteout_names_never_reach_the_root(tmp_path: Path) -> None:
+    layout = write_oci_layout(tmp_path / "l", Image(
+        [[File("a", b"a"), Dir("d"), File("d/.wh.ghost", b"")],
+         [File(".wh..wh.aufs", b""), Dir(".wh..wh.plnk"), Whiteout("d/nothing")]],
+        cmd=["/a"]))
+    import_image(layout, tmp_path / "o.tar", arch=None, ref=None)
+    assert set(tree(tmp_path / "o.tar")) == {"a", "d"}
+
+
 def test_zstd_layer_without_the_library_is_a_clear_error(tmp_path: Path) -> None:
     layout = write_oci_layout(tmp_path / "l", Image([[File("a")]], cmd=["/a"], gzip=False))
     blob = _first_layer_blob(layout)
@@ -316,3 +328,60 @@ def test_zstd_layer_without_the_library_is_a_clear_error(tmp_path: Path) -> None
     else:
         with pytest.raises(OciError, match="layer 1"):
             import_image(layout, tmp_path / "o.tar", arch=None, ref=None)
+
+
+def _archive(dest: Path, members: list[tuple[str, bytes | str]]) -> Path:
+    """A tar of (name, content) - bytes: a file, str: a symlink to that text."""
+    with tarfile.open(dest, "w") as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return dest
+
+
+def test_archive_members_may_not_point_outside(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("[]")
+    escaping = _archive(tmp_path / "a.tar", [("index.json", "../secret")])
+    with pytest.raises(OciError, match="points outside the image"):
+        import_image(escaping, tmp_path / "o.tar", arch=None, ref=None)
+    config = json.dumps({"architecture": "amd64", "os": "linux",
+                         "rootfs": {"diff_ids": ["sha256:" + "0" * 64]}}).encode()
+    traversal = _archive(tmp_path / "d.tar", [
+        ("manifest.json", json.dumps([{"Config": "c.json",
+                                       "Layers": ["../../secret"]}]).encode()),
+        ("c.json", config)])
+    with pytest.raises(OciError, match="'..' in name"):
+        import_image(traversal, tmp_path / "o.tar", arch=None, ref=None)
+    absolute = _archive(tmp_path / "e.tar", [
+        ("manifest.json", json.dumps([{"Config": "/etc/passwd", "Layers": []}]).encode())])
+    with pytest.raises(OciError, match="absolute name"):
+        import_image(absolute, tmp_path / "o.tar", arch=None, ref=None)
+
+
+def test_malformed_documents_are_one_line_errors(tmp_path: Path) -> None:
+    cases: list[bytes] = [b"[", b"[]", b'{"manifests": 5}', b'{"manifests": [{"digest": 1}]}',
+                          b'{"manifests": [{"digest": "sha256:' + b"a" * 64
+                          + b'", "size": -1}]}']
+    for n, doc in enumerate(cases):
+        src = _archive(tmp_path / f"{n}.tar", [("index.json", doc)])
+        with pytest.raises(OciError) as err:
+            import_image(src, tmp_path / "o.tar", arch=None, ref=None)
+        assert "\n" not in str(err.value)
+
+
+def test_odd_platforms_and_tags_do_not_crash(tmp_path: Path) -> None:
+    index = {"manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                            "digest": "sha256:" + "a" * 64, "size": 1,
+                            "platform": {"os": ["linux"], "architecture": {"x": 1}}}]}
+    src = _archive(tmp_path / "p.tar", [("index.json", json.dumps(index).encode())])
+    with pytest.raises(OciError, match="no linux/amd64 or linux/386 image"):
+        import_image(src, tmp_path / "o.tar", arch=None, ref=None)
+    docker = _archive(tmp_path / "d.tar", [("manifest.json", json.dumps(
+        [{"Config": 5, "RepoTags": "x", "Layers": None}]).encode())])
+    with pytest.raises(OciError, match="RepoTags is not a list"):
+        import_image(docker, tmp_path / "o.tar", arch=None, ref=None)
