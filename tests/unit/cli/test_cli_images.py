@@ -214,6 +214,8 @@ def test_create_takes_workdir_entrypoint_and_a_reference(invoke: Invoke,
     spec = fake.partitions["w"].spec
     assert (spec.image, spec.workdir, spec.entrypoint, list(spec.args)) == (
         "hello:latest", "/srv", "/bin/sh", ["-c", "true"])
+    shown = invoke("get", "w").stdout
+    assert "Entrypoint:" in shown and "/bin/sh" in shown and "/srv" in shown
     relative = invoke("create", "x", "--image", "hello", "--workdir", "srv")
     assert relative.exit_code == 2 and "--workdir must be an absolute" in relative.stderr
     assert "NAME@sha256" in invoke("create", "--help").stdout
