@@ -168,6 +168,7 @@ class _TarSource:
     decompressed to a scratch file so members can be read in any order)."""
 
     def __init__(self, path: Path, scratch: Path, limits: ImportLimits) -> None:
+        shown = path.name
         try:
             with open(path, "rb") as raw:
                 magic = raw.read(2)
@@ -179,8 +180,15 @@ class _TarSource:
                     path = plain
             self.tar = tarfile.open(path, "r:")
         except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
-            raise OciError(f"{path.name}: not a tar archive ({_reason(err)})") from None
-        self.entries: dict[str, tarfile.TarInfo] = {}
+            raise OciError(f"{shown}: not a tar archive ({_reason(err)})") from None
+        try:
+            self.entries = self._index(limits)
+        except BaseException:
+            self.tar.close()
+            raise
+
+    def _index(self, limits: ImportLimits) -> dict[str, tarfile.TarInfo]:
+        entries: dict[str, tarfile.TarInfo] = {}
         count = 0
         try:
             while (info := self.tar.next()) is not None:
@@ -190,9 +198,10 @@ class _TarSource:
                                    "entries")
                 parts = _parts(info.name) if info.name.strip("./") else []
                 if parts:
-                    self.entries["/".join(parts)] = info
+                    entries["/".join(parts)] = info
         except (OSError, EOFError, zlib.error, tarfile.TarError) as err:
             raise OciError(f"not a valid tar archive ({_reason(err)})") from None
+        return entries
 
     def _resolve(self, name: str) -> tarfile.TarInfo | None:
         path = "/".join(_parts(name))
