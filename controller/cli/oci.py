@@ -700,8 +700,18 @@ class _Root:
             else:
                 name = parts[-1][len(WHITEOUT):]
                 path = f"{prefix}/{name}" if prefix else name
-                if name and name not in (".", "..") and path not in touched:
+                if not name or name in (".", ".."):
+                    return
+                if path not in touched:
                     self._remove(parent, name)
+                elif stat.S_ISDIR(_lstat_mode(parent, name)):
+                    # This layer writes inside it too (before or after the whiteout, in
+                    # archive order): what it writes stays, the lower content goes.
+                    sub = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                    try:
+                        self._clear(sub, path, touched)
+                    finally:
+                        os.close(sub)
         finally:
             os.close(parent)
 

@@ -17,6 +17,7 @@ from node_agent.runtime.archive import Limits, validate
 from tests.oci_build import (
     Device,
     Dir,
+    Entry,
     Fifo,
     File,
     Hardlink,
@@ -99,6 +100,19 @@ def test_opaque_keeps_what_the_same_layer_writes_before_it(tmp_path: Path) -> No
     import_image(tmp_path / "l", out, arch=None, ref=None)
     names = {n for n in tree(out) if n.startswith("var/cache")}
     assert names == {"var/cache", "var/cache/sub", "var/cache/sub/c"}
+
+
+@pytest.mark.parametrize("whiteout_first", [True, False])
+def test_a_whiteout_hides_the_lower_directory_whatever_the_order(
+        tmp_path: Path, whiteout_first: bool) -> None:
+    """.wh.etc with etc/new in the same layer: etc holds only what this layer writes, whether
+    the whiteout comes before or after it in the archive."""
+    mine: list[Entry] = [Dir("etc"), File("etc/new", b"n")]
+    top = [Whiteout("etc"), *mine] if whiteout_first else [*mine, Whiteout("etc")]
+    write_oci_layout(tmp_path / "l", Image([BASE, top], entrypoint=["/bin/app"]))
+    out = tmp_path / "o.tar"
+    import_image(tmp_path / "l", out, arch=None, ref=None)
+    assert {n for n in tree(out) if n.startswith("etc")} == {"etc", "etc/new"}
 
 
 def test_entry_replaces_lower_kinds_and_hardlinks_cross_layers(tmp_path: Path) -> None:
