@@ -886,8 +886,9 @@ def import_image(source: Path, dest: Path, *, arch: str | None, ref: str | None,
                 kind = "docker"
                 chosen = _pick_docker(src, want_arch, ref, limits)
             else:
-                raise OciError(f"{source.name}: neither an OCI image layout (index.json) nor "
-                               "a docker save archive (manifest.json)")
+                raise OciError("neither an OCI image layout (no index.json) nor a docker "
+                               "save archive (no manifest.json); a plain root filesystem is "
+                               "pushed with `viridian image push`")
             if len(chosen.layers) > limits.max_layers:
                 raise OciError(f"the image has more than {limits.max_layers} layers")
             rootdir = scratch / "root"
