@@ -596,6 +596,9 @@ class _Root:
         self.members = 0
         self.bytes = 0
         self.devices = self.fifos = self.setid = 0
+        #: The mtime of the member that last wrote each path: the output carries these
+        #: (0 for directories no member named), so one image always gives the same tar.
+        self.mtimes: dict[str, int] = {}
 
     # The layer's own paths (and their parents) survive its whiteouts and opaque markers.
     def apply(self, tar: tarfile.TarFile, what: str) -> None:
@@ -647,6 +650,7 @@ class _Root:
                                    "of files")
             for i in range(1, len(parts) + 1):
                 touched.add("/".join(parts[:i]))
+            self.mtimes["/".join(parts)] = min(max(int(info.mtime), 0), 8 ** 11 - 1)
             self._write(tar, info, parts, cross_link, label)
 
     def _open_parent(self, parts: list[str], label: str, create: bool) -> int | None:
@@ -820,8 +824,14 @@ def _apply_layer(root: _Root, src: _Source, index: int, layer: tuple[str, str | 
                            f"{diff_id[:19]}...")
 
 
-def _write_tar(root: Path, dest: Path, limits: ImportLimits) -> None:
-    clean = packing_filter(Limits(max_members=limits.max_members, max_bytes=limits.max_bytes))
+def _write_tar(root: Path, dest: Path, limits: ImportLimits, mtimes: dict[str, int]) -> None:
+    check = packing_filter(Limits(max_members=limits.max_members, max_bytes=limits.max_bytes))
+
+    def clean(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info = check(info)
+        info.mtime = mtimes.get(info.name, 0)
+        return info
+
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
         for top, dirs, files in os.walk(root):
             dirs.sort()
@@ -911,7 +921,7 @@ def import_image(source: Path, dest: Path, *, arch: str | None, ref: str | None,
         if root.setid:
             notes.append(f"dropped setuid/setgid bits from {root.setid} file(s)")
         try:
-            _write_tar(rootdir, dest, limits)
+            _write_tar(rootdir, dest, limits, root.mtimes)
         except (ArchiveError, OSError) as err:
             with suppress(OSError):
                 dest.unlink()

@@ -92,6 +92,25 @@ def test_layers_apply_in_order_with_whiteouts(tmp_path: Path, form: str) -> None
         validate(f, Limits(max_bytes=1 << 30))
 
 
+def test_one_image_gives_the_same_tar_from_every_form(tmp_path: Path) -> None:
+    """Timestamps come from the layers, not the import: the same image imported twice, or
+    from a layout, an archive and a docker save, is the same content (one digest)."""
+    outs = []
+    for n, write in enumerate((write_oci_layout, write_oci_archive, write_docker_save,
+                               write_oci_layout)):
+        src = write(tmp_path / f"src{n}", image())
+        out = tmp_path / f"out{n}.tar"
+        import_image(src, out, arch=None, ref=None)
+        outs.append(out.read_bytes())
+    assert outs[1:] == outs[:1] * 3
+    stamped = _raw("stamped", data=b"s")
+    stamped.info.mtime = 1_700_000_000
+    write_oci_layout(tmp_path / "t", Image([[stamped]], cmd=["/stamped"]))
+    import_image(tmp_path / "t", tmp_path / "t.tar", arch=None, ref=None)
+    with tarfile.open(tmp_path / "t.tar") as tar:
+        assert tar.getmember("stamped").mtime == 1_700_000_000
+
+
 def test_opaque_keeps_what_the_same_layer_writes_before_it(tmp_path: Path) -> None:
     top = [Dir("var/cache"), Dir("var/cache/sub"), File("var/cache/sub/c", b"c"),
            Opaque("var/cache")]
