@@ -111,6 +111,13 @@ class ImportedImage:
     notes: list[str] = field(default_factory=list)
 
 
+def _names(names: list[str]) -> str:
+    """Names from the image for a message: printable ones as they are, others quoted;
+    at most ten."""
+    shown = [n if n.isprintable() and len(n) <= 96 else _show(n) for n in names[:10]]
+    return ", ".join(shown) + (f", ... ({len(names)} in all)" if len(names) > 10 else "")
+
+
 def _show(text: str) -> str:
     if len(text) > 96:
         text = text[:64] + "..." + text[-24:]
@@ -407,7 +414,7 @@ def _pick_oci(src: _Source, arch: str | None, ref: str | None,
         if not found:
             known = sorted({n for ns in names.values() for n in ns if n})
             raise OciError(f"no image named {_show(ref)} in the layout"
-                           + (f" (it has: {', '.join(known)})" if known else ""))
+                           + (f" (it has: {_names(known)})" if known else ""))
         tops = found
     # Expand nested indexes into (descriptor, platform) leaves.
     leaves: list[_Descriptor] = []
@@ -433,7 +440,7 @@ def _pick_oci(src: _Source, arch: str | None, ref: str | None,
         plat = desc.platform
         if plat:
             os_name, cpu = str(plat.get("os", "?")), str(plat.get("architecture", "?"))
-            seen_platforms.append(_show(f"{os_name}/{cpu}").strip("'\""))
+            seen_platforms.append(f"{os_name}/{cpu}")
             if os_name == "linux" and cpu in ARCHES:
                 options.append((ARCHES[cpu], desc))
         else:
@@ -445,7 +452,7 @@ def _pick_oci(src: _Source, arch: str | None, ref: str | None,
         want = f"linux/{next(k for k, v in ARCHES.items() if v == arch)}" if arch \
             else "linux/amd64 or linux/386"
         raise OciError(f"no {want} image in the layout (it has: "
-                       f"{', '.join(sorted(set(seen_platforms))) or 'none'})")
+                       f"{_names(sorted(set(seen_platforms))) or 'none'})")
     arches = {a for a, _ in options if a}
     if arch is None and len(arches) > 1:
         options = [(a, d) for a, d in options if a in ("", "x86_64")]
@@ -489,11 +496,11 @@ def _pick_docker(src: _Source, arch: str | None, ref: str | None,
         if not chosen:
             known = sorted({t for ts in tags.values() for t in ts})
             raise OciError(f"no image tagged {_show(ref)} in the archive"
-                           + (f" (it has: {', '.join(known)})" if known else ""))
+                           + (f" (it has: {_names(known)})" if known else ""))
     if len(chosen) > 1:
         known = sorted({t for i in chosen for t in tags[i]})
         raise OciError(f"the archive holds {len(chosen)} images: choose one with --ref"
-                       + (f" ({', '.join(known)})" if known else ""))
+                       + (f" ({_names(known)})" if known else ""))
     entry = entries[chosen[0]]
     config_name = entry.get("Config")
     if not isinstance(config_name, str):

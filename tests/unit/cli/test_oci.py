@@ -418,3 +418,12 @@ def test_odd_platforms_and_tags_do_not_crash(tmp_path: Path) -> None:
         [{"Config": 5, "RepoTags": "x", "Layers": None}]).encode())])
     with pytest.raises(OciError, match="RepoTags is not a list"):
         import_image(docker, tmp_path / "o.tar", arch=None, ref=None)
+
+
+def test_names_from_the_image_reach_messages_escaped(tmp_path: Path) -> None:
+    saved = write_docker_save(tmp_path / "d.tar", [
+        Image([[File("a")]], cmd=["/a"], tags=["evil\x1b[2J:1"]),
+        Image([[File("a")]], cmd=["/a"], tags=["ok:1"])])
+    with pytest.raises(OciError) as err:
+        import_image(saved, tmp_path / "o.tar", arch=None, ref=None)
+    assert "\x1b" not in str(err.value) and "'evil\\x1b[2J:1', ok:1" in str(err.value)
