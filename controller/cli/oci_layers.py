@@ -138,6 +138,8 @@ class Root:
                 raise OciError(f"more than {self.limits.max_members} entries in the layers")
             label = f"{what}: member {show(info.name)}"
             parts = split_name(info.name, label.split(": ", 1)[1])
+            if len(parts) > self.limits.max_depth:
+                raise OciError(f"{label}: deeper than {self.limits.max_depth} directories")
             base = parts[-1] if parts else ""
             if base.startswith(WHITEOUT):
                 if base == OPAQUE or not base.startswith(WHITEOUT + WHITEOUT):

@@ -48,6 +48,7 @@ class ImportLimits:
     max_bytes: int = 8 << 30         # the root's files, summed over every layer written
     max_layer_bytes: int = 9 << 30   # one layer's uncompressed tar stream (headers, padding)
     max_members: int = 1_000_000     # layer entries, summed over layers
+    max_depth: int = 128             # directories above a layer entry (real images: < 30)
     max_layers: int = 256
     max_json: int = 4 << 20          # index, manifest and config documents
     max_archive_members: int = 100_000  # entries of an input archive (blobs, json files)

@@ -301,6 +301,10 @@ def test_size_and_count_limits(tmp_path: Path) -> None:
     with pytest.raises(OciError, match="more than 1 entries"):
         import_image(layout, tmp_path / "o.tar", arch=None, ref=None,
                      limits=ImportLimits(max_members=1))
+    deep = write_oci_layout(tmp_path / "deep", Image(
+        [[File("/".join(["d"] * 2000) + "/f", b"x")]], cmd=["/f"]))
+    with pytest.raises(OciError, match="deeper than 128 directories"):
+        import_image(deep, tmp_path / "o.tar", arch=None, ref=None)
     with pytest.raises(OciError, match="more than 1 layers"):
         import_image(layout, tmp_path / "o.tar", arch=None, ref=None,
                      limits=ImportLimits(max_layers=1))
