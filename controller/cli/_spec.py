@@ -49,7 +49,8 @@ def spec_options(*, image_required: bool, placement_only: bool = False) -> Calla
 
     def decorate(func: F) -> F:
         opts: list[Callable[[Any], Any]] = [
-            click.option("--image", required=image_required, help="Name of a pushed image."),
+            click.option("--image", required=image_required, metavar="REF",
+                         help="A pushed image: NAME[:TAG] (tag: latest) or NAME@sha256:HEX."),
             click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--memory", type=SIZE, default="64Mi", show_default=True,
                          help="Guest memory, e.g. 512Mi, 2Gi."),
@@ -66,6 +67,11 @@ def spec_options(*, image_required: bool, placement_only: bool = False) -> Calla
             opts += [
                 click.option("--env", "env", type=KEY_VALUE, multiple=True, metavar="K=V",
                              help="Guest environment variable (repeatable)."),
+                click.option("--workdir", metavar="PATH",
+                             help="Guest working directory (overrides the image's)."),
+                click.option("--entrypoint", metavar="PROGRAM",
+                             help="Run PROGRAM instead of the image's entrypoint and its fixed "
+                             "arguments, as docker run --entrypoint."),
                 click.option("--label", "labels", type=KEY_VALUE, multiple=True, metavar="K=V",
                              help="Partition label (repeatable)."),
                 click.option("--restart", type=click.Choice(list(RESTART_POLICIES)),
@@ -102,6 +108,8 @@ def build_spec(
     ha: bool = False,
     disk: int | None = None,
     max_processes: int | None = None,
+    workdir: str | None = None,
+    entrypoint: str | None = None,
     args: Sequence[str] = (),
     start: bool = True,
     stdin: bool = False,
@@ -109,6 +117,10 @@ def build_spec(
     """A PartitionSpec from the flags; refuses combinations that make no sense."""
     if max_per_node is not None and not anti_affinity:
         raise click.UsageError("--max-per-node needs --anti-affinity GROUP")
+    if workdir is not None and not workdir.startswith("/"):
+        raise click.UsageError("--workdir must be an absolute guest path")
+    if entrypoint is not None and not entrypoint:
+        raise click.UsageError("--entrypoint must not be empty")
     return types_pb2.PartitionSpec(
         image=image or "",
         args=list(args),
@@ -126,4 +138,6 @@ def build_spec(
         stdin=stdin,
         disk_bytes=disk or 0,
         max_processes=max_processes or 0,
+        workdir=workdir or "",
+        entrypoint=entrypoint or "",
     )

@@ -38,7 +38,9 @@ _ENDED = {Phase.PARTITION_PHASE_OFF, Phase.PARTITION_PHASE_FAILED, Phase.PARTITI
 
 
 def generated_name(image: str) -> str:
-    """"My_Image" -> "my-image-k3x9q": a DNS label from the image name and 5 random chars."""
+    """"My_Image:v1" -> "my-image-k3x9q": a DNS label from the image's name (its tag or
+    digest dropped) and 5 random chars."""
+    image = image.partition("@")[0].partition(":")[0]
     base = re.sub(r"[^a-z0-9-]+", "-", image.lower()).strip("-")[:56] or "run"
     alphabet = string.ascii_lowercase + string.digits
     return f"{base}-{''.join(secrets.choice(alphabet) for _ in range(5))}"

@@ -57,6 +57,12 @@ def make_partition(name: str = "web", phase: int = Phase.PARTITION_PHASE_RUNNING
     return types_pb2.Partition(name=name, spec=spec, status=status, revision=7)
 
 
+def _copy(image: types_pb2.Image) -> types_pb2.Image:
+    out = types_pb2.Image()
+    out.CopyFrom(image)
+    return out
+
+
 def make_explanation() -> types_pb2.PlacementExplanation:
     ok = types_pb2.FilterResult
     return types_pb2.PlacementExplanation(
@@ -81,9 +87,14 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
     def __init__(self) -> None:
         self.lock = threading.Condition()
         self.partitions: dict[str, types_pb2.Partition] = {}
-        self.images: dict[str, types_pb2.Image] = {"hello": types_pb2.Image(
-            name="hello", digest="sha256:" + "ab" * 32, size_bytes=12345,
+        # keyed "name:tag", as the controller keeps one record per tag
+        self.images: dict[str, types_pb2.Image] = {"hello:latest": types_pb2.Image(
+            name="hello", tag="latest", digest="sha256:" + "ab" * 32, size_bytes=12345,
             arch=types_pb2.ARCH_X86_64, format="elf", created_at=now_ts(60))}
+        self.image_pages: list[c.ListImagesRequest] = []
+        self.image_page_size = 0            # > 0: pages of at most this many, whatever asked
+        self.image_page_stuck = False       # a broken server: the same token, page after page
+        self.delete_image_requests: list[c.DeleteImageRequest] = []
         self.nodes = {n.name: n for n in (make_node("node-1", zone="a"), make_node("node-2"))}
         self.events = [types_pb2.Event(id="1", time=now_ts(5), kind="Partition", object="web",
                                        type="Normal", reason="Scheduled",
@@ -119,7 +130,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         if request.name in self.partitions:
             context.abort(grpc.StatusCode.ALREADY_EXISTS,
                           f"partition '{request.name}' already exists")
-        if request.spec.image not in self.images:
+        if not self._images_for(request.spec.image):
             context.abort(grpc.StatusCode.NOT_FOUND, f"image '{request.spec.image}' not found")
         running = request.spec.desired_state == types_pb2.DESIRED_STATE_RUNNING
         phase = self.start_phase if running else Phase.PARTITION_PHASE_OFF
@@ -245,26 +256,71 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
 
     # -- images -------------------------------------------------------------------------------
 
+    def _images_for(self, ref: str) -> list[types_pb2.Image]:
+        """The records a reference names: NAME[:TAG] one, NAME@DIGEST every tag of it."""
+        if "@" in ref:
+            name, _, digest = ref.partition("@")
+            return [i for i in self.images.values() if i.name == name and i.digest == digest]
+        name, _, tag = ref.partition(":")
+        found = self.images.get(f"{name}:{tag or 'latest'}")
+        return [found] if found is not None else []
+
     def PushImage(self, request_iterator: Iterator[Any], context: Any) -> Any:
         requests = list(request_iterator)
         self.pushed = requests
         header = requests[0].header
         size = sum(len(r.chunk) for r in requests[1:])
-        image = types_pb2.Image(name=header.name, digest=header.digest, size_bytes=size,
+        image = types_pb2.Image(name=header.name, tag=header.tag or "latest",
+                                digest=header.digest, size_bytes=size,
                                 arch=types_pb2.ARCH_X86_64, entrypoint=header.entrypoint,
-                                format=header.format, created_at=now_ts())
-        self.images[header.name] = image
+                                format=header.format, created_at=now_ts(),
+                                entry_args=header.entry_args, cmd=header.cmd, env=header.env,
+                                workdir=header.workdir, source=header.source)
+        self.images[f"{image.name}:{image.tag}"] = image
         return image
 
-    def ListImages(self, request: Any, context: Any) -> Any:
-        return c.ListImagesResponse(images=[i for _, i in sorted(self.images.items())])
+    def ListImages(self, request: c.ListImagesRequest, context: Any) -> Any:
+        self.image_pages.append(request)
+        if self.image_page_stuck:
+            return c.ListImagesResponse(next_page_token="same")
+        images = []
+        for _, image in sorted(self.images.items()):
+            image = _copy(image)             # with its users filled in
+            image.used_by.extend(sorted(
+                p.name for p in self.partitions.values()
+                if image in self._images_for(p.spec.image)))
+            images.append(image)
+        size = self.image_page_size or request.page_size or 500
+        start = int(request.page_token or 0)
+        page = images[start:start + size]
+        more = start + size < len(images)
+        return c.ListImagesResponse(images=page,
+                                    next_page_token=str(start + size) if more else "")
 
     def DeleteImage(self, request: c.DeleteImageRequest, context: Any) -> Any:
-        if any(p.spec.image == request.name for p in self.partitions.values()):
+        self.delete_image_requests.append(request)
+        found = self._images_for(request.name)
+        if not found:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"image '{request.name}' not found")
+        users = [p.name for p in self.partitions.values()
+                 if any(i in found for i in self._images_for(p.spec.image))]
+        if users and not request.force:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"image '{request.name}' is used by a partition")
-        self.images.pop(request.name, None)
+                          f"image '{request.name}' is used by partitions: {', '.join(users)}")
+        for image in found:
+            self.images.pop(f"{image.name}:{image.tag}", None)
         return c.DeleteImageResponse()
+
+    def TagImage(self, request: c.TagImageRequest, context: Any) -> Any:
+        found = self._images_for(request.source)
+        if not found:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"image '{request.source}' not found")
+        name, _, tag = request.target.partition(":")
+        image = _copy(found[0])
+        image.created_at.CopyFrom(now_ts())
+        image.name, image.tag = name, tag or "latest"
+        self.images[f"{image.name}:{image.tag}"] = image
+        return image
 
     # -- events and placement -----------------------------------------------------------------
 

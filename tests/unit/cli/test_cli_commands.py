@@ -127,7 +127,7 @@ def test_image_push_elf_streams_exact_bytes(
     assert header.digest == "sha256:" + hashlib.sha256(content).hexdigest()
     assert len(chunks) == 3 and all(len(c) <= CHUNK_SIZE for c in chunks)
     assert b"".join(chunks) == content
-    assert "image big pushed" in result.stdout
+    assert "image big:latest pushed" in result.stdout
 
 
 def test_image_push_directory_is_tarred(
@@ -179,13 +179,13 @@ def test_image_push_rejects_other_files(invoke: Invoke, tmp_path: Path) -> None:
 
 def test_image_ls_and_rm(invoke: Invoke, fake: FakeController) -> None:
     assert invoke("image", "ls").stdout.splitlines()[1].split()[:4] == [
-        "hello", "elf", "x86_64", "12.05Ki"]
+        "hello", "latest", "x86_64", "12.05Ki"]
     assert invoke("create", "w", "--image", "hello").exit_code == 0
     busy = invoke("image", "rm", "hello")
     assert busy.exit_code == 1 and "FAILED_PRECONDITION" in busy.stderr
     assert invoke("delete", "w").exit_code == 0
     assert invoke("image", "rm", "hello").exit_code == 0
-    assert "hello" not in fake.images
+    assert "hello:latest" not in fake.images
 
 
 def test_run_streams_output_and_exits_with_guest_code(

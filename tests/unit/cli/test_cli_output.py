@@ -47,8 +47,9 @@ KINDS: list[tuple[str, Any, Sequence[Column[Any]], list[str], list[str]]] = [
     ("node", make_node(zone="a"), NODE_COLUMNS,
      ["NAME", "STATE", "VCPUS", "MEMORY", "PARTITIONS", "CORDONED", "AGE"],
      ["ADDRESS", "ARCHES", "LABELS"]),
-    ("image", image(), IMAGE_COLUMNS, ["NAME", "FORMAT", "ARCH", "SIZE", "DIGEST", "AGE"],
-     ["ENTRYPOINT"]),
+    ("image", image(), IMAGE_COLUMNS,
+     ["NAME", "TAG", "ARCH", "SIZE", "DIGEST", "USERS", "AGE"],
+     ["FORMAT", "SOURCE", "ENTRYPOINT"]),
     ("event", event(), EVENT_COLUMNS, ["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"],
      ["SOURCE"]),
 ]
