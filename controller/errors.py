@@ -11,6 +11,10 @@
     └── StoreError            etcd trouble (raised by the store layer only)
         ├── Conflict          a compare in a transaction failed: retry with a fresh read (ABORTED)
         │   └── NotLeader     a leader-only write, and this replica does not lead (any more)
+        ├── StoreFull     etcd's NOSPACE alarm: writes refused until an operator frees space
+        │                 (RESOURCE_EXHAUSTED, with what to do)
+        ├── Compacted     a read at a revision etcd has compacted away (a paged list that
+        │                 must start again): ABORTED
         └── StoreUnavailable  etcd cannot be reached: UNAVAILABLE
 """
 
@@ -58,6 +62,14 @@ class Conflict(StoreError):
 
 
 class NotLeader(Conflict):
+    pass
+
+
+class StoreFull(StoreError):
+    pass
+
+
+class Compacted(StoreError):
     pass
 
 

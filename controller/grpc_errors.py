@@ -24,6 +24,8 @@ CODES: tuple[tuple[type[e.ViridianError], grpc.StatusCode], ...] = (
     (e.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
     (e.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (e.Conflict, grpc.StatusCode.ABORTED),
+    (e.StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.Compacted, grpc.StatusCode.ABORTED),
     (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

@@ -1,0 +1,38 @@
+"""What an etcd error means to the controller: the StoreError it becomes.
+
+etcd refuses every write once a member's database reaches --quota-backend-bytes and raises
+its NOSPACE alarm ("etcdserver: mvcc: database space exceeded"); reads, deletes and
+compactions still work. The alarm stays raised until an operator disarms it, so the error
+carries what to do (docs/operations.md, "etcd is full").
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from controller.errors import Compacted, StoreError, StoreFull, StoreUnavailable
+from controller.store._endpoints import describe, details_of
+
+NOSPACE_TEXT: Final = "database space exceeded"
+COMPACTED_TEXT: Final = "required revision has been compacted"
+
+NOSPACE_HINT: Final = (
+    "etcd is out of space (its NOSPACE alarm is raised: the database reached "
+    "--quota-backend-bytes) and refuses every write until an operator frees space: "
+    "compact its history (etcdctl compact REVISION, the current revision from "
+    "`etcdctl endpoint status -w json`), defragment every member (etcdctl defrag --cluster), "
+    "then disarm the alarm (etcdctl alarm disarm); see docs/operations.md, \"etcd is full\""
+)
+
+
+def is_nospace(err: BaseException) -> bool:
+    return NOSPACE_TEXT in details_of(err)
+
+
+def store_error(address: str, err: BaseException) -> StoreError:
+    """The StoreError for a failed etcd call that is not a reason to change member."""
+    if is_nospace(err):
+        return StoreFull(NOSPACE_HINT)
+    if COMPACTED_TEXT in details_of(err):
+        return Compacted(f"etcd {address}: {describe(err)}")
+    return StoreUnavailable(f"etcd {address}: {describe(err)}")
