@@ -26,6 +26,7 @@ from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
 from controller.gateway.sessions import SessionRegistry
 from controller.leader import LeaderElector
+from controller.loops.compaction import DEFAULT_COMPACT_EVERY_S, CompactionLoop, EventTrimLoop
 from controller.loops.scheduling import SchedulingLoop
 from controller.partitions.actions import PartitionActions
 from controller.partitions.drain import DrainLoop
@@ -38,6 +39,7 @@ from controller.security.pki import KeyPair
 from controller.security.tls import Dialer, TlsConfig
 from controller.security.tokens import parse_token, secret_digest
 from controller.store import EtcdStore, Store, now_ts
+from controller.store.events import DEFAULT_MAX_EVENTS
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
@@ -67,6 +69,8 @@ class ControllerConfig:
     ca: KeyPair | None = None       # signs node certificates at join
     etcd_tls: TlsConfig | None = None
     bootstrap_tokens: list[tuple[str, pb.Role.ValueType]] = field(default_factory=list)
+    compact_every: float = DEFAULT_COMPACT_EVERY_S  # seconds of etcd history kept (leader)
+    max_events: int = DEFAULT_MAX_EVENTS            # events kept at most (and 1 h at most)
 
 
 class ControllerReplica:
@@ -130,6 +134,8 @@ class ControllerReplica:
         self.scheduling = SchedulingLoop(self.store, config.scheduler)
         self.node_lifecycle = NodeLifecycleLoop(self.store, self.actions)
         self.drains = DrainLoop(self.store, self.actions)
+        self.compaction = CompactionLoop(self.store, config.compact_every)
+        self.event_trim = EventTrimLoop(self.store, config.max_events)
         self.elector = LeaderElector(
             self.store.leader, self.identity, config.lease_ttl,
             self._on_elected, self._on_lost,
@@ -163,6 +169,8 @@ class ControllerReplica:
         self.scheduling.start()
         self.node_lifecycle.start()
         self.drains.start()
+        self.compaction.start()
+        self.event_trim.start()
         await self.store.events.record("Controller", self.identity, "LeaderElected",
                                        "now leading")
 
@@ -170,6 +178,8 @@ class ControllerReplica:
         await self.scheduling.stop()
         await self.node_lifecycle.stop()
         await self.drains.stop()
+        await self.compaction.stop()
+        await self.event_trim.stop()
 
     async def start(self) -> None:
         await self.cache.start()
