@@ -13,7 +13,6 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-
 DEFAULT_QUOTA_BYTES = 2 << 30
 # etcd's own compaction, a safety net under the leader's (controller/loops/compaction.py):
 # history older than this goes even while no controller runs.

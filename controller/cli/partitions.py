@@ -18,7 +18,7 @@ from controller.cli._spec import (
 )
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
-from controller.cli.client import cancel
+from controller.cli.client import cancel, paged
 from controller.cli.errors import CliError
 from controller.cli.output import (
     Column,
@@ -27,8 +27,8 @@ from controller.cli.output import (
     enum_name,
     labels_text,
     phase_name,
+    print_list,
     render_item,
-    render_list,
     time_text,
 )
 from controller.cli.params import DURATION, KEY_VALUE, output_option
@@ -137,10 +137,12 @@ def create_cmd(ctx: click.Context, /, name: str, args: tuple[str, ...], start: b
 def ls_cmd(ctx: click.Context, selector: Sequence[tuple[str, str]], node: str,
            output: str) -> None:
     """List partitions."""
-    reply = get_client(ctx).stub.ListPartitions(
-        controller_pb2.ListPartitionsRequest(label_selector=dict(selector), node=node)
-    )
-    click.echo(render_list(list(reply.partitions), PARTITION_COLUMNS, output))
+    stub = get_client(ctx).stub
+    parts = paged(
+        lambda token: stub.ListPartitions(controller_pb2.ListPartitionsRequest(
+            label_selector=dict(selector), node=node, page_token=token)),
+        lambda reply: reply.partitions)
+    print_list(parts, PARTITION_COLUMNS, output, click.echo)
 
 
 @click.command("get")
