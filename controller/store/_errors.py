@@ -15,6 +15,12 @@ from controller.store._endpoints import describe, details_of
 
 NOSPACE_TEXT: Final = "database space exceeded"
 COMPACTED_TEXT: Final = "required revision has been compacted"
+TOO_LARGE_TEXT: Final = "larger than max"  # gRPC: "Received message larger than max (…)"
+
+
+class ResponseTooLarge(StoreUnavailable):
+    """An answer above the channel's receive limit: a range to ask again in smaller pages
+    (EtcdStore.range_page does)."""
 
 NOSPACE_HINT: Final = (
     "etcd is out of space (its NOSPACE alarm is raised: the database reached "
@@ -35,4 +41,6 @@ def store_error(address: str, err: BaseException) -> StoreError:
         return StoreFull(NOSPACE_HINT)
     if COMPACTED_TEXT in details_of(err):
         return Compacted(f"etcd {address}: {describe(err)}")
+    if TOO_LARGE_TEXT in details_of(err):
+        return ResponseTooLarge(f"etcd {address}: {describe(err)}")
     return StoreUnavailable(f"etcd {address}: {describe(err)}")

@@ -37,7 +37,7 @@ from pyetcd import etcdrpc
 
 from controller.errors import StoreUnavailable
 from controller.store._endpoints import HASLEADER, Endpoint, Endpoints, describe, is_failover
-from controller.store._errors import store_error
+from controller.store._errors import ResponseTooLarge, store_error
 from controller.store._keepalive import LeaseKeepAliver
 from controller.store._kv import KV, WatchEvent, kv_from_pb, prefix_end
 from controller.store._watch import PrefixWatch
@@ -233,7 +233,8 @@ class EtcdStore:
                          descending: bool = False) -> Page:
         """At most `limit` keys under prefix, in key order (or reversed), starting after the
         full key `after` (before it when descending; None: from the start), read at
-        `revision` (0: now). Raises Compacted when `revision` was compacted away."""
+        `revision` (0: now). Raises Compacted when `revision` was compacted away. An answer
+        too large for the channel (large values) is asked again for half as many keys."""
         start, end = prefix.encode(), prefix_end(prefix)
         if after is not None:
             if descending:
@@ -245,7 +246,14 @@ class EtcdStore:
         if descending:
             req.sort_order = etcdrpc.RangeRequest.DESCEND
             req.sort_target = etcdrpc.RangeRequest.KEY
-        resp = await self._range(req)
+        while True:
+            try:
+                resp = await self._range(req)
+                break
+            except ResponseTooLarge:
+                if req.limit == 1:
+                    raise
+                req.limit = max(1, req.limit // 2)
         kvs = [kv_from_pb(kv) for kv in resp.kvs]
         return Page(kvs, revision or int(resp.header.revision), bool(resp.more) and bool(kvs))
 

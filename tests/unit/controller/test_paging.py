@@ -193,3 +193,56 @@ def test_events_are_paged_oldest_first_and_limit_keeps_the_newest(api: Api) -> N
     assert listing(object="ev-x", page_size=2, limit=3) == (x[-3:], 2)
     assert listing(object="ev-y", limit=100)[0] == [f"R{i}" for i in range(0, 12, 3)]
     assert listing(object="ev-none", page_size=1) == ([], 1)
+
+
+def test_pages_stay_under_the_message_limit_whatever_the_records_hold(api: Api) -> None:
+    """Partitions with 120 KiB of arguments each: a page of the default size would be far
+    above gRPC's 4 MiB limit; pages are cut at 2 MiB of records instead, and together they
+    still hold every partition once."""
+    store = api.replica.store
+    big = []
+    for i in range(40):
+        p = _partition(i)
+        p.name = f"big-{i:02d}"
+        p.spec.args.extend(["x" * 1024] * 120)
+        api.run(store.partitions.create(p, []))
+        big.append(p.name)
+    names: list[str] = []
+    token, pages = "", 0
+    while True:
+        reply = _list(api, name_prefix="big-", page_token=token)
+        assert reply.ByteSize() < 4 << 20
+        names += [p.name for p in reply.partitions]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert names == big and pages >= 3
+    for name in big:
+        api.run(store.etcd.delete(store.keys.partition(name)))
+
+
+def test_a_range_too_large_for_the_channel_is_read_in_smaller_pieces(
+        etcd_endpoint: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A channel that receives at most 1 MiB: 1000-key ranges of 100 KiB values do not fit
+    in one answer, and the store asks for fewer keys until they do."""
+    import asyncio
+
+    from controller.store import _endpoints
+    from controller.store.etcd import EtcdStore
+
+    small = [(k, v) for k, v in _endpoints.CHANNEL_OPTIONS
+             if k != "grpc.max_receive_message_length"]
+    monkeypatch.setattr(_endpoints, "CHANNEL_OPTIONS",
+                        [*small, ("grpc.max_receive_message_length", 1 << 20)])
+
+    async def scenario() -> None:
+        etcd = EtcdStore([etcd_endpoint])
+        for i in range(30):
+            await etcd.put(f"{prefix}/v{i:02d}", bytes([i]) * (100 << 10))
+        kvs, _ = await etcd.get_prefix_paged(prefix + "/")
+        assert [kv.value[0] for kv in kvs] == list(range(30))
+        assert all(len(kv.value) == 100 << 10 for kv in kvs)
+        etcd.close()
+
+    asyncio.run(scenario())
