@@ -82,6 +82,10 @@ def decode_token(token: str, listing: str, query: str) -> Cursor:
             or not isinstance(after, str) or not after or len(after) > 1024
             or type(revision) is not int or revision < 1):
         raise bad
+    try:
+        after.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON
+        raise bad from None
     return Cursor(after, revision)
 
 

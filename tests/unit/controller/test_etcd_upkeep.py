@@ -17,7 +17,7 @@ from inproc import FakeAgent, code_of, replica, wait_for
 from pyetcd import etcdrpc
 from viridian.v1 import controller_pb2 as cpb
 
-from controller.embedded import nospace_message
+from controller.embedded import Cluster, nospace_message
 from controller.errors import Compacted, StoreFull
 from controller.etcd_server import EtcdProcess, etcd_binary
 from controller.loops.compaction import CompactionLoop, EventTrimLoop
@@ -219,7 +219,8 @@ def test_nospace_is_resource_exhausted_with_what_to_do(tmp_path: Path) -> None:
             assert [n.name for n in api.stub.ListNodes(cpb.ListNodesRequest()).nodes] == ["n1"]
             healthy, reason = etcd.health()
             assert not healthy and "NOSPACE" in reason
-            assert "etcdctl alarm disarm" in nospace_message(reason)
+            up = Cluster(tmp_path, 0, "127.0.0.1:0", etcd=etcd)
+            assert "etcdctl alarm disarm" in nospace_message(up.etcd_alarm())
             assert nospace_message("") == ""
             # The recovery of docs/operations.md, with etcdctl.
             api.run(store.delete_prefix("/fill/"))
@@ -230,7 +231,7 @@ def test_nospace_is_resource_exhausted_with_what_to_do(tmp_path: Path) -> None:
             assert api.run(store.alarms()) == []
             node = api.stub.CordonNode(cpb.CordonNodeRequest(name="n1"))
             assert node.spec.cordoned
-            assert etcd.health() == (True, "")
+            assert etcd.health() == (True, "") and up.etcd_alarm() == ""
             agent.close()
     finally:
         etcd.stop()

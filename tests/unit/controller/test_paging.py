@@ -132,12 +132,26 @@ def test_pages_carry_epochs_of_their_revision(api: Api) -> None:
     encode_token("partitions", query_digest(node="", labels={}, phase=0, prefix=""),
                  "p-001", -3),
     "A" * 5000,
+    base64.urlsafe_b64encode(
+        b'{"v":1,"l":"partitions","q":"%s","a":"\\ud800","r":1}'
+        % query_digest(node="", labels={}, phase=0, prefix="").encode()).decode(),
 ], ids=["garbage", "not-json", "not-object", "string-revision", "other-list",
-        "other-filters", "future", "negative", "huge"])
+        "other-filters", "future", "negative", "huge", "lone-surrogate"])
 def test_hostile_page_tokens_are_invalid_arguments(api: Api, token: str) -> None:
     code, msg = code_of(lambda: _list(api, page_token=token))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "page_token" in msg
     assert "\n" not in msg
+
+
+def test_a_token_past_every_name_is_an_empty_last_page(api: Api) -> None:
+    query = query_digest(node="", labels={}, phase=0, prefix="p-01")
+    revision = api.run(api.replica.store.etcd.revision())
+    for after in ("\U0010ffff", "q", "p-02", "a"):
+        reply = _list(api, name_prefix="p-01",
+                      page_token=encode_token("partitions", query, after, revision))
+        names = [p.name for p in reply.partitions]
+        assert names == ([] if after != "a" else NAMES[10:20])
+        assert reply.next_page_token == ""
 
 
 def test_a_token_of_this_server_continues_only_its_listing(api: Api) -> None:
