@@ -10,6 +10,8 @@ from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
 from controller.api.paging import (
+    encode_token,
+    fitting,
     next_token,
     open_cursor,
     page_size,
@@ -84,11 +86,17 @@ class NodesApi:
                 after=cursor.after, revision=cursor.revision,
                 want=page_size(request.page_size))
         cache = self.ctx.store.cache
-        return cpb.ListNodesResponse(nodes=[
-            with_usage(n, allocs.get(n.name), n.name in alive,
-                       cache.drains.get(n.name, (None, 0))[0],
-                       cache.evictions.get(n.name, (None, 0))[0]) for n in page.items],
-            next_page_token=next_token("nodes", query, page))
+        nodes = [with_usage(n, allocs.get(n.name), n.name in alive,
+                            cache.drains.get(n.name, (None, 0))[0],
+                            cache.evictions.get(n.name, (None, 0))[0]) for n in page.items]
+        # Drains and evictions list partitions: a page of draining nodes can outgrow what
+        # the scan measured. Cut it there; the next page starts after the last one kept.
+        keep = fitting([n.ByteSize() for n in nodes])
+        if keep < len(nodes):
+            return cpb.ListNodesResponse(nodes=nodes[:keep], next_page_token=encode_token(
+                "nodes", query, nodes[keep - 1].name, page.revision))
+        return cpb.ListNodesResponse(nodes=nodes, next_page_token=next_token("nodes", query,
+                                                                             page))
 
     @map_errors
     async def GetNode(self, request: cpb.GetNodeRequest, context: Context) -> pb.Node:

@@ -17,13 +17,13 @@ import binascii
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from controller.errors import Compacted, InvalidArgument
 from controller.store import Store
-from controller.store.scan import ScanPage
+from controller.store.scan import BUDGET, ScanPage
 
 DEFAULT_PAGE = 500
 MAX_PAGE = 5000
@@ -87,6 +87,18 @@ def decode_token(token: str, listing: str, query: str) -> Cursor:
     except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON
         raise bad from None
     return Cursor(after, revision)
+
+
+def fitting(sizes: Sequence[int], budget: int = BUDGET) -> int:
+    """How many of the leading items (of these encoded sizes) fit in budget bytes: one at
+    least. For what a handler adds to stored records (a node's drain, with its list of
+    partitions) that the scan's budget did not count."""
+    used = 0
+    for i, size in enumerate(sizes):
+        used += size
+        if used > budget and i:
+            return i
+    return len(sizes)
 
 
 def next_token(listing: str, query: str, page: ScanPage[Any]) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 import pytest
-from inproc import Api, FakeAgent, code_of, replica
+from inproc import Api, FakeAgent, code_of, replica, wait_for
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
@@ -260,3 +260,41 @@ def test_a_range_too_large_for_the_channel_is_read_in_smaller_pieces(
         etcd.close()
 
     asyncio.run(scenario())
+
+
+def test_a_page_of_draining_nodes_is_cut_under_the_message_limit(api: Api) -> None:
+    """Each node's drain lists 25,000 partitions (about 1 MiB): five of them would make a
+    6 MiB answer. The page is cut where it would pass 2 MiB, and the next one goes on after
+    the last node sent."""
+    names = [f"drained-{i}" for i in range(5)]
+    for name in names:
+        FakeAgent(api, name, 2, 1 << 30).close()
+    nodes = api.replica.store.nodes
+    pending = [f"some-partition-name-{j:06d}" for j in range(25000)]
+    for name in names:
+        op = pb.NodeOperation(kind=pb.NodeOperation.KIND_DRAIN, node=name,
+                              state=pb.NodeOperation.STATE_RUNNING, pending=pending)
+        api.run(nodes.put_operation(op, 0, fenced=False))
+    cache = api.replica.store.cache
+    wait_for(lambda: all(n in cache.drains for n in names), what="drains in the cache")
+    seen: list[str] = []
+    token, pages = "", 0
+    while True:
+        reply = api.stub.ListNodes(cpb.ListNodesRequest(page_token=token))
+        assert reply.ByteSize() < 4 << 20
+        seen += [n.name for n in reply.nodes]
+        pages += 1
+        token = reply.next_page_token
+        if not token:
+            break
+    assert [n for n in seen if n.startswith("drained-")] == names
+    assert len(seen) == len(set(seen)) and pages >= 3
+
+
+def test_fitting_keeps_one_item_at_least() -> None:
+    from controller.api.paging import fitting
+
+    assert fitting([1, 1, 1], budget=2) == 2
+    assert fitting([5, 1], budget=2) == 1
+    assert fitting([], budget=2) == 0
+    assert fitting([1, 1], budget=10) == 2
