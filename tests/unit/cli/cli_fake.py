@@ -150,7 +150,9 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
     def ListPartitions(self, request: c.ListPartitionsRequest, context: Any) -> Any:
         parts = [p for _, p in sorted(self.partitions.items())
                  if all(p.spec.labels.get(k) == v for k, v in request.label_selector.items())
-                 and (not request.node or p.status.node == request.node)]
+                 and (not request.node or p.status.node == request.node)
+                 and (not request.phase or p.status.phase == request.phase)
+                 and p.name.startswith(request.name_prefix)]
         page, token = self._page(parts, request, context)
         return c.ListPartitionsResponse(partitions=page, next_page_token=token)
 

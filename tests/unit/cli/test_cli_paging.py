@@ -17,6 +17,8 @@ from controller.cli.errors import CliError
 from controller.cli.output import print_list, render_list
 from controller.cli.partitions import PARTITION_COLUMNS
 
+Phase = types_pb2.PartitionPhase
+
 
 def _fill(fake: FakeController, count: int) -> list[str]:
     names = [f"p-{i:05d}" for i in range(count)]
@@ -43,6 +45,22 @@ def test_ls_json_and_yaml_are_one_list_of_every_page(invoke: Invoke,
     assert fake.page_tokens == ["", "@500", "@1000"]
     got = yaml.safe_load(invoke("ls", "-o", "yaml").stdout)
     assert [p["name"] for p in got] == names
+
+
+def test_ls_passes_phase_and_prefix_to_the_server(invoke: Invoke,
+                                                  fake: FakeController) -> None:
+    _fill(fake, 30)
+    fake.partitions["p-00012"].status.phase = Phase.PARTITION_PHASE_FAILED
+    fake.partitions["p-00025"].status.phase = Phase.PARTITION_PHASE_FAILED
+    got = json.loads(invoke("ls", "-o", "json", "--phase", "Failed").stdout)
+    assert [p["name"] for p in got] == ["p-00012", "p-00025"]
+    got = json.loads(invoke("ls", "-o", "json", "--prefix", "p-0001").stdout)
+    assert [p["name"] for p in got] == [f"p-{i:05d}" for i in range(10, 20)]
+    got = json.loads(invoke("ls", "-o", "json", "--prefix", "p-0002", "--phase",
+                            "failed").stdout)
+    assert [p["name"] for p in got] == ["p-00025"]
+    bad = invoke("ls", "--phase", "sleeping")
+    assert bad.exit_code == 2 and "'sleeping' is not one of" in bad.stderr
 
 
 def test_an_empty_list_is_an_empty_json_list(invoke: Invoke, fake: FakeController) -> None:
