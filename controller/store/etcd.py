@@ -8,6 +8,8 @@ failover does not cover the raw stubs (KV calls stayed on a dead member forever)
 first endpoint at random, and blacklists a failed endpoint for 300 s (see _endpoints.py).
 
 What a failure means to the caller (every etcd failure leaves this module as a StoreError):
+- StoreFull: etcd raised its NOSPACE alarm and refuses writes until an operator frees space
+  (the message says how); Compacted: a read at a revision older than etcd's history.
 - Reads and lease revoke/keepalive/time-to-live are idempotent: they are retried on the next
   member within the call's deadline; StoreUnavailable means no member answered in time.
 - put, delete, txn and grant_lease are not retried: on a connectivity failure the store
@@ -246,6 +248,11 @@ class EtcdStore:
         if descending:
             req.sort_order = etcdrpc.RangeRequest.DESCEND
             req.sort_target = etcdrpc.RangeRequest.KEY
+        return await self._range_pieces(req)
+
+    async def _range_pieces(self, req: Any) -> Page:
+        """One limited range; asked again for half as many keys while the answer is too
+        large for the channel."""
         while True:
             try:
                 resp = await self._range(req)
@@ -255,16 +262,15 @@ class EtcdStore:
                     raise
                 req.limit = max(1, req.limit // 2)
         kvs = [kv_from_pb(kv) for kv in resp.kvs]
-        return Page(kvs, revision or int(resp.header.revision), bool(resp.more) and bool(kvs))
+        return Page(kvs, req.revision or int(resp.header.revision),
+                    bool(resp.more) and bool(kvs))
 
     async def range_keys(self, first: str, last: str, revision: int, limit: int = 1000
                          ) -> Page:
         """At most `limit` keys from `first` to `last` (both included) at `revision`."""
-        resp = await self._range(etcdrpc.RangeRequest(
+        return await self._range_pieces(etcdrpc.RangeRequest(
             key=first.encode(), range_end=last.encode() + b"\0", limit=limit,
             revision=revision))
-        kvs = [kv_from_pb(kv) for kv in resp.kvs]
-        return Page(kvs, revision or int(resp.header.revision), bool(resp.more) and bool(kvs))
 
     async def count_prefix(self, prefix: str) -> int:
         """How many keys are under prefix (etcd counts; no key is sent)."""
