@@ -25,11 +25,11 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.cli.credentials import forget_cluster, save_cluster
+from controller.errors import NOSPACE_HINT
 from controller.etcd_server import DEFAULT_QUOTA_BYTES, EtcdProcess, EtcdStartError
 from controller.ports import default_agent_listen
 from controller.security.files import ClusterPki
 from controller.security.tls import controller_options, token_credentials
-from controller.store._errors import NOSPACE_HINT
 
 STOP_GRACE_S = 5.0
 HEALTH_EVERY_S = 5.0  # how often `up` asks etcd whether it raised an alarm

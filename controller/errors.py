@@ -65,6 +65,16 @@ class NotLeader(Conflict):
     pass
 
 
+#: What a StoreFull says: etcd keeps refusing writes until an operator acts.
+NOSPACE_HINT = (
+    "etcd is out of space (its NOSPACE alarm is raised: the database reached "
+    "--quota-backend-bytes) and refuses every write until an operator frees space: "
+    "compact its history (etcdctl compact REVISION, the current revision from "
+    "`etcdctl endpoint status -w json`), defragment every member (etcdctl defrag --cluster), "
+    "then disarm the alarm (etcdctl alarm disarm); see docs/operations.md, \"etcd is full\""
+)
+
+
 class StoreFull(StoreError):
     pass
 

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from typing import Final
 
-from controller.errors import Compacted, StoreError, StoreFull, StoreUnavailable
+from controller.errors import (
+    NOSPACE_HINT,
+    Compacted,
+    StoreError,
+    StoreFull,
+    StoreUnavailable,
+)
 from controller.store._endpoints import describe, details_of
 
 NOSPACE_TEXT: Final = "database space exceeded"
@@ -21,14 +27,6 @@ TOO_LARGE_TEXT: Final = "larger than max"  # gRPC: "Received message larger than
 class ResponseTooLarge(StoreUnavailable):
     """An answer above the channel's receive limit: a range to ask again in smaller pages
     (EtcdStore.range_page does)."""
-
-NOSPACE_HINT: Final = (
-    "etcd is out of space (its NOSPACE alarm is raised: the database reached "
-    "--quota-backend-bytes) and refuses every write until an operator frees space: "
-    "compact its history (etcdctl compact REVISION, the current revision from "
-    "`etcdctl endpoint status -w json`), defragment every member (etcdctl defrag --cluster), "
-    "then disarm the alarm (etcdctl alarm disarm); see docs/operations.md, \"etcd is full\""
-)
 
 
 def is_nospace(err: BaseException) -> bool:
