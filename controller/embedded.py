@@ -25,12 +25,14 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from controller.cli.credentials import forget_cluster, save_cluster
-from controller.etcd_server import EtcdProcess, EtcdStartError
+from controller.errors import NOSPACE_HINT
+from controller.etcd_server import DEFAULT_QUOTA_BYTES, EtcdProcess, EtcdStartError
 from controller.ports import default_agent_listen
 from controller.security.files import ClusterPki
 from controller.security.tls import controller_options, token_credentials
 
 STOP_GRACE_S = 5.0
+HEALTH_EVERY_S = 5.0  # how often `up` asks etcd whether it raised an alarm
 DEFAULT_NODE_MEMORY = 8 << 30
 
 
@@ -44,6 +46,7 @@ class Cluster:
     node_memory: int = 0
     insecure: bool = False
     agent_listen: str = ""
+    etcd_quota: int = DEFAULT_QUOTA_BYTES
     etcd: EtcdProcess | None = None
     controller: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -100,7 +103,8 @@ class Cluster:
             host = self.listen.rsplit(":", 1)[0]
             tls_dir = self.pki.etcd("embedded", [host]).path
             save_cluster(self.listen, self.pki.ca().cert_pem, self.admin_token())
-        self.etcd = EtcdProcess(self.data_dir / "etcd", tls_dir=tls_dir)
+        self.etcd = EtcdProcess(self.data_dir / "etcd", tls_dir=tls_dir,
+                                quota_bytes=self.etcd_quota)
         self.etcd.start()
         self.controller = self._cli(*self.controller_args(), log=logs / "controller.log")
         wait_serving(self.listen, self.controller, logs / "controller.log", self.ca_pem())
@@ -135,6 +139,13 @@ class Cluster:
         if self.etcd and self.etcd.proc and self.etcd.proc.poll() is not None:
             return f"etcd exited with code {self.etcd.proc.returncode}"
         return ""
+
+    def etcd_alarm(self) -> str:
+        """The reason etcd gives for being unhealthy ("" when healthy), e.g. "ALARM NOSPACE"."""
+        if self.etcd is None:
+            return ""
+        healthy, reason = self.etcd.health()
+        return "" if healthy else reason
 
     def stop(self) -> None:
         procs = [p for p in self.agents.values() if p.poll() is None]
@@ -204,9 +215,17 @@ def wait_serving(address: str, proc: subprocess.Popen[bytes], log: Path,
     raise RuntimeError(f"controller not serving on {address} after {timeout:.0f}s; see {log}")
 
 
+def nospace_message(reason: str) -> str:
+    """What `up` prints when etcd is unhealthy ("" when it is not for lack of space)."""
+    if "NOSPACE" not in reason:
+        return ""
+    return f"error: {NOSPACE_HINT}"
+
+
 def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50051",
-                         insecure: bool = False) -> int:
-    cluster = Cluster(data_dir.resolve(), nodes, listen, insecure=insecure)
+                         insecure: bool = False, etcd_quota: int = DEFAULT_QUOTA_BYTES) -> int:
+    cluster = Cluster(data_dir.resolve(), nodes, listen, insecure=insecure,
+                      etcd_quota=etcd_quota)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -226,12 +245,20 @@ def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50
                   f"(CA and certificates in {cluster.data_dir / 'pki'})", flush=True)
         print(f"Try: viridian --controller {listen} nodes    (Ctrl-C stops everything)",
               flush=True)
+        warned = False
+        next_health = 0.0
         while not stop.wait(0.5):
             problem = cluster.failed()
             if problem:
                 print(f"error: {problem}", file=sys.stderr, flush=True)
                 code = 1
                 break
+            if time.monotonic() >= next_health:
+                next_health = time.monotonic() + HEALTH_EVERY_S
+                hint = nospace_message(cluster.etcd_alarm())
+                if hint and not warned:
+                    print(hint, file=sys.stderr, flush=True)
+                warned = bool(hint)
     except (EtcdStartError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         code = 1

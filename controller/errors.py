@@ -11,6 +11,10 @@
     └── StoreError            etcd trouble (raised by the store layer only)
         ├── Conflict          a compare in a transaction failed: retry with a fresh read (ABORTED)
         │   └── NotLeader     a leader-only write, and this replica does not lead (any more)
+        ├── StoreFull     etcd's NOSPACE alarm: writes refused until an operator frees space
+        │                 (RESOURCE_EXHAUSTED, with what to do)
+        ├── Compacted     a read at a revision etcd has compacted away (a paged list that
+        │                 must start again): ABORTED
         └── StoreUnavailable  etcd cannot be reached: UNAVAILABLE
 """
 
@@ -66,6 +70,24 @@ class Conflict(StoreError):
 
 
 class NotLeader(Conflict):
+    pass
+
+
+#: What a StoreFull says: etcd keeps refusing writes until an operator acts.
+NOSPACE_HINT = (
+    "etcd is out of space (its NOSPACE alarm is raised: the database reached "
+    "--quota-backend-bytes) and refuses every write until an operator frees space: "
+    "compact its history (etcdctl compact REVISION, the current revision from "
+    "`etcdctl endpoint status -w json`), defragment every member (etcdctl defrag --cluster), "
+    "then disarm the alarm (etcdctl alarm disarm); see docs/operations.md, \"etcd is full\""
+)
+
+
+class StoreFull(StoreError):
+    pass
+
+
+class Compacted(StoreError):
     pass
 
 

@@ -13,6 +13,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+DEFAULT_QUOTA_BYTES = 2 << 30
+# etcd's own compaction, a safety net under the leader's (controller/loops/compaction.py):
+# history older than this goes even while no controller runs.
+AUTO_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
+
 
 class EtcdStartError(Exception):
     pass
@@ -37,14 +42,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class EtcdProcess:
     """One etcd member with its data under data_dir; ports are kept in data_dir/ports.json
-    so that a restart on the same data dir finds the same member. extra_args are appended to
-    etcd's command line (e.g. a bigger --quota-backend-bytes for benchmarks)."""
+    so that a restart on the same data dir finds the same member. It runs with periodic
+    auto-compaction and an explicit backend quota (quota_bytes; etcd refuses writes beyond it
+    with its NOSPACE alarm). extra_args are appended to etcd's command line (and win over
+    these settings)."""
 
     def __init__(
         self, data_dir: Path, host: str = "127.0.0.1", name: str = "viridian",
         extra_args: Sequence[str] = (), tls_dir: Path | None = None,
+        quota_bytes: int = DEFAULT_QUOTA_BYTES,
     ) -> None:
         self.data_dir = data_dir
+        self.quota_bytes = quota_bytes
         self.host = host
         self.name = name
         self.extra_args = list(extra_args)
@@ -96,6 +105,7 @@ class EtcdProcess:
                     "--initial-cluster", f"{self.name}={peer}",
                     "--listen-metrics-urls", f"http://{self.host}:{self.metrics_port}",
                     "--log-level", "warn",
+                    *self._size_args(),
                     *tls,
                     *self.extra_args,
                 ],
@@ -103,22 +113,46 @@ class EtcdProcess:
             )
         self.wait_ready(timeout)
 
+    def _size_args(self) -> list[str]:
+        """Quota and auto-compaction, unless extra_args set them."""
+        args: list[str] = []
+        if "--quota-backend-bytes" not in self.extra_args:
+            args += ["--quota-backend-bytes", str(self.quota_bytes)]
+        if "--auto-compaction-mode" not in self.extra_args:
+            args += AUTO_COMPACTION
+        return args
+
     def wait_ready(self, timeout: float) -> None:
+        """Until etcd answers healthy, or healthy but full (NOSPACE: it serves reads, and
+        the controller reports what to do)."""
         deadline = time.monotonic() + timeout
-        url = f"http://{self.host}:{self.metrics_port}/health"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise EtcdStartError(
                     f"etcd exited with code {self.proc.returncode}; see {self.data_dir}/etcd.log"
                 )
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if json.loads(resp.read()).get("health") == "true":
-                        return
-            except (urllib.error.URLError, OSError, ValueError):
-                pass
+            healthy, reason = self.health()
+            if healthy or "NOSPACE" in reason:
+                return
             time.sleep(0.05)
         raise EtcdStartError(f"etcd did not become healthy within {timeout:.0f}s")
+
+    def health(self) -> tuple[bool, str]:
+        """etcd's own health check: (healthy, reason), e.g. (False, "ALARM NOSPACE")."""
+        url = f"http://{self.host}:{self.metrics_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.HTTPError as err:  # 503 with the same JSON body
+            try:
+                data = json.loads(err.read())
+            except ValueError:
+                return False, f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            return False, str(err)
+        if not isinstance(data, dict):
+            return False, "unreadable health answer"
+        return data.get("health") == "true", str(data.get("reason", ""))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -26,6 +26,8 @@ CODES: tuple[tuple[type[e.ViridianError], grpc.StatusCode], ...] = (
     (e.OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
     (e.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (e.Conflict, grpc.StatusCode.ABORTED),
+    (e.StoreFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.Compacted, grpc.StatusCode.ABORTED),
     (e.StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 

@@ -36,6 +36,7 @@ from controller.images.local import LocalBlobStore
 from controller.images.peers import BlobPeers
 from controller.images.registry import RegistryBlobStore
 from controller.leader import LeaderElector
+from controller.loops.compaction import DEFAULT_COMPACT_EVERY_S, CompactionLoop, EventTrimLoop
 from controller.loops.scheduling import SchedulingLoop
 from controller.partitions.actions import PartitionActions
 from controller.partitions.drain import DrainLoop
@@ -48,6 +49,7 @@ from controller.security.pki import KeyPair
 from controller.security.tls import Dialer, TlsConfig
 from controller.security.tokens import parse_token, secret_digest
 from controller.store import EtcdStore, Store, now_ts
+from controller.store.events import DEFAULT_MAX_EVENTS
 from controller.store.replicas import ReplicaPresence
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ class ControllerConfig:
     blob_registry_ca: Path | None = None
     max_image_bytes: int = MAX_IMAGE_BYTES
     image_gc_grace_s: float = DEFAULT_GRACE_S
+    compact_every: float = DEFAULT_COMPACT_EVERY_S  # seconds of etcd history kept (leader)
+    max_events: int = DEFAULT_MAX_EVENTS            # events kept at most (and 1 h at most)
 
 
 class ControllerReplica:
@@ -162,6 +166,8 @@ class ControllerReplica:
         self.scheduling = SchedulingLoop(self.store, config.scheduler)
         self.node_lifecycle = NodeLifecycleLoop(self.store, self.actions)
         self.drains = DrainLoop(self.store, self.actions)
+        self.compaction = CompactionLoop(self.store, config.compact_every)
+        self.event_trim = EventTrimLoop(self.store, config.max_events)
         self.elector = LeaderElector(
             self.store.leader, self.identity, config.lease_ttl,
             self._on_elected, self._on_lost,
@@ -195,6 +201,8 @@ class ControllerReplica:
         self.scheduling.start()
         self.node_lifecycle.start()
         self.drains.start()
+        self.compaction.start()
+        self.event_trim.start()
         await self.store.events.record("Controller", self.identity, "LeaderElected",
                                        "now leading")
 
@@ -202,6 +210,8 @@ class ControllerReplica:
         await self.scheduling.stop()
         await self.node_lifecycle.stop()
         await self.drains.stop()
+        await self.compaction.stop()
+        await self.event_trim.stop()
 
     async def start(self) -> None:
         await self.blobs.start()

@@ -10,6 +10,13 @@ from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
 from controller.api.context import ApiContext
+from controller.api.paging import (
+    next_token,
+    open_cursor,
+    page_size,
+    query_digest,
+    restart_if_compacted,
+)
 from controller.errors import FailedPrecondition, InvalidArgument
 from controller.grpc_errors import Context, map_errors, map_stream_errors
 from controller.images.resolve import resolve
@@ -52,15 +59,23 @@ class PartitionsApi:
     async def ListPartitions(
         self, request: cpb.ListPartitionsRequest, context: Context
     ) -> cpb.ListPartitionsResponse:
-        out = []
-        for sp in await self.ctx.store.partitions.read_all():
-            p = sp.partition
-            if request.node and p.status.node != request.node:
-                continue
-            if any(p.spec.labels.get(k) != v for k, v in request.label_selector.items()):
-                continue
-            out.append(p)
-        return cpb.ListPartitionsResponse(partitions=out)
+        """A page of partitions by name, filtered here (node, labels, phase, name prefix)."""
+        selector = dict(request.label_selector)
+        query = query_digest(node=request.node, labels=selector, phase=request.phase,
+                             prefix=request.name_prefix)
+        cursor = await open_cursor(self.ctx.store, request.page_token, "partitions", query)
+
+        def keep(p: pb.Partition) -> bool:
+            return ((not request.node or p.status.node == request.node)
+                    and (not request.phase or p.status.phase == request.phase)
+                    and all(p.spec.labels.get(k) == v for k, v in selector.items()))
+
+        with restart_if_compacted(cursor):
+            page = await self.ctx.store.partitions.page(
+                keep, name_prefix=request.name_prefix, after=cursor.after,
+                revision=cursor.revision, want=page_size(request.page_size))
+        return cpb.ListPartitionsResponse(
+            partitions=page.items, next_page_token=next_token("partitions", query, page))
 
     async def WatchPartitions(
         self, request: cpb.WatchPartitionsRequest, context: Context

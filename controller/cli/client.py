@@ -8,20 +8,23 @@ only with --insecure.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import click
 import grpc
 from viridian.v1 import controller_pb2_grpc
 
 from controller.cli.credentials import lookup
-from controller.cli.errors import ConnectError
+from controller.cli.errors import CliError, ConnectError
 from controller.security.tls import controller_options, token_credentials
 
 __all__ = [
     "DEFAULT_CONTROLLER",
     "ChannelOptions",
     "ControllerClient",
+    "paged",
     "parse_addresses",
     "probe",
 ]
@@ -134,3 +137,29 @@ def cancel(call: object) -> None:
     method = getattr(call, "cancel", None)
     if callable(method):
         method()
+
+
+class _Paged(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+R = TypeVar("R", bound=_Paged)
+T = TypeVar("T")
+
+
+def paged(fetch: Callable[[str], R], items: Callable[[R], Sequence[T]]) -> Iterator[T]:
+    """Every item of a paged list, page after page as they arrive: fetch(page_token) from
+    "" until a reply's next_page_token is "" (the server reads every page at the revision
+    of the first, so together they are one consistent list)."""
+    token = ""
+    seen: set[str] = set()
+    while True:
+        reply = fetch(token)
+        yield from items(reply)
+        token = reply.next_page_token
+        if not token:
+            return
+        if token in seen:
+            raise CliError("the controller sent the same page token twice; list again")
+        seen.add(token)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Sequence
 
 import click
 from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
-from controller.cli.client import cancel
-from controller.cli.output import Column, age, dump, message_data, render_list
+from controller.cli.client import cancel, paged
+from controller.cli.output import Column, age, dump, message_data, print_list
 from controller.cli.params import output_option
 
 __all__ = ["COMMANDS", "EVENT_COLUMNS", "watch_line"]
@@ -62,12 +63,13 @@ def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, audit: boo
     def wanted(event: E) -> bool:
         return (event.kind == AUDIT) == audit
 
-    request = controller_pb2.ListEventsRequest(object=obj)
-    events = [e for e in stub.ListEvents(request).events if wanted(e)]
+    kept = paged(lambda token: stub.ListEvents(controller_pb2.ListEventsRequest(
+        object=obj, page_token=token)), lambda reply: reply.events)
+    events: Iterable[E] = (e for e in kept if wanted(e))
     if limit:
-        events = events[-limit:]
+        events = deque(events, maxlen=limit)  # the newest N of the kind asked for
     if not watch:
-        click.echo(render_list(events, EVENT_COLUMNS, output))
+        print_list(events, EVENT_COLUMNS, output, click.echo)
         return
     # Watch: the kept events first, then new ones; JSON is one object per line, YAML documents.
     shown = [c for c in EVENT_COLUMNS if output == "wide" or not c.wide]

@@ -6,7 +6,7 @@ import click
 from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
-from controller.cli.client import cancel
+from controller.cli.client import cancel, paged
 from controller.cli.errors import CliError
 from controller.cli.output import (
     Column,
@@ -16,8 +16,8 @@ from controller.cli.output import (
     labels_text,
     message_data,
     node_state_name,
+    print_list,
     render_item,
-    render_list,
     render_table,
     time_text,
 )
@@ -105,8 +105,9 @@ def nodes_cmd(ctx: click.Context, output: str, plan: bool) -> None:
     """List nodes (or, with --plan, check spare capacity)."""
     stub = get_client(ctx).stub
     if not plan:
-        reply = stub.ListNodes(controller_pb2.ListNodesRequest())
-        click.echo(render_list(list(reply.nodes), NODE_COLUMNS, output))
+        nodes = paged(lambda token: stub.ListNodes(controller_pb2.ListNodesRequest(
+            page_token=token)), lambda reply: reply.nodes)
+        print_list(nodes, NODE_COLUMNS, output, click.echo)
         return
     result = stub.PlanCapacity(controller_pb2.PlanCapacityRequest())
     if output in ("json", "yaml"):

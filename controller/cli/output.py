@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ __all__ = [
     "message_data",
     "node_state_name",
     "phase_name",
+    "print_list",
     "render_item",
     "render_list",
     "render_table",
@@ -141,6 +143,36 @@ def render_list(
         return dump([to_data(item) for item in items], fmt)
     shown = _visible(columns, fmt)
     return render_table([c.header for c in shown], ([c.value(i) for c in shown] for i in items))
+
+
+def print_list(
+    items: Iterable[T],
+    columns: Sequence[Column[T]],
+    fmt: str,
+    echo: Callable[..., None],
+    *,
+    data: Callable[[T], Any] | None = None,
+) -> None:
+    """render_list for a list that arrives in pages: JSON and YAML print each item as it
+    comes (the same text render_list makes of the whole list); a table measures its columns
+    over every row, so it prints once all have arrived."""
+    if fmt not in ("json", "yaml"):
+        echo(render_list(list(items), columns, fmt, data=data))
+        return
+    to_data = data or _default_data
+    first = True
+    for item in items:
+        if fmt == "json":
+            text = textwrap.indent(json.dumps(to_data(item), indent=2), "  ")
+            echo(("[\n" if first else ",\n") + text, nl=False)
+        else:
+            echo(yaml.safe_dump([to_data(item)], sort_keys=False, default_flow_style=False),
+                 nl=False)
+        first = False
+    if first:
+        echo("[]")
+    elif fmt == "json":
+        echo("\n]")
 
 
 def render_item(

@@ -18,7 +18,7 @@ from controller.cli._spec import (
 )
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
-from controller.cli.client import cancel
+from controller.cli.client import cancel, paged
 from controller.cli.errors import CliError
 from controller.cli.output import (
     Column,
@@ -27,8 +27,8 @@ from controller.cli.output import (
     enum_name,
     labels_text,
     phase_name,
+    print_list,
     render_item,
-    render_list,
     time_text,
 )
 from controller.cli.params import DURATION, KEY_VALUE, output_option
@@ -131,19 +131,31 @@ def create_cmd(ctx: click.Context, /, name: str, args: tuple[str, ...], start: b
     click.echo(f"partition {part.name} created ({phase_name(part.status)})")
 
 
+PHASES = {name.removeprefix("PARTITION_PHASE_").lower(): value
+          for name, value in Phase.items() if value != Phase.PARTITION_PHASE_UNSPECIFIED}
+
+
 @click.command("ls")
 @click.option("-l", "--selector", "selector", type=KEY_VALUE, multiple=True, metavar="K=V",
               help="Only partitions with this label (repeatable: all must match).")
 @click.option("--node", default="", help="Only partitions bound to this node.")
+@click.option("--phase", type=click.Choice(sorted(PHASES), case_sensitive=False),
+              help="Only partitions in this phase.")
+@click.option("--prefix", "name_prefix", default="", metavar="TEXT",
+              help="Only partitions whose name starts with TEXT.")
 @output_option
 @click.pass_context
 def ls_cmd(ctx: click.Context, selector: Sequence[tuple[str, str]], node: str,
-           output: str) -> None:
-    """List partitions."""
-    reply = get_client(ctx).stub.ListPartitions(
-        controller_pb2.ListPartitionsRequest(label_selector=dict(selector), node=node)
-    )
-    click.echo(render_list(list(reply.partitions), PARTITION_COLUMNS, output))
+           phase: str | None, name_prefix: str, output: str) -> None:
+    """List partitions (the controller filters them, and sends them in pages)."""
+    stub = get_client(ctx).stub
+    parts = paged(
+        lambda token: stub.ListPartitions(controller_pb2.ListPartitionsRequest(
+            label_selector=dict(selector), node=node, page_token=token,
+            phase=PHASES[phase.lower()] if phase else Phase.PARTITION_PHASE_UNSPECIFIED,
+            name_prefix=name_prefix)),
+        lambda reply: reply.partitions)
+    print_list(parts, PARTITION_COLUMNS, output, click.echo)
 
 
 @click.command("get")

@@ -43,9 +43,12 @@ def default_data_dir() -> Path:
               "(default: ~/.local/share/viridian, or ./.viridian).")
 @click.option("--listen", default="127.0.0.1:50051", show_default=True,
               help="Address the controller serves the API on (agents use the next port).")
+@click.option("--etcd-quota", type=SIZE, default="2Gi", show_default=True,
+              help="Size etcd's database may reach before etcd refuses writes (NOSPACE).")
 @click.option("--insecure", is_flag=True,
               help="No TLS, no authentication (development only).")
-def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> None:
+def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
+           insecure: bool) -> None:
     """Run a whole cluster (etcd, a controller, N agents) in the foreground.
 
     It makes a cluster CA and every certificate it needs under the data dir, and saves
@@ -57,7 +60,7 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> No
     if insecure:
         click.echo(INSECURE_WARNING, err=True)
     sys.exit(run_embedded_cluster(nodes=nodes, data_dir=data_dir or default_data_dir(),
-                                  listen=listen, insecure=insecure))
+                                  listen=listen, insecure=insecure, etcd_quota=etcd_quota))
 
 
 @click.command("controller")
@@ -76,6 +79,12 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> No
 @click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path),
               help="ca.pem, cert.pem, key.pem [, ca-key.pem to sign node joins, tokens to "
               "bootstrap] (see `viridian certs`).")
+@click.option("--compact-every", type=click.FloatRange(min=1), default=300, show_default=True,
+              help="Seconds between compactions of etcd's history by the leader; the newest "
+              "period of history is kept (watches and paged lists that far behind still work).")
+@click.option("--max-events", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Events kept at most (the leader deletes the oldest beyond; none is kept "
+              "more than an hour).")
 @click.option("--insecure", is_flag=True, help="Plaintext, no authentication.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where this replica keeps image blobs (default: "
@@ -89,6 +98,7 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, insecure: bool) -> No
               help="Largest image a push may send (default 8Gi).")
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
+                   compact_every: float, max_events: int,
                    insecure: bool, data_dir: Path | None, blob_registry: str,
                    blob_registry_ca: Path | None, max_image_size: int | None) -> None:
     """Run a controller replica."""
@@ -106,7 +116,8 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
                               agent_listen=agent_listen, advertise=advertise,
                               data_dir=data_dir or default_data_dir() /
                               f"controller-{listen.rsplit(':', 1)[-1]}",
-                              blob_registry=blob_registry, blob_registry_ca=blob_registry_ca)
+                              blob_registry=blob_registry, blob_registry_ca=blob_registry_ca,
+                              compact_every=compact_every, max_events=max_events)
     if blob_registry and not blob_registry.startswith(("http://", "https://")):
         raise click.BadParameter("expected http://HOST:PORT or https://HOST:PORT",
                                  param_hint="'--blob-registry'")

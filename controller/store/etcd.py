@@ -8,6 +8,8 @@ failover does not cover the raw stubs (KV calls stayed on a dead member forever)
 first endpoint at random, and blacklists a failed endpoint for 300 s (see _endpoints.py).
 
 What a failure means to the caller (every etcd failure leaves this module as a StoreError):
+- StoreFull: etcd raised its NOSPACE alarm and refuses writes until an operator frees space
+  (the message says how); Compacted: a read at a revision older than etcd's history.
 - Reads and lease revoke/keepalive/time-to-live are idempotent: they are retried on the next
   member within the call's deadline; StoreUnavailable means no member answered in time.
 - put, delete, txn and grant_lease are not retried: on a connectivity failure the store
@@ -37,6 +39,7 @@ from pyetcd import etcdrpc
 
 from controller.errors import StoreUnavailable
 from controller.store._endpoints import HASLEADER, Endpoint, Endpoints, describe, is_failover
+from controller.store._errors import ResponseTooLarge, store_error
 from controller.store._keepalive import LeaseKeepAliver
 from controller.store._kv import KV, WatchEvent, kv_from_pb, prefix_end
 from controller.store._watch import PrefixWatch
@@ -45,7 +48,9 @@ __all__ = [
     "KV",
     "Compare",
     "EtcdStore",
+    "MemberStatus",
     "Op",
+    "Page",
     "TxnResult",
     "WatchEvent",
     "build_txn",
@@ -85,6 +90,26 @@ class Op:
 class TxnResult:
     succeeded: bool
     revision: int
+
+
+@dataclass(frozen=True)
+class Page:
+    """One range read: the keys, the revision they were read at, whether more follow."""
+
+    kvs: list[KV]
+    revision: int
+    more: bool
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    """What one member says of itself (etcd's Maintenance.Status)."""
+
+    address: str
+    db_size: int      # bytes of the backend file, free pages included
+    revision: int
+    leader: int
+    member_id: int
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
@@ -147,15 +172,17 @@ class EtcdStore:
 
     # -- calls ---------------------------------------------------------------------------
 
-    async def _call(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool) -> Any:
+    async def _call(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool,
+                    timeout: float = 0.0) -> Any:
         loop = asyncio.get_running_loop()
-        run = functools.partial(self._invoke, pick, request, idempotent)
+        run = functools.partial(self._invoke, pick, request, idempotent, timeout)
         return await loop.run_in_executor(self._pool, run)
 
-    def _invoke(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool) -> Any:
+    def _invoke(self, pick: Callable[[Endpoint], Rpc], request: Any, idempotent: bool,
+                timeout: float = 0.0) -> Any:
         """One call, on a pool thread: on the current member, then (idempotent calls only)
         on the next ones while the deadline allows, each member at most once."""
-        deadline = time.monotonic() + self._timeout
+        deadline = time.monotonic() + (timeout or self._timeout)
         tries = len(self._endpoints) if idempotent else 1
         for attempt in range(1, tries + 1):
             ep = self._endpoints.current()
@@ -166,7 +193,7 @@ class EtcdStore:
                 return pick(ep)(request, timeout=budget, metadata=HASLEADER)
             except grpc.RpcError as err:
                 if not is_failover(err):
-                    raise StoreUnavailable(f"etcd {ep.address}: {describe(err)}") from err
+                    raise store_error(ep.address, err) from err
                 self._endpoints.advance_from(ep, describe(err))
                 if last or deadline - time.monotonic() < MIN_ATTEMPT_S:
                     raise StoreUnavailable(f"etcd {ep.address}: {describe(err)}") from err
@@ -182,28 +209,79 @@ class EtcdStore:
         return kv_from_pb(resp.kvs[0]) if resp.kvs else None
 
     async def get_prefix(self, prefix: str) -> tuple[list[KV], int]:
-        """All keys under prefix, sorted by key, and the store revision they were read at."""
-        resp = await self._range(
-            etcdrpc.RangeRequest(key=prefix.encode(), range_end=prefix_end(prefix)))
-        return [kv_from_pb(kv) for kv in resp.kvs], int(resp.header.revision)
+        """All keys under prefix, sorted by key, and the store revision they were read at
+        (in pages: see get_prefix_paged)."""
+        return await self.get_prefix_paged(prefix)
 
     async def get_prefix_paged(
         self, prefix: str, revision: int = 0, page: int = 1000
     ) -> tuple[list[KV], int]:
-        """Like get_prefix, in pages of `page` keys all read at one revision (`revision`, or
-        the first page's): a single range of a large prefix would exceed gRPC's 4 MiB limit.
-        Returns the keys and the revision they were read at."""
-        end = prefix_end(prefix)
-        start = prefix.encode()
+        """Every key under prefix, in pages of `page` keys all read at one revision
+        (`revision`, or the first page's): a single range of a large prefix would exceed
+        gRPC's 4 MiB limit. Returns the keys and the revision they were read at. Raises
+        Compacted when `revision` is older than etcd's compacted revision."""
         out: list[KV] = []
-        while start:
-            resp = await self._range(
-                etcdrpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision))
-            out.extend(kv_from_pb(kv) for kv in resp.kvs)
-            revision = revision or int(resp.header.revision)
-            more = bool(resp.more) and bool(resp.kvs)
-            start = (bytes(resp.kvs[-1].key) + b"\0") if more else b""
-        return out, revision
+        after: str | None = None
+        while True:
+            got = await self.range_page(prefix, after, revision, page)
+            out.extend(got.kvs)
+            revision = got.revision
+            if not got.more:
+                return out, revision
+            after = got.kvs[-1].key
+
+    async def range_page(self, prefix: str, after: str | None = None, revision: int = 0,
+                         limit: int = 1000, *, keys_only: bool = False,
+                         descending: bool = False) -> Page:
+        """At most `limit` keys under prefix, in key order (or reversed), starting after the
+        full key `after` (before it when descending; None: from the start), read at
+        `revision` (0: now). Raises Compacted when `revision` was compacted away. An answer
+        too large for the channel (large values) is asked again for half as many keys."""
+        start, end = prefix.encode(), prefix_end(prefix)
+        if after is not None:
+            if descending:
+                end = after.encode()
+            else:
+                start = after.encode() + b"\0"
+        req = etcdrpc.RangeRequest(
+            key=start, range_end=end, limit=limit, revision=revision, keys_only=keys_only)
+        if descending:
+            req.sort_order = etcdrpc.RangeRequest.DESCEND
+            req.sort_target = etcdrpc.RangeRequest.KEY
+        return await self._range_pieces(req)
+
+    async def _range_pieces(self, req: Any) -> Page:
+        """One limited range; asked again for half as many keys while the answer is too
+        large for the channel."""
+        while True:
+            try:
+                resp = await self._range(req)
+                break
+            except ResponseTooLarge:
+                if req.limit == 1:
+                    raise
+                req.limit = max(1, req.limit // 2)
+        kvs = [kv_from_pb(kv) for kv in resp.kvs]
+        return Page(kvs, req.revision or int(resp.header.revision),
+                    bool(resp.more) and bool(kvs))
+
+    async def range_keys(self, first: str, last: str, revision: int, limit: int = 1000
+                         ) -> Page:
+        """At most `limit` keys from `first` to `last` (both included) at `revision`."""
+        return await self._range_pieces(etcdrpc.RangeRequest(
+            key=first.encode(), range_end=last.encode() + b"\0", limit=limit,
+            revision=revision))
+
+    async def count_prefix(self, prefix: str) -> int:
+        """How many keys are under prefix (etcd counts; no key is sent)."""
+        resp = await self._range(etcdrpc.RangeRequest(
+            key=prefix.encode(), range_end=prefix_end(prefix), count_only=True))
+        return int(resp.count)
+
+    async def revision(self) -> int:
+        """The store's current revision (one cheap read)."""
+        resp = await self._range(etcdrpc.RangeRequest(key=b"\0", count_only=True))
+        return int(resp.header.revision)
 
     # -- writes (not retried: StoreUnavailable means "maybe applied") ---------------------
 
@@ -222,12 +300,59 @@ class EtcdStore:
         resp = await self._call(_kv_rpc("DeleteRange"), req, idempotent=False)
         return int(resp.deleted)
 
+    async def delete_prefix_through(self, prefix: str, last: str) -> int:
+        """Delete the keys under prefix up to and including the full key `last`."""
+        req = etcdrpc.DeleteRangeRequest(key=prefix.encode(), range_end=last.encode() + b"\0")
+        resp = await self._call(_kv_rpc("DeleteRange"), req, idempotent=False)
+        return int(resp.deleted)
+
     async def txn(self, compares: Sequence[Compare], ops: Sequence[Op]) -> TxnResult:
         """Apply ops atomically if every compare holds; never raises Conflict itself."""
         if len(ops) > self.MAX_TXN_OPS:
             raise ValueError(f"transaction has {len(ops)} ops; etcd allows {self.MAX_TXN_OPS}")
         resp = await self._call(_kv_rpc("Txn"), build_txn(compares, ops), idempotent=False)
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    async def compact(self, revision: int, physical: bool = False) -> None:
+        """Drop the history before `revision` (keys' current values are kept). physical:
+        return only once the backend has removed it (else etcd does it in the background).
+        Raises Compacted when etcd has already compacted at or past `revision`."""
+        req = etcdrpc.CompactionRequest(revision=revision, physical=physical)
+        await self._call(_kv_rpc("Compact"), req, idempotent=True,
+                         timeout=self._timeout * (15 if physical else 1))
+
+    async def status(self) -> MemberStatus:
+        """The current member's status (database size, revision)."""
+        ep = self._endpoints.current()
+        resp = await self._call(_maintenance_rpc("Status"), etcdrpc.StatusRequest(),
+                                idempotent=False)
+        return MemberStatus(ep.address, int(resp.dbSize), int(resp.header.revision),
+                            int(resp.leader), int(resp.header.member_id))
+
+    async def defragment(self, timeout: float = 60.0) -> None:
+        """Defragment the current member: give the space that compaction freed back to the
+        file system. It blocks that member's reads and writes while it runs (seconds on a
+        large database), so the controller never does it by itself: operators (and tests)
+        do, one member at a time (docs/operations.md)."""
+        await self._call(_maintenance_rpc("Defragment"), etcdrpc.DefragmentRequest(),
+                         idempotent=False, timeout=timeout)
+
+    async def alarms(self) -> list[str]:
+        """The alarms raised in the cluster, e.g. ["NOSPACE"]."""
+        resp = await self._call(_maintenance_rpc("Alarm"), etcdrpc.AlarmRequest(
+            action=etcdrpc.AlarmRequest.GET), idempotent=True)
+        return sorted({etcdrpc.AlarmType.Name(a.alarm) for a in resp.alarms})
+
+    async def disarm_alarms(self) -> None:
+        """Disarm every raised alarm (after space was freed)."""
+        resp = await self._call(_maintenance_rpc("Alarm"), etcdrpc.AlarmRequest(
+            action=etcdrpc.AlarmRequest.GET), idempotent=True)
+        for a in resp.alarms:
+            await self._call(_maintenance_rpc("Alarm"), etcdrpc.AlarmRequest(
+                action=etcdrpc.AlarmRequest.DEACTIVATE, memberID=a.memberID, alarm=a.alarm),
+                idempotent=True)
 
     # -- leases --------------------------------------------------------------------------
 
@@ -286,6 +411,14 @@ class EtcdStore:
 def _kv_rpc(name: str) -> Callable[[Endpoint], Rpc]:
     def pick(ep: Endpoint) -> Rpc:
         rpc: Rpc = getattr(ep.kv, name)
+        return rpc
+
+    return pick
+
+
+def _maintenance_rpc(name: str) -> Callable[[Endpoint], Rpc]:
+    def pick(ep: Endpoint) -> Rpc:
+        rpc: Rpc = getattr(ep.maintenance, name)
         return rpc
 
     return pick

@@ -1,5 +1,9 @@
 """Events in etcd: short-lived records of what happened and why, under a rotating lease.
 
+Bounded twice: by age (the lease: EVENT_TTL_S at most) and by count (the leader's trim()
+deletes the oldest beyond --max-events, so a burst cannot fill etcd within the hour). Event
+ids begin with the wall-clock time in nanoseconds, so key order is time order.
+
 Events are written inside the transaction of the change they describe (ops()), or alone
 (record()). A failure to record a lone event is logged, never raised: an event must not fail
 the operation it reports on.
@@ -17,15 +21,16 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import StoreError
-from controller.store.etcd import EtcdStore, Op, WatchEvent
+from controller.store.etcd import KV, EtcdStore, Op, WatchEvent
 from controller.store.keys import Keys
 from controller.store.records import decode
+from controller.store.scan import BATCH, ScanPage, scan
 
 log = logging.getLogger(__name__)
 
 EVENT_TTL_S = 3600
 LEASE_ROTATE_S = 600  # events live between EVENT_TTL_S - LEASE_ROTATE_S and EVENT_TTL_S
-LIST_PAGE = 1000
+DEFAULT_MAX_EVENTS = 10000
 
 
 def now_ts() -> Timestamp:
@@ -86,17 +91,62 @@ class EventStore:
         except StoreError:
             log.warning("could not record event %s %s: %s", reason, obj, message)
 
-    async def list(self, obj: str = "", limit: int = 0) -> tuple[list[pb.Event], int]:
-        """Events (oldest first), optionally about one object / the newest `limit`; and the
-        revision they were read at."""
-        kvs, revision = await self._etcd.get_prefix_paged(self._keys.events, page=LIST_PAGE)
-        events = [decode(pb.Event, kv.value) for kv in kvs]
-        if obj:
-            events = [e for e in events if e.object == obj]
-        if limit:
-            events = events[-limit:]
-        return events, revision
+    async def page(self, obj: str = "", limit: int = 0, *, after: str = "",
+                   revision: int = 0, want: int) -> ScanPage[pb.Event]:
+        """One page of events, oldest first: about `obj` only (if given), at most `want`,
+        after the event id `after`, at `revision` (0: now). On the first page (no `after`),
+        `limit` starts the listing at the limit-th newest event (so all pages together
+        hold the newest `limit`)."""
 
+        def pick(kv: KV) -> pb.Event | None:
+            ev = decode(pb.Event, kv.value)
+            return ev if not obj or ev.object == obj else None
+
+        if limit and not after:
+            after, revision = await self._start_of_newest(obj, limit, revision)
+        return await scan(self._etcd, self._keys.events, after=after, revision=revision,
+                          want=want, pick=pick)
+
+    async def _start_of_newest(self, obj: str, limit: int, revision: int) -> tuple[str, int]:
+        """The id just before the limit-th newest event (about obj): where a listing of the
+        newest `limit` starts ("" = from the oldest); and the revision read at."""
+        prefix = self._keys.events
+        cursor: str | None = None
+        found = 0
+        while True:
+            got = await self._etcd.range_page(prefix, cursor, revision, BATCH,
+                                              keys_only=not obj, descending=True)
+            revision = got.revision
+            for kv in got.kvs:
+                if found >= limit:
+                    return kv.key[len(prefix):], revision
+                if not obj or decode(pb.Event, kv.value).object == obj:
+                    found += 1
+            if not got.more:
+                return "", revision
+            cursor = got.kvs[-1].key
+
+    async def trim(self, keep: int) -> int:
+        """Delete the oldest events beyond the newest `keep`; how many went."""
+        prefix = self._keys.events
+        excess = await self._etcd.count_prefix(prefix) - keep
+        if excess <= 0:
+            return 0
+        cursor: str | None = None
+        revision = seen = 0
+        while True:
+            got = await self._etcd.range_page(prefix, cursor, revision,
+                                              min(BATCH, excess - seen), keys_only=True)
+            if not got.kvs:
+                return 0
+            revision = got.revision
+            seen += len(got.kvs)
+            cursor = got.kvs[-1].key
+            if seen >= excess or not got.more:
+                break
+        deleted = await self._etcd.delete_prefix_through(prefix, cursor)
+        log.info("trimmed %d events beyond the newest %d", deleted, keep)
+        return deleted
 
     def watch(self, revision: int, on_event: Callable[[pb.Event], None],
               on_lost: Callable[[Exception], None]) -> Callable[[], None]:

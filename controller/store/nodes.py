@@ -8,11 +8,12 @@ import logging
 from viridian.v1 import types_pb2 as pb
 
 from controller.errors import Conflict, FailedPrecondition, NotFound
-from controller.store.etcd import Compare, EtcdStore, Op
+from controller.store.etcd import KV, Compare, EtcdStore, Op
 from controller.store.events import EventStore, now_ts
 from controller.store.keys import Keys
 from controller.store.leader import LeaderStore
 from controller.store.records import Allocation, decode, encode
+from controller.store.scan import ScanPage, between, scan
 
 log = logging.getLogger(__name__)
 RETRIES = 8
@@ -43,6 +44,26 @@ class NodeStore:
             node.revision = kv.mod_revision
             out.append(node)
         return out
+
+    async def page(self, *, after: str = "", revision: int = 0, want: int
+                   ) -> tuple[ScanPage[pb.Node], dict[str, Allocation], set[str]]:
+        """One page of nodes by name (see store.scan) with, at the same revision, their
+        allocation records and which of them hold a lease (are alive)."""
+
+        def pick(kv: KV) -> pb.Node:
+            node = decode(pb.Node, kv.value)
+            node.revision = kv.mod_revision
+            return node
+
+        page = await scan(self._etcd, self._keys.nodes, after=after, revision=revision,
+                          want=want, pick=pick)
+        if not page.items:
+            return page, {}, set()
+        first, last = page.items[0].name, page.items[-1].name
+        allocs = await between(self._etcd, self._keys.allocations, first, last, page.revision)
+        leases = await between(self._etcd, self._keys.node_leases, first, last, page.revision)
+        return (page, {n: Allocation.decode(n, kv) for n, kv in allocs.items()},
+                set(leases))
 
     async def alive(self, name: str) -> bool:
         """Whether the node's lease key exists now (read from etcd, not a cache)."""

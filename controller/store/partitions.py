@@ -31,6 +31,7 @@ from controller.store.records import (
     decode,
     encode,
 )
+from controller.store.scan import ScanPage, between, scan
 
 log = logging.getLogger(__name__)
 RETRIES = 8
@@ -64,6 +65,27 @@ class PartitionStore:
                                                         LIST_PAGE)
         by_name = {Keys.name_of(b.key): b for b in bindings}
         return [self._stored(kv, by_name.get(Keys.name_of(kv.key))) for kv in kvs]
+
+    async def page(self, keep: Callable[[pb.Partition], bool], *, name_prefix: str = "",
+                   after: str = "", revision: int = 0, want: int) -> ScanPage[pb.Partition]:
+        """One page of partitions (by name, with their epochs) that `keep` accepts: see
+        store.scan. The bindings are read for the page's name range at its revision."""
+
+        def pick(kv: KV) -> pb.Partition | None:
+            p = decode(pb.Partition, kv.value)
+            p.revision = kv.mod_revision
+            return p if keep(p) else None
+
+        page = await scan(self._etcd, self._keys.partitions, name_prefix=name_prefix,
+                          after=after, revision=revision, want=want, pick=pick)
+        if page.items:
+            bindings = await between(self._etcd, self._keys.bindings, page.items[0].name,
+                                     page.items[-1].name, page.revision)
+            for p in page.items:
+                b = bindings.get(p.name)
+                if b is not None:
+                    p.status.epoch = b.mod_revision
+        return page
 
     def _stored(self, kv: KV, binding: KV | None) -> StoredPartition:
         p = decode(pb.Partition, kv.value)

@@ -111,8 +111,16 @@ class Api:
         raise err
 
     def partitions(self) -> dict[str, pb.Partition]:
-        reply = self.call("ListPartitions", cpb.ListPartitionsRequest(), timeout=10)
-        return {p.name: p for p in reply.partitions}
+        """Every partition (all pages of the listing)."""
+        out: dict[str, pb.Partition] = {}
+        token = ""
+        while True:
+            reply = self.call("ListPartitions", cpb.ListPartitionsRequest(
+                page_size=5000, page_token=token), timeout=10)
+            out.update((p.name, p) for p in reply.partitions)
+            token = reply.next_page_token
+            if not token:
+                return out
 
     def get(self, name: str) -> pb.Partition:
         return self.call("GetPartition", cpb.GetPartitionRequest(name=name))  # type: ignore
@@ -123,7 +131,16 @@ class Api:
                 for n in reply.nodes}
 
     def events(self) -> list[pb.Event]:
-        return list(self.call("ListEvents", cpb.ListEventsRequest(), timeout=10).events)
+        """Every event kept (all pages of the listing), oldest first."""
+        out: list[pb.Event] = []
+        token = ""
+        while True:
+            reply = self.call("ListEvents", cpb.ListEventsRequest(
+                page_size=5000, page_token=token), timeout=10)
+            out += reply.events
+            token = reply.next_page_token
+            if not token:
+                return out
 
     def create(self, name: str, image: str, args: Sequence[str], ha: bool = False,
                timeout: float = 10.0, strategy: str = "", vcpus: int = 1,

@@ -109,6 +109,20 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.explain_requests: list[c.ExplainPlacementRequest] = []
         self.deleted: list[str] = []
         self.stop_requests: list[c.StopPartitionRequest] = []
+        self.page_size = 500          # the server default of a list page
+        self.page_tokens: list[str] = []  # the page_token of every list call, in order
+
+    def _page(self, items: list[Any], request: Any, context: Any) -> tuple[list[Any], str]:
+        """One page of items as the real server pages: page_size (0 = the default), an
+        opaque token ("@" + the next index here), "" after the last page."""
+        self.page_tokens.append(request.page_token)
+        start = 0
+        if request.page_token:
+            if not request.page_token.startswith("@"):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "invalid page_token")
+            start = int(request.page_token[1:])
+        end = start + (request.page_size or self.page_size)
+        return items[start:end], f"@{end}" if end < len(items) else ""
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -147,8 +161,11 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
     def ListPartitions(self, request: c.ListPartitionsRequest, context: Any) -> Any:
         parts = [p for _, p in sorted(self.partitions.items())
                  if all(p.spec.labels.get(k) == v for k, v in request.label_selector.items())
-                 and (not request.node or p.status.node == request.node)]
-        return c.ListPartitionsResponse(partitions=parts)
+                 and (not request.node or p.status.node == request.node)
+                 and (not request.phase or p.status.phase == request.phase)
+                 and p.name.startswith(request.name_prefix)]
+        page, token = self._page(parts, request, context)
+        return c.ListPartitionsResponse(partitions=page, next_page_token=token)
 
     def WatchPartitions(self, request: c.WatchPartitionsRequest, context: Any) -> Iterator[Any]:
         seen: dict[str, int] = {}
@@ -212,7 +229,8 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
     # -- nodes --------------------------------------------------------------------------------
 
     def ListNodes(self, request: Any, context: Any) -> Any:
-        return c.ListNodesResponse(nodes=[n for _, n in sorted(self.nodes.items())])
+        page, token = self._page([n for _, n in sorted(self.nodes.items())], request, context)
+        return c.ListNodesResponse(nodes=page, next_page_token=token)
 
     def GetNode(self, request: c.GetNodeRequest, context: Any) -> Any:
         if request.name not in self.nodes:
@@ -325,8 +343,10 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
     # -- events and placement -----------------------------------------------------------------
 
     def ListEvents(self, request: c.ListEventsRequest, context: Any) -> Any:
-        return c.ListEventsResponse(events=[e for e in self.events
-                                            if not request.object or e.object == request.object])
+        page, token = self._page([e for e in self.events
+                                  if not request.object or e.object == request.object],
+                                 request, context)
+        return c.ListEventsResponse(events=page, next_page_token=token)
 
     def WatchEvents(self, request: c.ListEventsRequest, context: Any) -> Iterator[Any]:
         yield from self.events  # a replay the CLI must skip

@@ -50,7 +50,11 @@ def test_up(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["up", "--nodes", "3", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051",
-                             "insecure": False})]
+                             "insecure": False, "etcd_quota": 2 << 30})]
+    CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "64Mi"])
+    assert calls[1][1]["etcd_quota"] == 64 << 20
+    bad = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "lots"])
+    assert bad.exit_code == 2 and "--etcd-quota" in bad.stderr and len(calls) == 2
 
 
 def test_up_default_data_dir(calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch,
@@ -74,6 +78,13 @@ def test_controller_passes_only_given_options(calls: list[tuple[str, Any]]) -> N
     CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1", "--insecure",
                              "--lease-ttl", "5", "--prefix", "/v2"])
     assert calls[1][1].lease_ttl == 5 and calls[1][1].prefix == "/v2"
+    assert (config.compact_every, config.max_events) == (300, 10000)  # the defaults
+    CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1", "--insecure",
+                             "--compact-every", "60", "--max-events", "500"])
+    assert (calls[2][1].compact_every, calls[2][1].max_events) == (60, 500)
+    bad = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+                                   "--insecure", "--max-events", "0"])
+    assert bad.exit_code == 2 and "--max-events" in bad.stderr and len(calls) == 3
 
 
 def test_controller_needs_certificates_or_insecure(calls: list[tuple[str, Any]],
