@@ -10,14 +10,13 @@ transaction. A push that fails or is interrupted before that transaction leaves 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import errno
 from collections.abc import AsyncIterator
 
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
+from controller.api import paging
 from controller.api.context import ApiContext
 from controller.errors import (
     FailedPrecondition,
@@ -39,8 +38,6 @@ from controller.validation import (
     shown,
 )
 
-DEFAULT_PAGE = 500
-MAX_PAGE = 5000
 PAGE_BYTES = 2 << 20   # a page ends early past this size: far below gRPC's 4 MiB limit
 MAX_USED_BY = 1000     # partition names listed per image (sorted; the first ones)
 SOURCES = ("", "elf", "tar", "directory", "oci", "docker")
@@ -64,21 +61,6 @@ def _check_config(header: cpb.ImageHeader) -> None:
     if header.source not in SOURCES:
         raise InvalidArgument(f"unknown image source {shown(header.source)}: use one of "
                               + ", ".join(s for s in SOURCES if s))
-
-
-def _page_token(image: pb.Image) -> str:
-    return base64.urlsafe_b64encode(f"{image.name}:{image.tag}".encode()).decode()
-
-
-def _after(token: str) -> tuple[str, str]:
-    try:
-        name, sep, tag = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidArgument("invalid page_token: pass the previous page's "
-                              "next_page_token") from None
-    if not sep:
-        raise InvalidArgument("invalid page_token: pass the previous page's next_page_token")
-    return name, tag
 
 
 class ImagesApi:
@@ -182,10 +164,11 @@ class ImagesApi:
     async def ListImages(
         self, request: cpb.ListImagesRequest, context: Context
     ) -> cpb.ListImagesResponse:
-        size = request.page_size or DEFAULT_PAGE
-        if size > MAX_PAGE:
-            raise InvalidArgument(f"page_size must be at most {MAX_PAGE}")
-        after = _after(request.page_token) if request.page_token else None
+        # Tag records are read from this replica's watch-fed cache (they are few and small),
+        # in (name, tag) order; the token is the one the other lists use.
+        size = paging.page_size(request.page_size)
+        cursor = paging.decode_token(request.page_token, "images", "")
+        after = tuple(cursor.after.split(":", 1)) if cursor.after else None  # (name, tag)
         cache = self.ctx.store.cache
         records = sorted(cache.images.values(), key=lambda i: (i.name, i.tag))
         if after is not None:
@@ -202,8 +185,9 @@ class ImagesApi:
             total += image.ByteSize()
             out.append(image)
         more = len(out) < len(records)
-        return cpb.ListImagesResponse(
-            images=out, next_page_token=_page_token(out[-1]) if more else "")
+        token = paging.encode_token("images", "", f"{out[-1].name}:{out[-1].tag}",
+                                    max(cache.revision, 1)) if more else ""
+        return cpb.ListImagesResponse(images=out, next_page_token=token)
 
     @map_errors
     async def DeleteImage(

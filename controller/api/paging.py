@@ -1,4 +1,5 @@
-"""Page sizes and page tokens of the list RPCs (ListPartitions, ListNodes, ListEvents).
+"""Page sizes and page tokens of the list RPCs (ListPartitions, ListNodes, ListEvents,
+ListImages).
 
 A page token is opaque to clients: url-safe base64 of a small JSON object naming the list,
 a digest of the request's filters, the last name the previous page examined and the etcd
