@@ -23,7 +23,7 @@ def image_of(path: Path) -> tuple[pb.Image, bytes]:
     content = path.read_bytes()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     return pb.Image(name=path.name, digest=digest, entrypoint=f"/{path.name}",
-                    format="elf"), content
+                    format="elf", size_bytes=len(content)), content
 
 
 class Node:
@@ -37,8 +37,8 @@ class Node:
         self.sent: list[apb.AgentMessage] = []
         self.sup.send = self.sent.append
 
-    async def _pull(self, image: pb.Image) -> bytes:
-        return (self.bins / image.entrypoint.lstrip("/")).read_bytes()
+    async def _pull(self, image: pb.Image, dest: Path) -> None:
+        dest.write_bytes((self.bins / image.entrypoint.lstrip("/")).read_bytes())
 
     async def _pull_state(self, name: str, ref: pb.StateRef) -> AsyncIterator[bytes]:
         raise AssertionError("no state pulls in these tests")
