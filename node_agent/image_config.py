@@ -2,7 +2,9 @@
 docker run's rules:
 
   argv     [entrypoint] + entry_args + (spec.args, or the image's cmd when there are none);
-           spec.entrypoint replaces the image's entrypoint and drops its entry_args
+           spec.entrypoint replaces the image's entrypoint and drops its entry_args and its
+           cmd (the defaults were meant for the image's program): argv is then
+           [spec.entrypoint] + spec.args
   env      the image's "KEY=VALUE" list, overlaid by spec.env
   workdir  spec.workdir, else the image's, else "/"
 
@@ -49,11 +51,10 @@ def _absolute(path: str, what: str) -> str:
 def guest_command(image: pb.Image, spec: pb.PartitionSpec) -> GuestCommand:
     if spec.entrypoint:
         entrypoint = _absolute(spec.entrypoint, "the entrypoint")
-        lead: list[str] = []
+        args = list(spec.args)
     else:
         entrypoint = _absolute(image.entrypoint, f"image {image.name!r}'s entrypoint")
-        lead = list(image.entry_args)
-    args = lead + list(spec.args or image.cmd)
+        args = list(image.entry_args) + list(spec.args or image.cmd)
     env = _env_of(image)
     for key in sorted(spec.env):
         env[key] = spec.env[key]

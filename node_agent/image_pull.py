@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -65,6 +66,7 @@ class _Partial:
         self.file: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
         self.hasher = hashlib.sha256()
         self.length = 0
+        self.progress_at = time.monotonic()   # when the last byte arrived
 
     def rehash(self) -> None:
         """Hash what the file holds already (an earlier attempt's prefix)."""
@@ -88,6 +90,7 @@ class _Partial:
             view = view[written:]
         self.hasher.update(data)
         self.length += len(data)
+        self.progress_at = time.monotonic()
 
     def close(self) -> None:
         self.file.close()
@@ -112,6 +115,7 @@ class BlobPuller:
                 await asyncio.to_thread(part.rehash)
                 if part.length > size:
                     await asyncio.to_thread(part.restart)
+                part.progress_at = time.monotonic()
                 await self._fill(part, digest, size, what)
             finally:
                 part.close()
@@ -124,15 +128,13 @@ class BlobPuller:
                                  f"{err.strerror or err}") from None
 
     async def _fill(self, part: _Partial, digest: str, size: int, what: str) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.no_progress_s
         delay = BACKOFF_MIN_S
         restarted = False
         why = "not connected to a controller"
         while True:
             before = part.length
             try:
-                await self._stream(part, digest, size, what, deadline)
+                await self._stream(part, digest, size, what)
             except _Transient as err:
                 why = str(err)
             except grpc.aio.AioRpcError as err:
@@ -150,29 +152,26 @@ class BlobPuller:
                 self._verify(part, digest, size, what)
                 return
             if part.length > before:
-                deadline = loop.time() + self.no_progress_s
                 delay = BACKOFF_MIN_S
-            if loop.time() + delay > deadline:
+            if time.monotonic() + delay > part.progress_at + self.no_progress_s:
                 raise ImagePullError(
-                    f"pull of {what} failed: no progress for {self.no_progress_s:.0f}s at "
+                    f"pull of {what} failed: no progress for {self.no_progress_s:g}s at "
                     f"{part.length} of {size} bytes ({why})")
             log.info("pull of %s at %d of %d bytes: %s; resuming in %.1fs", what,
                      part.length, size, why, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX_S)
 
-    async def _stream(self, part: _Partial, digest: str, size: int, what: str,
-                      deadline: float) -> None:
+    async def _stream(self, part: _Partial, digest: str, size: int, what: str) -> None:
         """One PullImage call from the end of the partial file to the end of the stream.
-        Raises _Transient when the stream breaks or stalls past the deadline."""
+        Raises _Transient when the stream breaks, or stalls past the no-progress limit."""
         gw = self._gateway()
         if gw is None:
             raise _Transient("not connected to a controller")
-        loop = asyncio.get_running_loop()
         call: Any = gw.PullImage(apb.PullImageRequest(digest=digest, offset=part.length))
         try:
             while True:
-                remaining = deadline - loop.time()
+                remaining = part.progress_at + self.no_progress_s - time.monotonic()
                 try:
                     msg = await asyncio.wait_for(call.read(), max(remaining, 0.0))
                 except TimeoutError:
@@ -182,13 +181,12 @@ class BlobPuller:
                 data: bytes = msg.data
                 if part.length + len(data) > size:
                     raise _BadContent(f"pull of {what} failed: the content is longer than "
-                                         f"its recorded size, {size} bytes")
+                                      f"its recorded size, {size} bytes")
                 if len(data) >= THREAD_BYTES:
                     await asyncio.to_thread(part.absorb, data)
                 else:
                     part.absorb(data)
                 self.received += len(data)
-                deadline = loop.time() + self.no_progress_s
         except grpc.aio.AioRpcError as err:
             if err.code() in TRANSIENT:
                 raise _Transient(err.details() or err.code().name) from None
