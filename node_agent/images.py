@@ -96,7 +96,8 @@ class Blob:
 @dataclass
 class _Entry:
     size: int
-    used: float
+    used: float      # wall time of the last use (the LRU order, kept across restarts)
+    seq: int = 0     # ImageCache._seq at the last use (make_room's since)
 
 
 def _disk_bytes(path: Path) -> int:
@@ -125,6 +126,7 @@ class ImageCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
+        self._seq = 0     # counts uses: make_room spares entries used after its snapshot
         # An image that unpacks to more than the whole cache could never be kept.
         self._limits = dataclasses.replace(IMAGE_LIMITS,
                                            max_bytes=max(limit_bytes, IMAGE_LIMITS.max_bytes))
@@ -218,23 +220,30 @@ class ImageCache:
         with self._lock:
             return {k: e.size for k, e in self._entries.items()}
 
-    def touch(self, key: str) -> None:
-        """Mark an entry used now (its LRU stamp survives a restart: the meta's mtime)."""
+    def touch(self, key: str) -> bool:
+        """Mark an entry used now (its LRU stamp survives a restart: the meta's mtime).
+        False if it is not (or no longer) in the cache: an eviction took it."""
         now = time.time()
         with self._lock:
             entry = self._entries.get(key)
-            if entry is not None:
-                entry.used = now
+            if entry is None:
+                return False
+            self._seq += 1
+            entry.used, entry.seq = now, self._seq
         try:
             os.utime(self.root / key / META, (now, now))
         except OSError:
             pass
+        return True
 
     # -- eviction ----------------------------------------------------------------------
-    def make_room(self, incoming: int, keep: set[str]) -> list[str]:
+    def make_room(self, incoming: int, keep: set[str], since: int | None = None
+                  ) -> list[str]:
         """Evict least recently used entries not in ``keep`` until the cache plus
         ``incoming`` bytes fits the limit (or nothing more may go); returns the keys gone.
-        Also drops partial downloads no pull is filling."""
+        ``since``: the use count (use_count()) when ``keep`` was taken; an entry used
+        after it (a launch that found it meanwhile) stays too. Also drops partial
+        downloads no pull is filling."""
         gone: list[Path] = []
         evicted: list[str] = []
         with self._lock:
@@ -243,7 +252,7 @@ class ImageCache:
             for key, entry in sorted(self._entries.items(), key=lambda kv: kv[1].used):
                 if total + incoming <= self.limit_bytes:
                     break
-                if key in keep:
+                if key in keep or (since is not None and entry.seq > since):
                     continue
                 trash = self.root / f"{key}.evict.tmp"
                 try:
@@ -274,8 +283,9 @@ class ImageCache:
         partitions on this node use (never evicted)."""
         key = blob.key
         root = self.root_for(blob.digest, blob.entrypoint, blob.fmt)
-        if root is not None:
-            self.touch(key)
+        # Stamped after the look: an eviction that began before spares it (make_room's
+        # since), one that took it already makes touch() say so, and it is fetched again.
+        if root is not None and self.touch(key):
             return root
         task = self._inflight.get(key)
         if task is None:
@@ -299,7 +309,7 @@ class ImageCache:
             raise ImagePullError(
                 f"image {short} ({blob.size} bytes) is larger than this node's image cache "
                 f"({self.limit_bytes} bytes, agent --image-cache-size)")
-        await asyncio.to_thread(self.make_room, blob.size, in_use() | {blob.key})
+        await self._make_room(blob.size, in_use() | {blob.key})
         partial = self.partial_path(blob.key)
         await download(partial)
         self.downloads += 1
@@ -308,8 +318,15 @@ class ImageCache:
                                            blob.entrypoint, partial)
         finally:
             partial.unlink(missing_ok=True)
-        await asyncio.to_thread(self.make_room, 0, in_use() | {blob.key})
+        await self._make_room(0, in_use() | {blob.key})
         return root
+
+    async def _make_room(self, incoming: int, keep: set[str]) -> None:
+        await asyncio.to_thread(self.make_room, incoming, keep, self.use_count())
+
+    def use_count(self) -> int:
+        with self._lock:
+            return self._seq
 
     # -- installing --------------------------------------------------------------------
     def install(self, digest: str, fmt: str, entrypoint: str, content: bytes) -> Path:

@@ -13,10 +13,12 @@ import subprocess
 import tarfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
-from agent_fakes import wait_for
-from agent_helpers import Node, image_of, last
+from agent_fakes import FakeController, wait_for
+from agent_helpers import Node, image_of, last, running_agent
 from image_fakes import BlobGateway, GatewayClient
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
@@ -204,6 +206,68 @@ def test_concurrent_pulls_of_one_image_share_one_download(tmp_path: Path) -> Non
         assert gw.calls == [0]
 
     asyncio.run(serving(body))
+
+
+class BreakingController(FakeController):
+    """The fake controller, serving images in 64 KiB chunks; its first stream breaks half
+    way through."""
+
+    def __init__(self, images: dict[str, bytes]) -> None:
+        super().__init__(images=images)
+        self.offsets: list[int] = []
+
+    async def PullImage(self, request: apb.PullImageRequest,
+                        context: Any) -> Any:
+        self.offsets.append(request.offset)
+        content = self.images[request.digest]
+        for at in range(request.offset, len(content), 64 << 10):
+            if len(self.offsets) == 1 and at >= len(content) // 2:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "gone")
+            yield apb.ImageChunk(data=content[at:at + (64 << 10)])
+
+
+def test_the_agent_resumes_a_broken_pull_through_its_session(
+        tmp_path: Path, guest_bins: Path) -> None:
+    """The real Agent: its pull goes through the current session's gateway and resumes."""
+    image, content = image_of(guest_bins / "worker_hello")
+
+    async def main() -> None:
+        ctl = BreakingController({image.digest: content})
+        await ctl.start()
+        try:
+            async with running_agent(tmp_path / "run", [ctl.address]):
+                await wait_for(lambda: ctl.in_session and bool(ctl.acked), "a session")
+                ctl.send(apb.ControllerMessage(assign=apb.Assignment(
+                    name="p", epoch=1, image=image, spec=pb.PartitionSpec())))
+                await wait_for(lambda: any(r.phase == P.PARTITION_PHASE_OFF
+                                           for r in ctl.reports), "the guest to run", 30.0)
+        finally:
+            await ctl.stop()
+        half = len(content) // 2
+        assert ctl.offsets == [0, (half + (64 << 10) - 1) // (64 << 10) * (64 << 10)]
+        assert [r.exit_code for r in ctl.reports if r.phase == P.PARTITION_PHASE_OFF] == [3]
+
+    asyncio.run(main())
+
+
+def test_an_eviction_spares_an_entry_used_after_it_began(tmp_path: Path) -> None:
+    """A launch that finds its image while an eviction is deciding keeps it; one that looks
+    after the eviction took it sees it gone (and pulls again)."""
+    async def main() -> None:
+        blobs = Blobs()
+        a, b = blobs.blob(1), blobs.blob(2)
+        cache = ImageCache(tmp_path / "cache", limit_bytes=3 * MiB)
+        for blob in (a, b):
+            await cache.ensure(blob, blobs.download(blob), set)
+        since = cache.use_count()          # the eviction's snapshot: nothing in use
+        assert cache.touch(a.key)          # a launch finds a meanwhile
+        # Room for 2 MiB needs both gone; a stays, used after the snapshot.
+        assert cache.make_room(2 * MiB, set(), since) == [b.key]
+        assert not cache.touch(b.key)
+        await cache.ensure(b, blobs.download(b), set)
+        assert blobs.pulled == [a.digest, b.digest, b.digest]
+
+    asyncio.run(main())
 
 
 # -- the cache --------------------------------------------------------------------------------
