@@ -74,7 +74,9 @@ def cache_key(digest: str, fmt: str, entrypoint: str) -> str:
     """The cache directory of an image's content: its digest's hex, and for an "elf" image
     (one file, placed at its entrypoint) a hash of that path too."""
     hexdigest = check_digest(digest)
-    if fmt != "elf":
+    if fmt not in ("tar", "elf"):
+        raise ImagePullError(f"unknown image format {fmt[:40]!r}")
+    if fmt == "tar":
         return hexdigest
     return hexdigest + "-" + hashlib.sha256(entrypoint.encode()).hexdigest()[:16]
 
@@ -124,6 +126,7 @@ class ImageCache:
         self.root = root
         self.limit_bytes = limit_bytes
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
         self._lock = threading.Lock()
         self._entries: dict[str, _Entry] = {}
         self._seq = 0     # counts uses: make_room spares entries used after its snapshot
@@ -198,7 +201,7 @@ class ImageCache:
 
     def key_of_root(self, root: Path) -> str | None:
         """The entry a root directory belongs to (a worker's spec.root), if it is ours."""
-        if root.name != "root" or root.parent.parent.resolve() != self.root.resolve():
+        if root.name != "root" or root.parent.parent.resolve() != self._real_root:
             return None
         key = root.parent.name
         return key if _KEY.match(key) else None
@@ -237,17 +240,16 @@ class ImageCache:
         return True
 
     # -- eviction ----------------------------------------------------------------------
-    def make_room(self, incoming: int, keep: set[str], since: int | None = None
-                  ) -> list[str]:
+    def make_room(self, incoming: int, keep: set[str], since: int | None = None,
+                  busy: frozenset[str] = frozenset()) -> list[str]:
         """Evict least recently used entries not in ``keep`` until the cache plus
         ``incoming`` bytes fits the limit (or nothing more may go); returns the keys gone.
         ``since``: the use count (use_count()) when ``keep`` was taken; an entry used
         after it (a launch that found it meanwhile) stays too. Also drops partial
-        downloads no pull is filling."""
+        downloads other than ``busy``'s (the keys being downloaded)."""
         gone: list[Path] = []
         evicted: list[str] = []
         with self._lock:
-            busy = set(self._inflight)
             total = sum(e.size for e in self._entries.values())
             for key, entry in sorted(self._entries.items(), key=lambda kv: kv[1].used):
                 if total + incoming <= self.limit_bytes:
@@ -322,7 +324,8 @@ class ImageCache:
         return root
 
     async def _make_room(self, incoming: int, keep: set[str]) -> None:
-        await asyncio.to_thread(self.make_room, incoming, keep, self.use_count())
+        await asyncio.to_thread(self.make_room, incoming, keep, self.use_count(),
+                                frozenset(self._inflight))
 
     def use_count(self) -> int:
         with self._lock:
@@ -374,7 +377,8 @@ class ImageCache:
                 with self._lock:
                     shutil.rmtree(base, ignore_errors=True)
                     tmp.rename(base)
-                    self._entries[base.name] = _Entry(size, time.time())
+                    self._seq += 1
+                    self._entries[base.name] = _Entry(size, time.time(), self._seq)
             except ArchiveError as err:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise ImagePullError(f"image {short} refused: {err}") from None

@@ -561,6 +561,8 @@ def test_guest_command_rules() -> None:
             guest_command(bad, pb.PartitionSpec())
     with pytest.raises(ImageConfigError, match="working directory must be an absolute guest path"):
         guest_command(image, pb.PartitionSpec(workdir="x"))
+    with pytest.raises(ImagePullError, match="unknown image format 'zip'"):
+        cache_key("sha256:" + "0" * 64, "zip", "/e")
 
 
 def test_eviction_never_removes_an_image_a_partition_on_the_node_uses(
