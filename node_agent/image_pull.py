@@ -39,10 +39,10 @@ THREAD_BYTES = 64 << 10
 #: Pieces the existing partial file is re-hashed in.
 REHASH_BYTES = 1 << 20
 #: Codes a pull sees when its controller goes away mid-stream, not when the blob is bad.
+#: (RESOURCE_EXHAUSTED is not one: a chunk over the message limit would come again.)
 TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
                        grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL,
-                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                       grpc.StatusCode.ABORTED})
+                       grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED})
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (absent from grpc-stubs)
 
