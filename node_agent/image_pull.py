@@ -49,6 +49,12 @@ _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # (absent from grpc-stub
 Gateway = Callable[[], agent_pb2_grpc.AgentGatewayStub | None]
 
 
+def _details(err: grpc.aio.AioRpcError) -> str:
+    """The controller's one-line reason (bounded: it ends up in a partition's report)."""
+    text = (err.details() or err.code().name).splitlines()
+    return text[0][:300] if text else err.code().name
+
+
 class _BadContent(ImagePullError):
     """What arrived is not the blob: the partial file goes."""
 
@@ -142,12 +148,12 @@ class BlobPuller:
                         not restarted:
                     # The controller's blob is shorter than our prefix: not ours to resume.
                     log.warning("pull of %s: offset %d refused (%s); starting over", what,
-                                part.length, err.details())
+                                part.length, _details(err))
                     await asyncio.to_thread(part.restart)
                     restarted = True
                     continue
                 raise ImagePullError(
-                    f"pull of {what} failed: {err.details() or err.code().name}") from None
+                    f"pull of {what} failed: {_details(err)}") from None
             else:
                 self._verify(part, digest, size, what)
                 return
@@ -189,7 +195,7 @@ class BlobPuller:
                 self.received += len(data)
         except grpc.aio.AioRpcError as err:
             if err.code() in TRANSIENT:
-                raise _Transient(err.details() or err.code().name) from None
+                raise _Transient(_details(err)) from None
             raise
         finally:
             call.cancel()
