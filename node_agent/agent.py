@@ -23,7 +23,8 @@ from controller.security.tls import Dialer, TlsConfig
 from node_agent.clock import BootClock, Clock
 from node_agent.fencing import Fence
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
-from node_agent.images import ImageCache, ImagePullError
+from node_agent.image_pull import BlobPuller
+from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache, ImagePullError
 from node_agent.runtime.watchdog_file import WATCHDOG_FILE
 from node_agent.session import ControllerSession, Outbox, RegisterRefused
 from node_agent.supervisor import Supervisor
@@ -35,10 +36,6 @@ VERSION = "0.1.0"
 ARCH_ENUM = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
-PULL_RETRY_S = 30.0
-# Codes a pull sees when its controller goes away mid-stream, not when the image is bad.
-PULL_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN,
-                            grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL})
 
 
 @dataclass
@@ -51,6 +48,7 @@ class AgentConfig:
     run_dir: Path = Path("/var/lib/viridian/agent")
     address: str = ""
     tls: TlsConfig | None = None   # the node's certificate; None: plaintext (--insecure)
+    image_cache_bytes: int = DEFAULT_LIMIT_BYTES  # --image-cache-size
 
 
 class Agent:
@@ -63,7 +61,8 @@ class Agent:
         self.clock: Clock = clock or BootClock()
         run_dir = config.run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.images = ImageCache(run_dir / "images")
+        self.images = ImageCache(run_dir / "images", config.image_cache_bytes)
+        self.puller = BlobPuller(lambda: self._gateway)
         self.supervisor = Supervisor(run_dir, self.images, self._pull, self._pull_state,
                                      config.name)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
@@ -206,31 +205,11 @@ class Agent:
 
         return done
 
-    async def _pull(self, image: pb.Image) -> bytes:
-        """Pull image content through the controller. A lost controller (killed, restarted,
-        failed over) is not the image's fault: retry on the next session for a while instead
-        of failing the partition."""
-        deadline = asyncio.get_running_loop().time() + PULL_RETRY_S
-        delay = BACKOFF_MIN_S
-        while True:
-            gw = self._gateway
-            err_text = "not connected to a controller"
-            if gw is not None:
-                parts = []
-                try:
-                    stream: Any = gw.PullImage(apb.PullImageRequest(digest=image.digest))
-                    async for chunk in stream:
-                        parts.append(chunk.data)
-                    return b"".join(parts)
-                except grpc.aio.AioRpcError as err:
-                    err_text = err.details() or err.code().name
-                    if err.code() not in PULL_TRANSIENT:
-                        raise ImagePullError(f"pull of {image.name} failed: {err_text}") from err
-            if asyncio.get_running_loop().time() + delay > deadline:
-                raise ImagePullError(f"pull of {image.name} failed: {err_text}")
-            log.info("pull of %s: %s; retrying in %.1fs", image.name, err_text, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+    async def _pull(self, image: pb.Image, dest: Path) -> None:
+        """Stream image content through the controller into ``dest``, verified. A lost
+        controller (killed, restarted, failed over) is not the image's fault: the pull
+        resumes on the next session, and fails only after 30 s without progress."""
+        await self.puller.pull(image.digest, image.size_bytes, dest, image.name)
 
 
 def run_agent(config: AgentConfig) -> int:

@@ -15,6 +15,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,8 @@ from viridian.v1 import types_pb2 as pb
 
 from node_agent import reports
 from node_agent.consoles import stream_console
-from node_agent.images import ImageCache
+from node_agent.image_config import guest_command
+from node_agent.images import Blob, ImageCache, ImagePullError, cache_key
 from node_agent.reports import Cause
 from node_agent.runtime.spec import (
     DEFAULT_DISK_BYTES,
@@ -45,7 +47,8 @@ FENCE_GRACE_S = 0.5     # the same for a fence: it must be quick
 MAX_STOP_GRACE_S = 3600.0
 SAVE_TIMEOUT_S = 120.0  # WorkerHandle.save's default: a save takes no longer
 LIFECYCLE = frozenset({K.KIND_PAUSE, K.KIND_RESUME, K.KIND_SAVE, K.KIND_CHECKPOINT})
-Pull = Callable[[pb.Image], Awaitable[bytes]]
+#: Downloads an image's content into the given path, verified (agent.py: BlobPuller).
+Pull = Callable[[pb.Image, Path], Awaitable[None]]
 NORMAL_EVENTS = frozenset({"Restored", "Saved", "Paused", "Resumed", "Checkpoint"})
 Send = Callable[[apb.AgentMessage], None]
 
@@ -65,6 +68,7 @@ class Local:
     pending: list[tuple[int, str]] = field(default_factory=list)  # lifecycle ops under way
     adopted_save_until: float = 0.0  # a save the previous agent began may still run
     task: asyncio.Task[None] | None = None
+    image_key: str = ""      # the image cache entry it runs from (never evicted meanwhile)
 
     @property
     def running(self) -> bool:
@@ -87,7 +91,7 @@ class Supervisor:
         self.local: dict[str, Local] = {}
         self.send: Send = lambda msg: None
         self._monitor: asyncio.Task[None] | None = None
-        self._image_locks: dict[str, asyncio.Lock] = {}
+        self._launching: Counter[str] = Counter()  # image cache keys of launches under way
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
 
@@ -203,6 +207,10 @@ class Supervisor:
             log.warning("%s: assignment epoch %d while epoch %d runs; stopping the old one",
                         a.name, a.epoch, lp.epoch)
         lp_new = Local(a.name, a.epoch)
+        try:
+            lp_new.image_key = cache_key(a.image.digest, a.image.format, a.image.entrypoint)
+        except ImagePullError:
+            pass  # the launch reports it
         self._set(lp_new, P.PARTITION_PHASE_STARTING)
         self.local[a.name] = lp_new
         lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
@@ -214,8 +222,36 @@ class Supervisor:
         return self._name_locks.setdefault(name, asyncio.Lock())
 
     async def _launch(self, lp: Local, a: apb.Assignment, old: Local | None) -> None:
-        async with self._name_lock(a.name):
-            await self._launch_locked(lp, a, old)
+        key = lp.image_key
+        self._launching[key] += 1
+        try:
+            async with self._name_lock(a.name):
+                await self._launch_locked(lp, a, old)
+        finally:
+            self._launching[key] -= 1
+            if self._launching[key] <= 0:
+                del self._launching[key]
+
+    async def _image_root(self, image: pb.Image) -> Path:
+        """The image's unpacked root: cached, or pulled (one download per image however
+        many partitions wait for it) and installed."""
+        blob = Blob(image.digest, image.size_bytes, image.format, image.entrypoint)
+
+        async def download(dest: Path) -> None:
+            await self._pull(image, dest)
+
+        return await self.images.ensure(blob, download, self.images_in_use)
+
+    def images_in_use(self) -> set[str]:
+        """Image cache keys partitions here use: every partition the node holds (running
+        or not, until forgotten), every launch under way, every worker directory."""
+        used = {lp.image_key for lp in self.local.values() if lp.image_key}
+        used.update(self._launching)
+        for root in self.workers.roots():
+            key = self.images.key_of_root(root)
+            if key is not None:
+                used.add(key)
+        return used
 
     async def _launch_locked(self, lp: Local, a: apb.Assignment, old: Local | None) -> None:
         try:
@@ -227,21 +263,18 @@ class Supervisor:
             image = a.image
             if not image.digest:
                 raise WorkerError(f"image {image.name!r} not found")
-            # One pull+install per digest at a time: a second install of the same digest
-            # replaces the directory (rmtree, rename) under a worker the first one started.
-            async with self._image_locks.setdefault(image.digest, asyncio.Lock()):
-                root = self.images.root_for(image.digest, image.entrypoint)
-                if root is None:
-                    content = await self._pull(image)
-                    root = await asyncio.to_thread(
-                        self.images.install, image.digest, image.format, image.entrypoint,
-                        content)
+            command = guest_command(image, a.spec)
+            root = await self._image_root(image)
+            if command.entrypoint != image.entrypoint and \
+                    not self.images.has_file(root, command.entrypoint):
+                raise WorkerError(f"entrypoint {command.entrypoint[:200]!r} is not a file in "
+                                  f"image {image.name!r}")
             upper = self.layers / a.name
             shutil.rmtree(upper, ignore_errors=True)
             upper.mkdir(parents=True)
             spec = PartitionSpec(
-                name=a.name, root=root, entrypoint=image.entrypoint,
-                args=tuple(a.spec.args), env=tuple(sorted(a.spec.env.items())),
+                name=a.name, root=root, entrypoint=command.entrypoint,
+                args=command.args, env=command.env, cwd=command.workdir,
                 vcpus=a.spec.vcpus or 1, memory_bytes=a.spec.memory_bytes or (64 << 20),
                 upper=upper, disk_bytes=a.spec.disk_bytes or DEFAULT_DISK_BYTES,
                 max_processes=a.spec.max_processes or DEFAULT_MAX_PROCESSES,

@@ -166,12 +166,17 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
 @click.option("--join", "join_addresses", metavar="ADDR[,ADDR…]",
               help="Controllers' API addresses to join through (needed with --join-token).")
 @click.option("--insecure", is_flag=True, help="Plaintext, no node certificate.")
+@click.option("--image-cache-size", "image_cache", type=SIZE, default="20Gi", show_default=True,
+              help="Disk for unpacked images; the least recently used ones no partition here "
+              "uses are evicted beyond it.")
 @click.pass_context
 def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int | None,
               memory: int | None, labels: Sequence[tuple[str, str]], run_dir: Path | None,
               address: str, pki_dir: Path | None, join_token: str | None,
-              join_addresses: str | None, insecure: bool) -> None:
+              join_addresses: str | None, insecure: bool, image_cache: int) -> None:
     """Run a node agent."""
+    if image_cache <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--image-cache-size")
     addresses = parse_addresses(controllers) if controllers else get_client(ctx).addresses
     from controller.security.files import PkiDir
     from controller.security.tls import TlsError
@@ -183,7 +188,8 @@ def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int
 
     run_dir = run_dir or default_data_dir() / "agents" / name
     config = AgentConfig(controllers=addresses, name=name, vcpus=vcpus, memory_bytes=memory,
-                         labels=dict(labels), run_dir=run_dir)
+                         labels=dict(labels), run_dir=run_dir,
+                         image_cache_bytes=image_cache)
     if address:
         config.address = address
     if insecure:

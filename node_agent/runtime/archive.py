@@ -52,7 +52,8 @@ from .fs import VIRTUAL_DEVICES, VIRTUAL_DIRS, WH_PREFIX
 
 __all__ = [
     "ArchiveError", "Limits", "IMAGE_LIMITS", "Kind", "Member", "MemberTable", "MemberChecker",
-    "validate", "unpack", "read_file", "open_root", "place_file", "is_regular_file",
+    "validate", "unpack", "read_file", "open_root", "place_file", "place_stream",
+    "is_regular_file",
     "packing_filter",
     "split_name",
 ]
@@ -535,6 +536,15 @@ def unpack(src: BinaryIO, root_fd: int, limits: Limits = IMAGE_LIMITS, *,
 def place_file(root_fd: int, guest_path: str, data: bytes, mode: int) -> None:
     """Write ``data`` as a new file at absolute ``guest_path`` under ``root_fd`` (the same
     name rules and O_NOFOLLOW walk as unpacking)."""
+    _place(root_fd, guest_path, iter((data,)), mode)
+
+
+def place_stream(root_fd: int, guest_path: str, src: BinaryIO, mode: int) -> None:
+    """place_file for content read from ``src`` to its end, a piece at a time."""
+    _place(root_fd, guest_path, iter(lambda: src.read(_CHUNK), b""), mode)
+
+
+def _place(root_fd: int, guest_path: str, chunks: Iterator[bytes], mode: int) -> None:
     what = f"path {_show(guest_path)}"
     if not guest_path.startswith("/"):
         raise ArchiveError(f"{what}: not absolute")
@@ -544,7 +554,7 @@ def place_file(root_fd: int, guest_path: str, data: bytes, mode: int) -> None:
     try:
         parent = _open_dirs(root_fd, parts[:-1], create=True)
         try:
-            _write_new_file(parent, parts[-1], iter((data,)), mode)
+            _write_new_file(parent, parts[-1], chunks, mode)
         finally:
             os.close(parent)
     except OSError as err:

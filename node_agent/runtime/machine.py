@@ -213,6 +213,10 @@ class Machine:
             self._tmp_upper = tempfile.mkdtemp(prefix=f"viridian-{spec.name}-")
             upper = Path(self._tmp_upper)
         self.fs = Sandbox(spec.root, upper, spec.entrypoint)
+        cwd = self._start_directory(spec.cwd)
+        if cwd is None:
+            return f"cannot start: working directory {spec.cwd[:200]!r} is not a directory " \
+                "in the image"
         argv = [spec.entrypoint, *spec.args]
         env = [f"{k}={v}" for k, v in spec.env]
         program = load_program(self.fs, spec.entrypoint, argv, env, spec.memory_bytes, "/")
@@ -222,7 +226,6 @@ class Machine:
         code, frame = boot_frame(program.arch, program.entry, sp)
         self.mem.host_write(self.mem.boot, code)
         self.mem.write(sp - len(frame), frame)
-        cwd = spec.cwd if spec.cwd.startswith("/") else "/"
         self.init = Process(pid=1, mem=self.mem, cwd=cwd, exe=program.exe, argv=program.argv,
                             gdt_free=list(range(GDT_AREA // GDT_SIZE)))
         self.processes = {1: self.init}
@@ -235,6 +238,16 @@ class Machine:
         self.vcpus = [Vcpu(self, i) for i in range(spec.vcpus)]
         self.sched.start(main)
         return None
+
+    def _start_directory(self, path: str) -> str | None:
+        """pid 1's working directory: ``path`` resolved in the sandbox (symlinks followed
+        inside it), or None unless it is an absolute path naming a directory."""
+        if not path.startswith("/"):
+            return None
+        try:
+            return self.fs.chdir_at(path, "/")
+        except (OSError, ValueError):
+            return None
 
     def _boot_restored(self) -> str | None:
         from .snapshot import restore_machine

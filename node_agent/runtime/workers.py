@@ -366,6 +366,20 @@ class WorkerManager:
                     found.append(handle)
             return found
 
+    def roots(self) -> list[Path]:
+        """The image root of every partition directory (its worker lives, or its end is not
+        collected yet): what the image cache must keep."""
+        found: list[Path] = []
+        for pdir in self.parts.iterdir():
+            if pdir.name.startswith("."):
+                continue
+            meta = _read_json(pdir / "meta.json")
+            spec = meta.get("spec") if isinstance(meta, dict) else None
+            root = spec.get("root") if isinstance(spec, dict) else None
+            if isinstance(root, str):
+                found.append(Path(root))
+        return found
+
     def get(self, name: str) -> WorkerHandle | None:
         with self._lock:
             return self._handles.get(name)

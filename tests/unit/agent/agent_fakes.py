@@ -122,7 +122,7 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
 
     async def PullImage(self, request: apb.PullImageRequest,
                         context: Any) -> AsyncIterator[apb.ImageChunk]:
-        yield apb.ImageChunk(data=self.images[request.digest])
+        yield apb.ImageChunk(data=self.images[request.digest][request.offset:])
 
     async def PullState(self, request: apb.PullStateRequest,
                         context: Any) -> AsyncIterator[apb.StateChunk]:

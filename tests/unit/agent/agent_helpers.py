@@ -15,7 +15,7 @@ from viridian.v1 import types_pb2 as pb
 
 from node_agent.agent import Agent, AgentConfig
 from node_agent.clock import Clock
-from node_agent.images import ImageCache
+from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache
 from node_agent.supervisor import Supervisor
 
 
@@ -23,22 +23,29 @@ def image_of(path: Path) -> tuple[pb.Image, bytes]:
     content = path.read_bytes()
     digest = "sha256:" + hashlib.sha256(content).hexdigest()
     return pb.Image(name=path.name, digest=digest, entrypoint=f"/{path.name}",
-                    format="elf"), content
+                    format="elf", size_bytes=len(content)), content
 
 
 class Node:
     """A real Supervisor on a run dir; pulls serve the guest binaries; reports collected."""
 
-    def __init__(self, run_dir: Path, bins: Path) -> None:
+    def __init__(self, run_dir: Path, bins: Path,
+                 cache_limit: int = DEFAULT_LIMIT_BYTES) -> None:
         self.run_dir = run_dir
         self.bins = bins
-        self.images = ImageCache(run_dir / "images")
+        self.images = ImageCache(run_dir / "images", cache_limit)
+        self.blobs: dict[str, bytes] = {}   # content served by digest (else the guest file)
+        self.pulls: list[str] = []          # digests pulled, in order
         self.sup = Supervisor(run_dir, self.images, self._pull, self._pull_state, "node-1")
         self.sent: list[apb.AgentMessage] = []
         self.sup.send = self.sent.append
 
-    async def _pull(self, image: pb.Image) -> bytes:
-        return (self.bins / image.entrypoint.lstrip("/")).read_bytes()
+    async def _pull(self, image: pb.Image, dest: Path) -> None:
+        self.pulls.append(image.digest)
+        content = self.blobs.get(image.digest)
+        if content is None:
+            content = (self.bins / image.entrypoint.lstrip("/")).read_bytes()
+        dest.write_bytes(content)
 
     async def _pull_state(self, name: str, ref: pb.StateRef) -> AsyncIterator[bytes]:
         raise AssertionError("no state pulls in these tests")

@@ -28,6 +28,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         run_dir: Path = Path(".")
         address: str = ""
         tls: Any = None
+        image_cache_bytes: int = 0
 
     def module(name: str, **attrs: Any) -> None:
         mod = types.ModuleType(name)
@@ -112,9 +113,15 @@ def test_agent(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     assert cfg.controllers == ["c1:1", "c2:1"]  # the global --controller by default
     assert (cfg.name, cfg.vcpus, cfg.memory_bytes) == ("n1", None, 2 << 30)
     assert cfg.labels == {"zone": "a"} and cfg.run_dir == tmp_path and cfg.tls is None
+    assert cfg.image_cache_bytes == 20 << 30
     CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n2", "--vcpus", "2",
-                             "--insecure"])
+                             "--insecure", "--image-cache-size", "512Mi"])
     assert calls[1][1].controllers == ["x:1"] and calls[1][1].vcpus == 2
+    assert calls[1][1].image_cache_bytes == 512 << 20
+    result = CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n3",
+                                      "--insecure", "--image-cache-size", "0"])
+    assert result.exit_code == 2 and "--image-cache-size" in result.stderr
+    assert len(calls) == 2
 
 
 def test_agent_needs_a_certificate_or_a_join_token(calls: list[tuple[str, Any]],
