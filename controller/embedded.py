@@ -46,6 +46,7 @@ class Cluster:
     node_memory: int = 0
     insecure: bool = False
     agent_listen: str = ""
+    controller_flags: tuple[str, ...] = ()   # more controller options (tests, benches)
     etcd_quota: int = DEFAULT_QUOTA_BYTES
     etcd: EtcdProcess | None = None
     controller: subprocess.Popen[bytes] | None = None
@@ -78,7 +79,7 @@ class Cluster:
         assert self.etcd is not None
         args = ["controller", "--listen", self.listen, "--agent-listen", self.agent_address,
                 "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl),
-                "--data-dir", str(self.data_dir / "controller")]
+                "--data-dir", str(self.data_dir / "controller"), *self.controller_flags]
         if self.insecure:
             return [*args, "--insecure"]
         host = self.listen.rsplit(":", 1)[0]

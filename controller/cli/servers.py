@@ -96,11 +96,14 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
               help="CA certificate (PEM) the blob registry's TLS certificate is checked with.")
 @click.option("--max-image-size", type=SIZE, default=None,
               help="Largest image a push may send (default 8Gi).")
+@click.option("--image-gc-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Seconds image content must stay unreferenced before its blob is deleted.")
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
                    compact_every: float, max_events: int,
                    insecure: bool, data_dir: Path | None, blob_registry: str,
-                   blob_registry_ca: Path | None, max_image_size: int | None) -> None:
+                   blob_registry_ca: Path | None, max_image_size: int | None,
+                   image_gc_grace: float) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
@@ -123,6 +126,7 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
                                  param_hint="'--blob-registry'")
     if max_image_size is not None:
         config.max_image_bytes = max_image_size
+    config.image_gc_grace_s = image_gc_grace
     if lease_ttl is not None:
         config.lease_ttl = lease_ttl
     if prefix is not None:

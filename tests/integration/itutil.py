@@ -257,12 +257,14 @@ def worker_pid(data_dir: Path, node: str, partition: str) -> int | None:
 class ClusterHandle:
     """A running embedded cluster plus ways to talk to it and to break it."""
 
-    def __init__(self, data_dir: Path, nodes: int = 2) -> None:
+    def __init__(self, data_dir: Path, nodes: int = 2,
+                 controller_flags: tuple[str, ...] = ()) -> None:
         self.data_dir = data_dir
         self.address = f"127.0.0.1:{free_port()}"
         self.cluster = Cluster(data_dir, nodes, self.address, lease_ttl=LEASE_TTL,
                                node_vcpus=NODE_VCPUS, node_memory=NODE_MEMORY,
-                               agent_listen=f"127.0.0.1:{free_port()}")
+                               agent_listen=f"127.0.0.1:{free_port()}",
+                               controller_flags=controller_flags)
         self.channel: grpc.Channel | None = None
 
     @property
@@ -355,10 +357,11 @@ def short_tmp_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp")).resolve()
 
 
-def running_cluster(prefix: str, images: dict[str, Path]) -> Iterator[ClusterHandle]:
+def running_cluster(prefix: str, images: dict[str, Path],
+                    controller_flags: tuple[str, ...] = ()) -> Iterator[ClusterHandle]:
     """Start a cluster, push images (name -> path), yield it, stop it, check for leftovers."""
     data_dir = short_tmp_dir(prefix)
-    handle = ClusterHandle(data_dir)
+    handle = ClusterHandle(data_dir, controller_flags=controller_flags)
     try:
         handle.start()
         for name, path in images.items():
