@@ -155,8 +155,11 @@ async def _connect(channel: grpc.aio.Channel, address: str) -> None:
 
 
 async def _drain(call: Any, rx: StateReceiver) -> None:
-    """Write a stream's chunks into the receiver; _Stalled when it goes quiet."""
+    """Write a stream's chunks into the receiver; _Stalled when it goes quiet. Each chunk is
+    hashed and written in a thread while the next one arrives (one chunk in hand at most,
+    so the sender is still paced by how fast we take them)."""
     chunks: AsyncIterator[apb.StateChunk] = call.__aiter__()
+    writing: asyncio.Future[None] | None = None
     try:
         while True:
             try:
@@ -165,7 +168,11 @@ async def _drain(call: Any, rx: StateReceiver) -> None:
                 return
             except TimeoutError:
                 raise _Stalled from None
-            rx.write(chunk.data)
+            if writing is not None:
+                await writing
+            writing = asyncio.ensure_future(asyncio.to_thread(rx.write, chunk.data))
     finally:
         call.cancel()
+        if writing is not None:
+            await writing   # the receiver's offset counts only what was written
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from viridian.v1 import agent_pb2 as apb
@@ -125,7 +125,7 @@ class NodeSession:
             feed.deliver(data)
 
     async def state(self, name: str, digest: str, offset: int = 0,
-                    window: int = STATE_WINDOW) -> AsyncIterator[apb.StateData]:
+                    window: int = STATE_WINDOW) -> AsyncGenerator[apb.StateData, None]:
         """Ask the agent for a saved state file from `offset`; yields chunks until eof or
         error. Credit-based: the agent sends at most `window` chunks ahead, and credit for
         more goes out only as the consumer takes chunks (once it has passed them on), so a

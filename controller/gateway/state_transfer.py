@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -98,14 +99,16 @@ class StateTransfers:
         async with self._relays:
             started = time.monotonic()
             sent = 0
-            async for data in session.state(request.name, request.state.digest,
-                                            request.offset):
-                if data.error:
-                    raise FailedPrecondition(
-                        f"state of {request.name!r} on {node}: {data.error}")
-                if data.data:
-                    sent += len(data.data)
-                    yield apb.StateChunk(data=data.data)
+            # aclosing: a receiver that goes away cancels the agent's sending at once.
+            feed = session.state(request.name, request.state.digest, request.offset)
+            async with aclosing(feed):
+                async for data in feed:
+                    if data.error:
+                        raise FailedPrecondition(
+                            f"state of {request.name!r} on {node}: {data.error}")
+                    if data.data:
+                        sent += len(data.data)
+                        yield apb.StateChunk(data=data.data)
             self.relayed += 1
             await self.store.events.record(
                 "Partition", request.name, "StateRelayed",
