@@ -195,6 +195,37 @@ def test_source_refuses_forged_tickets(cl: ClusterHandle) -> None:
             assert "state ticket refused" in (err.value.details() or "")
 
 
+def test_a_transfer_broken_half_way_resumes_where_it_stopped(cl: ClusterHandle) -> None:
+    """The source's agent is killed while node-2 fetches a 1 GiB state and started again:
+    the fetch goes on from the byte it reached (through the controller while the source's
+    own port is down), and the partition restores."""
+    name = "st-resume"
+    saved = _saved_on_node1(cl, name, 1024)
+    size = saved.status.saved_state.size_bytes
+    partial = cl.data_dir / "agents" / "node-2" / "states" / name / ".pull.partial"
+
+    def arriving() -> bool:
+        try:
+            return 0 < partial.stat().st_size < size // 2
+        except OSError:
+            return False
+
+    _move_and_start(cl, name)
+    wait_for(arriving, "the state arriving on node-2", timeout=60, interval=0.002)
+    cl.kill_agent("node-1")
+    broke_at = partial.stat().st_size
+    cl.restart_agent("node-1")
+    _running_on_node2(cl, name)
+    message = _fetched(cl, name)
+    assert "fetched from node-1" in message and "resumed" in message, message
+    # Resumed, not started over: the relay (or direct resume) began past the break.
+    relayed = [e.message for e in _events(cl, name) if e.reason == "StateRelayed"]
+    offsets = [int(m.split("from offset ")[1].split()[0]) for m in relayed]
+    assert all(o >= broke_at for o in offsets), (broke_at, relayed)
+    cl.stub.DeletePartition(cpb.DeletePartitionRequest(name=name, force=True), timeout=10)
+    wait_node(cl.stub, "node-1", pb.NODE_STATE_READY)
+
+
 def test_relay_through_the_controller_keeps_its_memory_flat(cl: ClusterHandle) -> None:
     """node-1 announces an address nobody listens on: node-2 cannot reach it and goes
     through the controller, which relays 1 GiB with its memory flat."""
