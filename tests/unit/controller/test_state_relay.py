@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from viridian.v1 import agent_pb2 as apb
+from viridian.v1 import types_pb2 as pb
 
 from controller.gateway.sessions import NodeSession
 
@@ -83,5 +84,64 @@ def test_a_finished_request_is_not_cancelled() -> None:
         assert (await first).eof
         await feed.aclose()
         assert _sent(session) == []
+
+    asyncio.run(main())
+
+
+class _Events:
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, str, str]] = []
+
+    async def record(self, kind: str, obj: str, reason: str, message: str) -> None:
+        self.recorded.append((obj, reason, message))
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.events = _Events()
+
+
+def test_relays_per_replica_are_bounded_and_recorded() -> None:
+    """With room for one relay, a second one asks its node for nothing until the first is
+    done; each finished relay is a StateRelayed event."""
+    from typing import Any
+
+    from controller.gateway.sessions import SessionRegistry
+    from controller.gateway.state_transfer import StateTransfers
+    from controller.security.tls import Dialer
+
+    async def main() -> None:
+        sessions = SessionRegistry()
+        session = NodeSession("node-1", "s", 0)
+        sessions.attach(session)
+        store: Any = _Store()
+        transfers = StateTransfers(store, sessions, "me:1", Dialer(None), max_relays=1)
+
+        def pull(name: str) -> apb.PullStateRequest:
+            return apb.PullStateRequest(name=name, state=pb.StateRef(node="node-1",
+                                                                    digest=DIGEST))
+
+        async def drain(name: str) -> list[bytes]:
+            return [c.data async for c in transfers.relay(pull(name), None)]
+
+        first = asyncio.create_task(drain("a"))
+        second = asyncio.create_task(drain("b"))
+        for _ in range(10):
+            await asyncio.sleep(0)
+        requests = _sent(session)
+        assert [m.state.name for m in requests] == ["a"]     # "b" waits for a slot
+        rid = requests[0].state.request_id
+        session.deliver_state(_chunk(rid, 1))
+        session.deliver_state(apb.StateData(request_id=rid, eof=True))
+        assert await first == [bytes([1]) * 10]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        (request_b,) = _sent(session)
+        assert request_b.state.name == "b"
+        session.deliver_state(apb.StateData(request_id=request_b.state.request_id, eof=True))
+        assert await second == []
+        assert [(o, r) for o, r, _ in store.events.recorded] == [("a", "StateRelayed"),
+                                                                  ("b", "StateRelayed")]
+        assert "relayed from node-1" in store.events.recorded[0][2]
 
     asyncio.run(main())
