@@ -270,7 +270,10 @@ def run_agent(config: AgentConfig) -> int:
         return 1
 
     async def main() -> None:
-        agent = Agent(config, arches)
+        try:
+            agent = Agent(config, arches)
+        except OSError as err:   # e.g. the --state-listen port is taken
+            raise SystemExit(str(err)) from err
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)

@@ -29,6 +29,7 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 64 << 10),   # requests are a ticket and an offset
     ("grpc.keepalive_time_ms", 2000),
     ("grpc.keepalive_timeout_ms", 2000),
+    ("grpc.so_reuseport", 0),   # a port another process holds is an error, not shared
 ]
 
 
@@ -77,11 +78,14 @@ class StateServer:
     def __init__(self, service: StateSourceService, listen: str, tls: TlsConfig | None) -> None:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         agent_pb2_grpc.add_StateSourceServicer_to_server(service, self.server)
-        if tls is None:
-            self.port = self.server.add_insecure_port(listen)
-        else:
-            self.port = self.server.add_secure_port(
-                listen, tls.server_credentials(require_client_cert=True))
+        try:
+            if tls is None:
+                self.port = self.server.add_insecure_port(listen)
+            else:
+                self.port = self.server.add_secure_port(
+                    listen, tls.server_credentials(require_client_cert=True))
+        except RuntimeError:   # grpc's "Failed to bind"
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {listen} for saved-state transfers")
         self.host = listen.rsplit(":", 1)[0]

@@ -325,3 +325,17 @@ def test_sender_stops_when_cancelled(tmp_path: Path) -> None:
         assert "r" not in sender._sending and len(sent) == 1
 
     asyncio.run(main())
+
+
+def test_a_taken_state_port_is_an_error_and_wildcards_are_not_announced(
+        tmp_path: Path) -> None:
+    async def main() -> None:
+        service = StateSourceService(StateStore(tmp_path), "node-1", lambda: KEY, False)
+        first = StateServer(service, "127.0.0.1:0", None)
+        assert first.announced("") == f"127.0.0.1:{first.port}"
+        assert first.announced("node-1.lan:7") == "node-1.lan:7"
+        with pytest.raises(OSError, match="cannot listen"):
+            StateServer(service, f"127.0.0.1:{first.port}", None)
+        assert StateServer(service, "0.0.0.0:0", None).announced("") == ""
+
+    asyncio.run(main())
