@@ -9,12 +9,10 @@ import logging
 import os
 import random
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
@@ -24,9 +22,12 @@ from node_agent.clock import BootClock, Clock
 from node_agent.fencing import Fence
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
 from node_agent.image_pull import BlobPuller
-from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache, ImagePullError
+from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache
 from node_agent.runtime.watchdog_file import WATCHDOG_FILE
+from node_agent.saved_states import StateSender
 from node_agent.session import ControllerSession, Outbox, RegisterRefused
+from node_agent.state_fetch import StateFetcher
+from node_agent.state_server import StateServer, StateSourceService
 from node_agent.supervisor import Supervisor
 from node_agent.timing import Timing
 
@@ -46,7 +47,8 @@ class AgentConfig:
     memory_bytes: int | None = None
     labels: dict[str, str] = field(default_factory=dict)
     run_dir: Path = Path("/var/lib/viridian/agent")
-    address: str = ""
+    address: str = ""              # announced for saved-state transfers ("": the listen one)
+    state_listen: str = "127.0.0.1:0"   # where StateSource listens (other nodes fetch here)
     tls: TlsConfig | None = None   # the node's certificate; None: plaintext (--insecure)
     image_cache_bytes: int = DEFAULT_LIMIT_BYTES  # --image-cache-size
 
@@ -63,8 +65,17 @@ class Agent:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.images = ImageCache(run_dir / "images", config.image_cache_bytes)
         self.puller = BlobPuller(lambda: self._gateway)
-        self.supervisor = Supervisor(run_dir, self.images, self._pull, self._pull_state,
+        self._dialer = Dialer(config.tls)
+        self.fetcher = StateFetcher(self._dialer, lambda: self._gateway, self._event)
+        self.supervisor = Supervisor(run_dir, self.images, self._pull, self.fetcher.fetch,
                                      config.name)
+        self.state_sender = StateSender(self.supervisor.states, self._session_send)
+        self._ticket_key = b""   # from the controller at Register: checks state tickets
+        self.state_source = StateSourceService(self.supervisor.states, config.name,
+                                               lambda: self._ticket_key,
+                                               check_caller=config.tls is not None)
+        self.state_server = StateServer(self.state_source, config.state_listen, config.tls)
+        self.announced = self.state_server.announced(config.address)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
         self._outbox: Outbox | None = None
         self._consoles: dict[str, asyncio.Task[None]] = {}
@@ -73,12 +84,11 @@ class Agent:
         self.fence = Fence(self.supervisor, run_dir / "workers" / WATCHDOG_FILE, self.clock)
         self.timing = Timing.for_ttl(self.fence.ttl)
         self.address = ""  # the controller of the current session ("" between sessions)
-        self._dialer = Dialer(config.tls)
 
     def spec(self) -> pb.NodeSpec:
         c = self.config
         return pb.NodeSpec(
-            address=c.address,
+            address=self.announced,
             vcpus=c.vcpus or host_vcpus(),
             memory_bytes=c.memory_bytes or host_memory_bytes(),
             arches=[ARCH_ENUM[a] for a in self.arches],
@@ -90,11 +100,17 @@ class Agent:
     async def run(self) -> None:
         await self.supervisor.start()
         self.supervisor.send = self._send
+        await self.state_server.start()
+        if not self.announced:
+            log.warning("saved-state transfers from this node go through the controller: "
+                        "--state-listen %s is a wildcard and no --address was given",
+                        self.config.state_listen)
         fencing = asyncio.create_task(self.fence.run(), name="fence")
         try:
             await self._connect_loop()
         finally:
             fencing.cancel()
+            await self.state_server.stop()
             await self.supervisor.close()
 
     async def _connect_loop(self) -> None:
@@ -141,6 +157,15 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def _session_send(self) -> Callable[[apb.AgentMessage], None] | None:
+        return self._send if self._outbox is not None else None
+
+    def _event(self, partition: str, reason: str, message: str, warning: bool) -> None:
+        log.info("%s: %s", partition, message)
+        self._send(apb.AgentMessage(event=apb.AgentEvent(
+            partition=partition, type="Warning" if warning else "Normal", reason=reason,
+            message=message)))
+
     def _send(self, msg: apb.AgentMessage) -> None:
         """Reports and events share the heartbeats' lane, in order: the controller checks a
         heartbeat's inventory against the reports sent before it, so a heartbeat must never
@@ -167,6 +192,11 @@ class Agent:
             for task in self._consoles.values():
                 task.cancel()
             self._consoles.clear()
+            self.state_sender.cancel_all()
+
+    def registered(self, reply: apb.RegisterResponse) -> None:
+        if reply.state_ticket_key:
+            self._ticket_key = reply.state_ticket_key
 
     def handle(self, msg: apb.ControllerMessage) -> None:
         kind = msg.WhichOneof("msg")
@@ -186,18 +216,11 @@ class Agent:
         elif kind == "stdin":
             self.supervisor.stdin(msg.stdin)
         elif kind == "state":
-            asyncio.create_task(self.supervisor.send_state(msg.state))
-
-    async def _pull_state(self, name: str, ref: pb.StateRef) -> AsyncIterator[bytes]:
-        gw = self._gateway
-        if gw is None:
-            raise ImagePullError("not connected to a controller")
-        stream: Any = gw.PullState(apb.PullStateRequest(name=name, state=ref))
-        try:
-            async for chunk in stream:
-                yield chunk.data
-        except grpc.aio.AioRpcError as err:
-            raise ImagePullError(f"pull of the saved state failed: {err.details()}") from err
+            self.state_sender.start(msg.state)
+        elif kind == "state_credit":
+            self.state_sender.credit(msg.state_credit)
+        elif kind == "state_cancel":
+            self.state_sender.cancel(msg.state_cancel.request_id)
 
     def _console_done(self, rid: str) -> Callable[[asyncio.Task[None]], None]:
         def done(_task: asyncio.Task[None]) -> None:
@@ -224,7 +247,10 @@ def run_agent(config: AgentConfig) -> int:
         return 1
 
     async def main() -> None:
-        agent = Agent(config, arches)
+        try:
+            agent = Agent(config, arches)
+        except OSError as err:   # e.g. the --state-listen port is taken
+            raise SystemExit(str(err)) from err
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, agent.stop)

@@ -55,6 +55,10 @@ class SessionHost(Protocol):
 
     def handle(self, msg: apb.ControllerMessage) -> None: ...
 
+    def registered(self, reply: apb.RegisterResponse) -> None:
+        """A controller accepted the registration (the reply carries the state-ticket key)."""
+        ...
+
     def attach(self, gateway: agent_pb2_grpc.AgentGatewayStub | None,
                outbox: Outbox | None) -> None:
         """Messages go to `outbox` and pulls through `gateway` (None: disconnected)."""
@@ -183,6 +187,7 @@ class ControllerSession:
                 self.outcome.why += (" (not an agent port: agents dial the controllers' "
                                      "--agent-listen port, by default the API port + 1)")
             return None
+        self.host.registered(reply)
         timing = Timing.from_reply(reply)
         self.outcome.timing = timing
         self.fence.contact(sent_at, timing)

@@ -1,6 +1,7 @@
 """Saved states and checkpoints kept on this node: one file per state, named by its sha256,
 under RUN_DIR/states/PARTITION/. Files come from a save or checkpoint here, or are pulled
-from another node through the controller (and verified) for a restore."""
+from another node (directly or through the controller, verified either way) for a
+restore."""
 
 from __future__ import annotations
 
@@ -8,14 +9,61 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 20
 
 
 class StateError(Exception):
     pass
+
+
+class StateOffsetError(StateError):
+    """A resume from past the end of the file."""
+
+
+class StateReceiver:
+    """A state file arriving in order, possibly over several streams (a resume continues at
+    `offset`): hashed as it is written, kept under its digest only if the sha256 matches.
+    The bytes come from another node and are not trusted: never more than `size`."""
+
+    def __init__(self, tmp: Path, final: Path, digest: str, size: int) -> None:
+        self.tmp = tmp
+        self.final = final
+        self.digest = digest
+        self.size = size
+        self.offset = 0
+        self._hash = hashlib.sha256()
+        self._file: BinaryIO | None = open(tmp, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        if self._file is None:
+            raise StateError("the state receiver is closed")
+        if self.size and self.offset + len(chunk) > self.size:
+            raise StateError(f"the sender sent more than the state's {self.size} bytes")
+        self._hash.update(chunk)
+        self._file.write(chunk)
+        self.offset += len(chunk)
+
+    def finish(self) -> Path:
+        """Verify and keep the file; StateError (and nothing kept) if it is not the one."""
+        self.close()
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self.digest:
+            self.tmp.unlink(missing_ok=True)
+            raise StateError(f"pulled state has digest {actual}, expected {self.digest}")
+        os.replace(self.tmp, self.final)
+        return self.final
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def abort(self) -> None:
+        self.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def sha256_file(path: Path) -> str:
@@ -32,6 +80,13 @@ def _hex(digest: str) -> str:
                                                             for c in hexdigest):
         raise StateError(f"invalid state digest {digest!r}")
     return hexdigest
+
+
+def _name(name: str) -> str:
+    """A partition name as a directory name (names arrive in requests and tickets)."""
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise StateError(f"invalid partition name {name[:64]!r}")
+    return name
 
 
 class StateStore:
@@ -57,48 +112,27 @@ class StateStore:
         return digest, size, final
 
     def path(self, name: str, digest: str) -> Path | None:
-        p = self.root / name / f"{_hex(digest)}.state"
+        p = self.root / _name(name) / f"{_hex(digest)}.state"
         return p if p.is_file() else None
 
-    def receive(self, name: str, digest: str, chunks: Iterator[bytes]) -> Path:
-        """Write a pulled state, verify its sha256, and keep it under its digest."""
-        tmp = self.scratch(name, "pull")
-        h = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                h.update(chunk)
-                f.write(chunk)
-        actual = "sha256:" + h.hexdigest()
-        if actual != digest:
-            tmp.unlink(missing_ok=True)
-            raise StateError(f"pulled state has digest {actual}, expected {digest}")
-        final = self.root / name / f"{_hex(digest)}.state"
-        os.replace(tmp, final)
-        return final
+    def receiver(self, name: str, digest: str, size: int) -> StateReceiver:
+        """Somewhere to write a state pulled from another node, verified as it arrives."""
+        final = self.root / _name(name) / f"{_hex(digest)}.state"
+        return StateReceiver(self.scratch(name, "pull"), final, digest, size)
 
-    async def receive_async(self, name: str, digest: str, chunks: AsyncIterator[bytes]) -> Path:
-        """receive() for chunks arriving on the event loop."""
-        tmp = self.scratch(name, "pull")
-        h = hashlib.sha256()
-        with open(tmp, "wb") as f:
-            async for chunk in chunks:
-                h.update(chunk)
-                f.write(chunk)
-        actual = "sha256:" + h.hexdigest()
-        if actual != digest:
-            tmp.unlink(missing_ok=True)
-            raise StateError(f"pulled state has digest {actual}, expected {digest}")
-        final = self.root / name / f"{_hex(digest)}.state"
-        os.replace(tmp, final)
-        return final
-
-    def read(self, name: str, digest: str) -> Iterator[bytes]:
+    def open(self, name: str, digest: str, offset: int = 0) -> tuple[BinaryIO, int]:
+        """A state file opened for reading at `offset`, and its size."""
         path = self.path(name, digest)
         if path is None:
             raise StateError(f"no state {digest[:19]} of {name!r} on this node")
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        f = open(path, "rb")
+        size = os.fstat(f.fileno()).st_size
+        if offset > size:
+            f.close()
+            raise StateOffsetError(f"offset {offset} is past the end of the state ({size} "
+                                   "bytes)")
+        f.seek(offset)
+        return f, size
 
     # checkpoint names -> digests, so a checkpoint can be deleted by name
     def _index(self, name: str) -> Path:

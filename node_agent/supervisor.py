@@ -394,10 +394,6 @@ class Supervisor:
 
         await stream_console(req, lookup, self.send)
 
-    async def send_state(self, req: apb.StateRequest) -> None:
-        """Stream a saved state file to the controller (for a restore on another node)."""
-        await self.saved.serve(req, self.send)
-
     # -- commands ------------------------------------------------------------------------
 
     def command(self, c: apb.PartitionCommand) -> None:

@@ -10,6 +10,7 @@ from controller.api.context import ApiContext
 from controller.errors import FailedPrecondition, InvalidArgument
 from controller.grpc_errors import Context, map_errors
 from controller.security import principal as callers
+from controller.security.names import node_server_name
 from controller.security.pki import CertError, sign_csr
 from controller.security.tokens import new_token, secret_digest
 from controller.store import now_ts
@@ -80,7 +81,9 @@ class SecurityApi:
                 f"node {request.node!r} is connected: a join cannot take over a live node's "
                 "name (remove the node first, or pick another name)")
         try:
-            cert = sign_csr(self.ctx.ca, request.csr_pem, f"node:{request.node}")
+            # Also a server certificate: the node serves its saved states to other nodes.
+            cert = sign_csr(self.ctx.ca, request.csr_pem, f"node:{request.node}",
+                            server_names=[node_server_name(request.node)])
         except CertError as err:
             raise InvalidArgument(str(err)) from err
         return cpb.JoinNodeResponse(certificate_pem=cert, ca_pem=self.ctx.ca.cert_pem)

@@ -160,7 +160,11 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
               help="Node label (repeatable).")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where partitions' workers keep their files (default: <data>/agents/NAME).")
-@click.option("--address", default="", help="host:port the agent can be reached at.")
+@click.option("--address", default="",
+              help="host:port other nodes reach this agent's saved-state port at (default: "
+              "the --state-listen address, unless it is a wildcard).")
+@click.option("--state-listen", default="127.0.0.1:0", show_default=True, metavar="HOST:PORT",
+              help="Where to serve saved states to other nodes (port 0: any free port).")
 @click.option("--pki-dir", type=click.Path(file_okay=False, path_type=Path),
               help="ca.pem plus this node's cert.pem/key.pem (written there by a join) "
               "(default: <run-dir>/pki).")
@@ -176,7 +180,7 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
 @click.pass_context
 def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int | None,
               memory: int | None, labels: Sequence[tuple[str, str]], run_dir: Path | None,
-              address: str, pki_dir: Path | None, join_token: str | None,
+              address: str, state_listen: str, pki_dir: Path | None, join_token: str | None,
               join_addresses: str | None, insecure: bool, image_cache: int) -> None:
     """Run a node agent."""
     if image_cache <= 0:
@@ -192,7 +196,7 @@ def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int
 
     run_dir = run_dir or default_data_dir() / "agents" / name
     config = AgentConfig(controllers=addresses, name=name, vcpus=vcpus, memory_bytes=memory,
-                         labels=dict(labels), run_dir=run_dir,
+                         labels=dict(labels), run_dir=run_dir, state_listen=state_listen,
                          image_cache_bytes=image_cache)
     if address:
         config.address = address

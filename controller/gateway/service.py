@@ -17,7 +17,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import grpc
 from viridian.v1 import agent_pb2 as apb
@@ -29,7 +28,8 @@ from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
-from controller.grpc_errors import Context, map_errors, status_of
+from controller.gateway.state_transfer import StateTransfers
+from controller.grpc_errors import Context, map_errors, map_stream_errors, status_of
 from controller.images.backend import ImageBackend
 from controller.images.blobstore import DIGEST
 from controller.partitions.actions import PartitionActions
@@ -96,6 +96,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.reports = ReportApplier(store, actions)
         self.inventory = InventoryChecker(store, actions)
         self._granted: dict[str, Grant] = {}
+        self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
         self._revoking: set[asyncio.Task[None]] = set()
 
     @map_errors
@@ -116,7 +117,9 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             if current is not None and current.session_id == old.session_id:
                 current.close()  # superseded: its lease is revoked
         self._granted[name] = Grant(session_id, lease, list(request.running))
-        return self.timings.response(session_id)
+        reply = self.timings.response(session_id)
+        reply.state_ticket_key = await self.transfers.node_key(name)
+        return reply
 
     async def Session(
         self,
@@ -316,43 +319,17 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 return True
         return False
 
+    @map_stream_errors
     async def PullState(
         self, request: apb.PullStateRequest, context: Context
     ) -> AsyncIterator[apb.StateChunk]:
-        """Relay a saved state file from the node that holds it (through whichever replica
-        holds that node's session)."""
-        caller = callers.current()
-        if caller.kind == "node" and \
-                self.store.cache.bound_node(request.name) != caller.name:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"partition {request.name[:253]!r} is not bound to node "
-                                f"{caller.name!r}")
-            return
-        node = request.state.node
-        session = self.sessions.get(node)
-        if session is None:
-            try:
-                address = await self.store.nodes.session_holder(node)
-            except StoreError as err:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
-                return
-            if not address or address == self.advertise:
-                await context.abort(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"node {node!r}, which holds the saved state of {request.name!r}, "
-                    "is not connected",
-                )
-                return
-            async with self.dialer.aio_channel(address) as channel:
-                stub = agent_pb2_grpc.AgentGatewayStub(channel)
-                relay: Any = stub.PullState(request)
-                async for chunk in relay:
-                    yield chunk
-            return
-        async for data in session.state(request.name, request.state.digest):
-            if data.error:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"state of {request.name!r} on {node}: {data.error}")
-                return
-            if data.data:
-                yield apb.StateChunk(data=data.data)
+        """Relay a saved state file from the node that holds it, flow controlled (the
+        fallback when the destination cannot reach the source itself)."""
+        async for chunk in self.transfers.relay(request, context):
+            yield chunk
+
+    @map_errors
+    async def GetStateTicket(
+        self, request: apb.GetStateTicketRequest, context: Context
+    ) -> apb.GetStateTicketResponse:
+        return await self.transfers.ticket(request)

@@ -1,16 +1,44 @@
-"""Agent sessions held by this replica: one outgoing queue per node, console request routing."""
+"""Agent sessions held by this replica: one outgoing queue per node, console request routing,
+and saved states read from an agent under credit-based flow control."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from viridian.v1 import agent_pb2 as apb
 
 log = logging.getLogger(__name__)
+
+#: Chunks (of at most 1 MiB) an agent may send for one state request before it is granted
+#: more: what a relay can hold in this replica's memory at most.
+STATE_WINDOW = 8
+
+
+@dataclass
+class StateFeed:
+    """The chunks of one StateRequest on their way through this replica. The agent may have
+    at most `granted - received` chunks in flight; one past that breaks the request."""
+
+    window: int
+    queue: asyncio.Queue[apb.StateData] = field(default_factory=asyncio.Queue)
+    granted: int = 0
+    received: int = 0
+    broken: bool = False
+
+    def deliver(self, data: apb.StateData) -> None:
+        if self.broken:
+            return
+        if data.data:
+            self.received += 1
+            if self.received > self.granted:
+                self.broken = True
+                data = apb.StateData(request_id=data.request_id, eof=True,
+                                     error="the node sent more than its credit allowed")
+        self.queue.put_nowait(data)
 
 
 @dataclass
@@ -28,7 +56,7 @@ class NodeSession:
     # its stop grace (a shorter grace for a stop under way is sent again: Turn Off)
     commands: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
     checkpoints: set[tuple[str, int, str]] = field(default_factory=set)  # requested
-    states: dict[str, asyncio.Queue[apb.StateData]] = field(default_factory=dict)
+    states: dict[str, StateFeed] = field(default_factory=dict)
     consoles: dict[str, asyncio.Queue[apb.ConsoleData]] = field(default_factory=dict)
     closed: bool = False
     last_seen: float = 0.0  # loop time of the agent's last message
@@ -57,8 +85,8 @@ class NodeSession:
             self.outgoing.put_nowait(None)
             for q in self.consoles.values():
                 q.put_nowait(apb.ConsoleData(eof=True, error="the node's session ended"))
-            for sq in self.states.values():
-                sq.put_nowait(apb.StateData(eof=True, error="the node's session ended"))
+            for feed in self.states.values():
+                feed.queue.put_nowait(apb.StateData(eof=True, error="the node's session ended"))
             self.beat.set()
 
     def deliver_console(self, data: apb.ConsoleData) -> None:
@@ -92,25 +120,43 @@ class NodeSession:
                 )
 
     def deliver_state(self, data: apb.StateData) -> None:
-        q = self.states.get(data.request_id)
-        if q is not None:
-            q.put_nowait(data)
+        feed = self.states.get(data.request_id)
+        if feed is not None:
+            feed.deliver(data)
 
-    async def state(self, name: str, digest: str) -> AsyncIterator[apb.StateData]:
-        """Ask the agent for a saved state file; yields chunks until eof or error."""
+    async def state(self, name: str, digest: str, offset: int = 0,
+                    window: int = STATE_WINDOW) -> AsyncGenerator[apb.StateData, None]:
+        """Ask the agent for a saved state file from `offset`; yields chunks until eof or
+        error. Credit-based: the agent sends at most `window` chunks ahead, and credit for
+        more goes out only as the consumer takes chunks (once it has passed them on), so a
+        slow receiver holds the agent back instead of filling this replica's memory."""
         request_id = uuid.uuid4().hex
-        q: asyncio.Queue[apb.StateData] = asyncio.Queue()
-        self.states[request_id] = q
-        self.send(apb.ControllerMessage(
-            state=apb.StateRequest(request_id=request_id, name=name, digest=digest)))
+        feed = StateFeed(window=window, granted=window)
+        self.states[request_id] = feed
+        self.send(apb.ControllerMessage(state=apb.StateRequest(
+            request_id=request_id, name=name, digest=digest, offset=offset, window=window)))
+        finished = False
+        taken = 0
         try:
             while True:
-                data = await q.get()
-                yield data
+                data = await feed.queue.get()
                 if data.eof or data.error:
+                    finished = True
+                yield data
+                if finished:
                     return
+                taken += 1
+                # Credit in batches of half the window: fewer messages, never a stall.
+                if taken * 2 >= window:
+                    feed.granted += taken
+                    self.send(apb.ControllerMessage(state_credit=apb.StateCredit(
+                        request_id=request_id, chunks=taken)))
+                    taken = 0
         finally:
             self.states.pop(request_id, None)
+            if not finished:
+                self.send(apb.ControllerMessage(
+                    state_cancel=apb.StateCancel(request_id=request_id)))
 
 
 class SessionRegistry:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from viridian.v1 import types_pb2 as pb
 
-from controller.security.pki import CONTROLLER_NAME, ETCD_NAME, KeyPair, issue, make_ca
+from controller.security.names import node_server_name
+from controller.security.pki import CONTROLLER_NAME, ETCD_NAME, KeyPair, issue, make_ca, serves_as
 from controller.security.tls import TlsConfig, TlsError
 from controller.security.tokens import new_token, parse_token
 
@@ -129,8 +130,10 @@ class ClusterPki:
     def node(self, name: str) -> PkiDir:
         ca = self.ca()
         out = PkiDir(self.root / f"node-{name}")
-        if not out.has_identity():
-            out.write(ca.cert_pem, issue(ca, f"node:{name}"))
+        server = node_server_name(name)
+        # A certificate from before nodes served their saved states is issued again.
+        if not out.has_identity() or not serves_as(out.cert.read_bytes(), server):
+            out.write(ca.cert_pem, issue(ca, f"node:{name}", [server]))
         return out
 
     def admin(self) -> tuple[PkiDir, str]:

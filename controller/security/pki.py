@@ -26,7 +26,7 @@ from controller.security.names import CONTROLLER_NAME, ETCD_NAME
 
 __all__ = [
     "CONTROLLER_NAME", "ETCD_NAME", "CertError", "KeyPair", "ca_fingerprint", "issue",
-    "make_ca", "make_csr", "sign_csr",
+    "make_ca", "make_csr", "serves_as", "sign_csr",
 ]
 
 CA_DAYS = 3650
@@ -136,9 +136,11 @@ def make_csr(common_name: str) -> tuple[bytes, bytes]:
     return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
-def sign_csr(ca: KeyPair, csr_pem: bytes, common_name: str, days: int = LEAF_DAYS) -> bytes:
-    """A client certificate for the CSR's key, with the subject WE choose (the CSR's own
-    subject and extensions are ignored: the caller proved a token, not a name)."""
+def sign_csr(ca: KeyPair, csr_pem: bytes, common_name: str, days: int = LEAF_DAYS,
+             server_names: list[str] | None = None) -> bytes:
+    """A certificate for the CSR's key, with the subject and server names WE choose (the
+    CSR's own subject and extensions are ignored: the caller proved a token, not a name);
+    a client certificate, also a server one with server_names."""
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
     except ValueError as err:
@@ -148,7 +150,20 @@ def sign_csr(ca: KeyPair, csr_pem: bytes, common_name: str, days: int = LEAF_DAY
     public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey):
         raise CertError("the certificate request must use an EC P-256 key")
-    return _build(ca, common_name, public_key, [], days)
+    return _build(ca, common_name, public_key, list(server_names or []), days)
+
+
+def serves_as(cert_pem: bytes, server_name: str) -> bool:
+    """Whether the certificate is a server certificate for `server_name` (serverAuth and
+    that DNS name): node certificates issued before nodes served anything are not."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return False
+    return ExtendedKeyUsageOID.SERVER_AUTH in eku and \
+        server_name in san.get_values_for_type(x509.DNSName)
 
 
 def ca_fingerprint(cert_pem: bytes) -> str:

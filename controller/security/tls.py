@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from controller.security.names import CONTROLLER_NAME
+from controller.security.names import CONTROLLER_NAME, node_server_name
 
 __all__ = ["Dialer", "TlsConfig", "TlsError", "controller_options", "token_credentials"]
 
@@ -79,3 +79,13 @@ class Dialer:
             return grpc.aio.insecure_channel(address, options=list(options))
         return grpc.aio.secure_channel(address, self.tls.channel_credentials(),
                                        options=controller_options(options))
+
+    def node_channel(self, address: str, node: str,
+                     options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """A channel to node `node`'s StateSource at `address`: its certificate must name
+        that node (node_server_name), whatever the address."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(address, options=list(options))
+        return grpc.aio.secure_channel(
+            address, self.tls.channel_credentials(),
+            options=[*options, ("grpc.ssl_target_name_override", node_server_name(node))])

@@ -18,12 +18,13 @@ from controller.store.records import (
     NodeGuard,
     StoredPartition,
 )
+from controller.store.secrets import SecretStore
 from controller.store.tokens import TokenStore
 
 __all__ = [
     "AllocEntry", "Allocation", "CachedPartition", "ClusterCache", "EtcdStore", "EventStore",
-    "ImageStore", "Keys", "LeaderStore", "NodeGuard", "NodeStore", "PartitionStore", "Store",
-    "StoredPartition", "TokenStore", "now_ts",
+    "ImageStore", "Keys", "LeaderStore", "NodeGuard", "NodeStore", "PartitionStore",
+    "SecretStore", "Store", "StoredPartition", "TokenStore", "now_ts",
 ]
 
 
@@ -42,6 +43,7 @@ class Store:
         self.nodes = NodeStore(etcd, self.keys, self.events, self.leader)
         self.images = ImageStore(etcd, self.keys, self.leader)
         self.tokens = TokenStore(etcd, self.keys)
+        self.secrets = SecretStore(etcd, self.keys)
 
     def close(self) -> None:
         self.etcd.close()

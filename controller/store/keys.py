@@ -100,6 +100,9 @@ class Keys:
     def token(self, token_id: str) -> str:
         return self.tokens + token_id
 
+    def secret(self, name: str) -> str:
+        return f"{self.prefix}/secrets/{name}"
+
     @property
     def leader(self) -> str:
         return f"{self.prefix}/leader"

@@ -104,6 +104,7 @@ class RegisterResponse(_message.Message):
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     FENCE_MARGIN_MS_FIELD_NUMBER: _builtins.int
     ACK_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    STATE_TICKET_KEY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """pass in SessionHello"""
     lease_ttl_seconds: _builtins.int
@@ -116,6 +117,8 @@ class RegisterResponse(_message.Message):
     """or of this Register) + TTL - margin
     no ack within this long: try the next controller
     """
+    state_ticket_key: _builtins.bytes
+    """HMAC key of this node's state tickets (StateSource"""
     def __init__(
         self,
         *,
@@ -124,10 +127,11 @@ class RegisterResponse(_message.Message):
         heartbeat_interval_ms: _builtins.int = ...,
         fence_margin_ms: _builtins.int = ...,
         ack_timeout_ms: _builtins.int = ...,
+        state_ticket_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_ms", b"ack_timeout_ms", "fence_margin_ms", b"fence_margin_ms", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_seconds", b"lease_ttl_seconds", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_ms", b"ack_timeout_ms", "fence_margin_ms", b"fence_margin_ms", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_seconds", b"lease_ttl_seconds", "session_id", b"session_id", "state_ticket_key", b"state_ticket_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -438,6 +442,8 @@ class ControllerMessage(_message.Message):
     STDIN_FIELD_NUMBER: _builtins.int
     ACK_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    STATE_CREDIT_FIELD_NUMBER: _builtins.int
+    STATE_CANCEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def assign(self) -> Global___Assignment:
         """run this partition under this epoch"""
@@ -466,6 +472,14 @@ class ControllerMessage(_message.Message):
     def state(self) -> Global___StateRequest:
         """send a saved state file (for a restore elsewhere)"""
 
+    @_builtins.property
+    def state_credit(self) -> Global___StateCredit:
+        """flow control of a StateRequest"""
+
+    @_builtins.property
+    def state_cancel(self) -> Global___StateCancel:
+        """stop sending a StateRequest's data"""
+
     def __init__(
         self,
         *,
@@ -476,12 +490,14 @@ class ControllerMessage(_message.Message):
         stdin: Global___StdinData | None = ...,
         ack: Global___HeartbeatAck | None = ...,
         state: Global___StateRequest | None = ...,
+        state_credit: Global___StateCredit | None = ...,
+        state_cancel: Global___StateCancel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "stdin", b"stdin"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "state_cancel", b"state_cancel", "state_credit", b"state_credit", "stdin", b"stdin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "stdin", b"stdin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "assign", b"assign", "command", b"command", "console", b"console", "console_cancel", b"console_cancel", "msg", b"msg", "state", b"state", "state_cancel", b"state_cancel", "state_credit", b"state_credit", "stdin", b"stdin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin", "ack", "state"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["assign", "command", "console", "console_cancel", "stdin", "ack", "state", "state_credit", "state_cancel"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -494,26 +510,79 @@ class StateRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """echo in StateData"""
     name: _builtins.str
     """partition name"""
     digest: _builtins.str
     """"sha256:<hex>" of the wanted state file"""
+    offset: _builtins.int
+    """first byte wanted (resume)"""
+    window: _builtins.int
+    """chunks (of at most 1 MiB) the agent may send before more credit"""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         name: _builtins.str = ...,
         digest: _builtins.str = ...,
+        offset: _builtins.int = ...,
+        window: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "name", b"name", "offset", b"offset", "request_id", b"request_id", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateRequest: _TypeAlias = StateRequest  # noqa: Y015
+
+@_typing.final
+class StateCredit(_message.Message):
+    """More credit for a StateRequest: the agent may send `chunks` more StateData chunks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    chunks: _builtins.int
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        chunks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateCredit: _TypeAlias = StateCredit  # noqa: Y015
+
+@_typing.final
+class StateCancel(_message.Message):
+    """The controller no longer wants a StateRequest's data (its receiver went away)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateCancel: _TypeAlias = StateCancel  # noqa: Y015
 
 @_typing.final
 class HeartbeatAck(_message.Message):
@@ -851,8 +920,38 @@ class PullStateRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
+    offset: _builtins.int
+    """first byte wanted (resume)"""
+    @_builtins.property
+    def state(self) -> _types_pb2.StateRef:
+        """which state, and the node that holds it"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: _types_pb2.StateRef | None = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "offset", b"offset", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PullStateRequest: _TypeAlias = PullStateRequest  # noqa: Y015
+
+@_typing.final
+class GetStateTicketRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name (bound to the caller)"""
     @_builtins.property
     def state(self) -> _types_pb2.StateRef:
         """which state, and the node that holds it"""
@@ -869,7 +968,127 @@ class PullStateRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___PullStateRequest: _TypeAlias = PullStateRequest  # noqa: Y015
+Global___GetStateTicketRequest: _TypeAlias = GetStateTicketRequest  # noqa: Y015
+
+@_typing.final
+class GetStateTicketResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TICKET_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """the source node's StateSource address"""
+    ticket: _builtins.bytes
+    """pass to FetchState (opaque)"""
+    source: _builtins.str
+    """the source node's name (its TLS server name is"""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """fetches must begin before this"""
+
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        ticket: _builtins.bytes = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "expires_at", b"expires_at", "source", b"source", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetStateTicketResponse: _TypeAlias = GetStateTicketResponse  # noqa: Y015
+
+@_typing.final
+class StateTicket(_message.Message):
+    """A signed permission to fetch one state file from one node, for one other node."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    claims: _builtins.bytes
+    """a serialized StateTicketClaims"""
+    mac: _builtins.bytes
+    """HMAC-SHA256 of `claims` with the source node's state_ticket_key"""
+    def __init__(
+        self,
+        *,
+        claims: _builtins.bytes = ...,
+        mac: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims", "mac", b"mac"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateTicket: _TypeAlias = StateTicket  # noqa: Y015
+
+@_typing.final
+class StateTicketClaims(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    digest: _builtins.str
+    """"sha256:<hex>" of the state file"""
+    source: _builtins.str
+    """node that serves it"""
+    destination: _builtins.str
+    """node allowed to fetch it"""
+    expires_unix_ms: _builtins.int
+    """wall-clock expiry"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        source: _builtins.str = ...,
+        destination: _builtins.str = ...,
+        expires_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "digest", b"digest", "expires_unix_ms", b"expires_unix_ms", "name", b"name", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateTicketClaims: _TypeAlias = StateTicketClaims  # noqa: Y015
+
+@_typing.final
+class FetchStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.bytes
+    """GetStateTicketResponse.ticket"""
+    offset: _builtins.int
+    """first byte wanted (resume); OUT_OF_RANGE past the end"""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.bytes = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchStateRequest: _TypeAlias = FetchStateRequest  # noqa: Y015
 
 @_typing.final
 class StateChunk(_message.Message):

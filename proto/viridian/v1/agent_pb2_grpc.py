@@ -59,6 +59,11 @@ class AgentGatewayStub:
                 request_serializer=viridian_dot_v1_dot_agent__pb2.PullStateRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
                 _registered_method=True)
+        self.GetStateTicket = channel.unary_unary(
+                '/viridian.v1.AgentGateway/GetStateTicket',
+                request_serializer=viridian_dot_v1_dot_agent__pb2.GetStateTicketRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_agent__pb2.GetStateTicketResponse.FromString,
+                _registered_method=True)
 
 
 class AgentGatewayServicer:
@@ -101,6 +106,15 @@ class AgentGatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStateTicket(self, request, context):
+        """A ticket to fetch a saved state straight from the node that holds it (StateSource on
+        that node's announced address, NodeSpec.address). Only for a partition bound to the
+        caller; PullState stays the fallback when the destination cannot reach the source.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentGatewayServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +142,11 @@ def add_AgentGatewayServicer_to_server(servicer, server):
                     servicer.PullState,
                     request_deserializer=viridian_dot_v1_dot_agent__pb2.PullStateRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_agent__pb2.StateChunk.SerializeToString,
+            ),
+            'GetStateTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStateTicket,
+                    request_deserializer=viridian_dot_v1_dot_agent__pb2.GetStateTicketRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_agent__pb2.GetStateTicketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +283,119 @@ class AgentGateway:
             target,
             '/viridian.v1.AgentGateway/PullState',
             viridian_dot_v1_dot_agent__pb2.PullStateRequest.SerializeToString,
+            viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStateTicket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.AgentGateway/GetStateTicket',
+            viridian_dot_v1_dot_agent__pb2.GetStateTicketRequest.SerializeToString,
+            viridian_dot_v1_dot_agent__pb2.GetStateTicketResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class StateSourceStub:
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.FetchState = channel.unary_stream(
+                '/viridian.v1.StateSource/FetchState',
+                request_serializer=viridian_dot_v1_dot_agent__pb2.FetchStateRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
+                _registered_method=True)
+
+
+class StateSourceServicer:
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    def FetchState(self, request, context):
+        """Stream the state file the ticket names from `offset` (resume); the caller verifies the
+        sha256. PERMISSION_DENIED for a forged, expired or misdirected ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_StateSourceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'FetchState': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchState,
+                    request_deserializer=viridian_dot_v1_dot_agent__pb2.FetchStateRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_agent__pb2.StateChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'viridian.v1.StateSource', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('viridian.v1.StateSource', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class StateSource:
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    @staticmethod
+    def FetchState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/viridian.v1.StateSource/FetchState',
+            viridian_dot_v1_dot_agent__pb2.FetchStateRequest.SerializeToString,
             viridian_dot_v1_dot_agent__pb2.StateChunk.FromString,
             options,
             channel_credentials,

@@ -47,6 +47,11 @@ class AgentGatewayStub:
     """Fetch a saved state from the node that holds it, relayed by the controller; verified by
     sha256 by the receiving agent.
     """
+    GetStateTicket: _grpc.UnaryUnaryMultiCallable[_agent_pb2.GetStateTicketRequest, _agent_pb2.GetStateTicketResponse]
+    """A ticket to fetch a saved state straight from the node that holds it (StateSource on
+    that node's announced address, NodeSpec.address). Only for a partition bound to the
+    caller; PullState stays the fallback when the destination cannot reach the source.
+    """
 
 @_typing.type_check_only
 class AgentGatewayAsyncStub(AgentGatewayStub):
@@ -64,6 +69,11 @@ class AgentGatewayAsyncStub(AgentGatewayStub):
     PullState: _aio.UnaryStreamMultiCallable[_agent_pb2.PullStateRequest, _agent_pb2.StateChunk]  # type: ignore[assignment]
     """Fetch a saved state from the node that holds it, relayed by the controller; verified by
     sha256 by the receiving agent.
+    """
+    GetStateTicket: _aio.UnaryUnaryMultiCallable[_agent_pb2.GetStateTicketRequest, _agent_pb2.GetStateTicketResponse]  # type: ignore[assignment]
+    """A ticket to fetch a saved state straight from the node that holds it (StateSource on
+    that node's announced address, NodeSpec.address). Only for a partition bound to the
+    caller; PullState stays the fallback when the destination cannot reach the source.
     """
 
 class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
@@ -111,4 +121,64 @@ class AgentGatewayServicer(metaclass=_abc_1.ABCMeta):
         sha256 by the receiving agent.
         """
 
+    @_abc_1.abstractmethod
+    def GetStateTicket(
+        self,
+        request: _agent_pb2.GetStateTicketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_agent_pb2.GetStateTicketResponse, _abc.Awaitable[_agent_pb2.GetStateTicketResponse]]:
+        """A ticket to fetch a saved state straight from the node that holds it (StateSource on
+        that node's announced address, NodeSpec.address). Only for a partition bound to the
+        caller; PullState stays the fallback when the destination cannot reach the source.
+        """
+
 def add_AgentGatewayServicer_to_server(servicer: AgentGatewayServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class StateSourceStub:
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> StateSourceAsyncStub: ...
+    FetchState: _grpc.UnaryStreamMultiCallable[_agent_pb2.FetchStateRequest, _agent_pb2.StateChunk]
+    """Stream the state file the ticket names from `offset` (resume); the caller verifies the
+    sha256. PERMISSION_DENIED for a forged, expired or misdirected ticket.
+    """
+
+@_typing.type_check_only
+class StateSourceAsyncStub(StateSourceStub):
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    FetchState: _aio.UnaryStreamMultiCallable[_agent_pb2.FetchStateRequest, _agent_pb2.StateChunk]  # type: ignore[assignment]
+    """Stream the state file the ticket names from `offset` (resume); the caller verifies the
+    sha256. PERMISSION_DENIED for a forged, expired or misdirected ticket.
+    """
+
+class StateSourceServicer(metaclass=_abc_1.ABCMeta):
+    """Served by every node agent on its own address (announced as NodeSpec.address at
+    Register): other agents fetch saved states from it directly, with a ticket the controller
+    signed. With TLS the agent presents its node certificate (server name
+    NODE.nodes.viridian) and requires the caller's.
+    """
+
+    @_abc_1.abstractmethod
+    def FetchState(
+        self,
+        request: _agent_pb2.FetchStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.StateChunk], _abc.AsyncIterator[_agent_pb2.StateChunk]]:
+        """Stream the state file the ticket names from `offset` (resume); the caller verifies the
+        sha256. PERMISSION_DENIED for a forged, expired or misdirected ticket.
+        """
+
+def add_StateSourceServicer_to_server(servicer: StateSourceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -16,6 +16,7 @@ from viridian.v1 import types_pb2 as pb
 from node_agent.agent import Agent, AgentConfig
 from node_agent.clock import Clock
 from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache
+from node_agent.states import StateReceiver
 from node_agent.supervisor import Supervisor
 
 
@@ -47,9 +48,8 @@ class Node:
             content = (self.bins / image.entrypoint.lstrip("/")).read_bytes()
         dest.write_bytes(content)
 
-    async def _pull_state(self, name: str, ref: pb.StateRef) -> AsyncIterator[bytes]:
+    async def _pull_state(self, name: str, ref: pb.StateRef, rx: StateReceiver) -> None:
         raise AssertionError("no state pulls in these tests")
-        yield b""  # pragma: no cover
 
     def reports(self, name: str | None = None) -> list[apb.PartitionReport]:
         return [m.report for m in self.sent if m.HasField("report")

@@ -27,6 +27,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         labels: dict[str, str] = field(default_factory=dict)
         run_dir: Path = Path(".")
         address: str = ""
+        state_listen: str = "127.0.0.1:0"
         tls: Any = None
         image_cache_bytes: int = 0
 
@@ -122,6 +123,10 @@ def test_agent(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
                                       "--insecure", "--image-cache-size", "0"])
     assert result.exit_code == 2 and "--image-cache-size" in result.stderr
     assert len(calls) == 2
+    assert calls[1][1].state_listen == "127.0.0.1:0" and calls[1][1].address == ""
+    CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n3", "--insecure",
+                             "--state-listen", "0.0.0.0:50060", "--address", "n3.lan:50060"])
+    assert (calls[2][1].state_listen, calls[2][1].address) == ("0.0.0.0:50060", "n3.lan:50060")
 
 
 def test_agent_needs_a_certificate_or_a_join_token(calls: list[tuple[str, Any]],

@@ -20,7 +20,8 @@ from viridian.v1 import types_pb2 as pb
 
 from controller.embedded import open_channel
 from controller.security.files import ClusterPki
-from controller.security.pki import make_csr
+from controller.security.names import CONTROLLER_NAME, node_server_name
+from controller.security.pki import make_csr, serves_as
 from controller.security.tls import TlsConfig, controller_options
 
 C = grpc.StatusCode
@@ -133,10 +134,15 @@ def test_a_join_token_only_joins_and_the_certificate_names_the_node(secure: Secu
 
     cert = x509.load_pem_x509_certificate(reply.certificate_pem)
     assert cert.subject.rfc4514_string() == "CN=node:joined-1"  # ours, not the CSR's
+    # Also a server certificate, for this node's saved-state port only.
+    assert serves_as(reply.certificate_pem, node_server_name("joined-1"))
+    assert not serves_as(reply.certificate_pem, node_server_name("other-node"))
+    assert not serves_as(reply.certificate_pem, CONTROLLER_NAME)
     tls = TlsConfig(reply.ca_pem, reply.certificate_pem, key)
     gw = secure.gateway(tls)
     spec = pb.NodeSpec(vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64])
-    assert gw.Register(apb.RegisterRequest(node="joined-1", spec=spec)).session_id
+    registered = gw.Register(apb.RegisterRequest(node="joined-1", spec=spec))
+    assert registered.session_id and len(registered.state_ticket_key) == 32
     code, msg = code_of(lambda: gw.Register(apb.RegisterRequest(node="other-node", spec=spec)))
     assert code == C.PERMISSION_DENIED and "other-node" in msg
     # A live node's name cannot be taken over by another join.
@@ -162,6 +168,9 @@ def test_node_certificates_act_only_for_their_node(secure: Secure) -> None:
     code, _ = code_of(lambda: list(a.PullState(apb.PullStateRequest(name="not-mine", state=ref),
                                                timeout=5)))
     assert code == C.PERMISSION_DENIED
+    code, _ = code_of(lambda: a.GetStateTicket(
+        apb.GetStateTicketRequest(name="not-mine", state=ref), timeout=5))
+    assert code == C.PERMISSION_DENIED
     # A node certificate buys nothing on the public API; and the agent port wants one.
     node_channel = grpc.secure_channel(
         secure.api.address, secure.pki.node("cert-a").tls().channel_credentials(),
@@ -183,6 +192,9 @@ def test_a_controller_certificate_may_only_relay(secure: Secure) -> None:
     code, _ = code_of(lambda: list(other.PullState(apb.PullStateRequest(name="p", state=ref),
                                                    timeout=5)))
     assert code == C.FAILED_PRECONDITION  # allowed through; the node is simply not there
+    code, _ = code_of(lambda: other.GetStateTicket(
+        apb.GetStateTicketRequest(name="p", state=ref), timeout=5))
+    assert code == C.PERMISSION_DENIED  # tickets are for nodes
 
 
 def test_revoked_and_expired_tokens_stop_working(secure: Secure) -> None:
@@ -243,3 +255,17 @@ def test_calls_without_valid_credentials_are_not_written_to_etcd(secure: Secure)
     found = wait_for(lambda: [e for e in audits() if e.object == "flood-marker"] and audits(),
                      what="the marker's audit record")
     assert [e.object for e in found] == ["flood-marker"]
+
+
+def test_node_certificates_from_before_state_transfers_are_issued_again(tmp_path: Path) -> None:
+    """`viridian up` on an older data dir: the node's client-only certificate is replaced by
+    one that also serves the node's saved states."""
+    from controller.security.pki import issue
+
+    pki = ClusterPki(tmp_path / "pki")
+    old = pki.node("old-1")
+    old.write(pki.ca().cert_pem, issue(pki.ca(), "node:old-1"))   # client only, as before
+    assert not serves_as(old.cert.read_bytes(), node_server_name("old-1"))
+    assert serves_as(pki.node("old-1").cert.read_bytes(), node_server_name("old-1"))
+    kept = pki.node("old-1").cert.read_bytes()
+    assert pki.node("old-1").cert.read_bytes() == kept   # and not again once it serves
