@@ -96,8 +96,9 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
               help="CA certificate (PEM) the blob registry's TLS certificate is checked with.")
 @click.option("--max-image-size", type=SIZE, default=None,
               help="Largest image a push may send (default 8Gi).")
-@click.option("--image-gc-grace", type=click.FloatRange(min=0), default=60.0, show_default=True,
-              help="Seconds image content must stay unreferenced before its blob is deleted.")
+@click.option("--image-gc-grace", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds image content must stay unreferenced before its blob is deleted "
+              "(also covers a push between storing its bytes and writing its records).")
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
                    compact_every: float, max_events: int,
