@@ -9,8 +9,8 @@ import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
