@@ -34,7 +34,6 @@ from controller.images.checks import MAX_IMAGE_BYTES
 from controller.images.gc import DEFAULT_GRACE_S, ImageGc
 from controller.images.local import LocalBlobStore
 from controller.images.peers import BlobPeers
-from controller.images.registry import RegistryBlobStore
 from controller.leader import LeaderElector
 from controller.loops.compaction import DEFAULT_COMPACT_EVERY_S, CompactionLoop, EventTrimLoop
 from controller.loops.scheduling import SchedulingLoop
@@ -130,6 +129,10 @@ class ControllerReplica:
         self.blobs: BlobStore
         peers: BlobPeers | None = None
         if config.blob_registry:
+            # Imported only here: aiohttp adds a tenth of a second to every controller start,
+            # and a restarted controller must answer its agents within the lease TTL.
+            from controller.images.registry import RegistryBlobStore
+
             self.blobs = RegistryBlobStore(config.blob_registry, data_dir / "uploads",
                                            config.blob_registry_ca)
         else:

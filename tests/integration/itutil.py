@@ -258,10 +258,10 @@ class ClusterHandle:
     """A running embedded cluster plus ways to talk to it and to break it."""
 
     def __init__(self, data_dir: Path, nodes: int = 2,
-                 controller_flags: tuple[str, ...] = ()) -> None:
+                 controller_flags: tuple[str, ...] = (), lease_ttl: int = LEASE_TTL) -> None:
         self.data_dir = data_dir
         self.address = f"127.0.0.1:{free_port()}"
-        self.cluster = Cluster(data_dir, nodes, self.address, lease_ttl=LEASE_TTL,
+        self.cluster = Cluster(data_dir, nodes, self.address, lease_ttl=lease_ttl,
                                node_vcpus=NODE_VCPUS, node_memory=NODE_MEMORY,
                                agent_listen=f"127.0.0.1:{free_port()}",
                                controller_flags=controller_flags)
@@ -358,10 +358,11 @@ def short_tmp_dir(prefix: str) -> Path:
 
 
 def running_cluster(prefix: str, images: dict[str, Path],
-                    controller_flags: tuple[str, ...] = ()) -> Iterator[ClusterHandle]:
+                    controller_flags: tuple[str, ...] = (),
+                    lease_ttl: int = LEASE_TTL) -> Iterator[ClusterHandle]:
     """Start a cluster, push images (name -> path), yield it, stop it, check for leftovers."""
     data_dir = short_tmp_dir(prefix)
-    handle = ClusterHandle(data_dir, controller_flags=controller_flags)
+    handle = ClusterHandle(data_dir, controller_flags=controller_flags, lease_ttl=lease_ttl)
     try:
         handle.start()
         for name, path in images.items():
