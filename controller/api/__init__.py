@@ -11,6 +11,8 @@ from controller.api.lifecycle import LifecycleApi
 from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
 from controller.api.security import SecurityApi
+from controller.api.update import UpdateApi
+from controller.api.watch_nodes import WatchNodesApi
 
 __all__ = ["ApiContext", "ControllerService"]
 
@@ -22,6 +24,8 @@ class ControllerService(
     ImagesApi,
     EventsExplainApi,
     SecurityApi,
+    UpdateApi,
+    WatchNodesApi,
     controller_pb2_grpc.ControllerServicer,
 ):
     def __init__(self, ctx: ApiContext) -> None:

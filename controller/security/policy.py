@@ -32,12 +32,12 @@ _GATEWAY = "/viridian.v1.AgentGateway/"
 
 _READ = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "ListNodes",
          "GetNode", "PlanCapacity", "ListImages", "ListEvents", "WatchEvents",
-         "ExplainPlacement"}
+         "ExplainPlacement", "WatchNodes"}
 _WRITE = {"CreatePartition", "StartPartition", "StopPartition", "DeletePartition",
           "SendStdin", "PausePartition", "ResumePartition", "SavePartition", "MovePartition",
           "CreateCheckpoint", "ApplyCheckpoint", "DeleteCheckpoint", "CordonNode",
           "UncordonNode", "DrainNode", "RemoveNode", "PushImage", "DeleteImage",
-          "TagImage"}
+          "TagImage", "UpdatePartition"}
 _ADMIN = {"CreateToken", "ListTokens", "DeleteToken"}
 
 #: Methods whose calls are audited (everything that changes the cluster).

@@ -1229,3 +1229,142 @@ class JoinNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinNodeResponse: _TypeAlias = JoinNodeResponse  # noqa: Y015
+
+@_typing.final
+class WatchNodesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """only this node; "" = all"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchNodesRequest: _TypeAlias = WatchNodesRequest  # noqa: Y015
+
+@_typing.final
+class NodeWatchEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Type:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _TypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[NodeWatchEvent._Type.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        TYPE_UNSPECIFIED: NodeWatchEvent._Type.ValueType  # 0
+        TYPE_PUT: NodeWatchEvent._Type.ValueType  # 1
+        """registered or changed (state, usage, cordon, drain)"""
+        TYPE_DELETED: NodeWatchEvent._Type.ValueType  # 2
+        """removed (node carries only the name)"""
+
+    class Type(_Type, metaclass=_TypeEnumTypeWrapper): ...
+    TYPE_UNSPECIFIED: NodeWatchEvent.Type.ValueType  # 0
+    TYPE_PUT: NodeWatchEvent.Type.ValueType  # 1
+    """registered or changed (state, usage, cordon, drain)"""
+    TYPE_DELETED: NodeWatchEvent.Type.ValueType  # 2
+    """removed (node carries only the name)"""
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    type: Global___NodeWatchEvent.Type.ValueType
+    """what happened"""
+    @_builtins.property
+    def node(self) -> _types_pb2.Node:
+        """the node after the change, with its usage (as GetNode)"""
+
+    def __init__(
+        self,
+        *,
+        type: Global___NodeWatchEvent.Type.ValueType = ...,
+        node: _types_pb2.Node | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeWatchEvent: _TypeAlias = NodeWatchEvent  # noqa: Y015
+
+@_typing.final
+class UpdatePartitionRequest(_message.Message):
+    """Only the fields set are changed; an update that changes nothing returns the partition as
+    it is and writes nothing.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SetLabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SET_LABELS_FIELD_NUMBER: _builtins.int
+    REMOVE_LABELS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    EXPECTED_REVISION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    restart_policy: _types_pb2.RestartPolicy.ValueType
+    """UNSPECIFIED = unchanged"""
+    vcpus: _builtins.int
+    """0 = unchanged; only while Off or Saved"""
+    memory_bytes: _builtins.int
+    """0 = unchanged; only while Off (a Saved state"""
+    expected_revision: _builtins.int
+    """holds the guest's memory as it was)
+    0 = any; else ABORTED if the partition changed
+    """
+    @_builtins.property
+    def set_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """labels added or replaced"""
+
+    @_builtins.property
+    def remove_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """label keys removed (absent ones are ignored)"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        set_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        remove_labels: _abc.Iterable[_builtins.str] | None = ...,
+        restart_policy: _types_pb2.RestartPolicy.ValueType = ...,
+        vcpus: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        expected_revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_revision", b"expected_revision", "memory_bytes", b"memory_bytes", "name", b"name", "remove_labels", b"remove_labels", "restart_policy", b"restart_policy", "set_labels", b"set_labels", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdatePartitionRequest: _TypeAlias = UpdatePartitionRequest  # noqa: Y015

@@ -205,6 +205,16 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.ExplainPlacementRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_types__pb2.PlacementExplanation.FromString,
                 _registered_method=True)
+        self.WatchNodes = channel.unary_stream(
+                '/viridian.v1.Controller/WatchNodes',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.WatchNodesRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.NodeWatchEvent.FromString,
+                _registered_method=True)
+        self.UpdatePartition = channel.unary_unary(
+                '/viridian.v1.Controller/UpdatePartition',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -444,6 +454,21 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchNodes(self, request, context):
+        """Nodes as they change (`viridian nodes --watch`): every node first, then one per change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePartition(self, request, context):
+        """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
+        time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -616,6 +641,16 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.ExplainPlacement,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.ExplainPlacementRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_types__pb2.PlacementExplanation.SerializeToString,
+            ),
+            'WatchNodes': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNodes,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.WatchNodesRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.NodeWatchEvent.SerializeToString,
+            ),
+            'UpdatePartition': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePartition,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1536,6 +1571,60 @@ class Controller:
             '/viridian.v1.Controller/ExplainPlacement',
             viridian_dot_v1_dot_controller__pb2.ExplainPlacementRequest.SerializeToString,
             viridian_dot_v1_dot_types__pb2.PlacementExplanation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/viridian.v1.Controller/WatchNodes',
+            viridian_dot_v1_dot_controller__pb2.WatchNodesRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.NodeWatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePartition(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/UpdatePartition',
+            viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.SerializeToString,
+            viridian_dot_v1_dot_types__pb2.Partition.FromString,
             options,
             channel_credentials,
             insecure,

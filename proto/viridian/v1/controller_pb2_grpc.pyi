@@ -105,6 +105,12 @@ class ControllerStub:
     JoinNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]
     """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]
+    WatchNodes: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchNodesRequest, _controller_pb2.NodeWatchEvent]
+    """Nodes as they change (`viridian nodes --watch`): every node first, then one per change."""
+    UpdatePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.UpdatePartitionRequest, _types_pb2.Partition]
+    """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
+    time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
+    """
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -178,6 +184,12 @@ class ControllerAsyncStub(ControllerStub):
     JoinNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]  # type: ignore[assignment]
     """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]  # type: ignore[assignment]
+    WatchNodes: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchNodesRequest, _controller_pb2.NodeWatchEvent]  # type: ignore[assignment]
+    """Nodes as they change (`viridian nodes --watch`): every node first, then one per change."""
+    UpdatePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.UpdatePartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
+    """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
+    time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
+    """
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -452,5 +464,23 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ExplainPlacementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.PlacementExplanation, _abc.Awaitable[_types_pb2.PlacementExplanation]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchNodes(
+        self,
+        request: _controller_pb2.WatchNodesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.NodeWatchEvent], _abc.AsyncIterator[_controller_pb2.NodeWatchEvent]]:
+        """Nodes as they change (`viridian nodes --watch`): every node first, then one per change."""
+
+    @_abc_1.abstractmethod
+    def UpdatePartition(
+        self,
+        request: _controller_pb2.UpdatePartitionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
+        """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
+        time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
+        """
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
