@@ -10,9 +10,10 @@ import click
 from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
-from controller.cli.client import cancel, paged
+from controller.cli.client import paged
 from controller.cli.output import Column, age, dump, message_data, print_list
 from controller.cli.params import output_option
+from controller.cli.watch import follow
 
 __all__ = ["COMMANDS", "EVENT_COLUMNS", "watch_line"]
 
@@ -50,7 +51,7 @@ def _print(event: E, output: str, shown: Sequence[Column[E]]) -> None:
 @click.option("--object", "obj", default="", help="Only events about this object.")
 @click.option("--limit", type=click.IntRange(min=0), default=0,
               help="Only the newest N (0 = all kept).")
-@click.option("-w", "--watch", is_flag=True, help="Keep printing new events.")
+@click.option("-w", "--watch", is_flag=True, help="Keep printing new events until Ctrl-C.")
 @click.option("--audit", is_flag=True,
               help="The audit trail instead: who changed what, from where (kind Audit).")
 @output_option
@@ -80,15 +81,14 @@ def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, audit: boo
         seen.add(event.id)
         _print(event, output, shown)
     call = stub.WatchEvents(controller_pb2.ListEventsRequest(object=obj))
-    try:
-        for event in call:
-            if (event.id and event.id in seen) or not wanted(event):
-                continue
-            seen.add(event.id)
-            _print(event, output, shown)
-    except KeyboardInterrupt:
-        cancel(call)
-        ctx.exit(130)
+
+    def handle(event: E) -> None:
+        if (event.id and event.id in seen) or not wanted(event):
+            return
+        seen.add(event.id)
+        _print(event, output, shown)
+
+    follow(ctx, call, handle)
 
 
 COMMANDS = [events_cmd]

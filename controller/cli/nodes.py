@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import click
 from viridian.v1 import controller_pb2, types_pb2
 
@@ -23,6 +25,7 @@ from controller.cli.output import (
 )
 from controller.cli.params import DURATION, output_option
 from controller.cli.sizes import format_size
+from controller.cli.watch import WatchPrinter, follow
 
 __all__ = ["COMMANDS", "NODE_COLUMNS", "NODE_FIELDS"]
 
@@ -100,14 +103,21 @@ NODE_FIELDS: list[Column[N]] = [
 @click.option("--plan", is_flag=True,
               help="N+1 check: can the cluster lose its largest node and keep every HA "
               "partition running?")
+@click.option("-w", "--watch", is_flag=True,
+              help="After the list, print a line per change until Ctrl-C.")
 @click.pass_context
-def nodes_cmd(ctx: click.Context, output: str, plan: bool) -> None:
+def nodes_cmd(ctx: click.Context, output: str, plan: bool, watch: bool) -> None:
     """List nodes (or, with --plan, check spare capacity)."""
     stub = get_client(ctx).stub
+    if watch and plan:
+        raise click.UsageError("--watch lists nodes; it does not go with --plan")
     if not plan:
         nodes = paged(lambda token: stub.ListNodes(controller_pb2.ListNodesRequest(
             page_token=token)), lambda reply: reply.nodes)
-        print_list(nodes, NODE_COLUMNS, output, click.echo)
+        if watch:
+            _watch_nodes(ctx, nodes, output)
+        else:
+            print_list(nodes, NODE_COLUMNS, output, click.echo)
         return
     result = stub.PlanCapacity(controller_pb2.PlanCapacityRequest())
     if output in ("json", "yaml"):
@@ -120,6 +130,20 @@ def nodes_cmd(ctx: click.Context, output: str, plan: bool) -> None:
         click.echo(("ok: " if result.ok else "NOT OK: ") + result.summary)
     if not result.ok:
         ctx.exit(1)
+
+
+def _watch_nodes(ctx: click.Context, listed: Iterable[N], output: str) -> None:
+    printer = WatchPrinter(NODE_COLUMNS, output, key=lambda n: n.name, status_header="STATE")
+    printer.start(listed)
+    call = get_client(ctx).stub.WatchNodes(controller_pb2.WatchNodesRequest())
+
+    def handle(event: controller_pb2.NodeWatchEvent) -> None:
+        if event.type == controller_pb2.NodeWatchEvent.TYPE_DELETED:
+            printer.delete(event.node.name)
+        else:
+            printer.put(event.node)
+
+    follow(ctx, call, handle)
 
 
 @click.group("node")

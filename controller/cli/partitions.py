@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import BinaryIO
 
 import click
@@ -33,6 +33,7 @@ from controller.cli.output import (
 )
 from controller.cli.params import DURATION, KEY_VALUE, output_option
 from controller.cli.sizes import format_size
+from controller.cli.watch import WatchPrinter, follow
 
 __all__ = ["COMMANDS", "PARTITION_COLUMNS", "PARTITION_FIELDS", "follow_logs"]
 
@@ -144,27 +145,65 @@ PHASES = {name.removeprefix("PARTITION_PHASE_").lower(): value
 @click.option("--prefix", "name_prefix", default="", metavar="TEXT",
               help="Only partitions whose name starts with TEXT.")
 @output_option
+@click.option("-w", "--watch", is_flag=True,
+              help="After the list, print a line per change until Ctrl-C.")
 @click.pass_context
 def ls_cmd(ctx: click.Context, selector: Sequence[tuple[str, str]], node: str,
-           phase: str | None, name_prefix: str, output: str) -> None:
+           phase: str | None, name_prefix: str, output: str, watch: bool) -> None:
     """List partitions (the controller filters them, and sends them in pages)."""
     stub = get_client(ctx).stub
+    wanted_phase = PHASES[phase.lower()] if phase else Phase.PARTITION_PHASE_UNSPECIFIED
     parts = paged(
         lambda token: stub.ListPartitions(controller_pb2.ListPartitionsRequest(
             label_selector=dict(selector), node=node, page_token=token,
-            phase=PHASES[phase.lower()] if phase else Phase.PARTITION_PHASE_UNSPECIFIED,
-            name_prefix=name_prefix)),
+            phase=wanted_phase, name_prefix=name_prefix)),
         lambda reply: reply.partitions)
-    print_list(parts, PARTITION_COLUMNS, output, click.echo)
+    if not watch:
+        print_list(parts, PARTITION_COLUMNS, output, click.echo)
+        return
+
+    def matches(p: P) -> bool:  # the list's filters, applied to what the watch sends
+        return (p.name.startswith(name_prefix) and (not node or p.status.node == node)
+                and (not wanted_phase or p.status.phase == wanted_phase)
+                and all(p.spec.labels.get(k) == v for k, v in selector))
+
+    watch_partitions(ctx, parts, output, "", matches)
+
+
+def watch_partitions(ctx: click.Context, listed: Iterable[P], output: str, name: str,
+                     matches: Callable[[P], bool] = lambda p: True) -> None:
+    """Print `listed` as a table, then a line per change the controller's watch sends."""
+    printer = WatchPrinter(PARTITION_COLUMNS, output, key=lambda p: p.name,
+                           status_header="PHASE")
+    printer.start(listed)
+    call = get_client(ctx).stub.WatchPartitions(
+        controller_pb2.WatchPartitionsRequest(name=name))
+
+    def handle(event: controller_pb2.PartitionWatchEvent) -> None:
+        if event.type == controller_pb2.PartitionWatchEvent.TYPE_DELETED:
+            printer.delete(event.partition.name)
+        elif matches(event.partition):
+            printer.put(event.partition)
+        elif printer.showing(event.partition.name):
+            # It no longer matches the filters: its last line shows why, then it leaves.
+            printer.put(event.partition)
+            printer.forget(event.partition.name)
+
+    follow(ctx, call, handle)
 
 
 @click.command("get")
 @click.argument("name")
 @output_option
+@click.option("-w", "--watch", is_flag=True,
+              help="Print it as a table row, then a row per change until Ctrl-C.")
 @click.pass_context
-def get_cmd(ctx: click.Context, name: str, output: str) -> None:
+def get_cmd(ctx: click.Context, name: str, output: str, watch: bool) -> None:
     """Show one partition."""
     part = get_client(ctx).stub.GetPartition(controller_pb2.GetPartitionRequest(name=name))
+    if watch:
+        watch_partitions(ctx, [part], output, name)
+        return
     click.echo(render_item(part, PARTITION_FIELDS, output))
 
 

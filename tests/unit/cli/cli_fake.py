@@ -111,6 +111,8 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.stop_requests: list[c.StopPartitionRequest] = []
         self.page_size = 500          # the server default of a list page
         self.page_tokens: list[str] = []  # the page_token of every list call, in order
+        self.watches_end = False      # see end_watches()
+        self.watches_opened = 0
 
     def _page(self, items: list[Any], request: Any, context: Any) -> tuple[list[Any], str]:
         """One page of items as the real server pages: page_size (0 = the default), an
@@ -167,24 +169,64 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         page, token = self._page(parts, request, context)
         return c.ListPartitionsResponse(partitions=page, next_page_token=token)
 
-    def WatchPartitions(self, request: c.WatchPartitionsRequest, context: Any) -> Iterator[Any]:
+    def end_watches(self) -> None:
+        """Watch streams end once they have sent every change made before this call."""
+        with self.lock:
+            self.watches_end = True
+            self.lock.notify_all()
+
+    def _watch(self, context: Any, current: Any, deleted: Any, put: Any) -> Iterator[Any]:
+        """A watch as the controller's: every object first, then each change (by revision),
+        until the client goes or end_watches() was called and nothing is left to send."""
         seen: dict[str, int] = {}
+        with self.lock:  # what is there when the watch opens, before any later change
+            first = list(current().values())
+            seen.update((o.name, o.revision) for o in first)
+            self.watches_opened += 1
+            self.lock.notify_all()
+        for o in first:
+            yield put(o)
         while context.is_active():
             with self.lock:
-                changed = [p for p in self.partitions.values()
-                           if (not request.name or p.name == request.name)
-                           and seen.get(p.name) != p.revision]
-                gone = [n for n in seen if n not in self.partitions]
+                items = current()
+                changed = [o for o in items.values() if seen.get(o.name) != o.revision]
+                gone = [n for n in seen if n not in items]
                 if not changed and not gone:
+                    if self.watches_end:
+                        return
                     self.lock.wait(0.05)
                     continue
             for name in gone:
                 del seen[name]
-                yield c.PartitionWatchEvent(type=c.PartitionWatchEvent.TYPE_DELETED,
-                                            partition=types_pb2.Partition(name=name))
-            for p in changed:
-                seen[p.name] = p.revision
-                yield c.PartitionWatchEvent(type=c.PartitionWatchEvent.TYPE_PUT, partition=p)
+                yield deleted(name)
+            for o in changed:
+                seen[o.name] = o.revision
+                yield put(o)
+
+    def WatchPartitions(self, request: c.WatchPartitionsRequest, context: Any) -> Iterator[Any]:
+        E = c.PartitionWatchEvent
+        yield from self._watch(
+            context,
+            lambda: {n: p for n, p in self.partitions.items()
+                     if not request.name or n == request.name},
+            lambda n: E(type=E.TYPE_DELETED, partition=types_pb2.Partition(name=n)),
+            lambda p: E(type=E.TYPE_PUT, partition=p))
+
+    def WatchNodes(self, request: c.WatchNodesRequest, context: Any) -> Iterator[Any]:
+        E = c.NodeWatchEvent
+        yield from self._watch(
+            context,
+            lambda: {n: node for n, node in self.nodes.items()
+                     if not request.name or n == request.name},
+            lambda n: E(type=E.TYPE_DELETED, node=types_pb2.Node(name=n)),
+            lambda node: E(type=E.TYPE_PUT, node=node))
+
+    def change_node(self, name: str, change: Any) -> None:
+        """Change a node as the controller would (a new revision, watchers told)."""
+        with self.lock:
+            change(self.nodes[name])
+            self.nodes[name].revision += 1
+            self.lock.notify_all()
 
     def StartPartition(self, request: c.StartPartitionRequest, context: Any) -> Any:
         part = self._find(request.name, context)
@@ -239,12 +281,12 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
 
     def CordonNode(self, request: c.CordonNodeRequest, context: Any) -> Any:
         node = self.GetNode(c.GetNodeRequest(name=request.name), context)
-        node.spec.cordoned = True
+        self.change_node(request.name, lambda n: setattr(n.spec, "cordoned", True))
         return node
 
     def UncordonNode(self, request: c.CordonNodeRequest, context: Any) -> Any:
         node = self.GetNode(c.GetNodeRequest(name=request.name), context)
-        node.spec.cordoned = False
+        self.change_node(request.name, lambda n: setattr(n.spec, "cordoned", False))
         return node
 
     def DrainNode(self, request: c.DrainNodeRequest, context: Any) -> Iterator[Any]:
@@ -269,7 +311,9 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         if bound and not request.force:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                           f"node {request.name!r} still holds {len(bound)} partition(s)")
-        del self.nodes[request.name]
+        with self.lock:
+            del self.nodes[request.name]
+            self.lock.notify_all()
         return c.RemoveNodeResponse(evicted=bound)
 
     # -- images -------------------------------------------------------------------------------
@@ -352,6 +396,9 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         yield from self.events  # a replay the CLI must skip
         yield types_pb2.Event(id="2", time=now_ts(), kind="Node", object="node-2",
                               type="Warning", reason="NodeLost", message="lease expired")
+        with self.lock:  # open until the client goes, or end_watches()
+            while context.is_active() and not self.watches_end:
+                self.lock.wait(0.05)
 
     def ExplainPlacement(self, request: c.ExplainPlacementRequest, context: Any) -> Any:
         self.explain_requests.append(request)

@@ -322,7 +322,8 @@ def test_node_rm(invoke: Invoke, fake: FakeController) -> None:
     assert "node-1" not in fake.nodes
 
 
-def test_events_and_watch(invoke: Invoke) -> None:
+def test_events_and_watch(invoke: Invoke, fake: FakeController) -> None:
+    fake.end_watches()  # the watch ends once it sent what it has
     listed = invoke("events", "--object", "web", "-o", "json")
     assert [e["reason"] for e in json.loads(listed.stdout)] == ["Scheduled"]
     watched = invoke("events", "-w", "-o", "json")
