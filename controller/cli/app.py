@@ -93,6 +93,7 @@ def get_client(ctx: click.Context) -> ControllerClient:
 
 def _register() -> None:
     from controller.cli import (
+        apply,
         events,
         explain,
         images,
@@ -102,10 +103,11 @@ def _register() -> None:
         run,
         servers,
         tokens,
+        update,
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens):
+                   tokens, update, apply):
         for command in module.COMMANDS:
             cli.add_command(command)
 

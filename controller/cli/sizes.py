@@ -9,11 +9,13 @@ __all__ = ["format_size", "parse_size"]
 
 
 def parse_size(text: str) -> int:
-    """"512Mi" -> 536870912; ValueError("invalid size '12Q': use bytes or Ki/Mi/Gi/Ti")."""
+    """"512Mi" or "512M" -> 536870912, "1GB" -> 10**9; ValueError naming the suffixes."""
     try:
         return _parse_size(text)
-    except ValueError:
-        raise ValueError(f"invalid size '{text}': use bytes or Ki/Mi/Gi/Ti") from None
+    except ValueError as err:
+        why = "not a whole number of bytes" if "whole" in str(err) else (
+            "use bytes, Ki/Mi/Gi/Ti (or K/M/G/T, the same) or KB/MB/GB/TB (powers of 1000)")
+        raise ValueError(f"invalid size '{text}': {why}") from None
 
 
 def format_size(n: int) -> str:

@@ -1,11 +1,17 @@
-"""Byte sizes with exact binary suffixes: parse_size("512Mi") and format_size(536870912)."""
+"""Byte sizes: parse_size("512Mi") and format_size(536870912).
+
+Binary suffixes Ki, Mi, Gi, Ti (powers of 1024) are what we print. parse_size also takes the
+single letters K, M, G, T (and k, m, g, t) as the same binary units, as `docker run -m 512m`
+and `qemu -m 1G` do, and KB, MB, GB, TB as decimal units (powers of 1000), as disk makers
+and the SI write them: "1G" is 1073741824 bytes, "1GB" is 1000000000.
+"""
 
 from __future__ import annotations
 
 import re
 from fractions import Fraction
 
-__all__ = ["SUFFIXES", "format_size", "parse_size"]
+__all__ = ["ALIASES", "SUFFIXES", "format_size", "parse_size"]
 
 #: Binary suffixes, smallest first; a bare number is bytes.
 SUFFIXES: tuple[tuple[str, int], ...] = (
@@ -14,8 +20,14 @@ SUFFIXES: tuple[tuple[str, int], ...] = (
     ("Gi", 1 << 30),
     ("Ti", 1 << 40),
 )
-_FACTOR = dict(SUFFIXES)
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti)?\s*$")
+#: What parse_size also reads: single letters as binary units, two letters as decimal ones.
+ALIASES: tuple[tuple[str, int], ...] = (
+    *((letter, factor) for (name, factor) in SUFFIXES for letter in (name[0], name[0].lower())),
+    ("KB", 1000), ("kB", 1000), ("MB", 1000**2), ("GB", 1000**3), ("TB", 1000**4),
+)
+_FACTOR = dict(SUFFIXES + ALIASES)
+_SIZE_RE = re.compile(
+    r"^\s*(\d+(?:\.\d+)?)\s*(" + "|".join(sorted(_FACTOR, key=len, reverse=True)) + r")?\s*$")
 
 
 def parse_size(text: str) -> int:
@@ -23,7 +35,8 @@ def parse_size(text: str) -> int:
     match = _SIZE_RE.match(text)
     if match is None:
         raise ValueError(
-            f"invalid size {text!r}: expected a number with an optional Ki, Mi, Gi or Ti suffix"
+            f"invalid size {text!r}: expected a number with an optional suffix: Ki, Mi, Gi, Ti "
+            "(or K, M, G, T: the same) or KB, MB, GB, TB (powers of 1000)"
         )
     number, suffix = match.groups()
     value = Fraction(number) * (_FACTOR[suffix] if suffix else 1)

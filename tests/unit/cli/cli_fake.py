@@ -113,6 +113,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.page_tokens: list[str] = []  # the page_token of every list call, in order
         self.watches_end = False      # see end_watches()
         self.watches_opened = 0
+        self.update_requests: list[c.UpdatePartitionRequest] = []
 
     def _page(self, items: list[Any], request: Any, context: Any) -> tuple[list[Any], str]:
         """One page of items as the real server pages: page_size (0 = the default), an
@@ -227,6 +228,33 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
             change(self.nodes[name])
             self.nodes[name].revision += 1
             self.lock.notify_all()
+
+    def UpdatePartition(self, request: c.UpdatePartitionRequest, context: Any) -> Any:
+        """As the controller: labels and restart any time, vCPUs/memory while Off only."""
+        self.update_requests.append(request)
+        with self.lock:
+            old = self._find(request.name, context)
+            if request.expected_revision and request.expected_revision != old.revision:
+                context.abort(grpc.StatusCode.ABORTED, f"partition {request.name!r} changed")
+            p = types_pb2.Partition()
+            p.CopyFrom(old)
+            for key in request.remove_labels:
+                p.spec.labels.pop(key, None)
+            p.spec.labels.update(request.set_labels)
+            if request.restart_policy:
+                p.spec.restart_policy = request.restart_policy
+            if request.vcpus:
+                p.spec.vcpus = request.vcpus
+            if request.memory_bytes:
+                p.spec.memory_bytes = request.memory_bytes
+            if p.spec == old.spec:
+                return old
+            if ((p.spec.vcpus, p.spec.memory_bytes) != (old.spec.vcpus, old.spec.memory_bytes)
+                    and old.status.phase != Phase.PARTITION_PHASE_OFF):
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                              f"partition {request.name!r} is Running: vCPUs and memory "
+                              "change only while it is Off or Saved")
+            return self._put(p)
 
     def StartPartition(self, request: c.StartPartitionRequest, context: Any) -> Any:
         part = self._find(request.name, context)

@@ -68,7 +68,7 @@ def test_unknown_output_format_lists_the_formats(invoke: Invoke) -> None:
     ("args", "message"),
     [
         (["create", "w", "--image", "hello", "--memory", "12Q"],
-         "invalid size '12Q': use bytes or Ki/Mi/Gi/Ti"),
+         "invalid size '12Q': use bytes, Ki/Mi/Gi/Ti"),
         (["create", "w", "--image", "hello", "--env", "NOVALUE"], "use KEY=VALUE"),
         (["create", "w", "--image", "hello", "--max-per-node", "2"],
          "--max-per-node needs --anti-affinity"),

@@ -17,17 +17,24 @@ from controller.cli.sizes import format_size, parse_size
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("4096", 4096), ("512Mi", 512 << 20), ("64Mi", 64 << 20), ("1.5Gi", 3 << 29),
-     ("2Ti", 2 << 40), ("1Ki", 1024)],
+     ("2Ti", 2 << 40), ("1Ki", 1024), ("512M", 512 << 20), ("2g", 2 << 30),
+     ("1GB", 10**9), ("100MB", 10**8)],
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
 
 
-@pytest.mark.parametrize("text", ["12Q", "", "Mi", "1.5", "-1Mi", "1MB"])
+@pytest.mark.parametrize("text", ["12Q", "", "Mi", "-1Mi", "1Mb", "1MiB"])
 def test_parse_size_rejects_with_the_cli_wording(text: str) -> None:
     with pytest.raises(ValueError) as err:
         parse_size(text)
-    assert str(err.value) == f"invalid size '{text}': use bytes or Ki/Mi/Gi/Ti"
+    assert str(err.value) == (f"invalid size '{text}': use bytes, Ki/Mi/Gi/Ti (or K/M/G/T, "
+                              "the same) or KB/MB/GB/TB (powers of 1000)")
+
+
+def test_parse_size_rejects_part_of_a_byte() -> None:
+    with pytest.raises(ValueError, match="not a whole number of bytes"):
+        parse_size("1.5")
 
 
 @pytest.mark.parametrize(("n", "text"), [(512 << 20, "512Mi"), (1000, "1000"), (8 << 30, "8Gi")])

@@ -22,8 +22,19 @@ KI, MI, GI, TI = 1 << 10, 1 << 20, 1 << 30, 1 << 40
         ("2Ti", 2 * TI),
         ("1.5Gi", 1536 * MI),
         (" 8Gi ", 8 * GI),
+        ("512M", 512 * MI),
+        ("512m", 512 * MI),
+        ("1G", GI),
+        ("2K", 2 * KI),
+        ("1T", TI),
+        ("1GB", 10**9),
+        ("64MB", 64 * 10**6),
+        ("4kB", 4000),
+        ("1.5GB", 15 * 10**8),
     ],
-    ids=["zero", "bytes", "Ki", "Mi", "Gi", "Ti", "fraction", "spaces"],
+    ids=["zero", "bytes", "Ki", "Mi", "Gi", "Ti", "fraction", "spaces", "M-binary",
+         "m-binary", "G-binary", "K-binary", "T-binary", "GB-decimal", "MB-decimal",
+         "kB-decimal", "fraction-decimal"],
 )
 def test_parse_size(text: str, expected: int) -> None:
     assert parse_size(text) == expected
@@ -31,9 +42,9 @@ def test_parse_size(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "Gi", "1GB", "1G", "-1Gi", "1.5", "0.3Ki", "abc", "1 Gi Gi"],
-    ids=["empty", "no-number", "decimal-unit", "si-unit", "negative", "fractional-bytes",
-         "inexact", "garbage", "double-suffix"],
+    ["", "Gi", "1Gb", "1gB", "1GiB", "-1Gi", "1.5", "0.3Ki", "abc", "1 Gi Gi", "1Q"],
+    ids=["empty", "no-number", "bits", "mixed-case", "GiB", "negative", "fractional-bytes",
+         "inexact", "garbage", "double-suffix", "unknown"],
 )
 def test_parse_size_rejects(text: str) -> None:
     with pytest.raises(ValueError):
