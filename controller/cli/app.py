@@ -9,10 +9,15 @@ import click
 import grpc
 
 from controller.cli.client import DEFAULT_CONTROLLER, ControllerClient, parse_addresses
+from controller.cli.contexts import load_config
 from controller.cli.errors import CliError, describe_rpc_error
+from controller.cli.params import DEFAULT_OUTPUT_KEY
 from controller.safe_text import escape_controls
 
 __all__ = ["cli", "get_client", "main"]
+
+#: Commands that never talk to a controller, so never read the context.
+LOCAL_COMMANDS = frozenset({"config", "completion"})
 
 
 class ViridianGroup(click.Group):
@@ -42,12 +47,13 @@ class ViridianGroup(click.Group):
     "--controller",
     "controller",
     envvar="VIRIDIAN_CONTROLLER",
-    default=DEFAULT_CONTROLLER,
-    show_default=True,
     metavar="ADDR[,ADDR…]",
     help="Controller address; a comma-separated list is tried in order (failover). "
-    "Env: VIRIDIAN_CONTROLLER.",
+    f"Default: the context's, else {DEFAULT_CONTROLLER}. Env: VIRIDIAN_CONTROLLER.",
 )
+@click.option("--context", "context_name", envvar="VIRIDIAN_CONTEXT", metavar="NAME",
+              help="Use this context of the config file instead of the current one "
+              "(viridian config get-contexts). Env: VIRIDIAN_CONTEXT.")
 @click.option(
     "--connect-timeout",
     type=float,
@@ -68,9 +74,23 @@ class ViridianGroup(click.Group):
               help="Plaintext, no credentials: only for a cluster started with --insecure.")
 @click.version_option(package_name="viridian", prog_name="viridian")
 @click.pass_context
-def cli(ctx: click.Context, controller: str, connect_timeout: float, token: str | None,
-        token_file: Path | None, ca_file: str | None, insecure: bool) -> None:
+def cli(ctx: click.Context, controller: str | None, context_name: str | None,
+        connect_timeout: float, token: str | None, token_file: Path | None,
+        ca_file: str | None, insecure: bool) -> None:
     """Viridian: run emulated partitions on a cluster of nodes."""
+    # A flag (or its environment variable) wins, then the context, then the default. The
+    # config commands must work even when the current context is broken: they skip it.
+    if ctx.invoked_subcommand not in LOCAL_COMMANDS:
+        chosen = load_config().context(context_name)
+        if chosen is not None:
+            _, current = chosen
+            controller = controller or ",".join(current.controllers)
+            ca_file = ca_file or current.ca or None
+            if token_file is None and current.token_file:
+                token_file = Path(current.token_file)
+            if current.output:
+                ctx.meta[DEFAULT_OUTPUT_KEY] = current.output
+    controller = controller or DEFAULT_CONTROLLER
     if token_file is not None and not token:
         try:
             token = token_file.read_text().strip()
@@ -94,6 +114,7 @@ def get_client(ctx: click.Context) -> ControllerClient:
 def _register() -> None:
     from controller.cli import (
         apply,
+        contexts,
         events,
         explain,
         images,
@@ -107,7 +128,7 @@ def _register() -> None:
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens, update, apply):
+                   tokens, update, apply, contexts):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -12,6 +12,7 @@ from controller.cli.output import FORMATS
 from controller.cli.sizes import parse_size
 
 __all__ = [
+    "DEFAULT_OUTPUT_KEY",
     "DURATION",
     "KEY_VALUE",
     "SIZE",
@@ -102,14 +103,27 @@ def pairs_to_dict(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
     return dict(pairs)
 
 
+#: ctx.meta key under which the root command leaves the context's default output format.
+DEFAULT_OUTPUT_KEY = "viridian.default_output"
+
+
+def _default_output(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    if value is not None:
+        return value
+    fallback = ctx.meta.get(DEFAULT_OUTPUT_KEY)  # meta is shared by the whole command line
+    return fallback if isinstance(fallback, str) and fallback in FORMATS else "table"
+
+
 def output_option(func: F) -> F:
-    """-o/--output table|wide|json|yaml; an unknown value lists the formats that exist."""
+    """-o/--output table|wide|json|yaml (default: the context's, else table); an unknown
+    value lists the formats that exist."""
     return click.option(
         "-o",
         "--output",
         "output",
         type=click.Choice(FORMATS),
-        default="table",
-        show_default=True,
+        default=None,
+        callback=_default_output,
+        show_default="table, or the context's output",
         help="Output format.",
     )(func)
