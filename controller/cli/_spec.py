@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 import click
 from viridian.v1 import types_pb2
 
+from controller.cli.completion import image_names
 from controller.cli.params import KEY_VALUE, SIZE
 
 __all__ = ["DEFAULT_MEMORY", "RESTART_POLICIES", "GuestArgsCommand", "build_spec", "spec_options"]
@@ -50,6 +51,7 @@ def spec_options(*, image_required: bool, placement_only: bool = False) -> Calla
     def decorate(func: F) -> F:
         opts: list[Callable[[Any], Any]] = [
             click.option("--image", required=image_required, metavar="REF",
+                         shell_complete=image_names,
                          help="A pushed image: NAME[:TAG] (tag: latest) or NAME@sha256:HEX."),
             click.option("--vcpus", type=click.IntRange(min=1), default=1, show_default=True),
             click.option("--memory", type=SIZE, default="64Mi", show_default=True,

@@ -114,6 +114,7 @@ def get_client(ctx: click.Context) -> ControllerClient:
 def _register() -> None:
     from controller.cli import (
         apply,
+        completion,
         contexts,
         events,
         explain,
@@ -128,7 +129,7 @@ def _register() -> None:
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens, update, apply, contexts):
+                   tokens, update, apply, contexts, completion):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -9,6 +9,7 @@ from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli._spec import build_spec, spec_options
 from controller.cli.app import get_client
+from controller.cli.completion import partition_names
 from controller.cli.output import dump, message_data, render_table
 from controller.cli.params import output_option
 
@@ -65,7 +66,7 @@ def render_explanation(exp: types_pb2.PlacementExplanation, output: str) -> str:
 
 
 @click.command("explain")
-@click.argument("name", required=False)
+@click.argument("name", required=False, shell_complete=partition_names)
 @click.option("--dry-run", is_flag=True, help="Explain a partition that does not exist yet.")
 @spec_options(image_required=False, placement_only=True)
 @output_option

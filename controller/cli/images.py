@@ -9,6 +9,7 @@ import click
 from viridian.v1 import controller_pb2, controller_pb2_grpc, types_pb2
 
 from controller.cli.app import get_client
+from controller.cli.completion import image_names
 from controller.cli.errors import CliError
 from controller.cli.image_import import import_cmd
 from controller.cli.image_ref import parse_ref
@@ -122,7 +123,7 @@ def ls_cmd(ctx: click.Context, output: str) -> None:
 
 
 @image_group.command("rm")
-@click.argument("reference", metavar="REF")
+@click.argument("reference", metavar="REF", shell_complete=image_names)
 @click.option("--force", is_flag=True,
               help="Delete even if partitions use it (they keep running; restarting one on a "
               "node without the content fails).")

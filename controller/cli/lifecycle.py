@@ -9,6 +9,7 @@ import click
 from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
+from controller.cli.completion import node_names, partition_names
 from controller.cli.errors import CliError
 from controller.cli.output import age, dump, message_data, phase_name, render_table
 from controller.cli.params import DURATION, output_option
@@ -42,7 +43,7 @@ def _finish(ctx: click.Context, name: str, part: P, wait: bool, timeout: float |
 
 def _lifecycle_command(verb: str, rpc: str, goal: str, *phases: int) -> click.Command:
     @click.command(verb)
-    @click.argument("name")
+    @click.argument("name", shell_complete=partition_names)
     @click.option("--wait", is_flag=True, help=f"Wait until it is {goal}.")
     @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
     @click.pass_context
@@ -64,8 +65,8 @@ save_cmd = _lifecycle_command("save", "SavePartition", "Saved", Phase.PARTITION_
 
 
 @click.command("move")
-@click.argument("name")
-@click.option("--to", "to_node", required=True, help="Destination node.")
+@click.argument("name", shell_complete=partition_names)
+@click.option("--to", "to_node", required=True, shell_complete=node_names, help="Destination node.")
 @click.option("--wait", is_flag=True, help="Return once the move is recorded (moves of "
               "stopped partitions take effect at once; the state travels at the next start).")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
@@ -98,7 +99,7 @@ def _has_checkpoint(cp: str) -> Callable[[P | None], bool]:
 
 
 @checkpoint_group.command("create")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.argument("checkpoint", required=False, default="")
 @click.option("--wait", is_flag=True, help="Wait until the checkpoint is written.")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
@@ -116,7 +117,7 @@ def checkpoint_create(ctx: click.Context, name: str, checkpoint: str, wait: bool
 
 
 @checkpoint_group.command("ls")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @output_option
 @click.pass_context
 def checkpoint_ls(ctx: click.Context, name: str, output: str) -> None:
@@ -135,7 +136,7 @@ def checkpoint_ls(ctx: click.Context, name: str, output: str) -> None:
 
 
 @checkpoint_group.command("apply")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.argument("checkpoint")
 @click.option("--wait", is_flag=True, help="Wait until it runs (or is Saved/Off) from it.")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
@@ -154,7 +155,7 @@ def checkpoint_apply(ctx: click.Context, name: str, checkpoint: str, wait: bool,
 
 
 @checkpoint_group.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.argument("checkpoint")
 @click.pass_context
 def checkpoint_rm(ctx: click.Context, name: str, checkpoint: str) -> None:

@@ -9,6 +9,7 @@ from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
 from controller.cli.client import cancel, paged
+from controller.cli.completion import node_names
 from controller.cli.errors import CliError
 from controller.cli.output import (
     Column,
@@ -152,7 +153,7 @@ def node_group() -> None:
 
 
 @node_group.command("get")
-@click.argument("name")
+@click.argument("name", shell_complete=node_names)
 @output_option
 @click.pass_context
 def get_cmd(ctx: click.Context, name: str, output: str) -> None:
@@ -162,7 +163,7 @@ def get_cmd(ctx: click.Context, name: str, output: str) -> None:
 
 
 @node_group.command("cordon")
-@click.argument("name")
+@click.argument("name", shell_complete=node_names)
 @click.pass_context
 def cordon_cmd(ctx: click.Context, name: str) -> None:
     """Stop placing new partitions on NAME."""
@@ -171,7 +172,7 @@ def cordon_cmd(ctx: click.Context, name: str) -> None:
 
 
 @node_group.command("uncordon")
-@click.argument("name")
+@click.argument("name", shell_complete=node_names)
 @click.pass_context
 def uncordon_cmd(ctx: click.Context, name: str) -> None:
     """Allow placements on NAME again."""
@@ -180,7 +181,7 @@ def uncordon_cmd(ctx: click.Context, name: str) -> None:
 
 
 @node_group.command("drain")
-@click.argument("name")
+@click.argument("name", shell_complete=node_names)
 @click.option("--deadline", type=DURATION, default="1h", show_default=True,
               help="Give up after this long, e.g. 30m, 1h30m.")
 @click.pass_context
@@ -218,7 +219,7 @@ def drain_cmd(ctx: click.Context, name: str, deadline: float) -> None:
 
 
 @node_group.command("rm")
-@click.argument("name")
+@click.argument("name", shell_complete=node_names)
 @click.option("--force", is_flag=True,
               help="Also when partitions are still bound to it: they are evicted (HA ones "
               "restart elsewhere, the others become Lost).")

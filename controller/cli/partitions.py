@@ -19,6 +19,7 @@ from controller.cli._spec import (
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
 from controller.cli.client import cancel, paged
+from controller.cli.completion import node_names, partition_names
 from controller.cli.errors import CliError
 from controller.cli.output import (
     Column,
@@ -139,7 +140,8 @@ PHASES = {name.removeprefix("PARTITION_PHASE_").lower(): value
 @click.command("ls")
 @click.option("-l", "--selector", "selector", type=KEY_VALUE, multiple=True, metavar="K=V",
               help="Only partitions with this label (repeatable: all must match).")
-@click.option("--node", default="", help="Only partitions bound to this node.")
+@click.option("--node", default="", shell_complete=node_names,
+              help="Only partitions bound to this node.")
 @click.option("--phase", type=click.Choice(sorted(PHASES), case_sensitive=False),
               help="Only partitions in this phase.")
 @click.option("--prefix", "name_prefix", default="", metavar="TEXT",
@@ -193,7 +195,7 @@ def watch_partitions(ctx: click.Context, listed: Iterable[P], output: str, name:
 
 
 @click.command("get")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @output_option
 @click.option("-w", "--watch", is_flag=True,
               help="Print it as a table row, then a row per change until Ctrl-C.")
@@ -247,8 +249,9 @@ def started(initial: P) -> Callable[[P | None], bool]:
 
 
 @click.command("start")
-@click.argument("name")
-@click.option("--node", default="", help="Start on this node (default: placement chooses).")
+@click.argument("name", shell_complete=partition_names)
+@click.option("--node", default="", shell_complete=node_names,
+              help="Start on this node (default: placement chooses).")
 @click.option("--wait", is_flag=True, help="Wait until it runs (or already finished).")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
 @click.pass_context
@@ -269,7 +272,7 @@ def start_cmd(ctx: click.Context, name: str, node: str, wait: bool,
 
 
 @click.command("stop")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.option("--grace", type=DURATION, default=None, metavar="SECONDS",
               help="Shut Down: send SIGTERM to every process of the guest and turn off "
               "whatever still runs this long after (default 10s, at most 1h).")
@@ -312,7 +315,7 @@ def stop_cmd(ctx: click.Context, name: str, grace: float | None, force: bool, wa
 
 
 @click.command("delete")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.option("--force", is_flag=True, help="Delete even while it runs (stops it first).")
 @click.option("--wait", is_flag=True, help="Wait until it is gone.")
 @click.option("--timeout", type=DURATION, help="With --wait: give up after this long (60s).")
@@ -352,7 +355,7 @@ def follow_logs(ctx: click.Context, name: str, follow: bool) -> None:
 
 
 @click.command("logs")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the guest ends.")
 @click.pass_context
 def logs_cmd(ctx: click.Context, name: str, follow: bool) -> None:

@@ -13,6 +13,7 @@ from viridian.v1 import controller_pb2
 
 from controller.cli._spec import RESTART_POLICIES
 from controller.cli.app import get_client
+from controller.cli.completion import partition_names
 from controller.cli.params import KEY_VALUE, SIZE
 
 __all__ = ["COMMANDS", "asks_anything", "update_request"]
@@ -37,7 +38,7 @@ def asks_anything(request: controller_pb2.UpdatePartitionRequest) -> bool:
 
 
 @click.command("set")
-@click.argument("name")
+@click.argument("name", shell_complete=partition_names)
 @click.option("--label", "labels", type=KEY_VALUE, multiple=True, metavar="K=V",
               help="Add or replace a label (repeatable).")
 @click.option("--remove-label", "remove", multiple=True, metavar="KEY",
