@@ -12,6 +12,7 @@ from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
 from controller.api.security import SecurityApi
 from controller.api.update import UpdateApi
+from controller.api.version import VersionApi
 from controller.api.watch_nodes import WatchNodesApi
 
 __all__ = ["ApiContext", "ControllerService"]
@@ -25,6 +26,7 @@ class ControllerService(
     EventsExplainApi,
     SecurityApi,
     UpdateApi,
+    VersionApi,
     WatchNodesApi,
     controller_pb2_grpc.ControllerServicer,
 ):

@@ -126,10 +126,11 @@ def _register() -> None:
         servers,
         tokens,
         update,
+        version,
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens, update, apply, contexts, completion):
+                   tokens, update, apply, contexts, completion, version):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -32,7 +32,7 @@ _GATEWAY = "/viridian.v1.AgentGateway/"
 
 _READ = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "ListNodes",
          "GetNode", "PlanCapacity", "ListImages", "ListEvents", "WatchEvents",
-         "ExplainPlacement", "WatchNodes"}
+         "ExplainPlacement", "WatchNodes", "GetVersion"}
 _WRITE = {"CreatePartition", "StartPartition", "StopPartition", "DeletePartition",
           "SendStdin", "PausePartition", "ResumePartition", "SavePartition", "MovePartition",
           "CreateCheckpoint", "ApplyCheckpoint", "DeleteCheckpoint", "CordonNode",

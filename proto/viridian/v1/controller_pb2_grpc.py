@@ -215,6 +215,11 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_types__pb2.Partition.FromString,
                 _registered_method=True)
+        self.GetVersion = channel.unary_unary(
+                '/viridian.v1.Controller/GetVersion',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -469,6 +474,13 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVersion(self, request, context):
+        """The controller's software version (agents' are in each Node's spec.agent_version).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -651,6 +663,11 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.UpdatePartition,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_types__pb2.Partition.SerializeToString,
+            ),
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.GetVersionRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.GetVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1625,6 +1642,33 @@ class Controller:
             '/viridian.v1.Controller/UpdatePartition',
             viridian_dot_v1_dot_controller__pb2.UpdatePartitionRequest.SerializeToString,
             viridian_dot_v1_dot_types__pb2.Partition.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/GetVersion',
+            viridian_dot_v1_dot_controller__pb2.GetVersionRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.GetVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

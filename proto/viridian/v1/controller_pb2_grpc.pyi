@@ -111,6 +111,8 @@ class ControllerStub:
     """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
     time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
     """
+    GetVersion: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetVersionRequest, _controller_pb2.GetVersionResponse]
+    """The controller's software version (agents' are in each Node's spec.agent_version)."""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -190,6 +192,8 @@ class ControllerAsyncStub(ControllerStub):
     """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
     time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
     """
+    GetVersion: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetVersionRequest, _controller_pb2.GetVersionResponse]  # type: ignore[assignment]
+    """The controller's software version (agents' are in each Node's spec.agent_version)."""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -482,5 +486,13 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         """Change a partition after create, as Hyper-V's Set-VM: labels and restart policy at any
         time; vCPUs and memory only while Off (or vCPUs while Saved), else FAILED_PRECONDITION.
         """
+
+    @_abc_1.abstractmethod
+    def GetVersion(
+        self,
+        request: _controller_pb2.GetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.GetVersionResponse, _abc.Awaitable[_controller_pb2.GetVersionResponse]]:
+        """The controller's software version (agents' are in each Node's spec.agent_version)."""
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -114,6 +114,7 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.watches_end = False      # see end_watches()
         self.watches_opened = 0
         self.update_requests: list[c.UpdatePartitionRequest] = []
+        self.controller_version: str | None = "0.1.0"  # None: an older one, no GetVersion
 
     def _page(self, items: list[Any], request: Any, context: Any) -> tuple[list[Any], str]:
         """One page of items as the real server pages: page_size (0 = the default), an
@@ -427,6 +428,11 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         with self.lock:  # open until the client goes, or end_watches()
             while context.is_active() and not self.watches_end:
                 self.lock.wait(0.05)
+
+    def GetVersion(self, request: c.GetVersionRequest, context: Any) -> Any:
+        if self.controller_version is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        return c.GetVersionResponse(version=self.controller_version, api_version="viridian.v1")
 
     def ExplainPlacement(self, request: c.ExplainPlacementRequest, context: Any) -> Any:
         self.explain_requests.append(request)
