@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import click
 import grpc
 
 from controller.cli.client import DEFAULT_CONTROLLER, ControllerClient, parse_addresses
+from controller.cli.colour import error_prefix
 from controller.cli.contexts import load_config
 from controller.cli.errors import CliError, describe_rpc_error
 from controller.cli.params import DEFAULT_OUTPUT_KEY
@@ -20,6 +22,10 @@ __all__ = ["cli", "get_client", "main"]
 LOCAL_COMMANDS = frozenset({"config", "completion"})
 
 
+def _prefix() -> str:
+    return error_prefix(sys.stderr)
+
+
 class ViridianGroup(click.Group):
     """Root group: turns CliError and gRPC errors into `error: <message>` and exit 1."""
 
@@ -27,7 +33,7 @@ class ViridianGroup(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as err:
-            click.echo(f"error: {escape_controls(str(err))}", err=True)
+            click.echo(f"{_prefix()} {escape_controls(str(err))}", err=True)
             ctx.exit(err.exit_code)
         except grpc.RpcError as err:
             client = ctx.obj if isinstance(ctx.obj, ControllerClient) else None
@@ -35,7 +41,8 @@ class ViridianGroup(click.Group):
             if address is None and client is not None:
                 address = ", ".join(client.addresses)
             # The details may carry an agent's text: never raw control characters.
-            click.echo(f"error: {escape_controls(describe_rpc_error(err, address))}", err=True)
+            click.echo(f"{_prefix()} {escape_controls(describe_rpc_error(err, address))}",
+                       err=True)
             ctx.exit(1)
         finally:
             if isinstance(ctx.obj, ControllerClient):

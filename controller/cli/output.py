@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ from rich.console import Console
 from rich.table import Table
 from viridian.v1 import types_pb2
 
+from controller.cli.colour import enabled as colour_enabled
+from controller.cli.colour import paint_table
 from controller.safe_text import escape_controls
 
 __all__ = [
@@ -157,7 +160,8 @@ def print_list(
     comes (the same text render_list makes of the whole list); a table measures its columns
     over every row, so it prints once all have arrived."""
     if fmt not in ("json", "yaml"):
-        echo(render_list(list(items), columns, fmt, data=data))
+        text = render_list(list(items), columns, fmt, data=data)
+        echo(paint_table(text) if colour_enabled(sys.stdout) else text)
         return
     to_data = data or _default_data
     first = True

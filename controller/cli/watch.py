@@ -11,6 +11,7 @@ Ctrl-C ends the watch quietly with exit status 0.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -19,6 +20,8 @@ import grpc
 from google.protobuf.message import Message
 
 from controller.cli.client import cancel
+from controller.cli.colour import enabled as colour_enabled
+from controller.cli.colour import paint_status, paint_table, status_columns
 from controller.cli.output import Column, dump, message_data, render_table
 
 __all__ = ["WatchPrinter", "follow"]
@@ -41,6 +44,8 @@ class WatchPrinter(Generic[T]):
         self.widths: list[int] = []
         self.shown: dict[str, Any] = {}  # key -> what its last line showed
         self.last: dict[str, T] = {}     # key -> the object as last seen
+        self.colour = colour_enabled(sys.stdout)
+        self.status: list[tuple[int, dict[str, dict[str, Any]]]] = []
 
     def _cells(self, item: T, deleted: bool = False) -> list[str]:
         return ["Deleted" if deleted and c.header == self.status_header else c.value(item)
@@ -66,7 +71,9 @@ class WatchPrinter(Generic[T]):
         rows = [self._cells(item) for item in listed]
         headers = [c.header for c in self.columns]
         self.widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
-        self.echo(render_table(headers, rows))
+        text = render_table(headers, rows)
+        self.status = status_columns(text.split("\n")[0])
+        self.echo(paint_table(text) if self.colour else text)
 
     def put(self, item: T) -> None:
         k = self.key(item)
@@ -101,7 +108,8 @@ class WatchPrinter(Generic[T]):
         if not self.widths:
             self.widths = [len(c.header) for c in self.columns]
         line = GAP.join(cell.ljust(w) for cell, w in zip(cells, self.widths, strict=True))
-        self.echo(line.rstrip())
+        line = line.rstrip()
+        self.echo(paint_status(line, self.status) if self.colour else line)
 
     def _record(self, kind: str, item: T) -> None:
         record = {"type": kind, "object": _data(item)}
