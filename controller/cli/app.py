@@ -18,8 +18,9 @@ from controller.safe_text import escape_controls
 
 __all__ = ["cli", "get_client", "main"]
 
-#: Commands that never talk to a controller, so never read the context.
-LOCAL_COMMANDS = frozenset({"config", "completion"})
+#: Commands that never read the context: the config commands (which repair it), completion
+#: scripts, and the servers (a controller or agent must not depend on a user's CLI config).
+LOCAL_COMMANDS = frozenset({"config", "completion", "up", "controller", "agent", "certs"})
 
 
 def _prefix() -> str:

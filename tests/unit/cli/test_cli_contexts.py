@@ -111,3 +111,13 @@ def test_a_broken_config_is_one_line_and_config_commands_still_fix_it(
     if needle == "no context 'gone'":
         assert run("config", "use-context", "p").exit_code == 0
         assert run("config", "current-context").stdout == "p\n"
+
+
+def test_a_broken_config_never_stops_a_server_command(tmp_path: Path) -> None:
+    """Servers (up, controller, agent, certs) do not read the CLI's contexts at all."""
+    config_file().parent.mkdir(parents=True, exist_ok=True)
+    config_file().write_text("contexts: [")
+    assert run("ls").exit_code == 1  # a client command reads it, and says it is broken
+    result = run("certs", "--out", str(tmp_path / "pki"), "--controller", "c1")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "pki").is_dir()
