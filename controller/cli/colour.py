@@ -14,7 +14,8 @@ from typing import IO, Any
 
 import click
 
-__all__ = ["enabled", "error_prefix", "paint_status", "status_columns"]
+__all__ = ["enabled", "error_prefix", "paint_field", "paint_status", "paint_table",
+           "status_columns"]
 
 #: Columns whose words are painted, and the colour of each word.
 STYLES: dict[str, dict[str, dict[str, Any]]] = {
@@ -74,6 +75,19 @@ def paint_table(text: str) -> str:
     if not columns:
         return text
     return "\n".join([lines[0], *(paint_status(line, columns) for line in lines[1:])])
+
+
+def paint_field(text: str, field: str, column: str) -> str:
+    """A key/value view (`get`) with the value of `field` ("Phase") coloured as the table
+    column `column` ("PHASE") would be."""
+    prefix = field + ":"
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith(prefix):
+            offset = len(line) - len(line[len(prefix):].lstrip())
+            lines[i] = paint_status(line, [(offset, STYLES[column])])
+            break
+    return "\n".join(lines)
 
 
 def error_prefix(stream: IO[Any] | None) -> str:

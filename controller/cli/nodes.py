@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import click
@@ -9,6 +10,8 @@ from viridian.v1 import controller_pb2, types_pb2
 
 from controller.cli.app import get_client
 from controller.cli.client import cancel, paged
+from controller.cli.colour import enabled as colour_enabled
+from controller.cli.colour import paint_field
 from controller.cli.completion import node_names
 from controller.cli.errors import CliError
 from controller.cli.output import (
@@ -159,7 +162,10 @@ def node_group() -> None:
 def get_cmd(ctx: click.Context, name: str, output: str) -> None:
     """Show one node."""
     node = get_client(ctx).stub.GetNode(controller_pb2.GetNodeRequest(name=name))
-    click.echo(render_item(node, NODE_FIELDS, output))
+    text = render_item(node, NODE_FIELDS, output)
+    if output in ("table", "wide") and colour_enabled(sys.stdout):
+        text = paint_field(text, "State", "STATE")
+    click.echo(text)
 
 
 @node_group.command("cordon")

@@ -19,6 +19,8 @@ from controller.cli._spec import (
 from controller.cli._wait import WaitTimeout, wait_for
 from controller.cli.app import get_client
 from controller.cli.client import cancel, paged
+from controller.cli.colour import enabled as colour_enabled
+from controller.cli.colour import paint_field
 from controller.cli.completion import node_names, partition_names
 from controller.cli.errors import CliError
 from controller.cli.output import (
@@ -206,7 +208,10 @@ def get_cmd(ctx: click.Context, name: str, output: str, watch: bool) -> None:
     if watch:
         watch_partitions(ctx, [part], output, name)
         return
-    click.echo(render_item(part, PARTITION_FIELDS, output))
+    text = render_item(part, PARTITION_FIELDS, output)
+    if output in ("table", "wide") and colour_enabled(sys.stdout):
+        text = paint_field(text, "Phase", "PHASE")
+    click.echo(text)
 
 
 def _check_wait(wait: bool, timeout: float | None) -> None:

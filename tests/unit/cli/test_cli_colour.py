@@ -15,7 +15,13 @@ import pytest
 from cli_fake import FakeController, make_partition
 from viridian.v1 import types_pb2
 
-from controller.cli.colour import enabled, paint_status, paint_table, status_columns
+from controller.cli.colour import (
+    enabled,
+    paint_field,
+    paint_status,
+    paint_table,
+    status_columns,
+)
 from controller.cli.output import render_table
 
 ROOT = Path(__file__).parents[3]
@@ -71,6 +77,19 @@ def test_phases_coloured_on_a_terminal(cluster: str) -> None:
     assert plain[0].index("PHASE") == plain[1].index("Failed") == plain[2].index("Running")
 
 
+def test_get_colours_the_phase_and_node_state(cluster: str) -> None:
+    code, out, _ = run_cli(["--controller", cluster, "get", "db"], tty="out")
+    assert code == 0
+    phase = next(line for line in out.splitlines() if line.startswith("Phase:"))
+    assert phase.endswith(click.style("Failed", fg="red", bold=True))
+    code, out, _ = run_cli(["--controller", cluster, "node", "get", "node-1"], tty="out")
+    assert code == 0
+    state = next(line for line in out.splitlines() if line.startswith("State:"))
+    assert state.endswith(click.style("Ready", fg="green"))
+    code, out, _ = run_cli(["--controller", cluster, "get", "db"], tty="none")
+    assert code == 0 and "\x1b[" not in out
+
+
 def test_no_colour_when_piped_or_with_no_color(cluster: str) -> None:
     code, out, _ = run_cli(["--controller", cluster, "ls"], tty="none")
     assert code == 0 and "Running" in out and "\x1b[" not in out
@@ -99,6 +118,11 @@ def test_painting_keeps_alignment() -> None:
     columns = status_columns(table.splitlines()[0])
     assert paint_status("d      Failed   n1", columns).count("\x1b[") == 3  # red, bold, reset
     assert status_columns("NAME   NODE") == []
+    view = "Name:    a\nPhase:   Running\nReason:  Running"
+    painted_view = paint_field(view, "Phase", "PHASE")
+    assert ANSI.sub("", painted_view) == view
+    assert painted_view.splitlines()[1] == "Phase:   " + GREEN_RUNNING
+    assert painted_view.splitlines()[2] == "Reason:  Running"  # only the field named
 
 
 def test_enabled_follows_the_stream_and_no_color(monkeypatch: pytest.MonkeyPatch,
