@@ -51,8 +51,13 @@ class SecurityApi:
                          created_at=now_ts(), created_by=str(callers.current()),
                          secret_sha256=secret_digest(text.split(".", 1)[1]))
         if ttl:
-            token.expires_at.CopyFrom(Timestamp(seconds=token.created_at.seconds + ttl))
-        await self.ctx.store.tokens.create(token)
+            # The whole TTL from the creation instant (seconds alone cut up to one off it).
+            token.expires_at.CopyFrom(Timestamp(seconds=token.created_at.seconds + ttl,
+                                                nanos=token.created_at.nanos))
+        revision = await self.ctx.store.tokens.create(token)
+        # Callers authenticate against this replica's watch-fed cache: answer once the token
+        # is in it, so a token works as soon as CreateToken returns.
+        await self.ctx.store.cache.wait_for_revision(revision)
         return cpb.CreateTokenResponse(token=_public(token), secret=text)
 
     @map_errors

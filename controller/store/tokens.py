@@ -15,11 +15,13 @@ class TokenStore:
         self._etcd = etcd
         self._keys = keys
 
-    async def create(self, token: pb.Token) -> None:
+    async def create(self, token: pb.Token) -> int:
+        """Returns the revision that wrote it."""
         key = self._keys.token(token.id)
         res = await self._etcd.txn([Compare(key, 0)], [Op.put(key, token.SerializeToString())])
         if not res.succeeded:
             raise AlreadyExists(f"token {token.id!r} already exists")
+        return res.revision
 
     async def ensure(self, token: pb.Token) -> bool:
         """Create the token unless one with its id exists (bootstrap tokens, every start)."""
