@@ -21,10 +21,19 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static double thread_cpu_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Compute until this thread has had `seconds` of CPU, not of wall time: on a loaded host a
+ * wall-clock burn got less than the 100 ms the checks below look for. The wall-clock cap
+ * (30x) ends it if the thread clock never advances; the checks then fail, as they should. */
 static void burn(double seconds) {
     volatile unsigned long x = 0;
-    double end = now_s() + seconds;
-    while (now_s() < end)
+    double start = thread_cpu_s(), cap = now_s() + 30 * seconds;
+    while (thread_cpu_s() - start < seconds && now_s() < cap)
         for (int i = 0; i < 100000; i++) x += i;
 }
 
@@ -53,8 +62,11 @@ static int t_kill_busy(void) {
         volatile unsigned long x = 0;
         for (;;) x++;
     }
-    struct timespec pause = {0, 300000000};
-    nanosleep(&pause, NULL);
+    /* Until the child has had 200 ms of CPU (20 ticks), at most 10 s of wall time: a fixed
+     * 300 ms pause gave it less than 100 ms when other processes took the cores. */
+    struct timespec pause = {0, 20000000};
+    double cap = now_s() + 10;
+    do nanosleep(&pause, NULL); while (proc_utime(pid) < 20 && now_s() < cap);
     printf("busy child's utime in /proc > 0: %s\n", yes(proc_utime(pid) > 0));
     kill(pid, SIGKILL);
     int st;
