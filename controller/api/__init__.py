@@ -11,6 +11,7 @@ from controller.api.lifecycle import LifecycleApi
 from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
 from controller.api.security import SecurityApi
+from controller.api.stats import StatsApi
 
 __all__ = ["ApiContext", "ControllerService"]
 
@@ -22,6 +23,7 @@ class ControllerService(
     ImagesApi,
     EventsExplainApi,
     SecurityApi,
+    StatsApi,
     controller_pb2_grpc.ControllerServicer,
 ):
     def __init__(self, ctx: ApiContext) -> None:

@@ -102,10 +102,11 @@ def _register() -> None:
         run,
         servers,
         tokens,
+        top,
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens):
+                   tokens, top):
         for command in module.COMMANDS:
             cli.add_command(command)
 

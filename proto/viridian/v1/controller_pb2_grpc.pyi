@@ -105,6 +105,13 @@ class ControllerStub:
     JoinNode: _grpc.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]
     """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]
+    GetPartitionStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionStatsRequest, _controller_pb2.PartitionStats]
+    """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+    replica holding each node's session, never in etcd.
+    NOT_FOUND
+    """
+    WatchStats: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchStatsRequest, _controller_pb2.StatsSnapshot]
+    """every interval"""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -178,6 +185,13 @@ class ControllerAsyncStub(ControllerStub):
     JoinNode: _aio.UnaryUnaryMultiCallable[_controller_pb2.JoinNodeRequest, _controller_pb2.JoinNodeResponse]  # type: ignore[assignment]
     """An agent with a join token trades a CSR for a certificate naming its node."""
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]  # type: ignore[assignment]
+    GetPartitionStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionStatsRequest, _controller_pb2.PartitionStats]  # type: ignore[assignment]
+    """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+    replica holding each node's session, never in etcd.
+    NOT_FOUND
+    """
+    WatchStats: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchStatsRequest, _controller_pb2.StatsSnapshot]  # type: ignore[assignment]
+    """every interval"""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -452,5 +466,24 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         request: _controller_pb2.ExplainPlacementRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.PlacementExplanation, _abc.Awaitable[_types_pb2.PlacementExplanation]]: ...
+
+    @_abc_1.abstractmethod
+    def GetPartitionStats(
+        self,
+        request: _controller_pb2.GetPartitionStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.PartitionStats, _abc.Awaitable[_controller_pb2.PartitionStats]]:
+        """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+        replica holding each node's session, never in etcd.
+        NOT_FOUND
+        """
+
+    @_abc_1.abstractmethod
+    def WatchStats(
+        self,
+        request: _controller_pb2.WatchStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.StatsSnapshot], _abc.AsyncIterator[_controller_pb2.StatsSnapshot]]:
+        """every interval"""
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
