@@ -74,9 +74,16 @@ class StatsApi:
         return out
 
     def _bound(self, node: str) -> list[pb.Partition]:
+        """Partitions bound to a node (to `node` if given), with their epochs."""
         cache = self.ctx.store.cache
-        return [c.partition for _, c in sorted(cache.partitions.items())
-                if c.partition.status.node and (not node or c.partition.status.node == node)]
+        out = []
+        for name in sorted(cache.partitions):
+            st = cache.partitions[name].partition.status
+            if st.node and (not node or st.node == node):
+                sp = cache.stored(name)
+                if sp is not None:
+                    out.append(sp.partition)
+        return out
 
     async def _remote_samples(self, nodes: set[str]) -> dict[str, tuple[str, apb.PartitionUsage]]:
         """Samples of nodes whose sessions other replicas hold, asked of those replicas."""
@@ -149,7 +156,7 @@ class StatsApi:
         self, request: cpb.GetPartitionStatsRequest, context: Context
     ) -> cpb.PartitionStats:
         check_name("partition", request.name)
-        cached = self.ctx.store.cache.partitions.get(request.name)
+        cached = self.ctx.store.cache.stored(request.name)
         if cached is None:
             raise NotFound(f"partition {request.name!r} not found")
         node = cached.partition.status.node
