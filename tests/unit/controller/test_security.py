@@ -29,7 +29,7 @@ SERVICE = cpb.DESCRIPTOR.services_by_name["Controller"]
 ADMIN_ONLY = {"CreateToken", "ListTokens", "DeleteToken"}
 READS = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "ListNodes",
          "GetNode", "PlanCapacity", "ListImages", "ListEvents", "WatchEvents",
-         "ExplainPlacement"}
+         "ExplainPlacement", "GetPartitionStats", "WatchStats"}
 WRITES = {m.name for m in SERVICE.methods} - READS - ADMIN_ONLY - {"JoinNode"}
 
 
