@@ -3,6 +3,7 @@ running worker. Real workers running real guests (tests/guests), real /proc."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import struct
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from viridian.v1 import agent_pb2 as apb
 
-from node_agent.consoles import since_start, start_offset, tail_start
+from node_agent.consoles import since_start, start_offset, stream_console, tail_start
 from node_agent.runtime.spec import PartitionSpec
 from node_agent.runtime.worker_console import (
     MAX_MARKS,
@@ -185,9 +186,21 @@ def test_console_survives_save_and_restore_on_another_node(
     marks = second.console_marks(0, len(after))
     assert marks[0][1] == 0 and marks[-1][1] >= end_before
     assert all(m[0] <= time.time() for m in marks)
-    req = apb.ConsoleRequest(name="p", tail_lines=2)
-    assert after[start_offset(second, req):].count(b"\n") in (1, 2)
     second.stop()
+    data, end = second.read_console(0)
+    assert data[start_offset(second, apb.ConsoleRequest(name="p", tail_lines=2)):] == \
+        b"".join(data.splitlines(keepends=True)[-2:])
+    assert start_offset(second, apb.ConsoleRequest(name="p", since=time.time() + 60)) == end
+    assert start_offset(second, apb.ConsoleRequest(name="p", since=1.0)) == 0
+
+    sent: list[apb.AgentMessage] = []
+    asyncio.run(stream_console(apb.ConsoleRequest(request_id="r", name="p", tail_lines=1),
+                               lambda _name: (second, False, True), sent.append))
+    first, last = sent[0].console, sent[-1].console
+    assert first.data == data.splitlines(keepends=True)[-1] and last.eof
+    assert first.offset == end - len(first.data)
+    assert first.marks and first.marks[0].offset == first.offset
+    assert abs(first.marks[0].time - time.time()) < 120
 
 
 def test_usage_of_a_busy_worker(guests: Path,
