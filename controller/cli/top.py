@@ -85,10 +85,14 @@ def _snapshots(ctx: click.Context, node: str, interval: float,
         cancel(call)
 
 
+def _interactive() -> bool:
+    return sys.stdout.isatty()
+
+
 def _show(ctx: click.Context, node: str, interval: float, once: bool,
           headers: list[str], rows: Callable[[cpb.StatsSnapshot], list[list[str]]]) -> None:
     try:
-        if once or not sys.stdout.isatty():
+        if once or not _interactive():
             first = True
             for snap in _snapshots(ctx, node, interval, once):
                 if not first:
@@ -96,7 +100,7 @@ def _show(ctx: click.Context, node: str, interval: float, once: bool,
                 click.echo(render_table(headers, rows(snap)))
                 first = False
             return
-        console = Console()
+        console = Console(file=sys.stdout)
         with Live(Text("waiting for the first snapshot…"), console=console,
                   auto_refresh=False) as live:
             for snap in _snapshots(ctx, node, interval, once=False):

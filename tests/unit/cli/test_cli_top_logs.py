@@ -77,6 +77,18 @@ def test_top_refreshes_until_the_stream_ends(invoke: Invoke, fake: FakeControlle
     assert invoke("top", "--interval", "0.1").exit_code == 2
 
 
+def test_top_on_a_terminal_redraws_in_place(invoke: Invoke, fake: FakeController,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import controller.cli.top as top
+
+    _stats(fake)
+    monkeypatch.setattr(top, "_interactive", lambda: True)
+    result = invoke("top")
+    assert result.exit_code == 0, result.output
+    assert "busy" in result.stdout and "CPU(cores)" in result.stdout
+    assert not fake.stats_requests[-1].once
+
+
 def test_logs_tail_and_since_reach_the_controller(invoke: Invoke,
                                                    fake: FakeController) -> None:
     assert invoke("create", "w", "--image", "hello").exit_code == 0
