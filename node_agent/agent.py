@@ -32,7 +32,7 @@ from node_agent.supervisor import Supervisor
 from node_agent.timing import Timing
 
 log = logging.getLogger(__name__)
-BULK = frozenset({"state", "console"})  # AgentMessage kinds that may wait behind the rest
+BULK = frozenset({"state", "console", "usage"})  # AgentMessage kinds that may wait behind the rest
 VERSION = "0.1.0"
 ARCH_ENUM = {"x86_64": pb.ARCH_X86_64, "i386": pb.ARCH_I386}
 BACKOFF_MIN_S = 0.1

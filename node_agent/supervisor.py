@@ -37,6 +37,8 @@ from node_agent.runtime.spec import (
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
 from node_agent.saved_states import PullState, SavedStates
 from node_agent.states import StateStore
+from node_agent.usage import INTERVAL_S as USAGE_INTERVAL_S
+from node_agent.usage import UsageMeter
 
 log = logging.getLogger(__name__)
 P = pb
@@ -91,6 +93,8 @@ class Supervisor:
         self.local: dict[str, Local] = {}
         self.send: Send = lambda msg: None
         self._monitor: asyncio.Task[None] | None = None
+        self._usage: asyncio.Task[None] | None = None
+        self.meter = UsageMeter()
         self._launching: Counter[str] = Counter()  # image cache keys of launches under way
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
@@ -115,10 +119,13 @@ class Supervisor:
             log.info("re-adopted %s (epoch %d): %s", lp.name, lp.epoch,
                      P.PartitionPhase.Name(lp.report.phase))
         self._monitor = asyncio.create_task(self._watch(), name="worker-monitor")
+        self._usage = asyncio.create_task(self._report_usage(), name="usage")
 
     async def close(self) -> None:
         if self._monitor:
             self._monitor.cancel()
+        if self._usage:
+            self._usage.cancel()
         await asyncio.to_thread(self.workers.close)
 
     def reports(self) -> list[apb.PartitionReport]:
@@ -133,6 +140,23 @@ class Supervisor:
         out = [(lp.name, lp.epoch) for lp in self.local.values() if lp.running or lp.saving]
         out += [key for key, n in self._retiring.items() if n > 0 and key not in out]
         return out
+
+    def usage_targets(self) -> list[tuple[str, int, int]]:
+        """(name, epoch, worker pid) of every running partition."""
+        return [(lp.name, lp.epoch, lp.handle.pid) for lp in self.local.values()
+                if lp.running and lp.handle is not None]
+
+    async def _report_usage(self) -> None:
+        """Every USAGE_INTERVAL_S, while anything runs: one small message to the session."""
+        while True:
+            await asyncio.sleep(USAGE_INTERVAL_S)
+            try:
+                report = await asyncio.to_thread(self.meter.measure, self.usage_targets())
+            except Exception as err:  # noqa: BLE001 - measuring must never stop the agent
+                log.warning("measuring usage failed: %s", err)
+                continue
+            if report.partitions:
+                self.send(apb.AgentMessage(usage=report))
 
     # -- reports -------------------------------------------------------------------------
 

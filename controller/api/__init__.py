@@ -11,6 +11,7 @@ from controller.api.lifecycle import LifecycleApi
 from controller.api.nodes import NodesApi
 from controller.api.partitions import PartitionsApi
 from controller.api.security import SecurityApi
+from controller.api.stats import StatsApi
 from controller.api.update import UpdateApi
 from controller.api.version import VersionApi
 from controller.api.watch_nodes import WatchNodesApi
@@ -25,6 +26,7 @@ class ControllerService(
     ImagesApi,
     EventsExplainApi,
     SecurityApi,
+    StatsApi,
     UpdateApi,
     VersionApi,
     WatchNodesApi,

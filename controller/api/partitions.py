@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
 
 from viridian.v1 import agent_pb2 as apb
@@ -159,10 +160,16 @@ class PartitionsApi:
             async for chunk in self.ctx.proxy_logs(node, request):
                 yield chunk
             return
-        async for data in session.console(request.name, request.offset, request.follow):
+        since = request.since if math.isfinite(request.since) else 0.0
+        async for data in session.console(request.name, request.offset, request.follow,
+                                          request.tail_lines, since):
             if data.error:
                 raise FailedPrecondition(f"logs of {request.name!r}: {data.error}")
-            yield cpb.LogChunk(data=data.data, offset=data.offset, eof=data.eof)
+            chunk = cpb.LogChunk(data=data.data, offset=data.offset, eof=data.eof)
+            if request.timestamps:
+                chunk.marks.extend(cpb.LogMark(time=m.time, offset=m.offset)
+                                   for m in data.marks)
+            yield chunk
 
     @map_errors
     async def SendStdin(

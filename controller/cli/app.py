@@ -133,12 +133,13 @@ def _register() -> None:
         run,
         servers,
         tokens,
+        top,
         update,
         version,
     )
 
     for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens, update, apply, contexts, completion, version):
+                   tokens, update, apply, contexts, completion, version, top):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import click
@@ -34,7 +38,7 @@ from controller.cli.output import (
     render_item,
     time_text,
 )
-from controller.cli.params import DURATION, KEY_VALUE, output_option
+from controller.cli.params import DURATION, KEY_VALUE, output_option, parse_duration
 from controller.cli.sizes import format_size
 from controller.cli.watch import WatchPrinter, follow
 
@@ -343,15 +347,71 @@ def binary_stdout() -> BinaryIO:
     return sys.stdout.buffer
 
 
-def follow_logs(ctx: click.Context, name: str, follow: bool) -> None:
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a duration back from now (90s, 15m, 1h30m) or a time (ISO 8601, UTC
+    unless it names a zone) -> Unix seconds."""
+    try:
+        return (time.time() if now is None else now) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a duration (90s, 15m, 1h30m) nor a "
+                                 "time (2026-12-02T08:30:00Z)", param_hint="'--since'") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+class TimestampedLines:
+    """Prefixes each console line with when its first byte was written (from the marks)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.marks: list[tuple[int, float]] = []   # (offset, time), rising
+        self.at_line_start = True
+
+    def _time_at(self, offset: int) -> bytes:
+        i = bisect.bisect_right(self.marks, (offset, math.inf)) - 1
+        if i < 0:
+            return b"-" + b" " * 26
+        when = datetime.fromtimestamp(self.marks[i][1], UTC)
+        return when.strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+
+    def write(self, chunk: controller_pb2.LogChunk) -> None:
+        for m in chunk.marks:
+            if math.isfinite(m.time) and (not self.marks or m.offset >= self.marks[-1][0]):
+                self.marks.append((m.offset, m.time))
+        pos = 0
+        data = chunk.data
+        while pos < len(data):
+            if self.at_line_start:
+                self.out.write(self._time_at(chunk.offset + pos) + b" ")
+            nl = data.find(b"\n", pos)
+            stop = len(data) if nl < 0 else nl + 1
+            self.out.write(data[pos:stop])
+            self.at_line_start = nl >= 0
+            pos = stop
+        if len(self.marks) > 4096:
+            self.marks = self.marks[-1024:]
+
+
+def follow_logs(ctx: click.Context, name: str, follow: bool, tail: int = 0,
+                since: float = 0.0, timestamps: bool = False) -> None:
     """Write the console to stdout as raw bytes until EOF (or the stream ends)."""
     out = binary_stdout()
+    stamped = TimestampedLines(out) if timestamps else None
     call = get_client(ctx).stub.PartitionLogs(
-        controller_pb2.PartitionLogsRequest(name=name, follow=follow))
+        controller_pb2.PartitionLogsRequest(name=name, follow=follow, tail_lines=tail,
+                                            since=since, timestamps=timestamps))
     try:
         for chunk in call:
             if chunk.data:
-                out.write(chunk.data)
+                if stamped is not None:
+                    stamped.write(chunk)
+                else:
+                    out.write(chunk.data)
                 out.flush()
             if chunk.eof:
                 break
@@ -362,11 +422,20 @@ def follow_logs(ctx: click.Context, name: str, follow: bool) -> None:
 @click.command("logs")
 @click.argument("name", shell_complete=partition_names)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the guest ends.")
+@click.option("--tail", type=click.IntRange(1, 1_000_000), default=None, metavar="N",
+              help="Only the last N lines kept (then new ones with --follow).")
+@click.option("--since", "since_text", metavar="DURATION|TIME",
+              help="Only output written since then: 90s, 15m, 1h30m, or an ISO 8601 time.")
+@click.option("-t", "--timestamps", is_flag=True,
+              help="Prefix each line with when it was written (UTC).")
 @click.pass_context
-def logs_cmd(ctx: click.Context, name: str, follow: bool) -> None:
-    """Print a partition's console output."""
+def logs_cmd(ctx: click.Context, name: str, follow: bool, tail: int | None,
+             since_text: str | None, timestamps: bool) -> None:
+    """Print a partition's console output (kept across save, move and restore, the last
+    1 MiB)."""
+    since = parse_since(since_text) if since_text else 0.0
     try:
-        follow_logs(ctx, name, follow)
+        follow_logs(ctx, name, follow, tail or 0, since, timestamps)
     except KeyboardInterrupt:
         ctx.exit(130)
 

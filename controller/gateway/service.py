@@ -190,6 +190,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                     session.deliver_state(msg.state)
                 elif kind == "event":
                     await self.reports.record_event(session.node, msg.event)
+                elif kind == "usage":
+                    session.record_usage(msg.usage)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         except StoreError as err:

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 #: Chunks (of at most 1 MiB) an agent may send for one state request before it is granted
 #: more: what a relay can hold in this replica's memory at most.
 STATE_WINDOW = 8
+#: Partitions a usage report may name (more than a node can run; the rest is ignored).
+MAX_USAGE = 4096
 
 
 @dataclass
@@ -66,6 +68,13 @@ class NodeSession:
     beat_at: float = 0.0
     beat: asyncio.Event = field(default_factory=asyncio.Event)
     forgotten: dict[tuple[str, int], float] = field(default_factory=dict)  # FORGETs sent
+    # the newest resource use the agent reported, per partition (memory only, never etcd)
+    usage: dict[str, apb.PartitionUsage] = field(default_factory=dict)
+
+    def record_usage(self, report: apb.UsageReport) -> None:
+        """Keep the newest sample of each partition the report names (at most MAX_USAGE):
+        a partition missing from it no longer runs here."""
+        self.usage = {u.name: u for u in report.partitions[:MAX_USAGE] if u.name}
 
     def send(self, msg: apb.ControllerMessage) -> None:
         if not self.closed:
@@ -94,7 +103,8 @@ class NodeSession:
         if q is not None:
             q.put_nowait(data)
 
-    async def console(self, name: str, offset: int, follow: bool) -> AsyncIterator[apb.ConsoleData]:
+    async def console(self, name: str, offset: int, follow: bool, tail_lines: int = 0,
+                      since: float = 0.0) -> AsyncIterator[apb.ConsoleData]:
         """Ask the agent for a partition's console; yields chunks until eof or cancel."""
         request_id = uuid.uuid4().hex
         q: asyncio.Queue[apb.ConsoleData] = asyncio.Queue()
@@ -102,7 +112,8 @@ class NodeSession:
         self.send(
             apb.ControllerMessage(
                 console=apb.ConsoleRequest(
-                    request_id=request_id, name=name, offset=offset, follow=follow
+                    request_id=request_id, name=name, offset=offset, follow=follow,
+                    tail_lines=tail_lines, since=since,
                 )
             )
         )

@@ -32,7 +32,8 @@ _GATEWAY = "/viridian.v1.AgentGateway/"
 
 _READ = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "ListNodes",
          "GetNode", "PlanCapacity", "ListImages", "ListEvents", "WatchEvents",
-         "ExplainPlacement", "WatchNodes", "GetVersion"}
+         "ExplainPlacement", "WatchNodes", "GetVersion", "GetPartitionStats",
+         "WatchStats"}
 _WRITE = {"CreatePartition", "StartPartition", "StopPartition", "DeletePartition",
           "SendStdin", "PausePartition", "ResumePartition", "SavePartition", "MovePartition",
           "CreateCheckpoint", "ApplyCheckpoint", "DeleteCheckpoint", "CordonNode",
@@ -74,7 +75,7 @@ _ROLE_GRANTS: dict[pb.Role.ValueType, set[Permission]] = {
 
 #: What a controller certificate may call on another replica's agent port.
 _RELAYS = {_GATEWAY + "PullState", _GATEWAY + "PullImage", _GATEWAY + "ReplicateBlob",
-           _CONTROLLER + "PartitionLogs"}
+           _CONTROLLER + "PartitionLogs", _CONTROLLER + "WatchStats"}
 
 
 def allowed(principal: Principal, method: str, permission: Permission,

@@ -174,6 +174,9 @@ def save_machine(machine: Machine, path: Path) -> dict[str, float]:
         machine.fs.meta.compact()         # the guest's modes/owners travel in the layer
         with writer.stream(b"UPPR") as fd, os.fdopen(os.dup(fd), "wb") as out:
             write_upper(machine.fs.upper, out)
+        history = getattr(machine.console, "history", None)
+        if callable(history):  # the console ring travels with the state (worker_console.py)
+            writer.section(b"CONS", history())
         writer.commit()
     except BaseException:
         writer.abort()
@@ -195,8 +198,20 @@ def restore_machine(machine: Machine, path: Path) -> None:
     try:
         meta = json.loads(reader.read(b"META"))
         _restore(machine, meta, reader)
+        _restore_console(machine, reader)
     finally:
         reader.close()
+
+
+def _restore_console(machine: Machine, reader: StateReader) -> None:
+    """Seed the new console with the saved one's history (older state files have none)."""
+    seed = getattr(machine.console, "restore_history", None)
+    if b"CONS" not in reader.sections or not callable(seed):
+        return
+    try:
+        seed(reader.read(b"CONS"))
+    except ValueError as err:  # a bad history loses the old output, never the partition
+        machine.event("ConsoleHistoryLost", f"the saved console history is unusable: {err}")
 
 
 def _restore(machine: Machine, meta: dict[str, Any], reader: StateReader) -> None:

@@ -26,6 +26,9 @@ partition; version 2 (one process: META "memory", one MEMR section) is still rea
     M###  one per address space, same format: what it holds beyond its group's memfd
           (pages it wrote after a fork, its zeroed and file-backed ranges).
     UPPR  the partition's writable upper layer as a POSIX tar (so another node sees it).
+    CONS  optional: the console's history (worker_console.py ConsoleRing.history: u64 end
+          offset, u64 data length, u32 mark count, the marks, the last bytes), so the
+          console survives save, move and restore.
 
 No compression: guest pages are written straight from the guest mapping (zero-copy) and read
 straight back into it; all-zero pages are skipped, which is where the size goes.

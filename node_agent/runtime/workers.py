@@ -33,7 +33,7 @@ from typing import Any
 
 from .forkserver import describe_wait, proc_starttime, recv_msg, send_msg
 from .spec import ExitStatus, PartitionSpec
-from .worker_console import read_ring
+from .worker_console import Mark, read_marks, read_ring
 from .worker_lifecycle import LifecycleMixin, WorkerError, _connect
 from .worker_main import FRAME, OP_EOF, OP_STDIN, OP_STOP, write_json_atomic
 
@@ -189,6 +189,10 @@ class WorkerHandle(LifecycleMixin):
     # -- output -----------------------------------------------------------------------
     def read_console(self, offset: int) -> tuple[bytes, int]:
         return read_ring(self.dir / "console.log", offset)
+
+    def console_marks(self, start: int, stop: int) -> list[Mark]:
+        """When the console bytes [start, stop) were written (worker_console.py)."""
+        return read_marks(self.dir / "console.log", start, stop)
 
     def events(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

@@ -53,16 +53,25 @@ def test_pause_save_move_restore_checkpoint(cluster: ClusterHandle) -> None:
     _ok(cluster, "save", name, "--wait", "--timeout", "30s")
     saved = _get(cluster, name)
     assert saved.status.saved_state.node == "node-1" and saved.status.node
-    last_before = max(_numbers(cluster.cli("logs", name).out))
+    before = _numbers(cluster.cli("logs", name).out)
+    last_before = max(before)
 
     _ok(cluster, "move", name, "--to", "node-2")
     _ok(cluster, "start", name, "--wait", "--timeout", "30s")
     moved = _get(cluster, name)
     assert moved.status.node == "node-2", moved.status
-    # Restored, not rebooted: the counter goes on from where it was saved.
-    wait_for(lambda: _numbers(cluster.cli("logs", name).out), "output on node-2")
-    first_after = min(_numbers(cluster.cli("logs", name).out))
+    # Restored, not rebooted: the counter goes on from where it was saved. The console
+    # came along in the state: `logs` on node-2 shows the output from before the save too.
+    out = wait_for(lambda: (n := _numbers(cluster.cli("logs", name).out)) and
+                   max(n) > last_before + 5 and n, "output on node-2 after the restore")
+    assert out[:len(before)] == before
+    first_after = out[len(before)]
     assert last_before < first_after <= last_before + 50, (last_before, first_after)
+    tail = _ok(cluster, "logs", name, "--tail", "2").splitlines()
+    assert len(tail) == 2 and int(tail[1]) == int(tail[0]) + 1 > last_before, tail
+    stamped = _ok(cluster, "logs", name, "--tail", "1", "--timestamps").splitlines()
+    (when, number) = stamped[0].split()
+    assert when.startswith(time.strftime("%Y-%m-%dT", time.gmtime())) and int(number) > 0
 
     _ok(cluster, "checkpoint", "apply", name, "cp1", "--wait", "--timeout", "30s")
     assert _get(cluster, name).status.phase == pb.PARTITION_PHASE_RUNNING

@@ -147,6 +147,7 @@ class AgentMessage(_message.Message):
     CONSOLE_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello:
         """first message"""
@@ -171,6 +172,10 @@ class AgentMessage(_message.Message):
     def state(self) -> Global___StateData:
         """answer to a StateRequest"""
 
+    @_builtins.property
+    def usage(self) -> Global___UsageReport:
+        """periodic resource use of the running partitions"""
+
     def __init__(
         self,
         *,
@@ -180,12 +185,13 @@ class AgentMessage(_message.Message):
         console: Global___ConsoleData | None = ...,
         event: Global___AgentEvent | None = ...,
         state: Global___StateData | None = ...,
+        usage: Global___UsageReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["console", b"console", "event", b"event", "heartbeat", b"heartbeat", "hello", b"hello", "msg", b"msg", "report", b"report", "state", b"state", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "console", "event", "state"]  # noqa: Y015
+    _WhichOneofReturnType_msg: _TypeAlias = _typing.Literal["hello", "heartbeat", "report", "console", "event", "state", "usage"]  # noqa: Y015
     _WhichOneofArgType_msg: _TypeAlias = _typing.Literal["msg", b"msg"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_msg) -> _WhichOneofReturnType_msg | None: ...
 
@@ -372,6 +378,7 @@ class ConsoleData(_message.Message):
     OFFSET_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    MARKS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """the ConsoleRequest it answers"""
     data: _builtins.bytes
@@ -382,6 +389,10 @@ class ConsoleData(_message.Message):
     """the guest ended and everything was sent (or the partition is unknown)"""
     error: _builtins.str
     """set when the request cannot be served"""
+    @_builtins.property
+    def marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsoleMark]:
+        """when the bytes from each mark's offset were written"""
+
     def __init__(
         self,
         *,
@@ -390,10 +401,11 @@ class ConsoleData(_message.Message):
         offset: _builtins.int = ...,
         eof: _builtins.bool = ...,
         error: _builtins.str = ...,
+        marks: _abc.Iterable[Global___ConsoleMark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "error", b"error", "offset", b"offset", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "error", b"error", "marks", b"marks", "offset", b"offset", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -747,6 +759,8 @@ class ConsoleRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """echo in ConsoleData"""
     name: _builtins.str
@@ -755,6 +769,10 @@ class ConsoleRequest(_message.Message):
     """absolute offset to start from"""
     follow: _builtins.bool
     """keep sending until the guest ends or ConsoleCancel"""
+    tail_lines: _builtins.int
+    """start at the last N lines kept (0 = from offset)"""
+    since: _builtins.float
+    """start at the first byte written at or after this Unix time"""
     def __init__(
         self,
         *,
@@ -762,10 +780,12 @@ class ConsoleRequest(_message.Message):
         name: _builtins.str = ...,
         offset: _builtins.int = ...,
         follow: _builtins.bool = ...,
+        tail_lines: _builtins.int = ...,
+        since: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "offset", b"offset", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "offset", b"offset", "request_id", b"request_id", "since", b"since", "tail_lines", b"tail_lines"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1109,3 +1129,101 @@ class StateChunk(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StateChunk: _TypeAlias = StateChunk  # noqa: Y015
+
+@_typing.final
+class UsageReport(_message.Message):
+    """Resource use of the partitions running on a node, sent every couple of seconds while any
+    runs. The controller keeps the newest in memory only (never in etcd).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionUsage]: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[Global___PartitionUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["partitions", b"partitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageReport: _TypeAlias = UsageReport  # noqa: Y015
+
+@_typing.final
+class PartitionUsage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    epoch: _builtins.int
+    """epoch of the copy measured"""
+    cpu_seconds: _builtins.float
+    """CPU time its worker used since it started (user + system)"""
+    cpu_cores: _builtins.float
+    """cores busy on average since the previous sample"""
+    resident_bytes: _builtins.int
+    """the worker's resident memory (guest pages it touched"""
+    uptime_seconds: _builtins.float
+    """plus the runtime itself)
+    since the worker started
+    """
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp:
+        """when it was measured"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        cpu_seconds: _builtins.float = ...,
+        cpu_cores: _builtins.float = ...,
+        resident_bytes: _builtins.int = ...,
+        uptime_seconds: _builtins.float = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "cpu_seconds", b"cpu_seconds", "epoch", b"epoch", "name", b"name", "resident_bytes", b"resident_bytes", "time", b"time", "uptime_seconds", b"uptime_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionUsage: _TypeAlias = PartitionUsage  # noqa: Y015
+
+@_typing.final
+class ConsoleMark(_message.Message):
+    """Bytes of the console from `offset` on were written at `time` (Unix seconds), until the
+    next mark.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    offset: _builtins.int
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsoleMark: _TypeAlias = ConsoleMark  # noqa: Y015

@@ -10,6 +10,7 @@ RESOURCE_EXHAUSTED, UNIMPLEMENTED.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from viridian.v1 import types_pb2 as _types_pb2
@@ -399,22 +400,34 @@ class PartitionLogsRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     FOLLOW_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    TAIL_LINES_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    TIMESTAMPS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """partition name"""
     follow: _builtins.bool
     """keep streaming until the guest ends or the client cancels"""
     offset: _builtins.int
     """absolute console byte offset to start from (0 = oldest kept)"""
+    tail_lines: _builtins.int
+    """start at the last N lines kept (0 = from offset)"""
+    since: _builtins.float
+    """start at the first byte written at or after this Unix time (0 = none)"""
+    timestamps: _builtins.bool
+    """send LogChunk.marks (when each part of the data was written)"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         follow: _builtins.bool = ...,
         offset: _builtins.int = ...,
+        tail_lines: _builtins.int = ...,
+        since: _builtins.float = ...,
+        timestamps: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["follow", b"follow", "name", b"name", "offset", b"offset", "since", b"since", "tail_lines", b"tail_lines", "timestamps", b"timestamps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -427,22 +440,28 @@ class LogChunk(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     EOF_FIELD_NUMBER: _builtins.int
+    MARKS_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
     """console bytes (stdout and stderr interleaved)"""
     offset: _builtins.int
     """absolute offset of data[0] in the console"""
     eof: _builtins.bool
     """the guest ended and everything was sent"""
+    @_builtins.property
+    def marks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LogMark]:
+        """with timestamps: bytes from each mark's offset on were"""
+
     def __init__(
         self,
         *,
         data: _builtins.bytes = ...,
         offset: _builtins.int = ...,
         eof: _builtins.bool = ...,
+        marks: _abc.Iterable[Global___LogMark] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "eof", b"eof", "marks", b"marks", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1407,3 +1426,226 @@ class GetVersionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetVersionResponse: _TypeAlias = GetVersionResponse  # noqa: Y015
+
+@_typing.final
+class LogMark(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    time: _builtins.float
+    """Unix seconds"""
+    offset: _builtins.int
+    """absolute console offset"""
+    def __init__(
+        self,
+        *,
+        time: _builtins.float = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["offset", b"offset", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogMark: _TypeAlias = LogMark  # noqa: Y015
+
+@_typing.final
+class GetPartitionStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """partition name"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPartitionStatsRequest: _TypeAlias = GetPartitionStatsRequest  # noqa: Y015
+
+@_typing.final
+class PartitionStats(_message.Message):
+    """A partition's resource use as last measured on its node (every ~2 s while it runs)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    CPU_SECONDS_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    UPTIME_SECONDS_FIELD_NUMBER: _builtins.int
+    MEASURED_FIELD_NUMBER: _builtins.int
+    SAMPLED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    node: _builtins.str
+    """"" when not bound"""
+    phase: _types_pb2.PartitionPhase.ValueType
+    vcpus: _builtins.int
+    """its vCPUs"""
+    memory_bytes: _builtins.int
+    """its memory"""
+    cpu_cores: _builtins.float
+    """cores busy (averaged over the last interval)"""
+    cpu_seconds: _builtins.float
+    """CPU time since its worker started"""
+    resident_bytes: _builtins.int
+    """memory resident on the node"""
+    uptime_seconds: _builtins.float
+    """since its worker started"""
+    measured: _builtins.bool
+    """false: no sample (not running, or none yet)"""
+    @_builtins.property
+    def sampled_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        node: _builtins.str = ...,
+        phase: _types_pb2.PartitionPhase.ValueType = ...,
+        vcpus: _builtins.int = ...,
+        memory_bytes: _builtins.int = ...,
+        cpu_cores: _builtins.float = ...,
+        cpu_seconds: _builtins.float = ...,
+        resident_bytes: _builtins.int = ...,
+        uptime_seconds: _builtins.float = ...,
+        measured: _builtins.bool = ...,
+        sampled_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sampled_at", b"sampled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_cores", b"cpu_cores", "cpu_seconds", b"cpu_seconds", "measured", b"measured", "memory_bytes", b"memory_bytes", "name", b"name", "node", b"node", "phase", b"phase", "resident_bytes", b"resident_bytes", "sampled_at", b"sampled_at", "uptime_seconds", b"uptime_seconds", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartitionStats: _TypeAlias = PartitionStats  # noqa: Y015
+
+@_typing.final
+class NodeStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VCPUS_FIELD_NUMBER: _builtins.int
+    ALLOCATABLE_VCPUS_FIELD_NUMBER: _builtins.int
+    ALLOCATED_VCPUS_FIELD_NUMBER: _builtins.int
+    CPU_CORES_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOCATABLE_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ALLOCATED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    vcpus: _builtins.int
+    """host processors offered"""
+    allocatable_vcpus: _builtins.int
+    allocated_vcpus: _builtins.int
+    cpu_cores: _builtins.float
+    """sum over its partitions"""
+    memory_bytes: _builtins.int
+    """memory offered"""
+    allocatable_memory_bytes: _builtins.int
+    allocated_memory_bytes: _builtins.int
+    resident_bytes: _builtins.int
+    """sum over its partitions"""
+    partitions: _builtins.int
+    """partitions measured (running)"""
+    connected: _builtins.bool
+    """some replica holds its session"""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        vcpus: _builtins.int = ...,
+        allocatable_vcpus: _builtins.int = ...,
+        allocated_vcpus: _builtins.int = ...,
+        cpu_cores: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+        allocatable_memory_bytes: _builtins.int = ...,
+        allocated_memory_bytes: _builtins.int = ...,
+        resident_bytes: _builtins.int = ...,
+        partitions: _builtins.int = ...,
+        connected: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocatable_memory_bytes", b"allocatable_memory_bytes", "allocatable_vcpus", b"allocatable_vcpus", "allocated_memory_bytes", b"allocated_memory_bytes", "allocated_vcpus", b"allocated_vcpus", "connected", b"connected", "cpu_cores", b"cpu_cores", "memory_bytes", b"memory_bytes", "name", b"name", "partitions", b"partitions", "resident_bytes", b"resident_bytes", "vcpus", b"vcpus"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeStats: _TypeAlias = NodeStats  # noqa: Y015
+
+@_typing.final
+class WatchStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    ONCE_FIELD_NUMBER: _builtins.int
+    LOCAL_ONLY_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """only this node's partitions (and node); "" = all"""
+    interval_ms: _builtins.int
+    """how often to send (0 = 2000; at least 500)"""
+    once: _builtins.bool
+    """one snapshot, then end"""
+    local_only: _builtins.bool
+    """replicas only: just this replica's sessions"""
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+        interval_ms: _builtins.int = ...,
+        once: _builtins.bool = ...,
+        local_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval_ms", b"interval_ms", "local_only", b"local_only", "node", b"node", "once", b"once"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchStatsRequest: _TypeAlias = WatchStatsRequest  # noqa: Y015
+
+@_typing.final
+class StatsSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTITIONS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def partitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartitionStats]:
+        """bound partitions, sorted by name"""
+
+    @_builtins.property
+    def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeStats]:
+        """sorted by name"""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        partitions: _abc.Iterable[Global___PartitionStats] | None = ...,
+        nodes: _abc.Iterable[Global___NodeStats] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "partitions", b"partitions", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsSnapshot: _TypeAlias = StatsSnapshot  # noqa: Y015

@@ -220,6 +220,16 @@ class ControllerStub:
                 request_serializer=viridian_dot_v1_dot_controller__pb2.GetVersionRequest.SerializeToString,
                 response_deserializer=viridian_dot_v1_dot_controller__pb2.GetVersionResponse.FromString,
                 _registered_method=True)
+        self.GetPartitionStats = channel.unary_unary(
+                '/viridian.v1.Controller/GetPartitionStats',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.GetPartitionStatsRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.PartitionStats.FromString,
+                _registered_method=True)
+        self.WatchStats = channel.unary_stream(
+                '/viridian.v1.Controller/WatchStats',
+                request_serializer=viridian_dot_v1_dot_controller__pb2.WatchStatsRequest.SerializeToString,
+                response_deserializer=viridian_dot_v1_dot_controller__pb2.StatsSnapshot.FromString,
+                _registered_method=True)
 
 
 class ControllerServicer:
@@ -481,6 +491,22 @@ class ControllerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPartitionStats(self, request, context):
+        """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+        replica holding each node's session, never in etcd.
+        NOT_FOUND
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchStats(self, request, context):
+        """every interval
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControllerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -668,6 +694,16 @@ def add_ControllerServicer_to_server(servicer, server):
                     servicer.GetVersion,
                     request_deserializer=viridian_dot_v1_dot_controller__pb2.GetVersionRequest.FromString,
                     response_serializer=viridian_dot_v1_dot_controller__pb2.GetVersionResponse.SerializeToString,
+            ),
+            'GetPartitionStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPartitionStats,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.GetPartitionStatsRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.PartitionStats.SerializeToString,
+            ),
+            'WatchStats': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchStats,
+                    request_deserializer=viridian_dot_v1_dot_controller__pb2.WatchStatsRequest.FromString,
+                    response_serializer=viridian_dot_v1_dot_controller__pb2.StatsSnapshot.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1669,6 +1705,60 @@ class Controller:
             '/viridian.v1.Controller/GetVersion',
             viridian_dot_v1_dot_controller__pb2.GetVersionRequest.SerializeToString,
             viridian_dot_v1_dot_controller__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPartitionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/viridian.v1.Controller/GetPartitionStats',
+            viridian_dot_v1_dot_controller__pb2.GetPartitionStatsRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.PartitionStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/viridian.v1.Controller/WatchStats',
+            viridian_dot_v1_dot_controller__pb2.WatchStatsRequest.SerializeToString,
+            viridian_dot_v1_dot_controller__pb2.StatsSnapshot.FromString,
             options,
             channel_credentials,
             insecure,

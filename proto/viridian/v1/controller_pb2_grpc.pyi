@@ -113,6 +113,13 @@ class ControllerStub:
     """
     GetVersion: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetVersionRequest, _controller_pb2.GetVersionResponse]
     """The controller's software version (agents' are in each Node's spec.agent_version)."""
+    GetPartitionStats: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionStatsRequest, _controller_pb2.PartitionStats]
+    """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+    replica holding each node's session, never in etcd.
+    NOT_FOUND
+    """
+    WatchStats: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchStatsRequest, _controller_pb2.StatsSnapshot]
+    """every interval"""
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
@@ -194,6 +201,13 @@ class ControllerAsyncStub(ControllerStub):
     """
     GetVersion: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetVersionRequest, _controller_pb2.GetVersionResponse]  # type: ignore[assignment]
     """The controller's software version (agents' are in each Node's spec.agent_version)."""
+    GetPartitionStats: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionStatsRequest, _controller_pb2.PartitionStats]  # type: ignore[assignment]
+    """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+    replica holding each node's session, never in etcd.
+    NOT_FOUND
+    """
+    WatchStats: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchStatsRequest, _controller_pb2.StatsSnapshot]  # type: ignore[assignment]
+    """every interval"""
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -494,5 +508,24 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.GetVersionResponse, _abc.Awaitable[_controller_pb2.GetVersionResponse]]:
         """The controller's software version (agents' are in each Node's spec.agent_version)."""
+
+    @_abc_1.abstractmethod
+    def GetPartitionStats(
+        self,
+        request: _controller_pb2.GetPartitionStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_controller_pb2.PartitionStats, _abc.Awaitable[_controller_pb2.PartitionStats]]:
+        """Resource use (like kubectl top): measured by the agents, kept in the memory of the
+        replica holding each node's session, never in etcd.
+        NOT_FOUND
+        """
+
+    @_abc_1.abstractmethod
+    def WatchStats(
+        self,
+        request: _controller_pb2.WatchStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_controller_pb2.StatsSnapshot], _abc.AsyncIterator[_controller_pb2.StatsSnapshot]]:
+        """every interval"""
 
 def add_ControllerServicer_to_server(servicer: ControllerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -102,6 +102,10 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
         self.pushed: list[c.PushImageRequest] = []
         self.stdin = bytearray()
         self.logs: list[bytes] = [b"hello\n", b"world\n"]
+        self.log_times: list[float] = []      # when each of self.logs was written (marks)
+        self.log_requests: list[c.PartitionLogsRequest] = []
+        self.stats = c.StatsSnapshot()        # what WatchStats sends
+        self.stats_requests: list[c.WatchStatsRequest] = []
         self.exit_code = 0
         self.start_phase: int = Phase.PARTITION_PHASE_RUNNING
         self.start_reason = ""
@@ -281,9 +285,13 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
 
     def PartitionLogs(self, request: c.PartitionLogsRequest, context: Any) -> Iterator[Any]:
         part = self._find(request.name, context)
+        self.log_requests.append(request)
         offset = 0
-        for data in self.logs:
-            yield c.LogChunk(data=data, offset=offset)
+        for i, data in enumerate(self.logs):
+            chunk = c.LogChunk(data=data, offset=offset)
+            if request.timestamps and i < len(self.log_times):
+                chunk.marks.append(c.LogMark(time=self.log_times[i], offset=offset))
+            yield chunk
             offset += len(data)
         if request.follow:
             part.status.phase = Phase.PARTITION_PHASE_OFF
@@ -444,6 +452,17 @@ class FakeController(controller_pb2_grpc.ControllerServicer):
 _CA = make_ca("cli-test")
 _SERVER = issue(_CA, "controller:fake", [CONTROLLER_NAME])
 CA_PEM = _CA.cert_pem
+
+
+def _watch_stats(self: FakeController, request: c.WatchStatsRequest,
+                 context: Any) -> Iterator[Any]:
+    """One snapshot with once, else two (a refresh), then the stream ends."""
+    self.stats_requests.append(request)
+    for _ in range(1 if request.once else 2):
+        yield self.stats
+
+
+FakeController.WatchStats = _watch_stats  # type: ignore[method-assign]
 
 
 def serve(fake: FakeController) -> tuple[grpc.Server, str]:

@@ -29,7 +29,8 @@ SERVICE = cpb.DESCRIPTOR.services_by_name["Controller"]
 ADMIN_ONLY = {"CreateToken", "ListTokens", "DeleteToken"}
 READS = {"GetPartition", "ListPartitions", "WatchPartitions", "PartitionLogs", "ListNodes",
          "GetNode", "PlanCapacity", "ListImages", "ListEvents", "WatchEvents",
-         "ExplainPlacement", "WatchNodes", "GetVersion"}
+         "ExplainPlacement", "WatchNodes", "GetVersion", "GetPartitionStats",
+         "WatchStats"}
 WRITES = {m.name for m in SERVICE.methods} - READS - ADMIN_ONLY - {"JoinNode"}
 
 

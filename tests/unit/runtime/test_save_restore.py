@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from node_agent.runtime.spec import PartitionSpec
+from node_agent.runtime.state import StateReader
 from node_agent.runtime.workers import WorkerHandle, WorkerManager
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
@@ -120,7 +121,8 @@ def test_pause_freezes_output_and_resume_continues(nodes: Callable[[str], Node],
 
 def _save_and_restore(nodes: Callable[[str], Node], root: Path, guest: str,
                       args: tuple[str, ...], ready: bytes, vcpus: int = 4) -> tuple[bytes, bytes]:
-    """(uninterrupted output, output of the run saved on node a and restored on node b);
+    """(uninterrupted output, console of the run saved on node a and restored on node b: it
+    holds the output from before the save too);
     the save happens once the console matches the regex ``ready``."""
     a, b = nodes("a"), nodes("b")
     ref = a.mgr.launch(a.spec(root, "ref", guest, *args, vcpus=vcpus), 1)
@@ -139,7 +141,8 @@ def _save_and_restore(nodes: Callable[[str], Node], root: Path, guest: str,
     shutil.copy(state, moved)                       # "transferred" to the other node
     restored = b.mgr.launch(b.spec(root, "part", guest, *args, vcpus=vcpus), 3, restore=moved)
     after = finish(restored)
-    return reference, before + after
+    assert after.startswith(before), "the restored console lost the output before the save"
+    return reference, after
 
 
 def test_multithreaded_checksum_survives_save_and_restore_elsewhere(
@@ -214,7 +217,8 @@ def test_a_wait_keeps_its_deadline_across_save_and_restore(nodes: Callable[[str]
     before = console(handle)
     a.close()
     restored = b.mgr.launch(b.spec(root, "part", "sr_poll"), 2, restore=state)
-    out = before + finish(restored)
+    out = finish(restored)
+    assert out.startswith(before)       # the console's history came along
     assert final_line(out) == b"poll=0 waited-under-4s=1 waited-2.9s-or-more=1"
 
 
@@ -270,12 +274,16 @@ def test_checkpoint_continues_and_restores_that_moment(nodes: Callable[[str], No
     full = b"".join(f"{i}\n".encode() for i in range(120)) + b"done\n"
     assert finish(handle) == full                           # the guest just continued
     restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 2, restore=paused_cp)
-    assert at_checkpoint + finish(restored) == full
+    assert finish(restored) == full       # the console up to the checkpoint, then the rest
     b.mgr.forget("cp")
     restored = b.mgr.launch(b.spec(root, "cp", "sr_counter", "120"), 3, restore=running_cp)
-    tail = finish(restored)
-    assert full.endswith(tail)
-    assert 20 < int(tail.split(b"\n")[0]) <= 40     # taken after line 20 was printed
+    assert finish(restored) == full
+    reader = StateReader(running_cp)      # its console history ends where it was taken
+    try:
+        last = int(reader.read(b"CONS").rstrip(b"\n").rsplit(b"\n", 1)[-1])
+    finally:
+        reader.close()
+    assert 20 <= last < 40                # taken after line 20 was printed
 
 
 def test_compute_loop_without_syscalls_pauses_and_saves_exactly(
