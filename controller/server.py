@@ -235,14 +235,14 @@ class ControllerReplica:
         self.elector.start()
         await self.server.start()
         await self.agent_server.start()
-        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         if self.config.web_listen:
             # Imported only here, as the registry blob store is: aiohttp slows every start.
             from controller.web.server import WebServer
 
             self.web = WebServer(self.config.web_listen, self.service, self.authenticator,
                                  self.auditor)
-            await self.web.start()
+            await self.web.start()  # before SERVING: whoever waits for that finds it too
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("controller %s serving the API on %s and agents on %s (%s)", self.identity,
                  self.address, self.agent_address,
                  "TLS" if self.config.tls else "INSECURE: plaintext, no authentication")

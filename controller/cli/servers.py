@@ -116,6 +116,9 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
     endpoints = parse_addresses(etcd)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--etcd'")
+    web_host, _, web_port = web_listen.rpartition(":")
+    if web_listen and (not web_host or not web_port.isdigit() or int(web_port) > 65535):
+        raise click.BadParameter("expected HOST:PORT", param_hint="'--web-listen'")
     from controller.security.files import PkiDir
     from controller.security.tls import TlsError
     from controller.server import (  # type: ignore[import-not-found, unused-ignore]
