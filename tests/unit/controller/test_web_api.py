@@ -307,6 +307,20 @@ def test_drain_starts_and_reports_progress(api: Api) -> None:
         conn, resp = Http(api).open_stream("/api/v1/nodes/web-node-drain/drain?follow=true")
         conn.close()  # a GET: drains are POSTs
         assert resp.status == 501
+        # Following: progress as SSE until the drain ends, then the stream ends.
+        client = Http(api)
+        conn = http.client.HTTPConnection(client.host, client.port, timeout=20)
+        try:
+            conn.request("POST", "/api/v1/nodes/web-node-drain/drain?follow=true", body=b"")
+            resp = conn.getresponse()
+            assert resp.status == 200
+            seen = []
+            while line := resp.readline():
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:]))
+            assert seen and seen[-1]["done"] is True, seen
+        finally:
+            conn.close()
     finally:
         empty.close()
 
