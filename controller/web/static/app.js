@@ -91,7 +91,11 @@ function bar(used, total, label) {
 // Console bytes: show control characters other than newline and tab as visible escapes.
 function printable(text) {
   return text.replace(/\r\n/g, "\n").replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/g,
-    (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`);
+    (c) => {
+      const code = c.charCodeAt(0);
+      return code < 0x100 ? `\\x${code.toString(16).padStart(2, "0")}`
+                          : `\\u${code.toString(16).padStart(4, "0")}`;
+    });
 }
 
 // ---- API ----------------------------------------------------------------------------------

@@ -337,3 +337,21 @@ def test_the_pages_never_turn_api_text_into_html() -> None:
     html = (static_dir() / "index.html").read_text()
     assert "<script>" not in html
     assert not re.search(r"<[^>]+\son[a-z]+=", html), "an inline event handler"
+
+
+def test_up_serves_the_console_at_the_api_port_plus_two_or_a_free_port() -> None:
+    import socket
+
+    from controller.embedded import default_web_listen
+    from controller.etcd_server import free_port
+
+    api_port = free_port()
+    wanted = f"127.0.0.1:{api_port + 2}"
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", api_port + 2))
+        except OSError:
+            pytest.skip("the port after next is in use by someone else")
+        other = default_web_listen(f"0.0.0.0:{api_port}")
+        assert other != wanted and other.startswith("127.0.0.1:")
+    assert default_web_listen(f"0.0.0.0:{api_port}") == wanted
