@@ -137,8 +137,6 @@ class Cluster:
         for name, proc in self.agents.items():
             lines.append(f"agent       {name:<22} pid {proc.pid}  "
                          f"run dir {self.data_dir / 'agents' / name}")
-        if self.web_listen:
-            lines.append(f"web console {self.web_url}")
         lines.append(f"logs        {self.data_dir / 'logs'}")
         return "\n".join(lines)
 
