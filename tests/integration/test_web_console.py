@@ -98,6 +98,8 @@ def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str
     driver.find_element(By.CSS_SELECTOR, f"{row_css} a").click()
     wait_until(driver, lambda d: "sleeping 3600" in _text(d, "#console"), "the console text")
     assert _text(driver, "#phase") == "Running"
+    facts = _text(driver, "#facts")
+    assert host in facts and "sleep" in facts and "1 / 64 MiB" in facts, facts
     wait_until(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#events tbody tr"),
                "events of the partition")
 
