@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,7 @@ class Cluster:
     agent_listen: str = ""
     controller_flags: tuple[str, ...] = ()   # more controller options (tests, benches)
     etcd_quota: int = DEFAULT_QUOTA_BYTES
+    web_listen: str = ""                     # the web console's address; "" = none
     etcd: EtcdProcess | None = None
     controller: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -68,6 +70,10 @@ class Cluster:
     def agent_address(self) -> str:
         return self.agent_listen or default_agent_listen(self.listen)
 
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_listen}/" if self.web_listen else ""
+
     def ca_pem(self) -> bytes | None:
         return None if self.insecure else self.pki.ca().cert_pem
 
@@ -80,6 +86,8 @@ class Cluster:
         args = ["controller", "--listen", self.listen, "--agent-listen", self.agent_address,
                 "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl),
                 "--data-dir", str(self.data_dir / "controller"), *self.controller_flags]
+        if self.web_listen:
+            args += ["--web-listen", self.web_listen]
         if self.insecure:
             return [*args, "--insecure"]
         host = self.listen.rsplit(":", 1)[0]
@@ -223,10 +231,30 @@ def nospace_message(reason: str) -> str:
     return f"error: {NOSPACE_HINT}"
 
 
+def default_web_listen(listen: str) -> str:
+    """127.0.0.1 and the API port + 2 (after the agent port) if it is free, else a free
+    port."""
+    port = int(listen.rpartition(":")[2] or 0)
+    wanted = port + 2 if port and port + 2 < 65536 else 0
+    for candidate in (wanted, 0) if wanted else (0,):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return f"127.0.0.1:{sock.getsockname()[1]}"
+    raise OSError("no free port for the web console")
+
+
 def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50051",
-                         insecure: bool = False, etcd_quota: int = DEFAULT_QUOTA_BYTES) -> int:
+                         insecure: bool = False, etcd_quota: int = DEFAULT_QUOTA_BYTES,
+                         web_listen: str = "") -> int:
+    if web_listen == "off":
+        web_listen = ""
+    else:
+        web_listen = web_listen or default_web_listen(listen)
     cluster = Cluster(data_dir.resolve(), nodes, listen, insecure=insecure,
-                      etcd_quota=etcd_quota)
+                      etcd_quota=etcd_quota, web_listen=web_listen)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -244,6 +272,10 @@ def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50
         else:
             print(f"TLS on every channel; admin credentials for {listen} saved for the CLI "
                   f"(CA and certificates in {cluster.data_dir / 'pki'})", flush=True)
+        if cluster.web_url:
+            login = ("" if insecure else
+                     f" (log in with the admin token in {cluster.data_dir / 'pki/admin/token'})")
+            print(f"Web console: {cluster.web_url}{login}", flush=True)
         print(f"Try: viridian --controller {listen} nodes    (Ctrl-C stops everything)",
               flush=True)
         warned = False

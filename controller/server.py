@@ -16,6 +16,7 @@ import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -50,6 +51,9 @@ from controller.security.tokens import parse_token, secret_digest
 from controller.store import EtcdStore, Store, now_ts
 from controller.store.events import DEFAULT_MAX_EVENTS
 from controller.store.replicas import ReplicaPresence
+
+if TYPE_CHECKING:
+    from controller.web.server import WebServer
 
 log = logging.getLogger(__name__)
 GRACE_S = 2.0
@@ -86,6 +90,7 @@ class ControllerConfig:
     image_gc_grace_s: float = DEFAULT_GRACE_S
     compact_every: float = DEFAULT_COMPACT_EVERY_S  # seconds of etcd history kept (leader)
     max_events: int = DEFAULT_MAX_EVENTS            # events kept at most (and 1 h at most)
+    web_listen: str = ""            # the web console's HOST:PORT; "" = no web console
 
 
 class ControllerReplica:
@@ -103,6 +108,7 @@ class ControllerReplica:
         self.actions = PartitionActions(self.store)
         auth = Authenticator(lambda: self.cache.tokens, insecure=config.tls is None)
         auditor = Auditor(self.store.events)
+        self.authenticator, self.auditor = auth, auditor
         self.server = grpc.aio.server(
             options=SERVER_OPTIONS,
             interceptors=[AuthorizationInterceptor(auth, auditor, agent_port=False)])
@@ -145,6 +151,8 @@ class ControllerReplica:
         self.ctx = ApiContext(self.store, self.actions, self.sessions, config.scheduler,
                               self.agent_advertise, self.images, dialer, config.ca)
         service = ControllerService(self.ctx)
+        self.service = service
+        self.web: WebServer | None = None
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
@@ -227,6 +235,13 @@ class ControllerReplica:
         self.elector.start()
         await self.server.start()
         await self.agent_server.start()
+        if self.config.web_listen:
+            # Imported only here, as the registry blob store is: aiohttp slows every start.
+            from controller.web.server import WebServer
+
+            self.web = WebServer(self.config.web_listen, self.service, self.authenticator,
+                                 self.auditor)
+            await self.web.start()  # before SERVING: whoever waits for that finds it too
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("controller %s serving the API on %s and agents on %s (%s)", self.identity,
                  self.address, self.agent_address,
@@ -237,6 +252,8 @@ class ControllerReplica:
             return
         self._stopped = True
         await self.health.enter_graceful_shutdown()
+        if self.web is not None:
+            await self.web.stop()
         self.sessions.close_all()
         await asyncio.gather(self.server.stop(GRACE_S), self.agent_server.stop(GRACE_S))
         await self.elector.stop()

@@ -47,8 +47,11 @@ def default_data_dir() -> Path:
               help="Size etcd's database may reach before etcd refuses writes (NOSPACE).")
 @click.option("--insecure", is_flag=True,
               help="No TLS, no authentication (development only).")
+@click.option("--web-listen", default="", metavar="HOST:PORT",
+              help="Where to serve the web console (default: 127.0.0.1, the API port + 2, "
+              "or a free port if that one is taken; 'off': no web console).")
 def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
-           insecure: bool) -> None:
+           insecure: bool, web_listen: str) -> None:
     """Run a whole cluster (etcd, a controller, N agents) in the foreground.
 
     It makes a cluster CA and every certificate it needs under the data dir, and saves
@@ -60,7 +63,8 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
     if insecure:
         click.echo(INSECURE_WARNING, err=True)
     sys.exit(run_embedded_cluster(nodes=nodes, data_dir=data_dir or default_data_dir(),
-                                  listen=listen, insecure=insecure, etcd_quota=etcd_quota))
+                                  listen=listen, insecure=insecure, etcd_quota=etcd_quota,
+                                  web_listen=web_listen))
 
 
 @click.command("controller")
@@ -86,6 +90,9 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
               help="Events kept at most (the leader deletes the oldest beyond; none is kept "
               "more than an hour).")
 @click.option("--insecure", is_flag=True, help="Plaintext, no authentication.")
+@click.option("--web-listen", default="", metavar="HOST:PORT",
+              help="Serve the web console and its JSON API on this address (default: none). "
+              "It takes the same tokens as the API; without TLS in front it is plain HTTP.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where this replica keeps image blobs (default: "
               "<data>/controller-<listen port>).")
@@ -102,13 +109,16 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
                    compact_every: float, max_events: int,
-                   insecure: bool, data_dir: Path | None, blob_registry: str,
+                   insecure: bool, web_listen: str, data_dir: Path | None, blob_registry: str,
                    blob_registry_ca: Path | None, max_image_size: int | None,
                    image_gc_grace: float) -> None:
     """Run a controller replica."""
     endpoints = parse_addresses(etcd)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--etcd'")
+    web_host, _, web_port = web_listen.rpartition(":")
+    if web_listen and (not web_host or not web_port.isdigit() or int(web_port) > 65535):
+        raise click.BadParameter("expected HOST:PORT", param_hint="'--web-listen'")
     from controller.security.files import PkiDir
     from controller.security.tls import TlsError
     from controller.server import (  # type: ignore[import-not-found, unused-ignore]
@@ -121,7 +131,8 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
                               data_dir=data_dir or default_data_dir() /
                               f"controller-{listen.rsplit(':', 1)[-1]}",
                               blob_registry=blob_registry, blob_registry_ca=blob_registry_ca,
-                              compact_every=compact_every, max_events=max_events)
+                              compact_every=compact_every, max_events=max_events,
+                              web_listen=web_listen)
     if blob_registry and not blob_registry.startswith(("http://", "https://")):
         raise click.BadParameter("expected http://HOST:PORT or https://HOST:PORT",
                                  param_hint="'--blob-registry'")

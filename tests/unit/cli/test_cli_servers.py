@@ -52,11 +52,13 @@ def test_up(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["up", "--nodes", "3", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051",
-                             "insecure": False, "etcd_quota": 2 << 30})]
+                             "insecure": False, "etcd_quota": 2 << 30, "web_listen": ""})]
     CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "64Mi"])
     assert calls[1][1]["etcd_quota"] == 64 << 20
     bad = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "lots"])
     assert bad.exit_code == 2 and "--etcd-quota" in bad.stderr and len(calls) == 2
+    CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--web-listen", "off"])
+    assert calls[2][1]["web_listen"] == "off"
 
 
 def test_up_default_data_dir(calls: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch,
@@ -87,6 +89,15 @@ def test_controller_passes_only_given_options(calls: list[tuple[str, Any]]) -> N
     bad = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
                                    "--insecure", "--max-events", "0"])
     assert bad.exit_code == 2 and "--max-events" in bad.stderr and len(calls) == 3
+    assert config.web_listen == ""  # no web console unless asked
+    CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1", "--insecure",
+                             "--web-listen", "127.0.0.1:8080"])
+    assert calls[3][1].web_listen == "127.0.0.1:8080"
+    for wrong in ("8080", "host:", "host:http", "h:70000"):
+        bad = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+                                       "--insecure", "--web-listen", wrong])
+        assert bad.exit_code == 2 and "--web-listen" in bad.stderr, wrong
+    assert len(calls) == 4
 
 
 def test_controller_needs_certificates_or_insecure(calls: list[tuple[str, Any]],
