@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class ControllerStub:
-    """Missing associated documentation comment in .proto file."""
+    """Partitions
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -208,11 +209,11 @@ class ControllerStub:
 
 
 class ControllerServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Partitions
+    """
 
     def CreatePartition(self, request, context):
-        """Partitions
-        ALREADY_EXISTS, NOT_FOUND (image)
+        """ALREADY_EXISTS, NOT_FOUND (image)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -274,6 +275,7 @@ class ControllerServicer:
         """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
         out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
         migration call: a partition moves only while Off or Saved (save, move, start).
+
         Running -> Paused
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -323,6 +325,7 @@ class ControllerServicer:
 
     def ListNodes(self, request, context):
         """Nodes
+
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -370,6 +373,7 @@ class ControllerServicer:
 
     def PushImage(self, request_iterator, context):
         """Images
+
         header first, then chunks
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -398,6 +402,7 @@ class ControllerServicer:
 
     def ListEvents(self, request, context):
         """Events
+
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -411,6 +416,7 @@ class ControllerServicer:
 
     def CreateToken(self, request, context):
         """Placement
+
         admin only
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -626,7 +632,8 @@ def add_ControllerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Controller:
-    """Missing associated documentation comment in .proto file."""
+    """Partitions
+    """
 
     @staticmethod
     def CreatePartition(request,

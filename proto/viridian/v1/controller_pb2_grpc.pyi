@@ -32,14 +32,14 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ControllerStub:
+    """Partitions"""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControllerAsyncStub: ...
     CreatePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]
-    """Partitions
-    ALREADY_EXISTS, NOT_FOUND (image)
-    """
+    """ALREADY_EXISTS, NOT_FOUND (image)"""
     GetPartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]
     ListPartitions: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListPartitionsRequest, _controller_pb2.ListPartitionsResponse]
     WatchPartitions: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchPartitionsRequest, _controller_pb2.PartitionWatchEvent]
@@ -56,6 +56,7 @@ class ControllerStub:
     """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
     out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
     migration call: a partition moves only while Off or Saved (save, move, start).
+
     Running -> Paused
     """
     ResumePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]
@@ -84,6 +85,7 @@ class ControllerStub:
     """N+1 check"""
     PushImage: _grpc.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]
     """Images
+
     header first, then chunks
     """
     ListImages: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]
@@ -96,6 +98,7 @@ class ControllerStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]
     """Placement
+
     admin only
     """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
@@ -108,11 +111,11 @@ class ControllerStub:
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
+    """Partitions"""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
-    """Partitions
-    ALREADY_EXISTS, NOT_FOUND (image)
-    """
+    """ALREADY_EXISTS, NOT_FOUND (image)"""
     GetPartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
     ListPartitions: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListPartitionsRequest, _controller_pb2.ListPartitionsResponse]  # type: ignore[assignment]
     WatchPartitions: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchPartitionsRequest, _controller_pb2.PartitionWatchEvent]  # type: ignore[assignment]
@@ -129,6 +132,7 @@ class ControllerAsyncStub(ControllerStub):
     """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
     out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
     migration call: a partition moves only while Off or Saved (save, move, start).
+
     Running -> Paused
     """
     ResumePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]  # type: ignore[assignment]
@@ -157,6 +161,7 @@ class ControllerAsyncStub(ControllerStub):
     """N+1 check"""
     PushImage: _aio.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]  # type: ignore[assignment]
     """Images
+
     header first, then chunks
     """
     ListImages: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]  # type: ignore[assignment]
@@ -169,6 +174,7 @@ class ControllerAsyncStub(ControllerStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Placement
+
     admin only
     """
     ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
@@ -180,15 +186,15 @@ class ControllerAsyncStub(ControllerStub):
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]  # type: ignore[assignment]
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
+    """Partitions"""
+
     @_abc_1.abstractmethod
     def CreatePartition(
         self,
         request: _controller_pb2.CreatePartitionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
-        """Partitions
-        ALREADY_EXISTS, NOT_FOUND (image)
-        """
+        """ALREADY_EXISTS, NOT_FOUND (image)"""
 
     @_abc_1.abstractmethod
     def GetPartition(
@@ -259,6 +265,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
         out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
         migration call: a partition moves only while Off or Saved (save, move, start).
+
         Running -> Paused
         """
 
@@ -371,6 +378,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Image, _abc.Awaitable[_types_pb2.Image]]:
         """Images
+
         header first, then chunks
         """
 
@@ -419,6 +427,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CreateTokenResponse, _abc.Awaitable[_controller_pb2.CreateTokenResponse]]:
         """Placement
+
         admin only
         """
 
