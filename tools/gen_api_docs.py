@@ -12,6 +12,7 @@ notices a .proto edited without `make api-docs`.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -74,7 +75,9 @@ class Comments:
 
 
 def _one_line(comment: str) -> str:
-    return " ".join(line.strip() for line in comment.splitlines() if line.strip())
+    """A comment as one line of Markdown text: `<hex>` would be an HTML tag, so escaped."""
+    text = " ".join(line.strip() for line in comment.splitlines() if line.strip())
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
 class Source:

@@ -92,7 +92,7 @@ import "google/protobuf/timestamp.proto";
 service Sample {
   // Things
 
-  rpc Get(GetRequest) returns (Thing);   // NOT_FOUND | gone
+  rpc Get(GetRequest) returns (Thing);   // NOT_FOUND | gone; "sha256:<hex>"
   rpc Watch(stream GetRequest) returns (stream Thing);
 
   // Admin
@@ -133,7 +133,7 @@ def test_render_of_a_sample_proto(tmp_path: Path) -> None:
     assert "Sample file: the intro." in out
     assert "**Things**" in out and "**Admin**" in out
     assert ("| `Get` | [`GetRequest`](#viridian-v1-getrequest) | [`Thing`](#viridian-v1-thing) | "
-            "NOT_FOUND \\| gone |") in out
+            "NOT_FOUND \\| gone; \"sha256:&lt;hex>\" |") in out
     assert "| `Watch` | stream [`GetRequest`](#viridian-v1-getrequest) | stream" in out
     assert "| Drops everything. |" in out
     assert "| `name` | `string` | 1 | what to get, continued on the next line |" in out
