@@ -26,6 +26,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 PACKAGE_DIR = PROTO_ROOT / "viridian" / "v1"
 OUT = ROOT / "docs" / "api.md"
+# The public service first, then the objects it shares, then the agents' side; any other
+# file after them, by name.
+FILE_ORDER = ("viridian/v1/controller.proto", "viridian/v1/types.proto",
+              "viridian/v1/agent.proto")
 
 # Field numbers in descriptor.proto, for SourceCodeInfo.Location paths.
 _FILE_SYNTAX = 12
@@ -136,7 +140,7 @@ class Source:
 
 
 def load(proto_root: Path = PROTO_ROOT) -> list[descriptor_pb2.FileDescriptorProto]:
-    """Parse every .proto of viridian/v1 under proto_root, in file-name order."""
+    """Parse every .proto of viridian/v1 under proto_root, in FILE_ORDER."""
     import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"
@@ -154,7 +158,12 @@ def load(proto_root: Path = PROTO_ROOT) -> list[descriptor_pb2.FileDescriptorPro
             raise SystemExit(f"protoc failed with exit code {code}")
         fds = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     wanted = set(sources)
-    return sorted((f for f in fds.file if f.name in wanted), key=lambda f: f.name)
+    return sorted((f for f in fds.file if f.name in wanted), key=_file_key)
+
+
+def _file_key(fd: descriptor_pb2.FileDescriptorProto) -> tuple[int, str]:
+    rank = FILE_ORDER.index(fd.name) if fd.name in FILE_ORDER else len(FILE_ORDER)
+    return rank, fd.name
 
 
 def _group(text: str) -> str:
@@ -168,7 +177,8 @@ def _cell(text: str) -> str:
 
 
 def _anchor(full_name: str) -> str:
-    return full_name.lstrip(".").replace(".", "-").lower()
+    """An HTML id: `.viridian.v1.Partition` -> `viridian-v1-partition`."""
+    return full_name.lstrip(".").replace(".", "-").replace("/", "-").lower()
 
 
 class Renderer:
@@ -210,7 +220,7 @@ class Renderer:
     def render(self) -> str:
         parts = [HEADER, "\n## Contents\n\n"]
         for fd in self.files:
-            parts.append(f"- [`{fd.name}`](#{_anchor(fd.name)})")
+            parts.append(f"- [`{fd.name}`](#file-{_anchor(fd.name)})")
             names = [s.name for s in fd.service]
             if names:
                 parts.append(": " + ", ".join(f"[`{n}`](#{_anchor(f'{fd.package}.{n}')})"
@@ -224,7 +234,7 @@ class Renderer:
         src = Source(fd, (self.proto_root / fd.name).read_text())
         head = src.at(_FILE_SYNTAX)
         intro = [_one_line(c) for c in (*head.detached, head.leading) if _one_line(c)]
-        parts = [f'\n<a id="{_anchor(fd.name)}"></a>\n\n## `{fd.name}`\n\n']
+        parts = [f'\n<a id="file-{_anchor(fd.name)}"></a>\n\n## `{fd.name}`\n\n']
         if intro:
             parts.append("\n\n".join(intro) + "\n")
         prefix = f".{fd.package}" if fd.package else ""

@@ -76,6 +76,13 @@ def test_a_new_rpc_makes_the_committed_docs_stale(tmp_path: Path) -> None:
             in fresh)
 
 
+def test_every_link_in_api_md_has_its_target() -> None:
+    api = (ROOT / "docs" / "api.md").read_text()
+    ids = set(re.findall(r'<a id="([^"]+)"></a>', api))
+    missing = sorted({t for t in re.findall(r"\]\(#([^)]+)\)", api)} - ids)
+    assert ids and not missing, missing
+
+
 def test_render_is_deterministic(tmp_path: Path) -> None:
     root = _copy_protos(tmp_path)
     assert gen.render(root) == gen.render(root) == gen.render()
