@@ -191,7 +191,7 @@ def main() -> int:
                       " / ".join(f"{a / MIB:.1f}" for a in r["agent_rss"]) + " MiB",
                       f"{r['db_size'] / MIB:.1f} MiB", f"{r['db_size_in_use'] / MIB:.1f} MiB",
                       str(r["creates_per_s"] or "-"))
-    Console().print(table)
+    Console(width=120).print(table)
     growth = {key: per_partition(rows, key) for key in
               ("controller_rss", "etcd_rss", "db_size", "db_size_in_use")}
     for key, value in growth.items():
