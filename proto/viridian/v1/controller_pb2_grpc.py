@@ -27,8 +27,7 @@ if _version_not_supported:
 
 
 class ControllerStub:
-    """Partitions
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
         """Constructor.
@@ -209,11 +208,12 @@ class ControllerStub:
 
 
 class ControllerServicer:
-    """Partitions
-    """
+    """Missing associated documentation comment in .proto file."""
 
     def CreatePartition(self, request, context):
-        """ALREADY_EXISTS, NOT_FOUND (image)
+        """Partitions
+
+        ALREADY_EXISTS, NOT_FOUND (image)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -632,8 +632,7 @@ def add_ControllerServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Controller:
-    """Partitions
-    """
+    """Missing associated documentation comment in .proto file."""
 
     @staticmethod
     def CreatePartition(request,

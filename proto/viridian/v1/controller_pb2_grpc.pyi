@@ -32,14 +32,15 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class ControllerStub:
-    """Partitions"""
-
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControllerAsyncStub: ...
     CreatePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]
-    """ALREADY_EXISTS, NOT_FOUND (image)"""
+    """Partitions
+
+    ALREADY_EXISTS, NOT_FOUND (image)
+    """
     GetPartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]
     ListPartitions: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListPartitionsRequest, _controller_pb2.ListPartitionsResponse]
     WatchPartitions: _grpc.UnaryStreamMultiCallable[_controller_pb2.WatchPartitionsRequest, _controller_pb2.PartitionWatchEvent]
@@ -111,11 +112,12 @@ class ControllerStub:
 
 @_typing.type_check_only
 class ControllerAsyncStub(ControllerStub):
-    """Partitions"""
-
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
-    """ALREADY_EXISTS, NOT_FOUND (image)"""
+    """Partitions
+
+    ALREADY_EXISTS, NOT_FOUND (image)
+    """
     GetPartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
     ListPartitions: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListPartitionsRequest, _controller_pb2.ListPartitionsResponse]  # type: ignore[assignment]
     WatchPartitions: _aio.UnaryStreamMultiCallable[_controller_pb2.WatchPartitionsRequest, _controller_pb2.PartitionWatchEvent]  # type: ignore[assignment]
@@ -186,15 +188,16 @@ class ControllerAsyncStub(ControllerStub):
     ExplainPlacement: _aio.UnaryUnaryMultiCallable[_controller_pb2.ExplainPlacementRequest, _types_pb2.PlacementExplanation]  # type: ignore[assignment]
 
 class ControllerServicer(metaclass=_abc_1.ABCMeta):
-    """Partitions"""
-
     @_abc_1.abstractmethod
     def CreatePartition(
         self,
         request: _controller_pb2.CreatePartitionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
-        """ALREADY_EXISTS, NOT_FOUND (image)"""
+        """Partitions
+
+        ALREADY_EXISTS, NOT_FOUND (image)
+        """
 
     @_abc_1.abstractmethod
     def GetPartition(
