@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard proto/viridian/v1/*.proto)
 
-.PHONY: all venv demo test lint proto proto-check syscall-docs syscall-docs-check unit integration bench clean
+.PHONY: all venv demo test lint proto proto-check syscall-docs syscall-docs-check api-docs api-docs-check unit integration bench clean
 
 all: test
 
@@ -35,6 +35,14 @@ syscall-docs: $(STAMP)
 syscall-docs-check: $(STAMP)
 	$(PY) tools/gen_syscall_docs.py --check
 
+## Regenerate docs/api.md from the protos and their comments.
+api-docs: $(STAMP)
+	$(PY) tools/gen_api_docs.py
+
+## Fail if docs/api.md differs from what the protos produce.
+api-docs-check: $(STAMP)
+	$(PY) tools/gen_api_docs.py --check
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check controller node_agent tests bench tools deploy
 	$(VENV)/bin/mypy
@@ -45,7 +53,7 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(VENV)/bin/pytest -q tests/integration
 
-test: $(STAMP) proto-check syscall-docs-check lint
+test: $(STAMP) proto-check syscall-docs-check api-docs-check lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
 
 demo: $(STAMP)

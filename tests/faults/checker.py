@@ -14,7 +14,7 @@ Graces, and why:
   own shutdown and exit (well under 1 s), the leader noticing the lapsed lease and writing
   the eviction (the product's own HA grace is 1 s), and the checker's scan interval and
   etcd read. It is short enough that a fault held for 6-8 s shows a defect plainly.
-- (f) HA partitions must be Running 10 s after the faults stop (the brief's figure).
+- (f) HA partitions must be Running 10 s after the faults stop (the suite's requirement).
 - (g) the settle period is 20 s: transitions here take well under 2 s; 20 s is ten times
   that, for a loaded 2-core machine.
 

@@ -30,7 +30,7 @@ from controller.store.etcd import Compare, EtcdStore, Op, WatchEvent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
-RECOVERY_S = 3.0  # a fault to working calls again: the brief is ~2 s, plus a busy-box margin
+RECOVERY_S = 3.0  # a fault to working calls again: the goal is ~2 s, plus a busy-box margin
 
 
 @pytest.fixture

@@ -237,6 +237,7 @@ class ControllerServicer:
 
     def CreatePartition(self, request, context):
         """Partitions
+
         ALREADY_EXISTS, NOT_FOUND (image)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -299,6 +300,7 @@ class ControllerServicer:
         """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
         out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
         migration call: a partition moves only while Off or Saved (save, move, start).
+
         Running -> Paused
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -348,6 +350,7 @@ class ControllerServicer:
 
     def ListNodes(self, request, context):
         """Nodes
+
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -395,6 +398,7 @@ class ControllerServicer:
 
     def PushImage(self, request_iterator, context):
         """Images
+
         header first, then chunks
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -423,6 +427,7 @@ class ControllerServicer:
 
     def ListEvents(self, request, context):
         """Events
+
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -436,6 +441,7 @@ class ControllerServicer:
 
     def CreateToken(self, request, context):
         """Placement
+
         admin only
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -38,6 +38,7 @@ class ControllerStub:
     def __new__(cls, channel: _aio.Channel) -> ControllerAsyncStub: ...
     CreatePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]
     """Partitions
+
     ALREADY_EXISTS, NOT_FOUND (image)
     """
     GetPartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]
@@ -56,6 +57,7 @@ class ControllerStub:
     """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
     out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
     migration call: a partition moves only while Off or Saved (save, move, start).
+
     Running -> Paused
     """
     ResumePartition: _grpc.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]
@@ -84,6 +86,7 @@ class ControllerStub:
     """N+1 check"""
     PushImage: _grpc.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]
     """Images
+
     header first, then chunks
     """
     ListImages: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]
@@ -96,6 +99,7 @@ class ControllerStub:
     WatchEvents: _grpc.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]
     CreateToken: _grpc.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]
     """Placement
+
     admin only
     """
     ListTokens: _grpc.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]
@@ -126,6 +130,7 @@ class ControllerAsyncStub(ControllerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreatePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreatePartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
     """Partitions
+
     ALREADY_EXISTS, NOT_FOUND (image)
     """
     GetPartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.GetPartitionRequest, _types_pb2.Partition]  # type: ignore[assignment]
@@ -144,6 +149,7 @@ class ControllerAsyncStub(ControllerStub):
     """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
     out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
     migration call: a partition moves only while Off or Saved (save, move, start).
+
     Running -> Paused
     """
     ResumePartition: _aio.UnaryUnaryMultiCallable[_controller_pb2.PartitionRef, _types_pb2.Partition]  # type: ignore[assignment]
@@ -172,6 +178,7 @@ class ControllerAsyncStub(ControllerStub):
     """N+1 check"""
     PushImage: _aio.StreamUnaryMultiCallable[_controller_pb2.PushImageRequest, _types_pb2.Image]  # type: ignore[assignment]
     """Images
+
     header first, then chunks
     """
     ListImages: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListImagesRequest, _controller_pb2.ListImagesResponse]  # type: ignore[assignment]
@@ -184,6 +191,7 @@ class ControllerAsyncStub(ControllerStub):
     WatchEvents: _aio.UnaryStreamMultiCallable[_controller_pb2.ListEventsRequest, _types_pb2.Event]  # type: ignore[assignment]
     CreateToken: _aio.UnaryUnaryMultiCallable[_controller_pb2.CreateTokenRequest, _controller_pb2.CreateTokenResponse]  # type: ignore[assignment]
     """Placement
+
     admin only
     """
     ListTokens: _aio.UnaryUnaryMultiCallable[_controller_pb2.ListTokensRequest, _controller_pb2.ListTokensResponse]  # type: ignore[assignment]
@@ -217,6 +225,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Partition, _abc.Awaitable[_types_pb2.Partition]]:
         """Partitions
+
         ALREADY_EXISTS, NOT_FOUND (image)
         """
 
@@ -289,6 +298,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         """Lifecycle as in Hyper-V. Each call records the request and returns; the agent carries it
         out. A wrong phase is FAILED_PRECONDITION naming the current phase. There is no live
         migration call: a partition moves only while Off or Saved (save, move, start).
+
         Running -> Paused
         """
 
@@ -401,6 +411,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Image, _abc.Awaitable[_types_pb2.Image]]:
         """Images
+
         header first, then chunks
         """
 
@@ -449,6 +460,7 @@ class ControllerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_controller_pb2.CreateTokenResponse, _abc.Awaitable[_controller_pb2.CreateTokenResponse]]:
         """Placement
+
         admin only
         """
 

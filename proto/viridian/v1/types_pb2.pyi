@@ -58,7 +58,7 @@ class _PartitionPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Partit
     """its node is gone; nobody knows whether it still runs there"""
 
 class PartitionPhase(_PartitionPhase, metaclass=_PartitionPhaseEnumTypeWrapper):
-    """Where a partition is in its lifecycle (design.md, "Partition lifecycle")."""
+    """Where a partition is in its lifecycle (docs/lifecycle.md, docs/architecture.md)."""
 
 PARTITION_PHASE_UNSPECIFIED: PartitionPhase.ValueType  # 0
 PARTITION_PHASE_PENDING: PartitionPhase.ValueType  # 1
