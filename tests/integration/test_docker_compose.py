@@ -121,8 +121,13 @@ def _free_subnet() -> str:
     (172.29.0.0/24, the compose file's default, when it is free)."""
     used = subprocess.run(["ip", "-o", "-4", "route", "show", "table", "all"],
                           capture_output=True, text=True, timeout=30).stdout
-    taken = [ipaddress.IPv4Network(w, strict=False) for w in used.split()
-             if w[:1].isdigit() and "/" in w]
+    taken: list[ipaddress.IPv4Network] = []
+    for word in used.split():
+        if word[:1].isdigit() and "/" in word:
+            try:
+                taken.append(ipaddress.IPv4Network(word, strict=False))
+            except ValueError:
+                continue
     ids = docker("network", "ls", "-q").split()
     if ids:
         out = docker("network", "inspect", "--format",

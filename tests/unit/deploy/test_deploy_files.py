@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import configparser
 import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +113,18 @@ def test_build_context_has_the_sources_and_no_caches(tmp_path: Path) -> None:
     assert "deploy/wheels/dep-1.0-py3-none-any.whl" in rels
     assert any(r.startswith("controller/") for r in rels)
     assert not any("__pycache__" in r or r.endswith(".pyc") for r in rels)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_accepts_the_units(tmp_path: Path) -> None:
+    """`systemd-analyze verify`: every line it prints is about /opt/viridian not being
+    installed on this machine, none about the units' syntax or settings."""
+    for unit_file in (DEPLOY / "systemd").glob("*.service"):
+        shutil.copy2(unit_file, tmp_path / unit_file.name)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no",
+         *sorted(str(p) for p in tmp_path.glob("*.service"))],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    complaints = [line for line in (proc.stdout + proc.stderr).splitlines()
+                  if line.strip() and "/opt/viridian/bin/viridian is not executable" not in line]
+    assert complaints == []
