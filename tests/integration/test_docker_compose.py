@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from itutil import CliResult, run_cli, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -197,10 +198,17 @@ def test_compose_file_is_valid_for_every_installed_compose() -> None:
                               capture_output=True, text=True, timeout=60,
                               stdin=subprocess.DEVNULL)
         assert proc.returncode == 0, f"{tool}: {proc.stderr}"
-        assert "172.29.0.0/24" in proc.stdout, proc.stdout
-        for line in proc.stdout.splitlines():
-            if "published" in line or line.strip().startswith("- 127.") or ":50051" in line:
-                assert "0.0.0.0" not in line, f"{tool}: {line}"
+        config = yaml.safe_load(proc.stdout)
+        subnets = [c["subnet"] for c in config["networks"]["viridian"]["ipam"]["config"]]
+        assert subnets == ["172.29.0.0/24"], (tool, subnets)
+        published = []
+        for name, svc in config["services"].items():
+            for port in svc.get("ports", []):
+                # v1 prints "127.0.0.1:50051:50051/tcp", v2 {host_ip: 127.0.0.1, ...}.
+                host_ip = port.get("host_ip") if isinstance(port, dict) else port.split(":")[0]
+                assert host_ip == "127.0.0.1", (tool, name, port)
+                published.append(name)
+        assert published == ["controller-1", "controller-2"], (tool, published)
 
 
 def _cli(address: str, creds: list[str], *args: str, timeout: float = 30) -> CliResult:
