@@ -219,9 +219,10 @@ with c:
     out["with_rule"] = reach(c, "a", "b", timeout=1.0).result
     rule = ["-i", c.bridge, "-o", c.bridge, "-m", "comment", "--comment",
             "netns-cluster " + c.bridge, "-j", "ACCEPT"]
-    subprocess.run(["iptables", "-D", "FORWARD", *rule], check=True)
-    out["without_rule"] = reach(c, "a", "b", timeout=1.0).result
-    subprocess.run(["iptables", "-I", "FORWARD", "1", *rule], check=True)
+    if out["rule"]:
+        subprocess.run(["iptables", "-D", "FORWARD", *rule], check=True)
+        out["without_rule"] = reach(c, "a", "b", timeout=1.0).result
+        subprocess.run(["iptables", "-I", "FORWARD", "1", *rule], check=True)
 out["left"] = c.leftovers()
 print(json.dumps(out))
 '''
