@@ -6,9 +6,13 @@ does no forwarding for them.
 
 Bridged frames between two services reach the root namespace's iptables FORWARD chain only
 when bridge netfilter is on (net.bridge.bridge-nf-call-iptables = 1). If that chain's
-policy is then DROP (dockerd sets it so), nothing would flow between services: in that one
-case the bridge gets an ACCEPT rule of its own (`-i BR -o BR`, commented with the bridge's
-name), removed with the bridge. Nothing else of the root namespace's rules is touched."""
+policy is then DROP (dockerd sets both so), nothing would flow between services. So the
+bridge gets an ACCEPT rule of its own at the top of FORWARD (`-i BR -o BR`, commented with
+the bridge's name) whenever iptables is installed -- also when nothing drops yet, since a
+dockerd started while the cluster runs would cut it -- and exactly that rule is removed with
+the bridge. dockerd later putting its own jumps (DOCKER-USER, DOCKER-ISOLATION-*, ...) above
+it changes nothing: those chains only act on Docker's bridges or return. Nothing else of the
+root namespace's rules is touched."""
 
 from __future__ import annotations
 
@@ -151,19 +155,23 @@ def _forward_accept(bridge: str) -> list[str]:
 
 
 def allow_bridged_traffic(bridge: str) -> bool:
-    """Add the bridge's FORWARD ACCEPT if its frames would be dropped; True if added."""
+    """Put the bridge's ACCEPT rule first in FORWARD; True if added. Without iptables there
+    is nothing to add (and nothing that could drop). A failed insert is an error only when
+    the bridge's frames are being dropped now."""
     listed = _iptables("-S", "FORWARD")
-    try:
-        br_nf = BR_NF_CALL.read_text()
-    except OSError:
-        br_nf = None
-    if listed is None or not bridged_traffic_dropped(br_nf, listed.stdout):
+    if listed is None:
         return False
     proc = _iptables("-I", "FORWARD", "1", *_forward_accept(bridge))
-    if proc is None or proc.returncode != 0:
-        raise ClusterError(f"iptables -I FORWARD for {bridge}: "
-                           f"{proc.stderr.strip() if proc else 'no iptables'}")
-    return True
+    if proc is not None and proc.returncode == 0:
+        return True
+    try:
+        br_nf: str | None = BR_NF_CALL.read_text()
+    except OSError:
+        br_nf = None
+    if listed.returncode == 0 and not bridged_traffic_dropped(br_nf, listed.stdout):
+        return False
+    raise ClusterError(f"iptables -I FORWARD for {bridge}: "
+                       f"{proc.stderr.strip() if proc else 'no iptables'}")
 
 
 def forward_rules(cluster_id: str) -> list[str]:
@@ -193,7 +201,7 @@ class Network:
         self.subnet: ipaddress.IPv4Network | None = None
         self.addresses: dict[str, str] = {}  # service -> address, in start order
         self.host_veth: dict[str, str] = {}  # service -> its veth's end on the bridge
-        self.forward_rule = False  # whether the bridge needed a FORWARD ACCEPT rule
+        self.forward_rule = False  # whether the bridge's FORWARD ACCEPT rule was added
 
     def namespace(self, service: str) -> str:
         return f"{namespace_prefix(self.id)}{service}"

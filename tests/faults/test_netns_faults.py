@@ -204,28 +204,36 @@ sys.path.insert(0, sys.argv[3]); sys.path.insert(0, sys.argv[4])
 from netns import NetnsCluster
 from netns.network import forward_rules
 from probe_net import reach, wait_listening
-subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)  # as dockerd does
-open("/proc/sys/net/bridge/bridge-nf-call-iptables", "w").write("1\\n")
+def as_dockerd_does():
+    subprocess.run(["iptables", "-P", "FORWARD", "DROP"], check=True)
+    open("/proc/sys/net/bridge/bridge-nf-call-iptables", "w").write("1\\n")
+if sys.argv[5] == "before":
+    as_dockerd_does()
 c = NetnsCluster(sys.argv[1], sys.argv[2], health_timeout=20)
 out = {}
 with c:
+    if sys.argv[5] == "after":  # a dockerd started while the cluster runs
+        as_dockerd_does()
     wait_listening(c)
     out["rule"] = bool(forward_rules(c.id))
     out["with_rule"] = reach(c, "a", "b", timeout=1.0).result
     rule = ["-i", c.bridge, "-o", c.bridge, "-m", "comment", "--comment",
             "netns-cluster " + c.bridge, "-j", "ACCEPT"]
-    subprocess.run(["iptables", "-D", "FORWARD", *rule], check=True)
-    out["without_rule"] = reach(c, "a", "b", timeout=1.0).result
-    subprocess.run(["iptables", "-I", "FORWARD", "1", *rule], check=True)
+    if out["rule"]:
+        subprocess.run(["iptables", "-D", "FORWARD", *rule], check=True)
+        out["without_rule"] = reach(c, "a", "b", timeout=1.0).result
+        subprocess.run(["iptables", "-I", "FORWARD", "1", *rule], check=True)
 out["left"] = c.leftovers()
 print(json.dumps(out))
 '''
 
 
-def test_bridged_traffic_flows_under_a_forward_drop_policy(tmp_path: Path) -> None:
-    """dockerd's FORWARD policy DROP with bridge netfilter on, in a namespace of our own
-    (the host's rules stay as they are): the bridge's own ACCEPT rule keeps services
-    talking, it matters (without it they cannot), and it goes with the cluster."""
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_bridged_traffic_flows_under_a_forward_drop_policy(tmp_path: Path, when: str) -> None:
+    """dockerd's FORWARD policy DROP with bridge netfilter on, set before the cluster comes
+    up or while it runs, in a namespace of our own (the host's rules stay as they are): the
+    bridge's own ACCEPT rule keeps services talking, it matters (without it they cannot),
+    and it goes with the cluster."""
     outer = f"vir-fwdtest-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", outer], check=True)
     try:
@@ -233,7 +241,7 @@ def test_bridged_traffic_flows_under_a_forward_drop_policy(tmp_path: Path) -> No
         res = subprocess.run(
             ["ip", "netns", "exec", outer, sys.executable, "-c", OUTER,
              str(write_compose(tmp_path)), str(tmp_path / "run"), str(here.parents[1] / "deploy"),
-             str(here)], capture_output=True, text=True, timeout=120)
+             str(here), when], capture_output=True, text=True, timeout=120)
         assert res.returncode == 0, res.stderr
         out = json.loads(res.stdout.splitlines()[-1])
         assert out == {"rule": True, "with_rule": "ok", "without_rule": "silent", "left": []}
