@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
@@ -37,6 +38,9 @@ from node_agent.runtime.spec import (
 from node_agent.runtime.workers import WorkerError, WorkerHandle, WorkerManager
 from node_agent.saved_states import PullState, SavedStates
 from node_agent.states import StateStore
+
+if TYPE_CHECKING:
+    from node_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 P = pb
@@ -94,6 +98,7 @@ class Supervisor:
         self._launching: Counter[str] = Counter()  # image cache keys of launches under way
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
+        self.metrics: AgentMetrics | None = None   # set by the agent
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -285,8 +290,13 @@ class Supervisor:
                 return
             if self.workers.get(a.name) is not None:
                 await asyncio.to_thread(self._drop_finished, a.name)
+            started = time.monotonic()
             lp.handle = await asyncio.to_thread(
                 self.workers.launch, spec, a.epoch, a.spec.stdin, restore)
+            if self.metrics is not None:
+                self.metrics.launched(a.name)
+                if restore is not None:
+                    self.metrics.restore_seconds.observe(time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - any launch failure fails the partition
@@ -515,8 +525,11 @@ class Supervisor:
                 self._set(lp, P.PARTITION_PHASE_RUNNING)
             elif c.kind == K.KIND_SAVE:
                 tmp = self.states.scratch(lp.name, "save")
+                started = time.monotonic()
                 await asyncio.to_thread(handle.save, tmp)
                 digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                if self.metrics is not None:
+                    self.metrics.save_seconds.observe(time.monotonic() - started)
                 self._set(lp, P.PARTITION_PHASE_SAVED, "state saved")
                 lp.report.state.CopyFrom(self.saved.ref(digest, size))
             elif c.kind == K.KIND_CHECKPOINT:
