@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
+from controller.logs import log_context
 from node_agent import reports
 from node_agent.consoles import stream_console
 from node_agent.image_config import guest_command
@@ -218,7 +219,8 @@ class Supervisor:
             pass  # the launch reports it
         self._set(lp_new, P.PARTITION_PHASE_STARTING)
         self.local[a.name] = lp_new
-        lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
+        with log_context(partition=a.name, epoch=a.epoch):   # the task's log lines
+            lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
 
     def _name_lock(self, name: str) -> asyncio.Lock:
         """Serialises what touches one partition name's directories: a launch, and the
@@ -467,7 +469,8 @@ class Supervisor:
         lp.pending.append(op)
         if c.kind == K.KIND_SAVE:
             lp.saving = True
-        asyncio.create_task(self._lifecycle(lp, c))
+        with log_context(partition=lp.name, epoch=lp.epoch):
+            asyncio.create_task(self._lifecycle(lp, c))
 
     def _forget_command(self, c: apb.PartitionCommand) -> None:
         """Stop the copy at c.epoch (or an older one) and delete what the node keeps for it;

@@ -4,6 +4,7 @@ metrics, scraped over HTTP from a real agent running a real partition."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.request
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
+from controller.logs import ContextFilter
 from node_agent.agent import Agent
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -58,19 +60,28 @@ def test_health_follows_the_session_and_the_fence(tmp_path: Path) -> None:
 
 
 def test_fenced_with_a_session_is_not_serving(tmp_path: Path) -> None:
-    """Fenced but registered (the fence fell before the session noticed): not serving."""
+    """Fenced while registered (the fence fell before the session noticed): NOT_SERVING;
+    SERVING again once an ack moves the contact deadline (which lifts the fence)."""
     async def scenario() -> None:
         ctl = FakeController()
         await ctl.start()
         async with running_agent(tmp_path / "run", [ctl.address]) as agent:
             await wait_for(lambda: agent.serving(), "a session")
-            agent.fence.fenced = True
+            contact = agent.fence.contact
+            agent.fence.contact = lambda *args: False   # type: ignore[method-assign]
+            agent.fence.fenced = True                   # as Fence.check() does
             assert not agent.serving()
             await agent.health.update()
             assert await health_of(agent) == NOT_SERVING
-            agent.fence.fenced = False
-            await agent.health.update()
-            assert await health_of(agent) == SERVING
+            agent.fence.contact = contact               # type: ignore[method-assign]
+            status: list[int] = []
+
+            async def serving() -> bool:
+                status.append(await health_of(agent))
+                return status[-1] == SERVING
+
+            await wait_for_async(serving, "SERVING after the next ack")
+            assert not agent.fence.fenced
         await ctl.stop()
 
     asyncio.run(scenario())
@@ -171,3 +182,37 @@ def test_metrics_of_a_running_partition(tmp_path: Path, guest_bins: Path) -> Non
         await ctl.stop()
 
     asyncio.run(scenario())
+
+
+def test_log_lines_of_a_launch_carry_partition_and_epoch(tmp_path: Path) -> None:
+    lines: list[tuple[str, object, object, object]] = []   # message, node, partition, epoch
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:   # no records kept: no frames
+            lines.append((record.getMessage(), getattr(record, "node", None),
+                          getattr(record, "partition", None), getattr(record, "epoch", None)))
+
+    handler = Keep(logging.INFO)
+    handler.addFilter(ContextFilter({"node": "node-1"}))
+    logging.getLogger().addHandler(handler)
+
+    def failed() -> list[tuple[str, object, object, object]]:
+        return [x for x in lines if "launch of nodigest failed" in x[0]]
+
+    async def scenario() -> None:
+        ctl = FakeController()
+        await ctl.start()
+        async with running_agent(tmp_path / "run", [ctl.address]):
+            await wait_for(lambda: ctl.in_session and bool(ctl.acked), "a session")
+            ctl.send(apb.ControllerMessage(assign=apb.Assignment(
+                name="nodigest", epoch=9, image=pb.Image(name="missing"))))
+            await wait_for(lambda: any(r.name == "nodigest" and r.phase ==
+                                       pb.PARTITION_PHASE_FAILED for r in ctl.reports),
+                           "the failure reported")
+        await ctl.stop()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert failed()[0][1:] == ("node-1", "nodigest", 9)
