@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,8 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 import pytest
+from inproc import replica, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import types_pb2 as pb
 
 from controller import logs
 
@@ -150,3 +155,30 @@ def test_an_agent_process_logs_its_node_in_json(tmp_path: Path) -> None:
         assert lines[-1]["component"] == "agent/json-node"
     finally:
         _stop(proc)
+
+
+def test_api_calls_log_with_their_request_id(etcd_endpoint: str, prefix: str,
+                                             restore_logging: None) -> None:
+    """The audit line of a mutating call carries the caller's x-request-id (or a fresh id)."""
+    out = io.StringIO()
+    logs.configure("controller", "json", "info", stream=out)
+    gen = replica(etcd_endpoint, prefix)
+    api = next(gen)
+    try:
+        for name, metadata in (("given", [("x-request-id", "req-42")]),
+                               ("fresh", []), ("bad", [("x-request-id", "x" * 65)])):
+            with pytest.raises(grpc.RpcError):   # no such image: refused, audited all the same
+                api.stub.CreatePartition(cpb.CreatePartitionRequest(
+                    name=name, spec=pb.PartitionSpec(image="none")), metadata=metadata)
+
+        def audits() -> dict[str, dict[str, Any]]:
+            lines = [json.loads(x) for x in out.getvalue().splitlines()]
+            return {x["message"].split("CreatePartition ")[1].split(" ")[0]: x for x in lines
+                    if x["logger"] == "viridian.audit" and "CreatePartition" in x["message"]}
+
+        found = wait_for(lambda: len(audits()) == 3 and audits(), what="three audit lines")
+    finally:
+        next(gen, None)
+    assert found["given"]["request_id"] == "req-42"
+    assert re.fullmatch(r"[0-9a-f]{16}", found["fresh"]["request_id"])
+    assert re.fullmatch(r"[0-9a-f]{16}", found["bad"]["request_id"])
