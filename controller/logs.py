@@ -118,7 +118,8 @@ def configure(component: str, fmt: str = "text", level: str | None = None,
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter(component) if fmt == "json"
                          else TextFormatter(component))
-    handler.addFilter(ContextFilter(defaults))
+    # Text lines name the component (agent/NODE) already: the defaults go to JSON only.
+    handler.addFilter(ContextFilter(defaults if fmt == "json" else None))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

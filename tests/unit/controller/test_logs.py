@@ -182,3 +182,14 @@ def test_api_calls_log_with_their_request_id(etcd_endpoint: str, prefix: str,
     assert found["given"]["request_id"] == "req-42"
     assert re.fullmatch(r"[0-9a-f]{16}", found["fresh"]["request_id"])
     assert re.fullmatch(r"[0-9a-f]{16}", found["bad"]["request_id"])
+
+
+def test_text_lines_of_an_agent_do_not_repeat_its_node(restore_logging: None) -> None:
+    out = io.StringIO()
+    logs.configure("agent/n1", "text", "info", stream=out, node="n1")
+    logging.getLogger("y").warning("plain")
+    with logs.log_context(partition="p"):
+        logging.getLogger("y").warning("about p")
+    first, second = out.getvalue().splitlines()
+    assert first.endswith(" agent/n1 WARNING y: plain")
+    assert second.endswith(" agent/n1 WARNING y: about p [partition=p]")
