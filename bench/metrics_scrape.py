@@ -32,7 +32,7 @@ from controller.server import ControllerConfig, ControllerReplica  # noqa: E402
 from controller.store.etcd import Op  # noqa: E402
 
 PHASES = [pb.PARTITION_PHASE_OFF, pb.PARTITION_PHASE_SAVED, pb.PARTITION_PHASE_FAILED,
-          pb.PARTITION_PHASE_SUCCEEDED]
+          pb.PARTITION_PHASE_PAUSED]
 TXN_OPS = 100
 
 
