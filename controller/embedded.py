@@ -50,6 +50,9 @@ class Cluster:
     controller_flags: tuple[str, ...] = ()   # more controller options (tests, benches)
     etcd_quota: int = DEFAULT_QUOTA_BYTES
     web_listen: str = ""                     # the web console's address; "" = none
+    metrics: bool = False                    # every server serves /metrics on loopback
+    log_flags: tuple[str, ...] = ()          # --log-format/--log-level for every server
+    metrics_listen: dict[str, str] = field(default_factory=dict)  # server -> HOST:PORT
     etcd: EtcdProcess | None = None
     controller: subprocess.Popen[bytes] | None = None
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -85,7 +88,8 @@ class Cluster:
         assert self.etcd is not None
         args = ["controller", "--listen", self.listen, "--agent-listen", self.agent_address,
                 "--etcd", self.etcd.endpoint, "--lease-ttl", str(self.lease_ttl),
-                "--data-dir", str(self.data_dir / "controller"), *self.controller_flags]
+                "--data-dir", str(self.data_dir / "controller"), *self.log_flags,
+                *self._metrics_flags("controller"), *self.controller_flags]
         if self.web_listen:
             args += ["--web-listen", self.web_listen]
         if self.insecure:
@@ -98,10 +102,27 @@ class Cluster:
     def agent_args(self, name: str, vcpus: int, memory: int) -> list[str]:
         args = ["agent", "--controller", self.agent_address, "--name", name,
                 "--vcpus", str(vcpus), "--memory", str(memory),
-                "--run-dir", str(self.data_dir / "agents" / name)]
+                "--run-dir", str(self.data_dir / "agents" / name), *self.log_flags,
+                *self._metrics_flags(name)]
         if self.insecure:
             return [*args, "--insecure"]
         return [*args, "--pki-dir", str(self.pki.node(name).path)]
+
+    def _metrics_flags(self, server: str) -> list[str]:
+        """--metrics-listen on a free loopback port, the same one on a restart."""
+        if not self.metrics:
+            return []
+        if server not in self.metrics_listen:
+            self.metrics_listen[server] = f"127.0.0.1:{free_port('127.0.0.1')}"
+        return ["--metrics-listen", self.metrics_listen[server]]
+
+    def metrics_urls(self) -> list[tuple[str, str]]:
+        """(server, http://HOST:PORT/metrics) of every server serving metrics."""
+        urls = []
+        if self.metrics and self.etcd is not None:
+            urls.append(("etcd", f"http://{self.etcd.host}:{self.etcd.metrics_port}/metrics"))
+        return urls + [(name, f"http://{listen}/metrics")
+                       for name, listen in self.metrics_listen.items()]
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,6 +159,8 @@ class Cluster:
             lines.append(f"agent       {name:<22} pid {proc.pid}  "
                          f"run dir {self.data_dir / 'agents' / name}")
         lines.append(f"logs        {self.data_dir / 'logs'}")
+        for name, url in self.metrics_urls():
+            lines.append(f"metrics     {name:<22} {url}")
         return "\n".join(lines)
 
     def failed(self) -> str:
@@ -166,6 +189,13 @@ class Cluster:
             self.etcd.stop()
         if not self.insecure:
             forget_cluster(self.listen)
+
+
+def free_port(host: str) -> int:
+    """A port nothing listens on now (the server binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def _terminate(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -248,13 +278,15 @@ def default_web_listen(listen: str) -> str:
 
 def run_embedded_cluster(nodes: int, data_dir: Path, listen: str = "127.0.0.1:50051",
                          insecure: bool = False, etcd_quota: int = DEFAULT_QUOTA_BYTES,
-                         web_listen: str = "") -> int:
+                         web_listen: str = "", metrics: bool = True,
+                         log_flags: tuple[str, ...] = ()) -> int:
     if web_listen == "off":
         web_listen = ""
     else:
         web_listen = web_listen or default_web_listen(listen)
     cluster = Cluster(data_dir.resolve(), nodes, listen, insecure=insecure,
-                      etcd_quota=etcd_quota, web_listen=web_listen)
+                      etcd_quota=etcd_quota, web_listen=web_listen, metrics=metrics,
+                      log_flags=log_flags)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller import malloc
+from controller import logs, malloc
 from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
@@ -38,6 +38,7 @@ from controller.images.peers import BlobPeers
 from controller.leader import LeaderElector
 from controller.loops.compaction import DEFAULT_COMPACT_EVERY_S, CompactionLoop, EventTrimLoop
 from controller.loops.scheduling import SchedulingLoop
+from controller.metrics import ControllerMetrics
 from controller.partitions.actions import PartitionActions
 from controller.partitions.drain import DrainLoop
 from controller.partitions.eviction import NodeLifecycleLoop
@@ -53,6 +54,7 @@ from controller.store.events import DEFAULT_MAX_EVENTS
 from controller.store.replicas import ReplicaPresence
 
 if TYPE_CHECKING:
+    from controller.metrics_http import MetricsServer
     from controller.web.server import WebServer
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ class ControllerConfig:
     compact_every: float = DEFAULT_COMPACT_EVERY_S  # seconds of etcd history kept (leader)
     max_events: int = DEFAULT_MAX_EVENTS            # events kept at most (and 1 h at most)
     web_listen: str = ""            # the web console's HOST:PORT; "" = no web console
+    metrics_listen: str = ""        # HOST:PORT serving Prometheus /metrics ("": none)
 
 
 class ControllerReplica:
@@ -105,6 +108,15 @@ class ControllerReplica:
         self.store = Store(self.etcd, config.prefix, f"controller/{self.identity}")
         self.cache = self.store.cache
         self.sessions = SessionRegistry()
+        self.metrics = ControllerMetrics()
+        self.etcd.txn_observer = self.metrics.txn_done
+        self.metrics.watch(self.cache, self.sessions)
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_listen:
+            # Imported only here: aiohttp slows every start (see the blob registry below).
+            from controller.metrics_http import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics.registry, config.metrics_listen)
         self.actions = PartitionActions(self.store)
         auth = Authenticator(lambda: self.cache.tokens, insecure=config.tls is None)
         auditor = Auditor(self.store.events)
@@ -149,7 +161,8 @@ class ControllerReplica:
         self.presence = ReplicaPresence(self.etcd, self.store.keys, self.identity,
                                         self.agent_advertise, config.lease_ttl)
         self.ctx = ApiContext(self.store, self.actions, self.sessions, config.scheduler,
-                              self.agent_advertise, self.images, dialer, config.ca)
+                              self.agent_advertise, self.images, dialer, config.ca,
+                              metrics=self.metrics)
         service = ControllerService(self.ctx)
         self.service = service
         self.web: WebServer | None = None
@@ -157,7 +170,7 @@ class ControllerReplica:
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(
             AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
-                         self.agent_advertise, self.images, dialer),
+                         self.agent_advertise, self.images, dialer, self.metrics),
             self.agent_server,
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -175,6 +188,7 @@ class ControllerReplica:
             reflection.enable_server_reflection(services, server)
         self.dispatch = DispatchLoop(self.store, self.sessions)
         self.scheduling = SchedulingLoop(self.store, config.scheduler)
+        self.scheduling.metrics = self.metrics
         self.node_lifecycle = NodeLifecycleLoop(self.store, self.actions)
         self.drains = DrainLoop(self.store, self.actions)
         self.compaction = CompactionLoop(self.store, config.compact_every)
@@ -242,6 +256,9 @@ class ControllerReplica:
             self.web = WebServer(self.config.web_listen, self.service, self.authenticator,
                                  self.auditor)
             await self.web.start()  # before SERVING: whoever waits for that finds it too
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
+            log.info("metrics at %s", self.metrics_server.url)
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         log.info("controller %s serving the API on %s and agents on %s (%s)", self.identity,
                  self.address, self.agent_address,
@@ -261,6 +278,8 @@ class ControllerReplica:
         await self.image_gc.stop()
         await self.presence.stop()
         await self.cache.stop()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         await self.blobs.close()
         self.store.close()
         if self._tmp is not None:
@@ -283,11 +302,9 @@ async def serve(config: ControllerConfig) -> None:
     await replica.stop()
 
 
-def run_controller(config: ControllerConfig) -> int:
-    logging.basicConfig(
-        level=os.environ.get("VIRIDIAN_LOG", "INFO"),
-        format="%(asctime)s controller %(levelname)s %(name)s: %(message)s",
-    )
+def run_controller(config: ControllerConfig, log_format: str = "text",
+                   log_level: str | None = None) -> int:
+    logs.configure("controller", log_format, log_level)
     tuning = os.environ.get("VIRIDIAN_MALLOC_TUNE", "1")  # 0: off; mmap: bench comparison
     if tuning != "0":
         malloc.tune(malloc.SMALL_MMAP if tuning == "mmap" else malloc.DEFAULT)

@@ -9,20 +9,25 @@ import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller import logs
 from controller.security.tls import Dialer, TlsConfig
 from node_agent.clock import BootClock, Clock
 from node_agent.fencing import Fence
+from node_agent.health import AgentHealth
 from node_agent.hostcheck import HostUnsupported, check_host, host_memory_bytes, host_vcpus
 from node_agent.image_pull import BlobPuller
 from node_agent.images import DEFAULT_LIMIT_BYTES, ImageCache
+from node_agent.metrics import AgentMetrics, Worker
 from node_agent.runtime.watchdog_file import WATCHDOG_FILE
 from node_agent.saved_states import StateSender
 from node_agent.session import ControllerSession, Outbox, RegisterRefused
@@ -30,6 +35,9 @@ from node_agent.state_fetch import StateFetcher
 from node_agent.state_server import StateServer, StateSourceService
 from node_agent.supervisor import Supervisor
 from node_agent.timing import Timing
+
+if TYPE_CHECKING:
+    from controller.metrics_http import MetricsServer
 
 log = logging.getLogger(__name__)
 BULK = frozenset({"state", "console", "usage"})  # AgentMessage kinds that may wait behind the rest
@@ -51,6 +59,7 @@ class AgentConfig:
     state_listen: str = "127.0.0.1:0"   # where StateSource listens (other nodes fetch here)
     tls: TlsConfig | None = None   # the node's certificate; None: plaintext (--insecure)
     image_cache_bytes: int = DEFAULT_LIMIT_BYTES  # --image-cache-size
+    metrics_listen: str = ""       # HOST:PORT serving Prometheus /metrics ("": none)
 
 
 class Agent:
@@ -74,7 +83,18 @@ class Agent:
         self.state_source = StateSourceService(self.supervisor.states, config.name,
                                                lambda: self._ticket_key,
                                                check_caller=config.tls is not None)
-        self.state_server = StateServer(self.state_source, config.state_listen, config.tls)
+        self.health = AgentHealth(self.serving)
+        self.state_server = StateServer(self.state_source, config.state_listen, config.tls,
+                                        self.health.servicer)
+        self.metrics = AgentMetrics(config.name)
+        self.metrics.watch(self._workers)
+        self.supervisor.metrics = self.metrics
+        self.metrics_server: MetricsServer | None = None
+        if config.metrics_listen:
+            from controller.metrics_http import MetricsServer
+
+            self.metrics_server = MetricsServer(self.metrics.registry, config.metrics_listen)
+        self._session_up = False   # registered with a controller in the current session
         self.announced = self.state_server.announced(config.address)
         self._gateway: agent_pb2_grpc.AgentGatewayStub | None = None
         self._outbox: Outbox | None = None
@@ -101,16 +121,25 @@ class Agent:
         await self.supervisor.start()
         self.supervisor.send = self._send
         await self.state_server.start()
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
+            log.info("metrics at %s", self.metrics_server.url)
         if not self.announced:
             log.warning("saved-state transfers from this node go through the controller: "
                         "--state-listen %s is a wildcard and no --address was given",
                         self.config.state_listen)
         fencing = asyncio.create_task(self.fence.run(), name="fence")
+        await self.health.update()
+        healthing = asyncio.create_task(self.health.run(), name="health")
         try:
             await self._connect_loop()
         finally:
             fencing.cancel()
+            healthing.cancel()
+            await self.health.shutdown()
             await self.state_server.stop()
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             await self.supervisor.close()
 
     async def _connect_loop(self) -> None:
@@ -157,11 +186,20 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
+    def serving(self) -> bool:
+        """Healthy: registered in a live session and not fenced."""
+        return self._session_up and not self.fence.fenced and self.fence.remaining() > 0
+
+    def _workers(self) -> list[Worker]:
+        return [Worker(lp.name, lp.handle.pid, lp.handle.dir)
+                for lp in list(self.supervisor.local.values())
+                if lp.handle is not None and lp.running]
+
     def _session_send(self) -> Callable[[apb.AgentMessage], None] | None:
         return self._send if self._outbox is not None else None
 
     def _event(self, partition: str, reason: str, message: str, warning: bool) -> None:
-        log.info("%s: %s", partition, message)
+        log.info("%s: %s", partition, message, extra={"partition": partition})
         self._send(apb.AgentMessage(event=apb.AgentEvent(
             partition=partition, type="Warning" if warning else "Normal", reason=reason,
             message=message)))
@@ -189,12 +227,14 @@ class Agent:
                outbox: Outbox | None) -> None:
         self._gateway, self._outbox = gateway, outbox
         if outbox is None:
+            self._session_up = False
             for task in self._consoles.values():
                 task.cancel()
             self._consoles.clear()
             self.state_sender.cancel_all()
 
     def registered(self, reply: apb.RegisterResponse) -> None:
+        self._session_up = True
         if reply.state_ticket_key:
             self._ticket_key = reply.state_ticket_key
 
@@ -232,14 +272,19 @@ class Agent:
         """Stream image content through the controller into ``dest``, verified. A lost
         controller (killed, restarted, failed over) is not the image's fault: the pull
         resumes on the next session, and fails only after 30 s without progress."""
+        before = dest.stat().st_size if dest.exists() else 0   # a resumed pull's prefix
+        started = time.monotonic()
         await self.puller.pull(image.digest, image.size_bytes, dest, image.name)
+        self.metrics.pull_seconds.observe(time.monotonic() - started)
+        self.metrics.pull_bytes.inc(max(image.size_bytes - before, 0))
 
 
-def run_agent(config: AgentConfig) -> int:
-    logging.basicConfig(
-        level=os.environ.get("VIRIDIAN_LOG", "INFO"),
-        format=f"%(asctime)s agent/{config.name} %(levelname)s %(name)s: %(message)s",
-    )
+def run_agent(config: AgentConfig, log_format: str = "text",
+              log_level: str | None = None) -> int:
+    logs.configure(f"agent/{config.name}", log_format, log_level, node=config.name)
+    if config.tls is None:
+        log.warning("running WITHOUT TLS (--insecure): plaintext to the controllers, and "
+                    "saved states served to anyone who reaches the state port")
     try:
         arches = check_host()
     except HostUnsupported as err:

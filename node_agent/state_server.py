@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 
@@ -75,9 +76,12 @@ class StateSourceService(agent_pb2_grpc.StateSourceServicer):
 class StateServer:
     """The gRPC server StateSource runs on (its own port, not the controllers')."""
 
-    def __init__(self, service: StateSourceService, listen: str, tls: TlsConfig | None) -> None:
+    def __init__(self, service: StateSourceService, listen: str, tls: TlsConfig | None,
+                 health: Any = None) -> None:
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
         agent_pb2_grpc.add_StateSourceServicer_to_server(service, self.server)
+        if health is not None:   # grpc.health.v1 (node_agent/health.py)
+            health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
         try:
             if tls is None:
                 self.port = self.server.add_insecure_port(listen)

@@ -19,10 +19,12 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
+from controller.logs import log_context
 from node_agent import reports
 from node_agent.consoles import stream_console
 from node_agent.image_config import guest_command
@@ -39,6 +41,9 @@ from node_agent.saved_states import PullState, SavedStates
 from node_agent.states import StateStore
 from node_agent.usage import INTERVAL_S as USAGE_INTERVAL_S
 from node_agent.usage import UsageMeter
+
+if TYPE_CHECKING:
+    from node_agent.metrics import AgentMetrics
 
 log = logging.getLogger(__name__)
 P = pb
@@ -98,6 +103,7 @@ class Supervisor:
         self._launching: Counter[str] = Counter()  # image cache keys of launches under way
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._retiring: dict[tuple[str, int], int] = {}  # old copies being stopped
+        self.metrics: AgentMetrics | None = None   # set by the agent
 
     # -- start-up ------------------------------------------------------------------------
 
@@ -237,7 +243,8 @@ class Supervisor:
             pass  # the launch reports it
         self._set(lp_new, P.PARTITION_PHASE_STARTING)
         self.local[a.name] = lp_new
-        lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
+        with log_context(partition=a.name, epoch=a.epoch):   # the task's log lines
+            lp_new.task = asyncio.create_task(self._launch(lp_new, a, lp))
 
     def _name_lock(self, name: str) -> asyncio.Lock:
         """Serialises what touches one partition name's directories: a launch, and the
@@ -309,8 +316,13 @@ class Supervisor:
                 return
             if self.workers.get(a.name) is not None:
                 await asyncio.to_thread(self._drop_finished, a.name)
+            started = time.monotonic()
             lp.handle = await asyncio.to_thread(
                 self.workers.launch, spec, a.epoch, a.spec.stdin, restore)
+            if self.metrics is not None:
+                self.metrics.launched(a.name)
+                if restore is not None:
+                    self.metrics.restore_seconds.observe(time.monotonic() - started)
         except asyncio.CancelledError:
             raise
         except Exception as err:  # noqa: BLE001 - any launch failure fails the partition
@@ -481,7 +493,8 @@ class Supervisor:
         lp.pending.append(op)
         if c.kind == K.KIND_SAVE:
             lp.saving = True
-        asyncio.create_task(self._lifecycle(lp, c))
+        with log_context(partition=lp.name, epoch=lp.epoch):
+            asyncio.create_task(self._lifecycle(lp, c))
 
     def _forget_command(self, c: apb.PartitionCommand) -> None:
         """Stop the copy at c.epoch (or an older one) and delete what the node keeps for it;
@@ -539,8 +552,11 @@ class Supervisor:
                 self._set(lp, P.PARTITION_PHASE_RUNNING)
             elif c.kind == K.KIND_SAVE:
                 tmp = self.states.scratch(lp.name, "save")
+                started = time.monotonic()
                 await asyncio.to_thread(handle.save, tmp)
                 digest, size, _ = await asyncio.to_thread(self.states.adopt, lp.name, tmp)
+                if self.metrics is not None:
+                    self.metrics.save_seconds.observe(time.monotonic() - started)
                 self._set(lp, P.PARTITION_PHASE_SAVED, "state saved")
                 lp.report.state.CopyFrom(self.saved.ref(digest, size))
             elif c.kind == K.KIND_CHECKPOINT:

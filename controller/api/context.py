@@ -12,6 +12,7 @@ from viridian.v1 import controller_pb2_grpc
 from controller.errors import FailedPrecondition
 from controller.gateway.sessions import SessionRegistry
 from controller.images.backend import ImageBackend
+from controller.metrics import ControllerMetrics
 from controller.partitions.actions import PartitionActions
 from controller.scheduler import SchedulerConfig
 from controller.security.pki import KeyPair
@@ -29,6 +30,7 @@ class ApiContext:
     images: ImageBackend            # the blob store image bytes live in
     dialer: Dialer = field(default_factory=lambda: Dialer(None))
     ca: KeyPair | None = None       # signs node certificates at join; None: joins refused
+    metrics: ControllerMetrics = field(default_factory=ControllerMetrics)
 
     async def require_content(self, name: str) -> None:
         """A partition about to (re)start elsewhere needs its pinned image content: refused

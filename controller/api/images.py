@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import time
 from collections.abc import AsyncIterator
 
 from viridian.v1 import controller_pb2 as cpb
@@ -70,14 +71,17 @@ class ImagesApi:
     async def PushImage(
         self, request_iterator: AsyncIterator[cpb.PushImageRequest], context: Context
     ) -> pb.Image:
+        started = time.monotonic()
         try:
-            return await self._push(request_iterator)
+            image = await self._push(request_iterator)
         except OSError as err:  # the spool's disk: one line, no host path
             if err.errno == errno.ENOSPC:
                 raise ResourceExhausted("no space left in the controller's blob store") \
                     from None
             raise Unavailable(f"the controller's blob store failed: "
                               f"{err.strerror or type(err).__name__}") from None
+        self.ctx.metrics.image_push_seconds.observe(time.monotonic() - started)
+        return image
 
     async def _push(self, request_iterator: AsyncIterator[cpb.PushImageRequest]) -> pb.Image:
         backend = self.ctx.images
@@ -102,6 +106,7 @@ class ImagesApi:
                 if spool.size + len(msg.chunk) > limit:
                     raise ResourceExhausted(f"image exceeds the {format_size(limit)} limit")
                 await spool.write(msg.chunk)
+                self.ctx.metrics.image_push_bytes.inc(len(msg.chunk))
             if header is None:
                 raise InvalidArgument("no image header received")
             size = spool.size

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
+from controller.api import heartbeats
 from controller.api.context import ApiContext
 from controller.api.paging import (
     encode_token,
@@ -71,8 +72,10 @@ class NodesApi:
         node = await nodes.get(name)
         drain, _ = await nodes.operation(OP.KIND_DRAIN, name)
         eviction, _ = await nodes.operation(OP.KIND_EVICTION, name)
-        return with_usage(node, await nodes.allocation(name), await nodes.alive(name),
+        node = with_usage(node, await nodes.allocation(name), await nodes.alive(name),
                           drain, eviction)
+        await heartbeats.refresh(self.ctx.store, self.ctx.sessions, [node])
+        return node
 
     @map_errors
     async def ListNodes(
@@ -91,6 +94,7 @@ class NodesApi:
                             cache.evictions.get(n.name, (None, 0))[0]) for n in page.items]
         # Drains and evictions list partitions: a page of draining nodes can outgrow what
         # the scan measured. Cut it there; the next page starts after the last one kept.
+        await heartbeats.refresh(self.ctx.store, self.ctx.sessions, nodes)
         keep = fitting([n.ByteSize() for n in nodes])
         if keep < len(nodes):
             return cpb.ListNodesResponse(nodes=nodes[:keep], next_page_token=encode_token(

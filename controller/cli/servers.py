@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -22,6 +23,49 @@ __all__ = ["COMMANDS", "default_data_dir"]
 
 INSECURE_WARNING = ("warning: --insecure: plaintext and no authentication; anyone who "
                     "reaches the ports controls the cluster")
+
+
+F = TypeVar("F", bound=Callable[..., object])
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def log_options(fn: F) -> F:
+    """--log-format and --log-level (default: $VIRIDIAN_LOG, else info)."""
+    fn = click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
+                      default=None,
+                      help="Least severe level logged (default: $VIRIDIAN_LOG, else info).")(fn)
+    fn = click.option("--log-format", type=click.Choice(("text", "json")), default="text",
+                      show_default=True,
+                      help="Log lines as text, or as JSON objects with structured fields "
+                      "(node, partition, epoch, request_id).")(fn)
+    return fn
+
+
+def checked_level(level: str | None) -> str:
+    """The level to log at, or a one-line usage error (a bad $VIRIDIAN_LOG)."""
+    from controller.logs import resolve_level
+
+    try:
+        return resolve_level(level)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+
+
+def metrics_option(fn: F) -> F:
+    return click.option(
+        "--metrics-listen", default="", metavar="HOST:PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics (default: off; port 0: "
+        "any free port).")(fn)
+
+
+def check_listen(listen: str) -> None:
+    """--metrics-listen is HOST:PORT (or empty: off)."""
+    if not listen:
+        return
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.BadParameter(f"expected HOST:PORT, got {listen[:80]!r}",
+                                 param_hint="'--metrics-listen'")
 
 
 def default_data_dir() -> Path:
@@ -50,8 +94,13 @@ def default_data_dir() -> Path:
 @click.option("--web-listen", default="", metavar="HOST:PORT",
               help="Where to serve the web console (default: 127.0.0.1, the API port + 2, "
               "or a free port if that one is taken; 'off': no web console).")
+@click.option("--no-metrics", is_flag=True,
+              help="Do not serve Prometheus metrics (by default every server does, on a free "
+              "loopback port, and the URLs are printed).")
+@log_options
 def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
-           insecure: bool, web_listen: str) -> None:
+           insecure: bool, web_listen: str, no_metrics: bool, log_format: str,
+           log_level: str | None) -> None:
     """Run a whole cluster (etcd, a controller, N agents) in the foreground.
 
     It makes a cluster CA and every certificate it needs under the data dir, and saves
@@ -60,11 +109,13 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
         run_embedded_cluster,
     )
 
+    level = checked_level(log_level)
     if insecure:
         click.echo(INSECURE_WARNING, err=True)
     sys.exit(run_embedded_cluster(nodes=nodes, data_dir=data_dir or default_data_dir(),
                                   listen=listen, insecure=insecure, etcd_quota=etcd_quota,
-                                  web_listen=web_listen))
+                                  web_listen=web_listen, metrics=not no_metrics,
+                                  log_flags=("--log-format", log_format, "--log-level", level)))
 
 
 @click.command("controller")
@@ -106,13 +157,18 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
 @click.option("--image-gc-grace", type=click.FloatRange(min=1), default=60.0, show_default=True,
               help="Seconds image content must stay unreferenced before its blob is deleted "
               "(also covers a push between storing its bytes and writing its records).")
+@metrics_option
+@log_options
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
                    prefix: str | None, advertise: str, pki_dir: Path | None,
                    compact_every: float, max_events: int,
                    insecure: bool, web_listen: str, data_dir: Path | None, blob_registry: str,
                    blob_registry_ca: Path | None, max_image_size: int | None,
-                   image_gc_grace: float) -> None:
+                   image_gc_grace: float, metrics_listen: str, log_format: str,
+                   log_level: str | None) -> None:
     """Run a controller replica."""
+    level = checked_level(log_level)
+    check_listen(metrics_listen)
     endpoints = parse_addresses(etcd)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--etcd'")
@@ -132,7 +188,7 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
                               f"controller-{listen.rsplit(':', 1)[-1]}",
                               blob_registry=blob_registry, blob_registry_ca=blob_registry_ca,
                               compact_every=compact_every, max_events=max_events,
-                              web_listen=web_listen)
+                              web_listen=web_listen, metrics_listen=metrics_listen)
     if blob_registry and not blob_registry.startswith(("http://", "https://")):
         raise click.BadParameter("expected http://HOST:PORT or https://HOST:PORT",
                                  param_hint="'--blob-registry'")
@@ -144,7 +200,8 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
     if prefix is not None:
         config.prefix = prefix
     if insecure:
-        click.echo(INSECURE_WARNING, err=True)
+        if log_format == "text":   # JSON logs: the server logs it as a JSON line
+            click.echo(INSECURE_WARNING, err=True)
     elif pki_dir is None:
         raise click.UsageError("--pki-dir is required (or --insecure for plaintext)")
     else:
@@ -159,7 +216,7 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
         if config.tls is None:
             raise click.UsageError("https etcd endpoints need --pki-dir")
         config.etcd_tls = config.tls
-    sys.exit(run_controller(config))
+    sys.exit(run_controller(config, log_format, level))
 
 
 @click.command("agent")
@@ -189,12 +246,17 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
 @click.option("--image-cache-size", "image_cache", type=SIZE, default="20Gi", show_default=True,
               help="Disk for unpacked images; the least recently used ones no partition here "
               "uses are evicted beyond it.")
+@metrics_option
+@log_options
 @click.pass_context
 def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int | None,
               memory: int | None, labels: Sequence[tuple[str, str]], run_dir: Path | None,
               address: str, state_listen: str, pki_dir: Path | None, join_token: str | None,
-              join_addresses: str | None, insecure: bool, image_cache: int) -> None:
+              join_addresses: str | None, insecure: bool, image_cache: int,
+              metrics_listen: str, log_format: str, log_level: str | None) -> None:
     """Run a node agent."""
+    level = checked_level(log_level)
+    check_listen(metrics_listen)
     if image_cache <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--image-cache-size")
     addresses = parse_addresses(controllers) if controllers else get_client(ctx).addresses
@@ -209,11 +271,12 @@ def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int
     run_dir = run_dir or default_data_dir() / "agents" / name
     config = AgentConfig(controllers=addresses, name=name, vcpus=vcpus, memory_bytes=memory,
                          labels=dict(labels), run_dir=run_dir, state_listen=state_listen,
-                         image_cache_bytes=image_cache)
+                         image_cache_bytes=image_cache, metrics_listen=metrics_listen)
     if address:
         config.address = address
     if insecure:
-        click.echo(INSECURE_WARNING, err=True)
+        if log_format == "text":   # JSON logs: the agent logs it as a JSON line
+            click.echo(INSECURE_WARNING, err=True)
     else:
         pki = PkiDir(pki_dir or run_dir / "pki")
         try:
@@ -226,7 +289,7 @@ def agent_cmd(ctx: click.Context, controllers: str | None, name: str, vcpus: int
             config.tls = pki.tls()
         except (JoinError, TlsError) as err:
             raise click.ClickException(str(err)) from err
-    sys.exit(run_agent(config))
+    sys.exit(run_agent(config, log_format, level))
 
 
 @click.command("certs")

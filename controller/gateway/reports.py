@@ -19,6 +19,7 @@ import logging
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import types_pb2 as pb
 
+from controller import logs
 from controller.errors import NotFound
 from controller.gateway.sessions import NodeSession
 from controller.partitions.actions import PartitionActions
@@ -86,6 +87,11 @@ class ReportApplier:
 
     async def apply(self, node: str, report: apb.PartitionReport, session: NodeSession) -> None:
         report = cleaned(report)
+        with logs.log_context(node=node, partition=report.name, epoch=report.epoch):
+            await self._apply(node, report, session)
+
+    async def _apply(self, node: str, report: apb.PartitionReport,
+                     session: NodeSession) -> None:
         name, epoch = report.name, report.epoch
         sp = self.store.cache.stored(name)
         if sp is None or sp.binding_node != node or sp.binding_revision != epoch:

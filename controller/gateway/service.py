@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller import logs
 from controller.errors import NotFound, PermissionDenied, StoreError, ViridianError
 from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
@@ -32,6 +34,7 @@ from controller.gateway.state_transfer import StateTransfers
 from controller.grpc_errors import Context, map_errors, map_stream_errors, status_of
 from controller.images.backend import ImageBackend
 from controller.images.blobstore import DIGEST
+from controller.metrics import ControllerMetrics
 from controller.partitions.actions import PartitionActions
 from controller.security import principal as callers
 from controller.security.tls import Dialer
@@ -85,8 +88,10 @@ def _caller_may_act_for(node: str) -> bool:
 class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
                  lease_ttl: int, advertise: str, images: ImageBackend,
-                 dialer: Dialer | None = None) -> None:
+                 dialer: Dialer | None = None,
+                 metrics: ControllerMetrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or ControllerMetrics()
         self.images = images
         self.dialer = dialer or Dialer(None)
         self.sessions = sessions
@@ -144,6 +149,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             )
             return
         session = NodeSession(hello.node, hello.session_id, grant.lease)
+        logs.bind_context(node=hello.node, request_id=hello.session_id)
         session.last_seen = asyncio.get_running_loop().time()
         adopted, grant.adopted = grant.adopted, []
         session.assigned.update((r.name, r.epoch) for r in adopted if r.phase in ACTIVE)
@@ -234,7 +240,9 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             except StoreError as err:
                 log.warning("renewing the lease of %s failed: %s; heartbeat %d not acked",
                             session.node, err, seq)
+                self.metrics.lease_renewals.labels("failed").inc()
                 continue
+            self.metrics.lease_renewals.labels("ok" if ttl > 0 else "expired").inc()
             if ttl <= 0:
                 log.warning("lease of node %s expired; ending its session", session.node)
                 session.close()
@@ -279,9 +287,12 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "local_only pulls are for controller replicas")
             return
+        started = time.monotonic()
         try:
             async for data in self.images.read(digest, request.offset, request.local_only):
+                self.metrics.image_pull_bytes.inc(len(data))
                 yield apb.ImageChunk(data=data)
+            self.metrics.image_pull_seconds.observe(time.monotonic() - started)
         except NotFound as err:
             deleted = digest not in self.store.cache.contents
             await context.abort(grpc.StatusCode.NOT_FOUND, str(err) + (
@@ -328,6 +339,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         """Relay a saved state file from the node that holds it, flow controlled (the
         fallback when the destination cannot reach the source itself)."""
         async for chunk in self.transfers.relay(request, context):
+            self.metrics.state_transfer_bytes.inc(len(chunk.data))
             yield chunk
 
     @map_errors

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from controller.errors import Conflict
 from controller.loops.base import Loop
@@ -21,6 +22,9 @@ from controller.partitions.machine import Outcome, Placed, Unplaceable, needs_pl
 from controller.placement import request_for, snapshot_of
 from controller.scheduler import BatchPlacer, SchedulerConfig
 from controller.store import Allocation, NodeGuard, Store, StoredPartition, now_ts
+
+if TYPE_CHECKING:
+    from controller.metrics import ControllerMetrics
 
 log = logging.getLogger(__name__)
 PER_TXN = 30  # partitions per transaction: 3 ops + 1 event each, under etcd's 128
@@ -54,6 +58,7 @@ class SchedulingLoop(Loop):
         self.config = config
         self.fenced = fenced
         self.stats = SchedulingStats()
+        self.metrics: ControllerMetrics | None = None   # set by the replica
         self.cache.subscribe(self._on_change)
 
     def _on_change(self, kind: str, name: str) -> None:
@@ -106,11 +111,13 @@ class SchedulingLoop(Loop):
             return False
         last_rev = 0
         conflicts = 0
+        bound_before = stats.bound
+        conflicted = 0
 
         async def bind_node(node: str, items: list[tuple[StoredPartition, Outcome]]) -> None:
             # One node's batches form a chain: each compares the allocation revision that the
             # previous one wrote (or the snapshot's, for the first), so they run in order.
-            nonlocal last_rev, conflicts
+            nonlocal last_rev, conflicts, conflicted
             alloc = seen.get(node) or Allocation(node)
             for i in range(0, len(items), PER_TXN):
                 batch = items[i : i + PER_TXN]
@@ -121,6 +128,7 @@ class SchedulingLoop(Loop):
                     log.info("binding %d partitions to %s conflicted; retrying", len(batch),
                              node)
                     conflicts += 1
+                    conflicted += len(items) - i
                     stats.conflicts += 1
                     return
                 last_rev = max(last_rev, rev)
@@ -152,6 +160,12 @@ class SchedulingLoop(Loop):
                 group.create_task(worker())
         t2 = time.perf_counter()
         stats.commit_s += t2 - t1
+        if self.metrics is not None:
+            m = self.metrics
+            m.scheduling_seconds.observe(t2 - t0)
+            m.scheduling_attempts.labels("placed").inc(stats.bound - bound_before)
+            m.scheduling_attempts.labels("unschedulable").inc(len(unplaced))
+            m.scheduling_attempts.labels("conflict").inc(conflicted)
         if last_rev:
             await cache.wait_for_revision(last_rev)
         stats.wait_s += time.perf_counter() - t2

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from viridian.v1 import types_pb2 as pb
 
+from controller import logs
 from controller.security import policy
 from controller.security.audit import Auditor
 from controller.security.principal import (
@@ -74,6 +76,17 @@ class Authenticator:
         return Principal("user", token.id, token.role)
 
 
+def request_id(context: Any) -> str:
+    """The caller's x-request-id (printable, at most 64 characters) or a fresh one: the
+    request_id of the log lines of this call."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            text = value if isinstance(value, str) else value.decode(errors="replace")
+            if 0 < len(text) <= 64 and text.isascii() and text.isprintable():
+                return text
+    return uuid.uuid4().hex[:16]
+
+
 class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator, auditor: Auditor | None,
                  agent_port: bool) -> None:
@@ -107,6 +120,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             await self._refuse(method, principal, context, request, denied,
                                f"{principal} may not call {method.rsplit('/', 1)[-1]}")
         set_current(principal)
+        logs.bind_context(request_id=request_id(context))
         return principal
 
     def _audit(self, method: str, principal: Principal, context: Any, request: Any,

@@ -159,6 +159,8 @@ class EtcdStore:
         self._pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="etcd")
         self._keepalives = LeaseKeepAliver(self._endpoints, keepalive_timeout)
         self._watches: list[PrefixWatch] = []
+        #: Called with (seconds, succeeded) after each transaction etcd answered (metrics).
+        self.txn_observer: Callable[[float, bool], None] | None = None
 
     @property
     def current_endpoint(self) -> str:
@@ -310,7 +312,10 @@ class EtcdStore:
         """Apply ops atomically if every compare holds; never raises Conflict itself."""
         if len(ops) > self.MAX_TXN_OPS:
             raise ValueError(f"transaction has {len(ops)} ops; etcd allows {self.MAX_TXN_OPS}")
+        started = time.monotonic()
         resp = await self._call(_kv_rpc("Txn"), build_txn(compares, ops), idempotent=False)
+        if self.txn_observer is not None:
+            self.txn_observer(time.monotonic() - started, bool(resp.succeeded))
         return TxnResult(bool(resp.succeeded), int(resp.header.revision))
 
     # -- maintenance ---------------------------------------------------------------------
@@ -371,6 +376,12 @@ class EtcdStore:
         req = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
         resp = await self._call(_lease_rpc("LeaseTimeToLive"), req, idempotent=True)
         return max(0, int(resp.TTL))
+
+    async def lease_times(self, lease_id: int) -> tuple[int, int]:
+        """(remaining TTL, granted TTL) in seconds; remaining 0 when it has expired."""
+        req = etcdrpc.LeaseTimeToLiveRequest(ID=lease_id)
+        resp = await self._call(_lease_rpc("LeaseTimeToLive"), req, idempotent=True)
+        return max(0, int(resp.TTL)), max(0, int(resp.grantedTTL))
 
     async def revoke_lease(self, lease_id: int) -> None:
         await self._call(_revoke_rpc, etcdrpc.LeaseRevokeRequest(ID=lease_id), idempotent=True)

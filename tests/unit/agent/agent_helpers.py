@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from agent_fakes import wait_for
 from viridian.v1 import agent_pb2 as apb
@@ -91,10 +92,11 @@ async def running(node: Node, name: str, guest: str = "worker_stdin", epoch: int
 
 @asynccontextmanager
 async def running_agent(run_dir: Path, addresses: list[str],
-                        clock: Clock | None = None) -> AsyncIterator[Agent]:
-    """The real Agent (real Supervisor, no partitions) talking to `addresses`."""
+                        clock: Clock | None = None, **settings: Any) -> AsyncIterator[Agent]:
+    """The real Agent (real Supervisor, no partitions) talking to `addresses` (settings:
+    more AgentConfig fields)."""
     config = AgentConfig(controllers=addresses, name="node-1", vcpus=1,
-                         memory_bytes=1 << 30, run_dir=run_dir)
+                         memory_bytes=1 << 30, run_dir=run_dir, **settings)
     agent = Agent(config, ["x86_64"], clock=clock) if clock else Agent(config, ["x86_64"])
     task = asyncio.create_task(agent.run(), name="agent")
     try:

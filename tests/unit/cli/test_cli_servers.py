@@ -30,6 +30,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         state_listen: str = "127.0.0.1:0"
         tls: Any = None
         image_cache_bytes: int = 0
+        metrics_listen: str = ""
 
     def module(name: str, **attrs: Any) -> None:
         mod = types.ModuleType(name)
@@ -42,17 +43,25 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     from controller.server import ControllerConfig
 
     module("controller.server", ControllerConfig=ControllerConfig,
-           run_controller=lambda config: seen.append(("controller", config)) or 3)
+           run_controller=lambda config, *log: seen.append(("controller", config)) or
+           LOGGED.append(log) or 3)
     module("node_agent.agent", AgentConfig=AgentConfig,
-           run_agent=lambda cfg: seen.append(("agent", cfg)) or 0)
+           run_agent=lambda cfg, *log: seen.append(("agent", cfg)) or LOGGED.append(log) or 0)
+    monkeypatch.delenv("VIRIDIAN_LOG", raising=False)
+    LOGGED.clear()
     return seen
+
+
+LOGGED: list[tuple[Any, ...]] = []   # the (log format, log level) each server was given
 
 
 def test_up(calls: list[tuple[str, Any]], tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["up", "--nodes", "3", "--data-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert calls == [("up", {"nodes": 3, "data_dir": tmp_path, "listen": "127.0.0.1:50051",
-                             "insecure": False, "etcd_quota": 2 << 30, "web_listen": ""})]
+                             "insecure": False, "etcd_quota": 2 << 30, "web_listen": "",
+                             "metrics": True,
+                             "log_flags": ("--log-format", "text", "--log-level", "INFO")})]
     CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "64Mi"])
     assert calls[1][1]["etcd_quota"] == 64 << 20
     bad = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--etcd-quota", "lots"])
@@ -150,3 +159,35 @@ def test_agent_needs_a_certificate_or_a_join_token(calls: list[tuple[str, Any]],
                                       "--pki-dir", str(tmp_path / "pki" / "node-n1")])
     assert result.exit_code == 0, result.output
     assert calls[0][1].tls is not None and b"BEGIN CERTIFICATE" in calls[0][1].tls.cert_pem
+
+
+def test_log_and_metrics_flags(calls: list[tuple[str, Any]], tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1", "--insecure",
+                                  "--log-format", "json", "--log-level", "debug",
+                                  "--metrics-listen", "127.0.0.1:9100"])
+    assert ok.exit_code == 3, ok.output
+    assert calls[-1][1].metrics_listen == "127.0.0.1:9100"
+    assert LOGGED[-1] == ("json", "DEBUG")
+    monkeypatch.setenv("VIRIDIAN_LOG", "warning")
+    CliRunner().invoke(cli, ["agent", "--controller", "x:1", "--name", "n1", "--insecure",
+                             "--run-dir", str(tmp_path), "--metrics-listen", "[::1]:0"])
+    assert calls[-1][1].metrics_listen == "[::1]:0" and LOGGED[-1] == ("text", "WARNING")
+    up = CliRunner().invoke(cli, ["up", "--data-dir", str(tmp_path), "--no-metrics",
+                                  "--log-format", "json"])
+    assert up.exit_code == 0, up.output
+    assert calls[-1][1]["metrics"] is False
+    assert calls[-1][1]["log_flags"] == ("--log-format", "json", "--log-level", "WARNING")
+    count = len(calls)
+    monkeypatch.setenv("VIRIDIAN_LOG", "chatty")
+    bad = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+                                   "--insecure"])
+    assert bad.exit_code == 2 and "VIRIDIAN_LOG" in bad.stderr
+    assert "Traceback" not in bad.output
+    monkeypatch.delenv("VIRIDIAN_LOG")
+    for flags in (["--log-format", "xml"], ["--log-level", "loud"],
+                  ["--metrics-listen", "nowhere"]):
+        bad = CliRunner().invoke(cli, ["controller", "--listen", "x:1", "--etcd", "e:1",
+                                       "--insecure", *flags])
+        assert bad.exit_code == 2 and flags[0] in bad.stderr, bad.output
+    assert len(calls) == count

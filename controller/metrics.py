@@ -1,0 +1,118 @@
+"""A controller replica's Prometheus metrics (docs/observability.md lists them).
+
+Counters and histograms are updated where the work happens (etcd transactions, scheduling
+passes, lease renewals, image and state bytes); gauges that describe state (partitions by
+phase, queue depth, sessions, heartbeat age) are computed at scrape time from the replica's
+cache and session registry, so they cost nothing between scrapes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter as Tally
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from viridian.v1 import types_pb2 as pb
+
+from controller.partitions.machine import needs_placement
+
+if TYPE_CHECKING:
+    from controller.gateway.sessions import SessionRegistry
+    from controller.store.cache import ClusterCache
+
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class ControllerMetrics:
+    """The instruments of one replica, on a registry of its own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.scheduling_attempts = Counter(
+            "viridian_scheduling_attempts", "Placement decisions by result (placed, "
+            "unschedulable, conflict).", ["result"], registry=r)
+        self.scheduling_seconds = Histogram(
+            "viridian_scheduling_pass_seconds", "Time of one scheduling pass (decide and "
+            "commit).", buckets=FAST_BUCKETS, registry=r)
+        self.etcd_txn_seconds = Histogram(
+            "viridian_etcd_txn_seconds", "Latency of etcd transactions.",
+            buckets=FAST_BUCKETS, registry=r)
+        self.etcd_txn_conflicts = Counter(
+            "viridian_etcd_txn_conflicts", "etcd transactions whose compares failed.",
+            registry=r)
+        self.lease_renewals = Counter(
+            "viridian_lease_renewals", "Node lease renewals by result (ok, failed, expired).",
+            ["result"], registry=r)
+        self.image_push_bytes = Counter(
+            "viridian_image_push_bytes", "Image bytes received by PushImage.", registry=r)
+        self.image_push_seconds = Histogram(
+            "viridian_image_push_seconds", "Duration of successful image pushes.",
+            buckets=SLOW_BUCKETS, registry=r)
+        self.image_pull_bytes = Counter(
+            "viridian_image_pull_bytes", "Image bytes served to agents and peers (PullImage).",
+            registry=r)
+        self.image_pull_seconds = Histogram(
+            "viridian_image_pull_seconds", "Duration of PullImage streams served.",
+            buckets=SLOW_BUCKETS, registry=r)
+        self.state_transfer_bytes = Counter(
+            "viridian_state_transfer_bytes", "Saved-state bytes relayed through this replica "
+            "(PullState).", registry=r)
+
+    def txn_done(self, seconds: float, succeeded: bool) -> None:
+        """EtcdStore's transaction observer."""
+        self.etcd_txn_seconds.observe(seconds)
+        if not succeeded:
+            self.etcd_txn_conflicts.inc()
+
+    def watch(self, cache: ClusterCache, sessions: SessionRegistry) -> None:
+        """Add the scrape-time gauges over this replica's cache and sessions."""
+        self.registry.register(StateCollector(cache, sessions))
+
+
+class StateCollector(Collector):
+    """Gauges read at scrape time (on the event loop that owns the cache)."""
+
+    def __init__(self, cache: ClusterCache, sessions: SessionRegistry) -> None:
+        self.cache = cache
+        self.sessions = sessions
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return []   # the families are known only at collect time: skip auto-describe
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        cache = self.cache
+        phases: Tally[str] = Tally()
+        queued = 0
+        for name, cached in list(cache.partitions.items()):
+            p = cached.partition
+            phases[pb.PartitionPhase.Name(p.status.phase).removeprefix("PARTITION_PHASE_")
+                   .lower()] += 1
+            if needs_placement(p, name in cache.bindings):
+                queued += 1
+        by_phase = GaugeMetricFamily("viridian_partitions", "Partitions by phase (this "
+                                     "replica's cache).", labels=["phase"])
+        for phase in sorted(phases):
+            by_phase.add_metric([phase], phases[phase])
+        yield by_phase
+        yield GaugeMetricFamily("viridian_scheduling_queue_depth", "Partitions waiting for "
+                                "placement.", value=queued)
+        sessions = self.sessions.all()
+        yield GaugeMetricFamily("viridian_sessions_open", "Agent sessions held by this "
+                                "replica.", value=len(sessions))
+        age = GaugeMetricFamily("viridian_heartbeat_age_seconds", "Seconds since the last "
+                                "heartbeat of each node whose session this replica holds.",
+                                labels=["node"])
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:   # collected off the loop (e.g. a test): loop time unknown
+            now = None
+        if now is not None:
+            for s in sessions:
+                seen = s.beat_at or s.last_seen
+                if seen:
+                    age.add_metric([s.node], max(now - seen, 0.0))
+        yield age
