@@ -201,12 +201,17 @@ class ControllerReplica:
 
     def _bind(self, server: grpc.aio.Server, address: str, require_client_cert: bool) -> int:
         tls = self.config.tls
-        if tls is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, tls.server_credentials(require_client_cert))
+        try:
+            if tls is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address,
+                                              tls.server_credentials(require_client_cert))
+        except RuntimeError:  # gRPC's "Failed to bind to address …" (in use, or not ours)
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise OSError(f"cannot listen on {address}: the address is in use or not "
+                          "this host's")
         return port
 
     async def _bootstrap_tokens(self) -> None:

@@ -71,6 +71,11 @@ def probe(channel: grpc.Channel, timeout: float) -> str | None:
         code = err.code() if isinstance(err, grpc.Call) else None
         if code == grpc.StatusCode.UNAVAILABLE:
             details = (err.details() if isinstance(err, grpc.Call) else "") or "unavailable"
+            if "handshake failed" in details.lower():
+                # gRPC's own text ends in OpenSSL's last status, often a bare "OK".
+                return ("TLS handshake failed: the server's certificate is not signed by the "
+                        "CA in use, or the server does not speak TLS (a plaintext cluster "
+                        "needs --insecure)")
             if "last error:" in details:  # "failed to connect …: Connection refused"
                 details = details.rsplit(": ", 1)[-1]
             return details
