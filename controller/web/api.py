@@ -161,6 +161,7 @@ class JsonApi:
             web.get(f"{r}/events", self.list_events),
             web.get(f"{r}/watch/partitions", self.watch_partitions),
             web.get(f"{r}/watch/events", self.watch_events),
+            web.get(f"{r}/watch/stats", self.watch_stats),
         ]
 
     # ---- calling the servicer -------------------------------------------------------------
@@ -332,3 +333,8 @@ class JsonApi:
         message = cpb.ListEventsRequest()
         from_query(request, message)
         return await self.stream(request, "WatchEvents", message, sse=True)
+
+    async def watch_stats(self, request: web.Request) -> web.StreamResponse:
+        message = cpb.WatchStatsRequest()
+        from_query(request, message, skip=("local_only",))
+        return await self.stream(request, "WatchStats", message, sse=True)

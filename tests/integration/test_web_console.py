@@ -93,6 +93,9 @@ def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str
     row_css = '#partitions tr[data-partition="web-sleeper"]'
     wait_until(driver, lambda d: "Running" in _text(d, row_css), "web-sleeper Running in the list")
     assert host in _text(driver, row_css)
+    # CPU and memory use, as its node measured them (WatchStats, every 2 s).
+    wait_until(driver, lambda d: _text(d, f"{row_css} td.cpu").endswith("cores")
+               and _text(d, f"{row_css} td.mem") not in ("", "-"), "web-sleeper's CPU and memory")
 
     # Its page: the console streams what the guest printed.
     driver.find_element(By.CSS_SELECTOR, f"{row_css} a").click()

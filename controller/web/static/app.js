@@ -289,9 +289,22 @@ function partitionRow(p) {
     el("td", { class: "num uptime", "data-started": st.started_at || "" }, uptime(p)),
     el("td", { class: "num" }, spec.vcpus || 0),
     el("td", { class: "num" }, bytes(spec.memory_bytes)),
-    el("td", { class: "num", title: "no stats API yet" }, "-"),
-    el("td", { class: "num", title: "no stats API yet" }, "-"),
+    el("td", { class: "num cpu" }, "-"),
+    el("td", { class: "num mem" }, "-"),
     el("td", {}, spec.image || "-"));
+}
+
+// Fill the CPU and Mem used cells from a WatchStats snapshot (partitions measured on their
+// nodes every ~2 s; "-" while not running or not measured yet).
+function showStats(body, snapshot) {
+  const byName = new Map((snapshot.partitions || []).map((s) => [s.name, s]));
+  for (const tr of body.querySelectorAll("tr[data-partition]")) {
+    const s = byName.get(tr.getAttribute("data-partition"));
+    const measured = s && s.measured;
+    tr.querySelector("td.cpu").textContent =
+      measured ? `${Number(s.cpu_cores || 0).toFixed(2)} cores` : "-";
+    tr.querySelector("td.mem").textContent = measured ? bytes(s.resident_bytes) : "-";
+  }
 }
 
 function partitionTable(id) {
@@ -306,16 +319,23 @@ async function partitionsPage(main, generation) {
   const { table, body } = partitionTable("partitions");
   const known = new Map();
   main.replaceChildren(el("h1", {}, "Partitions"), table,
-    el("p", { class: "muted" }, "Live: Server-Sent Events from WatchPartitions. " +
-       "CPU and memory use need a stats API (not there yet)."));
-  const render = () => body.replaceChildren(
-    ...[...known.keys()].sort().map((name) => partitionRow(known.get(name))));
+    el("p", { class: "muted" }, "Live: Server-Sent Events from WatchPartitions; CPU and " +
+       "memory use from WatchStats, measured on the nodes every 2 s."));
+  let lastStats = null;
+  const render = () => {
+    body.replaceChildren(...[...known.keys()].sort().map((name) => partitionRow(known.get(name))));
+    if (lastStats) showStats(body, lastStats);
+  };
   for (const p of await allPages("/partitions", "partitions")) known.set(p.name, p);
   render();
   keepWatching("/watch/partitions", (ev) => {
     if (ev.type === "TYPE_DELETED") known.delete(ev.partition.name);
     else known.set(ev.partition.name, ev.partition);
     render();
+  }, generation);
+  keepWatching("/watch/stats?interval_ms=2000", (snapshot) => {
+    lastStats = snapshot;
+    showStats(body, snapshot);
   }, generation);
   every(1000, () => {
     for (const cell of body.querySelectorAll("td.uptime")) {
