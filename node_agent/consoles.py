@@ -35,17 +35,19 @@ def since_start(marks: list[Mark], since: float, end: int) -> int:
     return next((off for t, off in marks if t >= since), end)
 
 
-def start_offset(handle: WorkerHandle, req: apb.ConsoleRequest) -> int:
-    """Where a request starts: its offset, moved later by tail_lines and since."""
+def start_offset(handle: WorkerHandle, req: apb.ConsoleRequest) -> tuple[int, int | None]:
+    """Where a request starts: its offset, moved later by tail_lines and since; and, when
+    those were worked out, the end of the console they were worked out on (a snapshot stops
+    there: `--tail 2` is the last 2 lines when asked, not those and what came since)."""
     offset = req.offset
     if not req.tail_lines and not req.since > 0:
-        return offset
+        return offset, None
     data, end = handle.read_console(0)
     if req.tail_lines:
         offset = max(offset, tail_start(data[-RING_CAPACITY:], end, req.tail_lines))
     if req.since > 0:
         offset = max(offset, since_start(handle.console_marks(0, end + 1), req.since, end))
-    return offset
+    return offset, end
 
 
 def _marks(handle: WorkerHandle, start: int, stop: int) -> list[apb.ConsoleMark]:
@@ -57,6 +59,7 @@ async def stream_console(req: apb.ConsoleRequest, lookup: Lookup, send: Send) ->
     """Stream partition req.name's console from req.offset into `send`."""
     rid = req.request_id
     offset = req.offset
+    stop: int | None = None
     located = False
     while True:
         handle, running, known = lookup(req.name)
@@ -69,10 +72,12 @@ async def stream_console(req: apb.ConsoleRequest, lookup: Lookup, send: Send) ->
                 error="" if known else f"no partition {req.name!r} on this node")))
             return
         if not located:
-            offset = await asyncio.to_thread(start_offset, handle, req)
+            offset, stop = await asyncio.to_thread(start_offset, handle, req)
             located = True
         data, nxt = await asyncio.to_thread(handle.read_console, offset)
         start = nxt - len(data)
+        if stop is not None and not req.follow and nxt > stop:
+            data, nxt = data[:max(0, stop - start)], max(stop, start)
         for i in range(0, len(data), CHUNK):
             piece = data[i : i + CHUNK]
             marks = await asyncio.to_thread(_marks, handle, start + i, start + i + len(piece))

@@ -188,10 +188,11 @@ def test_console_survives_save_and_restore_on_another_node(
     assert all(m[0] <= time.time() for m in marks)
     second.stop()
     data, end = second.read_console(0)
-    assert data[start_offset(second, apb.ConsoleRequest(name="p", tail_lines=2)):] == \
+    assert data[start_offset(second, apb.ConsoleRequest(name="p", tail_lines=2))[0]:] == \
         b"".join(data.splitlines(keepends=True)[-2:])
-    assert start_offset(second, apb.ConsoleRequest(name="p", since=time.time() + 60)) == end
-    assert start_offset(second, apb.ConsoleRequest(name="p", since=1.0)) == 0
+    assert start_offset(second, apb.ConsoleRequest(name="p", since=time.time() + 60)) == \
+        (end, end)
+    assert start_offset(second, apb.ConsoleRequest(name="p", since=1.0)) == (0, end)
 
     sent: list[apb.AgentMessage] = []
     asyncio.run(stream_console(apb.ConsoleRequest(request_id="r", name="p", tail_lines=1),
@@ -201,6 +202,33 @@ def test_console_survives_save_and_restore_on_another_node(
     assert first.offset == end - len(first.data)
     assert first.marks and first.marks[0].offset == first.offset
     assert abs(first.marks[0].time - time.time()) < 120
+
+
+class _GrowingConsole:
+    """A console that gains a line each time it is read (a guest printing all along)."""
+
+    def __init__(self) -> None:
+        self.data = b"1\n2\n3\n"
+
+    def read_console(self, offset: int) -> tuple[bytes, int]:
+        data = self.data
+        self.data += b"%d\n" % (len(self.data.splitlines()) + 1)
+        return data[offset:], len(data)
+
+    def console_marks(self, start: int, stop: int) -> list[tuple[float, int]]:
+        return []
+
+
+def test_a_tail_snapshot_of_a_running_guest_is_exactly_its_lines() -> None:
+    """`logs --tail 2` of a guest still printing gave the 2 lines and whatever the guest
+    printed between finding them and sending them (one full-suite run: 3 lines)."""
+    console = _GrowingConsole()
+    sent: list[apb.AgentMessage] = []
+    asyncio.run(stream_console(apb.ConsoleRequest(request_id="r", name="p", tail_lines=2),
+                               lambda _name: (console, True, True),  # type: ignore[arg-type, return-value]
+                               sent.append))
+    assert b"".join(m.console.data for m in sent) == b"2\n3\n"
+    assert sent[-1].console.eof and sent[-1].console.offset == 6
 
 
 def test_usage_of_a_busy_worker(guests: Path,
