@@ -163,9 +163,12 @@ def test_nodes_watch_does_not_go_with_plan(invoke: Invoke) -> None:
 
 def _cli_process(fake: FakeController, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}", "PYTHONUNBUFFERED": "1"}
+    # SIGINT at its default, as at a terminal: a run started in the background of a
+    # non-interactive shell has it ignored, and the child would inherit that.
     return subprocess.Popen(
         [sys.executable, "-m", "controller.cli", "--controller", fake.address,  # type: ignore[attr-defined]
-         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+         *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _lines(stream: object) -> queue.Queue[str]:

@@ -41,6 +41,13 @@ def viridian(api: Api, tmp: Path, *args: str, stdin: str | None = None
          *args], env=_env(tmp), capture_output=True, text=True, timeout=60, input=stdin)
 
 
+def default_sigint() -> None:
+    """Ctrl-C as at a terminal: a test run started in the background of a non-interactive
+    shell (CI scripts, `make test &`) has SIGINT ignored, the CLI inherits that, and the
+    SIGINT these tests send did nothing (4 watch tests hung in one full run)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Watch:
     """A `viridian … -w` process and its stdout lines."""
 
@@ -48,7 +55,7 @@ class Watch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "controller.cli", "--insecure", "--controller",
              api.address, *args], env=_env(tmp), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
