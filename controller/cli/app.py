@@ -9,6 +9,7 @@ from typing import Any
 import click
 import grpc
 
+from controller.cli import interrupt
 from controller.cli.client import DEFAULT_CONTROLLER, ControllerClient, parse_addresses
 from controller.cli.colour import error_prefix
 from controller.cli.contexts import load_config
@@ -149,4 +150,10 @@ _register()
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="viridian")
+    interrupt.install()
+    try:
+        cli(prog_name="viridian")
+    except SystemExit as done:
+        if interrupt.interrupted():
+            interrupt.exit_now(done.code)
+        raise

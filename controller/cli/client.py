@@ -18,6 +18,7 @@ from viridian.v1 import controller_pb2_grpc
 
 from controller.cli.credentials import lookup
 from controller.cli.errors import CliError, ConnectError
+from controller.cli.interrupt import abandon, interrupted
 from controller.security.tls import controller_options, token_credentials
 
 __all__ = [
@@ -133,7 +134,10 @@ class ControllerClient:
 
     def close(self) -> None:
         if self._channel is not None:
-            self._channel.close()
+            if interrupted():   # close() can hang after Ctrl-C: see interrupt.py
+                abandon(self._channel)
+            else:
+                self._channel.close()
             self._channel, self._stub = None, None
 
 

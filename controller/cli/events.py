@@ -13,7 +13,7 @@ from controller.cli.app import get_client
 from controller.cli.client import paged
 from controller.cli.output import Column, age, dump, message_data, print_list
 from controller.cli.params import output_option
-from controller.cli.watch import follow
+from controller.cli.watch import ended_by_ctrl_c, follow
 
 __all__ = ["COMMANDS", "EVENT_COLUMNS", "watch_line"]
 
@@ -72,23 +72,24 @@ def events_cmd(ctx: click.Context, obj: str, limit: int, watch: bool, audit: boo
     if not watch:
         print_list(events, EVENT_COLUMNS, output, click.echo)
         return
-    # Watch: the kept events first, then new ones; JSON is one object per line, YAML documents.
-    shown = [c for c in EVENT_COLUMNS if output == "wide" or not c.wide]
-    if output in ("table", "wide"):
-        click.echo(watch_line([(c.header, c.header) for c in shown]))
-    seen = set()
-    for event in events:
-        seen.add(event.id)
-        _print(event, output, shown)
-    call = stub.WatchEvents(controller_pb2.ListEventsRequest(object=obj))
+    with ended_by_ctrl_c(ctx):
+        # Watch: the kept events first, then new ones; JSON is an object a line, YAML documents.
+        shown = [c for c in EVENT_COLUMNS if output == "wide" or not c.wide]
+        if output in ("table", "wide"):
+            click.echo(watch_line([(c.header, c.header) for c in shown]))
+        seen = set()
+        for event in events:
+            seen.add(event.id)
+            _print(event, output, shown)
+        call = stub.WatchEvents(controller_pb2.ListEventsRequest(object=obj))
 
-    def handle(event: E) -> None:
-        if (event.id and event.id in seen) or not wanted(event):
-            return
-        seen.add(event.id)
-        _print(event, output, shown)
+        def handle(event: E) -> None:
+            if (event.id and event.id in seen) or not wanted(event):
+                return
+            seen.add(event.id)
+            _print(event, output, shown)
 
-    follow(ctx, call, handle)
+        follow(ctx, call, handle)
 
 
 COMMANDS = [events_cmd]

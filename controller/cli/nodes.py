@@ -29,7 +29,7 @@ from controller.cli.output import (
 )
 from controller.cli.params import DURATION, output_option
 from controller.cli.sizes import format_size
-from controller.cli.watch import WatchPrinter, follow
+from controller.cli.watch import WatchPrinter, ended_by_ctrl_c, follow
 
 __all__ = ["COMMANDS", "NODE_COLUMNS", "NODE_FIELDS"]
 
@@ -137,17 +137,19 @@ def nodes_cmd(ctx: click.Context, output: str, plan: bool, watch: bool) -> None:
 
 
 def _watch_nodes(ctx: click.Context, listed: Iterable[N], output: str) -> None:
-    printer = WatchPrinter(NODE_COLUMNS, output, key=lambda n: n.name, status_header="STATE")
-    printer.start(listed)
-    call = get_client(ctx).stub.WatchNodes(controller_pb2.WatchNodesRequest())
+    with ended_by_ctrl_c(ctx):
+        printer = WatchPrinter(NODE_COLUMNS, output, key=lambda n: n.name,
+                               status_header="STATE")
+        printer.start(listed)
+        call = get_client(ctx).stub.WatchNodes(controller_pb2.WatchNodesRequest())
 
-    def handle(event: controller_pb2.NodeWatchEvent) -> None:
-        if event.type == controller_pb2.NodeWatchEvent.TYPE_DELETED:
-            printer.delete(event.node.name)
-        else:
-            printer.put(event.node)
+        def handle(event: controller_pb2.NodeWatchEvent) -> None:
+            if event.type == controller_pb2.NodeWatchEvent.TYPE_DELETED:
+                printer.delete(event.node.name)
+            else:
+                printer.put(event.node)
 
-    follow(ctx, call, handle)
+        follow(ctx, call, handle)
 
 
 @click.group("node")

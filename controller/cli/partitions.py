@@ -40,7 +40,7 @@ from controller.cli.output import (
 )
 from controller.cli.params import DURATION, KEY_VALUE, output_option, parse_duration
 from controller.cli.sizes import format_size
-from controller.cli.watch import WatchPrinter, follow
+from controller.cli.watch import WatchPrinter, ended_by_ctrl_c, follow
 
 __all__ = ["COMMANDS", "PARTITION_COLUMNS", "PARTITION_FIELDS", "follow_logs"]
 
@@ -181,23 +181,24 @@ def ls_cmd(ctx: click.Context, selector: Sequence[tuple[str, str]], node: str,
 def watch_partitions(ctx: click.Context, listed: Iterable[P], output: str, name: str,
                      matches: Callable[[P], bool] = lambda p: True) -> None:
     """Print `listed` as a table, then a line per change the controller's watch sends."""
-    printer = WatchPrinter(PARTITION_COLUMNS, output, key=lambda p: p.name,
-                           status_header="PHASE")
-    printer.start(listed)
-    call = get_client(ctx).stub.WatchPartitions(
-        controller_pb2.WatchPartitionsRequest(name=name))
+    with ended_by_ctrl_c(ctx):
+        printer = WatchPrinter(PARTITION_COLUMNS, output, key=lambda p: p.name,
+                               status_header="PHASE")
+        printer.start(listed)
+        call = get_client(ctx).stub.WatchPartitions(
+            controller_pb2.WatchPartitionsRequest(name=name))
 
-    def handle(event: controller_pb2.PartitionWatchEvent) -> None:
-        if event.type == controller_pb2.PartitionWatchEvent.TYPE_DELETED:
-            printer.delete(event.partition.name)
-        elif matches(event.partition):
-            printer.put(event.partition)
-        elif printer.showing(event.partition.name):
-            # It no longer matches the filters: its last line shows why, then it leaves.
-            printer.put(event.partition)
-            printer.forget(event.partition.name)
+        def handle(event: controller_pb2.PartitionWatchEvent) -> None:
+            if event.type == controller_pb2.PartitionWatchEvent.TYPE_DELETED:
+                printer.delete(event.partition.name)
+            elif matches(event.partition):
+                printer.put(event.partition)
+            elif printer.showing(event.partition.name):
+                # It no longer matches the filters: its last line shows why, then it leaves.
+                printer.put(event.partition)
+                printer.forget(event.partition.name)
 
-    follow(ctx, call, handle)
+        follow(ctx, call, handle)
 
 
 @click.command("get")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 import click
@@ -121,6 +122,16 @@ class WatchPrinter(Generic[T]):
 
 def _data(item: Any) -> Any:
     return message_data(item) if isinstance(item, Message) else item
+
+
+@contextmanager
+def ended_by_ctrl_c(ctx: click.Context) -> Iterator[None]:
+    """Ctrl-C anywhere in a watch (its list, the call's start, the stream) ends it with
+    status 0: stopping a watch is how a watch ends."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        ctx.exit(0)
 
 
 def follow(ctx: click.Context, call: Iterable[E], handle: Callable[[E], None]) -> None:
