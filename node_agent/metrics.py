@@ -6,9 +6,11 @@ costs this node), its resident memory (/proc/PID/statm: the guest memory it touc
 the emulator's own), and the console's total bytes (the ring's end offset). Counters for
 restarts, image pulls, saves and restores are updated where those happen.
 
-Syscalls by name and instructions executed are not exported: the runtime counts neither
-per guest in a form the agent can read without a call into the worker (only unknown
-syscalls are counted, in the worker's final status)."""
+Syscalls are counted by the worker into syscalls.bin in the partition directory
+(runtime/syscall_counts.py) and exported by name, the ``TOP_SYSCALLS`` most frequent of
+each partition (a bound on label cardinality: the guest picks the numbers). Instructions
+executed are not exported: unicorn counts them only with a per-instruction hook, which
+would cost more than the guest's own work."""
 
 from __future__ import annotations
 
@@ -20,12 +22,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from node_agent.runtime.syscall_counts import OTHER, SYSCALLS_FILE, read_counts
 from node_agent.runtime.worker_console import read_ring
 
 SLOW_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 END = 1 << 62   # any offset past a console's end: read_ring answers with the end
+#: syscalls exported per partition, the most frequent first
+TOP_SYSCALLS = 10
 
 
 class Worker:
@@ -63,6 +68,31 @@ def console_bytes(directory: Path) -> int | None:
     except OSError:
         return None
     return None if end >= END else end   # END: no console file (yet)
+
+
+def syscall_name(arch: str, nr: int) -> str:
+    """The table's name for ``nr``; numbers the tables lack are named by number."""
+    if nr == OTHER:
+        return "other"
+    return _names(arch).get(nr) or f"nr_{nr}"
+
+
+_NAMES: dict[str, dict[int, str]] = {}
+
+
+def _names(arch: str) -> dict[int, str]:
+    if arch not in _NAMES:   # the tables import the syscall layer: only when first needed
+        from node_agent.runtime.syscalls import entries
+
+        _NAMES[arch] = {e.nr: e.name for e in entries(arch)}
+    return _NAMES[arch]
+
+
+def top_syscalls(directory: Path, n: int = TOP_SYSCALLS) -> list[tuple[str, str, int]]:
+    """(arch, name, count) of the ``n`` syscalls a partition made most, most first."""
+    counts = read_counts(directory / SYSCALLS_FILE)
+    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return [(arch, syscall_name(arch, nr), count) for (arch, nr), count in top]
 
 
 class AgentMetrics:
@@ -110,6 +140,9 @@ class PartitionCollector(Collector):
                                 labels=["partition"])
         con = CounterMetricFamily("viridian_partition_console_bytes", "Bytes the guest wrote "
                                   "to its console.", labels=["partition"])
+        calls = CounterMetricFamily("viridian_partition_syscalls", "Syscalls the partition "
+                                    f"made, its {TOP_SYSCALLS} most frequent by name.",
+                                    labels=["partition", "arch", "syscall"])
         running = 0
         for w in self.workers():
             seconds = cpu_seconds(w.pid)
@@ -121,8 +154,11 @@ class PartitionCollector(Collector):
                 mem.add_metric([w.name], rss)
             if (written := console_bytes(w.dir)) is not None:
                 con.add_metric([w.name], written)
+            for arch, name, count in top_syscalls(w.dir):
+                calls.add_metric([w.name, arch, name], count)
         yield cpu
         yield mem
         yield con
+        yield calls
         yield GaugeMetricFamily("viridian_partitions_running", "Partitions whose worker runs "
                                 "on this node.", value=running)

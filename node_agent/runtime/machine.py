@@ -22,6 +22,7 @@ from .program import load_program
 from .registers import start_registers
 from .signals import SI_KERNEL, SI_USER, SIG_DFL, SIG_IGN, SigInfo, send
 from .spec import STOP_EXIT_CODE, Console, ExitStatus, ImageError, PartitionSpec
+from .syscall_counts import SyscallCounts
 from .syscalls.common import BLOCK, E
 from .threads import BLOCKED, GuestThread, Scheduler
 from .vcpu import QUANTUM, Vcpu
@@ -46,6 +47,8 @@ class Machine:
         self.console = console
         self.on_event = on_event
         self.unknown: dict[int, int] = {}
+        #: syscalls made, by number (the worker swaps in its shared file: count_syscalls)
+        self.syscall_counts = SyscallCounts()
         self._unknown_lock = threading.Lock()
         self.init: Process | None = None     # pid 1: the entrypoint's process
         self.processes: dict[int, Process] = {}   # every live or zombie process, by pid
@@ -113,6 +116,10 @@ class Machine:
         if self._stop_requested and self.sched.exit_code == STOP_EXIT_CODE:
             return ExitStatus(STOP_EXIT_CODE, None, dict(self.unknown))
         return ExitStatus(self.sched.exit_code, self.sched.failed_reason, dict(self.unknown))
+
+    def count_syscalls(self, counts: SyscallCounts) -> None:
+        """Count syscalls into ``counts`` (the worker's shared file); before ``run()``."""
+        self.syscall_counts = counts
 
     def stop(self, grace: float = 0.0) -> None:
         """Stop the partition (thread-safe). With ``grace`` > 0 it is Hyper-V's Shut Down:

@@ -49,6 +49,7 @@ from .signals import (
     signal_name,
     terminate,
 )
+from .syscall_counts import OTHER, SLOTS
 from .syscalls import tables
 from .syscalls.common import BLOCK, EXIT, E, errno_of
 from .task import Task
@@ -183,6 +184,8 @@ class Vcpu:
     def __init__(self, machine: Machine, index: int) -> None:
         self.machine = machine
         self.index = index
+        self._counts = machine.syscall_counts.row(index)
+        self._count_base = 0
         self.flags_reg = X.UC_X86_REG_EFLAGS
         self._ids = (ctypes.c_int * 7)()         # the syscall number's and arguments' registers
         self._vals = (ctypes.c_uint64 * 7)()
@@ -215,6 +218,7 @@ class Vcpu:
         """Take the bound address space's architecture: its registers, syscall table and
         ABI (a vCPU runs x86_64 and i386 processes in turn, as Linux's compat mode does)."""
         self.is64 = is64
+        self._count_base = 0 if is64 else SLOTS
         self.pc_reg = X.UC_X86_REG_RIP if is64 else X.UC_X86_REG_EIP
         self.sp_reg = X.UC_X86_REG_RSP if is64 else X.UC_X86_REG_ESP
         self.ret_reg = X.UC_X86_REG_RAX if is64 else X.UC_X86_REG_EAX
@@ -556,6 +560,7 @@ class Vcpu:
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
         nr = vals[0]
+        self._counts[self._count_base + (nr if nr < OTHER else OTHER)] += 1
         handler = self.table.get(nr)
         if handler is None:
             self.machine.unknown_syscall(nr, "x86_64" if self.is64 else "i386")

@@ -15,6 +15,7 @@ partition directory (see workers.py for the whole list):
   events.jsonl  one {"t", "reason", "message"} object a line, what the Machine reported
   status.json   written atomically when the Machine returns: exit_code, failed_reason,
                 unknown_syscalls, saved, finished_at
+  syscalls.bin  syscalls made, by number (syscall_counts.py), read by the agent's metrics
   ready         written just before Machine.run(): {"t": wall time, "mono": monotonic}
   worker.log    the worker's own stderr: Python tracebacks, faulthandler dumps on SIGSEGV
 """
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .spec import ExitStatus, PartitionSpec
+from .syscall_counts import SYSCALLS_FILE, SyscallCounts
 from .watchdog_file import WATCHDOG_FILE, read_deadline
 from .worker_console import ConsoleRing, WorkerConsole
 
@@ -74,6 +76,8 @@ class _MachineLike(Protocol):
     def save_state(self, path: Path) -> Any: ...
 
     def end_saved(self) -> None: ...
+
+    def count_syscalls(self, counts: SyscallCounts) -> None: ...
 
 
 MachineFactory = Callable[..., _MachineLike]
@@ -320,6 +324,7 @@ def _run(pdir: Path, spec: PartitionSpec, stdin: bool, factory: MachineFactory,
             machine = factory(spec, console, events)
     except Exception as exc:  # a bad image etc.: the partition fails, with the reason
         return ExitStatus(None, f"{type(exc).__name__}: {exc}", {})
+    machine.count_syscalls(SyscallCounts(pdir / SYSCALLS_FILE))
     if stop_requested.is_set():
         machine.stop()  # Turn Off: stopped before the guest began, nothing to shut down
     watchdog = _Watchdog(machine, pdir.parent.parent / WATCHDOG_FILE, events)

@@ -6,7 +6,8 @@ finds its running workers again (`WorkerManager.adopt()`):
   meta.json     written by the manager before the fork: name, epoch, stdin, spec
   pid           "PID STARTTIME" (written by the fork server right after the fork; the start
                 time tells our worker from a process that reused its pid)
-  ctl.sock, console.log, events.jsonl, ready, status.json, worker.log: see worker_main.py
+  ctl.sock, console.log, events.jsonl, syscalls.bin, ready, status.json, worker.log: see
+                worker_main.py
   exit.json     how the process ended, recorded by the fork server if it was the parent
 
 How a handle tells what happened, in order: status.json (the Machine returned) → the worker

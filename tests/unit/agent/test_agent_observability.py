@@ -125,7 +125,7 @@ def test_metrics_of_a_running_partition(tmp_path: Path, guest_bins: Path) -> Non
                 "viridian_partition_console_bytes", "viridian_partitions_running",
                 "viridian_partition_restarts", "viridian_agent_image_pull_bytes",
                 "viridian_agent_image_pull_seconds", "viridian_partition_save_seconds",
-                "viridian_partition_restore_seconds")}
+                "viridian_partition_restore_seconds", "viridian_partition_syscalls")}
             assert types == {
                 "viridian_partition_cpu_seconds": "counter",
                 "viridian_partition_memory_bytes": "gauge",
@@ -136,6 +136,7 @@ def test_metrics_of_a_running_partition(tmp_path: Path, guest_bins: Path) -> Non
                 "viridian_agent_image_pull_seconds": "histogram",
                 "viridian_partition_save_seconds": "histogram",
                 "viridian_partition_restore_seconds": "histogram",
+                "viridian_partition_syscalls": "counter",
             }
             assert sample(before, "viridian_partitions_running") == 0
             assert sample(before, "viridian_agent_image_pull_bytes", "_total") == 0
@@ -167,6 +168,14 @@ def test_metrics_of_a_running_partition(tmp_path: Path, guest_bins: Path) -> Non
                           partition="p") == len(b"ready\necho me\n")
             assert sample(echoed, "viridian_partition_cpu_seconds", "_total",
                           partition="p") >= cpu   # type: ignore[operator]
+            def calls(name: str) -> float | None:
+                return sample(echoed, "viridian_partition_syscalls", "_total", partition="p",
+                              arch="x86_64", syscall=name)
+
+            assert calls("write") == 2           # "ready", then the echo (counted on entry)
+            assert (calls("read") or 0) >= 1
+            assert len([s for s in echoed["viridian_partition_syscalls"].samples
+                        if s.name.endswith("_total")]) <= 10   # the top 10 only
             assert sample(echoed, "viridian_partition_restarts", "_total", partition="p") \
                 is None   # launched once
 
