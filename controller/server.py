@@ -168,11 +168,9 @@ class ControllerReplica:
         self.web: WebServer | None = None
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
-        agent_pb2_grpc.add_AgentGatewayServicer_to_server(
-            AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
-                         self.agent_advertise, self.images, dialer, self.metrics),
-            self.agent_server,
-        )
+        self.gateway = AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
+                                    self.agent_advertise, self.images, dialer, self.metrics)
+        agent_pb2_grpc.add_AgentGatewayServicer_to_server(self.gateway, self.agent_server)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         for server, names in ((self.server, ("Controller",)),
                               (self.agent_server, ("Controller", "AgentGateway"))):

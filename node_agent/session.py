@@ -23,7 +23,6 @@ from viridian.v1 import agent_pb2_grpc
 
 from controller.security.tls import Dialer
 from node_agent.clock import Clock
-from node_agent.fencing import Fence
 from node_agent.timing import Timing
 
 log = logging.getLogger(__name__)
@@ -37,6 +36,14 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
 ]
+
+
+class ContactSink(Protocol):
+    """Where acknowledged contact goes: the agent's Fence (a simulated agent records it)."""
+
+    def contact(self, sent_at: float, timing: Timing) -> bool:
+        """A controller answered a message sent at `sent_at` (see fencing.Fence)."""
+        ...
 
 
 class RegisterRefused(Exception):
@@ -143,8 +150,9 @@ class Outcome:
 
 
 class ControllerSession:
-    def __init__(self, node: str, address: str, host: SessionHost, fence: Fence, clock: Clock,
-                 register_timeout: float, stop: asyncio.Event, dialer: Dialer) -> None:
+    def __init__(self, node: str, address: str, host: SessionHost, fence: ContactSink,
+                 clock: Clock, register_timeout: float, stop: asyncio.Event,
+                 dialer: Dialer) -> None:
         self.node = node
         self.dialer = dialer
         self.address = address

@@ -95,7 +95,7 @@ class DispatchLoop(Loop):
         cached = cache.partitions.get(name)
         node = cache.bound_node(name)
         epoch = cache.epoch(name)
-        for session in self.sessions.all():
+        for session in self.sessions.told(name):
             # Deleted, or bound to another node or epoch: that copy must go. (Merely
             # released: its copy ended, which is why it was released; the agent keeps its
             # console for `viridian logs`, and the inventory catches a copy that runs on.)
@@ -116,7 +116,7 @@ class DispatchLoop(Loop):
         key = (name, epoch)
         if p.status.phase == P.PARTITION_PHASE_SCHEDULED:
             if p.spec.desired_state in WANTS_GUEST and session.assigned.get(name) != epoch:
-                session.assigned[name] = epoch
+                session.assign(name, epoch)
                 session.send(apb.ControllerMessage(assign=self._assignment(p, epoch)))
                 return
         want = wanted_command(p)

@@ -108,7 +108,7 @@ class ReportApplier:
                 session.forget(name, epoch)
             return
         if report.phase in ACTIVE:
-            session.assigned[name] = epoch
+            session.assign(name, epoch)
         try:
             await self.actions.apply_at(name, node, epoch, event_of(node, report),
                                         from_cache=True)

@@ -99,7 +99,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.lease_ttl = lease_ttl
         self.advertise = advertise
         self.reports = ReportApplier(store, actions)
-        self.inventory = InventoryChecker(store, actions)
+        self.inventory = InventoryChecker(store, actions, sessions)
         self._granted: dict[str, Grant] = {}
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
         self._revoking: set[asyncio.Task[None]] = set()
@@ -152,7 +152,9 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         logs.bind_context(node=hello.node, request_id=hello.session_id)
         session.last_seen = asyncio.get_running_loop().time()
         adopted, grant.adopted = grant.adopted, []
-        session.assigned.update((r.name, r.epoch) for r in adopted if r.phase in ACTIVE)
+        for r in adopted:
+            if r.phase in ACTIVE:
+                session.assign(r.name, r.epoch)
         self.sessions.attach(session)
         log.info("session opened for node %s", hello.node)
         tasks = [asyncio.create_task(self._read(session, request_iterator, adopted)),
@@ -167,6 +169,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             for task in tasks:
                 task.cancel()
             self.sessions.detach(session)
+            self.inventory.session_ended(session)
             if (g := self._granted.get(hello.node)) is not None and \
                     g.session_id == session.session_id:
                 del self._granted[hello.node]

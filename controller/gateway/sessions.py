@@ -52,8 +52,11 @@ class NodeSession:
     lease_id: int
     outgoing: asyncio.Queue[apb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
     # partition -> the epoch the agent was told to run (an assignment sent, or a copy it
-    # reported): a copy whose binding no longer matches is told to FORGET that epoch
+    # reported): a copy whose binding no longer matches is told to FORGET that epoch.
+    # Changed through assign()/forget() only, which keep the registry's index current.
     assigned: dict[str, int] = field(default_factory=dict)
+    # the registry's partition -> nodes index (set when attached)
+    index: dict[str, set[str]] | None = None
     # (partition, epoch) -> the last lifecycle command sent (STOP, PAUSE, RESUME, SAVE) and
     # its stop grace (a shorter grace for a stop under way is sent again: Turn Off)
     commands: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
@@ -80,12 +83,18 @@ class NodeSession:
         if not self.closed:
             self.outgoing.put_nowait(msg)
 
+    def assign(self, name: str, epoch: int) -> None:
+        """Record that the agent was told to run (or runs) `name` at `epoch`."""
+        self.assigned[name] = epoch
+        if self.index is not None:
+            self.index.setdefault(name, set()).add(self.node)
+
     def forget(self, name: str, epoch: int, purge: bool = False) -> None:
         """Tell the agent to stop and drop its copy of `name` at `epoch`."""
         self.send(apb.ControllerMessage(command=apb.PartitionCommand(
             name=name, epoch=epoch, kind=apb.PartitionCommand.KIND_FORGET, purge=purge)))
         if self.assigned.get(name) == epoch:
-            del self.assigned[name]
+            del self.assigned[name]   # (the index entry goes when next looked up)
         self.commands = {k: v for k, v in self.commands.items() if k[0] != name}
 
     def close(self) -> None:
@@ -171,10 +180,13 @@ class NodeSession:
 
 
 class SessionRegistry:
-    """The sessions this replica holds, by node name."""
+    """The sessions this replica holds, by node name, and which of them were told about
+    each partition (so that a change to one partition looks at the sessions concerned, not
+    at every session: thousands of nodes)."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, NodeSession] = {}
+        self._told: dict[str, set[str]] = {}   # partition -> nodes whose session assigned it
         self.changed = asyncio.Event()
         self.on_attach: list[Callable[[NodeSession], None]] = []
 
@@ -187,6 +199,9 @@ class SessionRegistry:
         if old is not None and old is not session:
             old.close()
         self._sessions[session.node] = session
+        session.index = self._told
+        for name in session.assigned:
+            self._told.setdefault(name, set()).add(session.node)
         self.changed.set()
         for callback in self.on_attach:
             callback(session)
@@ -196,6 +211,22 @@ class SessionRegistry:
             del self._sessions[session.node]
         session.close()
         self.changed.set()
+
+    def told(self, name: str) -> list[NodeSession]:
+        """The open sessions whose agent was told to run `name` (at some epoch)."""
+        nodes = self._told.get(name)
+        if not nodes:
+            return []
+        out = []
+        for node in list(nodes):
+            s = self._sessions.get(node)
+            if s is not None and not s.closed and name in s.assigned:
+                out.append(s)
+            else:   # forgotten, or that session ended: the entry is stale
+                nodes.discard(node)
+        if not nodes:
+            del self._told[name]
+        return out
 
     def nodes(self) -> list[str]:
         return [n for n, s in self._sessions.items() if not s.closed]
@@ -207,3 +238,4 @@ class SessionRegistry:
         for s in list(self._sessions.values()):
             s.close()
         self._sessions.clear()
+        self._told.clear()

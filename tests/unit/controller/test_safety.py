@@ -124,6 +124,30 @@ def test_a_partition_missing_from_the_inventory_is_no_longer_running(api: Api) -
         agent.close()
 
 
+def test_an_unchanged_inventory_is_checked_again_when_its_partitions_change(
+        api: Api) -> None:
+    """Scale: heartbeats whose inventory was found in order are not checked again while
+    nothing about the node changes; a change to a partition it runs still gets its FORGET
+    at the next heartbeat."""
+    agent = FakeAgent(api, "calm-node", vcpus=2, memory=1 << 30)
+    try:
+        p = running(api, agent, "calm")
+        checker = api.replica.gateway.inventory
+        before = checker.skipped
+        wait_for(lambda: checker.skipped >= before + 3, what="heartbeats not checked again")
+        # Deleted behind the agent's back (the FORGET that followed is dropped, as if lost):
+        # the inventory stays the same, and the next heartbeat is checked all the same.
+        api.stub.DeletePartition(cpb.DeletePartitionRequest(name="calm", force=True))
+        wait_for(lambda: [c for c in agent.commands("calm") if c.kind == K.KIND_FORGET],
+                 what="FORGET")
+        agent.received.clear()
+        wait_for(lambda: [c for c in agent.commands("calm")
+                          if c.kind == K.KIND_FORGET and c.epoch == p.status.epoch],
+                 what="FORGET again from the unchanged inventory")
+    finally:
+        agent.close()
+
+
 def test_ha_partition_moved_once_still_fails_over(api: Api) -> None:
     """Defect 5: `move --to` and `start --node` left a permanent pin; an HA partition moved
     to a node that is later lost never failed over."""

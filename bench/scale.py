@@ -1,0 +1,341 @@
+"""The control plane at scale: thousands of agents, many partitions, a mass reconnect.
+
+    python bench/scale.py [--agents 5000] [--partitions 1000000] [--minutes 10]
+                          [--lease-ttl 3] [--json FILE]
+
+Everything runs on this machine as real processes over real sockets: one etcd, two
+controller replicas (plaintext), and one process of simulated agents (bench/sim_agents.py:
+the real agent's session code, no guests). In order:
+
+1. **Agents held.** The agents register with replica A (the first address they have) and
+   heartbeat at the rate the lease TTL sets; the bench waits until ListNodes shows them all
+   Ready, then holds for --minutes, polling ListNodes. `false_not_ready` counts nodes seen
+   NotReady during the hold plus simulated nodes whose contact deadline passed (where a real
+   agent would have fenced); ack latency is measured by the agents (send to ack).
+   Controller A's CPU (cores used over the hold) and RSS are read from /proc.
+2. **Partitions.** --partitions are created (desired Running, 1 vCPU, 16Mi) through the API
+   with 256 calls in flight; `committed_per_s` is partitions over the time from the first
+   create until the agents run them all (placed, bound, assigned and reported Running).
+3. **`viridian ls` first page**: a real CLI process, time until its first screen (40 lines).
+4. **Mass reconnect.** Replica A is killed (SIGKILL, by its pid); `reconnect_s` is the time
+   until every agent has an acknowledged session on replica B and ListNodes on B shows them
+   all Ready; assignments sent after the kill (a partition restarted) are counted.
+5. etcd's database size (its metrics) and controller B's RSS.
+
+It prints a table and, with --json, writes agents_held, false_not_ready, ack_p99_ms,
+reconnect_s, partitions, committed_per_s, controller_rss_mib, etcd_db_mib and
+ls_first_page_s (with more detail beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
+
+import grpc  # noqa: E402
+from viridian.v1 import controller_pb2 as cpb  # noqa: E402
+from viridian.v1 import controller_pb2_grpc as cgrpc  # noqa: E402
+from viridian.v1 import types_pb2 as pb  # noqa: E402
+
+from controller.etcd_server import EtcdProcess, free_port  # noqa: E402
+
+MIB = 1 << 20
+ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}", "PYTHONUNBUFFERED": "1"}
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Replica:
+    def __init__(self, work: Path, etcd: str, ttl: int, name: str) -> None:
+        self.api = f"127.0.0.1:{free_port()}"
+        self.agents = f"127.0.0.1:{free_port()}"
+        self.log = work / f"{name}.log"
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "controller", "--listen", self.api,
+                 "--agent-listen", self.agents, "--etcd", etcd, "--insecure",
+                 "--lease-ttl", str(ttl), "--data-dir", str(work / name),
+                 "--log-level", "warning"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV,
+                start_new_session=True)
+        self.channel = grpc.insecure_channel(self.api, options=[
+            ("grpc.max_receive_message_length", 64 * MIB)])
+        self.stub = cgrpc.ControllerStub(self.channel)
+
+    def wait_serving(self, timeout: float = 60) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.stub.ListNodes(cpb.ListNodesRequest(page_size=1), timeout=5)
+                return
+            except grpc.RpcError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"replica did not serve; see {self.log}") from None
+                time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)   # its own session: only its processes
+            self.proc.wait()
+
+    def nodes(self) -> tuple[int, set[str]]:
+        """(nodes Ready, names not Ready), read page by page."""
+        ready, not_ready, token = 0, set(), ""
+        while True:
+            page = self.stub.ListNodes(cpb.ListNodesRequest(page_size=1000, page_token=token),
+                                       timeout=60)
+            for n in page.nodes:
+                if n.status.state == pb.NODE_STATE_READY:
+                    ready += 1
+                else:
+                    not_ready.add(n.name)
+            token = page.next_page_token
+            if not token:
+                return ready, not_ready
+
+
+class SimAgents:
+    """The simulated agents' process and the stats lines it prints."""
+
+    def __init__(self, work: Path, controllers: list[str], count: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "sim_agents.py"), "--controllers",
+             ",".join(controllers), "--agents", str(count), "--stats-every", "1"],
+            stdout=subprocess.PIPE, stderr=open(work / "sim.log", "ab"), text=True, env=ENV,
+            start_new_session=True)
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.last: dict[str, Any] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def next(self, timeout: float = 30) -> dict[str, Any]:
+        self.last = self.lines.get(timeout=timeout)
+        return self.last
+
+    def until(self, check: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.next()
+            if check(line):
+                return line
+        raise RuntimeError(f"{what}: not true within {timeout:.0f}s; last {self.last}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def push_guest(stub: cgrpc.ControllerStub, work: Path) -> None:
+    src, out = work / "true.c", work / "true"
+    src.write_text("int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-O2", "-static", "-o", str(out), str(src)], check=True)
+    data = out.read_bytes()
+
+    def reqs() -> Any:
+        yield cpb.PushImageRequest(header=cpb.ImageHeader(name="bench-true", format="elf",
+                                                          size_bytes=len(data)))
+        for i in range(0, len(data), MIB):
+            yield cpb.PushImageRequest(chunk=data[i:i + MIB])
+
+    stub.PushImage(reqs(), timeout=60)
+
+
+async def create_partitions(address: str, count: int, in_flight: int = 256) -> float:
+    """Create `count` partitions; the seconds it took."""
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub: Any = cgrpc.ControllerStub(channel)
+        next_index = iter(range(count))
+
+        async def worker() -> None:
+            for i in next_index:
+                await stub.CreatePartition(cpb.CreatePartitionRequest(
+                    name=f"p-{i:07d}", spec=pb.PartitionSpec(
+                        image="bench-true", vcpus=1, memory_bytes=16 * MIB)), timeout=120)
+
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return time.monotonic() - started
+
+
+def ls_first_page(api: str, lines: int = 40) -> float:
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "--insecure",
+                             "--controller", api, "ls"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=ENV)
+    assert proc.stdout is not None
+    got = 0
+    for _ in proc.stdout:
+        got += 1
+        if got >= lines:
+            break
+    took = time.monotonic() - started
+    proc.kill()
+    proc.wait()
+    return took
+
+
+def etcd_db_bytes(etcd: EtcdProcess) -> int:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{etcd.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith("etcd_mvcc_db_total_size_in_bytes "):
+                return int(float(line.split()[1]))
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="vscale-", dir="/tmp"))
+    etcd = EtcdProcess(work / "etcd", quota_bytes=8 << 30)
+    etcd.start()
+    result: dict[str, Any] = {"agents": args.agents, "lease_ttl_s": args.lease_ttl}
+    a = b = sim = None
+    try:
+        a = Replica(work, etcd.endpoint, args.lease_ttl, "replica-a")
+        a.wait_serving()
+        b = Replica(work, etcd.endpoint, args.lease_ttl, "replica-b")
+        b.wait_serving()
+        push_guest(a.stub, work)
+
+        # 1. agents held
+        t0 = time.monotonic()
+        sim = SimAgents(work, [a.agents, b.agents], args.agents)
+        sim.until(lambda s: s["ever_acked"] >= args.agents, 60 + args.agents / 20,
+                  "every agent acked")
+        while a.nodes()[0] < args.agents:
+            time.sleep(0.5)
+        result["agents_ready_s"] = round(time.monotonic() - t0, 2)
+        print(f"{args.agents} agents Ready in {result['agents_ready_s']} s", flush=True)
+        cpu0, hold0 = cpu_seconds(a.proc.pid), time.monotonic()
+        not_ready: set[str] = set()
+        p99s: list[float] = []
+        p50s: list[float] = []
+        next_poll = 0.0
+        while time.monotonic() - hold0 < args.minutes * 60:
+            line = sim.next()
+            p99s.append(line["ack_p99_ms"])
+            p50s.append(line["ack_p50_ms"])
+            if time.monotonic() >= next_poll:
+                not_ready |= a.nodes()[1]
+                next_poll = time.monotonic() + 10
+        held = time.monotonic() - hold0
+        line = sim.last
+        result.update({
+            "agents_held": line["recent_ack_nodes"],
+            "false_not_ready": len(not_ready) + line["past_deadline"],
+            "nodes_seen_not_ready": len(not_ready),
+            "sim_past_deadline": line["past_deadline"],
+            "sessions_ended_during_hold": line["sessions_ended"],
+            "ended_why": line["ended_why"],
+            "ack_p50_ms": sorted(p50s)[len(p50s) // 2] if p50s else 0.0,
+            "ack_p99_ms": max(p99s, default=0.0),
+            "hold_s": round(held, 1),
+            "controller_cpu_cores": round((cpu_seconds(a.proc.pid) - cpu0) / held, 2),
+            "controller_rss_mib_agents": round(rss_mib(a.proc.pid), 1),
+        })
+        print(json.dumps(result), flush=True)
+
+        # 2. partitions
+        result["partitions"] = args.partitions
+        if args.partitions:
+            t1 = time.monotonic()
+            result["create_s"] = round(asyncio.run(create_partitions(a.api, args.partitions)), 2)
+            sim.until(lambda s: s["running"] >= args.partitions, 600 + args.partitions / 100,
+                      "every partition running")
+            total = time.monotonic() - t1
+            result["partitions_total_s"] = round(total, 2)
+            result["committed_per_s"] = round(args.partitions / total, 1)
+            result["controller_rss_mib"] = round(rss_mib(a.proc.pid), 1)
+            print(json.dumps(result), flush=True)
+            # 3. ls
+            result["ls_first_page_s"] = round(ls_first_page(a.api), 3)
+
+        # 4. mass reconnect
+        if not args.skip_reconnect:
+            assigns_before = sim.last["assigns"]
+            running_before = sim.last["running"]
+            t2 = time.monotonic()
+            a.kill()
+            time.sleep(args.lease_ttl / 2)
+            sim.until(lambda s: s["recent_ack_nodes"] >= args.agents and
+                      s["sessions_up"] >= args.agents, 300, "every agent back")
+            while b.nodes()[0] < args.agents:
+                time.sleep(0.2)
+            result["reconnect_s"] = round(time.monotonic() - t2, 2)
+            line = sim.next()
+            result["restarted_after_reconnect"] = line["assigns"] - assigns_before
+            result["running_after_reconnect"] = line["running"]
+            result["running_before_reconnect"] = running_before
+            result["controller_b_rss_mib"] = round(rss_mib(b.proc.pid), 1)
+        result["etcd_db_mib"] = round(etcd_db_bytes(etcd) / MIB, 1)
+    finally:
+        if sim is not None:
+            sim.stop()
+        for r in (a, b):
+            if r is not None:
+                r.kill()
+        etcd.stop()
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
+    return result
+
+
+def print_table(result: dict[str, Any]) -> None:
+    width = max(len(k) for k in result)
+    for key, value in result.items():
+        print(f"{key.ljust(width)}  {value}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=5000)
+    parser.add_argument("--partitions", type=int, default=1_000_000)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--lease-ttl", type=int, default=3)
+    parser.add_argument("--skip-reconnect", action="store_true")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    result = run(args)
+    print_table(result)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,211 @@
+"""Simulated node agents: many real gRPC sessions from one process, without guests.
+
+    python bench/sim_agents.py --controllers A[,B] --agents N [--prefix sim-] [--stats-every 5]
+
+Each simulated node runs the real agent's session code (node_agent.session:
+ControllerSession: Register, the session stream, numbered heartbeats, acks matched to them,
+moving on to the next controller when one is not acked in time) with a SessionHost that
+keeps its partitions in a dict: an assignment is reported Running at once, a STOP reported
+Off, a FORGET dropped. Contact is recorded instead of fencing: the ack latency of every
+heartbeat is kept, and a node whose contact deadline passed (where a real agent would have
+fenced) is counted.
+
+Every --stats-every seconds it prints one JSON line on stdout (bench/scale.py reads them):
+sessions up, nodes ever acked, ack latency p50/p99 (ms) since the last line, heartbeats
+acked, sessions ended, nodes past their fence deadline, partitions running, reports sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]),
+                str(Path(__file__).resolve().parents[1] / "proto")]
+
+from viridian.v1 import agent_pb2 as apb  # noqa: E402
+from viridian.v1 import agent_pb2_grpc  # noqa: E402
+from viridian.v1 import types_pb2 as pb  # noqa: E402
+
+from controller.security.tls import Dialer  # noqa: E402
+from node_agent.clock import BootClock  # noqa: E402
+from node_agent.session import ControllerSession, Outbox, RegisterRefused  # noqa: E402
+from node_agent.timing import Timing  # noqa: E402
+
+KIND = apb.PartitionCommand
+
+
+class Stats:
+    """What every simulated node adds to; read and reset by the printer."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.acked = 0
+        self.sessions_up = 0
+        self.ever_acked: set[str] = set()
+        self.sessions_ended = 0
+        self.ended_why: dict[str, int] = {}
+        self.past_deadline: set[str] = set()
+        self.reports = 0
+        self.assigns = 0
+
+
+class SimNode:
+    """One node: a SessionHost for ControllerSession and a contact sink for its acks."""
+
+    def __init__(self, name: str, stats: Stats, clock: BootClock, vcpus: int,
+                 memory: int) -> None:
+        self.name = name
+        self.stats = stats
+        self.clock = clock
+        self.spec = pb.NodeSpec(vcpus=vcpus, memory_bytes=memory, arches=[pb.ARCH_X86_64])
+        self.running: dict[str, int] = {}
+        self.outbox: Outbox | None = None
+        self.deadline = 0.0
+
+    # -- SessionHost -----------------------------------------------------------------
+    def register_request(self) -> apb.RegisterRequest:
+        return apb.RegisterRequest(node=self.name, spec=self.spec, running=[
+            apb.PartitionReport(name=n, epoch=e, phase=pb.PARTITION_PHASE_RUNNING)
+            for n, e in sorted(self.running.items())])
+
+    def heartbeat(self) -> apb.Heartbeat:
+        return apb.Heartbeat(running=len(self.running), inventory=[
+            apb.InventoryEntry(name=n, epoch=e) for n, e in sorted(self.running.items())])
+
+    def registered(self, reply: apb.RegisterResponse) -> None:
+        pass
+
+    def attach(self, gateway: agent_pb2_grpc.AgentGatewayStub | None,
+               outbox: Outbox | None) -> None:
+        self.outbox = outbox
+
+    def handle(self, msg: apb.ControllerMessage) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "assign":
+            a = msg.assign
+            self.stats.assigns += 1
+            self.running[a.name] = a.epoch
+            self._report(a.name, a.epoch, pb.PARTITION_PHASE_RUNNING)
+        elif kind == "command":
+            c = msg.command
+            if c.kind == KIND.KIND_STOP and self.running.get(c.name) == c.epoch:
+                del self.running[c.name]
+                self._report(c.name, c.epoch, pb.PARTITION_PHASE_OFF, "stopped by request")
+            elif c.kind == KIND.KIND_FORGET and (c.epoch == 0 or
+                                                  self.running.get(c.name) == c.epoch):
+                self.running.pop(c.name, None)
+
+    def _report(self, name: str, epoch: int, phase: int, reason: str = "") -> None:
+        if self.outbox is not None:
+            report = apb.PartitionReport(name=name, epoch=epoch, phase=phase,  # type: ignore[arg-type]
+                                         reason=reason)
+            report.time.GetCurrentTime()
+            self.outbox.put(apb.AgentMessage(report=report), urgent=True)
+            self.stats.reports += 1
+
+    # -- ContactSink -----------------------------------------------------------------
+    def contact(self, sent_at: float, timing: Timing) -> bool:
+        now = self.clock.now()
+        if self.deadline and now > self.deadline:
+            self.stats.past_deadline.add(self.name)   # a real agent would have fenced
+        self.deadline = max(self.deadline, sent_at + timing.ttl - timing.margin)
+        self.stats.latencies.append(now - sent_at)
+        self.stats.acked += 1
+        self.stats.ever_acked.add(self.name)
+        return True
+
+    async def run(self, controllers: list[str], stop: asyncio.Event, dialer: Dialer) -> None:
+        index = 0   # every node starts on the first controller (the mass-reconnect case)
+        while not stop.is_set():
+            address = controllers[index % len(controllers)]
+            index += 1
+            session = ControllerSession(self.name, address, self, self, self.clock,
+                                        Timing.for_ttl().register_timeout(0) * 4, stop, dialer)
+            self.stats.sessions_up += 1
+            try:
+                outcome = await session.run()
+            except RegisterRefused as err:
+                print(f"{self.name}: refused: {err}", file=sys.stderr)
+                return
+            finally:
+                self.stats.sessions_up -= 1
+            if stop.is_set():
+                return
+            self.stats.sessions_ended += 1
+            why = outcome.why.split(":")[0][:60]
+            self.stats.ended_why[why] = self.stats.ended_why.get(why, 0) + 1
+            if not outcome.acked:
+                await asyncio.sleep(random.uniform(0.2, 1.0))
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    stats = Stats()
+    clock = BootClock()
+    stop = asyncio.Event()
+    dialer = Dialer(None)
+    controllers = args.controllers.split(",")
+    nodes = [SimNode(f"{args.prefix}{i:05d}", stats, clock, args.vcpus, args.memory)
+             for i in range(args.agents)]
+    tasks = []
+    for i, node in enumerate(nodes):   # ramp up: a burst of registrations is its own test
+        tasks.append(asyncio.create_task(node.run(controllers, stop, dialer)))
+        if i % args.ramp_batch == args.ramp_batch - 1:
+            await asyncio.sleep(args.ramp_pause)
+    started = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(args.stats_every)
+            lat, stats.latencies = stats.latencies, []
+            line: dict[str, Any] = {
+                "t": round(time.monotonic() - started, 2),
+                "sessions_up": stats.sessions_up, "ever_acked": len(stats.ever_acked),
+                "acked": stats.acked, "ack_p50_ms": round(percentile(lat, 0.5) * 1000, 1),
+                "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
+                "ack_max_ms": round(max(lat, default=0.0) * 1000, 1),
+                "sessions_ended": stats.sessions_ended, "ended_why": stats.ended_why,
+                "past_deadline": len(stats.past_deadline),
+                "running": sum(len(n.running) for n in nodes), "reports": stats.reports,
+                "assigns": stats.assigns,
+                "recent_ack_nodes": len({n.name for n in nodes
+                                         if n.deadline > clock.now()}),
+            }
+            print(json.dumps(line), flush=True)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--controllers", required=True, help="agent addresses, comma-separated")
+    parser.add_argument("--agents", type=int, default=100)
+    parser.add_argument("--prefix", default="sim-")
+    parser.add_argument("--vcpus", type=int, default=256)
+    parser.add_argument("--memory", type=int, default=256 << 30)
+    parser.add_argument("--stats-every", type=float, default=5.0)
+    parser.add_argument("--ramp-batch", type=int, default=100)
+    parser.add_argument("--ramp-pause", type=float, default=0.2)
+    args = parser.parse_args()
+    try:
+        asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
