@@ -249,6 +249,7 @@ class ControllerReplica:
         self.presence.start()
         self.image_gc.start()
         self.dispatch.start()
+        self.gateway.liveness.start()
         self.elector.start()
         await self.server.start()
         await self.agent_server.start()
@@ -275,6 +276,7 @@ class ControllerReplica:
         if self.web is not None:
             await self.web.stop()
         self.sessions.close_all()
+        await self.gateway.liveness.stop()
         await asyncio.gather(self.server.stop(GRACE_S), self.agent_server.stop(GRACE_S))
         await self.elector.stop()
         await self.dispatch.stop()

@@ -2,9 +2,12 @@
 
 A node's record holds the time of its registration only. For a node whose session this
 replica holds, the time comes from the session (when its last heartbeat arrived). For one
-whose session another replica holds, it comes from the node's lease: etcd reports the
-lease's remaining and granted TTL, and the lease was last renewed (for a heartbeat) about
-`granted - remaining` seconds ago (to etcd's one-second resolution)."""
+whose session another replica holds, it comes from that replica's node lease, which its
+lease key is attached to: etcd reports the lease's remaining and granted TTL, and the lease
+was last renewed (for the heartbeats that had arrived) about `granted - remaining` seconds
+ago, to etcd's one-second resolution. That replica renews it while any of its nodes beat,
+and ends a node silent for the TTL, so the time is right to within the TTL. One lookup per
+replica lease, not per node."""
 
 from __future__ import annotations
 
@@ -40,13 +43,10 @@ def local_heartbeat(sessions: SessionRegistry, name: str) -> float | None:
     return time.time() - max(asyncio.get_running_loop().time() - seen, 0.0)
 
 
-async def lease_heartbeat(store: Store, name: str) -> float | None:
-    """Wall-clock time of the node lease's last renewal, from its remaining TTL."""
-    kv = store.cache.node_leases.get(name)
-    if kv is None or not kv.lease:
-        return None
+async def lease_renewed(store: Store, lease: int) -> float | None:
+    """Wall-clock time of a lease's last renewal, from its remaining TTL."""
     try:
-        remaining, granted = await store.etcd.lease_times(kv.lease)
+        remaining, granted = await store.etcd.lease_times(lease)
     except StoreError:
         return None
     if remaining <= 0 or granted <= 0:
@@ -57,12 +57,20 @@ async def lease_heartbeat(store: Store, name: str) -> float | None:
 async def refresh(store: Store, sessions: SessionRegistry, nodes: list[pb.Node]) -> None:
     """Move each node's last_heartbeat to the newest time known (never backwards)."""
     limit = asyncio.Semaphore(LOOKUPS_IN_FLIGHT)
+    renewed: dict[int, asyncio.Task[float | None]] = {}   # lease -> its lookup
+
+    async def lookup(lease: int) -> float | None:
+        async with limit:
+            return await lease_renewed(store, lease)
 
     async def one(node: pb.Node) -> None:
         at = local_heartbeat(sessions, node.name)
-        if at is None and node.status.state == pb.NODE_STATE_READY:
-            async with limit:
-                at = await lease_heartbeat(store, node.name)
+        kv = store.cache.node_leases.get(node.name)
+        if at is None and node.status.state == pb.NODE_STATE_READY and kv is not None \
+                and kv.lease:
+            if kv.lease not in renewed:
+                renewed[kv.lease] = asyncio.ensure_future(lookup(kv.lease))
+            at = await renewed[kv.lease]
         if at is not None:
             _set_if_newer(node, at)
 

@@ -1,13 +1,10 @@
 """The AgentGateway service: registration, the per-agent session stream, image and state
 pulls.
 
-A node's liveness is an etcd lease that the replica holding the agent's session renews: once
-for every heartbeat, renewal begun after the heartbeat arrived, and only then is the
-heartbeat acknowledged (echoing its seq). So an ack proves the lease outlives the
-heartbeat's send time by a TTL, and an agent that fences itself at that send time + TTL -
-margin has stopped its partitions before the lease can expire. A replica that cannot renew
-(cut off from etcd, its pool saturated) sends no acks: its agents move to another replica.
-Agents never see etcd.
+A node's liveness is its lease key in etcd, attached to the node lease of the replica that
+holds the agent's session; heartbeats are acknowledged only after a renewal of that lease
+begun after they arrived (liveness.py). A replica that cannot renew (cut off from etcd)
+sends no acks: its agents move to another replica. Agents never see etcd.
 """
 
 from __future__ import annotations
@@ -28,6 +25,7 @@ from controller import logs
 from controller.errors import NotFound, PermissionDenied, StoreError, ViridianError
 from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
+from controller.gateway.liveness import NodeLiveness
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
 from controller.gateway.state_transfer import StateTransfers
@@ -76,6 +74,7 @@ class Timings:
 class Grant:
     session_id: str
     lease: int
+    claim: int
     adopted: list[apb.PartitionReport] = field(default_factory=list)
 
 
@@ -102,7 +101,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.inventory = InventoryChecker(store, actions, sessions)
         self._granted: dict[str, Grant] = {}
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
-        self._revoking: set[asyncio.Task[None]] = set()
+        self.liveness = NodeLiveness(store, sessions, lease_ttl,
+                                     max(self.timings.heartbeat_s, 0.05), self.metrics)
 
     @map_errors
     async def Register(
@@ -113,15 +113,16 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         if not _caller_may_act_for(name):
             raise PermissionDenied(f"{callers.current()} may not register as node {name!r}")
         check_node_registration(name, request.spec)
-        lease, _ = await self.store.nodes.register(name, request.spec, self.advertise,
-                                                   self.lease_ttl, len(request.running))
+        lease = await self.liveness.lease()
+        claim, _ = await self.store.nodes.register(name, request.spec, self.advertise,
+                                                   lease, len(request.running))
         session_id = uuid.uuid4().hex
         old = self._granted.pop(name, None)
         if old is not None:
             current = self.sessions.get(name)
             if current is not None and current.session_id == old.session_id:
-                current.close()  # superseded: its lease is revoked
-        self._granted[name] = Grant(session_id, lease, list(request.running))
+                current.close()  # superseded: the new registration replaced its claim
+        self._granted[name] = Grant(session_id, lease, claim, list(request.running))
         reply = self.timings.response(session_id)
         reply.state_ticket_key = await self.transfers.node_key(name)
         return reply
@@ -148,7 +149,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 f"no registration for node {hello.node!r} with this session id: register first",
             )
             return
-        session = NodeSession(hello.node, hello.session_id, grant.lease)
+        session = NodeSession(hello.node, hello.session_id, grant.lease, grant.claim)
         logs.bind_context(node=hello.node, request_id=hello.session_id)
         session.last_seen = asyncio.get_running_loop().time()
         adopted, grant.adopted = grant.adopted, []
@@ -157,8 +158,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 session.assign(r.name, r.epoch)
         self.sessions.attach(session)
         log.info("session opened for node %s", hello.node)
-        tasks = [asyncio.create_task(self._read(session, request_iterator, adopted)),
-                 asyncio.create_task(self._renew(session))]
+        tasks = [asyncio.create_task(self._read(session, request_iterator, adopted))]
         try:
             while True:
                 msg = await session.outgoing.get()
@@ -170,6 +170,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 task.cancel()
             self.sessions.detach(session)
             self.inventory.session_ended(session)
+            self.liveness.ended(session)
             if (g := self._granted.get(hello.node)) is not None and \
                     g.session_id == session.session_id:
                 del self._granted[hello.node]
@@ -189,7 +190,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                 if kind == "heartbeat":
                     session.beat_seq = max(session.beat_seq, msg.heartbeat.seq)
                     session.beat_at = loop.time()
-                    session.beat.set()
+                    self.liveness.beat(session)
                     await self.inventory.check(session, msg.heartbeat.inventory)
                 elif kind == "report":
                     await self.reports.apply(session.node, msg.report, session)
@@ -209,63 +210,6 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             log.warning("session of %s: store error %s; ending it", session.node, err)
         finally:
             session.close()
-
-    async def _renew(self, session: NodeSession) -> None:
-        """Renew the node's lease for each heartbeat, then acknowledge it.
-
-        A session whose agent went silent for the TTL (frozen, cut off) is ended and its
-        lease revoked at once, so the node turns NotReady no later than the agent fences
-        itself; a TCP connection that merely stays open keeps nothing alive.
-        """
-        loop = asyncio.get_running_loop()
-        check = max(self.timings.heartbeat_s, 0.05)
-        while not session.closed:
-            try:
-                async with asyncio.timeout(check):
-                    await session.beat.wait()
-            except TimeoutError:
-                pass
-            if session.closed:
-                return
-            silent = loop.time() - session.last_seen
-            if silent > self.lease_ttl:
-                log.warning("agent of %s silent for %.1fs; ending its session", session.node,
-                            silent)
-                session.close()
-                self._revoke_soon(session)
-                return
-            if not session.beat.is_set():
-                continue
-            session.beat.clear()
-            seq = session.beat_seq  # read before the renewal begins
-            try:
-                ttl = await self.store.nodes.renew(session.lease_id)
-            except StoreError as err:
-                log.warning("renewing the lease of %s failed: %s; heartbeat %d not acked",
-                            session.node, err, seq)
-                self.metrics.lease_renewals.labels("failed").inc()
-                continue
-            self.metrics.lease_renewals.labels("ok" if ttl > 0 else "expired").inc()
-            if ttl <= 0:
-                log.warning("lease of node %s expired; ending its session", session.node)
-                session.close()
-                return
-            session.send(apb.ControllerMessage(
-                ack=apb.HeartbeatAck(lease_ttl_seconds=self.lease_ttl, seq=seq)))
-
-    def _revoke_soon(self, session: NodeSession) -> None:
-        # Not awaited by the caller: closing the session ends Session(), whose finally
-        # cancels the renewer, and a revoke cancelled before its thread picked it up left the
-        # lease to expire on its own up to a TTL later (NotReady ~2 s late).
-        async def revoke() -> None:
-            try:
-                await self.store.nodes.revoke(session.lease_id)
-            except StoreError as err:
-                log.warning("revoking the lease of %s failed: %s", session.node, err)
-
-        task = asyncio.create_task(revoke(), name=f"revoke-{session.node}")
-        self._revoking.add(task)
-        task.add_done_callback(self._revoking.discard)
 
     async def PullImage(
         self, request: apb.PullImageRequest, context: Context

@@ -49,7 +49,9 @@ class NodeSession:
 
     node: str
     session_id: str
-    lease_id: int
+    lease: int   # the replica's node lease the node's lease key is attached to
+    claim: int   # the revision the registration wrote that key at (liveness.py)
+    released: bool = False   # its key was (or is being) deleted
     outgoing: asyncio.Queue[apb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
     # partition -> the epoch the agent was told to run (an assignment sent, or a copy it
     # reported): a copy whose binding no longer matches is told to FORGET that epoch.
@@ -66,10 +68,9 @@ class NodeSession:
     closed: bool = False
     last_seen: float = 0.0  # loop time of the agent's last message
     # heartbeats: the newest seq received and when; acks go out after a lease renewal
-    # begun after that
+    # begun after that (liveness.py)
     beat_seq: int = 0
     beat_at: float = 0.0
-    beat: asyncio.Event = field(default_factory=asyncio.Event)
     forgotten: dict[tuple[str, int], float] = field(default_factory=dict)  # FORGETs sent
     # the newest resource use the agent reported, per partition (memory only, never etcd)
     usage: dict[str, apb.PartitionUsage] = field(default_factory=dict)
@@ -105,7 +106,6 @@ class NodeSession:
                 q.put_nowait(apb.ConsoleData(eof=True, error="the node's session ended"))
             for feed in self.states.values():
                 feed.queue.put_nowait(apb.StateData(eof=True, error="the node's session ended"))
-            self.beat.set()
 
     def deliver_console(self, data: apb.ConsoleData) -> None:
         q = self.consoles.get(data.request_id)

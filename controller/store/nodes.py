@@ -87,11 +87,14 @@ class NodeStore:
 
     # -- registration and liveness -----------------------------------------------------
 
-    async def register(self, name: str, spec: pb.NodeSpec, holder: str, ttl: int,
+    async def register(self, name: str, spec: pb.NodeSpec, holder: str, lease: int,
                        adopted: int) -> tuple[int, bool]:
-        """Put the node (Ready) and its lease key (naming the replica `holder` that keeps
-        the lease alive) in one transaction: never Ready without a lease. Returns (lease
-        id, first registration). The previous lease, if any, is revoked."""
+        """Put the node (Ready) and its lease key (naming the replica `holder`, attached to
+        that replica's node lease `lease`) in one transaction: never Ready without a lease
+        key. Returns (claim, first registration): the claim is the revision of this lease
+        key, which only the session it belongs to may delete (``release``). A lease key of
+        another replica's (the node moved) is simply replaced: that replica sees its claim
+        superseded and ends its stale session."""
         k = self._keys
         kv = await self._etcd.get(k.node(name))
         fresh = kv is None
@@ -105,8 +108,6 @@ class NodeStore:
         node.status.last_heartbeat.CopyFrom(now)
         if fresh:
             node.status.registered_at.CopyFrom(now)
-        lease = await self._etcd.grant_lease(ttl)
-        old = await self._etcd.get(k.node_lease(name))
         events = await self._events.ops("Node", name, [(
             "Registered" if fresh else "NodeReady",
             f"{spec.vcpus} vCPUs, {spec.memory_bytes >> 20}Mi, {adopted} partitions "
@@ -116,19 +117,15 @@ class NodeStore:
             [Op.put(k.node(name), encode(node)), Op.put(k.node_lease(name), holder.encode(),
                                                         lease), *events])
         if not res.succeeded:
-            await self._etcd.revoke_lease(lease)
             raise Conflict(f"node {name!r} changed during registration; retry")
-        if old is not None and old.lease and old.lease != lease:
-            await self._etcd.revoke_lease(old.lease)
-        return lease, fresh
+        return res.revision, fresh
 
-    async def renew(self, lease: int) -> int:
-        """Renew a node's lease once; its remaining TTL, 0 when it has expired."""
-        return await self._etcd.keepalive(lease)
-
-    async def revoke(self, lease: int) -> None:
-        """End a node's lease now: its lease key goes, the node is lost."""
-        await self._etcd.revoke_lease(lease)
+    async def release(self, name: str, claim: int) -> bool:
+        """Delete the node's lease key if it is still the one written at revision `claim`
+        (no later registration replaced it): the node is lost. True if deleted."""
+        key = self._keys.node_lease(name)
+        res = await self._etcd.txn([Compare(key, claim)], [Op.delete(key)])
+        return res.succeeded
 
     async def mark_not_ready(self, name: str, reason: str) -> bool:
         """Leader: mark the node NotReady while its lease key is still absent (a

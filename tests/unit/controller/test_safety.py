@@ -79,8 +79,8 @@ def test_acks_echo_their_heartbeat_and_wait_for_a_lease_renewal(api: Api) -> Non
         seq = agent.heartbeat()
         wait_for(lambda: seq in agent.acks(), what="ack of the heartbeat")
         assert agent.acks() == [seq]
-        nodes = api.replica.store.nodes
-        real = nodes.renew
+        etcd = api.replica.store.etcd
+        real = etcd.keepalive
         tried_for: list[int] = []  # the newest heartbeat read when each renewal was tried
 
         async def broken(lease: int) -> int:
@@ -88,7 +88,7 @@ def test_acks_echo_their_heartbeat_and_wait_for_a_lease_renewal(api: Api) -> Non
             tried_for.append(session.beat_seq if session is not None else 0)
             raise StoreUnavailable("etcd: cut off")
 
-        nodes.renew = broken  # type: ignore[method-assign]
+        etcd.keepalive = broken  # type: ignore[method-assign]
         try:
             late = agent.heartbeat()
             again = agent.heartbeat()
@@ -97,7 +97,7 @@ def test_acks_echo_their_heartbeat_and_wait_for_a_lease_renewal(api: Api) -> Non
                      what="a renewal tried after both heartbeats")
             assert late not in agent.acks() and again not in agent.acks()
         finally:
-            nodes.renew = real  # type: ignore[method-assign]
+            etcd.keepalive = real  # type: ignore[method-assign]
         fresh = agent.heartbeat()
         wait_for(lambda: fresh in agent.acks(), what="ack once renewals work again")
         assert late not in agent.acks()

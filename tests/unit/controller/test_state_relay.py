@@ -29,7 +29,7 @@ def _chunk(rid: str, n: int) -> apb.StateData:
 
 def test_credit_is_granted_as_the_receiver_takes_chunks() -> None:
     async def main() -> None:
-        session = NodeSession("node-1", "s", 0)
+        session = NodeSession("node-1", "s", 0, 0)
         feed = session.state("p", DIGEST, offset=7, window=4)
         first = asyncio.ensure_future(anext(feed))
         await asyncio.sleep(0)
@@ -58,7 +58,7 @@ def test_credit_is_granted_as_the_receiver_takes_chunks() -> None:
 
 def test_a_receiver_that_goes_away_cancels_the_request() -> None:
     async def main() -> None:
-        session = NodeSession("node-1", "s", 0)
+        session = NodeSession("node-1", "s", 0, 0)
         feed = session.state("p", DIGEST)
         first = asyncio.ensure_future(anext(feed))
         await asyncio.sleep(0)
@@ -75,7 +75,7 @@ def test_a_receiver_that_goes_away_cancels_the_request() -> None:
 
 def test_a_finished_request_is_not_cancelled() -> None:
     async def main() -> None:
-        session = NodeSession("node-1", "s", 0)
+        session = NodeSession("node-1", "s", 0, 0)
         feed = session.state("p", DIGEST)
         first = asyncio.ensure_future(anext(feed))
         await asyncio.sleep(0)
@@ -112,7 +112,7 @@ def test_relays_per_replica_are_bounded_and_recorded() -> None:
 
     async def main() -> None:
         sessions = SessionRegistry()
-        session = NodeSession("node-1", "s", 0)
+        session = NodeSession("node-1", "s", 0, 0)
         sessions.attach(session)
         store: Any = _Store()
         transfers = StateTransfers(store, sessions, "me:1", Dialer(None), max_relays=1)

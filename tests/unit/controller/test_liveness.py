@@ -1,0 +1,79 @@
+"""Node liveness on one lease per replica (controller/gateway/liveness.py), on a real etcd
+over real gRPC, with the test playing the agents (inproc.FakeAgent)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from inproc import Api, FakeAgent, replica, wait_for
+from viridian.v1 import controller_pb2 as cpb
+from viridian.v1 import types_pb2 as pb
+
+TTL = 2
+
+
+@pytest.fixture
+def api(etcd_endpoint: str, prefix: str) -> Iterator[Api]:
+    yield from replica(etcd_endpoint, prefix, lease_ttl=TTL)
+
+
+def state(api: Api, node: str) -> int:
+    return api.stub.GetNode(cpb.GetNodeRequest(name=node)).status.state
+
+
+def lease_of(api: Api, node: str) -> int:
+    kv = api.replica.store.cache.node_leases.get(node)
+    return kv.lease if kv is not None else 0
+
+
+def test_every_node_of_a_replica_hangs_on_its_one_lease(api: Api) -> None:
+    agents = [FakeAgent(api, f"one-{i}", vcpus=1, memory=1 << 30) for i in range(5)]
+    try:
+        for agent in agents:
+            wait_for(lambda a=agent: a.acks(), what=f"an ack for {agent.name}")  # type: ignore[misc]
+        leases = {lease_of(api, a.name) for a in agents}
+        assert len(leases) == 1 and 0 not in leases
+        renewals = api.replica.gateway.liveness.renewals
+        acks = sum(len(a.acks()) for a in agents)
+        assert 0 < renewals <= acks   # a renewal answers every heartbeat that came before it
+    finally:
+        for agent in agents:
+            agent.close()
+
+
+def test_a_node_whose_stream_ended_is_lost_only_after_a_silent_ttl(api: Api) -> None:
+    """Its agent fences at its last acked heartbeat + TTL - margin: the key must outlive
+    that (as a lease of its own would have), then go."""
+    agent = FakeAgent(api, "gone", vcpus=1, memory=1 << 30)
+    wait_for(lambda: agent.acks(), what="an ack")
+    agent.close()
+    closed = time.monotonic()
+    wait_for(lambda: state(api, "gone") == pb.NODE_STATE_NOT_READY, timeout=4 * TTL,
+             what="the node NotReady")
+    # The last heartbeat left at most a beat interval (TTL/6) before the close.
+    assert time.monotonic() - closed >= TTL - TTL / 6
+
+
+def test_a_stale_session_never_deletes_the_key_of_a_newer_registration(
+        etcd_endpoint: str, prefix: str) -> None:
+    for a in replica(etcd_endpoint, prefix, lease_ttl=TTL):
+        for b in replica(etcd_endpoint, prefix, lease_ttl=TTL):
+            first = FakeAgent(a, "mover", vcpus=1, memory=1 << 30)
+            wait_for(lambda: first.acks(), what="a session on replica A")
+            stale = a.replica.sessions.get("mover")
+            assert stale is not None
+            second = FakeAgent(b, "mover", vcpus=1, memory=1 << 30)  # the agent moved to B
+            try:
+                wait_for(lambda: second.acks(), what="a session on replica B")
+                wait_for(lambda: a.replica.sessions.get("mover") is None,
+                         what="replica A ending its superseded session")
+                # A releases the key of its old claim: compared, it deletes nothing.
+                assert a.run(a.replica.store.nodes.release("mover", stale.claim)) is False
+                wait_for(lambda: lease_of(b, "mover") == b.run(
+                    b.replica.gateway.liveness.lease()), what="the key on B's lease")
+                assert state(b, "mover") == pb.NODE_STATE_READY
+            finally:
+                first.close()
+                second.close()
