@@ -93,3 +93,7 @@ class Compacted(StoreError):
 
 class StoreUnavailable(StoreError):
     pass
+
+
+class WatchCompacted(StoreUnavailable):
+    """A watch asked for history etcd has compacted away: the watcher must re-read."""

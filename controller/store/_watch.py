@@ -27,7 +27,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from pyetcd.etcdrpc import kv_pb2, rpc_pb2
 
-from controller.errors import StoreUnavailable
+from controller.errors import StoreUnavailable, WatchCompacted
 from controller.store._endpoints import (
     HASLEADER,
     NO_LEADER_TEXTS,
@@ -214,7 +214,8 @@ class PrefixWatch:
                         reason = (f"revision {self._start} compacted "
                                   f"(oldest available {resp.compact_revision})")
                     leaderless = any(t in reason for t in NO_LEADER_TEXTS)
-                    self._lose(StoreUnavailable(f"etcd watch on {self._prefix}: {reason}"),
+                    kind = WatchCompacted if resp.compact_revision else StoreUnavailable
+                    self._lose(kind(f"etcd watch on {self._prefix}: {reason}"),
                                failover=leaderless)
                     return
                 events.extend(

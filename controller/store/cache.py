@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import StoreError
+from controller.errors import StoreError, StoreUnavailable, WatchCompacted
 from controller.store.etcd import KV, EtcdStore, WatchEvent
 from controller.store.keys import Keys
 from controller.store.records import Allocation, StoredPartition, decode
@@ -60,7 +60,10 @@ class ClusterCache:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lost = asyncio.Event()
+        self._reload_needed = True
         self._caught_up = asyncio.Event()
+        self.reloads = 0   # full loads (the first included), and watches resumed without one
+        self.resumes = 0
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -93,20 +96,33 @@ class ClusterCache:
             self._task.cancel()
 
     async def _run(self) -> None:
+        """Load, then watch from the revision loaded. A watch that breaks (a member died,
+        hung, lost its leader) is resumed from the last revision applied, without a reload,
+        as long as etcd still has that history; only a compacted revision (or an error of
+        unknown kind) costs a reload, which at a million partitions takes tens of
+        seconds."""
+        reload = True
         while True:
-            try:
-                await self._load()
-            except StoreError as err:
-                log.warning("cache reload failed: %s; retrying", err)
-                await asyncio.sleep(0.5)
-                continue
+            if reload:
+                try:
+                    await self._load()
+                except StoreError as err:
+                    log.warning("cache reload failed: %s; retrying", err)
+                    await asyncio.sleep(0.5)
+                    continue
+                self.reloads += 1
+            else:
+                self.resumes += 1
+                log.info("resuming the cluster watch from revision %d", self.revision + 1)
             self._lost.clear()
             self._cancel = self._etcd.watch_prefix(
                 self._keys.prefix + "/", self.revision + 1, self._on_events, self._on_lost
             )
             self._ready.set()
-            self._notify("", "")
+            if reload:
+                self._notify("", "")
             await self._lost.wait()
+            reload = self._reload_needed
             await asyncio.sleep(0.2)
 
     async def _load(self) -> None:
@@ -134,7 +150,10 @@ class ClusterCache:
         self.revision = revision
 
     def _on_lost(self, err: Exception) -> None:
-        log.warning("cluster watch lost (%s); reloading", err)
+        self._reload_needed = isinstance(err, WatchCompacted) or \
+            not isinstance(err, StoreUnavailable)
+        log.warning("cluster watch lost (%s); %s", err,
+                    "reloading" if self._reload_needed else "resuming it")
         self._lost.set()
 
     def _on_events(self, events: list[WatchEvent], revision: int) -> None:

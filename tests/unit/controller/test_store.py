@@ -8,7 +8,14 @@ import time
 import pytest
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import AlreadyExists, Conflict, NotFound, NotLeader
+from controller.errors import (
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    NotLeader,
+    StoreUnavailable,
+    WatchCompacted,
+)
 from controller.partitions.actions import view_of
 from controller.partitions.machine import Placed, Reported, Start, Stop, transition
 from controller.store import Allocation, EtcdStore, NodeGuard, Store, now_ts
@@ -201,11 +208,47 @@ def test_cache_reload_is_atomic_and_remembers_deletes_it_missed(
         await store.etcd.delete(store.keys.partition("gone"))  # ...and misses this
         reloaded = asyncio.Event()
         cache.subscribe(lambda kind, name: reloaded.set() if kind == "" else None)
-        cache._on_lost(RuntimeError("test"))
+        cache._on_lost(WatchCompacted("test: the history it needs was compacted"))
         await asyncio.wait_for(reloaded.wait(), 10)
         assert set(cache.partitions) == {"kept"}
         assert "gone" in cache.deleted_partitions
         assert 0 not in seen_sizes  # nobody ever saw an empty cache
+        await cache.stop()
+        store.close()
+
+    run(scenario())
+
+
+def test_a_broken_cache_watch_resumes_from_its_revision_without_a_reload(
+        etcd_endpoint: str, prefix: str) -> None:
+    """Scale: every lost watch (a member restarted, a stall) cost a full reload of the
+    whole cluster; where etcd still has the history, the watch resumes instead, and what
+    happened while it was down arrives as events. A compacted history still reloads."""
+
+    async def scenario() -> None:
+        store = Store(EtcdStore([etcd_endpoint]), prefix, "test")
+        cache = store.cache
+        await store.partitions.create(_partition("first"), [])
+        await cache.start()
+        assert cache.reloads == 1
+        cache._cancel()  # type: ignore[misc]  # the watch breaks...
+        await store.partitions.create(_partition("meanwhile"), [])  # ...and this happens
+        cache._on_lost(StoreUnavailable("test: the member went away"))
+        rev = (await store.partitions.get("meanwhile")).mod_revision
+        assert await cache.wait_for_revision(rev)
+        assert set(cache.partitions) == {"first", "meanwhile"}
+        assert (cache.reloads, cache.resumes) == (1, 1)
+        # Down again, and the history it needs compacted away: only now a reload.
+        cache._cancel()  # type: ignore[misc]
+        await store.partitions.create(_partition("later"), [])
+        await store.partitions.create(_partition("latest"), [])
+        await store.etcd.compact((await store.partitions.get("latest")).mod_revision)
+        cache._on_lost(StoreUnavailable("test: the member went away"))
+        deadline = asyncio.get_running_loop().time() + 10
+        while cache.reloads < 2:
+            assert asyncio.get_running_loop().time() < deadline, "no reload"
+            await asyncio.sleep(0.05)
+        assert {"later", "latest"} <= set(cache.partitions) and cache.resumes == 2
         await cache.stop()
         store.close()
 
