@@ -56,24 +56,38 @@ def test_a_node_whose_stream_ended_is_lost_only_after_a_silent_ttl(api: Api) -> 
     assert time.monotonic() - closed >= TTL - TTL / 6
 
 
+@pytest.fixture
+def pair(etcd_endpoint: str, prefix: str) -> Iterator[tuple[Api, Api]]:
+    """Two replicas on one prefix."""
+    first, second = replica(etcd_endpoint, prefix, TTL), replica(etcd_endpoint, prefix, TTL)
+    a, b = next(first), next(second)
+    try:
+        yield a, b
+    finally:
+        for gen in (second, first):
+            next(gen, None)
+
+
 def test_a_stale_session_never_deletes_the_key_of_a_newer_registration(
-        etcd_endpoint: str, prefix: str) -> None:
-    for a in replica(etcd_endpoint, prefix, lease_ttl=TTL):
-        for b in replica(etcd_endpoint, prefix, lease_ttl=TTL):
-            first = FakeAgent(a, "mover", vcpus=1, memory=1 << 30)
-            wait_for(lambda: first.acks(), what="a session on replica A")
-            stale = a.replica.sessions.get("mover")
-            assert stale is not None
-            second = FakeAgent(b, "mover", vcpus=1, memory=1 << 30)  # the agent moved to B
-            try:
-                wait_for(lambda: second.acks(), what="a session on replica B")
-                wait_for(lambda: a.replica.sessions.get("mover") is None,
-                         what="replica A ending its superseded session")
-                # A releases the key of its old claim: compared, it deletes nothing.
-                assert a.run(a.replica.store.nodes.release("mover", stale.claim)) is False
-                wait_for(lambda: lease_of(b, "mover") == b.run(
-                    b.replica.gateway.liveness.lease()), what="the key on B's lease")
-                assert state(b, "mover") == pb.NODE_STATE_READY
-            finally:
-                first.close()
-                second.close()
+        pair: tuple[Api, Api]) -> None:
+    a, b = pair
+    first = FakeAgent(a, "mover", vcpus=1, memory=1 << 30)
+    second: FakeAgent | None = None
+    try:
+        wait_for(lambda: first.acks(), what="a session on replica A")
+        stale = a.replica.sessions.get("mover")
+        assert stale is not None
+        second = FakeAgent(b, "mover", vcpus=1, memory=1 << 30)  # the agent moved to B
+        moved = second
+        wait_for(lambda: moved.acks(), what="a session on replica B")
+        wait_for(lambda: a.replica.sessions.get("mover") is None,
+                 what="replica A ending its superseded session")
+        # A releases the key of its old claim: compared, it deletes nothing.
+        assert a.run(a.replica.store.nodes.release("mover", stale.claim)) is False
+        b_lease = b.run(b.replica.gateway.liveness.lease())
+        wait_for(lambda: lease_of(b, "mover") == b_lease, what="the key on B's lease")
+        assert state(b, "mover") == pb.NODE_STATE_READY
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
