@@ -18,15 +18,17 @@ import io
 import json
 import sys
 import textwrap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from viridian.v1 import types_pb2
@@ -107,11 +109,14 @@ def dump(data: Any, fmt: str) -> str:
 # ---- tables ------------------------------------------------------------------------------
 
 
-def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """A borderless, left-aligned table in the style of kubectl/nomad."""
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
+                 min_widths: Sequence[int] = ()) -> str:
+    """A borderless, left-aligned table in the style of kubectl/nomad (columns at least
+    `min_widths` wide: how a table printed in chunks keeps its columns aligned)."""
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0))
-    for header in headers:
-        table.add_column(terminal_text(header), no_wrap=True, overflow="ignore")
+    for i, header in enumerate(headers):
+        table.add_column(terminal_text(header), no_wrap=True, overflow="ignore",
+                         min_width=min_widths[i] if i < len(min_widths) else None)
     for row in rows:
         table.add_row(*(terminal_text(cell) for cell in row))
     buffer = io.StringIO()
@@ -157,11 +162,11 @@ def print_list(
     data: Callable[[T], Any] | None = None,
 ) -> None:
     """render_list for a list that arrives in pages: JSON and YAML print each item as it
-    comes (the same text render_list makes of the whole list); a table measures its columns
-    over every row, so it prints once all have arrived."""
+    comes (the same text render_list makes of the whole list); a table prints in chunks of
+    TABLE_CHUNK rows as they arrive, as kubectl does, its columns as wide as the widest cell
+    so far (they only widen), so the first screen of a long list shows at once."""
     if fmt not in ("json", "yaml"):
-        text = render_list(list(items), columns, fmt, data=data)
-        echo(paint_table(text) if colour_enabled(sys.stdout) else text)
+        _print_table_chunks(iter(items), _visible(columns, fmt), echo)
         return
     to_data = data or _default_data
     first = True
@@ -177,6 +182,33 @@ def print_list(
         echo("[]")
     elif fmt == "json":
         echo("\n]")
+
+
+#: rows of a table printed at a time (print_list)
+TABLE_CHUNK = 500
+
+
+def _print_table_chunks(items: Iterator[T], shown: Sequence[Column[T]],
+                        echo: Callable[..., None]) -> None:
+    headers = [c.header for c in shown]
+    widths = [cell_len(terminal_text(h)) for h in headers]
+    paint = colour_enabled(sys.stdout)
+    first = True
+    while True:
+        chunk = list(islice(items, TABLE_CHUNK))
+        if not chunk and not first:
+            return
+        rows = [[c.value(item) for c in shown] for item in chunk]
+        for row in rows:
+            widths = [max(w, cell_len(terminal_text(cell))) for w, cell in zip(widths, row,
+                                                                               strict=True)]
+        text = render_table(headers, rows, min_widths=widths)
+        if paint:
+            text = paint_table(text)   # it finds the status columns by the header
+        echo(text if first else text.split("\n", 1)[1])
+        if not chunk:
+            return
+        first = False
 
 
 def render_item(

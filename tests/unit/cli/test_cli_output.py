@@ -18,7 +18,15 @@ from controller.cli.events import EVENT_COLUMNS
 from controller.cli.explain import render_explanation
 from controller.cli.images import IMAGE_COLUMNS
 from controller.cli.nodes import NODE_COLUMNS, NODE_FIELDS
-from controller.cli.output import Column, age, phase_name, render_item, render_list
+from controller.cli.output import (
+    TABLE_CHUNK,
+    Column,
+    age,
+    phase_name,
+    print_list,
+    render_item,
+    render_list,
+)
 from controller.cli.partitions import PARTITION_COLUMNS, PARTITION_FIELDS
 
 Phase = types_pb2.PartitionPhase
@@ -186,3 +194,28 @@ def test_cells_are_not_markup() -> None:
 def test_public_surface() -> None:
     for name in output.__all__:
         assert isinstance(getattr(output, name), (Callable, tuple, type))  # type: ignore[arg-type]
+
+
+def test_a_long_table_prints_its_first_rows_before_the_rest_arrive() -> None:
+    """`viridian ls` at 100,000 partitions printed nothing until every page had arrived
+    (the table measured its columns over all rows first)."""
+    pulled = 0
+    printed: list[tuple[int, str]] = []   # (rows pulled when printed, text)
+
+    def rows() -> Any:
+        nonlocal pulled
+        for i in range(2 * TABLE_CHUNK + 7):
+            pulled += 1
+            yield ("n" * (1 + i // TABLE_CHUNK * 5), str(i))   # names widen in chunk 2
+
+    columns = [Column[tuple[str, str]]("NAME", lambda r: r[0]),
+               Column[tuple[str, str]]("INDEX", lambda r: r[1])]
+    print_list(rows(), columns, "table", lambda text: printed.append((pulled, text)))
+    assert printed[0][0] == TABLE_CHUNK            # the first chunk, before the rest
+    lines = [line for _, text in printed for line in text.split("\n")]
+    assert lines[0].split() == ["NAME", "INDEX"] and len(lines) == 1 + 2 * TABLE_CHUNK + 7
+    assert sum(line.startswith("NAME") for line in lines) == 1
+    # columns only widen: within a chunk they line up, and never move left later
+    starts = [line.index(line.split()[1]) for line in lines]
+    assert starts == sorted(starts)
+    assert len({starts[i] for i in range(1, TABLE_CHUNK + 1)}) == 1
