@@ -36,6 +36,9 @@ from controller.metrics import ControllerMetrics
 from controller.store import Store
 
 log = logging.getLogger(__name__)
+#: renewals begin at least this far apart: under thousands of heartbeats a second, each
+#: renewal answers more of them (an ack waits at most this much longer)
+MIN_RENEWAL_GAP_S = 0.02
 
 
 class NodeLiveness:
@@ -89,6 +92,7 @@ class NodeLiveness:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_check = 0.0
+        last_renewal = 0.0
         while True:
             try:
                 async with asyncio.timeout(self.check_s):
@@ -100,6 +104,10 @@ class NodeLiveness:
             if now >= next_check:
                 self._end_silent(now)
                 next_check = now + self.check_s
+            gap = last_renewal + MIN_RENEWAL_GAP_S - loop.time()
+            if gap > 0:
+                await asyncio.sleep(gap)
+            last_renewal = loop.time()
             try:
                 await self._renew_and_ack()
             except asyncio.CancelledError:
