@@ -34,6 +34,7 @@ from viridian.v1 import agent_pb2_grpc  # noqa: E402
 from viridian.v1 import types_pb2 as pb  # noqa: E402
 
 from controller.security.tls import Dialer  # noqa: E402
+from node_agent.agent import BACKOFF_MAX_S, BACKOFF_MIN_S  # noqa: E402
 from node_agent.clock import BootClock  # noqa: E402
 from node_agent.session import ControllerSession, Outbox, RegisterRefused  # noqa: E402
 from node_agent.timing import Timing  # noqa: E402
@@ -122,12 +123,15 @@ class SimNode:
         return True
 
     async def run(self, controllers: list[str], stop: asyncio.Event, dialer: Dialer) -> None:
-        index = 0   # every node starts on the first controller (the mass-reconnect case)
+        """The real agent's connect loop (node_agent/agent.py): the next address after any
+        failure; a pause with jitter, doubling, only once a whole round failed."""
+        index = failed = rounds = 0   # every node starts on the first controller
+        timing = Timing.for_ttl()
         while not stop.is_set():
             address = controllers[index % len(controllers)]
             index += 1
             session = ControllerSession(self.name, address, self, self, self.clock,
-                                        Timing.for_ttl().register_timeout(0) * 4, stop, dialer)
+                                        timing.register_timeout(rounds), stop, dialer)
             self.stats.sessions_up += 1
             try:
                 outcome = await session.run()
@@ -138,11 +142,20 @@ class SimNode:
                 self.stats.sessions_up -= 1
             if stop.is_set():
                 return
+            if outcome.timing is not None:
+                timing = outcome.timing
             self.stats.sessions_ended += 1
             why = outcome.why.split(":")[0][:60]
             self.stats.ended_why[why] = self.stats.ended_why.get(why, 0) + 1
-            if not outcome.acked:
-                await asyncio.sleep(random.uniform(0.2, 1.0))
+            if outcome.acked:
+                failed = rounds = 0
+                continue
+            failed += 1
+            if failed % len(controllers):
+                continue
+            rounds += 1
+            delay = min(BACKOFF_MIN_S * 2.0 ** (rounds - 1), BACKOFF_MAX_S)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -22,7 +22,13 @@ from viridian.v1 import agent_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
 from controller import logs
-from controller.errors import NotFound, PermissionDenied, StoreError, ViridianError
+from controller.errors import (
+    NotFound,
+    PermissionDenied,
+    StoreError,
+    Unavailable,
+    ViridianError,
+)
 from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.liveness import NodeLiveness
@@ -41,6 +47,12 @@ from controller.validation import check_address, check_name, check_node_registra
 
 log = logging.getLogger(__name__)
 P = pb
+#: registrations worked on at once; the rest wait, each at most until shortly before its
+#: caller's deadline (then UNAVAILABLE at once: the agent backs off or tries another replica)
+#: instead of piling etcd work for callers that have given up (a mass reconnect of
+#: thousands of agents collapsed into timeouts and retries that way)
+MAX_REGISTERING = 32
+DEADLINE_SLACK_S = 0.1
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
 
@@ -100,6 +112,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.reports = ReportApplier(store, actions)
         self.inventory = InventoryChecker(store, actions, sessions)
         self._granted: dict[str, Grant] = {}
+        self._registering = asyncio.Semaphore(MAX_REGISTERING)
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
         self.liveness = NodeLiveness(store, sessions, lease_ttl,
                                      max(self.timings.heartbeat_s, 0.05), self.metrics)
@@ -113,6 +126,21 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         if not _caller_may_act_for(name):
             raise PermissionDenied(f"{callers.current()} may not register as node {name!r}")
         check_node_registration(name, request.spec)
+        left = context.time_remaining()
+        try:
+            async with asyncio.timeout(None if left is None else
+                                       max(left - DEADLINE_SLACK_S, 0.0)):
+                await self._registering.acquire()
+        except TimeoutError:
+            raise Unavailable(f"this controller is busy registering other nodes; node {name!r}"
+                              " should retry (here or at another replica)") from None
+        try:
+            return await self._register(name, request)
+        finally:
+            self._registering.release()
+
+    async def _register(self, name: str, request: apb.RegisterRequest
+                        ) -> apb.RegisterResponse:
         lease = await self.liveness.lease()
         claim, _ = await self.store.nodes.register(name, request.spec, self.advertise,
                                                    lease, len(request.running))
