@@ -123,10 +123,12 @@ class Replica:
 class SimAgents:
     """The simulated agents' process and the stats lines it prints."""
 
-    def __init__(self, work: Path, controllers: list[str], count: int) -> None:
+    def __init__(self, work: Path, controllers: list[str], count: int,
+                 per_channel: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "sim_agents.py"), "--controllers",
-             ",".join(controllers), "--agents", str(count), "--stats-every", "1"],
+             ",".join(controllers), "--agents", str(count), "--stats-every", "1",
+             "--per-channel", str(per_channel)],
             stdout=subprocess.PIPE, stderr=open(work / "sim.log", "ab"), text=True, env=ENV,
             start_new_session=True)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -235,14 +237,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 1. agents held
         t0 = time.monotonic()
-        sim = SimAgents(work, [a.agents, b.agents], args.agents)
+        sim = SimAgents(work, [a.agents, b.agents], args.agents, args.per_channel)
+        result["agents_per_channel"] = args.per_channel
         sim.until(lambda s: s["ever_acked"] >= args.agents, 60 + args.agents / 20,
                   "every agent acked")
         while a.nodes()[0] < args.agents:
             time.sleep(0.5)
         result["agents_ready_s"] = round(time.monotonic() - t0, 2)
         print(f"{args.agents} agents Ready in {result['agents_ready_s']} s", flush=True)
+        assert etcd.proc is not None
         cpu0, hold0 = cpu_seconds(a.proc.pid), time.monotonic()
+        sim0, etcd0 = cpu_seconds(sim.proc.pid), cpu_seconds(etcd.proc.pid)
         not_ready: set[str] = set()
         p99s: list[float] = []
         p50s: list[float] = []
@@ -267,6 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ack_p99_ms": max(p99s, default=0.0),
             "hold_s": round(held, 1),
             "controller_cpu_cores": round((cpu_seconds(a.proc.pid) - cpu0) / held, 2),
+            "simulator_cpu_cores": round((cpu_seconds(sim.proc.pid) - sim0) / held, 2),
+            "etcd_cpu_cores": round((cpu_seconds(etcd.proc.pid) - etcd0) / held, 2),
             "controller_rss_mib_agents": round(rss_mib(a.proc.pid), 1),
         })
         print(json.dumps(result), flush=True)
@@ -327,6 +334,9 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=1_000_000)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--lease-ttl", type=int, default=3)
+    parser.add_argument("--per-channel", type=int, default=50,
+                        help="simulated agents sharing a gRPC channel (saves the "
+                        "simulator's CPU; the controller sees the same sessions)")
     parser.add_argument("--skip-reconnect", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

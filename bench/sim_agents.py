@@ -42,6 +42,35 @@ from node_agent.timing import Timing  # noqa: E402
 KIND = apb.PartitionCommand
 
 
+class SharedChannel:
+    """A channel used by several simulated nodes: `async with` does not close it. One TCP
+    connection (and one keepalive ping a second) per group instead of per node; the
+    controller sees the same sessions either way."""
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+
+    async def __aenter__(self) -> Any:
+        return self.channel
+
+    async def __aexit__(self, *_: object) -> None:
+        pass
+
+
+class GroupDialer(Dialer):
+    """Hands out one shared channel per (address, group)."""
+
+    def __init__(self, group: int) -> None:
+        super().__init__(None)
+        self.group = group
+        self.channels: dict[str, Any] = {}
+
+    def aio_channel(self, address: str, options: Any = ()) -> Any:
+        if address not in self.channels:
+            self.channels[address] = super().aio_channel(address, options)
+        return SharedChannel(self.channels[address])
+
+
 class Stats:
     """What every simulated node adds to; read and reset by the printer."""
 
@@ -169,12 +198,14 @@ async def main_async(args: argparse.Namespace) -> None:
     stats = Stats()
     clock = BootClock()
     stop = asyncio.Event()
-    dialer = Dialer(None)
     controllers = args.controllers.split(",")
     nodes = [SimNode(f"{args.prefix}{i:05d}", stats, clock, args.vcpus, args.memory)
              for i in range(args.agents)]
+    dialers = [GroupDialer(g) for g in range((args.agents + args.per_channel - 1)
+                                             // args.per_channel)]
     tasks = []
     for i, node in enumerate(nodes):   # ramp up: a burst of registrations is its own test
+        dialer = dialers[i // args.per_channel]
         tasks.append(asyncio.create_task(node.run(controllers, stop, dialer)))
         if i % args.ramp_batch == args.ramp_batch - 1:
             await asyncio.sleep(args.ramp_pause)
@@ -210,6 +241,9 @@ def main() -> int:
     parser.add_argument("--vcpus", type=int, default=256)
     parser.add_argument("--memory", type=int, default=256 << 30)
     parser.add_argument("--stats-every", type=float, default=5.0)
+    parser.add_argument("--per-channel", type=int, default=1,
+                        help="simulated nodes sharing one gRPC channel (1: one each, as "
+                        "real agents)")
     parser.add_argument("--ramp-batch", type=int, default=100)
     parser.add_argument("--ramp-pause", type=float, default=0.2)
     args = parser.parse_args()
