@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -174,7 +175,7 @@ class SimNode:
             if outcome.timing is not None:
                 timing = outcome.timing
             self.stats.sessions_ended += 1
-            why = outcome.why.split(":")[0][:60]
+            why = re.sub(r"\d+", "N", outcome.why.split(":")[0][:60])
             self.stats.ended_why[why] = self.stats.ended_why.get(why, 0) + 1
             if outcome.acked:
                 failed = rounds = 0
