@@ -3,11 +3,14 @@ over real gRPC, with the test playing the agents (inproc.FakeAgent)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
-from inproc import Api, FakeAgent, replica, wait_for
+from inproc import Api, FakeAgent, code_of, replica, wait_for
+from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
@@ -91,3 +94,19 @@ def test_a_stale_session_never_deletes_the_key_of_a_newer_registration(
         first.close()
         if second is not None:
             second.close()
+
+
+def test_a_registration_that_cannot_start_before_its_deadline_is_refused_at_once(
+        api: Api) -> None:
+    """A mass reconnect: registrations beyond what the replica works on at once wait only
+    until just before their caller's deadline, then get UNAVAILABLE (the agent backs off or
+    tries another replica) instead of etcd work done for callers that gave up."""
+    gateway = api.replica.gateway
+    gateway._registering = asyncio.Semaphore(0)   # every slot taken
+    request = apb.RegisterRequest(node="queued", spec=pb.NodeSpec(
+        vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64]))
+    started = time.monotonic()
+    code, details = code_of(lambda: api.gateway.Register(request, timeout=1.0))
+    assert code == grpc.StatusCode.UNAVAILABLE and "busy registering" in details
+    assert time.monotonic() - started < 1.0
+    assert api.replica.store.cache.nodes.get("queued") is None   # nothing written
