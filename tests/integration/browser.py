@@ -48,12 +48,16 @@ def headless_chromium(profile: Path, width: int = 1280, height: int = 900) -> An
 
 
 def wait_until(driver: Any, condition: Any, what: str, timeout: float = 20.0) -> Any:
-    """WebDriverWait with a message naming what was awaited (and the page's text)."""
-    from selenium.common.exceptions import TimeoutException
+    """WebDriverWait with a message naming what was awaited (and the page's text). The
+    pages re-render rows as live updates come (SSE, polls), so an element a condition found
+    may be replaced before it is read: that try counts as not yet, and the wait goes on."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+        return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                             ignored_exceptions=(StaleElementReferenceException,)
+                             ).until(condition)
     except TimeoutException:
         text = driver.find_element("tag name", "body").text
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; "

@@ -56,10 +56,24 @@ def driver() -> Iterator[Any]:
 
 
 def _text(driver: Any, css: str) -> str:
+    """The visible text of the first element matching css ("" if none), read in the page
+    in one step: live updates replace rows, and an element found in one call could be gone
+    (stale) by the next."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';", css)
+    return str(text or "")
+
+
+def _click(driver: Any, css: str) -> bool:
+    """Click the first element matching css; False if none (for wait_until, which tries
+    again when a live update replaced it between finding and clicking)."""
     from selenium.webdriver.common.by import By
 
     found = driver.find_elements(By.CSS_SELECTOR, css)
-    return str(found[0].text) if found else ""
+    if not found:
+        return False
+    found[0].click()
+    return True
 
 
 def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str],
@@ -75,21 +89,30 @@ def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str
 
     # Nodes: both, each with a vCPU and a memory bar; the partition's node shows 1 vCPU used.
     css = "#nodes tr[data-node]"
-    rows = wait_until(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, css)) == 2
-                      and d.find_elements(By.CSS_SELECTOR, css), "two node rows")
-    assert sorted(r.get_attribute("data-node") for r in rows) == ["node-1", "node-2"]
-    for row in rows:
-        bars = row.find_elements(By.CSS_SELECTOR, ".bar")
-        assert len(bars) == 2, row.text
-        assert "vCPUs" in bars[0].text and "GiB" in bars[1].text
+
+    def node_rows(d: Any) -> list[tuple[str, list[str]]]:
+        """(node, text of each bar) of every row; the rows re-render, so read in one go."""
+        return [(r.get_attribute("data-node"),
+                 [b.text for b in r.find_elements(By.CSS_SELECTOR, ".bar")])
+                for r in d.find_elements(By.CSS_SELECTOR, css)]
+
+    rows = wait_until(driver, lambda d: len(got := node_rows(d)) == 2 and got,
+                      "two node rows")
+    assert sorted(node for node, _ in rows) == ["node-1", "node-2"]
+    for node, bars in rows:
+        assert len(bars) == 2, (node, bars)
+        assert "vCPUs" in bars[0] and "GiB" in bars[1], (node, bars)
     host = running.status.node
     wait_until(driver, lambda d: "1 / 16 vCPUs" in _text(d, f'tr[data-node="{host}"]'),
                f"{host}'s vCPU bar counting the partition")
-    fill = driver.find_element(By.CSS_SELECTOR, f'tr[data-node="{host}"] .bar .fill')
-    assert fill.get_attribute("style").replace(" ", "") == "width:6.25%;"
+    fill_css = f'tr[data-node="{host}"] .bar .fill'
+    style = wait_until(driver, lambda d: d.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        "return e ? e.getAttribute('style') : null;", fill_css), "the vCPU bar's fill")
+    assert str(style).replace(" ", "") == "width:6.25%;"
 
     # Partitions: the running one, with its node and an uptime.
-    driver.find_element(By.ID, "nav-partitions").click()
+    wait_until(driver, lambda d: _click(d, "#nav-partitions"), "the Partitions link")
     row_css = '#partitions tr[data-partition="web-sleeper"]'
     wait_until(driver, lambda d: "Running" in _text(d, row_css), "web-sleeper Running in the list")
     assert host in _text(driver, row_css)
@@ -98,7 +121,7 @@ def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str
                and _text(d, f"{row_css} td.mem") not in ("", "-"), "web-sleeper's CPU and memory")
 
     # Its page: the console streams what the guest printed.
-    driver.find_element(By.CSS_SELECTOR, f"{row_css} a").click()
+    wait_until(driver, lambda d: _click(d, f"{row_css} a"), "the partition's link")
     wait_until(driver, lambda d: "sleeping 3600" in _text(d, "#console"), "the console text")
     assert _text(driver, "#phase") == "Running"
     facts = _text(driver, "#facts")
@@ -107,7 +130,7 @@ def test_nodes_partitions_console_and_stop(web_cluster: tuple[ClusterHandle, str
                "events of the partition")
 
     # Stop: the phase turns Off on the page by itself (the watch), no reload.
-    driver.find_element(By.ID, "btn-stop").click()
+    wait_until(driver, lambda d: _click(d, "#btn-stop"), "the Stop button")
     wait_until(driver, lambda d: _text(d, "#phase") == "Off", "the phase to turn Off",
                timeout=30)
     wait_phase(cluster.stub, "web-sleeper", pb.PARTITION_PHASE_OFF)
