@@ -52,22 +52,21 @@ from viridian.v1 import controller_pb2 as cpb  # noqa: E402
 from viridian.v1 import controller_pb2_grpc as cgrpc  # noqa: E402
 from viridian.v1 import types_pb2 as pb  # noqa: E402
 
+from controller.embedded import wait_serving  # noqa: E402
 from controller.etcd_server import EtcdProcess, free_port  # noqa: E402
+from node_agent.metrics import cpu_seconds as process_cpu_seconds  # noqa: E402
+from node_agent.metrics import resident_bytes  # noqa: E402
 
 MIB = 1 << 20
 ENV = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'proto'}", "PYTHONUNBUFFERED": "1"}
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return process_cpu_seconds(pid) or 0.0
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return (resident_bytes(pid) or 0) / MIB
 
 
 class Replica:
@@ -88,16 +87,7 @@ class Replica:
         self.stub = cgrpc.ControllerStub(self.channel)
 
     def wait_serving(self, timeout: float = 60) -> None:
-        grpc.channel_ready_future(self.channel).result(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.stub.ListNodes(cpb.ListNodesRequest(page_size=1), timeout=5)
-                return
-            except grpc.RpcError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"replica did not serve; see {self.log}") from None
-                time.sleep(0.2)
+        wait_serving(self.api, self.proc, self.log, timeout=timeout)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
