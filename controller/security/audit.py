@@ -54,12 +54,13 @@ class Auditor:
         self._events = events
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def record(self, method: str, principal: Principal, context: Any, request: Any,
-               error: BaseException | None) -> None:
+    def record(self, method: str, principal: Principal, peer: str, context: Any,
+               request: Any, error: BaseException | None) -> None:
+        """peer is the caller's address, read while the call was live. The context is read
+        only for the status an abort left (a Python-side field, safe after the call ends)."""
         call = method.rsplit("/", 1)[-1]
         target = _target(request)
         outcome = _outcome(error, context)
-        peer = context.peer()
         message = f"{principal} from {peer}: {call}{' ' + target if target else ''} -> {outcome}"
         log.info("%s", message)
         if principal.kind == "anonymous":

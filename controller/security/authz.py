@@ -97,7 +97,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
     async def _refuse(self, method: str, principal: Principal, context: Any, request: Any,
                       code: grpc.StatusCode, message: str) -> None:
         """Abort the call; a refused attempt at a mutating call is audited too."""
-        self._audit(method, principal, context, request, _Refused(code))
+        self._audit(method, principal, context.peer(), context, request, _Refused(code))
         await context.abort(code, message)
         raise AssertionError("unreachable")
 
@@ -123,10 +123,14 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
         logs.bind_context(request_id=request_id(context))
         return principal
 
-    def _audit(self, method: str, principal: Principal, context: Any, request: Any,
+    def _audit(self, method: str, principal: Principal, peer: str, context: Any, request: Any,
                error: BaseException | None) -> None:
+        """Record a mutating call. peer was read while the call was live: a handler's
+        finally can run after gRPC has released the call (a cancelled stream's generator is
+        closed when it is collected), and reading the peer of a released call crashes the
+        process (grpc's aio ServicerContext.peer() dereferences the freed call)."""
         if self._auditor is not None and method in policy.MUTATING:
-            self._auditor.record(method, principal, context, request, error)
+            self._auditor.record(method, principal, peer, context, request, error)
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
@@ -143,6 +147,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
             async def unary_unary(request: Any, context: Any) -> Any:
                 principal = await admit(method, context, request)
+                peer = context.peer()
                 error: BaseException | None = None
                 try:
                     return await inner_uu(request, context)
@@ -150,7 +155,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                     error = err
                     raise
                 finally:
-                    audit(method, principal, context, request, error)
+                    audit(method, principal, peer, context, request, error)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary, h.request_deserializer, h.response_serializer)
@@ -159,6 +164,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 principal = await admit(method, context, request)
+                peer = context.peer()
                 error: BaseException | None = None
                 try:
                     async for item in inner_us(request, context):
@@ -167,7 +173,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                     error = err
                     raise
                 finally:
-                    audit(method, principal, context, request, error)
+                    audit(method, principal, peer, context, request, error)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream, h.request_deserializer, h.response_serializer)
@@ -176,6 +182,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
             async def stream_unary(requests: Any, context: Any) -> Any:
                 principal = await admit(method, context)
+                peer = context.peer()
                 error: BaseException | None = None
                 try:
                     return await inner_su(requests, context)
@@ -183,7 +190,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                     error = err
                     raise
                 finally:
-                    audit(method, principal, context, None, error)
+                    audit(method, principal, peer, context, None, error)
 
             return grpc.stream_unary_rpc_method_handler(
                 stream_unary, h.request_deserializer, h.response_serializer)
@@ -191,6 +198,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
         async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
             principal = await admit(method, context)
+            peer = context.peer()
             error: BaseException | None = None
             try:
                 async for item in inner_ss(requests, context):
@@ -199,7 +207,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
                 error = err
                 raise
             finally:
-                audit(method, principal, context, None, error)
+                audit(method, principal, peer, context, None, error)
 
         return grpc.stream_stream_rpc_method_handler(
             stream_stream, h.request_deserializer, h.response_serializer)

@@ -106,12 +106,13 @@ class Gate:
               error: BaseException | None) -> None:
         method = _CONTROLLER + rpc
         if self._auditor is not None and method in policy.MUTATING:
-            self._auditor.record(method, principal, call, request, error)
+            self._auditor.record(method, principal, call.peer(), call, request, error)
 
     def _refused(self, method: str, principal: Principal | None, call: WebCall, request: Any,
                  code: grpc.StatusCode, message: str) -> NoReturn:
         error = CallAborted(code, message)
         call.set_code(code)
         if self._auditor is not None and method in policy.MUTATING:
-            self._auditor.record(method, principal or ANONYMOUS, call, request, error)
+            self._auditor.record(method, principal or ANONYMOUS, call.peer(), call, request,
+                                 error)
         raise error
