@@ -141,13 +141,19 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
             return handler
         method = details.method
         admit, audit = self._admit, self._audit
+        audited = self._auditor is not None and method in policy.MUTATING
+
+        def peer_of(context: Any) -> str:
+            """Read at admission, only for audited calls (see _audit)."""
+            return context.peer() if audited else ""
+
         h: Any = handler
         if h.unary_unary is not None:
             inner_uu = h.unary_unary
 
             async def unary_unary(request: Any, context: Any) -> Any:
                 principal = await admit(method, context, request)
-                peer = context.peer()
+                peer = peer_of(context)
                 error: BaseException | None = None
                 try:
                     return await inner_uu(request, context)
@@ -164,7 +170,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
             async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 principal = await admit(method, context, request)
-                peer = context.peer()
+                peer = peer_of(context)
                 error: BaseException | None = None
                 try:
                     async for item in inner_us(request, context):
@@ -182,7 +188,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
             async def stream_unary(requests: Any, context: Any) -> Any:
                 principal = await admit(method, context)
-                peer = context.peer()
+                peer = peer_of(context)
                 error: BaseException | None = None
                 try:
                     return await inner_su(requests, context)
@@ -198,7 +204,7 @@ class AuthorizationInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type
 
         async def stream_stream(requests: Any, context: Any) -> AsyncIterator[Any]:
             principal = await admit(method, context)
-            peer = context.peer()
+            peer = peer_of(context)
             error: BaseException | None = None
             try:
                 async for item in inner_ss(requests, context):
