@@ -3,6 +3,9 @@
 `console.log` layout: a 16-byte header (the absolute number of bytes ever written, `end`,
 as little-endian u64, followed by its bitwise complement so a torn read is detected),
 then a data area of `capacity` bytes where absolute offset `o` lives at `16 + o % capacity`.
+The file has its full size (sparse) from creation, so a reader takes the capacity from its
+size: were the file still growing, a reader could size it before an append and read the
+header after, and map offsets with the wrong capacity (a rotated snapshot).
 The writer (the worker) writes data first and the header last; a reader (the agent, any
 process) reads the header, the range, then the header again, and keeps only the part of the
 range the writer cannot have overwritten meanwhile. So readers need no lock and can follow
@@ -86,6 +89,7 @@ class ConsoleRing:
         self._lock = threading.Lock()
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         os.pwrite(self._fd, _HEADER.pack(0, _MASK), 0)
+        os.ftruncate(self._fd, _HEADER.size + capacity)
         self._marks: list[Mark] = []
         self._times = marks_path(path)
         self._tfd = os.open(self._times, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND

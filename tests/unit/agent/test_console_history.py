@@ -250,3 +250,30 @@ def test_usage_of_a_busy_worker(guests: Path,
     handle.stop()
     wait_for(lambda: read_proc(handle.pid) is None, "the worker to be gone")
     assert list(meter.measure([("p", 7, handle.pid)]).partitions) == []
+
+
+def test_a_read_while_the_ring_is_still_filling_sees_the_bytes_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that opened the ring just before the writer appended must not map offsets
+    with a capacity taken from a file still growing: `logs --tail 2` once got one line
+    because the snapshot came back rotated (the newest bytes read from the ring's start)."""
+    from node_agent.runtime import worker_console
+
+    path = tmp_path / "console.log"
+    ring = ConsoleRing(path, capacity=4096)
+    ring.append(b"0\n1\n2\n")
+    real = worker_console._read_end
+    calls = 0
+
+    def append_then_read(fd: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # between the reader's open/fstat and its header read
+            ring.append(b"3\n")
+        return real(fd)
+
+    monkeypatch.setattr(worker_console, "_read_end", append_then_read)
+    data, end = read_ring(path, 0)
+    assert (data, end) == (b"0\n1\n2\n3\n", 8)
+    ring.close()
