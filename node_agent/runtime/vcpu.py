@@ -435,6 +435,8 @@ class Vcpu:
                 try:
                     uc.emu_start(self.pc, 0)
                 except UcError as exc:
+                    if self._stale_permissions(exc):
+                        continue                 # apply them and run the access again
                     if not self._fault_signal(thread, exc):
                         raise
                 if self.exception_taken:
@@ -666,6 +668,20 @@ class Vcpu:
             context = self.uc.context_save()
             _set_int(context, offset, -1)
             self.uc.context_restore(context)
+
+    def _stale_permissions(self, exc: UcError) -> bool:
+        """A memory fault while another thread of this address space changed permissions
+        (mmap, mprotect on another vCPU) since this instance last applied them: on Linux the
+        change was in force for every thread when its syscall returned, so the access is run
+        again under the new permissions instead of faulting. (glibc's fork locks every
+        malloc arena, one another thread just made with mmap + mprotect among them.) The
+        faulting instruction did not complete, and the PC is still at it."""
+        if exc.errno not in _MEM_ERRORS or \
+                self.mem.exec_generation == self._space.exec_generation:
+            return False
+        self.fault_access = None
+        self.fault = None
+        return True
 
     def _fault_signal(self, thread: GuestThread, exc: UcError) -> bool:
         """emu_start failed on a memory fault or an invalid instruction: True when the

@@ -168,3 +168,15 @@ def test_fork_from_a_threaded_process_keeps_futexes_per_address_space(
     run = run_guest("proc_threads", arch=arch, vcpus=2)
     assert run.status.exit_code == 0, run.status
     assert run.stdout == b"children ok=4 parent token=4000\n"
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_another_threads_mprotect_is_in_force_at_once(run_guest: Callable[..., Run],
+                                                      arch: str) -> None:
+    """A thread running on one vCPU (no syscalls since it started) writes a page another
+    thread made writable meanwhile on the other vCPU: the write succeeds, as on Linux. (glibc's
+    fork locks every malloc arena, including one another thread just created with mmap and
+    mprotect: the forking thread used to fault on it, now and then.)"""
+    run = run_guest("perm_race", arch=arch, vcpus=2)
+    assert (run.status.exit_code, run.status.failed_reason) == (0, None), run.status
+    assert run.stdout == b"ok 42\n"
