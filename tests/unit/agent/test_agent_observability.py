@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import urllib.request
 from pathlib import Path
 
@@ -96,6 +97,13 @@ async def wait_for_async(check: object, what: str, timeout: float = 10.0) -> Non
         await asyncio.sleep(0.05)
 
 
+def kernel_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process from /proc (fields 14 and 15), read here on its own."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def scrape(agent: Agent) -> dict[str, Metric]:
     assert agent.metrics_server is not None
     with urllib.request.urlopen(agent.metrics_server.url, timeout=10) as resp:
@@ -149,12 +157,17 @@ def test_metrics_of_a_running_partition(tmp_path: Path, guest_bins: Path) -> Non
             handle = agent.supervisor.local["p"].handle
             assert handle is not None
             await wait_for(lambda: b"ready\n" in handle.read_console(0)[0], "the guest", 20.0)
+            # The worker's CPU as the kernel counts it, just before and after the scrape: the
+            # metric must lie between (it is in clock ticks: a guest that did little may
+            # still be at 0, so the bracket, not a positive value, is what is asserted).
+            cpu_before = kernel_cpu_seconds(handle.pid)
             running = await asyncio.to_thread(scrape, agent)
+            cpu_after = kernel_cpu_seconds(handle.pid)
             assert sample(running, "viridian_partitions_running") == 1
             assert sample(running, "viridian_agent_image_pull_bytes", "_total") == len(content)
             assert sample(running, "viridian_agent_image_pull_seconds", "_count") == 1
             cpu = sample(running, "viridian_partition_cpu_seconds", "_total", partition="p")
-            assert cpu is not None and cpu > 0
+            assert cpu is not None and cpu_before <= cpu <= cpu_after
             rss = sample(running, "viridian_partition_memory_bytes", partition="p")
             assert rss is not None and rss > 1 << 20
             console = sample(running, "viridian_partition_console_bytes", "_total",
