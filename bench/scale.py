@@ -1,18 +1,21 @@
 """The control plane at scale: thousands of agents, many partitions, a mass reconnect.
 
     python bench/scale.py [--agents 5000] [--partitions 1000000] [--minutes 10]
-                          [--lease-ttl 3] [--json FILE]
+                          [--lease-ttl 3] [--sim-processes 1] [--json FILE]
 
 Everything runs on this machine as real processes over real sockets: one etcd, two
-controller replicas (plaintext), and one process of simulated agents (bench/sim_agents.py:
-the real agent's session code, no guests). In order:
+controller replicas (plaintext), and --sim-processes processes of simulated agents
+(bench/sim_agents.py: the real agent's session code, no guests; their stats lines merged:
+counts summed, latencies the worst of them). In order:
 
 1. **Agents held.** The agents register with replica A (the first address they have) and
    heartbeat at the rate the lease TTL sets; the bench waits until ListNodes shows them all
    Ready, then holds for --minutes, polling ListNodes. `false_not_ready` counts nodes seen
    NotReady during the hold plus simulated nodes whose contact deadline passed (where a real
    agent would have fenced); ack latency is measured by the agents (send to ack).
-   Controller A's CPU (cores used over the hold) and RSS are read from /proc.
+   Controller A's CPU (cores used over the hold) and RSS are read from /proc, and from its
+   metrics over the hold: heartbeat ack wait, lease renewal time and event-loop lag
+   (quantiles as the histogram bucket bounds they fall in: "at most").
 2. **Partitions.** --partitions are created (desired Running, 1 vCPU, 16Mi) through the API
    with 256 calls in flight; `committed_per_s` is partitions over the time from the first
    create until the agents run them all (placed, bound, assigned and reported Running).
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import queue
@@ -73,13 +77,14 @@ class Replica:
     def __init__(self, work: Path, etcd: str, ttl: int, name: str) -> None:
         self.api = f"127.0.0.1:{free_port()}"
         self.agents = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
         self.log = work / f"{name}.log"
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "controller", "--listen", self.api,
                  "--agent-listen", self.agents, "--etcd", etcd, "--insecure",
                  "--lease-ttl", str(ttl), "--data-dir", str(work / name),
-                 "--log-level", "warning"],
+                 "--metrics-listen", self.metrics, "--log-level", "warning"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV,
                 start_new_session=True)
         self.channel = grpc.insecure_channel(self.api, options=[
@@ -93,6 +98,21 @@ class Replica:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)   # its own session: only its processes
             self.proc.wait()
+
+    def histograms(self) -> dict[str, dict[float, float]]:
+        """Every histogram of its metrics: name -> {upper bound: cumulative count}."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        out: dict[str, dict[float, float]] = {}
+        for fam in text_string_to_metric_families(text):
+            if fam.type == "histogram":
+                out[fam.name] = {float(s.labels["le"]): s.value for s in fam.samples
+                                 if s.name.endswith("_bucket")}
+        return out
 
     def nodes(self) -> tuple[int, set[str]]:
         """(nodes Ready, names not Ready), read page by page."""
@@ -110,19 +130,49 @@ class Replica:
                 return ready, not_ready
 
 
-class SimAgents:
-    """The simulated agents' process and the stats lines it prints."""
+def quantile_at_most(before: dict[float, float], after: dict[float, float], q: float) -> float:
+    """The smallest bucket bound holding the q-quantile of what was observed between two
+    scrapes of a histogram (inf when it is past every bound, 0 when nothing was)."""
+    bounds = sorted(after)
+    total = after.get(math.inf, 0.0) - before.get(math.inf, 0.0)
+    if total <= 0:
+        return 0.0
+    for le in bounds:
+        if after[le] - before.get(le, 0.0) >= q * total:
+            return le
+    return math.inf
 
-    def __init__(self, work: Path, controllers: list[str], count: int,
+
+SUMMED = ("sessions_up", "ever_acked", "acked", "sessions_ended", "past_deadline", "running",
+          "reports", "assigns", "recent_ack_nodes")
+WORST = ("t", "ack_p50_ms", "ack_p99_ms", "ack_max_ms", "loop_lag_max_ms")
+
+
+def merge_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """One stats line for several simulator processes: counts summed, latencies the worst
+    (a p99 of the whole fleet is at most the worst process's)."""
+    merged: dict[str, Any] = {k: sum(line[k] for line in lines) for k in SUMMED}
+    merged.update({k: max(line[k] for line in lines) for k in WORST})
+    why: dict[str, int] = {}
+    for line in lines:
+        for k, v in line["ended_why"].items():
+            why[k] = why.get(k, 0) + v
+    merged["ended_why"] = why
+    return merged
+
+
+class SimProcess:
+    """One simulated agents' process and the stats lines it prints."""
+
+    def __init__(self, work: Path, controllers: list[str], first: int, count: int,
                  per_channel: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bench" / "sim_agents.py"), "--controllers",
-             ",".join(controllers), "--agents", str(count), "--stats-every", "1",
-             "--per-channel", str(per_channel)],
-            stdout=subprocess.PIPE, stderr=open(work / "sim.log", "ab"), text=True, env=ENV,
-            start_new_session=True)
+             ",".join(controllers), "--agents", str(count), "--first", str(first),
+             "--stats-every", "1", "--per-channel", str(per_channel)],
+            stdout=subprocess.PIPE, stderr=open(work / f"sim-{first}.log", "ab"), text=True,
+            env=ENV, start_new_session=True)
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.last: dict[str, Any] = {}
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -130,8 +180,23 @@ class SimAgents:
         for line in self.proc.stdout:
             self.lines.put(json.loads(line))
 
+
+class SimAgents:
+    """The simulated agents, split over `processes` processes, as one stream of lines."""
+
+    def __init__(self, work: Path, controllers: list[str], count: int,
+                 per_channel: int, processes: int = 1) -> None:
+        share = -(-count // processes)
+        self.procs = [SimProcess(work, controllers, first, min(share, count - first),
+                                 per_channel) for first in range(0, count, share)]
+        self.last: dict[str, Any] = {}
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.proc.pid for p in self.procs]
+
     def next(self, timeout: float = 30) -> dict[str, Any]:
-        self.last = self.lines.get(timeout=timeout)
+        self.last = merge_lines([p.lines.get(timeout=timeout) for p in self.procs])
         return self.last
 
     def until(self, check: Any, timeout: float, what: str) -> dict[str, Any]:
@@ -143,13 +208,15 @@ class SimAgents:
         raise RuntimeError(f"{what}: not true within {timeout:.0f}s; last {self.last}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        for p in self.procs:
+            if p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGTERM)
+        for p in self.procs:
             try:
-                self.proc.wait(20)
+                p.proc.wait(20)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+                os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait()
 
 
 def push_guest(stub: cgrpc.ControllerStub, work: Path) -> None:
@@ -227,8 +294,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # 1. agents held
         t0 = time.monotonic()
-        sim = SimAgents(work, [a.agents, b.agents], args.agents, args.per_channel)
+        sim = SimAgents(work, [a.agents, b.agents], args.agents, args.per_channel,
+                        args.sim_processes)
         result["agents_per_channel"] = args.per_channel
+        result["sim_processes"] = len(sim.procs)
         sim.until(lambda s: s["ever_acked"] >= args.agents, 60 + args.agents / 20,
                   "every agent acked")
         while a.nodes()[0] < args.agents:
@@ -237,7 +306,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"{args.agents} agents Ready in {result['agents_ready_s']} s", flush=True)
         assert etcd.proc is not None
         cpu0, hold0 = cpu_seconds(a.proc.pid), time.monotonic()
-        sim0, etcd0 = cpu_seconds(sim.proc.pid), cpu_seconds(etcd.proc.pid)
+        sim0, etcd0 = sum(map(cpu_seconds, sim.pids)), cpu_seconds(etcd.proc.pid)
+        hist0 = a.histograms()
+        sim_lags: list[float] = []
         ended0, past0 = sim.last["sessions_ended"], sim.last["past_deadline"]
         not_ready: set[str] = set()
         p99s: list[float] = []
@@ -247,10 +318,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             line = sim.next()
             p99s.append(line["ack_p99_ms"])
             p50s.append(line["ack_p50_ms"])
+            sim_lags.append(line["loop_lag_max_ms"])
             if time.monotonic() >= next_poll:
                 not_ready |= a.nodes()[1]
                 next_poll = time.monotonic() + 10
         held = time.monotonic() - hold0
+        hist1 = a.histograms()
         line = sim.last
         result.update({
             "agents_held": line["recent_ack_nodes"],
@@ -264,10 +337,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ack_p99_ms_each_second": p99s,
             "hold_s": round(held, 1),
             "controller_cpu_cores": round((cpu_seconds(a.proc.pid) - cpu0) / held, 2),
-            "simulator_cpu_cores": round((cpu_seconds(sim.proc.pid) - sim0) / held, 2),
+            "simulator_cpu_cores": round((sum(map(cpu_seconds, sim.pids)) - sim0) / held, 2),
+            "simulator_loop_lag_max_ms": max(sim_lags, default=0.0),
             "etcd_cpu_cores": round((cpu_seconds(etcd.proc.pid) - etcd0) / held, 2),
             "controller_rss_mib_agents": round(rss_mib(a.proc.pid), 1),
         })
+        for key, name in (("controller_ack", "viridian_heartbeat_ack_seconds"),
+                          ("controller_renewal", "viridian_lease_renewal_seconds"),
+                          ("controller_loop_lag", "viridian_event_loop_lag_seconds")):
+            for q in (0.5, 0.99):
+                bound = quantile_at_most(hist0.get(name, {}), hist1.get(name, {}), q)
+                result[f"{key}_p{round(q * 100)}_ms_at_most"] = round(bound * 1000, 1)
         print(json.dumps(result), flush=True)
 
         # 2. partitions
@@ -329,6 +409,8 @@ def main() -> int:
     parser.add_argument("--per-channel", type=int, default=50,
                         help="simulated agents sharing a gRPC channel (saves the "
                         "simulator's CPU; the controller sees the same sessions)")
+    parser.add_argument("--sim-processes", type=int, default=1,
+                        help="processes the simulated agents are split over")
     parser.add_argument("--skip-reconnect", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()

@@ -1,6 +1,7 @@
 """Simulated node agents: many real gRPC sessions from one process, without guests.
 
-    python bench/sim_agents.py --controllers A[,B] --agents N [--prefix sim-] [--stats-every 5]
+    python bench/sim_agents.py --controllers A[,B] --agents N [--prefix sim-] [--first 0]
+                               [--stats-every 5]
 
 Each simulated node runs the real agent's session code (node_agent.session:
 ControllerSession: Register, the session stream, numbered heartbeats, acks matched to them,
@@ -12,7 +13,10 @@ fenced) is counted.
 
 Every --stats-every seconds it prints one JSON line on stdout (bench/scale.py reads them):
 sessions up, nodes ever acked, ack latency p50/p99 (ms) since the last line, heartbeats
-acked, sessions ended, nodes past their fence deadline, partitions running, reports sent.
+acked, sessions ended, nodes past their fence deadline, partitions running, reports sent,
+and how late this process's own event loop ran (loop_lag_max_ms): a simulator that lags
+sends heartbeats late and reads acks late, which must not be blamed on the controller.
+Several processes (with --first apart) share the work when one loop is not enough.
 """
 
 from __future__ import annotations
@@ -188,6 +192,20 @@ class SimNode:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
 
 
+class LoopLag:
+    """The worst lateness of a 100 ms timer on this process's loop since last read."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + 0.1
+            await asyncio.sleep(0.1)
+            self.worst = max(self.worst, loop.time() - due)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -201,7 +219,9 @@ async def main_async(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     controllers = args.controllers.split(",")
     nodes = [SimNode(f"{args.prefix}{i:05d}", stats, clock, args.vcpus, args.memory)
-             for i in range(args.agents)]
+             for i in range(args.first, args.first + args.agents)]
+    lag = LoopLag()
+    lag_task = asyncio.create_task(lag.run())
     dialers = [GroupDialer(g) for g in range((args.agents + args.per_channel - 1)
                                              // args.per_channel)]
     tasks = []
@@ -215,12 +235,14 @@ async def main_async(args: argparse.Namespace) -> None:
         while True:
             await asyncio.sleep(args.stats_every)
             lat, stats.latencies = stats.latencies, []
+            lag_max, lag.worst = lag.worst, 0.0
             line: dict[str, Any] = {
                 "t": round(time.monotonic() - started, 2),
                 "sessions_up": stats.sessions_up, "ever_acked": len(stats.ever_acked),
                 "acked": stats.acked, "ack_p50_ms": round(percentile(lat, 0.5) * 1000, 1),
                 "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
                 "ack_max_ms": round(max(lat, default=0.0) * 1000, 1),
+                "loop_lag_max_ms": round(lag_max * 1000, 1),
                 "sessions_ended": stats.sessions_ended, "ended_why": stats.ended_why,
                 "past_deadline": len(stats.past_deadline),
                 "running": sum(len(n.running) for n in nodes), "reports": stats.reports,
@@ -231,7 +253,8 @@ async def main_async(args: argparse.Namespace) -> None:
             print(json.dumps(line), flush=True)
     finally:
         stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        lag_task.cancel()
+        await asyncio.gather(*tasks, lag_task, return_exceptions=True)
 
 
 def main() -> int:
@@ -239,6 +262,8 @@ def main() -> int:
     parser.add_argument("--controllers", required=True, help="agent addresses, comma-separated")
     parser.add_argument("--agents", type=int, default=100)
     parser.add_argument("--prefix", default="sim-")
+    parser.add_argument("--first", type=int, default=0, help="number of the first node "
+                        "(processes sharing a cluster take ranges apart)")
     parser.add_argument("--vcpus", type=int, default=256)
     parser.add_argument("--memory", type=int, default=256 << 30)
     parser.add_argument("--stats-every", type=float, default=5.0)

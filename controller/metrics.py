@@ -47,6 +47,16 @@ class ControllerMetrics:
         self.lease_renewals = Counter(
             "viridian_lease_renewals", "Node lease renewals by result (ok, failed, expired).",
             ["result"], registry=r)
+        self.heartbeat_ack_seconds = Histogram(
+            "viridian_heartbeat_ack_seconds", "From a heartbeat's arrival to its ack being "
+            "queued (the wait for a lease renewal begun after it arrived).",
+            buckets=FAST_BUCKETS, registry=r)
+        self.lease_renewal_seconds = Histogram(
+            "viridian_lease_renewal_seconds", "Duration of one renewal of this replica's node "
+            "lease (an etcd keepalive).", buckets=FAST_BUCKETS, registry=r)
+        self.loop_lag_seconds = Histogram(
+            "viridian_event_loop_lag_seconds", "How late the replica's event loop ran a "
+            "timer due every 100 ms (loop_lag.py).", buckets=FAST_BUCKETS, registry=r)
         self.image_push_bytes = Counter(
             "viridian_image_push_bytes", "Image bytes received by PushImage.", registry=r)
         self.image_push_seconds = Histogram(

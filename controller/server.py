@@ -29,6 +29,7 @@ from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
 from controller.gateway.sessions import SessionRegistry
+from controller.gateway.timings import DEFAULT_MAX_HEARTBEATS_PER_S
 from controller.images.backend import ImageBackend
 from controller.images.blobstore import BlobStore
 from controller.images.checks import MAX_IMAGE_BYTES
@@ -36,6 +37,7 @@ from controller.images.gc import DEFAULT_GRACE_S, ImageGc
 from controller.images.local import LocalBlobStore
 from controller.images.peers import BlobPeers
 from controller.leader import LeaderElector
+from controller.loop_lag import LoopLagMonitor
 from controller.loops.compaction import DEFAULT_COMPACT_EVERY_S, CompactionLoop, EventTrimLoop
 from controller.loops.scheduling import SchedulingLoop
 from controller.metrics import ControllerMetrics
@@ -76,6 +78,9 @@ class ControllerConfig:
     etcd_endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:2379"])
     prefix: str = "/viridian"
     lease_ttl: int = 3
+    # heartbeats a second this replica aims to stay under: past it, agents beat less often
+    # (up to TTL/2 apart); controller/gateway/timings.py
+    max_heartbeats_per_s: float = DEFAULT_MAX_HEARTBEATS_PER_S
     identity: str = ""
     advertise: str = ""
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -111,6 +116,7 @@ class ControllerReplica:
         self.metrics = ControllerMetrics()
         self.etcd.txn_observer = self.metrics.txn_done
         self.metrics.watch(self.cache, self.sessions)
+        self.loop_lag = LoopLagMonitor(self.metrics.loop_lag_seconds.observe)
         self.metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             # Imported only here: aiohttp slows every start (see the blob registry below).
@@ -169,7 +175,8 @@ class ControllerReplica:
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.server)
         controller_pb2_grpc.add_ControllerServicer_to_server(service, self.agent_server)
         self.gateway = AgentGateway(self.store, self.actions, self.sessions, config.lease_ttl,
-                                    self.agent_advertise, self.images, dialer, self.metrics)
+                                    self.agent_advertise, self.images, dialer, self.metrics,
+                                    config.max_heartbeats_per_s)
         agent_pb2_grpc.add_AgentGatewayServicer_to_server(self.gateway, self.agent_server)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         for server, names in ((self.server, ("Controller",)),
@@ -244,6 +251,7 @@ class ControllerReplica:
     async def start(self) -> None:
         await self.blobs.start()
         await self.cache.start()
+        self.loop_lag.start()
         await self._bootstrap_tokens()
         await self.presence.announce()
         self.presence.start()
@@ -283,6 +291,7 @@ class ControllerReplica:
         await self.image_gc.stop()
         await self.presence.stop()
         await self.cache.stop()
+        await self.loop_lag.stop()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.blobs.close()

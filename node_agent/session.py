@@ -246,6 +246,9 @@ class ControllerSession:
         assert timing is not None
         if ack.lease_ttl_seconds:
             timing = self.outcome.timing = timing.with_ttl(float(ack.lease_ttl_seconds))
+        if ack.heartbeat_interval_ms or ack.ack_timeout_ms:
+            timing = self.outcome.timing = timing.with_pace(ack.heartbeat_interval_ms,
+                                                            ack.ack_timeout_ms)
         sent_at = self.beats.acked(ack.seq)
         if sent_at is None:
             return  # not an answer to a heartbeat we wait for: proves nothing new

@@ -43,6 +43,15 @@ class Timing:
         margin = self.margin if self.explicit_margin else ttl / 6.0
         return replace(self, ttl=ttl, margin=min(margin, ttl / 2.0))
 
+    def with_pace(self, heartbeat_ms: int, ack_timeout_ms: int) -> Timing:
+        """The controller changed the pace (an ack says so; 0 = unchanged). The fence does
+        not depend on it: only the TTL and margin set the contact deadline."""
+        heartbeat = max(heartbeat_ms / 1000.0, 0.05) if heartbeat_ms else self.heartbeat
+        ack_timeout = max(ack_timeout_ms / 1000.0, 0.1) if ack_timeout_ms else self.ack_timeout
+        if (heartbeat, ack_timeout) == (self.heartbeat, self.ack_timeout):
+            return self
+        return replace(self, heartbeat=heartbeat, ack_timeout=ack_timeout)
+
     def register_timeout(self, failed_rounds: int) -> float:
         """Short, so a hung controller costs little of the TTL; longer after whole rounds
         of addresses failed, in case every controller is merely slow."""

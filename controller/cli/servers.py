@@ -128,6 +128,11 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
 @click.option("--lease-ttl", type=click.IntRange(min=1),
               help="Seconds a node (and the leader) lease lives without renewal "
               "(default: the controller's).")
+@click.option("--max-heartbeats-per-second", "max_beats", type=click.FloatRange(min=1),
+              default=2000, show_default=True,
+              help="Agent heartbeats a second this replica aims to stay under: holding more "
+              "sessions than that allows at TTL/6 apart, it asks agents to beat less often "
+              "(never more than TTL/2 apart).")
 @click.option("--prefix", help="etcd key prefix (default: the controller's, /viridian).")
 @click.option("--advertise", default="",
               help="host:port other replicas reach this one at (default: the --listen address).")
@@ -160,7 +165,7 @@ def up_cmd(nodes: int, data_dir: Path | None, listen: str, etcd_quota: int,
 @metrics_option
 @log_options
 def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | None,
-                   prefix: str | None, advertise: str, pki_dir: Path | None,
+                   max_beats: float, prefix: str | None, advertise: str, pki_dir: Path | None,
                    compact_every: float, max_events: int,
                    insecure: bool, web_listen: str, data_dir: Path | None, blob_registry: str,
                    blob_registry_ca: Path | None, max_image_size: int | None,
@@ -197,6 +202,7 @@ def controller_cmd(listen: str, agent_listen: str, etcd: str, lease_ttl: int | N
     config.image_gc_grace_s = image_gc_grace
     if lease_ttl is not None:
         config.lease_ttl = lease_ttl
+    config.max_heartbeats_per_s = max_beats
     if prefix is not None:
         config.prefix = prefix
     if insecure:

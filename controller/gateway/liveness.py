@@ -9,6 +9,9 @@ time + TTL - margin has stopped its partitions before the key can go. At most on
 in flight; heartbeats that arrive meanwhile wait for the next, which begins as soon as it
 ends. The cost is one keepalive per renewal, however many nodes: a lease per node cost one
 keepalive per heartbeat per node (10,000 a second at 5,000 nodes with a 3 s TTL).
+Each ack also carries the heartbeat pace for the sessions this replica now holds
+(timings.py): thousands of agents are asked to beat less often, never past what the TTL
+allows.
 
 A node whose agent went silent for the TTL (frozen, cut off, or its session stream ended
 and it did not register again) loses its session and its lease key (deleted only if it is
@@ -32,6 +35,7 @@ from viridian.v1 import agent_pb2 as apb
 
 from controller.errors import StoreError
 from controller.gateway.sessions import NodeSession, SessionRegistry
+from controller.gateway.timings import Timings
 from controller.metrics import ControllerMetrics
 from controller.store import Store
 
@@ -42,16 +46,19 @@ MIN_RENEWAL_GAP_S = 0.02
 
 
 class NodeLiveness:
-    def __init__(self, store: Store, sessions: SessionRegistry, ttl: int, check_s: float,
+    def __init__(self, store: Store, sessions: SessionRegistry, timings: Timings,
                  metrics: ControllerMetrics) -> None:
         self.store = store
         self.sessions = sessions
-        self.ttl = ttl
-        self.check_s = check_s   # how often silent agents are looked for (and the lease renewed)
+        self.timings = timings
+        self.ttl = timings.lease_ttl
+        # how often silent agents are looked for (and the lease renewed when nothing beats)
+        self.check_s = max(timings.heartbeat_s, 0.05)
         self.metrics = metrics
         self._lease = 0
         self._granting = asyncio.Lock()
-        self._beats: dict[str, NodeSession] = {}   # session id -> a session with a new beat
+        # session id -> (a session with a new beat, when its newest beat arrived)
+        self._beats: dict[str, tuple[NodeSession, float]] = {}
         # sessions whose stream ended: their node's key goes when it has been silent a TTL
         self._ended: dict[str, NodeSession] = {}
         self._wake = asyncio.Event()
@@ -79,7 +86,7 @@ class NodeLiveness:
 
     def beat(self, session: NodeSession) -> None:
         """A heartbeat arrived on `session` (its beat_seq is set): ack it after a renewal."""
-        self._beats[session.session_id] = session
+        self._beats[session.session_id] = (session, asyncio.get_running_loop().time())
         self._wake.set()
 
     def ended(self, session: NodeSession) -> None:
@@ -120,28 +127,37 @@ class NodeLiveness:
         if not lease:
             return
         # The seq of each session's newest heartbeat, read before the renewal begins.
-        pending = [(s, s.beat_seq) for s in self._beats.values()]
+        pending = [(s, s.beat_seq, at) for s, at in self._beats.values()]
         self._beats = {}
+        loop = asyncio.get_running_loop()
+        began = loop.time()
         try:
             ttl = await self.store.etcd.keepalive(lease)
         except StoreError as err:
             log.warning("renewing this replica's node lease failed: %s; %d heartbeats not "
                         "acked", err, len(pending))
             self.metrics.lease_renewals.labels("failed").inc()
-            for s, _ in pending:   # the next renewal answers them
+            for s, _, at in pending:   # the next renewal answers them
                 if not s.closed:
-                    self._beats.setdefault(s.session_id, s)
+                    self._beats.setdefault(s.session_id, (s, at))
             return
+        now = loop.time()
+        self.metrics.lease_renewal_seconds.observe(now - began)
         if ttl <= 0:
             self.metrics.lease_renewals.labels("expired").inc()
             await self._lost(lease)
             return
         self.metrics.lease_renewals.labels("ok").inc()
         self.renewals += 1
-        for s, seq in pending:
+        observe = self.metrics.heartbeat_ack_seconds.observe
+        interval, ack_timeout = self.timings.pace(len(self.sessions))
+        interval_ms, ack_timeout_ms = round(interval * 1000), round(ack_timeout * 1000)
+        for s, seq, at in pending:
             if not s.closed:
                 s.send(apb.ControllerMessage(ack=apb.HeartbeatAck(
-                    lease_ttl_seconds=self.ttl, seq=seq)))
+                    lease_ttl_seconds=self.ttl, seq=seq, heartbeat_interval_ms=interval_ms,
+                    ack_timeout_ms=ack_timeout_ms)))
+                observe(now - at)
 
     async def _lost(self, lease: int) -> None:
         """The lease expired: every node key on it is gone. End those sessions."""

@@ -35,6 +35,7 @@ from controller.gateway.liveness import NodeLiveness
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
 from controller.gateway.state_transfer import StateTransfers
+from controller.gateway.timings import DEFAULT_MAX_HEARTBEATS_PER_S, Timings
 from controller.grpc_errors import Context, map_errors, map_stream_errors, status_of
 from controller.images.backend import ImageBackend
 from controller.images.blobstore import DIGEST
@@ -56,32 +57,6 @@ DEADLINE_SLACK_S = 0.1
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
 
-@dataclass(frozen=True)
-class Timings:
-    """What a replica tells its agents (derived from the node lease TTL)."""
-
-    lease_ttl: int
-
-    @property
-    def heartbeat_s(self) -> float:
-        return max(0.1, self.lease_ttl / 6.0)
-
-    @property
-    def fence_margin_s(self) -> float:
-        return max(0.1, self.lease_ttl / 6.0)
-
-    @property
-    def ack_timeout_s(self) -> float:
-        return 2 * self.heartbeat_s
-
-    def response(self, session_id: str) -> apb.RegisterResponse:
-        return apb.RegisterResponse(
-            session_id=session_id, lease_ttl_seconds=self.lease_ttl,
-            heartbeat_interval_ms=round(self.heartbeat_s * 1000),
-            fence_margin_ms=round(self.fence_margin_s * 1000),
-            ack_timeout_ms=round(self.ack_timeout_s * 1000))
-
-
 @dataclass
 class Grant:
     session_id: str
@@ -100,13 +75,14 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
     def __init__(self, store: Store, actions: PartitionActions, sessions: SessionRegistry,
                  lease_ttl: int, advertise: str, images: ImageBackend,
                  dialer: Dialer | None = None,
-                 metrics: ControllerMetrics | None = None) -> None:
+                 metrics: ControllerMetrics | None = None,
+                 max_heartbeats_per_s: float = DEFAULT_MAX_HEARTBEATS_PER_S) -> None:
         self.store = store
         self.metrics = metrics or ControllerMetrics()
         self.images = images
         self.dialer = dialer or Dialer(None)
         self.sessions = sessions
-        self.timings = Timings(lease_ttl)
+        self.timings = Timings(lease_ttl, max_heartbeats_per_s)
         self.lease_ttl = lease_ttl
         self.advertise = advertise
         self.reports = ReportApplier(store, actions)
@@ -114,8 +90,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self._granted: dict[str, Grant] = {}
         self._registering = asyncio.Semaphore(MAX_REGISTERING)
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
-        self.liveness = NodeLiveness(store, sessions, lease_ttl,
-                                     max(self.timings.heartbeat_s, 0.05), self.metrics)
+        self.liveness = NodeLiveness(store, sessions, self.timings, self.metrics)
 
     @map_errors
     async def Register(
@@ -151,7 +126,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             if current is not None and current.session_id == old.session_id:
                 current.close()  # superseded: the new registration replaced its claim
         self._granted[name] = Grant(session_id, lease, claim, list(request.running))
-        reply = self.timings.response(session_id)
+        reply = self.timings.response(session_id, len(self.sessions) + 1)
         reply.state_ticket_key = await self.transfers.node_key(name)
         return reply
 

@@ -228,6 +228,10 @@ class SessionRegistry:
             del self._told[name]
         return out
 
+    def __len__(self) -> int:
+        """Sessions held (one just closed may count until its stream ends)."""
+        return len(self._sessions)
+
     def nodes(self) -> list[str]:
         return [n for n, s in self._sessions.items() if not s.closed]
 

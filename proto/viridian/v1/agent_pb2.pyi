@@ -608,19 +608,29 @@ class HeartbeatAck(_message.Message):
 
     LEASE_TTL_SECONDS_FIELD_NUMBER: _builtins.int
     SEQ_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
+    ACK_TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     lease_ttl_seconds: _builtins.int
     """the TTL in force"""
     seq: _builtins.int
     """the newest heartbeat this ack answers"""
+    heartbeat_interval_ms: _builtins.int
+    """the pace in force from now on (0 = unchanged): a"""
+    ack_timeout_ms: _builtins.int
+    """replica holding many sessions asks for fewer beats
+    the ack timeout that goes with it (0 = unchanged)
+    """
     def __init__(
         self,
         *,
         lease_ttl_seconds: _builtins.int = ...,
         seq: _builtins.int = ...,
+        heartbeat_interval_ms: _builtins.int = ...,
+        ack_timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_ttl_seconds", b"lease_ttl_seconds", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_timeout_ms", b"ack_timeout_ms", "heartbeat_interval_ms", b"heartbeat_interval_ms", "lease_ttl_seconds", b"lease_ttl_seconds", "seq", b"seq"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,12 +39,14 @@ class FakeClock:
 class FakeController(agent_pb2_grpc.AgentGatewayServicer):
     """A controller whose behaviour a test switches: `acks` (answer each heartbeat at
     once), `register_hangs` (Register never answers), `end_after_ack` (end the stream after
-    the first ack). send() pushes any message (an old ack, an assignment) to the session."""
+    the first ack). send() pushes any message (an old ack, an assignment) to the session.
+    `pace_ms`, when set, goes in every ack as the heartbeat interval asked for."""
 
     ttl: int = 3
     acks: bool = True
     register_hangs: bool = False
     end_after_ack: bool = False
+    pace_ms: int = 0
     images: dict[str, bytes] = field(default_factory=dict)
     registers: int = 0
     register_requests: list[apb.RegisterRequest] = field(default_factory=list)
@@ -116,7 +118,8 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
                 if self.acks:
                     self.acked.append(msg.heartbeat.seq)
                     out.put_nowait(apb.ControllerMessage(ack=apb.HeartbeatAck(
-                        lease_ttl_seconds=self.ttl, seq=msg.heartbeat.seq)))
+                        lease_ttl_seconds=self.ttl, seq=msg.heartbeat.seq,
+                        heartbeat_interval_ms=self.pace_ms)))
         finally:
             out.put_nowait(None)
 

@@ -180,3 +180,28 @@ def test_heartbeats_carry_seq_from_one(tmp_path: Path) -> None:
         await good.stop()
 
     asyncio.run(scenario())
+
+
+def test_an_ack_that_asks_for_a_slower_pace_is_followed(tmp_path: Path) -> None:
+    """A replica holding many sessions asks, in its acks, for fewer heartbeats: the agent
+    beats at the new interval from the next beat on, and its fence is unchanged (acked
+    within the TTL, it never fences)."""
+    async def scenario() -> None:
+        good = FakeController()
+        await good.start()
+        async with running_agent(tmp_path / "run", [good.address]) as agent:
+            await wait_for(lambda: len(good.heartbeats) >= 3, "three heartbeats", timeout=5.0)
+            good.pace_ms = 1200
+            changed = len(good.heartbeats)
+            await wait_for(lambda: len(good.heartbeats) >= changed + 4, "four more beats",
+                           timeout=10.0)
+            assert not agent.fence.fenced
+        times = [t for t, _ in good.heartbeats]
+        fast = [b - a for a, b in zip(times[1:changed], times[2:changed], strict=False)]
+        # the beat after the first slow ack was already scheduled at the old pace
+        slow = [b - a for a, b in zip(times[changed + 1:], times[changed + 2:], strict=False)]
+        assert all(0.3 < gap < 0.8 for gap in fast), fast
+        assert slow and all(1.1 < gap < 1.5 for gap in slow), slow
+        await good.stop()
+
+    asyncio.run(scenario())

@@ -14,6 +14,8 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
+from controller.gateway.timings import Timings
+
 TTL = 2
 
 
@@ -110,3 +112,49 @@ def test_a_registration_that_cannot_start_before_its_deadline_is_refused_at_once
     assert code == grpc.StatusCode.UNAVAILABLE and "busy registering" in details
     assert time.monotonic() - started < 1.0
     assert api.replica.store.cache.nodes.get("queued") is None   # nothing written
+
+
+def test_the_pace_slows_with_the_sessions_held_and_keeps_to_the_ttl() -> None:
+    """TTL/6 apart while the heartbeats stay under the budget; then as far apart as the
+    budget asks, never past TTL/2; the ack timeout always leaves the agent time to move
+    before it fences (interval + ack timeout <= TTL - margin)."""
+    t = Timings(3, max_beats_per_s=2000)
+    assert t.pace(1) == (0.5, 1.0)
+    assert t.pace(1000) == (0.5, 1.0)
+    assert t.pace(2000) == (1.0, 1.5)
+    assert t.pace(5000) == (1.5, 1.0)
+    for ttl in (1, 2, 3, 10, 60):
+        timings = Timings(ttl, max_beats_per_s=50)
+        paces = [timings.pace(n) for n in (0, 1, 10, 100, 1000, 10_000, 10**6)]
+        assert [p[0] for p in paces] == sorted(p[0] for p in paces)   # slower with more
+        for interval, ack_timeout in paces:
+            assert timings.heartbeat_s <= interval <= max(ttl / 2, timings.heartbeat_s)
+            assert interval + ack_timeout <= ttl - timings.fence_margin_s + 1e-9
+            assert 0.1 <= ack_timeout <= 2 * interval
+
+
+def test_a_busy_replica_asks_its_agents_for_fewer_heartbeats(etcd_endpoint: str,
+                                                              prefix: str) -> None:
+    """Over its heartbeat budget (here 2 a second), a replica's Register replies and acks
+    carry the slower pace for the sessions it holds."""
+    for api in replica(etcd_endpoint, prefix, lease_ttl=TTL, max_heartbeats_per_s=2.0):
+        agents: list[FakeAgent] = []
+        try:
+            first = FakeAgent(api, "paced-0", vcpus=1, memory=1 << 30)
+            agents.append(first)
+            assert first.reply.heartbeat_interval_ms == 500   # 1 session at 2 a second
+            agents += [FakeAgent(api, f"paced-{i}", vcpus=1, memory=1 << 30)
+                       for i in range(1, 5)]
+            # 5 sessions at 2 beats a second: 2.5 s apart, capped at TTL/2 = 1 s; the ack
+            # timeout is what is left before the fence: 2 - 1/3 - 1 s
+            assert agents[-1].reply.heartbeat_interval_ms == 1000
+            assert agents[-1].reply.ack_timeout_ms == 667
+
+            def paced_ack() -> bool:
+                return any(m.HasField("ack") and m.ack.heartbeat_interval_ms == 1000
+                           and m.ack.ack_timeout_ms == 667 for m in list(first.received))
+
+            wait_for(paced_ack, what="an ack to the first agent with the slower pace")
+        finally:
+            for agent in agents:
+                agent.close()

@@ -12,7 +12,6 @@ from inproc import Api, FakeAgent, compile_hello, create, get, push, replica, wa
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from viridian.v1 import controller_pb2 as cpb
-from viridian.v1 import types_pb2 as pb
 
 from controller.metrics_http import MetricsServer
 
@@ -58,6 +57,9 @@ def test_names_and_types(api: Api) -> None:
         "viridian_sessions_open": "gauge",
         "viridian_heartbeat_age_seconds": "gauge",
         "viridian_lease_renewals": "counter",
+        "viridian_heartbeat_ack_seconds": "histogram",
+        "viridian_lease_renewal_seconds": "histogram",
+        "viridian_event_loop_lag_seconds": "histogram",
         "viridian_image_push_bytes": "counter",
         "viridian_image_push_seconds": "histogram",
         "viridian_image_pull_bytes": "counter",
@@ -88,6 +90,10 @@ def test_counters_move_with_the_cluster(api: Api, elf: bytes) -> None:
     assert value(after, "viridian_etcd_txn_seconds", "_count") > \
         value(before, "viridian_etcd_txn_seconds", "_count")
     assert value(after, "viridian_sessions_open") == 1
+    # Every heartbeat acked went through a renewal; each was observed once.
+    assert value(after, "viridian_heartbeat_ack_seconds", "_count") >= 2
+    assert value(after, "viridian_lease_renewal_seconds", "_count") >= 2
+    assert value(after, "viridian_event_loop_lag_seconds", "_count") >= 1
     age = value(after, "viridian_heartbeat_age_seconds", node="metrics-node")
     assert 0 <= age < 2   # a heartbeat every 0.1 s; the ack path is on the same loop
     phases = {s.labels["phase"]: s.value for s in after["viridian_partitions"].samples}
@@ -169,6 +175,13 @@ def test_last_heartbeat_from_the_lease_on_another_replica(etcd_endpoint: str,
 def test_phase_names_are_lower_case_without_the_prefix(api: Api, elf: bytes) -> None:
     push(api.stub, "hello", elf)
     create(api, "phased", vcpus=1, memory_bytes=64 << 20)
-    wait_for(lambda: get(api, "phased").status.phase != pb.PARTITION_PHASE_UNSPECIFIED)
-    phases = {s.labels["phase"] for s in scrape(api)["viridian_partitions"].samples}
-    assert phases and all(p.islower() and not p.startswith("partition_") for p in phases)
+    # The gauge is the replica's cache, which follows etcd by its watch: wait on the gauge.
+    phases: set[str] = set()
+
+    def counted() -> bool:
+        phases.update(s.labels["phase"] for s in scrape(api)["viridian_partitions"].samples
+                      if s.value)
+        return bool(phases)
+
+    wait_for(counted, what="the partition counted by phase")
+    assert all(p.islower() and not p.startswith("partition_") for p in phases), phases
