@@ -74,7 +74,8 @@ def rss_mib(pid: int) -> float:
 
 
 class Replica:
-    def __init__(self, work: Path, etcd: str, ttl: int, name: str) -> None:
+    def __init__(self, work: Path, etcd: str, ttl: int, name: str,
+                 max_beats: float = 2000.0) -> None:
         self.api = f"127.0.0.1:{free_port()}"
         self.agents = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
@@ -84,7 +85,8 @@ class Replica:
                 [sys.executable, "-m", "controller.cli", "controller", "--listen", self.api,
                  "--agent-listen", self.agents, "--etcd", etcd, "--insecure",
                  "--lease-ttl", str(ttl), "--data-dir", str(work / name),
-                 "--metrics-listen", self.metrics, "--log-level", "warning"],
+                 "--metrics-listen", self.metrics, "--log-level", "warning",
+                 "--max-heartbeats-per-second", str(max_beats)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV,
                 start_new_session=True)
         self.channel = grpc.insecure_channel(self.api, options=[
@@ -145,7 +147,7 @@ def quantile_at_most(before: dict[float, float], after: dict[float, float], q: f
 
 SUMMED = ("sessions_up", "ever_acked", "acked", "sessions_ended", "past_deadline", "running",
           "reports", "assigns", "recent_ack_nodes")
-WORST = ("t", "ack_p50_ms", "ack_p99_ms", "ack_max_ms", "loop_lag_max_ms")
+WORST = ("t", "ack_p50_ms", "ack_p99_ms", "ack_max_ms", "loop_lag_max_ms", "heartbeat_s")
 
 
 def merge_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -283,12 +285,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vscale-", dir="/tmp"))
     etcd = EtcdProcess(work / "etcd", quota_bytes=8 << 30)
     etcd.start()
-    result: dict[str, Any] = {"agents": args.agents, "lease_ttl_s": args.lease_ttl}
+    result: dict[str, Any] = {"agents": args.agents, "lease_ttl_s": args.lease_ttl,
+                              "max_heartbeats_per_s": args.max_beats}
     a = b = sim = None
     try:
-        a = Replica(work, etcd.endpoint, args.lease_ttl, "replica-a")
+        a = Replica(work, etcd.endpoint, args.lease_ttl, "replica-a", args.max_beats)
         a.wait_serving()
-        b = Replica(work, etcd.endpoint, args.lease_ttl, "replica-b")
+        b = Replica(work, etcd.endpoint, args.lease_ttl, "replica-b", args.max_beats)
         b.wait_serving()
         push_guest(a.stub, work)
 
@@ -327,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         line = sim.last
         result.update({
             "agents_held": line["recent_ack_nodes"],
+            "heartbeat_interval_s": line["heartbeat_s"],
             "false_not_ready": len(not_ready) + line["past_deadline"] - past0,
             "nodes_seen_not_ready": len(not_ready),
             "sim_past_deadline": line["past_deadline"] - past0,
@@ -409,6 +413,9 @@ def main() -> int:
     parser.add_argument("--per-channel", type=int, default=50,
                         help="simulated agents sharing a gRPC channel (saves the "
                         "simulator's CPU; the controller sees the same sessions)")
+    parser.add_argument("--max-heartbeats-per-second", dest="max_beats", type=float,
+                        default=2000.0, help="the replicas' heartbeat budget (a huge one "
+                        "keeps every agent at TTL/6: the pace before it scaled)")
     parser.add_argument("--sim-processes", type=int, default=1,
                         help="processes the simulated agents are split over")
     parser.add_argument("--skip-reconnect", action="store_true")

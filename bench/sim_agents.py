@@ -89,6 +89,7 @@ class Stats:
         self.past_deadline: set[str] = set()
         self.reports = 0
         self.assigns = 0
+        self.pace = 0.0   # the heartbeat interval of the newest ack (the replica's pace)
 
 
 class SimNode:
@@ -152,6 +153,7 @@ class SimNode:
             self.stats.past_deadline.add(self.name)   # a real agent would have fenced
         self.deadline = max(self.deadline, sent_at + timing.ttl - timing.margin)
         self.stats.latencies.append(now - sent_at)
+        self.stats.pace = timing.heartbeat
         self.stats.acked += 1
         self.stats.ever_acked.add(self.name)
         return True
@@ -243,6 +245,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "ack_p99_ms": round(percentile(lat, 0.99) * 1000, 1),
                 "ack_max_ms": round(max(lat, default=0.0) * 1000, 1),
                 "loop_lag_max_ms": round(lag_max * 1000, 1),
+                "heartbeat_s": stats.pace,
                 "sessions_ended": stats.sessions_ended, "ended_why": stats.ended_why,
                 "past_deadline": len(stats.past_deadline),
                 "running": sum(len(n.running) for n in nodes), "reports": stats.reports,
