@@ -150,9 +150,9 @@ def test_a_busy_replica_asks_its_agents_for_fewer_heartbeats(etcd_endpoint: str,
             assert agents[-1].reply.heartbeat_interval_ms == 1000
             assert agents[-1].reply.ack_timeout_ms == 667
 
-            def paced_ack() -> bool:
+            def paced_ack(agent: FakeAgent = first) -> bool:
                 return any(m.HasField("ack") and m.ack.heartbeat_interval_ms == 1000
-                           and m.ack.ack_timeout_ms == 667 for m in list(first.received))
+                           and m.ack.ack_timeout_ms == 667 for m in list(agent.received))
 
             wait_for(paced_ack, what="an ack to the first agent with the slower pace")
         finally:
