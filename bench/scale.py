@@ -20,9 +20,11 @@ counts summed, latencies the worst of them). In order:
    with 256 calls in flight; `committed_per_s` is partitions over the time from the first
    create until the agents run them all (placed, bound, assigned and reported Running).
 3. **`viridian ls` first page**: a real CLI process, time until its first screen (40 lines).
-4. **Mass reconnect.** Replica A is killed (SIGKILL, by its pid); `reconnect_s` is the time
-   until every agent has an acknowledged session on replica B and ListNodes on B shows them
-   all Ready; assignments sent after the kill (a partition restarted) are counted.
+4. **Mass reconnect.** Replica B starts only now (until then an agent that gave up on a
+   busy A found B refusing and came back: A holds every session). A is killed (SIGKILL, by
+   its pid); `reconnect_s` is the time until B holds every session (its
+   viridian_sessions_open) and ListNodes on B shows them all Ready; assignments sent after
+   the kill (a partition restarted) are counted.
 5. etcd's database size (its metrics) and controller B's RSS.
 
 It prints a table and, with --json, writes agents_held, false_not_ready, ack_p99_ms,
@@ -80,6 +82,12 @@ class Replica:
         self.agents = f"127.0.0.1:{free_port()}"
         self.metrics = f"127.0.0.1:{free_port()}"
         self.log = work / f"{name}.log"
+        self.args = (work, etcd, ttl, name, max_beats)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Launch the replica (its addresses are known before: agents may be given them)."""
+        work, etcd, ttl, name, max_beats = self.args
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "controller.cli", "controller", "--listen", self.api,
@@ -93,11 +101,27 @@ class Replica:
             ("grpc.max_receive_message_length", 64 * MIB)])
         self.stub = cgrpc.ControllerStub(self.channel)
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def wait_serving(self, timeout: float = 60) -> None:
+        assert self.proc is not None
         wait_serving(self.api, self.proc, self.log, timeout=timeout)
 
+    def sessions(self) -> int:
+        """Agent sessions it holds (its viridian_sessions_open gauge)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as resp:
+            for line in resp.read().decode().splitlines():
+                if line.startswith("viridian_sessions_open "):
+                    return int(float(line.split()[1]))
+        return 0
+
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)   # its own session: only its processes
             self.proc.wait()
 
@@ -201,6 +225,13 @@ class SimAgents:
         self.last = merge_lines([p.lines.get(timeout=timeout) for p in self.procs])
         return self.last
 
+    def latest(self) -> dict[str, Any]:
+        """A line printed after this call began (the ones queued before are skipped)."""
+        for p in self.procs:
+            while not p.lines.empty():
+                p.lines.get_nowait()
+        return self.next()
+
     def until(self, check: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -290,9 +321,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     a = b = sim = None
     try:
         a = Replica(work, etcd.endpoint, args.lease_ttl, "replica-a", args.max_beats)
+        a.start()
         a.wait_serving()
+        # B starts only for the reconnect: until then an agent that gives up on A (a busy
+        # Register) finds B refusing and comes back, so A really holds every session.
         b = Replica(work, etcd.endpoint, args.lease_ttl, "replica-b", args.max_beats)
-        b.wait_serving()
         push_guest(a.stub, work)
 
         # 1. agents held
@@ -308,7 +341,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["agents_ready_s"] = round(time.monotonic() - t0, 2)
         print(f"{args.agents} agents Ready in {result['agents_ready_s']} s", flush=True)
         assert etcd.proc is not None
-        cpu0, hold0 = cpu_seconds(a.proc.pid), time.monotonic()
+        cpu0, hold0 = cpu_seconds(a.pid), time.monotonic()
         sim0, etcd0 = sum(map(cpu_seconds, sim.pids)), cpu_seconds(etcd.proc.pid)
         hist0 = a.histograms()
         sim_lags: list[float] = []
@@ -327,6 +360,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 next_poll = time.monotonic() + 10
         held = time.monotonic() - hold0
         hist1 = a.histograms()
+        result["sessions_on_a"] = a.sessions()
         line = sim.last
         result.update({
             "agents_held": line["recent_ack_nodes"],
@@ -340,11 +374,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ack_p99_ms": max(p99s, default=0.0),
             "ack_p99_ms_each_second": p99s,
             "hold_s": round(held, 1),
-            "controller_cpu_cores": round((cpu_seconds(a.proc.pid) - cpu0) / held, 2),
+            "controller_cpu_cores": round((cpu_seconds(a.pid) - cpu0) / held, 2),
             "simulator_cpu_cores": round((sum(map(cpu_seconds, sim.pids)) - sim0) / held, 2),
             "simulator_loop_lag_max_ms": max(sim_lags, default=0.0),
             "etcd_cpu_cores": round((cpu_seconds(etcd.proc.pid) - etcd0) / held, 2),
-            "controller_rss_mib_agents": round(rss_mib(a.proc.pid), 1),
+            "controller_rss_mib_agents": round(rss_mib(a.pid), 1),
         })
         for key, name in (("controller_ack", "viridian_heartbeat_ack_seconds"),
                           ("controller_renewal", "viridian_lease_renewal_seconds"),
@@ -364,28 +398,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             total = time.monotonic() - t1
             result["partitions_total_s"] = round(total, 2)
             result["committed_per_s"] = round(args.partitions / total, 1)
-            result["controller_rss_mib"] = round(rss_mib(a.proc.pid), 1)
+            result["controller_rss_mib"] = round(rss_mib(a.pid), 1)
             print(json.dumps(result), flush=True)
             # 3. ls
             result["ls_first_page_s"] = round(ls_first_page(a.api), 3)
 
         # 4. mass reconnect
         if not args.skip_reconnect:
+            b.start()
+            b.wait_serving()
             assigns_before = sim.last["assigns"]
             running_before = sim.last["running"]
             t2 = time.monotonic()
             a.kill()
-            time.sleep(args.lease_ttl / 2)
-            sim.until(lambda s: s["recent_ack_nodes"] >= args.agents and
-                      s["sessions_up"] >= args.agents, 300, "every agent back")
+            # Every session on B (A's acks no longer count: their deadlines outlive the kill
+            # by up to TTL - margin), then every node Ready there.
+            deadline = time.monotonic() + 300
+            while b.sessions() < args.agents:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {b.sessions()} sessions on B after 300 s")
+                time.sleep(0.2)
             while b.nodes()[0] < args.agents:
                 time.sleep(0.2)
             result["reconnect_s"] = round(time.monotonic() - t2, 2)
-            line = sim.next()
+            line = sim.latest()
             result["restarted_after_reconnect"] = line["assigns"] - assigns_before
             result["running_after_reconnect"] = line["running"]
             result["running_before_reconnect"] = running_before
-            result["controller_b_rss_mib"] = round(rss_mib(b.proc.pid), 1)
+            result["controller_b_rss_mib"] = round(rss_mib(b.pid), 1)
         result["etcd_db_mib"] = round(etcd_db_bytes(etcd) / MIB, 1)
     finally:
         if sim is not None:
