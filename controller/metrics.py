@@ -51,6 +51,16 @@ class ControllerMetrics:
             "viridian_heartbeat_ack_seconds", "From a heartbeat's arrival to its ack being "
             "queued (the wait for a lease renewal begun after it arrived).",
             buckets=FAST_BUCKETS, registry=r)
+        self.register_seconds = Histogram(
+            "viridian_register_seconds", "From a Register's arrival to its answer (the wait "
+            "for its batched etcd transaction).", buckets=FAST_BUCKETS, registry=r)
+        self.session_open_seconds = Histogram(
+            "viridian_session_open_seconds", "From a Register's answer to the hello of the "
+            "session it granted.", buckets=FAST_BUCKETS, registry=r)
+        self.gc_pause_seconds = Histogram(
+            "viridian_gc_pause_seconds", "Garbage-collection pauses of the replica's "
+            "interpreter (the event loop stops for them), by generation.", ["generation"],
+            buckets=FAST_BUCKETS, registry=r)
         self.lease_renewal_seconds = Histogram(
             "viridian_lease_renewal_seconds", "Duration of one renewal of this replica's node "
             "lease (an etcd keepalive).", buckets=FAST_BUCKETS, registry=r)

@@ -24,12 +24,13 @@ from grpc_reflection.v1alpha import reflection
 from viridian.v1 import agent_pb2, agent_pb2_grpc, controller_pb2, controller_pb2_grpc
 from viridian.v1 import types_pb2 as pb
 
-from controller import logs, malloc
+from controller import gc_policy, logs, malloc
 from controller.api import ApiContext, ControllerService
 from controller.gateway.dispatch import DispatchLoop
 from controller.gateway.service import AgentGateway
 from controller.gateway.sessions import SessionRegistry
 from controller.gateway.timings import DEFAULT_MAX_HEARTBEATS_PER_S
+from controller.gc_policy import GcPauses
 from controller.images.backend import ImageBackend
 from controller.images.blobstore import BlobStore
 from controller.images.checks import MAX_IMAGE_BYTES
@@ -117,6 +118,8 @@ class ControllerReplica:
         self.etcd.txn_observer = self.metrics.txn_done
         self.metrics.watch(self.cache, self.sessions)
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag_seconds.observe)
+        self.gc_pauses = GcPauses(
+            lambda gen, s: self.metrics.gc_pause_seconds.labels(str(gen)).observe(s))
         self.metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             # Imported only here: aiohttp slows every start (see the blob registry below).
@@ -252,6 +255,7 @@ class ControllerReplica:
         await self.blobs.start()
         await self.cache.start()
         self.loop_lag.start()
+        self.gc_pauses.install()
         await self._bootstrap_tokens()
         await self.presence.announce()
         self.presence.start()
@@ -285,6 +289,7 @@ class ControllerReplica:
             await self.web.stop()
         self.sessions.close_all()
         await self.gateway.liveness.stop()
+        await self.gateway.registrar.stop()
         await asyncio.gather(self.server.stop(GRACE_S), self.agent_server.stop(GRACE_S))
         await self.elector.stop()
         await self.dispatch.stop()
@@ -292,6 +297,7 @@ class ControllerReplica:
         await self.presence.stop()
         await self.cache.stop()
         await self.loop_lag.stop()
+        self.gc_pauses.remove()
         if self.metrics_server is not None:
             await self.metrics_server.stop()
         await self.blobs.close()
@@ -305,9 +311,11 @@ def _with_port(address: str, port: int) -> str:
     return f"{address.rsplit(':', 1)[0]}:{port}" if address else ""
 
 
-async def serve(config: ControllerConfig) -> None:
+async def serve(config: ControllerConfig, gc_tune: bool = True) -> None:
     replica = ControllerReplica(config)
     await replica.start()
+    if gc_tune:
+        gc_policy.tune_for_server()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -325,8 +333,8 @@ def run_controller(config: ControllerConfig, log_format: str = "text",
     if config.tls is None:
         log.warning("serving WITHOUT TLS or authentication (--insecure): anyone who reaches "
                     "%s can control the cluster", config.listen)
-    try:
-        asyncio.run(serve(config))
+    try:   # VIRIDIAN_GC_TUNE=0: the interpreter's defaults (bench comparison)
+        asyncio.run(serve(config, os.environ.get("VIRIDIAN_GC_TUNE", "1") != "0"))
     except (OSError, ValueError) as err:
         log.error("%s", err)
         return 1

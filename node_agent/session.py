@@ -213,7 +213,7 @@ class ControllerSession:
                  self.outcome.timing.heartbeat, self.outcome.timing.ack_timeout,
                  self.outcome.timing.margin)
         tasks = [asyncio.create_task(self._read(call), name="session-read"),
-                 asyncio.create_task(self._pump(outbox), name="session-heartbeat"),
+                 asyncio.create_task(self._pump(call, outbox), name="session-heartbeat"),
                  asyncio.create_task(self.stop.wait(), name="session-stop")]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -255,8 +255,30 @@ class ControllerSession:
         self.outcome.acked = True
         self.fence.contact(sent_at, timing)
 
-    async def _pump(self, outbox: Outbox) -> None:
-        """Send heartbeats on time; return when one was not acked within the timeout."""
+    async def _accepted(self, call: Any) -> bool:
+        """Wait until the controller accepts the session (it sends the stream's initial
+        metadata once it has checked the hello), at most an ack timeout.
+
+        Why: heartbeat 1's ack timeout used to run from the moment the stream was asked
+        for, so it also paid for the stream's setup. At a mass registration (thousands of
+        agents within seconds) setting up took up to 2 s on a busy replica, the first
+        heartbeat "was not acked" though nothing was wrong, and every such agent registered
+        again, which made the replica busier still."""
+        timing = self.outcome.timing
+        assert timing is not None
+        try:
+            async with asyncio.timeout(timing.ack_timeout):
+                await call.initial_metadata()
+        except TimeoutError:
+            self.outcome.why = f"the session was not accepted within {timing.ack_timeout:g}s"
+            return False
+        return True
+
+    async def _pump(self, call: Any, outbox: Outbox) -> None:
+        """Once the session is accepted, send heartbeats on time; return when one was not
+        acked within the timeout (or the session was not accepted in time)."""
+        if not await self._accepted(call):
+            return
         next_beat = self.clock.now()  # the first at once: contact is proven early
         while True:
             timing = self.outcome.timing

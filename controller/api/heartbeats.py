@@ -21,7 +21,7 @@ from controller.errors import StoreError
 from controller.gateway.sessions import SessionRegistry
 from controller.store import Store
 
-LOOKUPS_IN_FLIGHT = 4   # of EtcdStore's 8 threads: leave room for the rest
+LOOKUPS_IN_FLIGHT = 4   # lease lookups at etcd at once: leave room for the rest
 
 
 def _set_if_newer(node: pb.Node, at: float) -> None:

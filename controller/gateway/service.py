@@ -26,12 +26,12 @@ from controller.errors import (
     NotFound,
     PermissionDenied,
     StoreError,
-    Unavailable,
     ViridianError,
 )
 from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.liveness import NodeLiveness
+from controller.gateway.registrar import Registrar
 from controller.gateway.reports import ReportApplier
 from controller.gateway.sessions import NodeSession, SessionRegistry
 from controller.gateway.state_transfer import StateTransfers
@@ -44,15 +44,13 @@ from controller.partitions.actions import PartitionActions
 from controller.security import principal as callers
 from controller.security.tls import Dialer
 from controller.store import Store
+from controller.store.nodes import Registration
 from controller.validation import check_address, check_name, check_node_registration
 
 log = logging.getLogger(__name__)
 P = pb
-#: registrations worked on at once; the rest wait, each at most until shortly before its
-#: caller's deadline (then UNAVAILABLE at once: the agent backs off or tries another replica)
-#: instead of piling etcd work for callers that have given up (a mass reconnect of
-#: thousands of agents collapsed into timeouts and retries that way)
-MAX_REGISTERING = 32
+#: a registration waits for its batch (registrar.py) at most until this long before its
+#: caller's deadline, then is answered UNAVAILABLE
 DEADLINE_SLACK_S = 0.1
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
@@ -63,6 +61,7 @@ class Grant:
     lease: int
     claim: int
     adopted: list[apb.PartitionReport] = field(default_factory=list)
+    at: float = 0.0   # loop time of the answer
 
 
 def _caller_may_act_for(node: str) -> bool:
@@ -88,7 +87,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.reports = ReportApplier(store, actions)
         self.inventory = InventoryChecker(store, actions, sessions)
         self._granted: dict[str, Grant] = {}
-        self._registering = asyncio.Semaphore(MAX_REGISTERING)
+        self.registrar = Registrar(store.nodes)
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
         self.liveness = NodeLiveness(store, sessions, self.timings, self.metrics)
 
@@ -102,32 +101,22 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             raise PermissionDenied(f"{callers.current()} may not register as node {name!r}")
         check_node_registration(name, request.spec)
         left = context.time_remaining()
-        try:
-            async with asyncio.timeout(None if left is None else
-                                       max(left - DEADLINE_SLACK_S, 0.0)):
-                await self._registering.acquire()
-        except TimeoutError:
-            raise Unavailable(f"this controller is busy registering other nodes; node {name!r}"
-                              " should retry (here or at another replica)") from None
-        try:
-            return await self._register(name, request)
-        finally:
-            self._registering.release()
-
-    async def _register(self, name: str, request: apb.RegisterRequest
-                        ) -> apb.RegisterResponse:
+        arrived = asyncio.get_running_loop().time()
         lease = await self.liveness.lease()
-        claim, _ = await self.store.nodes.register(name, request.spec, self.advertise,
-                                                   lease, len(request.running))
+        claim, _ = await self.registrar.register(
+            Registration(name, request.spec, len(request.running)), self.advertise, lease,
+            None if left is None else max(left - DEADLINE_SLACK_S, 0.0))
         session_id = uuid.uuid4().hex
         old = self._granted.pop(name, None)
         if old is not None:
             current = self.sessions.get(name)
             if current is not None and current.session_id == old.session_id:
                 current.close()  # superseded: the new registration replaced its claim
-        self._granted[name] = Grant(session_id, lease, claim, list(request.running))
+        grant = self._granted[name] = Grant(session_id, lease, claim, list(request.running))
         reply = self.timings.response(session_id, len(self.sessions) + 1)
         reply.state_ticket_key = await self.transfers.node_key(name)
+        grant.at = asyncio.get_running_loop().time()
+        self.metrics.register_seconds.observe(grant.at - arrived)
         return reply
 
     async def Session(
@@ -155,11 +144,15 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         session = NodeSession(hello.node, hello.session_id, grant.lease, grant.claim)
         logs.bind_context(node=hello.node, request_id=hello.session_id)
         session.last_seen = asyncio.get_running_loop().time()
+        if grant.at:
+            self.metrics.session_open_seconds.observe(session.last_seen - grant.at)
         adopted, grant.adopted = grant.adopted, []
         for r in adopted:
             if r.phase in ACTIVE:
                 session.assign(r.name, r.epoch)
         self.sessions.attach(session)
+        # Accepted: the agent sends its first heartbeat only now (node_agent/session.py).
+        await context.send_initial_metadata(())
         log.info("session opened for node %s", hello.node)
         tasks = [asyncio.create_task(self._read(session, request_iterator, adopted))]
         try:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PER_TXN = 30  # partitions per transaction: 3 ops + 1 event each, under etcd's 128
-IN_FLIGHT = 8  # binding transactions in flight at once (EtcdStore's pool has 8 threads)
+IN_FLIGHT = 8  # binding transactions in flight at once
 YIELD_EVERY = 200  # decisions between two turns of the event loop (~10-30 ms of work)
 
 

@@ -12,10 +12,12 @@ around: no blacklist, a member that came back is simply used again when its turn
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
@@ -79,8 +81,26 @@ def describe(err: BaseException) -> str:
 
 
 @dataclass(frozen=True)
+class AioStubs:
+    """The raw asyncio stubs over one member's channel on one event loop."""
+
+    channel: grpc.aio.Channel
+    kv: Any
+    lease: Any
+    maintenance: Any
+
+
+@dataclass(frozen=True)
 class Endpoint:
-    """One etcd member: its channel and the raw stubs over it."""
+    """One etcd member: its blocking channel (the watch and keepalive streams, read by
+    their own threads) and the raw stubs over it, and per event loop an asyncio channel
+    for unary calls (``aio``).
+
+    Why unary calls use grpc.aio and not the blocking stubs on a thread pool: each pooled
+    call cost a thread hand-off, a future and GIL contention with the loop; measured on 2
+    cores against a local etcd, about 3x the CPU of an asyncio call (160-190 µs against
+    55-65 µs with 64 in flight), which at thousands of agents was most of a replica's CPU.
+    """
 
     index: int
     address: str
@@ -88,6 +108,40 @@ class Endpoint:
     kv: Any
     lease: Any
     maintenance: Any
+    credentials: grpc.ChannelCredentials | None = None
+    _aio: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AioStubs] = field(
+        default_factory=weakref.WeakKeyDictionary, compare=False, repr=False)
+
+    def aio(self) -> AioStubs:
+        """The asyncio stubs for the running loop (a grpc.aio channel belongs to the loop it
+        was made on: one per loop, made at first use)."""
+        loop = asyncio.get_running_loop()
+        stubs = self._aio.get(loop)
+        if stubs is None:
+            if self.credentials is None:
+                channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(self.address, self.credentials,
+                                                  options=CHANNEL_OPTIONS)
+            stubs = AioStubs(channel, etcdrpc.KVStub(channel), etcdrpc.LeaseStub(channel),
+                             etcdrpc.MaintenanceStub(channel))
+            self._aio[loop] = stubs
+        return stubs
+
+    def close_aio(self) -> None:
+        """Close the asyncio channels of loops still running (others went with their loop)."""
+        for loop, stubs in list(self._aio.items()):
+            if loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if loop is running:
+                loop.create_task(stubs.channel.close(None))
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(stubs.channel.close(None), loop)
+        self._aio.clear()
 
 
 class Endpoints:
@@ -119,6 +173,7 @@ class Endpoints:
                     kv=etcdrpc.KVStub(channel),
                     lease=etcdrpc.LeaseStub(channel),
                     maintenance=etcdrpc.MaintenanceStub(channel),
+                    credentials=credentials,
                 )
             )
 
@@ -148,6 +203,7 @@ class Endpoints:
     def close(self) -> None:
         for ep in self.endpoints:
             try:
+                ep.close_aio()
                 ep.channel.close()
             except Exception:  # noqa: BLE001 - closing a broken channel must not fail shutdown
                 log.debug("closing the channel to %s failed", ep.address, exc_info=True)

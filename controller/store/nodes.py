@@ -4,10 +4,12 @@ the node operations (drains, evictions) recorded for the leader to carry out."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from viridian.v1 import types_pb2 as pb
 
-from controller.errors import Conflict, FailedPrecondition, NotFound
+from controller.errors import Conflict, FailedPrecondition, NotFound, StoreError
 from controller.store.etcd import KV, Compare, EtcdStore, Op
 from controller.store.events import EventStore, now_ts
 from controller.store.keys import Keys
@@ -18,6 +20,15 @@ from controller.store.scan import ScanPage, between, scan
 log = logging.getLogger(__name__)
 RETRIES = 8
 OP_KEYS = {pb.NodeOperation.KIND_DRAIN: "drain", pb.NodeOperation.KIND_EVICTION: "eviction"}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One node's registration: its spec and how many partitions it re-adopts."""
+
+    name: str
+    spec: pb.NodeSpec
+    adopted: int
 
 
 class NodeStore:
@@ -95,12 +106,55 @@ class NodeStore:
         key, which only the session it belongs to may delete (``release``). A lease key of
         another replica's (the node moved) is simply replaced: that replica sees its claim
         superseded and ends its stale session."""
+        kv = await self._etcd.get(self._keys.node(name))
+        compare, ops, fresh = await self._registration(
+            Registration(name, spec, adopted), kv, holder, lease)
+        res = await self._etcd.txn([compare], ops)
+        if not res.succeeded:
+            raise Conflict(f"node {name!r} changed during registration; retry")
+        return res.revision, fresh
+
+    async def register_many(self, batch: Sequence[Registration], holder: str, lease: int
+                            ) -> list[tuple[int, bool] | StoreError]:
+        """``register`` for several nodes (distinct names) in one read and one transaction:
+        at thousands of agents registering at once, a transaction each was most of a
+        replica's work. When any node changed between the read and the write, each is
+        registered on its own, so one conflict costs only its own node. Returns, in order,
+        (claim, first registration) or the error of that node."""
+        if len(batch) == 1:
+            one = batch[0]
+            try:
+                return [await self.register(one.name, one.spec, holder, lease, one.adopted)]
+            except StoreError as err:
+                return [err]
+        if len({r.name for r in batch}) != len(batch):
+            raise ValueError("a registration batch names a node twice")
+        kvs = await self._etcd.get_many([self._keys.node(r.name) for r in batch])
+        compares, ops, fresh = [], [], []
+        for r, kv in zip(batch, kvs, strict=True):
+            compare, node_ops, first = await self._registration(r, kv, holder, lease)
+            compares.append(compare)
+            ops.extend(node_ops)
+            fresh.append(first)
+        res = await self._etcd.txn(compares, ops)
+        if res.succeeded:
+            return [(res.revision, first) for first in fresh]
+        out: list[tuple[int, bool] | StoreError] = []
+        for r in batch:
+            try:
+                out.append(await self.register(r.name, r.spec, holder, lease, r.adopted))
+            except StoreError as err:
+                out.append(err)
+        return out
+
+    async def _registration(self, r: Registration, kv: KV | None, holder: str, lease: int
+                            ) -> tuple[Compare, list[Op], bool]:
+        """The guard and the writes that register node `r` over its record `kv`."""
         k = self._keys
-        kv = await self._etcd.get(k.node(name))
         fresh = kv is None
-        node = pb.Node(name=name) if kv is None else decode(pb.Node, kv.value)
+        node = pb.Node(name=r.name) if kv is None else decode(pb.Node, kv.value)
         cordoned = node.spec.cordoned
-        node.spec.CopyFrom(spec)
+        node.spec.CopyFrom(r.spec)
         node.spec.cordoned = cordoned
         node.status.state = pb.NODE_STATE_READY
         node.status.reason = ""
@@ -108,17 +162,13 @@ class NodeStore:
         node.status.last_heartbeat.CopyFrom(now)
         if fresh:
             node.status.registered_at.CopyFrom(now)
-        events = await self._events.ops("Node", name, [(
+        events = await self._events.ops("Node", r.name, [(
             "Registered" if fresh else "NodeReady",
-            f"{spec.vcpus} vCPUs, {spec.memory_bytes >> 20}Mi, {adopted} partitions "
+            f"{r.spec.vcpus} vCPUs, {r.spec.memory_bytes >> 20}Mi, {r.adopted} partitions "
             f"re-adopted (session on {holder})", False)])
-        res = await self._etcd.txn(
-            [Compare(k.node(name), kv.mod_revision if kv is not None else 0)],
-            [Op.put(k.node(name), encode(node)), Op.put(k.node_lease(name), holder.encode(),
-                                                        lease), *events])
-        if not res.succeeded:
-            raise Conflict(f"node {name!r} changed during registration; retry")
-        return res.revision, fresh
+        return (Compare(k.node(r.name), kv.mod_revision if kv is not None else 0),
+                [Op.put(k.node(r.name), encode(node)),
+                 Op.put(k.node_lease(r.name), holder.encode(), lease), *events], fresh)
 
     async def release(self, name: str, claim: int) -> bool:
         """Delete the node's lease key if it is still the one written at revision `claim`

@@ -323,7 +323,7 @@ def test_many_leases_share_one_keepalive_stream_across_a_member_failure(
     count = 500
 
     async def scenario() -> tuple[float, float]:
-        store = EtcdStore([m.endpoint for m in members], pool_size=8)
+        store = EtcdStore([m.endpoint for m in members])
         try:
             leases = await asyncio.gather(*(store.grant_lease(5) for _ in range(count)))
             loop = asyncio.get_running_loop()

@@ -39,13 +39,16 @@ class FakeClock:
 class FakeController(agent_pb2_grpc.AgentGatewayServicer):
     """A controller whose behaviour a test switches: `acks` (answer each heartbeat at
     once), `register_hangs` (Register never answers), `end_after_ack` (end the stream after
-    the first ack). send() pushes any message (an old ack, an assignment) to the session.
-    `pace_ms`, when set, goes in every ack as the heartbeat interval asked for."""
+    the first ack), `accept_sessions` (send the stream's initial metadata at once, as the
+    controller does when it accepts a hello; off: a replica too busy to take the stream).
+    send() pushes any message (an old ack, an assignment) to the session. `pace_ms`, when
+    set, goes in every ack as the heartbeat interval asked for."""
 
     ttl: int = 3
     acks: bool = True
     register_hangs: bool = False
     end_after_ack: bool = False
+    accept_sessions: bool = True
     pace_ms: int = 0
     images: dict[str, bytes] = field(default_factory=dict)
     registers: int = 0
@@ -94,6 +97,8 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
                       context: Any) -> AsyncIterator[apb.ControllerMessage]:
         out: asyncio.Queue[apb.ControllerMessage | None] = asyncio.Queue()
         self._out = out
+        if self.accept_sessions:
+            await context.send_initial_metadata(())   # accepted, as the controller does
         reader = asyncio.create_task(self._read(request_iterator, out))
         try:
             while (msg := await out.get()) is not None:

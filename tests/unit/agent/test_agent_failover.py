@@ -205,3 +205,26 @@ def test_an_ack_that_asks_for_a_slower_pace_is_followed(tmp_path: Path) -> None:
         await good.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_first_heartbeat_waits_until_the_session_is_accepted(tmp_path: Path) -> None:
+    """Heartbeat 1 goes only once the controller accepted the stream (its initial
+    metadata), so a slow stream set-up on a busy replica is not taken for an unacked
+    heartbeat. A replica that never accepts is left after an ack timeout (1 s), without a
+    heartbeat sent to it."""
+
+    async def scenario() -> None:
+        busy, good = FakeController(accept_sessions=False), FakeController()
+        await busy.start()
+        await good.start()
+        async with running_agent(tmp_path / "run", [busy.address, good.address]) as agent:
+            await wait_for(lambda: busy.registers == 1, "the first Register")
+            registered_at = boottime()
+            await wait_for(lambda: bool(good.acked), "an ack from the second controller")
+            assert 0.9 < boottime() - registered_at < 1.8
+            assert not busy.heartbeats   # nothing was sent on a stream not accepted
+            assert not agent.fence.fenced
+        await busy.stop()
+        await good.stop()
+
+    asyncio.run(scenario())

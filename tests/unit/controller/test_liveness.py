@@ -104,7 +104,7 @@ def test_a_registration_that_cannot_start_before_its_deadline_is_refused_at_once
     until just before their caller's deadline, then get UNAVAILABLE (the agent backs off or
     tries another replica) instead of etcd work done for callers that gave up."""
     gateway = api.replica.gateway
-    gateway._registering = asyncio.Semaphore(0)   # every slot taken
+    gateway.registrar._slots = asyncio.Semaphore(0)   # every batch slot taken
     request = apb.RegisterRequest(node="queued", spec=pb.NodeSpec(
         vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64]))
     started = time.monotonic()
@@ -158,3 +158,24 @@ def test_a_busy_replica_asks_its_agents_for_fewer_heartbeats(etcd_endpoint: str,
         finally:
             for agent in agents:
                 agent.close()
+
+
+def test_registrations_arriving_together_share_transactions(api: Api) -> None:
+    """A burst of Registers (a mass reconnect) is written in shared transactions, not one
+    each, and every node is Ready with its lease key on this replica."""
+    gateway = api.replica.gateway
+    before = (gateway.registrar.batches, gateway.registrar.registered)
+    spec = pb.NodeSpec(vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64])
+    calls = [api.gateway.Register.future(apb.RegisterRequest(node=f"burst-{i}", spec=spec),
+                                         timeout=10.0) for i in range(40)]
+    assert all(c.result().session_id for c in calls)
+    batches = gateway.registrar.batches - before[0]
+    assert gateway.registrar.registered - before[1] == 40
+    assert batches < 40, f"{batches} transactions for 40 registrations"
+    for i in range(40):
+        wait_for(lambda i=i: api.replica.store.cache.nodes.get(f"burst-{i}") is not None,
+                 what=f"burst-{i} in the cache")
+        node = api.replica.store.cache.nodes[f"burst-{i}"]
+        assert node.status.state == pb.NODE_STATE_READY
+        assert api.run(api.replica.store.nodes.session_holder(f"burst-{i}")) == \
+            gateway.advertise

@@ -280,3 +280,59 @@ def test_a_busy_event_loop_does_not_make_a_watch_look_stalled(
         assert lost == [] and [e.kv.key for e in got] == [f"{prefix}/after"]
 
     run(scenario())
+
+
+def test_get_many_reads_several_keys_in_order(etcd_endpoint: str, prefix: str) -> None:
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        await store.put(f"{prefix}/a", b"1")
+        await store.put(f"{prefix}/c", b"3")
+        got = await store.get_many([f"{prefix}/c", f"{prefix}/b", f"{prefix}/a"])
+        assert [kv.value if kv is not None else None for kv in got] == [b"3", None, b"1"]
+        with pytest.raises(ValueError, match="etcd allows 128"):
+            await store.get_many([f"{prefix}/{i}" for i in range(EtcdStore.MAX_TXN_OPS + 1)])
+        store.close()
+
+    run(scenario())
+
+
+def test_registrations_share_a_transaction_and_a_conflict_falls_back_to_one_each(
+        etcd_endpoint: str, prefix: str) -> None:
+    """Several nodes register in one read and one transaction (one revision: every claim
+    is the same). When a node's record changed between that read and the write, the batch
+    is not written over it: each node is registered on its own with a fresh read, so the
+    change (a cordon) is kept."""
+    from controller.store.nodes import Registration
+
+    async def scenario() -> None:
+        etcd = EtcdStore([etcd_endpoint])
+        store = Store(etcd, prefix, "test")
+        lease = await etcd.grant_lease(30)
+        spec = pb.NodeSpec(vcpus=2, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64])
+        batch = [Registration(f"n{i}", spec, 0) for i in range(5)]
+        got = await store.nodes.register_many(batch, "replica-a", lease)
+        claims = {r[0] for r in got if not isinstance(r, Exception)}
+        assert len(claims) == 1 and all(r == (next(iter(claims)), True) for r in got)
+        for i in range(5):
+            node = await store.nodes.get(f"n{i}")
+            assert node.status.state == pb.NODE_STATE_READY
+            assert await store.nodes.session_holder(f"n{i}") == "replica-a"
+
+        # n2 is cordoned between the batch's read and its write.
+        real_get_many = etcd.get_many
+
+        async def racing_get_many(keys: list[str]) -> list[object]:
+            out = await real_get_many(keys)
+            await store.nodes.set_cordon("n2", True)
+            return out  # type: ignore[return-value]
+
+        etcd.get_many = racing_get_many  # type: ignore[assignment,method-assign]
+        again = await store.nodes.register_many(batch, "replica-b", lease)
+        etcd.get_many = real_get_many  # type: ignore[method-assign]
+        assert all(isinstance(r, tuple) and not r[1] for r in again)   # none is new
+        assert len({r[0] for r in again if isinstance(r, tuple)}) == 5   # one txn each
+        assert (await store.nodes.get("n2")).spec.cordoned   # kept over re-registration
+        assert {await store.nodes.session_holder(f"n{i}") for i in range(5)} == {"replica-b"}
+        etcd.close()
+
+    run(scenario())
