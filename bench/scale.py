@@ -424,14 +424,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Every session on B (A's acks no longer count: their deadlines outlive the kill
             # by up to TTL - margin), then every node Ready there.
             deadline = time.monotonic() + 300
+            past1, ended1 = sim.last["past_deadline"], sim.last["sessions_ended"]
+            lags: list[float] = []
+
+            def drain() -> None:   # the simulators' lines so far (their loop lag)
+                for p in sim.procs:
+                    while not p.lines.empty():
+                        lags.append(p.lines.get_nowait()["loop_lag_max_ms"])
+
             while b.sessions() < args.agents:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {b.sessions()} sessions on B after 300 s")
+                drain()
                 time.sleep(0.2)
             while b.nodes()[0] < args.agents:
                 time.sleep(0.2)
             result["reconnect_s"] = round(time.monotonic() - t2, 2)
+            drain()
+            result["reconnect_sim_loop_lag_max_ms"] = max(lags, default=0.0)
             line = sim.latest()
+            # agents whose contact deadline passed (a real one would have fenced, stopping
+            # its partitions) and sessions that ended, from the kill until all were back
+            result["reconnect_past_deadline"] = line["past_deadline"] - past1
+            result["reconnect_sessions_ended"] = line["sessions_ended"] - ended1
             result["restarted_after_reconnect"] = line["assigns"] - assigns_before
             result["running_after_reconnect"] = line["running"]
             result["running_before_reconnect"] = running_before

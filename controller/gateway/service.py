@@ -52,6 +52,8 @@ P = pb
 #: a registration waits for its batch (registrar.py) at most until this long before its
 #: caller's deadline, then is answered UNAVAILABLE
 DEADLINE_SLACK_S = 0.1
+#: messages of one session read but not applied yet; the reader waits beyond
+IN_ORDER_LIMIT = 1024
 ACTIVE = (P.PARTITION_PHASE_STARTING, P.PARTITION_PHASE_RUNNING, P.PARTITION_PHASE_PAUSED)
 
 
@@ -174,37 +176,68 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
 
     async def _read(self, session: NodeSession, it: AsyncIterator[apb.AgentMessage],
                     adopted: list[apb.PartitionReport]) -> None:
-        """The agent's messages, in order: a heartbeat's inventory is checked before any
-        later report is applied (a report sent after it may start a partition it lacks)."""
+        """The agent's messages. Heartbeats are acknowledged as they arrive, and console,
+        state and usage data handed on; inventories, reports and events are applied in
+        order by `_apply` (a heartbeat's inventory is checked before any later report is
+        applied: a report sent after it may start a partition it lacks).
+
+        Why two tasks: applying a report is an etcd transaction. Read and applied in one
+        loop, a node re-registering with 80 partitions had its 80 re-adopted reports
+        applied before its first heartbeat was even read; on a busy replica that took
+        longer than the ack timeout, the agent registered again with the same 80, and the
+        cycle repeated until the replica let the node's key go and its partitions were
+        lost (bench/scale.py, 20,000 partitions on 1,000 agents). An ack proves only that
+        the node's lease key outlives the heartbeat; it never waited for the reports."""
+        ordered: asyncio.Queue[apb.AgentMessage | None] = asyncio.Queue(IN_ORDER_LIMIT)
+        applier = asyncio.create_task(self._apply(session, ordered, adopted))
         loop = asyncio.get_running_loop()
         try:
-            for report in adopted:
-                await self.reports.apply(session.node, report, session)
             async for msg in it:
                 session.last_seen = loop.time()
                 kind = msg.WhichOneof("msg")
+                if kind == "console":    # bulk bytes and figures: handed on at once, so
+                    session.deliver_console(msg.console)   # none of them waits in memory
+                    continue                               # behind a report
+                if kind == "state":
+                    session.deliver_state(msg.state)
+                    continue
+                if kind == "usage":
+                    session.record_usage(msg.usage)
+                    continue
                 if kind == "heartbeat":
                     session.beat_seq = max(session.beat_seq, msg.heartbeat.seq)
                     session.beat_at = loop.time()
                     self.liveness.beat(session)
+                if applier.done():
+                    break   # it could not apply something: the session ends
+                await ordered.put(msg)   # waits while IN_ORDER_LIMIT are not applied yet
+            await ordered.put(None)
+            await applier
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            applier.cancel()
+            session.close()
+
+    async def _apply(self, session: NodeSession,
+                     ordered: asyncio.Queue[apb.AgentMessage | None],
+                     adopted: list[apb.PartitionReport]) -> None:
+        """Apply the re-adopted reports, then each message in the order it came."""
+        try:
+            for report in adopted:
+                await self.reports.apply(session.node, report, session)
+            while (msg := await ordered.get()) is not None:
+                kind = msg.WhichOneof("msg")
+                if kind == "heartbeat":
                     await self.inventory.check(session, msg.heartbeat.inventory)
                 elif kind == "report":
                     await self.reports.apply(session.node, msg.report, session)
-                elif kind == "console":
-                    session.deliver_console(msg.console)
-                elif kind == "state":
-                    session.deliver_state(msg.state)
                 elif kind == "event":
                     await self.reports.record_event(session.node, msg.event)
-                elif kind == "usage":
-                    session.record_usage(msg.usage)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError):
-            pass
         except StoreError as err:
             # A report or an event could not be written: end the session rather than drop
             # it; the agent registers again and re-sends its latest reports.
             log.warning("session of %s: store error %s; ending it", session.node, err)
-        finally:
             session.close()
 
     async def PullImage(

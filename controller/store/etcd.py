@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -136,6 +137,11 @@ class EtcdStore:
     """
 
     MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+    #: unary calls at etcd at once from one store (and loop); the rest wait their turn, and
+    #: a call's deadline starts when it is sent. Unbounded, 256 API creates in flight put
+    #: 256 transactions at etcd at once on a 2-core machine and some passed their 2 s
+    #: deadline (UNAVAILABLE to the user) though etcd was merely busy.
+    MAX_IN_FLIGHT = 32
 
     def __init__(
         self,
@@ -158,6 +164,8 @@ class EtcdStore:
         self._watches: list[PrefixWatch] = []
         #: Called with (seconds, succeeded) after each transaction etcd answered (metrics).
         self.txn_observer: Callable[[float, bool], None] | None = None
+        self._in_flight: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
     @property
     def current_endpoint(self) -> str:
@@ -174,7 +182,17 @@ class EtcdStore:
     async def _call(self, pick: Callable[[AioStubs], Rpc], request: Any, idempotent: bool,
                     timeout: float = 0.0) -> Any:
         """One call, on the current member, then (idempotent calls only) on the next ones
-        while the deadline allows, each member at most once."""
+        while the deadline allows, each member at most once; at most MAX_IN_FLIGHT at
+        once (the deadline counts from when this one's turn came)."""
+        loop = asyncio.get_running_loop()
+        limit = self._in_flight.get(loop)
+        if limit is None:
+            limit = self._in_flight[loop] = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+        async with limit:
+            return await self._attempts(pick, request, idempotent, timeout)
+
+    async def _attempts(self, pick: Callable[[AioStubs], Rpc], request: Any,
+                        idempotent: bool, timeout: float) -> Any:
         deadline = time.monotonic() + (timeout or self._timeout)
         tries = len(self._endpoints) if idempotent else 1
         for attempt in range(1, tries + 1):

@@ -179,3 +179,43 @@ def test_registrations_arriving_together_share_transactions(api: Api) -> None:
         assert node.status.state == pb.NODE_STATE_READY
         assert api.run(api.replica.store.nodes.session_holder(f"burst-{i}")) == \
             gateway.advertise
+
+
+def test_heartbeats_are_acked_while_a_report_is_still_being_applied(api: Api) -> None:
+    """Applying a report is an etcd transaction; a slow one (a busy etcd, or 80 re-adopted
+    reports after a reconnect) must not hold back the acks of the heartbeats sent after
+    it, or the agent gives the session up and registers again, over and over. The report
+    is still applied, and before the inventory of any heartbeat that followed it."""
+    gateway = api.replica.gateway
+    real_apply = gateway.reports.apply
+    order: list[str] = []
+
+    async def slow_apply(node: str, report: apb.PartitionReport, session: object) -> None:
+        await asyncio.sleep(3.0)
+        order.append("report")
+
+    real_check = gateway.inventory.check
+
+    async def noted_check(session: object, inventory: object) -> None:
+        order.append("inventory")
+        await real_check(session, inventory)  # type: ignore[arg-type]
+
+    gateway.reports.apply = slow_apply  # type: ignore[method-assign,assignment]
+    gateway.inventory.check = noted_check  # type: ignore[method-assign,assignment]
+    agent = None
+    try:
+        agent = FakeAgent(api, "slowpoke", vcpus=1, memory=1 << 30, beat_s=0.2)
+        agent.outgoing.put(apb.AgentMessage(report=apb.PartitionReport(
+            name="nothing-here", epoch=1, phase=pb.PARTITION_PHASE_OFF)))
+        sent = time.monotonic()
+        wait_for(lambda: len(agent.acks()) >= 3, what="acks during the slow report",
+                 timeout=2.5)
+        assert time.monotonic() - sent < 2.5 and order == []   # still applying it
+        wait_for(lambda: "report" in order, what="the report applied", timeout=10)
+        wait_for(lambda: "inventory" in order, what="a heartbeat's inventory checked")
+        assert order[0] == "report"   # heartbeats sent after it waited for it
+    finally:
+        gateway.reports.apply = real_apply  # type: ignore[method-assign]
+        gateway.inventory.check = real_check  # type: ignore[method-assign]
+        if agent is not None:
+            agent.close()

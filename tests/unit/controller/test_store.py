@@ -336,3 +336,31 @@ def test_registrations_share_a_transaction_and_a_conflict_falls_back_to_one_each
         etcd.close()
 
     run(scenario())
+
+
+def test_calls_beyond_the_in_flight_bound_wait_their_turn(etcd_endpoint: str,
+                                                          prefix: str) -> None:
+    """However many callers, at most MAX_IN_FLIGHT calls are at etcd at once (the rest
+    wait, and their deadline starts when they are sent); every one is answered."""
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        store.MAX_IN_FLIGHT = 3
+        at_etcd = peak = 0
+        real = store._attempts
+
+        async def counted(*args: object) -> object:
+            nonlocal at_etcd, peak
+            at_etcd += 1
+            peak = max(peak, at_etcd)
+            try:
+                return await real(*args)  # type: ignore[arg-type]
+            finally:
+                at_etcd -= 1
+
+        store._attempts = counted  # type: ignore[method-assign,assignment]
+        await asyncio.gather(*(store.put(f"{prefix}/{i}", b"x") for i in range(40)))
+        assert peak == 3
+        assert len((await store.get_prefix(f"{prefix}/"))[0]) == 40
+        store.close()
+
+    run(scenario())
