@@ -53,10 +53,6 @@ class Registrar:
         self.batches = 0      # transactions sent (for tests and benches)
         self.registered = 0
 
-    def __len__(self) -> int:
-        """Registrations waiting for a batch."""
-        return len(self._queue)
-
     async def register(self, registration: Registration, holder: str, lease: int,
                        wait: float | None) -> tuple[int, bool]:
         """(claim, first registration) of `registration`, waiting at most `wait` seconds

@@ -80,6 +80,15 @@ def describe(err: BaseException) -> str:
     return type(err).__name__ + (f": {err}" if str(err) else "")
 
 
+def open_channel(api: Any, address: str, credentials: grpc.ChannelCredentials | None
+                 ) -> Any:
+    """A channel to one member from `api` (grpc for a blocking one, grpc.aio for an
+    asyncio one): plaintext without credentials, TLS with them."""
+    if credentials is None:
+        return api.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return api.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+
+
 @dataclass(frozen=True)
 class AioStubs:
     """The raw asyncio stubs over one member's channel on one event loop."""
@@ -118,11 +127,7 @@ class Endpoint:
         loop = asyncio.get_running_loop()
         stubs = self._aio.get(loop)
         if stubs is None:
-            if self.credentials is None:
-                channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
-            else:
-                channel = grpc.aio.secure_channel(self.address, self.credentials,
-                                                  options=CHANNEL_OPTIONS)
+            channel = open_channel(grpc.aio, self.address, self.credentials)
             stubs = AioStubs(channel, etcdrpc.KVStub(channel), etcdrpc.LeaseStub(channel),
                              etcdrpc.MaintenanceStub(channel))
             self._aio[loop] = stubs
@@ -161,10 +166,7 @@ class Endpoints:
         self._current = 0
         self.endpoints: list[Endpoint] = []
         for i, address in enumerate(addresses):
-            if credentials is None:
-                channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-            else:
-                channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+            channel = open_channel(grpc, address, credentials)
             self.endpoints.append(
                 Endpoint(
                     index=i,
