@@ -143,6 +143,17 @@ class Replica:
                         buckets[le] = buckets.get(le, 0.0) + sample.value
         return out
 
+    def total(self, sample: str) -> float:
+        """One sample of its metrics, summed over labels (e.g. a histogram's _count)."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as resp:
+            text = resp.read().decode()
+        return sum(x.value for fam in text_string_to_metric_families(text)
+                   for x in fam.samples if x.name == sample)
+
     def nodes(self) -> tuple[int, set[str]]:
         """(nodes Ready, names not Ready), read page by page."""
         ready, not_ready, token = 0, set(), ""
@@ -402,12 +413,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["partitions"] = args.partitions
         if args.partitions:
             t1 = time.monotonic()
+            cpu1, etcd1 = cpu_seconds(a.pid), cpu_seconds(etcd.proc.pid)
+            requests1 = a.total("viridian_etcd_txn_batch_size_count")
+            txns1 = a.total("viridian_etcd_txn_batch_size_sum")
             result["create_s"] = round(asyncio.run(create_partitions(a.api, args.partitions)), 2)
             sim.until(lambda s: s["running"] >= args.partitions, 600 + args.partitions / 100,
                       "every partition running")
             total = time.monotonic() - t1
             result["partitions_total_s"] = round(total, 2)
             result["committed_per_s"] = round(args.partitions / total, 1)
+            result["created_per_s"] = round(args.partitions / result["create_s"], 1)
+            requests = a.total("viridian_etcd_txn_batch_size_count") - requests1
+            txns = a.total("viridian_etcd_txn_batch_size_sum") - txns1
+            # etcd transactions (the replica's writes) and the requests that carried them
+            result["etcd_txns_per_partition"] = round(txns / args.partitions, 2)
+            result["etcd_requests_per_partition"] = round(requests / args.partitions, 3)
+            result["controller_cpu_cores_partitions"] = round(
+                (cpu_seconds(a.pid) - cpu1) / total, 2)
+            result["etcd_cpu_cores_partitions"] = round(
+                (cpu_seconds(etcd.proc.pid) - etcd1) / total, 2)
             result["controller_rss_mib"] = round(rss_mib(a.pid), 1)
             print(json.dumps(result), flush=True)
             # 3. ls

@@ -44,6 +44,10 @@ class ControllerMetrics:
         self.etcd_txn_conflicts = Counter(
             "viridian_etcd_txn_conflicts", "etcd transactions whose compares failed.",
             registry=r)
+        self.etcd_txn_batch_size = Histogram(
+            "viridian_etcd_txn_batch_size", "Transactions carried by one request to etcd "
+            "(group commit: those that arrived while etcd was busy go together).",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.lease_renewals = Counter(
             "viridian_lease_renewals", "Node lease renewals by result (ok, failed, expired).",
             ["result"], registry=r)

@@ -1,6 +1,10 @@
-"""Translation between API objects and the pure scheduler's model, and the snapshot builder."""
+"""Translation between API objects and the pure scheduler's model, and the snapshot builders:
+snapshot_of() builds one from the whole cache; SnapshotSource keeps one up to date for the
+scheduling loop."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from viridian.v1 import types_pb2 as pb
 
@@ -8,9 +12,13 @@ from controller.scheduler import (
     Allocation,
     Decision,
     NodeInfo,
+    NodeUsage,
     PartitionRequest,
     Snapshot,
+    usage_of,
+    walk_order,
 )
+from controller.store import Allocation as AllocationRecord
 from controller.store import ClusterCache
 
 ARCH_NAMES: dict[int, str] = {pb.ARCH_X86_64: "x86_64", pb.ARCH_I386: "i386"}
@@ -63,6 +71,79 @@ def snapshot_of(cache: ClusterCache, exclude: str = "") -> Snapshot:
         if name != exclude
     ]
     return Snapshot.of(nodes, allocations)
+
+
+class SnapshotSource:
+    """The scheduling loop's snapshots, each made from the previous one's parts: a pass
+    rebuilds only the nodes whose record, lease or allocation record changed since the last
+    pass (the cache's change notices say which), so its cost follows the change, not the
+    cluster. Rebuilding every node and allocation each pass was most of a replica's CPU while
+    20,000 partitions were being created (about 100 ms a pass at 1,000 nodes).
+
+    Relies on the cache replacing, never changing in place, the records it holds (nodes,
+    leases, allocation records): a snapshot keeps references to them."""
+
+    WATCHED = ("nodes", "node-leases", "allocations")
+
+    def __init__(self, cache: ClusterCache) -> None:
+        self._cache = cache
+        self._infos: dict[str, NodeInfo] = {}
+        self._usage: dict[str, NodeUsage] = {}
+        self._order: tuple[str, ...] = ()
+        self._dirty: set[str] | None = None   # None: every node
+        self.rebuilt = 0   # nodes rebuilt so far (for tests and benchmarks)
+        cache.subscribe(self._on_change)
+
+    def close(self) -> None:
+        self._cache.unsubscribe(self._on_change)
+
+    def _on_change(self, kind: str, name: str) -> None:
+        if not kind:
+            self._dirty = None
+        elif kind in self.WATCHED and self._dirty is not None:
+            self._dirty.add(name)
+
+    def snapshot(self, full: bool = False) -> Snapshot:
+        """The cache as it is now, as the scheduler sees it (full: rebuild every node)."""
+        cache = self._cache
+        dirty = None if full else self._dirty
+        self._dirty = set()
+        if dirty is None:
+            self._infos.clear()
+            self._usage.clear()
+            dirty = set(cache.nodes)
+        names_changed = False
+        self.rebuilt += len(dirty)
+        for name in dirty:
+            node = cache.nodes.get(name)
+            if node is None:
+                if self._infos.pop(name, None) is not None:
+                    names_changed = True
+                self._usage.pop(name, None)
+                continue
+            if name not in self._infos:
+                names_changed = True
+            self._infos[name] = node_info(node, cache.node_alive(name))
+            alloc = cache.allocations.get(name)
+            self._usage[name] = usage_of(
+                (e.vcpus, e.memory_bytes, e.group) for e in alloc.entries.values()
+            ) if alloc is not None else usage_of(())
+        if names_changed or len(self._order) != len(self._infos):
+            self._order = walk_order(self._infos)
+        records = dict(cache.allocations)
+        nodes = dict(self._infos)
+
+        def allocations() -> Iterator[Allocation]:
+            for rec in records.values():
+                if rec.node in nodes:
+                    yield from _allocations_of(rec)
+
+        return Snapshot.prepared(nodes, self._order, dict(self._usage), allocations)
+
+
+def _allocations_of(rec: AllocationRecord) -> Iterator[Allocation]:
+    for name, e in rec.entries.items():
+        yield Allocation(name, rec.node, e.vcpus, e.memory_bytes, e.group)
 
 
 def explanation(decision: Decision, current_node: str = "") -> pb.PlacementExplanation:

@@ -116,6 +116,7 @@ class ControllerReplica:
         self.sessions = SessionRegistry()
         self.metrics = ControllerMetrics()
         self.etcd.txn_observer = self.metrics.txn_done
+        self.etcd.batch_observer = self.metrics.etcd_txn_batch_size.observe
         self.metrics.watch(self.cache, self.sessions)
         self.loop_lag = LoopLagMonitor(self.metrics.loop_lag_seconds.observe)
         self.gc_pauses = GcPauses(

@@ -4,6 +4,11 @@ Decisions come from the pure scheduler over a snapshot of the cache; each node's
 bindings are committed in one transaction that compares the partitions' and the node's
 allocation revisions, so a stale snapshot can never over-commit a node: the transaction
 fails and the next pass sees fresh state.
+
+A pass costs what changed since the last one, not the cluster's size: it looks only at the
+partitions the cache said changed (and those still waiting for a node), and its snapshot
+rebuilds only the nodes that changed (placement.SnapshotSource). Every FULL_SCAN_S it looks
+at everything again, as a level-triggered loop should, in case a notice was ever missed.
 """
 
 from __future__ import annotations
@@ -19,9 +24,16 @@ from controller.errors import Conflict
 from controller.loops.base import Loop
 from controller.partitions.actions import view_of
 from controller.partitions.machine import Outcome, Placed, Unplaceable, needs_placement, transition
-from controller.placement import request_for, snapshot_of
+from controller.placement import SnapshotSource, request_for
 from controller.scheduler import BatchPlacer, SchedulerConfig
-from controller.store import Allocation, NodeGuard, Store, StoredPartition, now_ts
+from controller.store import (
+    Allocation,
+    CachedPartition,
+    NodeGuard,
+    Store,
+    StoredPartition,
+    now_ts,
+)
 
 if TYPE_CHECKING:
     from controller.metrics import ControllerMetrics
@@ -30,6 +42,7 @@ log = logging.getLogger(__name__)
 PER_TXN = 30  # partitions per transaction: 3 ops + 1 event each, under etcd's 128
 IN_FLIGHT = 8  # binding transactions in flight at once
 YIELD_EVERY = 200  # decisions between two turns of the event loop (~10-30 ms of work)
+FULL_SCAN_S = 30.0  # a pass over every partition and node at least this often
 
 
 @dataclass
@@ -43,6 +56,7 @@ class SchedulingStats:
     txns: int = 0
     conflicts: int = 0
     bound: int = 0
+    examined: int = 0  # partitions looked at (changed, or still waiting for a node)
 
 
 class SchedulingLoop(Loop):
@@ -59,18 +73,45 @@ class SchedulingLoop(Loop):
         self.fenced = fenced
         self.stats = SchedulingStats()
         self.metrics: ControllerMetrics | None = None   # set by the replica
+        self.snapshots = SnapshotSource(self.cache)
+        #: partitions to look at in the next pass: those changed since the last one and
+        #: those still waiting for a node; None: every partition
+        self._candidates: set[str] | None = None
+        self._full_scan_at = 0.0
         self.cache.subscribe(self._on_change)
 
     def _on_change(self, kind: str, name: str) -> None:
         # Pending partitions, capacity changes (nodes, leases, allocations) all matter.
+        if not kind:
+            self._candidates = None
+        elif kind == "partitions" and self._candidates is not None:
+            self._candidates.add(name)
         self.kick()
+
+    def _pending(self) -> tuple[list[CachedPartition], bool]:
+        """The partitions waiting for a node, and whether every partition was looked at
+        (then the snapshot is rebuilt whole too). From here on the candidates are these,
+        plus whatever the cache reports changed meanwhile."""
+        cache = self.cache
+        now = time.monotonic()
+        if now - self._full_scan_at >= FULL_SCAN_S:
+            self._candidates = None
+        full = self._candidates is None
+        if full:
+            self._full_scan_at = now
+        names = cache.partitions.keys() if self._candidates is None else self._candidates
+        pending = []
+        self.stats.examined += len(names)
+        for name in names:
+            c = cache.partitions.get(name)
+            if c is not None and needs_placement(c.partition, name in cache.bindings):
+                pending.append(c)
+        self._candidates = {c.partition.name for c in pending}
+        return pending, full
 
     async def reconcile(self) -> bool:
         cache = self.cache
-        pending = [
-            c for name, c in cache.partitions.items()
-            if needs_placement(c.partition, name in cache.bindings)
-        ]
+        pending, full = self._pending()
         if not pending:
             return False
         stats = self.stats
@@ -81,10 +122,12 @@ class SchedulingLoop(Loop):
         # Decisions and the compares that guard them must come from the same view: copy the
         # allocation records and the nodes' revisions with the snapshot, before any await
         # lets the watch change the cache.
-        seen = {n: a.copy() for n, a in cache.allocations.items()}
-        guards = {n: NodeGuard(node.revision, cache.node_leases[n].mod_revision)
-                  for n, node in cache.nodes.items() if n in cache.node_leases}
-        placer = BatchPlacer(snapshot_of(cache), self.config)
+        # (References to the cache's records, which it replaces rather than changes; copied
+        # for the nodes that get decisions.)
+        seen = dict(cache.allocations)
+        nodes = dict(cache.nodes)
+        leases = dict(cache.node_leases)
+        placer = BatchPlacer(self.snapshots.snapshot(full=full), self.config)
         now = now_ts()
         by_node: dict[str, list[tuple[StoredPartition, Outcome]]] = defaultdict(list)
         unplaced: list[tuple[StoredPartition, Outcome]] = []
@@ -118,10 +161,13 @@ class SchedulingLoop(Loop):
             # One node's batches form a chain: each compares the allocation revision that the
             # previous one wrote (or the snapshot's, for the first), so they run in order.
             nonlocal last_rev, conflicts, conflicted
-            alloc = seen.get(node) or Allocation(node)
+            record = seen.get(node)
+            alloc = record.copy() if record is not None else Allocation(node)
+            guard = NodeGuard(nodes[node].revision, leases[node].mod_revision) \
+                if node in nodes and node in leases else None
             for i in range(0, len(items), PER_TXN):
                 batch = items[i : i + PER_TXN]
-                rev = await self.store.partitions.bind(node, batch, alloc, guards.get(node),
+                rev = await self.store.partitions.bind(node, batch, alloc, guard,
                                                        fenced=self.fenced)
                 stats.txns += 1
                 if rev is None:

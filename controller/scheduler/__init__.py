@@ -13,6 +13,8 @@ from .model import (
     PartitionRequest,
     ScoreResult,
     Snapshot,
+    usage_of,
+    walk_order,
 )
 from .scorers import DEFAULT_WEIGHTS, SCORERS, Scorer
 from .stack import BatchPlacer, BatchResult, explain, pending_reason, place, place_batch
@@ -46,4 +48,6 @@ __all__ = [
     "pending_reason",
     "place",
     "place_batch",
+    "usage_of",
+    "walk_order",
 ]

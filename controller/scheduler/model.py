@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -19,6 +19,8 @@ __all__ = [
     "PartitionRequest",
     "ScoreResult",
     "Snapshot",
+    "usage_of",
+    "walk_order",
 ]
 
 ARCHES = frozenset({"x86_64", "i386"})
@@ -191,7 +193,7 @@ class _Added:
 class _Base:
     """What every snapshot derived from one build shares: nodes, walk order, base usage."""
 
-    __slots__ = ("nodes", "order", "usage", "allocations")
+    __slots__ = ("nodes", "order", "usage", "_allocations", "_source")
 
     def __init__(
         self, nodes: Mapping[str, NodeInfo], allocations: tuple[Allocation, ...]
@@ -200,12 +202,9 @@ class _Base:
         for name, info in self.nodes.items():
             if name != info.name:
                 raise ValueError(f"snapshot key {name!r} does not match node {info.name!r}")
-        # A fixed shuffle of the sorted names; each request then walks it from its own seeded
-        # start and stride, so the scan order is replayable and not biased by naming.
-        order = sorted(self.nodes)
-        random.Random(0x5EED).shuffle(order)
-        self.order: tuple[str, ...] = tuple(order)
-        self.allocations = allocations
+        self.order: tuple[str, ...] = walk_order(self.nodes)
+        self._allocations: tuple[Allocation, ...] | None = allocations
+        self._source: Callable[[], Iterable[Allocation]] | None = None
         totals: dict[str, list[int]] = {}
         groups: dict[str, dict[str, int]] = {}
         seen: set[str] = set()
@@ -227,6 +226,46 @@ class _Base:
             usage[node] = NodeUsage(v, m, p, groups.get(node, _NO_GROUPS))
         self.usage: dict[str, NodeUsage] = usage
 
+    @classmethod
+    def prepared(cls, nodes: Mapping[str, NodeInfo], order: tuple[str, ...],
+                 usage: dict[str, NodeUsage],
+                 allocations: Callable[[], Iterable[Allocation]]) -> _Base:
+        base = cls.__new__(cls)
+        base.nodes = MappingProxyType(nodes)
+        base.order = order
+        base.usage = usage
+        base._allocations = None
+        base._source = allocations
+        return base
+
+    @property
+    def allocations(self) -> tuple[Allocation, ...]:
+        if self._allocations is None:
+            assert self._source is not None
+            self._allocations = tuple(self._source())
+        return self._allocations
+
+
+def walk_order(nodes: Iterable[str]) -> tuple[str, ...]:
+    """A fixed shuffle of the sorted names; each request then walks it from its own seeded
+    start and stride, so the scan order is replayable and not biased by naming."""
+    order = sorted(nodes)
+    random.Random(0x5EED).shuffle(order)
+    return tuple(order)
+
+
+def usage_of(entries: Iterable[tuple[int, int, str]]) -> NodeUsage:
+    """What a node's allocations (vcpus, memory_bytes, anti-affinity group) add up to."""
+    vcpus = memory = count = 0
+    groups: dict[str, int] = {}
+    for v, m, group in entries:
+        vcpus += v
+        memory += m
+        count += 1
+        if group:
+            groups[group] = groups.get(group, 0) + 1
+    return NodeUsage(vcpus, memory, count, groups or _NO_GROUPS) if count else EMPTY_USAGE
+
 
 class Snapshot:
     """An immutable view of nodes and allocations; consume() derives the next one cheaply.
@@ -247,6 +286,20 @@ class Snapshot:
     @classmethod
     def of(cls, nodes: Iterable[NodeInfo], allocations: Iterable[Allocation] = ()) -> Snapshot:
         return cls({n.name: n for n in nodes}, allocations)
+
+    @classmethod
+    def prepared(cls, nodes: dict[str, NodeInfo], order: tuple[str, ...],
+                 usage: dict[str, NodeUsage],
+                 allocations: Callable[[], Iterable[Allocation]]) -> Snapshot:
+        """A snapshot from parts kept up to date elsewhere (placement.SnapshotSource), with
+        no work per node or allocation: `nodes` and `usage` (every node, EMPTY_USAGE when it
+        holds nothing) become the snapshot's own and must not be changed after, `order` is
+        walk_order(nodes), and `allocations` lists them only if someone asks."""
+        snap = cls.__new__(cls)
+        snap._base = _Base.prepared(nodes, order, usage, allocations)
+        snap._overlay = _NO_USAGE
+        snap._added = None
+        return snap
 
     @classmethod
     def _derive(

@@ -40,8 +40,10 @@ from pyetcd import etcdrpc
 from controller.errors import StoreUnavailable
 from controller.store._endpoints import HASLEADER, AioStubs, Endpoints, describe, is_failover
 from controller.store._errors import ResponseTooLarge, store_error
+from controller.store._group_commit import GroupCommit
 from controller.store._keepalive import LeaseKeepAliver
 from controller.store._kv import KV, WatchEvent, kv_from_pb, prefix_end
+from controller.store._txn import Compare, Op, TxnResult, build_txn
 from controller.store._watch import PrefixWatch
 
 __all__ = [
@@ -59,37 +61,6 @@ __all__ = [
 
 # An attempt left with less time than this is not worth starting.
 MIN_ATTEMPT_S = 0.05
-
-
-@dataclass(frozen=True)
-class Compare:
-    """A transaction guard: the key's mod revision equals `mod_revision` (0 = key absent)."""
-
-    key: str
-    mod_revision: int
-
-
-@dataclass(frozen=True)
-class Op:
-    """A transaction operation: put `value` (with an optional lease), or delete when None."""
-
-    key: str
-    value: bytes | None
-    lease: int = 0
-
-    @staticmethod
-    def put(key: str, value: bytes, lease: int = 0) -> Op:
-        return Op(key, value, lease)
-
-    @staticmethod
-    def delete(key: str) -> Op:
-        return Op(key, None)
-
-
-@dataclass(frozen=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
 
 
 @dataclass(frozen=True)
@@ -164,8 +135,12 @@ class EtcdStore:
         self._watches: list[PrefixWatch] = []
         #: Called with (seconds, succeeded) after each transaction etcd answered (metrics).
         self.txn_observer: Callable[[float, bool], None] | None = None
+        #: Called with the number of transactions each request to etcd carried (metrics).
+        self.batch_observer: Callable[[int], None] | None = None
         self._in_flight: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+        self._groups: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, GroupCommit] = weakref.WeakKeyDictionary()
 
     @property
     def current_endpoint(self) -> str:
@@ -308,9 +283,9 @@ class EtcdStore:
     # -- writes (not retried: StoreUnavailable means "maybe applied") ---------------------
 
     async def put(self, key: str, value: bytes, lease: int = 0) -> int:
-        req = etcdrpc.PutRequest(key=key.encode(), value=value, lease=lease)
-        resp = await self._call(_kv_rpc("Put"), req, idempotent=False)
-        return int(resp.header.revision)
+        """Put one key (a transaction without compares, so that lone puts such as audit
+        records share proposals with whatever else is being written)."""
+        return (await self.txn([], [Op.put(key, value, lease)])).revision
 
     async def delete(self, key: str) -> bool:
         req = etcdrpc.DeleteRangeRequest(key=key.encode())
@@ -332,11 +307,28 @@ class EtcdStore:
         """Apply ops atomically if every compare holds; never raises Conflict itself."""
         if len(ops) > self.MAX_TXN_OPS:
             raise ValueError(f"transaction has {len(ops)} ops; etcd allows {self.MAX_TXN_OPS}")
-        started = time.monotonic()
-        resp = await self._call(_kv_rpc("Txn"), build_txn(compares, ops), idempotent=False)
+        return await self.group_commit().txn(compares, ops)
+
+    def group_commit(self) -> GroupCommit:
+        """The running loop's group commit (made at first use): transactions that arrive
+        while etcd is busy are sent together (_group_commit.py)."""
+        loop = asyncio.get_running_loop()
+        group = self._groups.get(loop)
+        if group is None:
+            group = self._groups[loop] = GroupCommit(self._send_txn, self._txn_done,
+                                                     self._batch_done)
+        return group
+
+    async def _send_txn(self, request: Any) -> Any:
+        return await self._call(_kv_rpc("Txn"), request, idempotent=False)
+
+    def _txn_done(self, seconds: float, succeeded: bool) -> None:
         if self.txn_observer is not None:
-            self.txn_observer(time.monotonic() - started, bool(resp.succeeded))
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision))
+            self.txn_observer(seconds, succeeded)
+
+    def _batch_done(self, carried: int) -> None:
+        if self.batch_observer is not None:
+            self.batch_observer(carried)
 
     # -- maintenance ---------------------------------------------------------------------
 
@@ -475,30 +467,3 @@ def _revoke_rpc(stubs: AioStubs) -> Rpc:
             raise
 
     return call
-
-
-def build_txn(compares: Sequence[Compare], ops: Sequence[Op]) -> Any:
-    cmp = [
-        etcdrpc.Compare(
-            key=c.key.encode(),
-            result=etcdrpc.Compare.EQUAL,
-            target=etcdrpc.Compare.MOD,
-            mod_revision=c.mod_revision,
-        )
-        for c in compares
-    ]
-    success = []
-    for op in ops:
-        if op.value is None:
-            success.append(
-                etcdrpc.RequestOp(request_delete_range=etcdrpc.DeleteRangeRequest(key=op.key.encode()))
-            )
-        else:
-            success.append(
-                etcdrpc.RequestOp(
-                    request_put=etcdrpc.PutRequest(
-                        key=op.key.encode(), value=op.value, lease=op.lease
-                    )
-                )
-            )
-    return etcdrpc.TxnRequest(compare=cmp, success=success, failure=[])
