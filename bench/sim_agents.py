@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import re
 import sys
 import time
@@ -39,7 +38,7 @@ from viridian.v1 import agent_pb2_grpc  # noqa: E402
 from viridian.v1 import types_pb2 as pb  # noqa: E402
 
 from controller.security.tls import Dialer  # noqa: E402
-from node_agent.agent import BACKOFF_MAX_S, BACKOFF_MIN_S  # noqa: E402
+from node_agent.agent import round_pause  # noqa: E402
 from node_agent.clock import BootClock  # noqa: E402
 from node_agent.session import ControllerSession, Outbox, RegisterRefused  # noqa: E402
 from node_agent.timing import Timing  # noqa: E402
@@ -162,6 +161,7 @@ class SimNode:
         """The real agent's connect loop (node_agent/agent.py): the next address after any
         failure; a pause with jitter, doubling, only once a whole round failed."""
         index = failed = rounds = 0   # every node starts on the first controller
+        asked = 0.0
         timing = Timing.for_ttl()
         while not stop.is_set():
             address = controllers[index % len(controllers)]
@@ -185,13 +185,15 @@ class SimNode:
             self.stats.ended_why[why] = self.stats.ended_why.get(why, 0) + 1
             if outcome.acked:
                 failed = rounds = 0
+                asked = 0.0
                 continue
             failed += 1
+            asked = max(asked, outcome.retry_after)
             if failed % len(controllers):
                 continue
             rounds += 1
-            delay = min(BACKOFF_MIN_S * 2.0 ** (rounds - 1), BACKOFF_MAX_S)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            await asyncio.sleep(round_pause(rounds, asked))
+            asked = 0.0
 
 
 class LoopLag:

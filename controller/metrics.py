@@ -58,6 +58,10 @@ class ControllerMetrics:
         self.register_seconds = Histogram(
             "viridian_register_seconds", "From a Register's arrival to its answer (the wait "
             "for its batched etcd transaction).", buckets=FAST_BUCKETS, registry=r)
+        self.register_refusals = Counter(
+            "viridian_register_refusals", "Registers refused at once because as many nodes "
+            "as the replica sets up at a time were already setting up (gateway/admission.py).",
+            registry=r)
         self.session_open_seconds = Histogram(
             "viridian_session_open_seconds", "From a Register's answer to the hello of the "
             "session it granted.", buckets=FAST_BUCKETS, registry=r)

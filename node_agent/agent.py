@@ -47,6 +47,14 @@ BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 2.0
 
 
+def round_pause(rounds: int, asked: float) -> float:
+    """The pause after `rounds` whole rounds of controllers failed: doubling from
+    BACKOFF_MIN_S to BACKOFF_MAX_S with jitter, or as long as a busy controller asked (it
+    spread its answer already)."""
+    backoff = min(BACKOFF_MIN_S * 2.0 ** (rounds - 1), BACKOFF_MAX_S)
+    return max(backoff * random.uniform(0.5, 1.0), asked)
+
+
 @dataclass
 class AgentConfig:
     controllers: list[str]
@@ -150,6 +158,7 @@ class Agent:
         index = 0
         failed = 0   # sessions in a row that never got an ack
         rounds = 0   # whole rounds of addresses that failed
+        asked = 0.0  # the longest wait a busy controller asked for in this round
         while not self._stop.is_set():
             address = addresses[index % len(addresses)]
             index += 1
@@ -170,16 +179,19 @@ class Agent:
                 break
             if outcome.acked:
                 failed = rounds = 0
+                asked = 0.0
                 continue
             log.warning("no session with %s (%s); trying the next controller", address,
                         outcome.why)
             failed += 1
+            asked = max(asked, outcome.retry_after)
             if failed % len(addresses):
                 continue
             rounds += 1
-            delay = min(BACKOFF_MIN_S * 2.0 ** (rounds - 1), BACKOFF_MAX_S)
+            delay = round_pause(rounds, asked)
+            asked = 0.0
             try:
-                await asyncio.wait_for(self._stop.wait(), delay * random.uniform(0.5, 1.0))
+                await asyncio.wait_for(self._stop.wait(), delay)
             except TimeoutError:
                 pass
 

@@ -21,11 +21,13 @@ import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 
+from controller.gateway.admission import RETRY_AFTER_KEY
 from controller.security.tls import Dialer
 from node_agent.clock import Clock
 from node_agent.timing import Timing
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_MAX_S = 30.0  # a hint beyond this is a broken or hostile controller's
 
 # HTTP/2 pings find a dead connection even while nothing is sent; the controller's server
 # must permit them (keepalive_permit_without_calls, min ping interval <= keepalive_time).
@@ -147,6 +149,17 @@ class Outcome:
     acked: bool = False
     why: str = ""
     timing: Timing | None = None
+    retry_after: float = 0.0   # the controller asked us to wait this long (busy)
+
+
+def retry_after(err: grpc.aio.AioRpcError) -> float:
+    """Seconds a busy controller asked us to wait before registering again (its refusal's
+    trailing metadata, gateway/admission.py), at most RETRY_AFTER_MAX_S; 0 if it did not."""
+    metadata: Any = err.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == RETRY_AFTER_KEY and isinstance(value, str) and value.isdigit():
+            return min(int(value[:9]) / 1000.0, RETRY_AFTER_MAX_S)
+    return 0.0
 
 
 class ControllerSession:
@@ -191,6 +204,8 @@ class ControllerSession:
                               grpc.StatusCode.PERMISSION_DENIED):
                 raise RegisterRefused(err.details() or "invalid registration") from err
             self.outcome.why = f"register: {err.code().name} {err.details() or ''}".strip()
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                self.outcome.retry_after = retry_after(err)
             if err.code() == grpc.StatusCode.UNIMPLEMENTED:
                 self.outcome.why += (" (not an agent port: agents dial the controllers' "
                                      "--agent-listen port, by default the API port + 1)")
@@ -257,20 +272,29 @@ class ControllerSession:
 
     async def _accepted(self, call: Any) -> bool:
         """Wait until the controller accepts the session (it sends the stream's initial
-        metadata once it has checked the hello), at most an ack timeout.
+        metadata once it has checked the hello), as long as the Register was given (its
+        timeout grows after whole rounds of controllers failed) but at least an ack
+        timeout.
 
-        Why: heartbeat 1's ack timeout used to run from the moment the stream was asked
-        for, so it also paid for the stream's setup. At a mass registration (thousands of
-        agents within seconds) setting up took up to 2 s on a busy replica, the first
-        heartbeat "was not acked" though nothing was wrong, and every such agent registered
-        again, which made the replica busier still."""
+        Why wait at all: heartbeat 1's ack timeout used to run from the moment the stream
+        was asked for, so it also paid for the stream's setup. At a mass registration
+        (thousands of agents within seconds) setting up took up to 2 s on a busy replica,
+        the first heartbeat "was not acked" though nothing was wrong, and every such agent
+        registered again, which made the replica busier still.
+
+        Why as long as a Register: new streams queue behind new Registers on the replica.
+        Giving a stream less patience than the Register before it wasted the Register
+        whenever that queue was long: 5,000 agents then kept registering, 580 a second,
+        and none of them held a session (bench/scale.py). Waiting longer costs no safety:
+        the fence keeps its own deadline, whatever the session does."""
         timing = self.outcome.timing
         assert timing is not None
+        patience = max(timing.ack_timeout, self.register_timeout)
         try:
-            async with asyncio.timeout(timing.ack_timeout):
+            async with asyncio.timeout(patience):
                 await call.initial_metadata()
         except TimeoutError:
-            self.outcome.why = f"the session was not accepted within {timing.ack_timeout:g}s"
+            self.outcome.why = f"the session was not accepted within {patience:g}s"
             return False
         return True
 

@@ -28,6 +28,7 @@ from controller.errors import (
     StoreError,
     ViridianError,
 )
+from controller.gateway.admission import RETRY_AFTER_KEY, SetupAdmission
 from controller.gateway.dispatch import image_for
 from controller.gateway.inventory import InventoryChecker
 from controller.gateway.liveness import NodeLiveness
@@ -90,6 +91,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.inventory = InventoryChecker(store, actions, sessions)
         self._granted: dict[str, Grant] = {}
         self.registrar = Registrar(store.nodes)
+        self.admission = SetupAdmission()
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
         self.liveness = NodeLiveness(store, sessions, self.timings, self.metrics)
 
@@ -102,12 +104,25 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         if not _caller_may_act_for(name):
             raise PermissionDenied(f"{callers.current()} may not register as node {name!r}")
         check_node_registration(name, request.spec)
+        retry_after = self.admission.admit(name)
+        if retry_after is not None:
+            self.metrics.register_refusals.inc()
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"this controller is setting up {len(self.admission)} other sessions; "
+                f"node {name!r} should retry in {retry_after:.1f}s (here or at another "
+                "replica)",
+                trailing_metadata=((RETRY_AFTER_KEY, str(round(retry_after * 1000))),))
         left = context.time_remaining()
         arrived = asyncio.get_running_loop().time()
-        lease = await self.liveness.lease()
-        claim, _ = await self.registrar.register(
-            Registration(name, request.spec, len(request.running)), self.advertise, lease,
-            None if left is None else max(left - DEADLINE_SLACK_S, 0.0))
+        try:
+            lease = await self.liveness.lease()
+            claim, _ = await self.registrar.register(
+                Registration(name, request.spec, len(request.running)), self.advertise,
+                lease, None if left is None else max(left - DEADLINE_SLACK_S, 0.0))
+        except BaseException:
+            self.admission.done(name)
+            raise
         session_id = uuid.uuid4().hex
         old = self._granted.pop(name, None)
         if old is not None:
@@ -167,6 +182,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             for task in tasks:
                 task.cancel()
             self.sessions.detach(session)
+            self.admission.done(session.node)
             self.inventory.session_ended(session)
             self.liveness.ended(session)
             if (g := self._granted.get(hello.node)) is not None and \
@@ -205,6 +221,7 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
                     session.record_usage(msg.usage)
                     continue
                 if kind == "heartbeat":
+                    self.admission.done(session.node)   # set up: its slot is free
                     session.beat_seq = max(session.beat_seq, msg.heartbeat.seq)
                     session.beat_at = loop.time()
                     self.liveness.beat(session)

@@ -13,6 +13,9 @@ log = logging.getLogger(__name__)
 class Loop(abc.ABC):
     name = "loop"
     resync_s = 5.0
+    #: the least time between two passes: notices that arrive meanwhile are taken together
+    #: by the next one (for loops whose pass costs O(cluster), under a stream of changes)
+    min_interval_s = 0.0
 
     def __init__(self) -> None:
         self._dirty = asyncio.Event()
@@ -58,6 +61,8 @@ class Loop(abc.ABC):
                 again = True
             if again:
                 self._dirty.set()
+            if self.min_interval_s:
+                await asyncio.sleep(self.min_interval_s)
 
     @abc.abstractmethod
     async def reconcile(self) -> bool:

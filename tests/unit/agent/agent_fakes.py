@@ -19,6 +19,8 @@ import grpc
 from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import agent_pb2_grpc
 
+from controller.gateway.admission import RETRY_AFTER_KEY
+
 # What the controller's server must set so that the agent's keepalive pings are welcome.
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.keepalive_permit_without_calls", 1),
@@ -40,7 +42,10 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
     """A controller whose behaviour a test switches: `acks` (answer each heartbeat at
     once), `register_hangs` (Register never answers), `end_after_ack` (end the stream after
     the first ack), `accept_sessions` (send the stream's initial metadata at once, as the
-    controller does when it accepts a hello; off: a replica too busy to take the stream).
+    controller does when it accepts a hello; off: a replica too busy to take the stream),
+    `accept_delay` (seconds before accepting: a replica slow to take new streams),
+    `refuse_registers` (refuse that many Registers UNAVAILABLE, with `retry_after_ms` as the
+    retry hint when set).
     send() pushes any message (an old ack, an assignment) to the session. `pace_ms`, when
     set, goes in every ack as the heartbeat interval asked for."""
 
@@ -49,6 +54,10 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
     register_hangs: bool = False
     end_after_ack: bool = False
     accept_sessions: bool = True
+    accept_delay: float = 0.0
+    refuse_registers: int = 0
+    retry_after_ms: int = 0
+    register_times: list[float] = field(default_factory=list)
     pace_ms: int = 0
     images: dict[str, bytes] = field(default_factory=dict)
     registers: int = 0
@@ -88,6 +97,10 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
                        context: Any) -> apb.RegisterResponse:
         self.registers += 1
         self.register_requests.append(request)
+        self.register_times.append(time.monotonic())
+        if self.registers <= self.refuse_registers:
+            hint = ((RETRY_AFTER_KEY, str(self.retry_after_ms)),) if self.retry_after_ms else ()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "busy", trailing_metadata=hint)
         if self.register_hangs:
             await asyncio.sleep(3600)
         return apb.RegisterResponse(session_id=f"s{self.registers}",
@@ -98,6 +111,7 @@ class FakeController(agent_pb2_grpc.AgentGatewayServicer):
         out: asyncio.Queue[apb.ControllerMessage | None] = asyncio.Queue()
         self._out = out
         if self.accept_sessions:
+            await asyncio.sleep(self.accept_delay)
             await context.send_initial_metadata(())   # accepted, as the controller does
         reader = asyncio.create_task(self._read(request_iterator, out))
         try:

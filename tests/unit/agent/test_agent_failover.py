@@ -228,3 +228,37 @@ def test_the_first_heartbeat_waits_until_the_session_is_accepted(tmp_path: Path)
         await good.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_replica_slow_to_accept_sessions_gets_the_patience_its_registers_get(
+        tmp_path: Path) -> None:
+    """A replica that takes 1.3 s to accept a stream (a backlog of new streams after a mass
+    reconnect) is given as long as a Register would be, once a round failed: the agent does
+    not give up at the ack timeout forever, registering again and adding to the backlog."""
+
+    async def scenario() -> None:
+        slow = FakeController(accept_delay=1.3)
+        await slow.start()
+        async with running_agent(tmp_path / "run", [slow.address]):
+            await wait_for(lambda: bool(slow.acked), "an ack from the slow controller",
+                           timeout=15)
+            assert slow.registers <= 3
+        await slow.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_agent_refused_by_a_busy_controller_comes_back_when_asked(tmp_path: Path) -> None:
+    """A Register refused UNAVAILABLE with a retry hint (the controller is setting up as
+    many sessions as it can) is tried again no sooner than the hint, not at once."""
+
+    async def scenario() -> None:
+        busy = FakeController(refuse_registers=1, retry_after_ms=1500)
+        await busy.start()
+        async with running_agent(tmp_path / "run", [busy.address]):
+            await wait_for(lambda: busy.registers == 2, "the second Register", timeout=10)
+            assert busy.register_times[1] - busy.register_times[0] >= 1.45
+            await wait_for(lambda: bool(busy.acked), "an ack")
+        await busy.stop()
+
+    asyncio.run(scenario())

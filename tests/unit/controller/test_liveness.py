@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ from viridian.v1 import agent_pb2 as apb
 from viridian.v1 import controller_pb2 as cpb
 from viridian.v1 import types_pb2 as pb
 
+from controller.gateway.admission import RETRY_AFTER_KEY
 from controller.gateway.timings import Timings
 
 TTL = 2
@@ -219,3 +221,36 @@ def test_heartbeats_are_acked_while_a_report_is_still_being_applied(api: Api) ->
         gateway.inventory.check = real_check  # type: ignore[method-assign]
         if agent is not None:
             agent.close()
+
+
+def test_registrations_beyond_the_sessions_being_set_up_are_refused_with_a_retry_hint(
+        api: Api) -> None:
+    """Admission (gateway/admission.py): while `limit` nodes are registered but have not
+    sent a heartbeat yet, another node's Register is refused at once, before any etcd work,
+    with the time to come back; the same node registering again is let in; a first
+    heartbeat frees the slot."""
+    gateway = api.replica.gateway
+    gateway.admission.limit = 2
+    spec = pb.NodeSpec(vcpus=1, memory_bytes=1 << 30, arches=[pb.ARCH_X86_64])
+
+    def register(name: str) -> apb.RegisterResponse:
+        reply: apb.RegisterResponse = api.gateway.Register(
+            apb.RegisterRequest(node=name, spec=spec), timeout=5.0)
+        return reply
+
+    register("adm-1")
+    register("adm-2")
+    with pytest.raises(grpc.RpcError) as info:
+        register("adm-3")
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.UNAVAILABLE and "setting up 2" in err.details()
+    hint = dict(err.trailing_metadata())[RETRY_AFTER_KEY]
+    assert 500 <= int(hint) <= 11000
+    assert api.replica.store.cache.nodes.get("adm-3") is None   # nothing written
+    register("adm-2")   # its agent retrying: admitted
+    agent = FakeAgent(api, "adm-1", vcpus=1, memory=1 << 30)   # registers, heartbeats
+    try:
+        wait_for(lambda: bool(agent.acks()), what="adm-1 acked")
+        assert register("adm-3").session_id   # adm-1's slot was freed by its heartbeat
+    finally:
+        agent.close()

@@ -237,8 +237,15 @@ def test_node_rm_refuses_live_nodes_and_evicts_only_when_forced(api: Api) -> Non
         # (It may already have been evicted by the leader after its grace: either way the
         # node is removed only when nothing is bound to it or --force says so.)
         if node(api, "rm-node").status.allocated_vcpus:
-            code, msg = code_of(lambda: api.stub.RemoveNode(cpb.RemoveNodeRequest(
-                name="rm-node")))
+            def refusal() -> tuple[grpc.StatusCode, str]:
+                return code_of(lambda: api.stub.RemoveNode(cpb.RemoveNodeRequest(
+                    name="rm-node")))
+
+            # NotReady shows as soon as the lease is gone; the leader records it a moment
+            # later, and until then removal says to try again.
+            wait_for(lambda: "not marked NotReady yet" not in refusal()[1],
+                     what="rm-node recorded NotReady")
+            code, msg = refusal()
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "left" in msg
         api.stub.RemoveNode(cpb.RemoveNodeRequest(name="rm-node", force=True))
         code, _ = code_of(lambda: node(api, "rm-node"))

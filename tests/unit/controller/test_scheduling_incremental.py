@@ -12,7 +12,7 @@ from viridian.v1 import types_pb2 as pb
 from controller.loops.scheduling import SchedulingLoop
 from controller.placement import SnapshotSource, snapshot_of
 from controller.scheduler import SchedulerConfig, Snapshot
-from controller.store import AllocEntry, Allocation, EtcdStore, Keys, Store
+from controller.store import Allocation, AllocEntry, EtcdStore, Keys, Store
 
 
 def run(coro):  # type: ignore[no-untyped-def]
