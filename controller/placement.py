@@ -84,6 +84,9 @@ class SnapshotSource:
     leases, allocation records): a snapshot keeps references to them."""
 
     WATCHED = ("nodes", "node-leases", "allocations")
+    #: changed nodes remembered between two snapshots; beyond, the next one is built whole
+    #: (a follower's scheduler takes none for as long as it follows)
+    MAX_DIRTY = 4096
 
     def __init__(self, cache: ClusterCache) -> None:
         self._cache = cache
@@ -97,11 +100,17 @@ class SnapshotSource:
     def close(self) -> None:
         self._cache.unsubscribe(self._on_change)
 
+    def reset(self) -> None:
+        """Build the next snapshot whole."""
+        self._dirty = None
+
     def _on_change(self, kind: str, name: str) -> None:
         if not kind:
             self._dirty = None
         elif kind in self.WATCHED and self._dirty is not None:
             self._dirty.add(name)
+            if len(self._dirty) > self.MAX_DIRTY:
+                self._dirty = None
 
     def snapshot(self, full: bool = False) -> Snapshot:
         """The cache as it is now, as the scheduler sees it (full: rebuild every node)."""

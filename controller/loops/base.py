@@ -24,6 +24,10 @@ class Loop(abc.ABC):
     def kick(self, *_: object) -> None:
         self._dirty.set()
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._dirty.set()

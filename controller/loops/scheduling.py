@@ -80,10 +80,16 @@ class SchedulingLoop(Loop):
         self._full_scan_at = 0.0
         self.cache.subscribe(self._on_change)
 
+    def start(self) -> None:
+        # A new term of leadership: look at everything once (nothing was kept meanwhile).
+        self._candidates = None
+        self.snapshots.reset()
+        super().start()
+
     def _on_change(self, kind: str, name: str) -> None:
         # Pending partitions, capacity changes (nodes, leases, allocations) all matter.
-        if not kind:
-            self._candidates = None
+        if not kind or not self.running:
+            self._candidates = None   # (a follower keeps no list of changes)
         elif kind == "partitions" and self._candidates is not None:
             self._candidates.add(name)
         self.kick()

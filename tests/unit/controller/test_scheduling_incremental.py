@@ -122,3 +122,32 @@ def test_a_pass_looks_only_at_what_changed(etcd_endpoint: str, prefix: str) -> N
         etcd.close()
 
     run(scenario())
+
+
+def test_a_followers_scheduler_keeps_no_list_of_changes(etcd_endpoint: str,
+                                                        prefix: str) -> None:
+    """A replica that is not the leader has its scheduling loop stopped; what changes
+    meanwhile must not pile up in memory (a follower may follow for months)."""
+
+    async def scenario() -> None:
+        etcd = EtcdStore([etcd_endpoint])
+        store = Store(etcd, prefix, "test")
+        keys = Keys(prefix)
+        await store.cache.start()
+        scheduler = SchedulingLoop(store, SchedulerConfig(), fenced=False)
+        source = scheduler.snapshots
+        source.MAX_DIRTY = 8
+        rev = 0
+        for i in range(20):
+            rev = await etcd.put(keys.node(f"f{i}"), _node(f"f{i}", 4, 4 << 30))
+            p = pb.Partition(name=f"fp{i}", spec=pb.PartitionSpec(image="x", vcpus=1,
+                                                                  memory_bytes=1 << 20))
+            rev = await etcd.put(keys.partition(p.name), p.SerializeToString())
+        assert await store.cache.wait_for_revision(rev)
+        assert scheduler._candidates is None
+        assert source._dirty is None     # past MAX_DIRTY: the next snapshot is built whole
+        _same(source.snapshot(), snapshot_of(store.cache))
+        await store.cache.stop()
+        etcd.close()
+
+    run(scenario())
