@@ -112,14 +112,23 @@ class GroupCommit:
         held_reads: set[str] = set()
         size = width = 0
         left: deque[_Waiting] = deque()
-        for entry in self._waiting:
+        waiting = self._waiting
+        while waiting:
+            if len(batch) + 2 + width > self.MAX_TXN_OPS or size >= self.MAX_BYTES:
+                break   # full: the rest keep their places
+            entry = waiting.popleft()
             if entry.done.done():
                 continue  # its caller gave up before it was sent
             fits = not batch or (
                 len(batch) + 1 + max(width, entry.width) <= self.MAX_TXN_OPS
                 and size + entry.size <= self.MAX_BYTES)
-            independent = not (entry.writes & (writes | reads | held_writes | held_reads)
-                               or entry.reads & (writes | held_writes))
+            # (isdisjoint: no set is copied, so a long queue costs no more per entry)
+            independent = (entry.writes.isdisjoint(writes)
+                           and entry.writes.isdisjoint(reads)
+                           and entry.writes.isdisjoint(held_writes)
+                           and entry.writes.isdisjoint(held_reads)
+                           and entry.reads.isdisjoint(writes)
+                           and entry.reads.isdisjoint(held_writes))
             if fits and independent:
                 batch.append(entry)
                 writes |= entry.writes
@@ -130,6 +139,7 @@ class GroupCommit:
                 left.append(entry)
                 held_writes |= entry.writes
                 held_reads |= entry.reads
+        left.extend(waiting)
         self._waiting = left
         return batch
 
