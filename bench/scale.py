@@ -329,11 +329,11 @@ def etcd_db_bytes(etcd: EtcdProcess) -> int:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="vscale-", dir="/tmp"))
     etcd = EtcdProcess(work / "etcd", quota_bytes=8 << 30)
-    etcd.start()
     result: dict[str, Any] = {"agents": args.agents, "lease_ttl_s": args.lease_ttl,
                               "max_heartbeats_per_s": args.max_beats}
     a = b = sim = None
     try:
+        etcd.start()
         a = Replica(work, etcd.endpoint, args.lease_ttl, "replica-a", args.max_beats)
         a.start()
         a.wait_serving()
@@ -477,6 +477,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["controller_b_rss_mib"] = round(rss_mib(b.pid), 1)
         result["etcd_db_mib"] = round(etcd_db_bytes(etcd) / MIB, 1)
     finally:
+        # A second Ctrl-C (or `timeout` passing one on) must not cut the clean-up short:
+        # the processes run in sessions of their own and would be left behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if sim is not None:
             sim.stop()
         for r in (a, b):

@@ -21,6 +21,7 @@ JOIN_TTL_DEFAULT_S = 3600
 MAX_TTL_S = 10 * 365 * 86400
 MAX_DESCRIPTION = 200
 MAX_CSR_BYTES = 16 << 10
+CACHE_WAIT_S = 30.0  # at most, for a new token to reach the cache (no caller deadline)
 
 
 def _public(token: pb.Token) -> pb.Token:
@@ -56,8 +57,11 @@ class SecurityApi:
                                                 nanos=token.created_at.nanos))
         revision = await self.ctx.store.tokens.create(token)
         # Callers authenticate against this replica's watch-fed cache: answer once the token
-        # is in it, so a token works as soon as CreateToken returns.
-        await self.ctx.store.cache.wait_for_revision(revision)
+        # is in it, so a token works as soon as CreateToken returns; on a busy replica that
+        # may take longer than 2 s, so wait until just before the caller's deadline.
+        left = context.time_remaining()
+        await self.ctx.store.cache.wait_for_revision(
+            revision, CACHE_WAIT_S if left is None else max(left - 0.2, 0.1))
         return cpb.CreateTokenResponse(token=_public(token), secret=text)
 
     @map_errors
