@@ -21,7 +21,9 @@ from node_agent.runtime.workers import WorkerHandle, WorkerManager
 
 GUESTS = Path(__file__).resolve().parents[2] / "guests"
 DEADLINE = 60.0
-CHECKSUM_ARGS = ("100", "40000")
+# Gated: the guest prints "computed", then waits for a byte on stdin before its final line,
+# so a save that comes late still finds it running.
+CHECKSUM_ARGS = ("100", "40000", "gate")
 SPIN_N = "80000000"                       # ~2.5 s of emulation: outlasts 30 pauses
 MIDWAY = rb"progress [1-4]\d%"          # saved somewhere between 10% and 50%
 
@@ -123,11 +125,16 @@ def _save_and_restore(nodes: Callable[[str], Node], root: Path, guest: str,
                       args: tuple[str, ...], ready: bytes, vcpus: int = 4) -> tuple[bytes, bytes]:
     """(uninterrupted output, console of the run saved on node a and restored on node b: it
     holds the output from before the save too);
-    the save happens once the console matches the regex ``ready``."""
+    the save happens once the console matches the regex ``ready``. A gated guest (last
+    argument "gate") gets its byte on stdin at once in the uninterrupted run and only after
+    the restore in the other."""
+    gated = args[-1:] == ("gate",)
     a, b = nodes("a"), nodes("b")
-    ref = a.mgr.launch(a.spec(root, "ref", guest, *args, vcpus=vcpus), 1)
+    ref = a.mgr.launch(a.spec(root, "ref", guest, *args, vcpus=vcpus), 1, stdin=gated)
+    if gated:
+        ref.write_stdin(b"g")   # waits in the guest's stdin until it reads it
     reference = finish(ref)
-    handle = a.mgr.launch(a.spec(root, "part", guest, *args, vcpus=vcpus), 2)
+    handle = a.mgr.launch(a.spec(root, "part", guest, *args, vcpus=vcpus), 2, stdin=gated)
     wait_for(lambda: re.search(ready, console(handle)) is not None, f"{ready!r}")
     state = a.base / "part.state"
     handle.save(state)
@@ -139,7 +146,10 @@ def _save_and_restore(nodes: Callable[[str], Node], root: Path, guest: str,
     moved = b.base / "moved.state"
     b.base.mkdir(parents=True, exist_ok=True)
     shutil.copy(state, moved)                       # "transferred" to the other node
-    restored = b.mgr.launch(b.spec(root, "part", guest, *args, vcpus=vcpus), 3, restore=moved)
+    restored = b.mgr.launch(b.spec(root, "part", guest, *args, vcpus=vcpus), 3, restore=moved,
+                            stdin=gated)
+    if gated:
+        restored.write_stdin(b"g")
     after = finish(restored)
     assert after.startswith(before), "the restored console lost the output before the save"
     return reference, after
