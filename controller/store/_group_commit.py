@@ -14,11 +14,12 @@ batch reads or writes, and reads (compares) no key that another one writes. A tr
 left out for a conflict keeps its place: later ones that touch its keys wait with it, so the
 writes to one key reach etcd in the order they were asked for.
 
-Failure: a batch is one request. When etcd cannot be reached (StoreUnavailable: maybe
-applied) every transaction in it gets that error, exactly as each would have alone. Any
-other refusal of a batch of several (etcd full refuses a batch with one put in it, though a
-transaction of deletes alone would pass) sends each again on its own, so each gets its own
-answer.
+Failure: a batch is one request. When etcd cannot be reached or answer in time (maybe
+applied) every transaction in it gets that error, exactly as each would have alone. When
+etcd refuses the request as a whole, nothing was applied, and one transaction's fault must
+not become the others': etcd full refuses a batch with one put in it, though a transaction
+of deletes alone would pass; a put naming an expired lease fails the whole request. Then
+each is sent again on its own and gets its own answer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from pyetcd import etcdrpc
 
 from controller.errors import StoreUnavailable
@@ -177,6 +179,11 @@ class GroupCommit:
                 entry.done.cancel()
             raise
         except StoreUnavailable as err:
+            if _refused(err):
+                # etcd answered no to the request as a whole (a lease one of them names has
+                # expired): nothing was applied, so each is asked on its own.
+                await asyncio.gather(*(self._alone(e) for e in batch))
+                return
             for entry in batch:
                 _fail(entry, err)
             return
@@ -199,6 +206,25 @@ class GroupCommit:
             self._observe(asyncio.get_running_loop().time() - started, succeeded)
         if not entry.done.done():
             entry.done.set_result(TxnResult(succeeded, revision))
+
+
+#: what a failed call may mean "maybe applied" for: etcd gone, slow, or the answer lost
+_MAYBE_APPLIED = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
+                            grpc.StatusCode.INTERNAL})
+
+
+def _refused(err: StoreUnavailable) -> bool:
+    """True when etcd answered and refused the request (it applied nothing): the gRPC
+    status behind the error is a definite no, such as NOT_FOUND for a lease that expired."""
+    code = getattr(err.__cause__, "code", None)
+    if not callable(code):
+        return False
+    try:
+        status = code()
+    except Exception:  # noqa: BLE001 - not a gRPC error after all
+        return False
+    return isinstance(status, grpc.StatusCode) and status not in _MAYBE_APPLIED
 
 
 def _fail(entry: _Waiting, err: Exception) -> None:

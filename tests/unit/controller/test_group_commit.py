@@ -172,3 +172,32 @@ def test_an_unreachable_etcd_fails_the_whole_batch_as_maybe_applied() -> None:
         assert calls == 2  # one alone, then the nine together: never sent twice
 
     run(scenario())
+
+
+def test_a_put_on_an_expired_lease_fails_alone_not_its_whole_batch(
+        etcd_endpoint: str, prefix: str) -> None:
+    """etcd refuses a whole request when one put names a lease that is gone; the others
+    batched with it must still be applied (each is then sent on its own)."""
+
+    async def scenario() -> None:
+        store = EtcdStore([etcd_endpoint])
+        lease = await store.grant_lease(60)
+        await store.revoke_lease(lease)
+        group = store.group_commit()
+        group.MAX_BATCHES = 1
+        blocker = asyncio.ensure_future(store.put(f"{prefix}/first", b"x"))
+        await asyncio.sleep(0)
+        got = await asyncio.gather(
+            *(store.txn([Compare(f"{prefix}/k{i}", 0)], [Op.put(f"{prefix}/k{i}", b"v")])
+              for i in range(5)),
+            store.put(f"{prefix}/leased", b"x", lease=lease),
+            return_exceptions=True)
+        await blocker
+        assert all(not isinstance(g, BaseException) and g.succeeded for g in got[:5]), got
+        assert isinstance(got[5], StoreUnavailable) and "lease not found" in str(got[5])
+        for i in range(5):
+            assert await store.get(f"{prefix}/k{i}") is not None
+        assert await store.get(f"{prefix}/leased") is None
+        store.close()
+
+    run(scenario())
