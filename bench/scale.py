@@ -125,16 +125,19 @@ class Replica:
             os.killpg(self.proc.pid, signal.SIGKILL)   # its own session: only its processes
             self.proc.wait()
 
-    def histograms(self) -> dict[str, dict[float, float]]:
-        """Every histogram of its metrics: name -> {upper bound: cumulative count}."""
+    def _families(self) -> list[Any]:
+        """Its metrics, scraped once and parsed."""
         import urllib.request
 
         from prometheus_client.parser import text_string_to_metric_families
 
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as resp:
-            text = resp.read().decode()
+            return list(text_string_to_metric_families(resp.read().decode()))
+
+    def histograms(self) -> dict[str, dict[float, float]]:
+        """Every histogram of its metrics: name -> {upper bound: cumulative count}."""
         out: dict[str, dict[float, float]] = {}
-        for fam in text_string_to_metric_families(text):
+        for fam in self._families():
             if fam.type == "histogram":
                 buckets = out.setdefault(fam.name, {})
                 for sample in fam.samples:   # summed over other labels (gc generations)
@@ -145,14 +148,8 @@ class Replica:
 
     def total(self, sample: str) -> float:
         """One sample of its metrics, summed over labels (e.g. a histogram's _count)."""
-        import urllib.request
-
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=30) as resp:
-            text = resp.read().decode()
-        return sum(x.value for fam in text_string_to_metric_families(text)
-                   for x in fam.samples if x.name == sample)
+        return sum(x.value for fam in self._families() for x in fam.samples
+                   if x.name == sample)
 
     def nodes(self) -> tuple[int, set[str]]:
         """(nodes Ready, names not Ready), read page by page."""

@@ -8,11 +8,12 @@ them with one read and one transaction (NodeStore.register_many), with at most
 ``IN_FLIGHT`` batches at etcd at once, so the etcd round trip of one batch overlaps the
 loop work of the next.
 
-Admission is by deadline: a caller waits for its turn until shortly before its own deadline
-and is then answered UNAVAILABLE at once (the agent backs off or tries another replica)
-rather than being registered for a caller that has given up. A registration whose caller
-gave up after its batch was sent is still written; it is harmless: the agent registers
-again and the newer claim supersedes it.
+Before a Register gets here, gateway/admission.py has bounded how many nodes are setting up
+sessions at once. In the queue, admission is by deadline: a caller waits for its turn until
+shortly before its own deadline and is then answered UNAVAILABLE at once (the agent backs
+off or tries another replica) rather than being registered for a caller that has given up.
+A registration whose caller gave up after its batch was sent is still written; it is
+harmless: the agent registers again and the newer claim supersedes it.
 """
 
 from __future__ import annotations
