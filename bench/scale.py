@@ -75,6 +75,10 @@ def rss_mib(pid: int) -> float:
     return (resident_bytes(pid) or 0) / MIB
 
 
+#: the replicas' log level (their logs stay in the work directory)
+LOG_LEVEL = os.environ.get("SCALE_REPLICA_LOG_LEVEL", "warning")
+
+
 class Replica:
     def __init__(self, work: Path, etcd: str, ttl: int, name: str,
                  max_beats: float = 2000.0) -> None:
@@ -93,7 +97,7 @@ class Replica:
                 [sys.executable, "-m", "controller.cli", "controller", "--listen", self.api,
                  "--agent-listen", self.agents, "--etcd", etcd, "--insecure",
                  "--lease-ttl", str(ttl), "--data-dir", str(work / name),
-                 "--metrics-listen", self.metrics, "--log-level", "warning",
+                 "--metrics-listen", self.metrics, "--log-level", LOG_LEVEL,
                  "--max-heartbeats-per-second", str(max_beats)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=ENV,
                 start_new_session=True)
@@ -440,12 +444,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             b.wait_serving()
             assigns_before = sim.last["assigns"]
             running_before = sim.last["running"]
+            cpu_b, cpu_sims = cpu_seconds(b.pid), sum(map(cpu_seconds, sim.pids))
+            hist_b0 = b.histograms()
             t2 = time.monotonic()
             a.kill()
             # Every session on B (A's acks no longer count: their deadlines outlive the kill
             # by up to TTL - margin), then every node Ready there.
             deadline = time.monotonic() + 300
             past1, ended1 = sim.last["past_deadline"], sim.last["sessions_ended"]
+            why1 = dict(sim.last["ended_why"])
             lags: list[float] = []
 
             def drain() -> None:   # the simulators' lines so far (their loop lag)
@@ -453,14 +460,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     while not p.lines.empty():
                         lags.append(p.lines.get_nowait()["loop_lag_max_ms"])
 
-            while b.sessions() < args.agents:
+            timeline: list[int] = []   # B's sessions, about once a second
+            while (held_b := b.sessions()) < args.agents:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {b.sessions()} sessions on B after 300 s")
+                    raise RuntimeError(f"only {held_b} sessions on B after 300 s")
+                if time.monotonic() - t2 >= len(timeline):
+                    timeline.append(held_b)
                 drain()
                 time.sleep(0.2)
+            result["reconnect_sessions_each_second"] = timeline
             while b.nodes()[0] < args.agents:
                 time.sleep(0.2)
-            result["reconnect_s"] = round(time.monotonic() - t2, 2)
+            took = time.monotonic() - t2
+            result["reconnect_s"] = round(took, 2)
+            # where the reconnect's time went: B's and the simulators' CPU, and how many
+            # Registers B answered and refused to get every agent back
+            result["reconnect_controller_b_cpu_cores"] = round(
+                (cpu_seconds(b.pid) - cpu_b) / took, 2)
+            result["reconnect_simulator_cpu_cores"] = round(
+                (sum(map(cpu_seconds, sim.pids)) - cpu_sims) / took, 2)
+            result["reconnect_registers"] = int(b.total("viridian_register_seconds_count"))
+            hist_b1 = b.histograms()
+            for key, name in (("loop_lag", "viridian_event_loop_lag_seconds"),
+                              ("register", "viridian_register_seconds"),
+                              ("session_open", "viridian_session_open_seconds"),
+                              ("ack", "viridian_heartbeat_ack_seconds")):
+                for q in (0.5, 0.99):
+                    bound = quantile_at_most(hist_b0.get(name, {}), hist_b1.get(name, {}), q)
+                    result[f"reconnect_controller_b_{key}_p{round(q * 100)}_ms_at_most"] = \
+                        round(bound * 1000, 1)
+            result["reconnect_register_refusals"] = int(
+                b.total("viridian_register_refusals_total"))
             drain()
             result["reconnect_sim_loop_lag_max_ms"] = max(lags, default=0.0)
             line = sim.latest()
@@ -468,6 +498,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # its partitions) and sessions that ended, from the kill until all were back
             result["reconnect_past_deadline"] = line["past_deadline"] - past1
             result["reconnect_sessions_ended"] = line["sessions_ended"] - ended1
+            result["reconnect_ended_why"] = {
+                k: v - why1.get(k, 0) for k, v in line["ended_why"].items()
+                if v != why1.get(k, 0)}
             result["restarted_after_reconnect"] = line["assigns"] - assigns_before
             result["running_after_reconnect"] = line["running"]
             result["running_before_reconnect"] = running_before

@@ -9,9 +9,11 @@ time + TTL - margin has stopped its partitions before the key can go. At most on
 in flight; heartbeats that arrive meanwhile wait for the next, which begins as soon as it
 ends. The cost is one keepalive per renewal, however many nodes: a lease per node cost one
 keepalive per heartbeat per node (10,000 a second at 5,000 nodes with a 3 s TTL).
-Each ack also carries the heartbeat pace for the sessions this replica now holds
-(timings.py): thousands of agents are asked to beat less often, never past what the TTL
-allows.
+Each ack also carries the heartbeat pace for the sessions this replica now holds and is
+about to hold (timings.py; admission.py counts the nodes setting up and those booked to come
+back): thousands of agents are asked to beat less often, never past what the TTL allows. In
+a mass reconnect the first agents back are paced for the thousands behind them, not at the
+fastest pace while those are still arriving.
 
 A node whose agent went silent for the TTL (frozen, cut off, or its session stream ended
 and it did not register again) loses its session and its lease key (deleted only if it is
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from viridian.v1 import agent_pb2 as apb
 
@@ -47,10 +50,12 @@ MIN_RENEWAL_GAP_S = 0.02
 
 class NodeLiveness:
     def __init__(self, store: Store, sessions: SessionRegistry, timings: Timings,
-                 metrics: ControllerMetrics) -> None:
+                 metrics: ControllerMetrics, incoming: Callable[[], int] = lambda: 0
+                 ) -> None:
         self.store = store
         self.sessions = sessions
         self.timings = timings
+        self.incoming = incoming   # sessions about to be held (admission.py)
         self.ttl = timings.lease_ttl
         # how often silent agents are looked for (and the lease renewed when nothing beats)
         self.check_s = max(timings.heartbeat_s, 0.05)
@@ -150,7 +155,7 @@ class NodeLiveness:
         self.metrics.lease_renewals.labels("ok").inc()
         self.renewals += 1
         observe = self.metrics.heartbeat_ack_seconds.observe
-        interval, ack_timeout = self.timings.pace(len(self.sessions))
+        interval, ack_timeout = self.timings.pace(len(self.sessions) + self.incoming())
         interval_ms, ack_timeout_ms = round(interval * 1000), round(ack_timeout * 1000)
         for s, seq, at in pending:
             if not s.closed:

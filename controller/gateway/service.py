@@ -93,7 +93,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
         self.registrar = Registrar(store.nodes)
         self.admission = SetupAdmission()
         self.transfers = StateTransfers(store, sessions, advertise, self.dialer)
-        self.liveness = NodeLiveness(store, sessions, self.timings, self.metrics)
+        self.liveness = NodeLiveness(store, sessions, self.timings, self.metrics,
+                                     self.admission.incoming)
 
     @map_errors
     async def Register(
@@ -130,7 +131,8 @@ class AgentGateway(agent_pb2_grpc.AgentGatewayServicer):
             if current is not None and current.session_id == old.session_id:
                 current.close()  # superseded: the new registration replaced its claim
         grant = self._granted[name] = Grant(session_id, lease, claim, list(request.running))
-        reply = self.timings.response(session_id, len(self.sessions) + 1)
+        reply = self.timings.response(session_id,
+                                      len(self.sessions) + self.admission.incoming())
         reply.state_ticket_key = await self.transfers.node_key(name)
         grant.at = asyncio.get_running_loop().time()
         self.metrics.register_seconds.observe(grant.at - arrived)

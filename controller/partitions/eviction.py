@@ -24,6 +24,7 @@ a hold ends, every still-silent node gets a fresh grace instead of being evicted
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 OP = pb.NodeOperation
 HA_GRACE_S = 1.0
 MASS_LOSS_FRACTION = 0.5
+MARKS_IN_FLIGHT = 64
 NOT_READY_REASON = "node lease expired: the agent's session lapsed"
 
 
@@ -105,9 +107,9 @@ class NodeLifecycleLoop(Loop):
     async def reconcile(self) -> bool:
         cache = self.cache
         again = False
-        for name, node in list(cache.nodes.items()):
-            if not cache.node_alive(name) and node.status.state != pb.NODE_STATE_NOT_READY:
-                await self.store.nodes.mark_not_ready(name, NOT_READY_REASON)
+        await self._mark_not_ready([
+            name for name, node in cache.nodes.items()
+            if not cache.node_alive(name) and node.status.state != pb.NODE_STATE_NOT_READY])
         evictable = self.evictable()
         if self._hold_changed:
             silent, counted = self._counts
@@ -136,6 +138,21 @@ class NodeLifecycleLoop(Loop):
                     log.info("eviction of %s: %s", name, err)
                     again = True
         return again
+
+    async def _mark_not_ready(self, names: list[str]) -> None:
+        """Mark these silent nodes NotReady, MARKS_IN_FLIGHT at a time so that group commit
+        carries them together: when a replica dies, every node it held goes silent at once,
+        and one transaction after another took the new leader 10 s for 5,000 nodes (while
+        they were registering again)."""
+        slots = asyncio.Semaphore(MARKS_IN_FLIGHT)
+
+        async def mark(name: str) -> None:
+            async with slots:
+                await self.store.nodes.mark_not_ready(name, NOT_READY_REASON)
+
+        for outcome in await asyncio.gather(*map(mark, names), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _begin(self, node: str, rev: int) -> None:
         op = OP(kind=OP.KIND_EVICTION, node=node, state=OP.STATE_RUNNING, started_at=now_ts(),
