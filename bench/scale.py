@@ -505,6 +505,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["running_after_reconnect"] = line["running"]
             result["running_before_reconnect"] = running_before
             result["controller_b_rss_mib"] = round(rss_mib(b.pid), 1)
+            # B loaded everything when it started (a replica already running keeps its
+            # cache warm through a change of leader: no load then)
+            result["controller_b_cache_load_s"] = round(
+                b.total("viridian_cache_load_seconds"), 2)
         result["etcd_db_mib"] = round(etcd_db_bytes(etcd) / MIB, 1)
     finally:
         # A second Ctrl-C (or `timeout` passing one on) must not cut the clean-up short:

@@ -128,6 +128,10 @@ class StateCollector(Collector):
         yield by_phase
         yield GaugeMetricFamily("viridian_scheduling_queue_depth", "Partitions waiting for "
                                 "placement.", value=queued)
+        yield GaugeMetricFamily("viridian_cache_load_seconds", "How long this replica's "
+                                "last full load of its cache from etcd took (at start, and "
+                                "after a watch could not be resumed).",
+                                value=cache.load_seconds)
         sessions = self.sessions.all()
         yield GaugeMetricFamily("viridian_sessions_open", "Agent sessions held by this "
                                 "replica.", value=len(sessions))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -64,6 +65,7 @@ class ClusterCache:
         self._caught_up = asyncio.Event()
         self.reloads = 0   # full loads (the first included), and watches resumed without one
         self.resumes = 0
+        self.load_seconds = 0.0   # how long the last full load took
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -104,6 +106,7 @@ class ClusterCache:
         reload = True
         while True:
             if reload:
+                began = time.monotonic()
                 try:
                     await self._load()
                 except StoreError as err:
@@ -111,6 +114,10 @@ class ClusterCache:
                     await asyncio.sleep(0.5)
                     continue
                 self.reloads += 1
+                self.load_seconds = time.monotonic() - began
+                log.info("cache loaded at revision %d in %.2fs: %d partitions, %d nodes",
+                         self.revision, self.load_seconds, len(self.partitions),
+                         len(self.nodes))
             else:
                 self.resumes += 1
                 log.info("resuming the cluster watch from revision %d", self.revision + 1)
