@@ -150,6 +150,11 @@ class Replica:
                         buckets[le] = buckets.get(le, 0.0) + sample.value
         return out
 
+    def total_labelled(self, sample: str, value: str) -> float:
+        """One sample of its metrics, only where some label has `value`."""
+        return sum(x.value for fam in self._families() for x in fam.samples
+                   if x.name == sample and value in x.labels.values())
+
     def total(self, sample: str) -> float:
         """One sample of its metrics, summed over labels (e.g. a histogram's _count)."""
         return sum(x.value for fam in self._families() for x in fam.samples
@@ -186,7 +191,8 @@ def quantile_at_most(before: dict[float, float], after: dict[float, float], q: f
 
 SUMMED = ("sessions_up", "ever_acked", "acked", "sessions_ended", "past_deadline", "running",
           "reports", "assigns", "recent_ack_nodes")
-WORST = ("t", "ack_p50_ms", "ack_p99_ms", "ack_max_ms", "loop_lag_max_ms", "heartbeat_s")
+WORST = ("t", "ack_p50_ms", "ack_p99_ms", "ack_max_ms", "loop_lag_max_ms", "gc_pause_max_ms",
+         "heartbeat_s")
 
 
 def merge_lines(lines: list[dict[str, Any]]) -> dict[str, Any]:
@@ -231,6 +237,10 @@ class SimAgents:
         self.procs = [SimProcess(work, controllers, first, min(share, count - first),
                                  per_channel) for first in range(0, count, share)]
         self.last: dict[str, Any] = {}
+        self.worst: dict[str, float] = {}   # the simulators' worst stalls since reset_worst()
+
+    def reset_worst(self) -> None:
+        self.worst = {}
 
     @property
     def pids(self) -> list[int]:
@@ -238,6 +248,8 @@ class SimAgents:
 
     def next(self, timeout: float = 30) -> dict[str, Any]:
         self.last = merge_lines([p.lines.get(timeout=timeout) for p in self.procs])
+        for key in ("loop_lag_max_ms", "gc_pause_max_ms"):
+            self.worst[key] = max(self.worst.get(key, 0.0), self.last[key])
         return self.last
 
     def latest(self) -> dict[str, Any]:
@@ -417,12 +429,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu1, etcd1 = cpu_seconds(a.pid), cpu_seconds(etcd.proc.pid)
             requests1 = a.total("viridian_etcd_txn_batch_size_count")
             txns1 = a.total("viridian_etcd_txn_batch_size_sum")
+            sim.reset_worst()
             result["create_s"] = round(asyncio.run(create_partitions(a.api, args.partitions)), 2)
-            sim.until(lambda s: s["running"] >= args.partitions, 600 + args.partitions / 100,
-                      "every partition running")
+            lost = [0, time.monotonic()]   # Lost partitions (A's gauge, read every 10 s)
+
+            def settled(s: dict[str, Any]) -> bool:
+                if s["running"] >= args.partitions:
+                    return True
+                if time.monotonic() - lost[1] >= 10:
+                    lost[:] = [int(a.total_labelled("viridian_partitions", "lost")),
+                               time.monotonic()]
+                return s["running"] + lost[0] >= args.partitions
+
+            sim.until(settled, 600 + args.partitions / 100, "every partition running or lost")
+            result["partitions_lost"] = int(a.total_labelled("viridian_partitions", "lost"))
+            # a simulator that stalls past the TTL has its nodes rightly declared lost
+            result["partitions_sim_loop_lag_max_ms"] = sim.worst.get("loop_lag_max_ms", 0.0)
+            result["partitions_sim_gc_pause_max_ms"] = sim.worst.get("gc_pause_max_ms", 0.0)
             total = time.monotonic() - t1
             result["partitions_total_s"] = round(total, 2)
-            result["committed_per_s"] = round(args.partitions / total, 1)
+            result["committed_per_s"] = round(sim.last["running"] / total, 1)
             result["created_per_s"] = round(args.partitions / result["create_s"], 1)
             requests = a.total("viridian_etcd_txn_batch_size_count") - requests1
             txns = a.total("viridian_etcd_txn_batch_size_sum") - txns1

@@ -61,7 +61,8 @@ class CompactionLoop(Loop):
 
 
 class EventTrimLoop(Loop):
-    """Deletes the oldest events beyond the newest `keep`."""
+    """Deletes the oldest events beyond the newest `keep` (after moving any that an older
+    release wrote where the replicas watch: store/events.py, move_legacy)."""
 
     name = "event-trim"
     resync_s = TRIM_EVERY_S
@@ -74,5 +75,6 @@ class EventTrimLoop(Loop):
         self.keep = keep
 
     async def reconcile(self) -> bool:
+        await self.store.events.move_legacy()
         await self.store.events.trim(self.keep)
         return False

@@ -99,7 +99,8 @@ def watch_method(channel: grpc.Channel) -> Any:
 
 
 class PrefixWatch:
-    """One prefix watch: a stream read by its own thread, callbacks run on `loop`."""
+    """One prefix watch (or, given `end`, of the keys from `prefix` up to `end`): a stream
+    read by its own thread, callbacks run on `loop`."""
 
     def __init__(
         self,
@@ -110,9 +111,11 @@ class PrefixWatch:
         on_events: Callable[[list[WatchEvent], int], None],
         on_lost: Callable[[Exception], None],
         stall_timeout: float,
+        end: str | None = None,
     ) -> None:
         self._endpoints = endpoints
         self._prefix = prefix
+        self._end = prefix_end(prefix) if end is None else end.encode()
         self._start = start_revision
         self._loop = loop
         self._on_events = on_events
@@ -143,7 +146,7 @@ class PrefixWatch:
             WatchRequest(
                 create_request=WatchCreateRequest(
                     key=self._prefix.encode(),
-                    range_end=prefix_end(self._prefix),
+                    range_end=self._end,
                     start_revision=self._start,
                     progress_notify=True,
                     fragment=True,

@@ -66,6 +66,7 @@ class ClusterCache:
         self.reloads = 0   # full loads (the first included), and watches resumed without one
         self.resumes = 0
         self.load_seconds = 0.0   # how long the last full load took
+        self.watched = 0   # keys the watch delivered (tests: which writes reach it)
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -122,9 +123,11 @@ class ClusterCache:
                 self.resumes += 1
                 log.info("resuming the cluster watch from revision %d", self.revision + 1)
             self._lost.clear()
+            # Everything under the prefix but the events: they are most of what is
+            # written and no replica keeps them (keys.py, EVENTS_DIR).
             self._cancel = self._etcd.watch_prefix(
-                self._keys.prefix + "/", self.revision + 1, self._on_events, self._on_lost
-            )
+                self._keys.prefix + "/", self.revision + 1, self._on_events, self._on_lost,
+                end=self._keys.watched_end)
             self._ready.set()
             if reload:
                 self._notify("", "")
@@ -164,6 +167,7 @@ class ClusterCache:
         self._lost.set()
 
     def _on_events(self, events: list[WatchEvent], revision: int) -> None:
+        self.watched += len(events)
         touched: list[tuple[str, str]] = []
         for ev in events:
             hit = self._apply(ev)

@@ -406,8 +406,10 @@ class EtcdStore:
         start_revision: int,
         on_events: Callable[[list[WatchEvent], int], None],
         on_lost: Callable[[Exception], None],
+        end: str | None = None,
     ) -> Callable[[], None]:
-        """Deliver events under prefix from start_revision on the running loop.
+        """Deliver events under prefix (or, given `end`, of keys from prefix up to end)
+        from start_revision on the running loop.
 
         on_events(events, revision) runs in the loop, in order; on_lost(error) runs once if
         the watch breaks (member dead, hung or leaderless, revision compacted, cancelled by
@@ -418,7 +420,7 @@ class EtcdStore:
         loop = asyncio.get_running_loop()
         self._watches = [w for w in self._watches if not w.finished]
         watch = PrefixWatch(self._endpoints, prefix, start_revision, loop, on_events, on_lost,
-                            self._watch_stall_timeout)
+                            self._watch_stall_timeout, end)
         self._watches.append(watch)
         watch.start()
         return watch.cancel

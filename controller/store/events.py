@@ -7,6 +7,9 @@ ids begin with the wall-clock time in nanoseconds, so key order is time order.
 Events are written inside the transaction of the change they describe (ops()), or alone
 (record()). A failure to record a lone event is logged, never raised: an event must not fail
 the operation it reports on.
+
+They live outside the range the replicas watch (keys.py, EVENTS_DIR). Events written by an
+older release under "<prefix>/events/" are moved there by the leader (move_legacy()).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 EVENT_TTL_S = 3600
 LEASE_ROTATE_S = 600  # events live between EVENT_TTL_S - LEASE_ROTATE_S and EVENT_TTL_S
 DEFAULT_MAX_EVENTS = 10000
+LEGACY_PAGE = 50   # events moved per transaction (a put and a delete each)
 
 
 def now_ts() -> Timestamp:
@@ -125,6 +129,26 @@ class EventStore:
             if not got.more:
                 return "", revision
             cursor = got.kvs[-1].key
+
+    async def move_legacy(self) -> int:
+        """Move events an older release wrote under the watched range to where events live
+        now, oldest first, keeping their ids (so their order) and putting them on this
+        replica's event lease (they may outlive their hour by up to one more). Returns how
+        many moved. Each page is one transaction: a put of the new key and a delete of the
+        old one per event, so none is lost or doubled."""
+        old, moved = self._keys.legacy_events, 0
+        while True:
+            got = await self._etcd.range_page(old, limit=LEGACY_PAGE)
+            if not got.kvs:
+                return moved
+            lease = await self.lease_id()
+            ops: list[Op] = []
+            for kv in got.kvs:
+                ops.append(Op.put(self._keys.events + kv.key[len(old):], kv.value, lease))
+                ops.append(Op.delete(kv.key))
+            await self._etcd.txn([], ops)
+            moved += len(got.kvs)
+            log.info("moved %d events out of the watched range", len(got.kvs))
 
     async def trim(self, keep: int) -> int:
         """Delete the oldest events beyond the newest `keep`; how many went."""

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 # Kinds with one key per object directly under the prefix ("<prefix>/<kind>/<name>").
 KINDS = ("nodes", "node-leases", "partitions", "bindings", "allocations", "images",
-         "contents", "drains", "evictions", "events", "tokens", "replicas")
+         "contents", "drains", "evictions", "tokens", "replicas")
+#: Events live under "<prefix>/~events/": "~" sorts after every kind's first letter, so the
+#: replicas' watch of "<prefix>/" up to "<prefix>/~" (``watched_end``) leaves them out. The
+#: events are most of what is written, and no replica keeps them in its cache.
+EVENTS_DIR = "~events"
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,18 @@ class Keys:
 
     @property
     def events(self) -> str:
+        return f"{self.prefix}/{EVENTS_DIR}/"
+
+    @property
+    def legacy_events(self) -> str:
+        """Where events lived before they left the watched range (moved by the leader)."""
         return self._p("events")
+
+    @property
+    def watched_end(self) -> str:
+        """The end of the range the replicas watch: everything under the prefix before
+        the events."""
+        return f"{self.prefix}/~"
 
     def event(self, event_id: str) -> str:
         return self.events + event_id

@@ -2,7 +2,7 @@
 one read-only etcd transaction over the kinds the checker needs, so every snapshot is one
 revision, linearizable (a member cut off from its quorum answers with an error, never with
 stale data). Values are decoded with viridian.v1's protobuf types; keys of kinds not listed
-here (drains/, evictions/, events/, contents/ ...) are never read.
+here (drains/, evictions/, ~events/, contents/ ...) are never read.
 
     view = EtcdView(["10.213.0.2:2379", "10.213.0.3:2379", "10.213.0.4:2379"])
     snap = view.snapshot()          # raises EtcdUnavailable when no member answers
