@@ -66,7 +66,7 @@ class ImageGc(Loop):
 
     async def _collect(self, contents: dict[str, tuple[pb.Image, int]], now: float) -> None:
         named = {i.digest for i in await self.store.images.read_all()}
-        named.update(self.store.cache.image_users())  # pinned by partitions
+        named.update(self.store.cache.pinned_digests())  # pinned by partitions
         for digest in list(self._unnamed_since):
             if digest in named or digest not in contents:
                 del self._unnamed_since[digest]

@@ -68,6 +68,11 @@ class NodeLifecycleLoop(Loop):
         self.cache.subscribe(self._on_change)
 
     def _on_change(self, kind: str, name: str) -> None:
+        # A live node's record or allocation changing (every bind changes one) concerns a
+        # pass only if the node is silent: kicked by each, the pass (O(nodes)) ran five
+        # times a second while 5,000 nodes were filling up (14% of the replica).
+        if kind in ("nodes", "allocations") and self.cache.node_alive(name):
+            return
         if kind in ("", "nodes", "node-leases", "allocations", "evictions"):
             self.kick()
 
