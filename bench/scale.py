@@ -339,11 +339,13 @@ def etcd_db_bytes(etcd: EtcdProcess) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Fill `result` as each step ends (a step that fails leaves what came before)."""
     work = Path(tempfile.mkdtemp(prefix="vscale-", dir="/tmp"))
     etcd = EtcdProcess(work / "etcd", quota_bytes=8 << 30)
-    result: dict[str, Any] = {"agents": args.agents, "lease_ttl_s": args.lease_ttl,
-                              "max_heartbeats_per_s": args.max_beats}
+    result.update({"agents": args.agents, "lease_ttl_s": args.lease_ttl,
+                   "max_heartbeats_per_s": args.max_beats,
+                   "machine": f"{platform.machine()}, {os.cpu_count()} cores"})
     a = b = sim = None
     try:
         etcd.start()
@@ -463,6 +465,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps(result), flush=True)
             # 3. ls
             result["ls_first_page_s"] = round(ls_first_page(a.api), 3)
+            result["etcd_db_mib"] = round(etcd_db_bytes(etcd) / MIB, 1)
+            print(json.dumps(result), flush=True)
 
         # 4. mass reconnect
         if not args.skip_reconnect:
@@ -546,8 +550,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if r is not None:
                 r.kill()
         etcd.stop()
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores"
-    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
@@ -573,11 +575,18 @@ def main() -> int:
     parser.add_argument("--skip-reconnect", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    result = run(args)
+    result: dict[str, Any] = {}
+    failed = None
+    try:
+        run(args, result)
+    except RuntimeError as err:   # a step that never finished: say so, keep the rest
+        failed = result["error"] = str(err)
     print_table(result)
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0
+    if failed:
+        print(f"bench/scale.py: {failed}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
