@@ -103,7 +103,7 @@ class Task:
         argument ``i`` (0-5) replaced by ``args[i]``; the result register holds the number."""
         cpu = self._cpu
         ids = cpu._ids                       # the number's and the six arguments' registers
-        regs = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: int(cpu._vals[0])}
+        regs = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: cpu.syscall_nr}
         for index, value in (args or {}).items():
             regs[ids[index + 1]] = value
         return regs
