@@ -3,9 +3,10 @@
  * A SyscallHook object is registered with uc_hook_add as a vCPU's UC_HOOK_INSN (syscall)
  * callback, and as its UC_HOOK_INTR callback (int 0x80 of an i386 instance). On a syscall
  * it reads the number's and the six arguments' registers with one uc_reg_read_batch into
- * a C array, calls ONE Python callable with seven plain ints (vectorcall), and writes the
- * int it returns to the result register; None means "nothing to write" (the call blocked
- * or exited, and Python stopped emulation itself). Any other interrupt, and int 0x80 in a
+ * a C array, counts the call in the vCPU's counter row (syscall_counts.py), calls ONE
+ * Python callable with seven plain ints (vectorcall), adds the time taken to the vCPU's
+ * CpuMeter.system, and writes the int it returns to the result register; None means
+ * "nothing to write" (the call blocked or exited, and Python stopped emulation itself). Any other interrupt, and int 0x80 in a
  * 64-bit instance, goes to a second callable with the interrupt number, as before.
  *
  * libunicorn is not linked: the addresses of uc_hook_add, uc_reg_read_batch and
@@ -22,8 +23,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
-#define SYSCALL_HOOK_ABI 1
+#define SYSCALL_HOOK_ABI 2
 #define NREGS 7
 
 typedef int (*uc_hook_add_fn)(void *uc, size_t *hh, int type, void *callback,
@@ -52,7 +54,36 @@ typedef struct {
     PyObject *uc_object;            /* the binding's Uc: where a hook exception goes */
     PyObject *emu_stop;             /* () -> None */
     unsigned long long calls;       /* syscalls entered through this hook */
+    Py_buffer counts;               /* the vCPU's counter row (syscall_counts.py), held */
+    Py_ssize_t count_base;          /* this instance's arch's first slot in the row */
+    Py_ssize_t count_other;         /* the slot every number >= it shares */
+    PyObject *meter;                /* CpuMeter: handler time goes to its ``system`` */
 } SyscallHook;
+
+static PyObject *str_system;        /* "system", interned */
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* meter.system += seconds (a failure is reported, never raised into the guest's call). */
+static void charge_system(SyscallHook *self, double seconds)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);     /* keep a pending hook exception as it is */
+    PyObject *old = PyObject_GetAttr(self->meter, str_system);
+    double total = old == NULL ? -1.0 : PyFloat_AsDouble(old);
+    Py_XDECREF(old);
+    PyObject *new = total == -1.0 && PyErr_Occurred() ? NULL : PyFloat_FromDouble(total + seconds);
+    if (new == NULL || PyObject_SetAttr(self->meter, str_system, new) < 0) {
+        PyErr_WriteUnraisable(self->meter);
+    }
+    Py_XDECREF(new);
+    PyErr_Restore(type, value, tb);
+}
 
 /* Hand the pending exception to the Uc object (first one wins) and stop emulation. */
 static void hook_failed(SyscallHook *self)
@@ -95,15 +126,20 @@ static void hook_failed(SyscallHook *self)
 
 static void run_syscall(SyscallHook *self)
 {
-    if (self->on_syscall == NULL) {     /* cleared by the garbage collector: a dead vCPU */
+    if (self->on_syscall == NULL || self->meter == NULL) {  /* cleared by the GC: dead */
         return;
     }
     self->calls++;
+    double began = monotonic_seconds();
     if (self->read_batch(self->uc, self->ids, self->ptrs, NREGS) != 0) {
         PyErr_SetString(PyExc_RuntimeError, "uc_reg_read_batch failed in the syscall hook");
         hook_failed(self);
         return;
     }
+    uint64_t nr = self->vals[0];
+    uint64_t *counts = (uint64_t *)self->counts.buf;
+    counts[self->count_base + (nr < (uint64_t)self->count_other
+                               ? (Py_ssize_t)nr : self->count_other)]++;
     PyObject *args[NREGS];
     int n = 0;
     for (; n < NREGS; n++) {
@@ -119,6 +155,7 @@ static void run_syscall(SyscallHook *self)
     for (int i = 0; i < n; i++) {
         Py_DECREF(args[i]);
     }
+    charge_system(self, monotonic_seconds() - began);
     if (result == NULL) {
         hook_failed(self);
         return;
@@ -186,18 +223,21 @@ static int SyscallHook_init(SyscallHook *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"uc", "hook_add", "read_batch", "reg_write", "regs", "ret_reg",
                              "int80", "mask", "on_syscall", "on_interrupt", "uc_object",
-                             "emu_stop", NULL};
+                             "emu_stop", "counts", "count_base", "count_other", "meter",
+                             NULL};
     PyObject *uc, *hook_add, *read_batch, *reg_write, *regs, *on_syscall, *on_interrupt;
-    PyObject *uc_object, *emu_stop;
+    PyObject *uc_object, *emu_stop, *counts, *meter;
+    Py_ssize_t count_base, count_other;
     int ret_reg, int80;
     unsigned long long mask;
-    if (self->uc != NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "SyscallHook is already registered");
+    if (self->uc != NULL || self->counts.obj != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "SyscallHook is already initialised");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOipKOOOO", kwlist, &uc, &hook_add,
-                                     &read_batch, &reg_write, &regs, &ret_reg, &int80, &mask,
-                                     &on_syscall, &on_interrupt, &uc_object, &emu_stop)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOOOipKOOOOOnnO", kwlist, &uc,
+                                     &hook_add, &read_batch, &reg_write, &regs, &ret_reg,
+                                     &int80, &mask, &on_syscall, &on_interrupt, &uc_object,
+                                     &emu_stop, &counts, &count_base, &count_other, &meter)) {
         return -1;
     }
     void *ucp, *add, *rb, *rw;
@@ -211,12 +251,28 @@ static int SyscallHook_init(SyscallHook *self, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_TypeError, "on_syscall, on_interrupt, emu_stop: callables");
         return -1;
     }
+    if (count_base < 0 || count_other < 0) {
+        PyErr_SetString(PyExc_ValueError, "count_base, count_other: not negative");
+        return -1;
+    }
+    if (PyObject_GetBuffer(counts, &self->counts, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
+        return -1;
+    }
+    if (self->counts.len < (count_base + count_other + 1) * (Py_ssize_t)sizeof(uint64_t)
+        || ((uintptr_t)self->counts.buf % sizeof(uint64_t)) != 0) {
+        PyBuffer_Release(&self->counts);
+        PyErr_SetString(PyExc_ValueError, "counts: too small for count_base + count_other");
+        return -1;
+    }
+    self->count_base = count_base;
+    self->count_other = count_other;
     PyObject *seq = PySequence_Fast(regs, "regs: a sequence of 7 register ids");
     if (seq == NULL) {
         return -1;
     }
     if (PySequence_Fast_GET_SIZE(seq) != NREGS) {
         Py_DECREF(seq);
+        PyBuffer_Release(&self->counts);
         PyErr_SetString(PyExc_ValueError, "regs: exactly 7 register ids");
         return -1;
     }
@@ -224,6 +280,7 @@ static int SyscallHook_init(SyscallHook *self, PyObject *args, PyObject *kwds)
         long id = PyLong_AsLong(PySequence_Fast_GET_ITEM(seq, i));
         if (id == -1 && PyErr_Occurred()) {
             Py_DECREF(seq);
+            PyBuffer_Release(&self->counts);
             return -1;
         }
         self->ids[i] = (int)id;
@@ -244,6 +301,8 @@ static int SyscallHook_init(SyscallHook *self, PyObject *args, PyObject *kwds)
     self->uc_object = uc_object;
     Py_INCREF(emu_stop);
     self->emu_stop = emu_stop;
+    Py_INCREF(meter);
+    self->meter = meter;
     uc_hook_add_fn hook_add_fn = (uc_hook_add_fn)add;
     size_t hh = 0;
     int err = hook_add_fn(ucp, &hh, UC_HOOK_INTR, (void *)on_intr, self, (uint64_t)1,
@@ -266,6 +325,7 @@ static int SyscallHook_traverse(SyscallHook *self, visitproc visit, void *arg)
     Py_VISIT(self->on_interrupt);
     Py_VISIT(self->uc_object);
     Py_VISIT(self->emu_stop);
+    Py_VISIT(self->meter);
     return 0;
 }
 
@@ -275,6 +335,7 @@ static int SyscallHook_clear(SyscallHook *self)
     Py_CLEAR(self->on_interrupt);
     Py_CLEAR(self->uc_object);
     Py_CLEAR(self->emu_stop);
+    Py_CLEAR(self->meter);
     return 0;
 }
 
@@ -282,6 +343,9 @@ static void SyscallHook_dealloc(SyscallHook *self)
 {
     PyObject_GC_UnTrack(self);
     SyscallHook_clear(self);
+    if (self->counts.obj != NULL) {
+        PyBuffer_Release(&self->counts);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -320,7 +384,8 @@ static struct PyModuleDef syscall_hook_module = {
 
 PyMODINIT_FUNC PyInit__syscall_hook(void)
 {
-    if (PyType_Ready(&SyscallHookType) < 0) {
+    str_system = PyUnicode_InternFromString("system");
+    if (str_system == NULL || PyType_Ready(&SyscallHookType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&syscall_hook_module);

@@ -266,7 +266,7 @@ class GuestMemory:
 
     def read(self, addr: int, n: int) -> bytes:
         off = self._off(addr, n)
-        return bytes(self.view[off:off + n])
+        return self.view[off:off + n].tobytes()
 
     def write(self, addr: int, data: bytes) -> None:
         off = self._off(addr, len(data))

@@ -22,12 +22,14 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
+from .syscall_counts import OTHER
+
 __all__ = ["ENV", "ABI", "install", "available", "unavailable_reason"]
 
 #: set to "0" to keep the ctypes path (bench/runtime.py measures both in one run)
 ENV = "VIRIDIAN_SYSCALL_FASTPATH"
 #: the C module's interface version this file speaks
-ABI = 1
+ABI = 2
 
 _loaded: ModuleType | None = None
 _reason: str | None = None
@@ -83,12 +85,14 @@ def _address(function: Any) -> int:
 
 
 def install(uc: Any, uclib: Any, regs: Sequence[int], ret_reg: int, is64: bool,
-            on_syscall: Callable[..., int | None],
-            on_interrupt: Callable[[int], None]) -> Any | None:
+            on_syscall: Callable[..., int | None], on_interrupt: Callable[[int], None],
+            counts: memoryview, count_base: int, meter: Any) -> Any | None:
     """Register the C hooks on ``uc`` (a binding ``Uc``; ``uclib`` its loaded library):
     ``on_syscall(nr, a1..a6)`` for ``syscall`` (x86_64) or ``int 0x80`` (i386), and
-    ``on_interrupt(intno)`` for every other interrupt. The hook object is kept on ``uc``
-    (it must live as long as the instance). None when the fast path is not available."""
+    ``on_interrupt(intno)`` for every other interrupt. Each syscall is counted in
+    ``counts[count_base + min(nr, OTHER)]`` and its time added to ``meter.system``. The
+    hook object is kept on ``uc`` (it must live as long as the instance). None when the
+    fast path is not available."""
     if not available():
         return None
     module = _loaded
@@ -98,6 +102,7 @@ def install(uc: Any, uclib: Any, regs: Sequence[int], ret_reg: int, is64: bool,
         read_batch=_address(uclib.uc_reg_read_batch), reg_write=_address(uclib.uc_reg_write),
         regs=list(regs), ret_reg=ret_reg, int80=not is64,
         mask=(1 << 64) - 1 if is64 else 0xFFFFFFFF, on_syscall=on_syscall,
-        on_interrupt=on_interrupt, uc_object=uc, emu_stop=uc.emu_stop)
+        on_interrupt=on_interrupt, uc_object=uc, emu_stop=uc.emu_stop, counts=counts,
+        count_base=count_base, count_other=OTHER, meter=meter)
     uc._viridian_syscall_hook = hook
     return hook

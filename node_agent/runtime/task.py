@@ -57,7 +57,9 @@ class Task:
 
     @property
     def process(self) -> Process:
-        return self.thread.process
+        thread = self._cpu.thread
+        assert thread is not None, "a syscall always has a calling thread"
+        return thread.process
 
     @property
     def mem(self) -> GuestMemory:
@@ -65,7 +67,9 @@ class Task:
 
     @property
     def fds(self) -> FdTable:
-        return self.thread.process.fds
+        thread = self._cpu.thread
+        assert thread is not None, "a syscall always has a calling thread"
+        return thread.process.fds
 
     def raise_signal(self, sig: int) -> None:
         """Send ``sig`` to the calling thread (SIGPIPE, a signal to itself)."""

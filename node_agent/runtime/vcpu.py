@@ -196,6 +196,7 @@ class Vcpu:
         self._result = ctypes.c_uint64()
         self._result_ptr = ctypes.addressof(self._result)
         self._nr = -1                            # the syscall being handled (syscall_nr)
+        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
         self.task = Task(self, machine)  # what syscall handlers see of the calling thread
         mem = machine.mem
         assert mem is not None
@@ -215,7 +216,6 @@ class Vcpu:
         self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.exception_taken = False    # a CPU exception went to a handler: see below
-        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
 
     def _use_arch(self, is64: bool) -> None:
         """Take the bound address space's architecture: its registers, syscall table and
@@ -250,7 +250,8 @@ class Vcpu:
             fast = syscall_fastpath.install(
                 uc, _uclib, ARGS64 if is64 else ARGS32,
                 X.UC_X86_REG_RAX if is64 else X.UC_X86_REG_EAX, is64,
-                self.syscall_entry, self._on_interrupt_fast)
+                self.syscall_entry, self._on_interrupt_fast, self._counts,
+                0 if is64 else SLOTS, self.meter)
             if fast is None:
                 if is64:
                     uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
@@ -568,25 +569,27 @@ class Vcpu:
         self._syscall()
 
     def _syscall(self) -> None:
-        """The ctypes path (no fast path built): read the registers, handle, write RAX."""
+        """The ctypes path (no fast path built): read the registers, count the call, handle
+        it, charge its time and write the result register, as the C hook does."""
+        began = _monotonic()
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
-        result = self.syscall_entry(vals[0], vals[1], vals[2], vals[3], vals[4], vals[5],
-                                    vals[6])
+        nr = vals[0]
+        self._counts[self._count_base + (nr if nr < OTHER else OTHER)] += 1
+        result = self.syscall_entry(nr, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
+        self.meter.system += _monotonic() - began
         if result is not None:
             self._result.value = result & self._mask
             _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
 
     def syscall_entry(self, nr: int, a1: int, a2: int, a3: int, a4: int, a5: int,
                       a6: int) -> int | None:
-        """One syscall, from a hook (the C fast path's or ``_syscall``): count it, run its
-        handler, and return what the result register gets (its caller masks it), or None
-        when the thread blocked or exited (emulation is stopped then). A signal to deliver,
-        new permissions to apply or a thread waiting for this vCPU stop emulation after
-        the result is written, so the thread sees its result first."""
-        began = _monotonic()
+        """One syscall, from a hook (the C fast path's or ``_syscall``, which count it and
+        charge its time): run its handler, and return what the result register gets (its
+        caller masks it), or None when the thread blocked or exited (emulation is stopped
+        then). A signal to deliver, new permissions to apply or a thread waiting for this
+        vCPU stop emulation after the result is written, so the thread sees it first."""
         self._nr = nr
-        self._counts[self._count_base + (nr if nr < OTHER else OTHER)] += 1
         handler = self.table.get(nr)
         if handler is None:
             self.machine.unknown_syscall(nr, "x86_64" if self.is64 else "i386")
@@ -600,7 +603,6 @@ class Vcpu:
                 result = E.FAULT
             except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
                 result = E.INVAL
-        self.meter.system += _monotonic() - began
         thread = self.thread
         if result == BLOCK or result == EXIT:
             self.stop_why = "block" if result == BLOCK else "exit"
