@@ -16,6 +16,7 @@ on stderr; the environment switch (for measurements and tests) is silent.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ def _load() -> ModuleType | None:
         from unicorn import UC_HOOK_INSN, UC_HOOK_INTR
         from unicorn.x86_const import UC_X86_INS_SYSCALL
 
-        from . import _syscall_hook as module  # type: ignore[attr-defined]
+        module = importlib.import_module(f"{__package__}._syscall_hook")
     except ImportError as exc:
         _reason = f"not built ({exc}); run `make venv` or tools/build_syscall_hook.py"
     else:

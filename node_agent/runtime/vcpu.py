@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ctypes
 import time
-from time import monotonic as _monotonic
 import traceback
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -33,6 +33,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from . import syscall_fastpath
 from .accounting import CpuMeter
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
@@ -50,7 +51,6 @@ from .signals import (
     signal_name,
     terminate,
 )
-from . import syscall_fastpath
 from .syscall_counts import OTHER, SLOTS
 from .syscalls import tables
 from .syscalls.common import BLOCK, EXIT, E, errno_of
