@@ -267,15 +267,15 @@ def bench_syscalls(rep: Report, work: Path, quick: bool) -> None:
         ctypes_rate = 0.0
         for path in ("ctypes", "fast"):
             rate, secs, wall = _syscall_case(root, mode, n, fast=path == "fast")
-            res["cases"][f"{label} [{path}]"] = {
+            res["cases"][f"{label} ({path} path)"] = {
                 "per_s": round(rate), "loop_s": round(secs, 3),
                 "machine_run_wall_s": round(wall, 3), "qemu_per_s": round(qrate)}
             if path == "ctypes":
                 ctypes_rate = rate
-                rep.add(Row("syscalls", f"{label} [ctypes path: before]", f"{rate:,.0f}/s",
+                rep.add(Row("syscalls", f"{label} (ctypes path, before)", f"{rate:,.0f}/s",
                             f"qemu {qrate:,.0f}/s", f"{rate / qrate:.3f}x qemu"))
             else:
-                rep.add(Row("syscalls", f"{label} [fast path]", f"{rate:,.0f}/s",
+                rep.add(Row("syscalls", f"{label} (fast path)", f"{rate:,.0f}/s",
                             f"qemu {qrate:,.0f}/s",
                             f"{rate / qrate:.3f}x qemu, {rate / ctypes_rate:.2f}x ctypes",
                             f">= {goals[mode]:,}/s", rate >= goals[mode]))

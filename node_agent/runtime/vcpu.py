@@ -604,7 +604,7 @@ class Vcpu:
             except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
                 result = E.INVAL
         thread = self.thread
-        if result == BLOCK or result == EXIT:
+        if result >= BLOCK and (result == BLOCK or result == EXIT):   # one compare if not
             self.stop_why = "block" if result == BLOCK else "exit"
             if result == BLOCK and thread is not None:
                 thread.sig.syscall_nr = nr          # a signal may restart it
