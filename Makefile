@@ -10,11 +10,12 @@ PROTO_SRC := $(wildcard proto/viridian/v1/*.proto)
 
 all: test
 
-$(STAMP): pyproject.toml tools/build_unicorn.py
+$(STAMP): pyproject.toml tools/build_unicorn.py node_agent/runtime/_syscall_hook.c tools/build_syscall_hook.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) tools/build_unicorn.py
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) tools/build_syscall_hook.py
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -265,8 +265,11 @@ class GuestMemory:
         return off
 
     def read(self, addr: int, n: int) -> bytes:
-        off = self._off(addr, n)
-        return bytes(self.view[off:off + n])
+        off = addr - self.base                  # _off's check, inlined: every write reads
+        if off < 0 or n < 0 or addr + n > self.stack_top or \
+                (addr < self.stack_low and addr + n > self.gap_low):
+            raise GuestFault(f"bad guest pointer 0x{addr:x}+{n}")
+        return self.view[off:off + n].tobytes()
 
     def write(self, addr: int, data: bytes) -> None:
         off = self._off(addr, len(data))

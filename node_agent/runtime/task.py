@@ -57,7 +57,9 @@ class Task:
 
     @property
     def process(self) -> Process:
-        return self.thread.process
+        thread = self._cpu.thread
+        assert thread is not None, "a syscall always has a calling thread"
+        return thread.process
 
     @property
     def mem(self) -> GuestMemory:
@@ -65,7 +67,9 @@ class Task:
 
     @property
     def fds(self) -> FdTable:
-        return self.thread.process.fds
+        thread = self._cpu.thread
+        assert thread is not None, "a syscall always has a calling thread"
+        return thread.process.fds
 
     def raise_signal(self, sig: int) -> None:
         """Send ``sig`` to the calling thread (SIGPIPE, a signal to itself)."""
@@ -103,7 +107,7 @@ class Task:
         argument ``i`` (0-5) replaced by ``args[i]``; the result register holds the number."""
         cpu = self._cpu
         ids = cpu._ids                       # the number's and the six arguments' registers
-        regs = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: int(cpu._vals[0])}
+        regs = {cpu.pc_reg: cpu.return_pc() - 2, cpu.ret_reg: cpu.syscall_nr}
         for index, value in (args or {}).items():
             regs[ids[index + 1]] = value
         return regs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import time
 import traceback
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 from unicorn import (
@@ -32,6 +33,7 @@ from unicorn import (
 )
 from unicorn import x86_const as X
 
+from . import syscall_fastpath
 from .accounting import CpuMeter
 from .gdt import GDT_SIZE, KERNEL_DS_SELECTOR, USER_DS_SELECTOR
 from .memory import MAX_UC_REGIONS, GuestFault, GuestMemory
@@ -193,6 +195,8 @@ class Vcpu:
         self._ptrs = (ctypes.c_void_p * 7)(*[base + 8 * i for i in range(7)])
         self._result = ctypes.c_uint64()
         self._result_ptr = ctypes.addressof(self._result)
+        self._nr = -1                            # the syscall being handled (syscall_nr)
+        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
         self.task = Task(self, machine)  # what syscall handlers see of the calling thread
         mem = machine.mem
         assert mem is not None
@@ -212,7 +216,6 @@ class Vcpu:
         self.fault_access: tuple[int, int] | None = None   # (access, address) of a bad access
         self.kicks = 0                  # asynchronous stops requested (pause, preemption)
         self.exception_taken = False    # a CPU exception went to a handler: see below
-        self.meter = CpuMeter()         # the CPU time of each run slice (accounting.py)
 
     def _use_arch(self, is64: bool) -> None:
         """Take the bound address space's architecture: its registers, syscall table and
@@ -242,14 +245,22 @@ class Vcpu:
             regions, seen, generation = mem.unicorn_layout()
             for addr, size, perms, host in regions:
                 uc.mem_map_ptr(addr, size, perms, host)
-            if is64:
-                uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
+            # The syscall (x86_64) / int 0x80 (i386) and interrupt hooks: from C when the
+            # fast path is built (syscall_fastpath.py), else through the binding's ctypes.
+            fast = syscall_fastpath.install(
+                uc, _uclib, ARGS64 if is64 else ARGS32,
+                X.UC_X86_REG_RAX if is64 else X.UC_X86_REG_EAX, is64,
+                self.syscall_entry, self._on_interrupt_fast, self._counts,
+                0 if is64 else SLOTS, self.meter)
+            if fast is None:
+                if is64:
+                    uc.hook_add(UC_HOOK_INSN, self._on_syscall64, aux1=X.UC_X86_INS_SYSCALL)
+                uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
             # At CPL 3 the CPU faults every privileged instruction except port I/O, which this
             # unicorn lets through (gen_check_io is a no-op): these hooks fault it instead.
             # They run only when a guest executes in/out/ins/outs, so they cost nothing else.
             uc.hook_add(UC_HOOK_INSN, self._on_port_in, aux1=X.UC_X86_INS_IN)
             uc.hook_add(UC_HOOK_INSN, self._on_port_out, aux1=X.UC_X86_INS_OUT)
-            uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
             uc.hook_add(UC_HOOK_MEM_INVALID, self._on_bad_memory)
             space = _Space(mem, uc)
             space.exec_seen, space.exec_generation = seen, generation
@@ -366,7 +377,7 @@ class Vcpu:
     @property
     def syscall_nr(self) -> int:
         """Inside a syscall hook: the number of the call being handled."""
-        return int(self._vals[0])
+        return self._nr
 
     @property
     def pc(self) -> int:
@@ -558,41 +569,59 @@ class Vcpu:
         self._syscall()
 
     def _syscall(self) -> None:
-        began = time.monotonic()
+        """The ctypes path (no fast path built): read the registers, count the call, handle
+        it, charge its time and write the result register, as the C hook does."""
+        began = _monotonic()
         _uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, 7)
         vals = self._vals
         nr = vals[0]
         self._counts[self._count_base + (nr if nr < OTHER else OTHER)] += 1
+        result = self.syscall_entry(nr, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
+        self.meter.system += _monotonic() - began
+        if result is not None:
+            self._result.value = result & self._mask
+            _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
+
+    def syscall_entry(self, nr: int, a1: int, a2: int, a3: int, a4: int, a5: int,
+                      a6: int) -> int | None:
+        """One syscall, from a hook (the C fast path's or ``_syscall``, which count it and
+        charge its time): run its handler, and return what the result register gets (its
+        caller masks it), or None when the thread blocked or exited (emulation is stopped
+        then). A signal to deliver, new permissions to apply or a thread waiting for this
+        vCPU stop emulation after the result is written, so the thread sees it first."""
+        self._nr = nr
         handler = self.table.get(nr)
         if handler is None:
             self.machine.unknown_syscall(nr, "x86_64" if self.is64 else "i386")
             result = E.NOSYS
         else:
             try:
-                result = handler(self.task, vals[1], vals[2], vals[3], vals[4], vals[5], vals[6])
+                result = handler(self.task, a1, a2, a3, a4, a5, a6)
             except OSError as exc:
                 result = errno_of(exc)
             except GuestFault:
                 result = E.FAULT
             except (ValueError, OverflowError, UnicodeError):   # malformed guest arguments
                 result = E.INVAL
-        self.meter.system += time.monotonic() - began
-        if result == BLOCK or result == EXIT:
+        thread = self.thread
+        if result >= BLOCK and (result == BLOCK or result == EXIT):   # one compare if not
             self.stop_why = "block" if result == BLOCK else "exit"
-            if result == BLOCK and self.thread is not None:
-                self.thread.sig.syscall_nr = nr          # a signal may restart it
+            if result == BLOCK and thread is not None:
+                thread.sig.syscall_nr = nr          # a signal may restart it
             self.uc.emu_stop()
-            return
-        self._result.value = result & self._mask
-        _uclib.uc_reg_write(self._uch, self.ret_reg, self._result_ptr)
-        if self.thread is not None and (self.thread.sig_dirty      # deliver before returning
-                                        or self.mem.exec_generation
-                                        != self._space.exec_generation):
+            return None
+        if thread is not None and (thread.sig_dirty              # deliver before returning
+                                   or self.mem.exec_generation
+                                   != self._space.exec_generation):
             self.stop_why = "signal"              # (or apply new permissions first)
             self.uc.emu_stop()
-            return
-        if self.machine.sched.runq:
+        elif self.machine.sched.runq:
             self.preempt(QUANTUM)
+        return result
+
+    def _on_interrupt_fast(self, intno: int) -> None:
+        """The C hook's call for an interrupt that is not a syscall (a CPU exception)."""
+        self._on_interrupt(self.uc, intno, None)
 
     def _on_port_in(self, uc: Any, _port: int, _size: int, _user: Any) -> int:
         self._protection_fault(uc)

@@ -109,14 +109,22 @@ def sys_read(t: Task, fd: int, buf: int, count: int, *_: int) -> int:
 
 
 def writable_file(t: Task, fd: int) -> OpenFile:
-    """The open file ``fd`` for a call that may grow it (its quota is attached by then)."""
-    sandbox(t)
-    return t.fds.get(s32(fd))
+    """The open file ``fd`` for a call that may grow it (its quota is attached by then).
+
+    Only the first such call needs ``sandbox`` (which binds the quota to the open files);
+    the caller identity it also records matters only to path lookups, which set it."""
+    if not t.kernel.fs.bound:
+        sandbox(t)
+    fd &= 0xFFFFFFFF                        # s32, inlined: every write passes here
+    return t.fds.get(fd - (1 << 32) if fd & 0x80000000 else fd)
 
 
 def sys_write(t: Task, fd: int, buf: int, count: int, *_: int) -> int:
-    file = writable_file(t, fd)
-    count = min(count, MAX_IO)
+    if not t.kernel.fs.bound:               # writable_file, inlined: the hottest call
+        sandbox(t)
+    file = t.fds.get(s32(fd)) if fd & 0x80000000 else t.fds.get(fd & 0xFFFFFFFF)
+    if count > MAX_IO:
+        count = MAX_IO
     data = t.mem.read(buf, count)
     if not file.blocking:
         return file.write(data)

@@ -32,11 +32,11 @@ pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc t
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sr_*.c guests (x86_64; sr_checksum and sr_pipeline also -m32) plus /input.txt and
-    /data."""
+    """The sr_*.c guests and fastpath.c (x86_64; sr_checksum and sr_pipeline also -m32) plus
+    /input.txt and /data."""
     root = tmp_path_factory.mktemp("sr-root")
     for name in ("sr_counter", "sr_checksum", "sr_files", "sr_mem", "sr_pipeline", "sr_rights",
-                 "sr_shared", "sr_poll"):
+                 "sr_shared", "sr_poll", "fastpath"):
         subprocess.run(["gcc", "-O2", "-static", "-pthread", "-w", "-o", str(root / name),
                         str(GUESTS / f"{name}.c")], check=True)
     for name in ("sr_checksum", "sr_pipeline"):
@@ -315,3 +315,34 @@ def test_compute_loop_without_syscalls_pauses_and_saves_exactly(
     assert b"spin=" not in console(handle)
     restored = b.mgr.launch(b.spec(root, "spin", "sr_spin", SPIN_N), 3, restore=state)
     assert final_line(finish(restored)) == final_line(reference)
+
+
+def test_syscall_loop_pauses_and_saves_exactly_on_the_fast_path(
+        nodes: Callable[[str], Node], root: Path) -> None:
+    """Hot syscalls through the C fast path (issue 15) folded into a checksum: pauses and a
+    save in the middle of the loop, then a restore elsewhere, end with the checksum of the
+    uninterrupted run. Gated, so that a late save still finds the loop's process."""
+    args = ("loop", "150000", "gate")
+    a, b = nodes("a"), nodes("b")
+    ref = a.mgr.launch(a.spec(root, "ref", "fastpath", *args), 1, stdin=True)
+    ref.write_stdin(b"g")
+    reference = finish(ref)
+    handle = a.mgr.launch(a.spec(root, "loop", "fastpath", *args), 2, stdin=True)
+    wait_for(lambda: b"progress 10%" in console(handle), "the loop to start")
+    for _ in range(10):
+        handle.pause(timeout=5.0)
+        handle.resume()
+        time.sleep(0.005)
+    state = a.base / "loop.state"
+    handle.save(state)
+    status = handle.poll()
+    assert status is not None and status.saved, status
+    before = console(handle)
+    assert b"loop n=" not in before
+    restored = b.mgr.launch(b.spec(root, "loop", "fastpath", *args), 3, restore=state,
+                            stdin=True)
+    restored.write_stdin(b"g")
+    after = finish(restored)
+    assert after.startswith(before)
+    assert final_line(after) == final_line(reference)
+    assert final_line(reference).startswith(b"loop n=150000 sum=")
