@@ -317,7 +317,9 @@ class Vcpu:
             return False
         del self._spaces[id(mem)]
         if self._space is space:
-            self._space = _Space(mem, None)      # bound to nothing until the next _bind
+            # Bound to nothing until the next _bind; ``self.uc`` still names the closed
+            # instance, so nothing may use it before then (halt goes through _space).
+            self._space = _Space(mem, None)
         _close_uc(space.uc)
         return True
 
@@ -551,8 +553,16 @@ class Vcpu:
             self.uc.emu_stop()
 
     def halt(self) -> None:
+        """Stop for good (the machine is done; caller holds the machine's _uc_lock).
+
+        Through the current space, never ``self.uc``: on an idle vCPU, ``drop_space`` may
+        have closed that instance already, and an emu_stop on it used freed memory (the
+        test process died of SIGSEGV when a fork's child exited on one vCPU and the parent's
+        exit_group then halted every vCPU). An idle vCPU has nothing to stop."""
         self.stop_why = "halt"
-        self.uc.emu_stop()
+        uc = self._space.uc
+        if uc is not None:
+            uc.emu_stop()
 
     def refresh_exec(self) -> None:
         """Nothing: new permissions apply when the syscall returns (``_syscall`` stops
