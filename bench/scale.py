@@ -339,6 +339,19 @@ def etcd_db_bytes(etcd: EtcdProcess) -> int:
     return 0
 
 
+def quantiles(prefix: str, before: dict[str, dict[float, float]],
+              after: dict[str, dict[float, float]],
+              names: tuple[tuple[str, str], ...]) -> dict[str, float]:
+    """p50 and p99 (ms, "at most": bucket bounds) of each histogram between two scrapes,
+    keyed PREFIX + KEY + _p50_ms_at_most."""
+    out: dict[str, float] = {}
+    for key, name in names:
+        for q in (0.5, 0.99):
+            bound = quantile_at_most(before.get(name, {}), after.get(name, {}), q)
+            out[f"{prefix}{key}_p{round(q * 100)}_ms_at_most"] = round(bound * 1000, 1)
+    return out
+
+
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     """Fill `result` as each step ends (a step that fails leaves what came before)."""
     work = Path(tempfile.mkdtemp(prefix="vscale-", dir="/tmp"))
@@ -415,13 +428,11 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             "etcd_cpu_cores": round((cpu_seconds(etcd.proc.pid) - etcd0) / held, 2),
             "controller_rss_mib_agents": round(rss_mib(a.pid), 1),
         })
-        for key, name in (("controller_ack", "viridian_heartbeat_ack_seconds"),
-                          ("controller_renewal", "viridian_lease_renewal_seconds"),
-                          ("controller_loop_lag", "viridian_event_loop_lag_seconds"),
-                          ("controller_gc_pause", "viridian_gc_pause_seconds")):
-            for q in (0.5, 0.99):
-                bound = quantile_at_most(hist0.get(name, {}), hist1.get(name, {}), q)
-                result[f"{key}_p{round(q * 100)}_ms_at_most"] = round(bound * 1000, 1)
+        result.update(quantiles("controller_", hist0, hist1, (
+            ("ack", "viridian_heartbeat_ack_seconds"),
+            ("renewal", "viridian_lease_renewal_seconds"),
+            ("loop_lag", "viridian_event_loop_lag_seconds"),
+            ("gc_pause", "viridian_gc_pause_seconds"))))
         print(json.dumps(result), flush=True)
 
         # 2. partitions
@@ -510,15 +521,11 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
             result["reconnect_simulator_cpu_cores"] = round(
                 (sum(map(cpu_seconds, sim.pids)) - cpu_sims) / took, 2)
             result["reconnect_registers"] = int(b.total("viridian_register_seconds_count"))
-            hist_b1 = b.histograms()
-            for key, name in (("loop_lag", "viridian_event_loop_lag_seconds"),
-                              ("register", "viridian_register_seconds"),
-                              ("session_open", "viridian_session_open_seconds"),
-                              ("ack", "viridian_heartbeat_ack_seconds")):
-                for q in (0.5, 0.99):
-                    bound = quantile_at_most(hist_b0.get(name, {}), hist_b1.get(name, {}), q)
-                    result[f"reconnect_controller_b_{key}_p{round(q * 100)}_ms_at_most"] = \
-                        round(bound * 1000, 1)
+            result.update(quantiles("reconnect_controller_b_", hist_b0, b.histograms(), (
+                ("loop_lag", "viridian_event_loop_lag_seconds"),
+                ("register", "viridian_register_seconds"),
+                ("session_open", "viridian_session_open_seconds"),
+                ("ack", "viridian_heartbeat_ack_seconds"))))
             result["reconnect_register_refusals"] = int(
                 b.total("viridian_register_refusals_total"))
             drain()
