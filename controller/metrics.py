@@ -75,6 +75,10 @@ class ControllerMetrics:
         self.loop_lag_seconds = Histogram(
             "viridian_event_loop_lag_seconds", "How late the replica's event loop ran a "
             "timer due every 100 ms (loop_lag.py).", buckets=FAST_BUCKETS, registry=r)
+        self.loop_stall_seconds = Histogram(
+            "viridian_event_loop_stall_seconds", "Stalls of the replica's event loop longer "
+            "than 0.5 s, by length; the stack of each is logged (loop_lag.py).",
+            buckets=SLOW_BUCKETS, registry=r)
         self.image_push_bytes = Counter(
             "viridian_image_push_bytes", "Image bytes received by PushImage.", registry=r)
         self.image_push_seconds = Histogram(
