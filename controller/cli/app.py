@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,34 @@ def _prefix() -> str:
     return error_prefix(sys.stderr)
 
 
+#: The module (under controller.cli) that defines each command. A command imports only its
+#: own module when it runs: importing them all made every command load the OCI image and
+#: runtime code, a third of `viridian ls`'s start-up. tests/unit/cli checks this against
+#: each module's COMMANDS.
+COMMAND_MODULES: dict[str, str] = {
+    **dict.fromkeys(["create", "ls", "get", "start", "stop", "delete", "logs"], "partitions"),
+    **dict.fromkeys(["pause", "resume", "save", "move", "checkpoint"], "lifecycle"),
+    **dict.fromkeys(["nodes", "node"], "nodes"),
+    **dict.fromkeys(["up", "controller", "agent", "certs"], "servers"),
+    "run": "run", "image": "images", "events": "events", "explain": "explain",
+    "token": "tokens", "set": "update", "apply": "apply", "config": "contexts",
+    "completion": "completion", "version": "version", "top": "top",
+}
+
+
 class ViridianGroup(click.Group):
-    """Root group: turns CliError and gRPC errors into `error: <message>` and exit 1."""
+    """Root group: loads each command's module when the command is asked for; turns
+    CliError and gRPC errors into `error: <message>` and exit 1."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            module = importlib.import_module(f"controller.cli.{COMMAND_MODULES[cmd_name]}")
+            for command in module.COMMANDS:
+                self.add_command(command)
+        return self.commands.get(cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -120,32 +147,6 @@ def get_client(ctx: click.Context) -> ControllerClient:
     return client
 
 
-def _register() -> None:
-    from controller.cli import (
-        apply,
-        completion,
-        contexts,
-        events,
-        explain,
-        images,
-        lifecycle,
-        nodes,
-        partitions,
-        run,
-        servers,
-        tokens,
-        top,
-        update,
-        version,
-    )
-
-    for module in (partitions, lifecycle, run, nodes, images, events, explain, servers,
-                   tokens, update, apply, contexts, completion, version, top):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:
