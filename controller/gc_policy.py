@@ -41,9 +41,19 @@ class GcPauses:
     def __init__(self, observe: Callable[[int, float], None]) -> None:
         self.observe = observe
         self._started = 0.0
+        self._generation = 0
+
+    def collecting(self) -> str:
+        """What collection is running now ("" if none), for a stall report (any thread)."""
+        started, generation = self._started, self._generation
+        if not started:
+            return ""
+        return (f"a garbage collection of generation {generation} has been running for "
+                f"{time.perf_counter() - started:.2f}s")
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
+            self._generation = int(info.get("generation", 0))
             self._started = time.perf_counter()
         elif self._started:
             self.observe(int(info.get("generation", 0)), time.perf_counter() - self._started)

@@ -38,10 +38,12 @@ class StallWatch:
     for `stall_s`: the loop thread's stack once per stall, and the stall's length."""
 
     def __init__(self, thread_id: int, stall_s: float = STALL_S,
-                 on_stall: Callable[[float, str], None] | None = None) -> None:
+                 on_stall: Callable[[float, str], None] | None = None,
+                 context: Callable[[], str] = lambda: "") -> None:
         self.thread_id = thread_id
         self.stall_s = stall_s
         self.on_stall = on_stall   # (seconds, stack) when a reported stall ends
+        self.context = context     # what else to say (e.g. a garbage collection running)
         self.last_tick = time.monotonic()
         self.stalls = 0            # stalls reported (for tests and metrics)
         self._stop = threading.Event()
@@ -83,25 +85,29 @@ class StallWatch:
             stack = "".join(traceback.format_stack(frame)[-STACK_FRAMES:])
             if time.monotonic() - self.last_tick < self.stall_s:
                 continue   # the loop ticked while the stack was taken: not this stall
-            self._stack = stack
+            also = self.context()
+            self._stack = f"{also}\n{stack}" if also else stack
             self.stalls += 1
-            log.warning("event loop stalled for %.2fs so far; the loop thread is in:\n%s",
-                        since, stack)
+            log.warning("event loop stalled for %.2fs so far%s; the loop thread is in:\n%s",
+                        since, f" ({also})" if also else "", stack)
 
 
 class LoopLagMonitor:
     def __init__(self, observe: Callable[[float], None], interval: float = INTERVAL_S,
                  stall_s: float = STALL_S,
-                 on_stall: Callable[[float, str], None] | None = None) -> None:
+                 on_stall: Callable[[float, str], None] | None = None,
+                 context: Callable[[], str] = lambda: "") -> None:
         self.observe = observe
         self.interval = interval
         self.stall_s = stall_s
         self.on_stall = on_stall
+        self.context = context
         self.watch: StallWatch | None = None
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.watch = StallWatch(threading.get_ident(), self.stall_s, self.on_stall)
+        self.watch = StallWatch(threading.get_ident(), self.stall_s, self.on_stall,
+                                self.context)
         self.watch.start()
         self._task = asyncio.create_task(self._run(), name="loop-lag")
 

@@ -118,11 +118,12 @@ class ControllerReplica:
         self.etcd.txn_observer = self.metrics.txn_done
         self.etcd.batch_observer = self.metrics.etcd_txn_batch_size.observe
         self.metrics.watch(self.cache, self.sessions)
-        self.loop_lag = LoopLagMonitor(
-            self.metrics.loop_lag_seconds.observe,
-            on_stall=lambda seconds, _: self.metrics.loop_stall_seconds.observe(seconds))
         self.gc_pauses = GcPauses(
             lambda gen, s: self.metrics.gc_pause_seconds.labels(str(gen)).observe(s))
+        self.loop_lag = LoopLagMonitor(
+            self.metrics.loop_lag_seconds.observe,
+            on_stall=lambda seconds, _: self.metrics.loop_stall_seconds.observe(seconds),
+            context=self.gc_pauses.collecting)
         self.metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             # Imported only here: aiohttp slows every start (see the blob registry below).

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 
 import pytest
 
+from controller.gc_policy import GcPauses
 from controller.loop_lag import LoopLagMonitor
 
 
@@ -59,3 +61,43 @@ async def _ticking() -> None:
         assert not ended
     finally:
         await monitor.stop()
+
+
+def test_a_stall_report_says_what_else_was_going_on() -> None:
+    ended: list[tuple[float, str]] = []
+
+    async def main() -> None:
+        monitor = LoopLagMonitor(lambda _: None, interval=0.02, stall_s=0.2,
+                                 on_stall=lambda s, stack: ended.append((s, stack)),
+                                 context=lambda: "a collection of generation 2")
+        monitor.start()
+        try:
+            await asyncio.sleep(0.1)
+            _hold_the_loop_for(0.5)
+            deadline = time.monotonic() + 5
+            while not ended and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+        finally:
+            await monitor.stop()
+
+    asyncio.run(main())
+    assert ended and ended[0][1].startswith("a collection of generation 2\n")
+
+
+def test_gc_pauses_say_which_collection_is_running_while_it_runs() -> None:
+    pauses = GcPauses(lambda generation, seconds: None)
+    seen: list[str] = []
+
+    def during(phase: str, info: dict[str, object]) -> None:
+        if phase == "start":
+            seen.append(pauses.collecting())
+
+    pauses.install()
+    gc.callbacks.append(during)
+    try:
+        gc.collect(2)
+    finally:
+        gc.callbacks.remove(during)
+        pauses.remove()
+    assert seen and seen[0].startswith("a garbage collection of generation 2 has been running")
+    assert pauses.collecting() == ""
