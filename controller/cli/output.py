@@ -1,4 +1,4 @@
-"""The one shared formatter: tables (rich), key/value views, JSON and YAML.
+"""The one shared formatter: tables, key/value views, JSON and YAML.
 
 Commands describe what to show with `Column`s; `render_list`/`render_item` turn objects into
 text for the chosen `-o` format. JSON/YAML print the API objects themselves, with proto field
@@ -14,7 +14,6 @@ fields put between items. JSON and YAML escape control characters themselves.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import textwrap
@@ -29,8 +28,6 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.cells import cell_len
-from rich.console import Console
-from rich.table import Table
 from viridian.v1 import types_pb2
 
 from controller.cli.colour import enabled as colour_enabled
@@ -58,6 +55,7 @@ __all__ = [
 ]
 
 FORMATS: tuple[str, ...] = ("table", "wide", "json", "yaml")
+GUTTER = 3   # spaces between two columns of a table
 T = TypeVar("T")
 
 
@@ -111,27 +109,22 @@ def dump(data: Any, fmt: str) -> str:
 
 def render_table(headers: Sequence[str], rows: Iterable[Sequence[str]], *,
                  min_widths: Sequence[int] = ()) -> str:
-    """A borderless, left-aligned table in the style of kubectl/nomad (columns at least
-    `min_widths` wide: how a table printed in chunks keeps its columns aligned)."""
-    table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 3, 0, 0))
-    for i, header in enumerate(headers):
-        table.add_column(terminal_text(header), no_wrap=True, overflow="ignore",
-                         min_width=min_widths[i] if i < len(min_widths) else None)
-    for row in rows:
-        table.add_row(*(terminal_text(cell) for cell in row))
-    buffer = io.StringIO()
-    console = Console(
-        file=buffer,
-        width=10_000,
-        markup=False,
-        highlight=False,
-        emoji=False,
-        color_system=None,
-        force_terminal=False,
-    )
-    console.print(table)
-    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
-    return "\n".join(lines)
+    """A borderless, left-aligned table in the style of kubectl/nomad: each column as wide
+    as its widest cell (by terminal cells: wide characters count twice) and at least
+    `min_widths` (how a table printed in chunks keeps its columns aligned), three spaces
+    between columns, no trailing blanks.
+
+    Padded here rather than laid out by rich's Table, which took 0.5 ms a row: a quarter
+    of a second before the first screen of `viridian ls`."""
+    lines = [[terminal_text(h) for h in headers]]
+    lines += ([terminal_text(cell) for cell in row] for row in rows)
+    sizes = [[cell_len(cell) for cell in line] for line in lines]
+    widths = [max(min_widths[i] if i < len(min_widths) else 0, *(s[i] for s in sizes))
+              for i in range(len(headers))]
+    return "\n".join(
+        "".join(cell + " " * (widths[i] - size[i] + GUTTER)
+                for i, cell in enumerate(line)).rstrip()
+        for line, size in zip(lines, sizes, strict=True))
 
 
 def _visible(columns: Sequence[Column[T]], fmt: str) -> list[Column[T]]:

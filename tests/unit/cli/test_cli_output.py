@@ -26,6 +26,7 @@ from controller.cli.output import (
     print_list,
     render_item,
     render_list,
+    render_table,
 )
 from controller.cli.partitions import PARTITION_COLUMNS, PARTITION_FIELDS
 
@@ -219,3 +220,13 @@ def test_a_long_table_prints_its_first_rows_before_the_rest_arrive() -> None:
     starts = [line.index(line.split()[1]) for line in lines]
     assert starts == sorted(starts)
     assert len({starts[i] for i in range(1, TABLE_CHUNK + 1)}) == 1
+
+
+def test_a_table_aligns_columns_by_terminal_cells_with_three_spaces_between() -> None:
+    text = render_table(["NAME", "NODE", "PHASE"],
+                        [["名前", "n1", "Running"], ["abcdef", "", "Off"]], min_widths=[0, 6])
+    assert text.splitlines() == [
+        "NAME     NODE     PHASE",
+        "名前     n1       Running",     # two wide characters fill four cells
+        "abcdef            Off",
+    ]
