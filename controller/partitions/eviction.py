@@ -20,6 +20,13 @@ unreachable), not the nodes: nothing is evicted until enough are back, as Kubern
 zone-aware eviction decides. Nodes that are dead and empty (already evicted, or removed with
 `viridian node rm`) do not count, so a permanently dead node never latches the hold; and when
 a hold ends, every still-silent node gets a fresh grace instead of being evicted at once.
+
+A hold ends only once most nodes are back *and* none has come back for RETURNS_SETTLE_S.
+After a replica dies, its thousands of agents come back over tens of seconds (a busy replica
+books them in, gateway/admission.py: it told them when to come back), so "most back" is not
+the end of the return: ending the hold there evicted the stragglers a grace later and their
+partitions ended Lost (5,000 agents, 100,000 partitions). As Kubernetes slows evictions
+while a zone is partially disrupted, this waits until the returns stop.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 OP = pb.NodeOperation
 HA_GRACE_S = 1.0
 MASS_LOSS_FRACTION = 0.5
+RETURNS_SETTLE_S = 5.0
 MARKS_IN_FLIGHT = 64
 NOT_READY_REASON = "node lease expired: the agent's session lapsed"
 
@@ -63,6 +71,7 @@ class NodeLifecycleLoop(Loop):
         self.grace_s = grace_s
         self._silent_since: dict[str, float] = {}
         self.holding = False
+        self._last_return = float("-inf")   # when a silent node last came back
         self._hold_changed = False
         self._counts = (0, 0)  # (silent nodes with partitions, nodes that count)
         self.cache.subscribe(self._on_change)
@@ -84,6 +93,7 @@ class NodeLifecycleLoop(Loop):
         """A new term of leadership: no silence observed yet, no hold in force."""
         self._silent_since.clear()
         self.holding = False
+        self._last_return = float("-inf")
 
     def evictable(self) -> set[str]:
         """Silent nodes with partitions whose grace has passed, unless a hold is in force
@@ -94,11 +104,14 @@ class NodeLifecycleLoop(Loop):
         for n in list(self._silent_since):
             if n not in silent:
                 del self._silent_since[n]
+                self._last_return = now
         for n in silent:
             self._silent_since.setdefault(n, now)
         with_work = {n for n in silent if cache.bound_to(n)}
         counted = {n for n in cache.nodes if cache.node_alive(n)} | with_work
-        holding = len(counted) > 1 and len(with_work) > len(counted) * MASS_LOSS_FRACTION
+        mass = len(counted) > 1 and len(with_work) > len(counted) * MASS_LOSS_FRACTION
+        returning = now - self._last_return < RETURNS_SETTLE_S
+        holding = mass or (self.holding and returning)
         if self.holding and not holding:
             for n in silent:  # back from a hold: every silent node gets a fresh grace
                 self._silent_since[n] = now
@@ -127,7 +140,8 @@ class NodeLifecycleLoop(Loop):
             else:
                 await self.store.events.record(
                     "Controller", "node-lifecycle", "EvictionsResumed",
-                    "most nodes are back; silent nodes get a fresh grace before eviction")
+                    f"most nodes are back and none came back in the last "
+                    f"{RETURNS_SETTLE_S:g}s; silent nodes get a fresh grace before eviction")
         for name in sorted(evictable):
             op, rev = cache.evictions.get(name, (None, 0))
             if op is None or op.state != OP.STATE_RUNNING:
